@@ -5,6 +5,7 @@
 use criterion::{criterion_group, criterion_main};
 
 mod data;
+mod sparsity;
 
-criterion_group!(benches, data::bench);
+criterion_group!(benches, data::bench, sparsity::bench);
 criterion_main!(benches);
