@@ -1,0 +1,557 @@
+//! The row-group engine: the execution format and kernels behind block-punched, BSR, KGS,
+//! CSR, filter/channel/column-pruned and dense layers.
+//!
+//! A [`RowGroupMatrix`] splits the GEMM rows into groups of consecutive rows that share one
+//! list of kept columns ("entries"); each entry stores the group's `R` weights contiguously.
+//! Block-punched blocks (8 filters sharing kernel positions), KGS groups, BSR block-rows and
+//! whole dense rows all have exactly this shape; CSR is the special case `R = 1`.
+//!
+//! The kernel computes an output tile of `RT` rows x `2 * LANES` positions in registers: for
+//! every entry it loads two input vectors (contiguous, thanks to the packed conv layout of
+//! [`crate::conv`]) and issues `2 * RT` FMAs with the entry's broadcast weights. Every input
+//! vector is reused by all `RT` filters of the group: the register-level load reuse that makes
+//! structured sparsity run at dense speed, which is the seeds' central claim. Work is split
+//! between threads by output positions (every thread runs every row group on its own
+//! positions, so the split is balanced whatever the sparsity of each group), or, when there are
+//! too few positions, by row groups balanced on their stored weights.
+
+#![allow(unsafe_op_in_unsafe_fn)] // micro-kernels are unsafe fns made of pointer arithmetic
+
+use tessera_sparsity::Mask;
+
+use crate::conv::{ConvShape, InputLayout};
+use crate::error::{KernelError, Result};
+use crate::isa::Isa;
+use crate::simd::{Simd, simd_entry};
+use crate::threads::{SendPtr, balanced_split, run_parallel};
+
+/// Rows split into groups that share their kept columns; see the module documentation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowGroupMatrix {
+    rows: usize,
+    cols: usize,
+    /// First row of each group, plus `rows` at the end.
+    group_start: Vec<u32>,
+    /// First entry of each group, plus the entry count at the end.
+    entry_ptr: Vec<u32>,
+    /// GEMM column of each entry.
+    col: Vec<u32>,
+    /// First weight of each group, plus the weight count at the end.
+    weight_ptr: Vec<usize>,
+    /// Entry-major weights: group g's entry e holds rows `group_start[g]..` contiguously.
+    weights: Vec<f32>,
+}
+
+impl RowGroupMatrix {
+    /// Builds the matrix from a dense row-major `rows x cols` weight, grouping rows as
+    /// `group_rows` (consecutive, in order, covering all rows). A group's entries are the
+    /// columns where any of its rows is kept by `mask` (every non-zero when `mask` is `None`);
+    /// rows of a group that do not keep an entry store a zero there.
+    pub fn from_dense(rows: usize, cols: usize, weights: &[f32], mask: Option<&Mask>, group_rows: &[usize]) -> Result<Self> {
+        if weights.len() != rows * cols {
+            return Err(KernelError::BufferLength { what: "weights", expected: rows * cols, found: weights.len() });
+        }
+        if let Some(m) = mask
+            && m.len() != rows * cols
+        {
+            return Err(KernelError::BufferLength { what: "mask", expected: rows * cols, found: m.len() });
+        }
+        if group_rows.iter().sum::<usize>() != rows || group_rows.contains(&0) {
+            return Err(KernelError::InvalidShape {
+                reason: format!("row groups {group_rows:?} must be non-empty and cover {rows} rows"),
+            });
+        }
+        let kept = |i: usize| match mask {
+            Some(m) => m.get(i),
+            None => weights[i] != 0.0,
+        };
+        let mut m = RowGroupMatrix {
+            rows,
+            cols,
+            group_start: vec![0],
+            entry_ptr: vec![0],
+            col: Vec::new(),
+            weight_ptr: vec![0],
+            weights: Vec::new(),
+        };
+        let mut r0 = 0;
+        for &len in group_rows {
+            for c in 0..cols {
+                if (r0..r0 + len).any(|r| kept(r * cols + c)) {
+                    m.col.push(c as u32);
+                    m.weights.extend((r0..r0 + len).map(|r| if kept(r * cols + c) { weights[r * cols + c] } else { 0.0 }));
+                }
+            }
+            r0 += len;
+            m.group_start.push(r0 as u32);
+            m.entry_ptr.push(m.col.len() as u32);
+            m.weight_ptr.push(m.weights.len());
+        }
+        Ok(m)
+    }
+
+    /// Groups of `size` rows that never cross a boundary of `rows_per_segment` (a conv's output
+    /// channels per group); the last group of a segment may be shorter.
+    pub fn uniform_groups(rows: usize, rows_per_segment: usize, size: usize) -> Vec<usize> {
+        let seg = rows_per_segment.max(1);
+        let mut out = Vec::new();
+        for s in 0..rows.div_ceil(seg) {
+            let seg_rows = seg.min(rows - s * seg);
+            let mut r = 0;
+            while r < seg_rows {
+                out.push(size.min(seg_rows - r));
+                r += size;
+            }
+        }
+        out
+    }
+
+    /// GEMM rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// GEMM columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Number of row groups.
+    pub fn groups(&self) -> usize {
+        self.group_start.len() - 1
+    }
+
+    /// Stored weights (kept weights plus the zeros of rows that lack a group entry).
+    pub fn stored(&self) -> usize {
+        self.weights.len()
+    }
+
+    /// Bytes of weights and of index data (group starts, entry pointers, columns).
+    pub fn bytes(&self) -> crate::formats::ByteSize {
+        crate::formats::ByteSize {
+            values: 4 * self.weights.len(),
+            index: 4 * (self.group_start.len() + self.entry_ptr.len() + self.col.len()) + 8 * self.weight_ptr.len(),
+        }
+    }
+
+    /// The dense row-major weight.
+    pub fn decode(&self) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.rows * self.cols];
+        for g in 0..self.groups() {
+            let (r0, r1) = (self.group_start[g] as usize, self.group_start[g + 1] as usize);
+            let r = r1 - r0;
+            for (k, e) in (self.entry_ptr[g] as usize..self.entry_ptr[g + 1] as usize).enumerate() {
+                let c = self.col[e] as usize;
+                for i in 0..r {
+                    out[(r0 + i) * self.cols + c] = self.weights[self.weight_ptr[g] + k * r + i];
+                }
+            }
+        }
+        out
+    }
+
+    /// Multiply-accumulates per output position (stored weights, zeros included).
+    pub fn macs_per_position(&self) -> usize {
+        self.weights.len()
+    }
+}
+
+/// A [`RowGroupMatrix`] bound to a convolution: entry offsets into the packed input.
+#[derive(Debug, Clone)]
+pub struct RowGroupConv {
+    matrix: RowGroupMatrix,
+    shape: ConvShape,
+    layout: InputLayout,
+    offsets: Vec<u32>,
+}
+
+/// Scratch for [`RowGroupConv::run`]: the packed input and the flat output grid.
+#[derive(Debug, Clone, Default)]
+pub struct ConvScratch {
+    packed: Vec<f32>,
+    flat: Vec<f32>,
+}
+
+impl ConvScratch {
+    /// Scratch sized for `conv`; reuse it across calls (the kernels never allocate).
+    pub fn for_conv(conv: &RowGroupConv) -> Self {
+        let (p, f) = conv.scratch_len();
+        ConvScratch { packed: vec![0.0; p], flat: vec![0.0; f] }
+    }
+}
+
+pub(crate) fn scratch_len(layout: &InputLayout, rows: usize) -> (usize, usize) {
+    let flat = if layout.flat_is_output() { 0 } else { rows * flat_stride(layout) };
+    (layout.packed_len(), flat)
+}
+
+/// Row stride of the flat output grid: one tile of slack for full-width stores.
+fn flat_stride(layout: &InputLayout) -> usize {
+    layout.flat_len() + 64
+}
+
+impl RowGroupConv {
+    /// Binds `matrix` (rows = output channels, cols = in_per_group x kernel volume) to `shape`.
+    /// Row groups must not cross channel-group boundaries.
+    pub fn new(matrix: RowGroupMatrix, shape: ConvShape) -> Result<Self> {
+        if matrix.rows != shape.out_channels || matrix.cols != shape.cols() {
+            return Err(KernelError::InvalidShape {
+                reason: format!(
+                    "a {}x{} weight does not fit {} output channels x {} columns",
+                    matrix.rows,
+                    matrix.cols,
+                    shape.out_channels,
+                    shape.cols()
+                ),
+            });
+        }
+        let opg = shape.out_per_group();
+        let layout = shape.layout();
+        let mut offsets = Vec::with_capacity(matrix.col.len());
+        for g in 0..matrix.groups() {
+            let (r0, r1) = (matrix.group_start[g] as usize, matrix.group_start[g + 1] as usize);
+            if r0 / opg != (r1 - 1) / opg {
+                return Err(KernelError::InvalidShape {
+                    reason: format!("row group {r0}..{r1} crosses a channel-group boundary ({opg} rows per group)"),
+                });
+            }
+            for e in matrix.entry_ptr[g]..matrix.entry_ptr[g + 1] {
+                let off = layout.col_offset(r0 / opg, matrix.col[e as usize] as usize);
+                offsets.push(u32::try_from(off).map_err(|_| KernelError::InvalidShape {
+                    reason: "input too large for 32-bit offsets".into(),
+                })?);
+            }
+        }
+        Ok(RowGroupConv { matrix, shape, layout, offsets })
+    }
+
+    /// A GEMM `Y[rows, n] = W * X[cols, n]` (X and Y row-major, "feature-major" activations)
+    /// as a 1x1 convolution over `n` positions.
+    pub fn gemm(matrix: RowGroupMatrix, n: usize) -> Result<Self> {
+        let shape = ConvShape::conv2d(matrix.cols, matrix.rows, [1, n], [1, 1], 1, 0)?;
+        Self::new(matrix, shape)
+    }
+
+    /// The matrix.
+    pub fn matrix(&self) -> &RowGroupMatrix {
+        &self.matrix
+    }
+
+    /// The convolution.
+    pub fn shape(&self) -> &ConvShape {
+        &self.shape
+    }
+
+    /// Floats of (packed input, flat output) scratch this convolution needs.
+    pub fn scratch_len(&self) -> (usize, usize) {
+        scratch_len(&self.layout, self.matrix.rows)
+    }
+
+    /// Runs the convolution on one sample: `input` is `[in_channels, D, H, W]`, `output`
+    /// `[out_channels, Do, Ho, Wo]`. `threads` >= 1 workers of the global rayon pool.
+    pub fn run(&self, isa: Isa, input: &[f32], output: &mut [f32], scratch: &mut ConvScratch, threads: usize) -> Result<()> {
+        let s = &self.shape;
+        check_len("input", s.in_channels * s.input_plane(), input.len())?;
+        check_len("output", s.out_channels * s.output_positions(), output.len())?;
+        let (pl, fl) = self.scratch_len();
+        check_len("packed-input scratch", pl, scratch.packed.len())?;
+        check_len("flat-output scratch", fl, scratch.flat.len())?;
+        self.layout.pack(input, &mut scratch.packed);
+        let x: &[f32] = if self.layout.in_place() { input } else { &scratch.packed };
+        let (y, ystride): (&mut [f32], usize) = if self.layout.flat_is_output() {
+            (output, s.output_positions())
+        } else {
+            (&mut scratch.flat[..], flat_stride(&self.layout))
+        };
+        let job = Job {
+            m: &self.matrix,
+            offsets: &self.offsets,
+            x: x.as_ptr(),
+            y: SendPtr(y.as_mut_ptr()),
+            ystride,
+            runs: self.layout.runs(),
+        };
+        execute(isa, &job, threads);
+        if !self.layout.flat_is_output() {
+            let opos = s.output_positions();
+            for r in 0..s.out_channels {
+                self.layout.compact(&scratch.flat[r * ystride..(r + 1) * ystride], &mut output[r * opos..(r + 1) * opos]);
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn check_len(what: &'static str, expected: usize, found: usize) -> Result<()> {
+    if expected == found { Ok(()) } else { Err(KernelError::BufferLength { what, expected, found }) }
+}
+
+/// Everything one kernel invocation needs (shared read-only between threads).
+struct Job<'a> {
+    m: &'a RowGroupMatrix,
+    offsets: &'a [u32],
+    x: *const f32,
+    y: SendPtr,
+    ystride: usize,
+    runs: &'a [(usize, usize)],
+}
+
+// SAFETY: the raw pointers are only read (x) or written at disjoint positions per thread (y).
+unsafe impl Sync for Job<'_> {}
+
+/// A tile of output positions: start and number of valid positions.
+type Tile = (usize, usize);
+
+fn tiles(runs: &[(usize, usize)], width: usize) -> Vec<Tile> {
+    let mut out = Vec::new();
+    for &(start, len) in runs {
+        let mut p = 0;
+        while p < len {
+            out.push((start + p, width.min(len - p)));
+            p += width;
+        }
+    }
+    out
+}
+
+fn execute(isa: Isa, job: &Job<'_>, threads: usize) {
+    let width = 2 * isa.lanes();
+    let all_tiles = tiles(job.runs, width);
+    let groups = job.m.groups();
+    if threads <= 1 {
+        run_tiles(isa, job, &all_tiles, 0, groups);
+    } else if all_tiles.len() >= 4 * threads {
+        let chunk = all_tiles.len().div_ceil(threads);
+        run_parallel(threads, |t| {
+            let lo = (t * chunk).min(all_tiles.len());
+            let hi = ((t + 1) * chunk).min(all_tiles.len());
+            run_tiles(isa, job, &all_tiles[lo..hi], 0, groups);
+        });
+    } else {
+        let costs: Vec<usize> = (0..groups).map(|g| job.m.weight_ptr[g + 1] - job.m.weight_ptr[g] + 16).collect();
+        let bounds = balanced_split(&costs, threads);
+        run_parallel(threads, |t| run_tiles(isa, job, &all_tiles, bounds[t], bounds[t + 1]));
+    }
+}
+
+simd_entry! {
+    fn run_tiles(job: &Job<'_>, tiles: &[Tile], g0: usize, g1: usize) => run_tiles_generic;
+}
+
+#[inline(always)]
+fn run_tiles_generic<S: Simd>(job: &Job<'_>, tiles: &[Tile], g0: usize, g1: usize) {
+    let m = job.m;
+    let width = 2 * S::LANES;
+    for &(p0, n) in tiles {
+        // A full tile lies inside one run, so its loads and stores stay in bounds; the last
+        // tile of a run touches only its valid positions (no store may spill into the next
+        // run, which another thread may own).
+        let full = n == width;
+        for g in g0..g1 {
+            let (r0, r1) = (m.group_start[g] as usize, m.group_start[g + 1] as usize);
+            let r = r1 - r0;
+            let (e0, e1) = (m.entry_ptr[g] as usize, m.entry_ptr[g + 1] as usize);
+            let w = &m.weights[m.weight_ptr[g]..m.weight_ptr[g + 1]];
+            let offs = &job.offsets[e0..e1];
+            let mut i = 0;
+            while i < r {
+                let left = r - i;
+                let rt = if left >= 8 && S::LANES == 16 {
+                    8
+                } else if left >= 4 {
+                    4
+                } else if left >= 2 {
+                    2
+                } else {
+                    1
+                };
+                // SAFETY: every valid position of a run, shifted by any entry's offset, is inside
+                // `x` (the layout's construction); rows i..i+rt of the group are inside its
+                // weights (stride r) and inside `y` (rows r0+i.., stride ystride >= run ends).
+                unsafe {
+                    let wp = w.as_ptr().add(i);
+                    let yp = job.y.0.add((r0 + i) * job.ystride + p0);
+                    let xp = job.x.add(p0);
+                    match (rt, full) {
+                        (8, true) => micro::<S, 8, true>(offs, wp, r, xp, yp, job.ystride, n),
+                        (8, false) => micro::<S, 8, false>(offs, wp, r, xp, yp, job.ystride, n),
+                        (4, true) => micro::<S, 4, true>(offs, wp, r, xp, yp, job.ystride, n),
+                        (4, false) => micro::<S, 4, false>(offs, wp, r, xp, yp, job.ystride, n),
+                        (2, true) => micro::<S, 2, true>(offs, wp, r, xp, yp, job.ystride, n),
+                        (2, false) => micro::<S, 2, false>(offs, wp, r, xp, yp, job.ystride, n),
+                        (_, true) => micro1::<S, true>(offs, wp, r, xp, yp, n),
+                        (_, false) => micro1::<S, false>(offs, wp, r, xp, yp, n),
+                    }
+                }
+                i += rt;
+            }
+        }
+    }
+}
+
+/// `RT` rows x `2 * LANES` positions. With `FULL`, all positions are valid and may be
+/// loaded and stored whole; otherwise only the first `n` are touched.
+///
+/// # Safety
+/// For every entry `e`, `x + offs[e]` must be readable for the touched positions; `w` must hold
+/// `offs.len()` entries of stride `wstride` with `RT <= wstride`; `y` must be writable for `RT`
+/// rows of stride `ystride` at the touched positions.
+#[inline(always)]
+unsafe fn micro<S: Simd, const RT: usize, const FULL: bool>(
+    offs: &[u32],
+    w: *const f32,
+    wstride: usize,
+    x: *const f32,
+    y: *mut f32,
+    ystride: usize,
+    n: usize,
+) {
+    let l = S::LANES;
+    let mut acc = [[S::zero(); 2]; RT];
+    let mut wp = w;
+    for &off in offs {
+        let xp = x.add(off as usize);
+        let (x0, x1) = if FULL {
+            (S::load(xp), S::load(xp.add(l)))
+        } else {
+            (S::load_partial(xp, n.min(l)), if n > l { S::load_partial(xp.add(l), n - l) } else { S::zero() })
+        };
+        for (rr, a) in acc.iter_mut().enumerate() {
+            let wv = S::splat(*wp.add(rr));
+            a[0] = S::fma(wv, x0, a[0]);
+            a[1] = S::fma(wv, x1, a[1]);
+        }
+        wp = wp.add(wstride);
+    }
+    for (rr, a) in acc.iter().enumerate() {
+        let yp = y.add(rr * ystride);
+        if FULL {
+            S::store(yp, a[0]);
+            S::store(yp.add(l), a[1]);
+        } else {
+            S::store_partial(yp, a[0], n.min(l));
+            if n > l {
+                S::store_partial(yp.add(l), a[1], n - l);
+            }
+        }
+    }
+}
+
+/// One row (CSR-like groups): two entries at a time into independent accumulators, so four
+/// FMA chains hide the FMA latency.
+///
+/// # Safety
+/// As [`micro`] with `RT = 1`.
+#[inline(always)]
+unsafe fn micro1<S: Simd, const FULL: bool>(offs: &[u32], w: *const f32, wstride: usize, x: *const f32, y: *mut f32, n: usize) {
+    let l = S::LANES;
+    let load = |p: *const f32| -> (S::V, S::V) {
+        if FULL {
+            (S::load(p), S::load(p.add(l)))
+        } else {
+            (S::load_partial(p, n.min(l)), if n > l { S::load_partial(p.add(l), n - l) } else { S::zero() })
+        }
+    };
+    let (mut a0, mut a1, mut b0, mut b1) = (S::zero(), S::zero(), S::zero(), S::zero());
+    let pairs = offs.len() / 2;
+    for k in 0..pairs {
+        let (xa0, xa1) = load(x.add(offs[2 * k] as usize));
+        let (xb0, xb1) = load(x.add(offs[2 * k + 1] as usize));
+        let wa = S::splat(*w.add(2 * k * wstride));
+        let wb = S::splat(*w.add((2 * k + 1) * wstride));
+        a0 = S::fma(wa, xa0, a0);
+        a1 = S::fma(wa, xa1, a1);
+        b0 = S::fma(wb, xb0, b0);
+        b1 = S::fma(wb, xb1, b1);
+    }
+    if offs.len() % 2 == 1 {
+        let k = offs.len() - 1;
+        let (xa0, xa1) = load(x.add(offs[k] as usize));
+        let wa = S::splat(*w.add(k * wstride));
+        a0 = S::fma(wa, xa0, a0);
+        a1 = S::fma(wa, xa1, a1);
+    }
+    let (s0, s1) = (S::add(a0, b0), S::add(a1, b1));
+    if FULL {
+        S::store(y, s0);
+        S::store(y.add(l), s1);
+    } else {
+        S::store_partial(y, s0, n.min(l));
+        if n > l {
+            S::store_partial(y.add(l), s1, n - l);
+        }
+    }
+}
+
+/// `y = W x` for one vector `x` (length `cols`): vectorized across the rows of each group.
+pub fn gemv(isa: Isa, m: &RowGroupMatrix, x: &[f32], y: &mut [f32], threads: usize) -> Result<()> {
+    check_len("x", m.cols, x.len())?;
+    check_len("y", m.rows, y.len())?;
+    let costs: Vec<usize> = (0..m.groups()).map(|g| m.weight_ptr[g + 1] - m.weight_ptr[g] + 8).collect();
+    let bounds = balanced_split(&costs, threads.max(1));
+    let yp = SendPtr(y.as_mut_ptr());
+    // Each thread writes only the rows of its groups bounds[t]..bounds[t+1].
+    run_parallel(threads.max(1), |t| gemv_groups(isa, m, x, yp, bounds[t], bounds[t + 1]));
+    Ok(())
+}
+
+simd_entry! {
+    fn gemv_groups(m: &RowGroupMatrix, x: &[f32], y: SendPtr, g0: usize, g1: usize) => gemv_groups_generic;
+}
+
+#[inline(always)]
+fn gemv_groups_generic<S: Simd>(m: &RowGroupMatrix, x: &[f32], y: SendPtr, g0: usize, g1: usize) {
+    let l = S::LANES;
+    for g in g0..g1 {
+        let (r0, r1) = (m.group_start[g] as usize, m.group_start[g + 1] as usize);
+        let r = r1 - r0;
+        let (e0, e1) = (m.entry_ptr[g] as usize, m.entry_ptr[g + 1] as usize);
+        let cols = &m.col[e0..e1];
+        let w = &m.weights[m.weight_ptr[g]..m.weight_ptr[g + 1]];
+        if r == 1 {
+            // A plain sparse dot product, four accumulators.
+            let mut s = [0.0f32; 4];
+            let mut k = 0;
+            while k + 4 <= cols.len() {
+                for (j, sj) in s.iter_mut().enumerate() {
+                    *sj += w[k + j] * x[cols[k + j] as usize];
+                }
+                k += 4;
+            }
+            let mut t = (s[0] + s[1]) + (s[2] + s[3]);
+            for j in k..cols.len() {
+                t += w[j] * x[cols[j] as usize];
+            }
+            // SAFETY: row r0 < rows belongs to this thread's groups.
+            unsafe { *y.0.add(r0) = t };
+            continue;
+        }
+        let mut i = 0;
+        while i < r {
+            let n = (r - i).min(l);
+            // SAFETY: entry k's weights for rows i..i+n lie at w[k*r + i ..], inside `w`; rows
+            // r0+i..r0+i+n of `y` belong to this thread's groups.
+            unsafe {
+                let (mut a, mut b) = (S::zero(), S::zero());
+                let mut k = 0;
+                while k + 2 <= cols.len() {
+                    let wa = if n == l { S::load(w.as_ptr().add(k * r + i)) } else { S::load_partial(w.as_ptr().add(k * r + i), n) };
+                    let wb = if n == l {
+                        S::load(w.as_ptr().add((k + 1) * r + i))
+                    } else {
+                        S::load_partial(w.as_ptr().add((k + 1) * r + i), n)
+                    };
+                    a = S::fma(wa, S::splat(x[cols[k] as usize]), a);
+                    b = S::fma(wb, S::splat(x[cols[k + 1] as usize]), b);
+                    k += 2;
+                }
+                if k < cols.len() {
+                    let wa = if n == l { S::load(w.as_ptr().add(k * r + i)) } else { S::load_partial(w.as_ptr().add(k * r + i), n) };
+                    a = S::fma(wa, S::splat(x[cols[k] as usize]), a);
+                }
+                S::store_partial(y.0.add(r0 + i), S::add(a, b), n);
+            }
+            i += n;
+        }
+    }
+}

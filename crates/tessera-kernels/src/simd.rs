@@ -1,0 +1,214 @@
+//! A minimal SIMD abstraction: kernels are written once against [`Simd`] and instantiated for
+//! AVX-512, AVX2 + FMA and portable code by [`simd_entry!`].
+//!
+//! How it works: a kernel is an `#[inline(always)]` generic function over `S: Simd`. The macro
+//! generates, per level, a `#[target_feature]` wrapper that calls it with that level's type;
+//! the generic body (and the intrinsic calls in the impls below, also `#[inline(always)]`) is
+//! inlined into the wrapper and compiled for that instruction set. The public entry point takes
+//! an [`Isa`], which can only name a level the CPU supports, and matches on it.
+//!
+//! Rejected alternative: the `pulp` crate. It does the same thing with a larger surface; the
+//! handful of operations below keep the kernels' inner loops readable and under our control.
+
+#![allow(unsafe_op_in_unsafe_fn)] // every function here is a thin wrapper over one intrinsic
+
+/// Operations on one vector of f32 lanes. All functions are `unsafe`: pointers must be valid
+/// for `LANES` reads or writes (or `n` for the partial variants), and the intrinsics require
+/// the instruction set of the implementing type, which [`simd_entry!`] guarantees.
+pub(crate) trait Simd: Copy + 'static {
+    /// Lanes per vector.
+    const LANES: usize;
+    /// The vector type.
+    type V: Copy;
+
+    unsafe fn zero() -> Self::V;
+    unsafe fn splat(x: f32) -> Self::V;
+    unsafe fn load(p: *const f32) -> Self::V;
+    unsafe fn store(p: *mut f32, v: Self::V);
+    /// `a * b + c`, fused where the level has FMA.
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn hsum(v: Self::V) -> f32;
+
+    /// Loads `n < LANES` values, zero-filling the rest.
+    #[inline(always)]
+    unsafe fn load_partial(p: *const f32, n: usize) -> Self::V {
+        let mut buf = [0.0f32; 16];
+        std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n.min(Self::LANES));
+        Self::load(buf.as_ptr())
+    }
+
+    /// Stores the first `n < LANES` lanes.
+    #[inline(always)]
+    unsafe fn store_partial(p: *mut f32, v: Self::V, n: usize) {
+        let mut buf = [0.0f32; 16];
+        Self::store(buf.as_mut_ptr(), v);
+        std::ptr::copy_nonoverlapping(buf.as_ptr(), p, n.min(Self::LANES));
+    }
+}
+
+/// Plain Rust over 8 lanes; LLVM vectorizes it for the baseline target.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Portable;
+
+impl Simd for Portable {
+    const LANES: usize = 8;
+    type V = [f32; 8];
+
+    #[inline(always)]
+    unsafe fn zero() -> Self::V {
+        [0.0; 8]
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self::V {
+        [x; 8]
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self::V {
+        std::ptr::read_unaligned(p.cast::<[f32; 8]>())
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self::V) {
+        std::ptr::write_unaligned(p.cast::<[f32; 8]>(), v)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i] * b[i] + c[i])
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i] + b[i])
+    }
+    #[inline(always)]
+    unsafe fn hsum(v: Self::V) -> f32 {
+        ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::{Avx2, Avx512};
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Simd;
+    use std::arch::x86_64::*;
+
+    /// AVX2 + FMA, 8 lanes.
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) struct Avx2;
+
+    impl Simd for Avx2 {
+        const LANES: usize = 8;
+        type V = __m256;
+
+        #[inline(always)]
+        unsafe fn zero() -> Self::V {
+            _mm256_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self::V {
+            _mm256_set1_ps(x)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self::V {
+            _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: Self::V) {
+            _mm256_storeu_ps(p, v)
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+            _mm256_fmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
+            _mm256_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn hsum(v: Self::V) -> f32 {
+            let hi = _mm256_extractf128_ps(v, 1);
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), hi);
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+            _mm_cvtss_f32(s)
+        }
+    }
+
+    /// AVX-512F, 16 lanes, with native masked tails.
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) struct Avx512;
+
+    impl Simd for Avx512 {
+        const LANES: usize = 16;
+        type V = __m512;
+
+        #[inline(always)]
+        unsafe fn zero() -> Self::V {
+            _mm512_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self::V {
+            _mm512_set1_ps(x)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self::V {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: Self::V) {
+            _mm512_storeu_ps(p, v)
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+            _mm512_fmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
+            _mm512_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn hsum(v: Self::V) -> f32 {
+            _mm512_reduce_add_ps(v)
+        }
+        #[inline(always)]
+        unsafe fn load_partial(p: *const f32, n: usize) -> Self::V {
+            _mm512_maskz_loadu_ps(((1u32 << n) - 1) as __mmask16, p)
+        }
+        #[inline(always)]
+        unsafe fn store_partial(p: *mut f32, v: Self::V, n: usize) {
+            _mm512_mask_storeu_ps(p, ((1u32 << n) - 1) as __mmask16, v)
+        }
+    }
+}
+
+/// Defines `pub fn $name(isa: Isa, args...)` that runs the generic kernel `$generic::<S>` at
+/// the instruction-set level `isa`.
+macro_rules! simd_entry {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? => $generic:ident;) => {
+        $(#[$meta])*
+        $vis fn $name(isa: $crate::isa::Isa, $($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $generic::<$crate::simd::Avx512>($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $generic::<$crate::simd::Avx2>($($arg),*)
+                }
+                match isa.0 {
+                    // SAFETY: an `Isa` naming a level only exists when runtime detection found
+                    // that level's features on this CPU (see `Isa::available`).
+                    $crate::isa::Level::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above.
+                    $crate::isa::Level::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::isa::Level::Portable => {}
+                }
+            }
+            $generic::<$crate::simd::Portable>($($arg),*)
+        }
+    };
+}
+pub(crate) use simd_entry;

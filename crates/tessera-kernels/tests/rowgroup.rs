@@ -1,0 +1,165 @@
+//! The row-group kernels against the dense reference, for every instruction set this CPU has:
+//! random conv shapes (odd sizes, strides, padding, dilation, groups, 3-D), GEMM and GEMV,
+//! sparsity from 0% to 99% with empty rows and groups.
+//!
+//! Tolerance: each output is a sum of at most `cols` products; the kernels accumulate in f32
+//! in a different order from the f64 reference, so the error is bounded by
+//! `reference::tolerance(cols, sum |w| |x|)` (a worst-case rounding bound).
+
+use proptest::prelude::*;
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+use tessera_kernels::{ConvScratch, ConvShape, Isa, RowGroupConv, RowGroupMatrix, reference};
+
+fn random(n: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// Zeroes weights with probability `sparsity`, and whole rows now and then.
+fn sparsify(w: &mut [f32], rows: usize, sparsity: f64, rng: &mut ChaCha8Rng) {
+    let cols = w.len() / rows;
+    for r in 0..rows {
+        let empty_row = rng.random_range(0.0..1.0) < 0.1;
+        for v in &mut w[r * cols..(r + 1) * cols] {
+            if empty_row || rng.random_range(0.0..1.0) < sparsity {
+                *v = 0.0;
+            }
+        }
+    }
+}
+
+fn assert_close(got: &[f32], want: &[f32], bound: impl Fn(usize) -> f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= bound(i), "{what}: output {i}: got {g}, want {w}");
+    }
+}
+
+/// Per-output bound: cols * eps * sum|w||x| over the row is at most cols * eps * (max row L1 of
+/// w) * max|x|.
+fn bound_for(w: &[f32], rows: usize, x_max: f32) -> f32 {
+    let cols = w.len() / rows.max(1);
+    let l1 = (0..rows).map(|r| w[r * cols..(r + 1) * cols].iter().map(|v| v.abs()).sum::<f32>()).fold(0.0, f32::max);
+    reference::tolerance(cols, l1 * x_max) + 1e-6
+}
+
+fn check_conv(shape: ConvShape, sparsity: f64, group_size: usize, seed: u64, threads: usize) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut w = random(shape.out_channels * shape.cols(), &mut rng);
+    sparsify(&mut w, shape.out_channels, sparsity, &mut rng);
+    let x = random(shape.in_channels * shape.input_plane(), &mut rng);
+    let want = reference::conv(&shape, &w, &x);
+    let groups = RowGroupMatrix::uniform_groups(shape.out_channels, shape.out_per_group(), group_size);
+    let m = RowGroupMatrix::from_dense(shape.out_channels, shape.cols(), &w, None, &groups).unwrap();
+    assert_eq!(m.decode(), w, "decode must give back the weights");
+    let conv = RowGroupConv::new(m, shape).unwrap();
+    let tol = bound_for(&w, shape.out_channels, 1.0);
+    for isa in Isa::available() {
+        let mut y = vec![f32::NAN; want.len()];
+        let mut scratch = ConvScratch::for_conv(&conv);
+        conv.run(isa, &x, &mut y, &mut scratch, threads).unwrap();
+        assert_close(&y, &want, |_| tol, &format!("{isa} {shape:?} groups of {group_size}, {threads} threads"));
+        // A second run with the same scratch gives the same bits (no state leaks between calls).
+        let mut y2 = vec![0.0; want.len()];
+        conv.run(isa, &x, &mut y2, &mut scratch, threads).unwrap();
+        assert_eq!(y, y2);
+    }
+}
+
+fn conv_shape() -> impl Strategy<Value = ConvShape> {
+    let two_d = (1usize..6, 1usize..4, 1usize..12, 1usize..12, 1usize..4, 1usize..4, 1usize..3, 0usize..3, 1usize..3, 1usize..3)
+        .prop_filter_map("valid conv", |(cin, cout_mul, h, w, kh, kw, stride, pad, groups, dil)| {
+            let groups = if cin % groups == 0 { groups } else { 1 };
+            let s = ConvShape {
+                in_channels: cin * groups,
+                out_channels: cout_mul * groups * 3,
+                groups,
+                input: [1, h, w],
+                kernel: [1, kh, kw],
+                stride: [1, stride, stride],
+                padding: [0, pad, pad],
+                dilation: [1, dil, dil],
+            };
+            s.validated().ok()
+        });
+    let three_d = (1usize..4, 1usize..10, 2usize..6, 3usize..8, 3usize..8, 1usize..3, 0usize..2).prop_filter_map(
+        "valid conv3d",
+        |(cin, cout, d, h, w, stride, pad)| ConvShape::conv3d(cin, cout, [d, h, w], [3, 3, 3], stride, pad).ok(),
+    );
+    prop_oneof![3 => two_d, 1 => three_d]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 60, ..ProptestConfig::default() })]
+
+    #[test]
+    fn conv_matches_reference(
+        shape in conv_shape(),
+        sparsity in prop::sample::select(vec![0.0, 0.5, 0.9, 0.99]),
+        group_size in prop::sample::select(vec![1usize, 2, 3, 4, 8, 16]),
+        seed in any::<u64>(),
+        threads in 1usize..3,
+    ) {
+        check_conv(shape, sparsity, group_size, seed, threads);
+    }
+
+    #[test]
+    fn gemm_and_gemv_match_reference(
+        (rows, cols, n) in (1usize..40, 1usize..70, 1usize..100),
+        sparsity in prop::sample::select(vec![0.0, 0.75, 0.95, 1.0]),
+        group_size in prop::sample::select(vec![1usize, 4, 8, 16, 32]),
+        seed in any::<u64>(),
+        threads in 1usize..3,
+    ) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut w = random(rows * cols, &mut rng);
+        sparsify(&mut w, rows, sparsity, &mut rng);
+        let x = random(cols * n, &mut rng);
+        let m = RowGroupMatrix::from_dense(rows, cols, &w, None, &RowGroupMatrix::uniform_groups(rows, rows, group_size)).unwrap();
+        let tol = bound_for(&w, rows, 1.0);
+        let want = reference::gemm(rows, cols, n, &w, &x);
+        let conv = RowGroupConv::gemm(m.clone(), n).unwrap();
+        for isa in Isa::available() {
+            let mut y = vec![f32::NAN; rows * n];
+            let mut scratch = ConvScratch::for_conv(&conv);
+            conv.run(isa, &x, &mut y, &mut scratch, threads).unwrap();
+            assert_close(&y, &want, |_| tol, &format!("gemm {isa}"));
+            let mut yv = vec![f32::NAN; rows];
+            tessera_kernels::rowgroup::gemv(isa, &m, &x[..cols], &mut yv, threads).unwrap();
+            let wantv = reference::gemv(rows, cols, &w, &x[..cols]);
+            assert_close(&yv, &wantv, |_| tol, &format!("gemv {isa}"));
+        }
+    }
+}
+
+#[test]
+fn named_shapes_at_high_sparsity() {
+    for (shape, g) in [
+        (ConvShape::conv2d(16, 16, [56, 56], [3, 3], 1, 1).unwrap(), 8),
+        (ConvShape::conv2d(32, 16, [8, 8], [3, 3], 1, 1).unwrap(), 8),
+        (ConvShape::conv2d(32, 8, [14, 14], [1, 1], 1, 0).unwrap(), 4),
+        (ConvShape::conv2d(8, 8, [15, 15], [3, 3], 2, 1).unwrap(), 8),
+        (ConvShape::conv2d(8, 8, [10, 10], [3, 3], 1, 1).unwrap().with_groups(8).unwrap(), 1),
+        (ConvShape::conv3d(4, 8, [4, 7, 7], [3, 3, 3], 1, 1).unwrap(), 4),
+    ] {
+        for sparsity in [0.0, 0.875, 0.99] {
+            check_conv(shape, sparsity, g, 7, 2);
+        }
+    }
+}
+
+#[test]
+fn wrong_buffer_lengths_are_errors() {
+    let shape = ConvShape::conv2d(2, 2, [4, 4], [3, 3], 1, 1).unwrap();
+    let m = RowGroupMatrix::from_dense(2, 18, &[0.5; 36], None, &[2]).unwrap();
+    let conv = RowGroupConv::new(m, shape).unwrap();
+    let mut scratch = ConvScratch::for_conv(&conv);
+    let mut y = vec![0.0; 32];
+    assert!(conv.run(Isa::PORTABLE, &[0.0; 31], &mut y, &mut scratch, 1).is_err());
+    assert!(conv.run(Isa::PORTABLE, &[0.0; 32], &mut y[..31], &mut scratch, 1).is_err());
+    let mut small = ConvScratch::default();
+    assert!(conv.run(Isa::PORTABLE, &[0.0; 32], &mut y, &mut small, 1).is_err());
+    let bad = RowGroupMatrix::from_dense(2, 17, &[0.5; 34], None, &[2]).unwrap();
+    assert!(RowGroupConv::new(bad, shape).is_err());
+    assert!(RowGroupMatrix::from_dense(2, 18, &[0.5; 36], None, &[1]).is_err());
+}
