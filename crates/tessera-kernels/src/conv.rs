@@ -290,16 +290,53 @@ impl InputLayout {
         self.offset(group * s.in_per_group() + c, t)
     }
 
+    /// For flat position `p`: the output index minus `p`, or `None` for a discarded position.
+    pub fn output_delta(&self, p: usize) -> Option<isize> {
+        let [od, oh, ow] = self.shape.output();
+        let slice = self.plane[1] * self.plane[2];
+        let (z, rem) = (p / slice, p % slice);
+        let (y, x) = (rem / self.plane[2], rem % self.plane[2]);
+        if z >= od || y >= oh || x >= ow {
+            return None;
+        }
+        Some(((z * oh + y) * ow + x) as isize - p as isize)
+    }
+
     /// Writes the padded, phase-split copy of `input` (NCDHW, one sample) into `packed`.
     pub fn pack(&self, input: &[f32], packed: &mut [f32]) {
         let s = &self.shape;
         if self.in_place {
             return;
         }
-        packed[..self.packed_len].fill(0.0);
         let [d, h, w] = s.input;
         let [sd, sh, sw] = s.stride;
         let [pd, ph, pw] = s.padding;
+        if s.stride == [1, 1, 1] {
+            // One plane per channel: write every padded row whole (zeros and data), so each
+            // float is written once and nothing else needs clearing.
+            let [_, hq, wq] = self.plane;
+            for c in 0..s.in_channels {
+                let src = &input[c * d * h * w..(c + 1) * d * h * w];
+                let dst = &mut packed[c * self.channel_len..(c + 1) * self.channel_len];
+                for (zq, slice) in dst.chunks_exact_mut(hq * wq).enumerate() {
+                    if zq < pd || zq >= pd + d {
+                        slice.fill(0.0);
+                        continue;
+                    }
+                    let z = zq - pd;
+                    slice[..ph * wq].fill(0.0);
+                    slice[(ph + h) * wq..].fill(0.0);
+                    for y in 0..h {
+                        let row = &mut slice[(ph + y) * wq..(ph + y + 1) * wq];
+                        row[..pw].fill(0.0);
+                        row[pw..pw + w].copy_from_slice(&src[(z * h + y) * w..(z * h + y + 1) * w]);
+                        row[pw + w..].fill(0.0);
+                    }
+                }
+            }
+            return;
+        }
+        packed[..self.packed_len].fill(0.0);
         for c in 0..s.in_channels {
             let src = &input[c * d * h * w..(c + 1) * d * h * w];
             let dst = &mut packed[c * self.channel_len..(c + 1) * self.channel_len];

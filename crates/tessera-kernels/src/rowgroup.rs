@@ -6,9 +6,9 @@
 //! Block-punched blocks (8 filters sharing kernel positions), KGS groups, BSR block-rows and
 //! whole dense rows all have exactly this shape; CSR is the special case `R = 1`.
 //!
-//! The kernel computes an output tile of `RT` rows x `2 * LANES` positions in registers: for
-//! every entry it loads two input vectors (contiguous, thanks to the packed conv layout of
-//! [`crate::conv`]) and issues `2 * RT` FMAs with the entry's broadcast weights. Every input
+//! The kernel computes an output tile of `RT` rows x `3 * LANES` positions in registers: for
+//! every entry it loads three input vectors (contiguous, thanks to the packed conv layout of
+//! [`crate::conv`]) and issues `3 * RT` FMAs with the entry's broadcast weights. Every input
 //! vector is reused by all `RT` filters of the group: the register-level load reuse that makes
 //! structured sparsity run at dense speed, which is the seeds' central claim. Work is split
 //! between threads by output positions (every thread runs every row group on its own
@@ -90,6 +90,21 @@ impl RowGroupMatrix {
         Ok(m)
     }
 
+    /// Assembles a matrix from its arrays (formats build their execution form with this).
+    pub(crate) fn from_parts(
+        rows: usize,
+        cols: usize,
+        group_start: Vec<u32>,
+        entry_ptr: Vec<u32>,
+        col: Vec<u32>,
+        weight_ptr: Vec<usize>,
+        weights: Vec<f32>,
+    ) -> Self {
+        debug_assert_eq!(group_start.len(), entry_ptr.len());
+        debug_assert_eq!(*weight_ptr.last().unwrap_or(&0), weights.len());
+        RowGroupMatrix { rows, cols, group_start, entry_ptr, col, weight_ptr, weights }
+    }
+
     /// Groups of `size` rows that never cross a boundary of `rows_per_segment` (a conv's output
     /// channels per group); the last group of a segment may be shorter.
     pub fn uniform_groups(rows: usize, rows_per_segment: usize, size: usize) -> Vec<usize> {
@@ -156,13 +171,66 @@ impl RowGroupMatrix {
     }
 }
 
-/// A [`RowGroupMatrix`] bound to a convolution: entry offsets into the packed input.
+/// A [`RowGroupMatrix`] bound to a convolution: entry offsets into the packed input, and for
+/// each vector width the tiles of output positions with their store plans.
 #[derive(Debug, Clone)]
 pub struct RowGroupConv {
     matrix: RowGroupMatrix,
     shape: ConvShape,
     layout: InputLayout,
     offsets: Vec<u32>,
+    /// Tile plans for 8 and 16 lanes.
+    plans: [TilePlan; 2],
+}
+
+/// A masked store of one vector of a tile: lanes `mask` go to `output + p + delta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Seg {
+    pub(crate) v: u8,
+    pub(crate) mask: u16,
+    pub(crate) delta: i32,
+}
+
+/// The tiles of a layout for one vector width, and where each tile's lanes are stored: the
+/// flat grid's positions map to the output with a per-row shift (`(Wq - Wo)` per row), so a
+/// vector that straddles a row end is written with one masked store per row it touches. This
+/// writes the final NCDHW output directly: no flat buffer, no compaction pass.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TilePlan {
+    tiles: Vec<Tile>,
+    seg_ptr: Vec<u32>,
+    segs: Vec<Seg>,
+}
+
+impl TilePlan {
+    fn new(layout: &InputLayout, lanes: usize) -> Self {
+        let tiles = tiles(layout.runs(), TILE_V * lanes);
+        let mut plan = TilePlan { tiles, seg_ptr: vec![0], segs: Vec::new() };
+        for &(p0, n) in &plan.tiles {
+            for v in 0..TILE_V {
+                let mut current: Option<Seg> = None;
+                for i in 0..lanes {
+                    let k = v * lanes + i;
+                    let delta = if k < n { layout.output_delta(p0 + k) } else { None };
+                    match (delta, current.as_mut()) {
+                        (Some(d), Some(seg)) if seg.delta == d as i32 => seg.mask |= 1 << i,
+                        (Some(d), _) => {
+                            if let Some(seg) = current.take() {
+                                plan.segs.push(seg);
+                            }
+                            current = Some(Seg { v: v as u8, mask: 1 << i, delta: d as i32 });
+                        }
+                        (None, _) => {}
+                    }
+                }
+                if let Some(seg) = current {
+                    plan.segs.push(seg);
+                }
+            }
+            plan.seg_ptr.push(plan.segs.len() as u32);
+        }
+        plan
+    }
 }
 
 /// Scratch for [`RowGroupConv::run`]: the packed input and the flat output grid.
@@ -175,8 +243,17 @@ pub struct ConvScratch {
 impl ConvScratch {
     /// Scratch sized for `conv`; reuse it across calls (the kernels never allocate).
     pub fn for_conv(conv: &RowGroupConv) -> Self {
-        let (p, f) = conv.scratch_len();
-        ConvScratch { packed: vec![0.0; p], flat: vec![0.0; f] }
+        Self::with_lengths(conv.scratch_len())
+    }
+
+    /// Scratch of `(packed input, flat output)` floats.
+    pub(crate) fn with_lengths((packed, flat): (usize, usize)) -> Self {
+        ConvScratch { packed: vec![0.0; packed], flat: vec![0.0; flat] }
+    }
+
+    /// The packed-input and flat-output buffers.
+    pub(crate) fn parts(&mut self) -> (&mut [f32], &mut [f32]) {
+        (&mut self.packed, &mut self.flat)
     }
 }
 
@@ -186,7 +263,7 @@ pub(crate) fn scratch_len(layout: &InputLayout, rows: usize) -> (usize, usize) {
 }
 
 /// Row stride of the flat output grid: one tile of slack for full-width stores.
-fn flat_stride(layout: &InputLayout) -> usize {
+pub(crate) fn flat_stride(layout: &InputLayout) -> usize {
     layout.flat_len() + 64
 }
 
@@ -222,7 +299,8 @@ impl RowGroupConv {
                 })?);
             }
         }
-        Ok(RowGroupConv { matrix, shape, layout, offsets })
+        let plans = [TilePlan::new(&layout, 8), TilePlan::new(&layout, 16)];
+        Ok(RowGroupConv { matrix, shape, layout, offsets, plans })
     }
 
     /// A GEMM `Y[rows, n] = W * X[cols, n]` (X and Y row-major, "feature-major" activations)
@@ -242,9 +320,10 @@ impl RowGroupConv {
         &self.shape
     }
 
-    /// Floats of (packed input, flat output) scratch this convolution needs.
+    /// Floats of (packed input, flat output) scratch this convolution needs; outputs are
+    /// written in place, so only the packed input.
     pub fn scratch_len(&self) -> (usize, usize) {
-        scratch_len(&self.layout, self.matrix.rows)
+        (self.layout.packed_len(), 0)
     }
 
     /// Runs the convolution on one sample: `input` is `[in_channels, D, H, W]`, `output`
@@ -258,26 +337,17 @@ impl RowGroupConv {
         check_len("flat-output scratch", fl, scratch.flat.len())?;
         self.layout.pack(input, &mut scratch.packed);
         let x: &[f32] = if self.layout.in_place() { input } else { &scratch.packed };
-        let (y, ystride): (&mut [f32], usize) = if self.layout.flat_is_output() {
-            (output, s.output_positions())
-        } else {
-            (&mut scratch.flat[..], flat_stride(&self.layout))
-        };
+        let plan = &self.plans[usize::from(isa.lanes() == 16)];
         let job = Job {
             m: &self.matrix,
             offsets: &self.offsets,
             x: x.as_ptr(),
-            y: SendPtr(y.as_mut_ptr()),
-            ystride,
-            runs: self.layout.runs(),
+            y: SendPtr(output.as_mut_ptr()),
+            ystride: s.output_positions(),
+            plan,
+            direct: self.layout.flat_is_output(),
         };
         execute(isa, &job, threads);
-        if !self.layout.flat_is_output() {
-            let opos = s.output_positions();
-            for r in 0..s.out_channels {
-                self.layout.compact(&scratch.flat[r * ystride..(r + 1) * ystride], &mut output[r * opos..(r + 1) * opos]);
-            }
-        }
         Ok(())
     }
 }
@@ -291,9 +361,12 @@ struct Job<'a> {
     m: &'a RowGroupMatrix,
     offsets: &'a [u32],
     x: *const f32,
+    /// The output (`out_channels` rows of `ystride` positions).
     y: SendPtr,
     ystride: usize,
-    runs: &'a [(usize, usize)],
+    plan: &'a TilePlan,
+    /// The flat grid is the output: plain stores.
+    direct: bool,
 }
 
 // SAFETY: the raw pointers are only read (x) or written at disjoint positions per thread (y).
@@ -302,7 +375,7 @@ unsafe impl Sync for Job<'_> {}
 /// A tile of output positions: start and number of valid positions.
 type Tile = (usize, usize);
 
-fn tiles(runs: &[(usize, usize)], width: usize) -> Vec<Tile> {
+pub(crate) fn tiles(runs: &[(usize, usize)], width: usize) -> Vec<Tile> {
     let mut out = Vec::new();
     for &(start, len) in runs {
         let mut p = 0;
@@ -314,35 +387,38 @@ fn tiles(runs: &[(usize, usize)], width: usize) -> Vec<Tile> {
     out
 }
 
+/// Vectors per tile row: 3 x 8 rows = 24 accumulators fit AVX-512's 32 registers with the
+/// three input vectors and a broadcast; AVX2's 16 registers would spill them, which is why
+/// row chunks are at most 4 rows there (4 x 3 = 12 accumulators).
+pub(crate) const TILE_V: usize = 2;
+
 fn execute(isa: Isa, job: &Job<'_>, threads: usize) {
-    let width = 2 * isa.lanes();
-    let all_tiles = tiles(job.runs, width);
+    let n_tiles = job.plan.tiles.len();
     let groups = job.m.groups();
     if threads <= 1 {
-        run_tiles(isa, job, &all_tiles, 0, groups);
-    } else if all_tiles.len() >= 4 * threads {
-        let chunk = all_tiles.len().div_ceil(threads);
-        run_parallel(threads, |t| {
-            let lo = (t * chunk).min(all_tiles.len());
-            let hi = ((t + 1) * chunk).min(all_tiles.len());
-            run_tiles(isa, job, &all_tiles[lo..hi], 0, groups);
-        });
+        run_tiles(isa, job, 0, n_tiles, 0, groups);
+    } else if n_tiles >= 4 * threads {
+        let chunk = n_tiles.div_ceil(threads);
+        run_parallel(threads, |t| run_tiles(isa, job, (t * chunk).min(n_tiles), ((t + 1) * chunk).min(n_tiles), 0, groups));
     } else {
         let costs: Vec<usize> = (0..groups).map(|g| job.m.weight_ptr[g + 1] - job.m.weight_ptr[g] + 16).collect();
         let bounds = balanced_split(&costs, threads);
-        run_parallel(threads, |t| run_tiles(isa, job, &all_tiles, bounds[t], bounds[t + 1]));
+        run_parallel(threads, |t| run_tiles(isa, job, 0, n_tiles, bounds[t], bounds[t + 1]));
     }
 }
 
 simd_entry! {
-    fn run_tiles(job: &Job<'_>, tiles: &[Tile], g0: usize, g1: usize) => run_tiles_generic;
+    fn run_tiles(job: &Job<'_>, t0: usize, t1: usize, g0: usize, g1: usize) => run_tiles_generic;
 }
 
 #[inline(always)]
-fn run_tiles_generic<S: Simd>(job: &Job<'_>, tiles: &[Tile], g0: usize, g1: usize) {
+fn run_tiles_generic<S: Simd>(job: &Job<'_>, t0: usize, t1: usize, g0: usize, g1: usize) {
     let m = job.m;
-    let width = 2 * S::LANES;
-    for &(p0, n) in tiles {
+    let width = TILE_V * S::LANES;
+    let plan = job.plan;
+    for ti in t0..t1 {
+        let (p0, n) = plan.tiles[ti];
+        let segs: &[Seg] = if job.direct { &[] } else { &plan.segs[plan.seg_ptr[ti] as usize..plan.seg_ptr[ti + 1] as usize] };
         // A full tile lies inside one run, so its loads and stores stay in bounds; the last
         // tile of a run touches only its valid positions (no store may spill into the next
         // run, which another thread may own).
@@ -367,20 +443,23 @@ fn run_tiles_generic<S: Simd>(job: &Job<'_>, tiles: &[Tile], g0: usize, g1: usiz
                 };
                 // SAFETY: every valid position of a run, shifted by any entry's offset, is inside
                 // `x` (the layout's construction); rows i..i+rt of the group are inside its
-                // weights (stride r) and inside `y` (rows r0+i.., stride ystride >= run ends).
+                // weights (stride r); stores go to rows r0+i.. of the output, at the tile's
+                // valid positions only (plain stores when the flat grid is the output, the
+                // tile plan's masked stores otherwise).
                 unsafe {
                     let wp = w.as_ptr().add(i);
-                    let yp = job.y.0.add((r0 + i) * job.ystride + p0);
+                    let yp = job.y.0.add((r0 + i) * job.ystride).wrapping_add(p0);
                     let xp = job.x.add(p0);
+                    let out = Out { y: yp, stride: job.ystride, n, segs };
                     match (rt, full) {
-                        (8, true) => micro::<S, 8, true>(offs, wp, r, xp, yp, job.ystride, n),
-                        (8, false) => micro::<S, 8, false>(offs, wp, r, xp, yp, job.ystride, n),
-                        (4, true) => micro::<S, 4, true>(offs, wp, r, xp, yp, job.ystride, n),
-                        (4, false) => micro::<S, 4, false>(offs, wp, r, xp, yp, job.ystride, n),
-                        (2, true) => micro::<S, 2, true>(offs, wp, r, xp, yp, job.ystride, n),
-                        (2, false) => micro::<S, 2, false>(offs, wp, r, xp, yp, job.ystride, n),
-                        (_, true) => micro1::<S, true>(offs, wp, r, xp, yp, n),
-                        (_, false) => micro1::<S, false>(offs, wp, r, xp, yp, n),
+                        (8, true) => micro::<S, 8, TILE_V, true>(offs, wp, r, xp, &out),
+                        (8, false) => micro::<S, 8, TILE_V, false>(offs, wp, r, xp, &out),
+                        (4, true) => micro::<S, 4, TILE_V, true>(offs, wp, r, xp, &out),
+                        (4, false) => micro::<S, 4, TILE_V, false>(offs, wp, r, xp, &out),
+                        (2, true) => micro::<S, 2, TILE_V, true>(offs, wp, r, xp, &out),
+                        (2, false) => micro::<S, 2, TILE_V, false>(offs, wp, r, xp, &out),
+                        (_, true) => micro::<S, 1, TILE_V, true>(offs, wp, r, xp, &out),
+                        (_, false) => micro::<S, 1, TILE_V, false>(offs, wp, r, xp, &out),
                     }
                 }
                 i += rt;
@@ -389,98 +468,84 @@ fn run_tiles_generic<S: Simd>(job: &Job<'_>, tiles: &[Tile], g0: usize, g1: usiz
     }
 }
 
-/// `RT` rows x `2 * LANES` positions. With `FULL`, all positions are valid and may be
-/// loaded and stored whole; otherwise only the first `n` are touched.
+/// `RT` rows x `V * LANES` positions. With `FULL`, all positions are valid and may be
+/// loaded whole; otherwise only the first `n` are loaded. Stores follow `out` (plain when it
+/// has no segments, masked per segment otherwise).
 ///
 /// # Safety
 /// For every entry `e`, `x + offs[e]` must be readable for the touched positions; `w` must hold
-/// `offs.len()` entries of stride `wstride` with `RT <= wstride`; `y` must be writable for `RT`
-/// rows of stride `ystride` at the touched positions.
+/// `offs.len()` entries of stride `wstride` with `RT <= wstride`; every address `out` selects
+/// must be writable.
 #[inline(always)]
-unsafe fn micro<S: Simd, const RT: usize, const FULL: bool>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro<S: Simd, const RT: usize, const V: usize, const FULL: bool>(
     offs: &[u32],
     w: *const f32,
     wstride: usize,
     x: *const f32,
-    y: *mut f32,
-    ystride: usize,
-    n: usize,
+    out: &Out<'_>,
 ) {
+    let n = out.n;
     let l = S::LANES;
-    let mut acc = [[S::zero(); 2]; RT];
+    let mut acc = [[S::zero(); V]; RT];
     let mut wp = w;
     for &off in offs {
         let xp = x.add(off as usize);
-        let (x0, x1) = if FULL {
-            (S::load(xp), S::load(xp.add(l)))
-        } else {
-            (S::load_partial(xp, n.min(l)), if n > l { S::load_partial(xp.add(l), n - l) } else { S::zero() })
-        };
+        let xv: [S::V; V] = std::array::from_fn(|v| {
+            if FULL {
+                S::load(xp.add(v * l))
+            } else {
+                let rem = n.saturating_sub(v * l);
+                if rem >= l {
+                    S::load(xp.add(v * l))
+                } else if rem > 0 {
+                    S::load_partial(xp.add(v * l), rem)
+                } else {
+                    S::zero()
+                }
+            }
+        });
         for (rr, a) in acc.iter_mut().enumerate() {
             let wv = S::splat(*wp.add(rr));
-            a[0] = S::fma(wv, x0, a[0]);
-            a[1] = S::fma(wv, x1, a[1]);
+            for v in 0..V {
+                a[v] = S::fma(wv, xv[v], a[v]);
+            }
         }
         wp = wp.add(wstride);
     }
     for (rr, a) in acc.iter().enumerate() {
-        let yp = y.add(rr * ystride);
-        if FULL {
-            S::store(yp, a[0]);
-            S::store(yp.add(l), a[1]);
+        let yp = out.y.wrapping_add(rr * out.stride);
+        if out.segs.is_empty() {
+            for (v, &av) in a.iter().enumerate() {
+                if FULL {
+                    S::store(yp.add(v * l), av);
+                } else {
+                    let rem = n.saturating_sub(v * l);
+                    if rem > 0 {
+                        S::store_partial(yp.add(v * l), av, rem.min(l));
+                    }
+                }
+            }
         } else {
-            S::store_partial(yp, a[0], n.min(l));
-            if n > l {
-                S::store_partial(yp.add(l), a[1], n - l);
+            // Static vector indices only: indexing `a` at run time would force the
+            // accumulators out of registers for the whole entry loop.
+            for (v, &av) in a.iter().enumerate() {
+                for seg in out.segs.iter().filter(|s| s.v as usize == v) {
+                    let p = yp.wrapping_offset(seg.delta as isize).wrapping_add(v * l);
+                    S::store_masked(p, av, seg.mask);
+                }
             }
         }
     }
 }
 
-/// One row (CSR-like groups): two entries at a time into independent accumulators, so four
-/// FMA chains hide the FMA latency.
-///
-/// # Safety
-/// As [`micro`] with `RT = 1`.
-#[inline(always)]
-unsafe fn micro1<S: Simd, const FULL: bool>(offs: &[u32], w: *const f32, wstride: usize, x: *const f32, y: *mut f32, n: usize) {
-    let l = S::LANES;
-    let load = |p: *const f32| -> (S::V, S::V) {
-        if FULL {
-            (S::load(p), S::load(p.add(l)))
-        } else {
-            (S::load_partial(p, n.min(l)), if n > l { S::load_partial(p.add(l), n - l) } else { S::zero() })
-        }
-    };
-    let (mut a0, mut a1, mut b0, mut b1) = (S::zero(), S::zero(), S::zero(), S::zero());
-    let pairs = offs.len() / 2;
-    for k in 0..pairs {
-        let (xa0, xa1) = load(x.add(offs[2 * k] as usize));
-        let (xb0, xb1) = load(x.add(offs[2 * k + 1] as usize));
-        let wa = S::splat(*w.add(2 * k * wstride));
-        let wb = S::splat(*w.add((2 * k + 1) * wstride));
-        a0 = S::fma(wa, xa0, a0);
-        a1 = S::fma(wa, xa1, a1);
-        b0 = S::fma(wb, xb0, b0);
-        b1 = S::fma(wb, xb1, b1);
-    }
-    if offs.len() % 2 == 1 {
-        let k = offs.len() - 1;
-        let (xa0, xa1) = load(x.add(offs[k] as usize));
-        let wa = S::splat(*w.add(k * wstride));
-        a0 = S::fma(wa, xa0, a0);
-        a1 = S::fma(wa, xa1, a1);
-    }
-    let (s0, s1) = (S::add(a0, b0), S::add(a1, b1));
-    if FULL {
-        S::store(y, s0);
-        S::store(y.add(l), s1);
-    } else {
-        S::store_partial(y, s0, n.min(l));
-        if n > l {
-            S::store_partial(y.add(l), s1, n - l);
-        }
-    }
+/// Where a micro-kernel stores its tile: `y` points at flat position `p0` of the first row
+/// (possibly outside the buffer: only plan-selected lanes are written).
+struct Out<'a> {
+    y: *mut f32,
+    stride: usize,
+    n: usize,
+    segs: &'a [Seg],
 }
 
 /// `y = W x` for one vector `x` (length `cols`): vectorized across the rows of each group.

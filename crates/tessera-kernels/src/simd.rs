@@ -45,6 +45,20 @@ pub(crate) trait Simd: Copy + 'static {
         Self::store(buf.as_mut_ptr(), v);
         std::ptr::copy_nonoverlapping(buf.as_ptr(), p, n.min(Self::LANES));
     }
+
+    /// Stores lane `i` to `p + i` for every set bit `i` of `mask`; other addresses are not
+    /// touched (and need not be valid).
+    #[inline(always)]
+    unsafe fn store_masked(p: *mut f32, v: Self::V, mask: u16) {
+        let mut buf = [0.0f32; 16];
+        Self::store(buf.as_mut_ptr(), v);
+        let mut m = mask;
+        while m != 0 {
+            let i = m.trailing_zeros() as usize;
+            *p.wrapping_add(i) = buf[i];
+            m &= m - 1;
+        }
+    }
 }
 
 /// Plain Rust over 8 lanes; LLVM vectorizes it for the baseline target.
@@ -126,6 +140,13 @@ mod x86 {
             _mm256_add_ps(a, b)
         }
         #[inline(always)]
+        unsafe fn store_masked(p: *mut f32, v: Self::V, mask: u16) {
+            let bits = _mm256_set1_epi32(i32::from(mask));
+            let sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+            let m = _mm256_cmpeq_epi32(_mm256_and_si256(bits, sel), sel);
+            _mm256_maskstore_ps(p, m, v)
+        }
+        #[inline(always)]
         unsafe fn hsum(v: Self::V) -> f32 {
             let hi = _mm256_extractf128_ps(v, 1);
             let s = _mm_add_ps(_mm256_castps256_ps128(v), hi);
@@ -178,6 +199,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn store_partial(p: *mut f32, v: Self::V, n: usize) {
             _mm512_mask_storeu_ps(p, ((1u32 << n) - 1) as __mmask16, v)
+        }
+        #[inline(always)]
+        unsafe fn store_masked(p: *mut f32, v: Self::V, mask: u16) {
+            _mm512_mask_storeu_ps(p, mask, v)
         }
     }
 }

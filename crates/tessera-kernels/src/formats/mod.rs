@@ -24,3 +24,28 @@ impl ByteSize {
         self.index as f64 / self.values.max(1) as f64
     }
 }
+
+pub mod bcr;
+pub mod block_punched;
+pub mod bsr;
+pub mod csr;
+
+use tessera_sparsity::{Layer, Mask};
+
+use crate::error::{KernelError, Result};
+
+/// Checks that `weights` and `mask` match `layer`'s size.
+pub(crate) fn check_lengths(layer: &Layer, weights: &[f32], mask: &Mask) -> Result<()> {
+    let n = layer.geometry.len();
+    for (what, found) in [("weights", weights.len()), ("mask", mask.len())] {
+        if found != n {
+            return Err(KernelError::BufferLength { what, expected: n, found });
+        }
+    }
+    Ok(())
+}
+
+/// The error for a mask without the structure a format needs.
+pub(crate) fn structure_error(layer: &Layer, format: String, reason: String) -> KernelError {
+    KernelError::WrongStructure { layer: layer.name.clone(), format, reason }
+}

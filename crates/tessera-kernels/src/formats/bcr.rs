@@ -1,0 +1,440 @@
+//! BCR-compact storage and kernels (GRIM's block column-row sparsity).
+//!
+//! The GEMM view is cut into `br x bc` blocks; a block's kept weights form a dense sub-matrix
+//! `kept_rows x kept_cols`. Stored per non-empty block: its first column, the kept rows and
+//! columns as `u8` offsets inside the block (GRIM's column index array; the per-block column
+//! count is its "stride", the register-load count), and the dense `kc x kr` sub-matrix
+//! column-major (each kept column's `kr` weights contiguous). Block rows are additionally
+//! listed heaviest first (`order`, GRIM's reorder pass), which is the order threads take them in
+//! when work is split by block rows.
+//!
+//! Kernel: for a tile of output positions and a block row, zero the rows' tile, then for every
+//! block accumulate its sub-matrix product in registers (`RT` kept rows x `2 * LANES`
+//! positions; every gathered input vector reused by all kept rows) and add it into the kept
+//! rows. The read-modify-write of the output tile stays in L1.
+
+#![allow(unsafe_op_in_unsafe_fn)] // micro-kernels are unsafe fns made of pointer arithmetic
+
+use tessera_sparsity::{Layer, Mask};
+
+use crate::conv::{ConvShape, InputLayout};
+use crate::error::{KernelError, Result};
+use crate::formats::{ByteSize, check_lengths, structure_error};
+use crate::isa::Isa;
+use crate::rowgroup::{ConvScratch, RowGroupMatrix, check_len};
+use crate::simd::{Simd, simd_entry};
+use crate::threads::{SendPtr, run_parallel};
+
+/// BCR-compact weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BcrCompact {
+    rows: usize,
+    cols: usize,
+    br: usize,
+    bc: usize,
+    block_row_start: Vec<u32>,
+    /// Per block row: first stored block.
+    block_ptr: Vec<u32>,
+    /// Per block: first GEMM column.
+    block_col0: Vec<u32>,
+    /// Per block: first kept row / kept column / value.
+    row_ptr: Vec<u32>,
+    col_ptr: Vec<u32>,
+    value_ptr: Vec<usize>,
+    kept_rows: Vec<u8>,
+    kept_cols: Vec<u8>,
+    values: Vec<f32>,
+    /// Block rows, heaviest first.
+    order: Vec<u32>,
+}
+
+impl BcrCompact {
+    /// Encodes a BCR `br x bc` mask: each block's kept set must be a product of kept rows and
+    /// kept columns (blocks may differ in both). Blocks are at most 256 x 256.
+    pub fn encode(layer: &Layer, weights: &[f32], mask: &Mask, br: usize, bc: usize) -> Result<Self> {
+        check_lengths(layer, weights, mask)?;
+        if br == 0 || bc == 0 || br > 256 || bc > 256 {
+            return Err(KernelError::InvalidShape { reason: format!("BCR block {br}x{bc} (sides 1..=256)") });
+        }
+        let g = &layer.geometry;
+        let (rows, cols) = (g.rows(), g.cols());
+        let mut out = BcrCompact {
+            rows,
+            cols,
+            br,
+            bc,
+            block_row_start: vec![0],
+            block_ptr: vec![0],
+            block_col0: Vec::new(),
+            row_ptr: vec![0],
+            col_ptr: vec![0],
+            value_ptr: vec![0],
+            kept_rows: Vec::new(),
+            kept_cols: Vec::new(),
+            values: Vec::new(),
+            order: Vec::new(),
+        };
+        let mut r0 = 0;
+        for len in RowGroupMatrix::uniform_groups(rows, g.out_per_group(), br) {
+            for c0 in (0..cols).step_by(bc) {
+                let c1 = (c0 + bc).min(cols);
+                let kr: Vec<usize> = (r0..r0 + len).filter(|&r| (c0..c1).any(|c| mask.get(r * cols + c))).collect();
+                if kr.is_empty() {
+                    continue;
+                }
+                let kc: Vec<usize> = (c0..c1).filter(|&c| (r0..r0 + len).any(|r| mask.get(r * cols + c))).collect();
+                for &r in &kr {
+                    for &c in &kc {
+                        if !mask.get(r * cols + c) {
+                            return Err(structure_error(layer, format!("BCR {br}x{bc}"), format!(
+                                "block at rows {r0}..{} columns {c0}..{c1}: row {r} and column {c} are kept but not weight ({r}, {c})",
+                                r0 + len
+                            )));
+                        }
+                    }
+                }
+                out.block_col0.push(c0 as u32);
+                out.kept_rows.extend(kr.iter().map(|&r| (r - r0) as u8));
+                out.kept_cols.extend(kc.iter().map(|&c| (c - c0) as u8));
+                for &c in &kc {
+                    out.values.extend(kr.iter().map(|&r| weights[r * cols + c]));
+                }
+                out.row_ptr.push(out.kept_rows.len() as u32);
+                out.col_ptr.push(out.kept_cols.len() as u32);
+                out.value_ptr.push(out.values.len());
+            }
+            r0 += len;
+            out.block_row_start.push(r0 as u32);
+            out.block_ptr.push(out.block_col0.len() as u32);
+        }
+        let mut order: Vec<u32> = (0..out.block_row_start.len() as u32 - 1).collect();
+        let work = |b: u32| out.value_ptr[out.block_ptr[b as usize + 1] as usize] - out.value_ptr[out.block_ptr[b as usize] as usize];
+        order.sort_by_key(|&b| (std::cmp::Reverse(work(b)), b));
+        out.order = order;
+        Ok(out)
+    }
+
+    /// Stored (non-empty) blocks.
+    pub fn blocks(&self) -> usize {
+        self.block_col0.len()
+    }
+
+    /// Stored weights.
+    pub fn nnz(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Kept rows and columns of stored block `b`.
+    fn block(&self, b: usize) -> (&[u8], &[u8], &[f32]) {
+        (
+            &self.kept_rows[self.row_ptr[b] as usize..self.row_ptr[b + 1] as usize],
+            &self.kept_cols[self.col_ptr[b] as usize..self.col_ptr[b + 1] as usize],
+            &self.values[self.value_ptr[b]..self.value_ptr[b + 1]],
+        )
+    }
+
+    /// The dense row-major matrix.
+    pub fn decode(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        for brow in 0..self.block_ptr.len() - 1 {
+            let r0 = self.block_row_start[brow] as usize;
+            for b in self.block_ptr[brow] as usize..self.block_ptr[brow + 1] as usize {
+                let c0 = self.block_col0[b] as usize;
+                let (kr, kc, v) = self.block(b);
+                for (j, &c) in kc.iter().enumerate() {
+                    for (i, &r) in kr.iter().enumerate() {
+                        out[(r0 + r as usize) * self.cols + c0 + c as usize] = v[j * kr.len() + i];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Size: values; one byte per kept row and column per block; 4-byte block column, block
+    /// pointers and the reorder array.
+    pub fn bytes(&self) -> ByteSize {
+        ByteSize {
+            values: 4 * self.values.len(),
+            index: self.kept_rows.len()
+                + self.kept_cols.len()
+                + 4 * (self.block_ptr.len() + self.block_col0.len() + self.row_ptr.len() + self.col_ptr.len() + self.order.len()),
+        }
+    }
+
+    /// Binds the matrix to a convolution (or, with [`BcrConv::gemm`], a GEMM).
+    pub fn bind(self, shape: ConvShape) -> Result<BcrConv> {
+        BcrConv::new(self, shape)
+    }
+}
+
+/// A [`BcrCompact`] bound to a convolution: input offsets of every kept column.
+#[derive(Debug, Clone)]
+pub struct BcrConv {
+    m: BcrCompact,
+    shape: ConvShape,
+    layout: InputLayout,
+    /// Per block, offsets of its kept columns (parallel to `kept_cols`).
+    offsets: Vec<u32>,
+}
+
+impl BcrConv {
+    /// Binds `m` to `shape` (rows = output channels, cols = in_per_group x kernel volume).
+    pub fn new(m: BcrCompact, shape: ConvShape) -> Result<Self> {
+        if m.rows != shape.out_channels || m.cols != shape.cols() {
+            return Err(KernelError::InvalidShape {
+                reason: format!("a {}x{} weight does not fit {} outputs x {} columns", m.rows, m.cols, shape.out_channels, shape.cols()),
+            });
+        }
+        let layout = shape.layout();
+        let opg = shape.out_per_group();
+        let mut offsets = Vec::with_capacity(m.kept_cols.len());
+        for brow in 0..m.block_ptr.len() - 1 {
+            let group = m.block_row_start[brow] as usize / opg;
+            for b in m.block_ptr[brow] as usize..m.block_ptr[brow + 1] as usize {
+                let c0 = m.block_col0[b] as usize;
+                for &c in m.block(b).1 {
+                    let off = layout.col_offset(group, c0 + c as usize);
+                    offsets.push(u32::try_from(off).map_err(|_| KernelError::InvalidShape { reason: "input too large for 32-bit offsets".into() })?);
+                }
+            }
+        }
+        Ok(BcrConv { m, shape, layout, offsets })
+    }
+
+    /// `Y[rows, n] = W X[cols, n]` as a 1x1 convolution over `n` positions.
+    pub fn gemm(m: BcrCompact, n: usize) -> Result<Self> {
+        let shape = ConvShape::conv2d(m.cols, m.rows, [1, n], [1, 1], 1, 0)?;
+        Self::new(m, shape)
+    }
+
+    /// The matrix.
+    pub fn matrix(&self) -> &BcrCompact {
+        &self.m
+    }
+
+    /// Scratch for [`BcrConv::run`].
+    pub fn scratch(&self) -> ConvScratch {
+        ConvScratch::with_lengths(crate::rowgroup::scratch_len(&self.layout, self.m.rows))
+    }
+
+    /// Runs the convolution on one sample (same buffers as [`crate::RowGroupConv::run`]).
+    pub fn run(&self, isa: Isa, input: &[f32], output: &mut [f32], scratch: &mut ConvScratch, threads: usize) -> Result<()> {
+        let s = &self.shape;
+        check_len("input", s.in_channels * s.input_plane(), input.len())?;
+        check_len("output", s.out_channels * s.output_positions(), output.len())?;
+        let (packed, flat) = scratch.parts();
+        let (pl, fl) = crate::rowgroup::scratch_len(&self.layout, self.m.rows);
+        check_len("packed-input scratch", pl, packed.len())?;
+        check_len("flat-output scratch", fl, flat.len())?;
+        self.layout.pack(input, packed);
+        let x = if self.layout.in_place() { input.as_ptr() } else { packed.as_ptr() };
+        let (y, ystride) = if self.layout.flat_is_output() {
+            (SendPtr(output.as_mut_ptr()), s.output_positions())
+        } else {
+            (SendPtr(flat.as_mut_ptr()), crate::rowgroup::flat_stride(&self.layout))
+        };
+        let tiles = crate::rowgroup::tiles(self.layout.runs(), 2 * isa.lanes());
+        let job = BcrJob { c: self, x, y, ystride };
+        if threads <= 1 || tiles.len() >= 4 * threads {
+            let chunk = tiles.len().div_ceil(threads.max(1));
+            let all: Vec<u32> = (0..self.m.block_ptr.len() as u32 - 1).collect();
+            run_parallel(threads.max(1), |t| {
+                let lo = (t * chunk).min(tiles.len());
+                let hi = ((t + 1) * chunk).min(tiles.len());
+                bcr_tiles(isa, &job, &tiles[lo..hi], &all);
+            });
+        } else {
+            // Few positions: deal block rows heaviest-first to the least loaded thread.
+            let mut load = vec![0usize; threads];
+            let mut mine: Vec<Vec<u32>> = vec![Vec::new(); threads];
+            for &b in &self.m.order {
+                let w = self.m.value_ptr[self.m.block_ptr[b as usize + 1] as usize] - self.m.value_ptr[self.m.block_ptr[b as usize] as usize] + 8;
+                let t = (0..threads).min_by_key(|&t| load[t]).unwrap_or(0);
+                load[t] += w;
+                mine[t].push(b);
+            }
+            run_parallel(threads, |t| bcr_tiles(isa, &job, &tiles, &mine[t]));
+        }
+        if !self.layout.flat_is_output() {
+            let opos = s.output_positions();
+            for r in 0..s.out_channels {
+                self.layout.compact(&flat[r * ystride..(r + 1) * ystride], &mut output[r * opos..(r + 1) * opos]);
+            }
+        }
+        Ok(())
+    }
+
+    /// `y = W x` for one vector.
+    pub fn gemv(&self, isa: Isa, x: &[f32], y: &mut [f32], threads: usize) -> Result<()> {
+        check_len("x", self.m.cols, x.len())?;
+        check_len("y", self.m.rows, y.len())?;
+        let threads = threads.max(1);
+        let mut load = vec![0usize; threads];
+        let mut mine: Vec<Vec<u32>> = vec![Vec::new(); threads];
+        for &b in &self.m.order {
+            let w = self.m.value_ptr[self.m.block_ptr[b as usize + 1] as usize] - self.m.value_ptr[self.m.block_ptr[b as usize] as usize] + 8;
+            let t = (0..threads).min_by_key(|&t| load[t]).unwrap_or(0);
+            load[t] += w;
+            mine[t].push(b);
+        }
+        let yp = SendPtr(y.as_mut_ptr());
+        run_parallel(threads, |t| bcr_gemv(isa, &self.m, x, yp, &mine[t]));
+        Ok(())
+    }
+}
+
+struct BcrJob<'a> {
+    c: &'a BcrConv,
+    x: *const f32,
+    y: SendPtr,
+    ystride: usize,
+}
+
+// SAFETY: `x` is only read; `y` is written at disjoint (row, position) regions per thread.
+unsafe impl Sync for BcrJob<'_> {}
+
+simd_entry! {
+    fn bcr_tiles(job: &BcrJob<'_>, tiles: &[(usize, usize)], block_rows: &[u32]) => bcr_tiles_generic;
+}
+
+#[inline(always)]
+fn bcr_tiles_generic<S: Simd>(job: &BcrJob<'_>, tiles: &[(usize, usize)], block_rows: &[u32]) {
+    let m = &job.c.m;
+    let width = 2 * S::LANES;
+    for &(p0, n) in tiles {
+        let full = n == width;
+        for &brow in block_rows {
+            let brow = brow as usize;
+            let (r0, r1) = (m.block_row_start[brow] as usize, m.block_row_start[brow + 1] as usize);
+            // SAFETY: rows r0..r1 and positions p0..p0+n are inside the output (stride ystride).
+            unsafe {
+                for r in r0..r1 {
+                    let yp = job.y.0.add(r * job.ystride + p0);
+                    std::ptr::write_bytes(yp, 0, n);
+                }
+            }
+            for b in m.block_ptr[brow] as usize..m.block_ptr[brow + 1] as usize {
+                let (kr, _, w) = m.block(b);
+                let offs = &job.c.offsets[m.col_ptr[b] as usize..m.col_ptr[b + 1] as usize];
+                let mut i = 0;
+                while i < kr.len() {
+                    let left = kr.len() - i;
+                    let rt = if left >= 8 && S::LANES == 16 { 8 } else if left >= 4 { 4 } else if left >= 2 { 2 } else { 1 };
+                    // SAFETY: offsets stay inside the input for valid positions (layout); the
+                    // kept rows are rows of this block row; weights hold kc entries of stride kr.
+                    unsafe {
+                        let rows: [usize; 8] = std::array::from_fn(|k| r0 + kr[i + k.min(rt - 1)] as usize);
+                        let wp = w.as_ptr().add(i);
+                        let xp = job.x.add(p0);
+                        let y = job.y.0.add(p0);
+                        match (rt, full) {
+                            (8, true) => rmw::<S, 8, true>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
+                            (8, false) => rmw::<S, 8, false>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
+                            (4, true) => rmw::<S, 4, true>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
+                            (4, false) => rmw::<S, 4, false>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
+                            (2, true) => rmw::<S, 2, true>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
+                            (2, false) => rmw::<S, 2, false>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
+                            (_, true) => rmw::<S, 1, true>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
+                            (_, false) => rmw::<S, 1, false>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
+                        }
+                    }
+                    i += rt;
+                }
+            }
+        }
+    }
+}
+
+/// Accumulates `RT` kept rows of one block over its kept columns and adds into the output.
+///
+/// # Safety
+/// As the row-group micro-kernel; `rows[..RT]` are output rows, `w` holds `offs.len()` columns
+/// of stride `wstride >= RT`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rmw<S: Simd, const RT: usize, const FULL: bool>(
+    offs: &[u32],
+    w: *const f32,
+    wstride: usize,
+    x: *const f32,
+    y: *mut f32,
+    ystride: usize,
+    rows: &[usize; 8],
+    n: usize,
+) {
+    let l = S::LANES;
+    let mut acc = [[S::zero(); 2]; RT];
+    let mut wp = w;
+    for &off in offs {
+        let xp = x.add(off as usize);
+        let (x0, x1) = if FULL {
+            (S::load(xp), S::load(xp.add(l)))
+        } else {
+            (S::load_partial(xp, n.min(l)), if n > l { S::load_partial(xp.add(l), n - l) } else { S::zero() })
+        };
+        for (rr, a) in acc.iter_mut().enumerate() {
+            let wv = S::splat(*wp.add(rr));
+            a[0] = S::fma(wv, x0, a[0]);
+            a[1] = S::fma(wv, x1, a[1]);
+        }
+        wp = wp.add(wstride);
+    }
+    for (rr, a) in acc.iter().enumerate() {
+        let yp = y.add(rows[rr] * ystride);
+        if FULL {
+            S::store(yp, S::add(S::load(yp), a[0]));
+            S::store(yp.add(l), S::add(S::load(yp.add(l)), a[1]));
+        } else {
+            S::store_partial(yp, S::add(S::load_partial(yp, n.min(l)), a[0]), n.min(l));
+            if n > l {
+                S::store_partial(yp.add(l), S::add(S::load_partial(yp.add(l), n - l), a[1]), n - l);
+            }
+        }
+    }
+}
+
+simd_entry! {
+    fn bcr_gemv(m: &BcrCompact, x: &[f32], y: SendPtr, block_rows: &[u32]) => bcr_gemv_generic;
+}
+
+#[inline(always)]
+fn bcr_gemv_generic<S: Simd>(m: &BcrCompact, x: &[f32], y: SendPtr, block_rows: &[u32]) {
+    let mut local = [0.0f32; 256];
+    for &brow in block_rows {
+        let brow = brow as usize;
+        let (r0, r1) = (m.block_row_start[brow] as usize, m.block_row_start[brow + 1] as usize);
+        let acc = &mut local[..r1 - r0];
+        acc.fill(0.0);
+        for b in m.block_ptr[brow] as usize..m.block_ptr[brow + 1] as usize {
+            let c0 = m.block_col0[b] as usize;
+            let (kr, kc, w) = m.block(b);
+            let nr = kr.len();
+            // Sub-matrix times gathered x, vectorized over the kept rows.
+            let mut part = [0.0f32; 256];
+            for (j, &c) in kc.iter().enumerate() {
+                let xv = x[c0 + c as usize];
+                let col = &w[j * nr..(j + 1) * nr];
+                let mut i = 0;
+                // SAFETY: i + LANES <= nr keeps the loads and stores inside `col` and `part`.
+                unsafe {
+                    while i + S::LANES <= nr {
+                        let v = S::fma(S::load(col.as_ptr().add(i)), S::splat(xv), S::load(part.as_ptr().add(i)));
+                        S::store(part.as_mut_ptr().add(i), v);
+                        i += S::LANES;
+                    }
+                }
+                for k in i..nr {
+                    part[k] += col[k] * xv;
+                }
+            }
+            for (i, &r) in kr.iter().enumerate() {
+                acc[r as usize] += part[i];
+            }
+        }
+        for (i, &v) in acc.iter().enumerate() {
+            // SAFETY: rows r0..r1 belong to this thread's block rows.
+            unsafe { *y.0.add(r0 + i) = v };
+        }
+    }
+}

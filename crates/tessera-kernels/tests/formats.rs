@@ -1,0 +1,223 @@
+//! One suite for every format x kernel x instruction set: masks come from tessera-sparsity's
+//! projections (so the formats see the structures the pruners produce), weights are random,
+//! shapes include odd sizes, empty rows and blocks, and sparsity from 0% to 99%. Every format
+//! must round-trip (decode(encode(W, mask)) == W restricted to the mask), and every kernel must
+//! match the f64 dense reference within the rounding bound explained in `tests/rowgroup.rs`.
+
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+use tessera_kernels::formats::bcr::{BcrCompact, BcrConv};
+use tessera_kernels::formats::block_punched::{BlockPunched, Kgs};
+use tessera_kernels::formats::bsr::Bsr;
+use tessera_kernels::formats::csr::Csr;
+use tessera_kernels::{ConvScratch, ConvShape, Isa, RowGroupConv, RowGroupMatrix, reference};
+use tessera_sparsity::{Layer, Mask, Projection, Scheme, Target, Tiling};
+
+fn weights(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn project(scheme: &str, layer: &Layer, w: &[f32], sparsity: f64) -> Projection {
+    scheme.parse::<Scheme>().unwrap().project_with(layer, w, Target::Sparsity(sparsity), Tiling::Pad).unwrap()
+}
+
+fn bound(w: &[f32], rows: usize) -> f32 {
+    let cols = w.len() / rows;
+    let l1 = (0..rows).map(|r| w[r * cols..(r + 1) * cols].iter().map(|v| v.abs()).sum::<f32>()).fold(0.0, f32::max);
+    reference::tolerance(cols, l1) + 1e-6
+}
+
+/// What a format produces from (layer, weights, mask).
+enum Encoded {
+    Groups(RowGroupMatrix),
+    Bcr(BcrCompact),
+}
+
+fn check_conv(shape: ConvShape, values: &[f32], encoded: Encoded, what: &str) {
+    let x = weights(shape.in_channels * shape.input_plane(), 99);
+    let want = reference::conv(&shape, values, &x);
+    let tol = bound(values, shape.out_channels);
+    for isa in Isa::available() {
+        for threads in [1, 2] {
+            let mut y = vec![f32::NAN; want.len()];
+            match &encoded {
+                Encoded::Groups(m) => {
+                    let conv = RowGroupConv::new(m.clone(), shape).unwrap();
+                    let mut s = ConvScratch::for_conv(&conv);
+                    conv.run(isa, &x, &mut y, &mut s, threads).unwrap();
+                }
+                Encoded::Bcr(m) => {
+                    let conv = BcrConv::new(m.clone(), shape).unwrap();
+                    let mut s = conv.scratch();
+                    conv.run(isa, &x, &mut y, &mut s, threads).unwrap();
+                }
+            }
+            for (i, (g, w)) in y.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= tol, "{what} {isa} {threads}t {shape:?}: output {i}: {g} vs {w}");
+            }
+        }
+    }
+}
+
+fn check_gemv(rows: usize, cols: usize, values: &[f32], encoded: &Encoded, what: &str) {
+    let x = weights(cols, 5);
+    let want = reference::gemv(rows, cols, values, &x);
+    let tol = bound(values, rows);
+    for isa in Isa::available() {
+        for threads in [1, 2] {
+            let mut y = vec![f32::NAN; rows];
+            match encoded {
+                Encoded::Groups(m) => tessera_kernels::rowgroup::gemv(isa, m, &x, &mut y, threads).unwrap(),
+                Encoded::Bcr(m) => BcrConv::gemm(m.clone(), 1).unwrap().gemv(isa, &x, &mut y, threads).unwrap(),
+            }
+            for (i, (g, w)) in y.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= tol, "{what} gemv {isa} {threads}t: row {i}: {g} vs {w}");
+            }
+        }
+    }
+}
+
+/// A format under test: the scheme that produces its masks and how to encode and decode.
+struct Format {
+    name: &'static str,
+    scheme: &'static str,
+    encode: fn(&Layer, &[f32], &Mask) -> (Encoded, Vec<f32>, usize),
+}
+
+fn formats() -> Vec<Format> {
+    vec![
+        Format {
+            name: "CSR",
+            scheme: "unstructured",
+            encode: |l, w, m| {
+                let f = Csr::encode(l.geometry.rows(), l.geometry.cols(), w, m).unwrap();
+                (Encoded::Groups(f.to_row_groups()), f.decode(), f.bytes().index)
+            },
+        },
+        Format {
+            name: "BSR",
+            scheme: "block:4x4",
+            encode: |l, w, m| {
+                let f = Bsr::encode(l, w, m, 4, 4).unwrap();
+                (Encoded::Groups(f.to_row_groups()), f.decode(), f.bytes().index)
+            },
+        },
+        Format {
+            name: "block-punched",
+            scheme: "block-punched:4x2",
+            encode: |l, w, m| {
+                let f = BlockPunched::encode(l, w, m, 4, 2).unwrap();
+                (Encoded::Groups(f.to_row_groups()), f.decode(), f.bytes().index)
+            },
+        },
+        Format {
+            name: "BCR",
+            scheme: "bcr:4x8",
+            encode: |l, w, m| {
+                let f = BcrCompact::encode(l, w, m, 4, 8).unwrap();
+                let d = f.decode();
+                let i = f.bytes().index;
+                (Encoded::Bcr(f), d, i)
+            },
+        },
+    ]
+}
+
+#[test]
+fn every_format_round_trips_and_runs_convs() {
+    let shapes = [
+        ConvShape::conv2d(8, 8, [9, 9], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(6, 12, [7, 10], [3, 3], 2, 1).unwrap(),
+        ConvShape::conv2d(16, 8, [6, 6], [1, 1], 1, 0).unwrap(),
+        ConvShape::conv2d(5, 7, [8, 8], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(8, 8, [8, 8], [3, 3], 1, 1).unwrap().with_groups(2).unwrap(),
+    ];
+    for (si, shape) in shapes.into_iter().enumerate() {
+        let layer = shape.layer("conv").unwrap();
+        let w = weights(layer.geometry.len(), si as u64);
+        for f in formats() {
+            for sparsity in [0.0, 0.5, 0.875, 0.99] {
+                let p = project(f.scheme, &layer, &w, sparsity);
+                let (enc, decoded, _) = (f.encode)(&layer, &p.values, &p.mask);
+                assert_eq!(decoded, p.values, "{} decode at {sparsity}", f.name);
+                check_conv(shape, &p.values, enc, &format!("{} at {sparsity}", f.name));
+            }
+        }
+    }
+}
+
+#[test]
+fn every_format_runs_gemv_and_gemm() {
+    for (rows, cols) in [(16, 24), (13, 37), (32, 64)] {
+        let layer = Layer::linear("fc", rows, cols).unwrap();
+        let w = weights(rows * cols, rows as u64);
+        for f in formats() {
+            for sparsity in [0.0, 0.75, 0.95] {
+                let p = project(f.scheme, &layer, &w, sparsity);
+                let (enc, decoded, _) = (f.encode)(&layer, &p.values, &p.mask);
+                assert_eq!(decoded, p.values, "{} decode", f.name);
+                check_gemv(rows, cols, &p.values, &enc, f.name);
+                let n = 40;
+                let shape = ConvShape::conv2d(cols, rows, [1, n], [1, 1], 1, 0).unwrap();
+                check_conv(shape, &p.values, enc, &format!("{} gemm", f.name));
+            }
+        }
+    }
+}
+
+#[test]
+fn kgs_round_trips_and_runs_conv3d() {
+    for (shape, sparsity) in [
+        (ConvShape::conv3d(8, 8, [4, 6, 6], [3, 3, 3], 1, 1).unwrap(), 0.5),
+        (ConvShape::conv3d(4, 8, [5, 7, 6], [3, 3, 3], 1, 1).unwrap(), 0.9),
+        (ConvShape::conv3d(4, 4, [4, 6, 6], [3, 3, 3], 2, 1).unwrap(), 0.0),
+    ] {
+        let layer = shape.layer("c3d").unwrap();
+        let w = weights(layer.geometry.len(), 3);
+        let p = project("kgs:4x2", &layer, &w, sparsity);
+        let f = Kgs::encode(&layer, &p.values, &p.mask, 4, 2).unwrap();
+        assert_eq!(f.decode(), p.values);
+        check_conv(shape, &p.values, Encoded::Groups(f.to_row_groups()), &format!("KGS at {sparsity}"));
+        // Block-punched on a 3-D conv shares full 3-D positions instead.
+        let p = project("block-punched:4x2", &layer, &w, sparsity);
+        let f = BlockPunched::encode(&layer, &p.values, &p.mask, 4, 2).unwrap();
+        assert_eq!(f.decode(), p.values);
+        check_conv(shape, &p.values, Encoded::Groups(f.to_row_groups()), "block-punched 3-D");
+    }
+}
+
+#[test]
+fn wrong_structures_are_rejected_with_the_layer_name() {
+    let layer = Layer::conv2d("features.2", 8, 4, 3, 3).unwrap();
+    let w = weights(layer.geometry.len(), 1);
+    let p = project("unstructured", &layer, &w, 0.7);
+    for err in [
+        Bsr::encode(&layer, &p.values, &p.mask, 4, 4).unwrap_err(),
+        BlockPunched::encode(&layer, &p.values, &p.mask, 4, 2).unwrap_err(),
+        BcrCompact::encode(&layer, &p.values, &p.mask, 4, 8).unwrap_err(),
+        Kgs::encode(&layer, &p.values, &p.mask, 4, 2).unwrap_err(),
+    ] {
+        let msg = err.to_string();
+        assert!(msg.contains("features.2") && msg.contains("not"), "{msg}");
+    }
+    // A block-punched mask is not BSR-structured unless positions fill the blocks.
+    let bp = project("block-punched:4x2", &layer, &w, 0.7);
+    assert!(BlockPunched::encode(&layer, &bp.values, &bp.mask, 4, 2).is_ok());
+    assert!(Bsr::encode(&layer, &bp.values, &bp.mask, 4, 18).is_err());
+    assert!(Csr::encode(8, 36, &bp.values, &bp.mask).is_ok());
+    assert!(Csr::encode(8, 35, &bp.values, &bp.mask).is_err());
+}
+
+#[test]
+fn structured_formats_need_less_index_than_csr() {
+    let layer = Layer::conv2d("c", 64, 64, 3, 3).unwrap();
+    let w = weights(layer.geometry.len(), 4);
+    let p = project("block-punched:8x4", &layer, &w, 0.875);
+    let csr = Csr::encode(64, 576, &p.values, &p.mask).unwrap().bytes();
+    let bp = BlockPunched::encode(&layer, &p.values, &p.mask, 8, 4).unwrap().bytes();
+    assert_eq!(csr.values, bp.values);
+    // CSR spends a 4-byte column per weight; block-punched a 2-byte position per 32 weights.
+    assert!(bp.index * 10 < csr.index, "block-punched index {} vs CSR {}", bp.index, csr.index);
+    assert!(csr.index_overhead() > 0.9);
+}
