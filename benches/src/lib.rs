@@ -1,6 +1,8 @@
-//! Shared helpers of the criterion benchmarks (`cargo bench -p tessera-benches`).
-//!
-//! The benchmarks themselves are in `bench_main.rs`, one module per family.
+//! Benchmarks of tessera: the kernel suite behind `cargo xtask bench kernels` ([`kernels`]),
+//! and shared helpers of the criterion benchmarks (`cargo bench -p tessera-benches`, in
+//! `bench_main.rs`, one module per family).
+
+pub mod kernels;
 
 /// Describes where a benchmark's data came from, for its printed header.
 pub fn describe_source(source: &tessera_data::Source) -> String {

@@ -35,6 +35,33 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+    /// Benchmarks that write results/<name>/ (JSON + Markdown).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Dense vs sparse kernels on named layer shapes (results/bench-kernels/).
+    Kernels {
+        /// Only shapes whose name contains one of these strings.
+        #[arg(long)]
+        only: Vec<String>,
+        /// Thread counts.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        threads: Vec<usize>,
+        /// Sparsities.
+        #[arg(long, value_delimiter = ',', default_value = "0.5,0.75,0.875,0.9,0.95")]
+        sparsities: Vec<f64>,
+        /// Minimum measured seconds per point.
+        #[arg(long, default_value_t = 0.25)]
+        min_time: f64,
+        /// Output directory.
+        #[arg(long, default_value = "results/bench-kernels")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -69,6 +96,31 @@ fn parse_sets(names: &[String]) -> Result<Vec<KnownSet>> {
     names.iter().map(|n| n.parse::<KnownSet>().map_err(Into::into)).collect()
 }
 
+fn bench_kernels(cfg: tessera_benches::kernels::SuiteConfig, out: &std::path::Path) -> Result<()> {
+    let isa = tessera_kernels::Isa::detect();
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let points = tessera_benches::kernels::run_suite(&cfg, isa, |done, total, label| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(label.to_string());
+    });
+    bar.finish_and_clear();
+    let json = serde_json::to_vec_pretty(&serde_json::json!({
+        "isa": isa.to_string(),
+        "config": cfg,
+        "points": points,
+    }))?;
+    tessera_data::file::write_atomic(&out.join("results.json"), &json)?;
+    let md = tessera_benches::kernels::markdown(&points, isa, &cfg);
+    tessera_data::file::write_atomic(&out.join("report.md"), md.as_bytes())?;
+    tracing::info!(points = points.len(), dir = %out.display(), "kernel benchmark written");
+    Ok(())
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -81,6 +133,14 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench {
+            command: BenchCommand::Kernels { only, threads, sparsities, min_time, out },
+        } => {
+            bench_kernels(
+                tessera_benches::kernels::SuiteConfig { threads, sparsities, only, min_time },
+                &out,
+            )?;
+        }
         Command::Fixtures { out } => {
             tessera_data::fetch::build_fixtures(&out)
                 .with_context(|| format!("rebuilding fixtures in {}", out.display()))?;

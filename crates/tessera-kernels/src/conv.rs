@@ -104,16 +104,26 @@ impl ConvShape {
         if self.in_channels == 0 || self.out_channels == 0 || self.groups == 0 {
             return bad(format!("channels and groups must be non-zero: {self:?}"));
         }
-        if self.in_channels % self.groups != 0 || self.out_channels % self.groups != 0 {
-            return bad(format!("{} groups must divide {} input and {} output channels", self.groups, self.in_channels, self.out_channels));
+        if !self.in_channels.is_multiple_of(self.groups) || !self.out_channels.is_multiple_of(self.groups) {
+            return bad(format!(
+                "{} groups must divide {} input and {} output channels",
+                self.groups, self.in_channels, self.out_channels
+            ));
         }
         for d in 0..3 {
-            if self.input[d] == 0 || self.kernel[d] == 0 || self.stride[d] == 0 || self.dilation[d] == 0 {
+            if self.input[d] == 0
+                || self.kernel[d] == 0
+                || self.stride[d] == 0
+                || self.dilation[d] == 0
+            {
                 return bad(format!("sizes, strides and dilations must be non-zero: {self:?}"));
             }
             let span = self.dilation[d] * (self.kernel[d] - 1) + 1;
             if self.input[d] + 2 * self.padding[d] < span {
-                return bad(format!("dimension {d}: kernel span {span} exceeds padded input {}", self.input[d] + 2 * self.padding[d]));
+                return bad(format!(
+                    "dimension {d}: kernel span {span} exceeds padded input {}",
+                    self.input[d] + 2 * self.padding[d]
+                ));
             }
         }
         Ok(self)
@@ -122,7 +132,9 @@ impl ConvShape {
     /// Output size `[depth, height, width]`.
     pub fn output(&self) -> [usize; 3] {
         std::array::from_fn(|d| {
-            (self.input[d] + 2 * self.padding[d] - self.dilation[d] * (self.kernel[d] - 1) - 1) / self.stride[d] + 1
+            (self.input[d] + 2 * self.padding[d] - self.dilation[d] * (self.kernel[d] - 1) - 1)
+                / self.stride[d]
+                + 1
         })
     }
 
@@ -236,7 +248,17 @@ impl InputLayout {
         // Slack after the last channel so that discarded positions may read past it.
         let slack = plane[1] * plane[2] + 2 * plane[2] + 256;
         let packed_len = s.in_channels * channel_len + slack;
-        InputLayout { shape: *s, plane, plane_len, channel_len, in_place, flat_len, runs, flat_is_output, packed_len }
+        InputLayout {
+            shape: *s,
+            plane,
+            plane_len,
+            channel_len,
+            in_place,
+            flat_len,
+            runs,
+            flat_is_output,
+            packed_len,
+        }
     }
 
     /// Length of the flat output grid per output channel.
@@ -274,9 +296,19 @@ impl InputLayout {
             return c * s.input_plane() + a[0] * h * w + a[1] * w + a[2];
         }
         let a: [usize; 3] = std::array::from_fn(|d| tap[d] * s.dilation[d]);
-        let phase = ((a[0] % s.stride[0]) * s.stride[1] + a[1] % s.stride[1]) * s.stride[2] + a[2] % s.stride[2];
+        let phase = ((a[0] % s.stride[0]) * s.stride[1] + a[1] % s.stride[1]) * s.stride[2]
+            + a[2] % s.stride[2];
         let q: [usize; 3] = std::array::from_fn(|d| a[d] / s.stride[d]);
-        c * self.channel_len + phase * self.plane_len + (q[0] * self.plane[1] + q[1]) * self.plane[2] + q[2]
+        c * self.channel_len
+            + phase * self.plane_len
+            + (q[0] * self.plane[1] + q[1]) * self.plane[2]
+            + q[2]
+    }
+
+    /// Distance between the offsets of consecutive input channels: `offset(c, t)` equals
+    /// `c * channel_stride() + offset(0, t)`.
+    pub fn channel_stride(&self) -> usize {
+        if self.in_place { self.shape.input_plane() } else { self.channel_len }
     }
 
     /// Offset of GEMM column `col` (in-group channel x kernel volume + tap) for rows of
@@ -347,13 +379,17 @@ impl InputLayout {
                     let row = &src[(z * h + y) * w..(z * h + y + 1) * w];
                     if sw == 1 {
                         let phase = (zp % sd) * sh + yp % sh;
-                        let base = phase * self.plane_len + ((zp / sd) * self.plane[1] + yp / sh) * self.plane[2] + pw;
+                        let base = phase * self.plane_len
+                            + ((zp / sd) * self.plane[1] + yp / sh) * self.plane[2]
+                            + pw;
                         dst[base..base + w].copy_from_slice(row);
                     } else {
                         for (x, &v) in row.iter().enumerate() {
                             let xp = x + pw;
                             let phase = ((zp % sd) * sh + yp % sh) * sw + xp % sw;
-                            dst[phase * self.plane_len + ((zp / sd) * self.plane[1] + yp / sh) * self.plane[2] + xp / sw] = v;
+                            dst[phase * self.plane_len
+                                + ((zp / sd) * self.plane[1] + yp / sh) * self.plane[2]
+                                + xp / sw] = v;
                         }
                     }
                 }
@@ -405,7 +441,8 @@ mod tests {
         ];
         for s in shapes {
             let l = s.layout();
-            let input: Vec<f32> = (0..s.in_channels * s.input_plane()).map(|i| i as f32 + 1.0).collect();
+            let input: Vec<f32> =
+                (0..s.in_channels * s.input_plane()).map(|i| i as f32 + 1.0).collect();
             let mut packed = vec![f32::NAN; l.packed_len().max(1)];
             l.pack(&input, &mut packed);
             let src: &[f32] = if l.in_place() { &input } else { &packed };
@@ -419,7 +456,11 @@ mod tests {
                                 for o1 in 0..out[1] {
                                     for o2 in 0..out[2] {
                                         let p = l.runs()[o0].0 + o1 * l.plane[2] + o2;
-                                        assert_eq!(src[off + p], direct(&s, &input, c, [o0, o1, o2], [t0, t1, t2]), "{s:?}");
+                                        assert_eq!(
+                                            src[off + p],
+                                            direct(&s, &input, c, [o0, o1, o2], [t0, t1, t2]),
+                                            "{s:?}"
+                                        );
                                     }
                                 }
                             }

@@ -17,7 +17,15 @@ use crate::simd::{Simd, simd_entry};
 use crate::threads::{SendPtr, balanced_split, run_parallel};
 
 /// `C[m, n] = A[m, k] * B[k, n]` (row-major), overwriting `c`.
-pub fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], threads: usize) -> Result<()> {
+pub fn sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    threads: usize,
+) -> Result<()> {
     check_len("A", m * k, a.len())?;
     check_len("B", k * n, b.len())?;
     check_len("C", m * n, c.len())?;
@@ -52,15 +60,26 @@ pub fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], 
 
 /// `y = A x` for a row-major `m x k` matrix: a streaming dot product per row, four rows at a
 /// time so each `x` vector load serves four rows. Memory bound for large `A`.
-pub fn sgemv(isa: Isa, m: usize, k: usize, a: &[f32], x: &[f32], y: &mut [f32], threads: usize) -> Result<()> {
+pub fn sgemv(
+    isa: Isa,
+    m: usize,
+    k: usize,
+    a: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+    threads: usize,
+) -> Result<()> {
     check_len("A", m * k, a.len())?;
     check_len("x", k, x.len())?;
     check_len("y", m, y.len())?;
     let blocks = m.div_ceil(4);
-    let bounds = balanced_split(&vec![1; blocks], threads.max(1));
+    let threads = threads.max(1);
+    let bounds = balanced_split(&vec![1; blocks], threads);
     let yp = SendPtr(y.as_mut_ptr());
     // Thread t writes rows of its blocks only.
-    run_parallel(threads.max(1), |t| gemv_rows(isa, m, k, a, x, yp, 4 * bounds[t], (4 * bounds[t + 1]).min(m)));
+    run_parallel(threads, |t| {
+        gemv_rows(isa, m, k, a, x, yp, 4 * bounds[t], (4 * bounds[t + 1]).min(m))
+    });
     Ok(())
 }
 
@@ -69,7 +88,15 @@ simd_entry! {
 }
 
 #[inline(always)]
-fn gemv_rows_generic<S: Simd>(m: usize, k: usize, a: &[f32], x: &[f32], y: SendPtr, r0: usize, r1: usize) {
+fn gemv_rows_generic<S: Simd>(
+    m: usize,
+    k: usize,
+    a: &[f32],
+    x: &[f32],
+    y: SendPtr,
+    r0: usize,
+    r1: usize,
+) {
     let l = S::LANES;
     let _ = m;
     let mut r = r0;
@@ -101,7 +128,14 @@ fn gemv_rows_generic<S: Simd>(m: usize, k: usize, a: &[f32], x: &[f32], y: SendP
 
 /// Dense convolution as im2col + GEMM, per channel group. `col` is scratch of
 /// [`im2col_len`] floats (unused for 1x1 stride-1 unpadded convolutions).
-pub fn conv_im2col(shape: &ConvShape, weights: &[f32], input: &[f32], output: &mut [f32], col: &mut [f32], threads: usize) -> Result<()> {
+pub fn conv_im2col(
+    shape: &ConvShape,
+    weights: &[f32],
+    input: &[f32],
+    output: &mut [f32],
+    col: &mut [f32],
+    threads: usize,
+) -> Result<()> {
     let s = shape;
     check_len("weights", s.out_channels * s.cols(), weights.len())?;
     check_len("input", s.in_channels * s.input_plane(), input.len())?;
@@ -111,21 +145,31 @@ pub fn conv_im2col(shape: &ConvShape, weights: &[f32], input: &[f32], output: &m
     let opg = s.out_per_group();
     let direct = s.kernel == [1, 1, 1] && s.stride == [1, 1, 1] && s.padding == [0, 0, 0];
     for g in 0..s.groups {
-        let in_g = &input[g * s.in_per_group() * s.input_plane()..(g + 1) * s.in_per_group() * s.input_plane()];
+        let in_g = &input
+            [g * s.in_per_group() * s.input_plane()..(g + 1) * s.in_per_group() * s.input_plane()];
         let b: &[f32] = if direct {
             in_g
         } else {
             im2col(s, in_g, col);
             col
         };
-        sgemm(opg, k, p, &weights[g * opg * k..(g + 1) * opg * k], b, &mut output[g * opg * p..(g + 1) * opg * p], threads)?;
+        sgemm(
+            opg,
+            k,
+            p,
+            &weights[g * opg * k..(g + 1) * opg * k],
+            b,
+            &mut output[g * opg * p..(g + 1) * opg * p],
+            threads,
+        )?;
     }
     Ok(())
 }
 
 /// Scratch floats [`conv_im2col`] needs.
 pub fn im2col_len(shape: &ConvShape) -> usize {
-    let direct = shape.kernel == [1, 1, 1] && shape.stride == [1, 1, 1] && shape.padding == [0, 0, 0];
+    let direct =
+        shape.kernel == [1, 1, 1] && shape.stride == [1, 1, 1] && shape.padding == [0, 0, 0];
     if direct { 0 } else { shape.cols() * shape.output_positions() }
 }
 
@@ -142,9 +186,11 @@ fn im2col(s: &ConvShape, input: &[f32], col: &mut [f32]) {
                     let row = c * kv + (t0 * s.kernel[1] + t1) * s.kernel[2] + t2;
                     let dst = &mut col[row * p..(row + 1) * p];
                     for z in 0..out[0] {
-                        let iz = (z * s.stride[0] + t0 * s.dilation[0]) as isize - s.padding[0] as isize;
+                        let iz =
+                            (z * s.stride[0] + t0 * s.dilation[0]) as isize - s.padding[0] as isize;
                         for y in 0..out[1] {
-                            let iy = (y * s.stride[1] + t1 * s.dilation[1]) as isize - s.padding[1] as isize;
+                            let iy = (y * s.stride[1] + t1 * s.dilation[1]) as isize
+                                - s.padding[1] as isize;
                             let o = (z * out[1] + y) * out[2];
                             if iz < 0 || iy < 0 || iz >= d as isize || iy >= h as isize {
                                 dst[o..o + out[2]].fill(0.0);
@@ -152,8 +198,10 @@ fn im2col(s: &ConvShape, input: &[f32], col: &mut [f32]) {
                             }
                             let src = &input[((c * d + iz as usize) * h + iy as usize) * w..][..w];
                             for x in 0..out[2] {
-                                let ix = (x * s.stride[2] + t2 * s.dilation[2]) as isize - s.padding[2] as isize;
-                                dst[o + x] = if ix < 0 || ix >= w as isize { 0.0 } else { src[ix as usize] };
+                                let ix = (x * s.stride[2] + t2 * s.dilation[2]) as isize
+                                    - s.padding[2] as isize;
+                                dst[o + x] =
+                                    if ix < 0 || ix >= w as isize { 0.0 } else { src[ix as usize] };
                             }
                         }
                     }

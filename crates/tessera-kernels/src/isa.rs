@@ -56,7 +56,9 @@ impl Isa {
         let mut out = vec![Isa::PORTABLE];
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
                 out.push(Isa(Level::Avx2));
                 if std::arch::is_x86_feature_detected!("avx512f") {
                     out.push(Isa(Level::Avx512));
@@ -79,9 +81,11 @@ impl Isa {
                 });
             }
         };
-        Isa::available().into_iter().find(|i| i.0 == level).ok_or_else(|| KernelError::UnsupportedIsa {
-            name: name.to_string(),
-            reason: "this CPU does not support it".into(),
+        Isa::available().into_iter().find(|i| i.0 == level).ok_or_else(|| {
+            KernelError::UnsupportedIsa {
+                name: name.to_string(),
+                reason: "this CPU does not support it".into(),
+            }
         })
     }
 
@@ -115,6 +119,9 @@ mod tests {
         }
         assert!(Isa::from_name("sse9").is_err());
         assert_eq!(Isa::available()[0], Isa::PORTABLE);
-        assert!(Isa::available().contains(&Isa::detect()) || std::env::var("TESSERA_KERNELS_ISA").is_ok());
+        assert!(
+            Isa::available().contains(&Isa::detect())
+                || std::env::var("TESSERA_KERNELS_ISA").is_ok()
+        );
     }
 }

@@ -23,15 +23,25 @@ pub fn conv(shape: &ConvShape, weights: &[f32], input: &[f32]) -> Vec<f32> {
                         for t0 in 0..s.kernel[0] {
                             for t1 in 0..s.kernel[1] {
                                 for t2 in 0..s.kernel[2] {
-                                    let iz = (z * s.stride[0] + t0 * s.dilation[0]) as isize - s.padding[0] as isize;
-                                    let iy = (yy * s.stride[1] + t1 * s.dilation[1]) as isize - s.padding[1] as isize;
-                                    let ix = (xx * s.stride[2] + t2 * s.dilation[2]) as isize - s.padding[2] as isize;
-                                    if iz < 0 || iy < 0 || ix < 0 || iz >= d as isize || iy >= h as isize || ix >= w as isize {
+                                    let iz = (z * s.stride[0] + t0 * s.dilation[0]) as isize
+                                        - s.padding[0] as isize;
+                                    let iy = (yy * s.stride[1] + t1 * s.dilation[1]) as isize
+                                        - s.padding[1] as isize;
+                                    let ix = (xx * s.stride[2] + t2 * s.dilation[2]) as isize
+                                        - s.padding[2] as isize;
+                                    if iz < 0
+                                        || iy < 0
+                                        || ix < 0
+                                        || iz >= d as isize
+                                        || iy >= h as isize
+                                        || ix >= w as isize
+                                    {
                                         continue;
                                     }
                                     let tap = (t0 * s.kernel[1] + t1) * s.kernel[2] + t2;
                                     let wv = weights[o * ipg * k + ci * k + tap];
-                                    let xv = input[((c * d + iz as usize) * h + iy as usize) * w + ix as usize];
+                                    let xv = input[((c * d + iz as usize) * h + iy as usize) * w
+                                        + ix as usize];
                                     acc += f64::from(wv) * f64::from(xv);
                                 }
                             }

@@ -47,18 +47,34 @@ impl RowGroupMatrix {
     /// `group_rows` (consecutive, in order, covering all rows). A group's entries are the
     /// columns where any of its rows is kept by `mask` (every non-zero when `mask` is `None`);
     /// rows of a group that do not keep an entry store a zero there.
-    pub fn from_dense(rows: usize, cols: usize, weights: &[f32], mask: Option<&Mask>, group_rows: &[usize]) -> Result<Self> {
+    pub fn from_dense(
+        rows: usize,
+        cols: usize,
+        weights: &[f32],
+        mask: Option<&Mask>,
+        group_rows: &[usize],
+    ) -> Result<Self> {
         if weights.len() != rows * cols {
-            return Err(KernelError::BufferLength { what: "weights", expected: rows * cols, found: weights.len() });
+            return Err(KernelError::BufferLength {
+                what: "weights",
+                expected: rows * cols,
+                found: weights.len(),
+            });
         }
         if let Some(m) = mask
             && m.len() != rows * cols
         {
-            return Err(KernelError::BufferLength { what: "mask", expected: rows * cols, found: m.len() });
+            return Err(KernelError::BufferLength {
+                what: "mask",
+                expected: rows * cols,
+                found: m.len(),
+            });
         }
         if group_rows.iter().sum::<usize>() != rows || group_rows.contains(&0) {
             return Err(KernelError::InvalidShape {
-                reason: format!("row groups {group_rows:?} must be non-empty and cover {rows} rows"),
+                reason: format!(
+                    "row groups {group_rows:?} must be non-empty and cover {rows} rows"
+                ),
             });
         }
         let kept = |i: usize| match mask {
@@ -79,7 +95,10 @@ impl RowGroupMatrix {
             for c in 0..cols {
                 if (r0..r0 + len).any(|r| kept(r * cols + c)) {
                     m.col.push(c as u32);
-                    m.weights.extend((r0..r0 + len).map(|r| if kept(r * cols + c) { weights[r * cols + c] } else { 0.0 }));
+                    m.weights.extend(
+                        (r0..r0 + len)
+                            .map(|r| if kept(r * cols + c) { weights[r * cols + c] } else { 0.0 }),
+                    );
                 }
             }
             r0 += len;
@@ -145,7 +164,8 @@ impl RowGroupMatrix {
     pub fn bytes(&self) -> crate::formats::ByteSize {
         crate::formats::ByteSize {
             values: 4 * self.weights.len(),
-            index: 4 * (self.group_start.len() + self.entry_ptr.len() + self.col.len()) + 8 * self.weight_ptr.len(),
+            index: 4 * (self.group_start.len() + self.entry_ptr.len() + self.col.len())
+                + 8 * self.weight_ptr.len(),
         }
     }
 
@@ -197,17 +217,22 @@ pub(crate) struct Seg {
 /// writes the final NCDHW output directly: no flat buffer, no compaction pass.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TilePlan {
-    tiles: Vec<Tile>,
-    seg_ptr: Vec<u32>,
-    segs: Vec<Seg>,
+    pub(crate) tiles: Vec<Tile>,
+    pub(crate) seg_ptr: Vec<u32>,
+    pub(crate) segs: Vec<Seg>,
 }
 
 impl TilePlan {
-    fn new(layout: &InputLayout, lanes: usize) -> Self {
-        let tiles = tiles(layout.runs(), TILE_V * lanes);
+    pub(crate) fn new(layout: &InputLayout, lanes: usize) -> Self {
+        Self::with_vectors(layout, lanes, TILE_V)
+    }
+
+    /// A plan whose tiles are `vectors` vectors of `lanes` wide.
+    pub(crate) fn with_vectors(layout: &InputLayout, lanes: usize, vectors: usize) -> Self {
+        let tiles = tiles(layout.runs(), vectors * lanes);
         let mut plan = TilePlan { tiles, seg_ptr: vec![0], segs: Vec::new() };
         for &(p0, n) in &plan.tiles {
-            for v in 0..TILE_V {
+            for v in 0..vectors {
                 let mut current: Option<Seg> = None;
                 for i in 0..lanes {
                     let k = v * lanes + i;
@@ -289,7 +314,9 @@ impl RowGroupConv {
             let (r0, r1) = (matrix.group_start[g] as usize, matrix.group_start[g + 1] as usize);
             if r0 / opg != (r1 - 1) / opg {
                 return Err(KernelError::InvalidShape {
-                    reason: format!("row group {r0}..{r1} crosses a channel-group boundary ({opg} rows per group)"),
+                    reason: format!(
+                        "row group {r0}..{r1} crosses a channel-group boundary ({opg} rows per group)"
+                    ),
                 });
             }
             for e in matrix.entry_ptr[g]..matrix.entry_ptr[g + 1] {
@@ -328,7 +355,14 @@ impl RowGroupConv {
 
     /// Runs the convolution on one sample: `input` is `[in_channels, D, H, W]`, `output`
     /// `[out_channels, Do, Ho, Wo]`. `threads` >= 1 workers of the global rayon pool.
-    pub fn run(&self, isa: Isa, input: &[f32], output: &mut [f32], scratch: &mut ConvScratch, threads: usize) -> Result<()> {
+    pub fn run(
+        &self,
+        isa: Isa,
+        input: &[f32],
+        output: &mut [f32],
+        scratch: &mut ConvScratch,
+        threads: usize,
+    ) -> Result<()> {
         let s = &self.shape;
         check_len("input", s.in_channels * s.input_plane(), input.len())?;
         check_len("output", s.out_channels * s.output_positions(), output.len())?;
@@ -353,7 +387,11 @@ impl RowGroupConv {
 }
 
 pub(crate) fn check_len(what: &'static str, expected: usize, found: usize) -> Result<()> {
-    if expected == found { Ok(()) } else { Err(KernelError::BufferLength { what, expected, found }) }
+    if expected == found {
+        Ok(())
+    } else {
+        Err(KernelError::BufferLength { what, expected, found })
+    }
 }
 
 /// Everything one kernel invocation needs (shared read-only between threads).
@@ -373,7 +411,7 @@ struct Job<'a> {
 unsafe impl Sync for Job<'_> {}
 
 /// A tile of output positions: start and number of valid positions.
-type Tile = (usize, usize);
+pub(crate) type Tile = (usize, usize);
 
 pub(crate) fn tiles(runs: &[(usize, usize)], width: usize) -> Vec<Tile> {
     let mut out = Vec::new();
@@ -399,9 +437,12 @@ fn execute(isa: Isa, job: &Job<'_>, threads: usize) {
         run_tiles(isa, job, 0, n_tiles, 0, groups);
     } else if n_tiles >= 4 * threads {
         let chunk = n_tiles.div_ceil(threads);
-        run_parallel(threads, |t| run_tiles(isa, job, (t * chunk).min(n_tiles), ((t + 1) * chunk).min(n_tiles), 0, groups));
+        run_parallel(threads, |t| {
+            run_tiles(isa, job, (t * chunk).min(n_tiles), ((t + 1) * chunk).min(n_tiles), 0, groups)
+        });
     } else {
-        let costs: Vec<usize> = (0..groups).map(|g| job.m.weight_ptr[g + 1] - job.m.weight_ptr[g] + 16).collect();
+        let costs: Vec<usize> =
+            (0..groups).map(|g| job.m.weight_ptr[g + 1] - job.m.weight_ptr[g] + 16).collect();
         let bounds = balanced_split(&costs, threads);
         run_parallel(threads, |t| run_tiles(isa, job, 0, n_tiles, bounds[t], bounds[t + 1]));
     }
@@ -418,7 +459,11 @@ fn run_tiles_generic<S: Simd>(job: &Job<'_>, t0: usize, t1: usize, g0: usize, g1
     let plan = job.plan;
     for ti in t0..t1 {
         let (p0, n) = plan.tiles[ti];
-        let segs: &[Seg] = if job.direct { &[] } else { &plan.segs[plan.seg_ptr[ti] as usize..plan.seg_ptr[ti + 1] as usize] };
+        let segs: &[Seg] = if job.direct {
+            &[]
+        } else {
+            &plan.segs[plan.seg_ptr[ti] as usize..plan.seg_ptr[ti + 1] as usize]
+        };
         // A full tile lies inside one run, so its loads and stores stay in bounds; the last
         // tile of a run touches only its valid positions (no store may spill into the next
         // run, which another thread may own).
@@ -491,8 +536,11 @@ unsafe fn micro<S: Simd, const RT: usize, const V: usize, const FULL: bool>(
     let mut wp = w;
     for &off in offs {
         let xp = x.add(off as usize);
-        let xv: [S::V; V] = std::array::from_fn(|v| {
-            if FULL {
+        // A plain loop, not `array::from_fn`: a closure is a separate function without the
+        // caller's target features, so its intrinsics might not inline.
+        let mut xv = [S::zero(); V];
+        for (v, xvv) in xv.iter_mut().enumerate() {
+            *xvv = if FULL {
                 S::load(xp.add(v * l))
             } else {
                 let rem = n.saturating_sub(v * l);
@@ -503,8 +551,8 @@ unsafe fn micro<S: Simd, const RT: usize, const V: usize, const FULL: bool>(
                 } else {
                     S::zero()
                 }
-            }
-        });
+            };
+        }
         for (rr, a) in acc.iter_mut().enumerate() {
             let wv = S::splat(*wp.add(rr));
             for v in 0..V {
@@ -514,26 +562,42 @@ unsafe fn micro<S: Simd, const RT: usize, const V: usize, const FULL: bool>(
         wp = wp.add(wstride);
     }
     for (rr, a) in acc.iter().enumerate() {
-        let yp = out.y.wrapping_add(rr * out.stride);
-        if out.segs.is_empty() {
-            for (v, &av) in a.iter().enumerate() {
-                if FULL {
-                    S::store(yp.add(v * l), av);
-                } else {
-                    let rem = n.saturating_sub(v * l);
-                    if rem > 0 {
-                        S::store_partial(yp.add(v * l), av, rem.min(l));
-                    }
+        store_row::<S, V, FULL>(out, rr, a);
+    }
+}
+
+/// Stores row `rr` of a tile: plain stores when `out` has no segments (the flat grid is the
+/// output), the tile plan's masked stores otherwise.
+///
+/// # Safety
+/// Every address `out` selects for row `rr` must be writable.
+#[inline(always)]
+pub(crate) unsafe fn store_row<S: Simd, const V: usize, const FULL: bool>(
+    out: &Out<'_>,
+    rr: usize,
+    a: &[S::V; V],
+) {
+    let l = S::LANES;
+    let n = out.n;
+    let yp = out.y.wrapping_add(rr * out.stride);
+    if out.segs.is_empty() {
+        for (v, &av) in a.iter().enumerate() {
+            if FULL {
+                S::store(yp.add(v * l), av);
+            } else {
+                let rem = n.saturating_sub(v * l);
+                if rem > 0 {
+                    S::store_partial(yp.add(v * l), av, rem.min(l));
                 }
             }
-        } else {
-            // Static vector indices only: indexing `a` at run time would force the
-            // accumulators out of registers for the whole entry loop.
-            for (v, &av) in a.iter().enumerate() {
-                for seg in out.segs.iter().filter(|s| s.v as usize == v) {
-                    let p = yp.wrapping_offset(seg.delta as isize).wrapping_add(v * l);
-                    S::store_masked(p, av, seg.mask);
-                }
+        }
+    } else {
+        // Static vector indices only: indexing `a` at run time would force the accumulators
+        // out of registers for the whole entry loop.
+        for (v, &av) in a.iter().enumerate() {
+            for seg in out.segs.iter().filter(|s| s.v as usize == v) {
+                let p = yp.wrapping_offset(seg.delta as isize).wrapping_add(v * l);
+                S::store_masked(p, av, seg.mask);
             }
         }
     }
@@ -541,22 +605,24 @@ unsafe fn micro<S: Simd, const RT: usize, const V: usize, const FULL: bool>(
 
 /// Where a micro-kernel stores its tile: `y` points at flat position `p0` of the first row
 /// (possibly outside the buffer: only plan-selected lanes are written).
-struct Out<'a> {
-    y: *mut f32,
-    stride: usize,
-    n: usize,
-    segs: &'a [Seg],
+pub(crate) struct Out<'a> {
+    pub(crate) y: *mut f32,
+    pub(crate) stride: usize,
+    pub(crate) n: usize,
+    pub(crate) segs: &'a [Seg],
 }
 
 /// `y = W x` for one vector `x` (length `cols`): vectorized across the rows of each group.
 pub fn gemv(isa: Isa, m: &RowGroupMatrix, x: &[f32], y: &mut [f32], threads: usize) -> Result<()> {
     check_len("x", m.cols, x.len())?;
     check_len("y", m.rows, y.len())?;
-    let costs: Vec<usize> = (0..m.groups()).map(|g| m.weight_ptr[g + 1] - m.weight_ptr[g] + 8).collect();
-    let bounds = balanced_split(&costs, threads.max(1));
+    let costs: Vec<usize> =
+        (0..m.groups()).map(|g| m.weight_ptr[g + 1] - m.weight_ptr[g] + 8).collect();
+    let threads = threads.max(1);
+    let bounds = balanced_split(&costs, threads);
     let yp = SendPtr(y.as_mut_ptr());
     // Each thread writes only the rows of its groups bounds[t]..bounds[t+1].
-    run_parallel(threads.max(1), |t| gemv_groups(isa, m, x, yp, bounds[t], bounds[t + 1]));
+    run_parallel(threads, |t| gemv_groups(isa, m, x, yp, bounds[t], bounds[t + 1]));
     Ok(())
 }
 
@@ -600,7 +666,11 @@ fn gemv_groups_generic<S: Simd>(m: &RowGroupMatrix, x: &[f32], y: SendPtr, g0: u
                 let (mut a, mut b) = (S::zero(), S::zero());
                 let mut k = 0;
                 while k + 2 <= cols.len() {
-                    let wa = if n == l { S::load(w.as_ptr().add(k * r + i)) } else { S::load_partial(w.as_ptr().add(k * r + i), n) };
+                    let wa = if n == l {
+                        S::load(w.as_ptr().add(k * r + i))
+                    } else {
+                        S::load_partial(w.as_ptr().add(k * r + i), n)
+                    };
                     let wb = if n == l {
                         S::load(w.as_ptr().add((k + 1) * r + i))
                     } else {
@@ -611,7 +681,11 @@ fn gemv_groups_generic<S: Simd>(m: &RowGroupMatrix, x: &[f32], y: SendPtr, g0: u
                     k += 2;
                 }
                 if k < cols.len() {
-                    let wa = if n == l { S::load(w.as_ptr().add(k * r + i)) } else { S::load_partial(w.as_ptr().add(k * r + i), n) };
+                    let wa = if n == l {
+                        S::load(w.as_ptr().add(k * r + i))
+                    } else {
+                        S::load_partial(w.as_ptr().add(k * r + i), n)
+                    };
                     a = S::fma(wa, S::splat(x[cols[k] as usize]), a);
                 }
                 S::store_partial(y.0.add(r0 + i), S::add(a, b), n);

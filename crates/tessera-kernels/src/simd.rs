@@ -28,6 +28,7 @@ pub(crate) trait Simd: Copy + 'static {
     /// `a * b + c`, fused where the level has FMA.
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn hsum(v: Self::V) -> f32;
 
     /// Loads `n < LANES` values, zero-filling the rest.
@@ -94,6 +95,10 @@ impl Simd for Portable {
         std::array::from_fn(|i| a[i] + b[i])
     }
     #[inline(always)]
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i] * b[i])
+    }
+    #[inline(always)]
     unsafe fn hsum(v: Self::V) -> f32 {
         ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
     }
@@ -138,6 +143,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
             _mm256_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn mul(a: Self::V, b: Self::V) -> Self::V {
+            _mm256_mul_ps(a, b)
         }
         #[inline(always)]
         unsafe fn store_masked(p: *mut f32, v: Self::V, mask: u16) {
@@ -189,6 +198,10 @@ mod x86 {
             _mm512_add_ps(a, b)
         }
         #[inline(always)]
+        unsafe fn mul(a: Self::V, b: Self::V) -> Self::V {
+            _mm512_mul_ps(a, b)
+        }
+        #[inline(always)]
         unsafe fn hsum(v: Self::V) -> f32 {
             _mm512_reduce_add_ps(v)
         }
@@ -212,14 +225,17 @@ mod x86 {
 macro_rules! simd_entry {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? => $generic:ident;) => {
         $(#[$meta])*
+        #[allow(clippy::too_many_arguments)] // kernels take their operands one by one
         $vis fn $name(isa: $crate::isa::Isa, $($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
                 unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
                     $generic::<$crate::simd::Avx512>($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     $generic::<$crate::simd::Avx2>($($arg),*)
                 }

@@ -13,6 +13,17 @@ unsafe impl Send for SendPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SendPtr {}
 
+/// Multiply-accumulates below which a second thread costs more than it saves: waking a pool
+/// worker and joining it takes tens of microseconds on the 2-core machines we measure on
+/// (a 50 us kernel got slower with 2 threads). Kernels run exactly the threads they are given;
+/// planners use [`recommended_threads`] (or measure) to choose.
+pub const MIN_MACS_PER_THREAD: usize = 12_000_000;
+
+/// The number of threads worth using for `macs` multiply-accumulates, at most `available`.
+pub fn recommended_threads(available: usize, macs: usize) -> usize {
+    available.clamp(1, (macs / MIN_MACS_PER_THREAD).max(1))
+}
+
 /// Runs `f(t)` for `t in 0..threads`, in parallel, and waits for all of them.
 pub(crate) fn run_parallel(threads: usize, f: impl Fn(usize) + Sync) {
     if threads <= 1 {

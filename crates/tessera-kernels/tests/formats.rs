@@ -10,6 +10,7 @@ use tessera_kernels::formats::bcr::{BcrCompact, BcrConv};
 use tessera_kernels::formats::block_punched::{BlockPunched, Kgs};
 use tessera_kernels::formats::bsr::Bsr;
 use tessera_kernels::formats::csr::Csr;
+use tessera_kernels::formats::fkw::{Fkw, FkwConv};
 use tessera_kernels::{ConvScratch, ConvShape, Isa, RowGroupConv, RowGroupMatrix, reference};
 use tessera_sparsity::{Layer, Mask, Projection, Scheme, Target, Tiling};
 
@@ -19,12 +20,18 @@ fn weights(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn project(scheme: &str, layer: &Layer, w: &[f32], sparsity: f64) -> Projection {
-    scheme.parse::<Scheme>().unwrap().project_with(layer, w, Target::Sparsity(sparsity), Tiling::Pad).unwrap()
+    scheme
+        .parse::<Scheme>()
+        .unwrap()
+        .project_with(layer, w, Target::Sparsity(sparsity), Tiling::Pad)
+        .unwrap()
 }
 
 fn bound(w: &[f32], rows: usize) -> f32 {
     let cols = w.len() / rows;
-    let l1 = (0..rows).map(|r| w[r * cols..(r + 1) * cols].iter().map(|v| v.abs()).sum::<f32>()).fold(0.0, f32::max);
+    let l1 = (0..rows)
+        .map(|r| w[r * cols..(r + 1) * cols].iter().map(|v| v.abs()).sum::<f32>())
+        .fold(0.0, f32::max);
     reference::tolerance(cols, l1) + 1e-6
 }
 
@@ -32,6 +39,7 @@ fn bound(w: &[f32], rows: usize) -> f32 {
 enum Encoded {
     Groups(RowGroupMatrix),
     Bcr(BcrCompact),
+    Fkw(Fkw),
 }
 
 fn check_conv(shape: ConvShape, values: &[f32], encoded: Encoded, what: &str) {
@@ -52,9 +60,17 @@ fn check_conv(shape: ConvShape, values: &[f32], encoded: Encoded, what: &str) {
                     let mut s = conv.scratch();
                     conv.run(isa, &x, &mut y, &mut s, threads).unwrap();
                 }
+                Encoded::Fkw(f) => {
+                    let conv = FkwConv::new(f.clone(), shape).unwrap();
+                    let mut s = conv.scratch();
+                    conv.run(isa, &x, &mut y, &mut s, threads).unwrap();
+                }
             }
             for (i, (g, w)) in y.iter().zip(&want).enumerate() {
-                assert!((g - w).abs() <= tol, "{what} {isa} {threads}t {shape:?}: output {i}: {g} vs {w}");
+                assert!(
+                    (g - w).abs() <= tol,
+                    "{what} {isa} {threads}t {shape:?}: output {i}: {g} vs {w}"
+                );
             }
         }
     }
@@ -68,8 +84,13 @@ fn check_gemv(rows: usize, cols: usize, values: &[f32], encoded: &Encoded, what:
         for threads in [1, 2] {
             let mut y = vec![f32::NAN; rows];
             match encoded {
-                Encoded::Groups(m) => tessera_kernels::rowgroup::gemv(isa, m, &x, &mut y, threads).unwrap(),
-                Encoded::Bcr(m) => BcrConv::gemm(m.clone(), 1).unwrap().gemv(isa, &x, &mut y, threads).unwrap(),
+                Encoded::Groups(m) => {
+                    tessera_kernels::rowgroup::gemv(isa, m, &x, &mut y, threads).unwrap()
+                }
+                Encoded::Bcr(m) => {
+                    BcrConv::gemm(m.clone(), 1).unwrap().gemv(isa, &x, &mut y, threads).unwrap()
+                }
+                Encoded::Fkw(_) => unreachable!("FKW is for 3x3 convolutions"),
             }
             for (i, (g, w)) in y.iter().zip(&want).enumerate() {
                 assert!((g - w).abs() <= tol, "{what} gemv {isa} {threads}t: row {i}: {g} vs {w}");
@@ -78,11 +99,15 @@ fn check_gemv(rows: usize, cols: usize, values: &[f32], encoded: &Encoded, what:
     }
 }
 
+/// Encodes (layer, weights, mask) into a format's execution form, its decoded weights and
+/// its index bytes.
+type Encoder = fn(&Layer, &[f32], &Mask) -> (Encoded, Vec<f32>, usize);
+
 /// A format under test: the scheme that produces its masks and how to encode and decode.
 struct Format {
     name: &'static str,
     scheme: &'static str,
-    encode: fn(&Layer, &[f32], &Mask) -> (Encoded, Vec<f32>, usize),
+    encode: Encoder,
 }
 
 fn formats() -> Vec<Format> {
@@ -141,6 +166,16 @@ fn every_format_round_trips_and_runs_convs() {
                 let p = project(f.scheme, &layer, &w, sparsity);
                 let (enc, decoded, _) = (f.encode)(&layer, &p.values, &p.mask);
                 assert_eq!(decoded, p.values, "{} decode at {sparsity}", f.name);
+                if let Encoded::Bcr(m) = &enc {
+                    // BCR's second execution form must compute the same.
+                    assert_eq!(m.to_row_groups().decode(), p.values);
+                    check_conv(
+                        shape,
+                        &p.values,
+                        Encoded::Groups(m.to_row_groups()),
+                        &format!("BCR as row groups at {sparsity}"),
+                    );
+                }
                 check_conv(shape, &p.values, enc, &format!("{} at {sparsity}", f.name));
             }
         }
@@ -167,6 +202,36 @@ fn every_format_runs_gemv_and_gemm() {
 }
 
 #[test]
+fn fkw_round_trips_and_runs_pattern_convs() {
+    let shapes = [
+        ConvShape::conv2d(8, 8, [9, 9], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(6, 12, [7, 10], [3, 3], 2, 1).unwrap(),
+        ConvShape::conv2d(16, 16, [8, 8], [3, 3], 1, 1).unwrap().with_groups(4).unwrap(),
+        ConvShape::conv2d(4, 4, [12, 12], [3, 3], 1, 2).unwrap().with_dilation(2).unwrap(),
+        ConvShape::conv2d(4, 5, [6, 7], [3, 3], 1, 0).unwrap(),
+    ];
+    for (si, shape) in shapes.into_iter().enumerate() {
+        let layer = shape.layer("conv").unwrap();
+        let w = weights(layer.geometry.len(), 10 + si as u64);
+        let library = tessera_sparsity::PatternLibrary::extract(8, [(&layer, &w[..])]).unwrap();
+        for (text, sparsity) in [
+            ("pattern:8", 0.5),
+            ("pattern:8+connectivity", 0.875),
+            ("pattern:8+connectivity", 0.97),
+        ] {
+            let scheme: Scheme = format!("{text}@{library}").parse().unwrap();
+            let p = scheme.project(&layer, &w, Target::Sparsity(sparsity)).unwrap();
+            let f = Fkw::encode(&layer, &p.values, &p.mask, &library).unwrap();
+            assert_eq!(f.decode(), p.values, "FKW decode {text} at {sparsity}");
+            check_conv(shape, &p.values, Encoded::Fkw(f), &format!("FKW {text} at {sparsity}"));
+        }
+        // A mask that is not a library pattern is rejected.
+        let bad = project("unstructured", &layer, &w, 0.5);
+        assert!(Fkw::encode(&layer, &bad.values, &bad.mask, &library).is_err());
+    }
+}
+
+#[test]
 fn kgs_round_trips_and_runs_conv3d() {
     for (shape, sparsity) in [
         (ConvShape::conv3d(8, 8, [4, 6, 6], [3, 3, 3], 1, 1).unwrap(), 0.5),
@@ -178,7 +243,12 @@ fn kgs_round_trips_and_runs_conv3d() {
         let p = project("kgs:4x2", &layer, &w, sparsity);
         let f = Kgs::encode(&layer, &p.values, &p.mask, 4, 2).unwrap();
         assert_eq!(f.decode(), p.values);
-        check_conv(shape, &p.values, Encoded::Groups(f.to_row_groups()), &format!("KGS at {sparsity}"));
+        check_conv(
+            shape,
+            &p.values,
+            Encoded::Groups(f.to_row_groups()),
+            &format!("KGS at {sparsity}"),
+        );
         // Block-punched on a 3-D conv shares full 3-D positions instead.
         let p = project("block-punched:4x2", &layer, &w, sparsity);
         let f = BlockPunched::encode(&layer, &p.values, &p.mask, 4, 2).unwrap();
@@ -220,4 +290,11 @@ fn structured_formats_need_less_index_than_csr() {
     // CSR spends a 4-byte column per weight; block-punched a 2-byte position per 32 weights.
     assert!(bp.index * 10 < csr.index, "block-punched index {} vs CSR {}", bp.index, csr.index);
     assert!(csr.index_overhead() > 0.9);
+    // FKW: a 2-byte channel per 4 weights plus per-filter pattern strides.
+    let lib = tessera_sparsity::PatternLibrary::extract(8, [(&layer, &w[..])]).unwrap();
+    let scheme: Scheme = format!("pattern:8+connectivity@{lib}").parse().unwrap();
+    let p = scheme.project(&layer, &w, Target::Compression(8.0)).unwrap();
+    let fkw = Fkw::encode(&layer, &p.values, &p.mask, &lib).unwrap().bytes();
+    let csr = Csr::encode(64, 576, &p.values, &p.mask).unwrap().bytes();
+    assert!(fkw.index * 3 < csr.index, "FKW index {} vs CSR {}", fkw.index, csr.index);
 }

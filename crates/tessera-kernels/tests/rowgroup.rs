@@ -39,7 +39,9 @@ fn assert_close(got: &[f32], want: &[f32], bound: impl Fn(usize) -> f32, what: &
 /// w) * max|x|.
 fn bound_for(w: &[f32], rows: usize, x_max: f32) -> f32 {
     let cols = w.len() / rows.max(1);
-    let l1 = (0..rows).map(|r| w[r * cols..(r + 1) * cols].iter().map(|v| v.abs()).sum::<f32>()).fold(0.0, f32::max);
+    let l1 = (0..rows)
+        .map(|r| w[r * cols..(r + 1) * cols].iter().map(|v| v.abs()).sum::<f32>())
+        .fold(0.0, f32::max);
     reference::tolerance(cols, l1 * x_max) + 1e-6
 }
 
@@ -49,8 +51,10 @@ fn check_conv(shape: ConvShape, sparsity: f64, group_size: usize, seed: u64, thr
     sparsify(&mut w, shape.out_channels, sparsity, &mut rng);
     let x = random(shape.in_channels * shape.input_plane(), &mut rng);
     let want = reference::conv(&shape, &w, &x);
-    let groups = RowGroupMatrix::uniform_groups(shape.out_channels, shape.out_per_group(), group_size);
-    let m = RowGroupMatrix::from_dense(shape.out_channels, shape.cols(), &w, None, &groups).unwrap();
+    let groups =
+        RowGroupMatrix::uniform_groups(shape.out_channels, shape.out_per_group(), group_size);
+    let m =
+        RowGroupMatrix::from_dense(shape.out_channels, shape.cols(), &w, None, &groups).unwrap();
     assert_eq!(m.decode(), w, "decode must give back the weights");
     let conv = RowGroupConv::new(m, shape).unwrap();
     let tol = bound_for(&w, shape.out_channels, 1.0);
@@ -58,7 +62,12 @@ fn check_conv(shape: ConvShape, sparsity: f64, group_size: usize, seed: u64, thr
         let mut y = vec![f32::NAN; want.len()];
         let mut scratch = ConvScratch::for_conv(&conv);
         conv.run(isa, &x, &mut y, &mut scratch, threads).unwrap();
-        assert_close(&y, &want, |_| tol, &format!("{isa} {shape:?} groups of {group_size}, {threads} threads"));
+        assert_close(
+            &y,
+            &want,
+            |_| tol,
+            &format!("{isa} {shape:?} groups of {group_size}, {threads} threads"),
+        );
         // A second run with the same scratch gives the same bits (no state leaks between calls).
         let mut y2 = vec![0.0; want.len()];
         conv.run(isa, &x, &mut y2, &mut scratch, threads).unwrap();
@@ -67,25 +76,39 @@ fn check_conv(shape: ConvShape, sparsity: f64, group_size: usize, seed: u64, thr
 }
 
 fn conv_shape() -> impl Strategy<Value = ConvShape> {
-    let two_d = (1usize..6, 1usize..4, 1usize..12, 1usize..12, 1usize..4, 1usize..4, 1usize..3, 0usize..3, 1usize..3, 1usize..3)
-        .prop_filter_map("valid conv", |(cin, cout_mul, h, w, kh, kw, stride, pad, groups, dil)| {
-            let groups = if cin % groups == 0 { groups } else { 1 };
-            let s = ConvShape {
-                in_channels: cin * groups,
-                out_channels: cout_mul * groups * 3,
-                groups,
-                input: [1, h, w],
-                kernel: [1, kh, kw],
-                stride: [1, stride, stride],
-                padding: [0, pad, pad],
-                dilation: [1, dil, dil],
-            };
-            s.validated().ok()
+    let two_d = (
+        1usize..6,
+        1usize..4,
+        1usize..12,
+        1usize..12,
+        1usize..4,
+        1usize..4,
+        1usize..3,
+        0usize..3,
+        1usize..3,
+        1usize..3,
+    )
+        .prop_filter_map(
+            "valid conv",
+            |(cin, cout_mul, h, w, kh, kw, stride, pad, groups, dil)| {
+                let groups = if cin % groups == 0 { groups } else { 1 };
+                let s = ConvShape {
+                    in_channels: cin * groups,
+                    out_channels: cout_mul * groups * 3,
+                    groups,
+                    input: [1, h, w],
+                    kernel: [1, kh, kw],
+                    stride: [1, stride, stride],
+                    padding: [0, pad, pad],
+                    dilation: [1, dil, dil],
+                };
+                s.validated().ok()
+            },
+        );
+    let three_d = (1usize..4, 1usize..10, 2usize..6, 3usize..8, 3usize..8, 1usize..3, 0usize..2)
+        .prop_filter_map("valid conv3d", |(cin, cout, d, h, w, stride, pad)| {
+            ConvShape::conv3d(cin, cout, [d, h, w], [3, 3, 3], stride, pad).ok()
         });
-    let three_d = (1usize..4, 1usize..10, 2usize..6, 3usize..8, 3usize..8, 1usize..3, 0usize..2).prop_filter_map(
-        "valid conv3d",
-        |(cin, cout, d, h, w, stride, pad)| ConvShape::conv3d(cin, cout, [d, h, w], [3, 3, 3], stride, pad).ok(),
-    );
     prop_oneof![3 => two_d, 1 => three_d]
 }
 

@@ -51,10 +51,18 @@ pub struct BcrCompact {
 impl BcrCompact {
     /// Encodes a BCR `br x bc` mask: each block's kept set must be a product of kept rows and
     /// kept columns (blocks may differ in both). Blocks are at most 256 x 256.
-    pub fn encode(layer: &Layer, weights: &[f32], mask: &Mask, br: usize, bc: usize) -> Result<Self> {
+    pub fn encode(
+        layer: &Layer,
+        weights: &[f32],
+        mask: &Mask,
+        br: usize,
+        bc: usize,
+    ) -> Result<Self> {
         check_lengths(layer, weights, mask)?;
         if br == 0 || bc == 0 || br > 256 || bc > 256 {
-            return Err(KernelError::InvalidShape { reason: format!("BCR block {br}x{bc} (sides 1..=256)") });
+            return Err(KernelError::InvalidShape {
+                reason: format!("BCR block {br}x{bc} (sides 1..=256)"),
+            });
         }
         let g = &layer.geometry;
         let (rows, cols) = (g.rows(), g.cols());
@@ -78,18 +86,24 @@ impl BcrCompact {
         for len in RowGroupMatrix::uniform_groups(rows, g.out_per_group(), br) {
             for c0 in (0..cols).step_by(bc) {
                 let c1 = (c0 + bc).min(cols);
-                let kr: Vec<usize> = (r0..r0 + len).filter(|&r| (c0..c1).any(|c| mask.get(r * cols + c))).collect();
+                let kr: Vec<usize> =
+                    (r0..r0 + len).filter(|&r| (c0..c1).any(|c| mask.get(r * cols + c))).collect();
                 if kr.is_empty() {
                     continue;
                 }
-                let kc: Vec<usize> = (c0..c1).filter(|&c| (r0..r0 + len).any(|r| mask.get(r * cols + c))).collect();
+                let kc: Vec<usize> =
+                    (c0..c1).filter(|&c| (r0..r0 + len).any(|r| mask.get(r * cols + c))).collect();
                 for &r in &kr {
                     for &c in &kc {
                         if !mask.get(r * cols + c) {
-                            return Err(structure_error(layer, format!("BCR {br}x{bc}"), format!(
-                                "block at rows {r0}..{} columns {c0}..{c1}: row {r} and column {c} are kept but not weight ({r}, {c})",
-                                r0 + len
-                            )));
+                            return Err(structure_error(
+                                layer,
+                                format!("BCR {br}x{bc}"),
+                                format!(
+                                    "block at rows {r0}..{} columns {c0}..{c1}: row {r} and column {c} are kept but not weight ({r}, {c})",
+                                    r0 + len
+                                ),
+                            ));
                         }
                     }
                 }
@@ -108,7 +122,10 @@ impl BcrCompact {
             out.block_ptr.push(out.block_col0.len() as u32);
         }
         let mut order: Vec<u32> = (0..out.block_row_start.len() as u32 - 1).collect();
-        let work = |b: u32| out.value_ptr[out.block_ptr[b as usize + 1] as usize] - out.value_ptr[out.block_ptr[b as usize] as usize];
+        let work = |b: u32| {
+            out.value_ptr[out.block_ptr[b as usize + 1] as usize]
+                - out.value_ptr[out.block_ptr[b as usize] as usize]
+        };
         order.sort_by_key(|&b| (std::cmp::Reverse(work(b)), b));
         out.order = order;
         Ok(out)
@@ -158,8 +175,52 @@ impl BcrCompact {
             values: 4 * self.values.len(),
             index: self.kept_rows.len()
                 + self.kept_cols.len()
-                + 4 * (self.block_ptr.len() + self.block_col0.len() + self.row_ptr.len() + self.col_ptr.len() + self.order.len()),
+                + 4 * (self.block_ptr.len()
+                    + self.block_col0.len()
+                    + self.row_ptr.len()
+                    + self.col_ptr.len()
+                    + self.order.len()),
         }
+    }
+
+    /// An execution form for the row-group engine: each block row becomes one row group whose
+    /// entries are the kept columns of its blocks, with zeros for the block's unkept rows.
+    /// It wastes `br / kr` of the work but keeps every output row in registers, which wins
+    /// over the block kernel when sub-matrices are small; the plan's tuner picks.
+    pub fn to_row_groups(&self) -> RowGroupMatrix {
+        let mut group_start = vec![0u32];
+        let mut entry_ptr = vec![0u32];
+        let mut col = Vec::new();
+        let mut weight_ptr = vec![0usize];
+        let mut weights = Vec::new();
+        for brow in 0..self.block_ptr.len() - 1 {
+            let (r0, r1) =
+                (self.block_row_start[brow] as usize, self.block_row_start[brow + 1] as usize);
+            for b in self.block_ptr[brow] as usize..self.block_ptr[brow + 1] as usize {
+                let c0 = self.block_col0[b] as usize;
+                let (kr, kc, v) = self.block(b);
+                for (j, &c) in kc.iter().enumerate() {
+                    col.push((c0 + c as usize) as u32);
+                    let start = weights.len();
+                    weights.resize(start + (r1 - r0), 0.0);
+                    for (i, &r) in kr.iter().enumerate() {
+                        weights[start + r as usize] = v[j * kr.len() + i];
+                    }
+                }
+            }
+            group_start.push(r1 as u32);
+            entry_ptr.push(col.len() as u32);
+            weight_ptr.push(weights.len());
+        }
+        RowGroupMatrix::from_parts(
+            self.rows,
+            self.cols,
+            group_start,
+            entry_ptr,
+            col,
+            weight_ptr,
+            weights,
+        )
     }
 
     /// Binds the matrix to a convolution (or, with [`BcrConv::gemm`], a GEMM).
@@ -183,7 +244,13 @@ impl BcrConv {
     pub fn new(m: BcrCompact, shape: ConvShape) -> Result<Self> {
         if m.rows != shape.out_channels || m.cols != shape.cols() {
             return Err(KernelError::InvalidShape {
-                reason: format!("a {}x{} weight does not fit {} outputs x {} columns", m.rows, m.cols, shape.out_channels, shape.cols()),
+                reason: format!(
+                    "a {}x{} weight does not fit {} outputs x {} columns",
+                    m.rows,
+                    m.cols,
+                    shape.out_channels,
+                    shape.cols()
+                ),
             });
         }
         let layout = shape.layout();
@@ -195,7 +262,9 @@ impl BcrConv {
                 let c0 = m.block_col0[b] as usize;
                 for &c in m.block(b).1 {
                     let off = layout.col_offset(group, c0 + c as usize);
-                    offsets.push(u32::try_from(off).map_err(|_| KernelError::InvalidShape { reason: "input too large for 32-bit offsets".into() })?);
+                    offsets.push(u32::try_from(off).map_err(|_| KernelError::InvalidShape {
+                        reason: "input too large for 32-bit offsets".into(),
+                    })?);
                 }
             }
         }
@@ -219,7 +288,14 @@ impl BcrConv {
     }
 
     /// Runs the convolution on one sample (same buffers as [`crate::RowGroupConv::run`]).
-    pub fn run(&self, isa: Isa, input: &[f32], output: &mut [f32], scratch: &mut ConvScratch, threads: usize) -> Result<()> {
+    pub fn run(
+        &self,
+        isa: Isa,
+        input: &[f32],
+        output: &mut [f32],
+        scratch: &mut ConvScratch,
+        threads: usize,
+    ) -> Result<()> {
         let s = &self.shape;
         check_len("input", s.in_channels * s.input_plane(), input.len())?;
         check_len("output", s.out_channels * s.output_positions(), output.len())?;
@@ -249,7 +325,9 @@ impl BcrConv {
             let mut load = vec![0usize; threads];
             let mut mine: Vec<Vec<u32>> = vec![Vec::new(); threads];
             for &b in &self.m.order {
-                let w = self.m.value_ptr[self.m.block_ptr[b as usize + 1] as usize] - self.m.value_ptr[self.m.block_ptr[b as usize] as usize] + 8;
+                let w = self.m.value_ptr[self.m.block_ptr[b as usize + 1] as usize]
+                    - self.m.value_ptr[self.m.block_ptr[b as usize] as usize]
+                    + 8;
                 let t = (0..threads).min_by_key(|&t| load[t]).unwrap_or(0);
                 load[t] += w;
                 mine[t].push(b);
@@ -259,7 +337,10 @@ impl BcrConv {
         if !self.layout.flat_is_output() {
             let opos = s.output_positions();
             for r in 0..s.out_channels {
-                self.layout.compact(&flat[r * ystride..(r + 1) * ystride], &mut output[r * opos..(r + 1) * opos]);
+                self.layout.compact(
+                    &flat[r * ystride..(r + 1) * ystride],
+                    &mut output[r * opos..(r + 1) * opos],
+                );
             }
         }
         Ok(())
@@ -273,7 +354,9 @@ impl BcrConv {
         let mut load = vec![0usize; threads];
         let mut mine: Vec<Vec<u32>> = vec![Vec::new(); threads];
         for &b in &self.m.order {
-            let w = self.m.value_ptr[self.m.block_ptr[b as usize + 1] as usize] - self.m.value_ptr[self.m.block_ptr[b as usize] as usize] + 8;
+            let w = self.m.value_ptr[self.m.block_ptr[b as usize + 1] as usize]
+                - self.m.value_ptr[self.m.block_ptr[b as usize] as usize]
+                + 8;
             let t = (0..threads).min_by_key(|&t| load[t]).unwrap_or(0);
             load[t] += w;
             mine[t].push(b);
@@ -320,23 +403,48 @@ fn bcr_tiles_generic<S: Simd>(job: &BcrJob<'_>, tiles: &[(usize, usize)], block_
                 let mut i = 0;
                 while i < kr.len() {
                     let left = kr.len() - i;
-                    let rt = if left >= 8 && S::LANES == 16 { 8 } else if left >= 4 { 4 } else if left >= 2 { 2 } else { 1 };
+                    let rt = if left >= 8 && S::LANES == 16 {
+                        8
+                    } else if left >= 4 {
+                        4
+                    } else if left >= 2 {
+                        2
+                    } else {
+                        1
+                    };
                     // SAFETY: offsets stay inside the input for valid positions (layout); the
                     // kept rows are rows of this block row; weights hold kc entries of stride kr.
                     unsafe {
-                        let rows: [usize; 8] = std::array::from_fn(|k| r0 + kr[i + k.min(rt - 1)] as usize);
+                        let rows: [usize; 8] =
+                            std::array::from_fn(|k| r0 + kr[i + k.min(rt - 1)] as usize);
                         let wp = w.as_ptr().add(i);
                         let xp = job.x.add(p0);
                         let y = job.y.0.add(p0);
                         match (rt, full) {
-                            (8, true) => rmw::<S, 8, true>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
-                            (8, false) => rmw::<S, 8, false>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
-                            (4, true) => rmw::<S, 4, true>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
-                            (4, false) => rmw::<S, 4, false>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
-                            (2, true) => rmw::<S, 2, true>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
-                            (2, false) => rmw::<S, 2, false>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
-                            (_, true) => rmw::<S, 1, true>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
-                            (_, false) => rmw::<S, 1, false>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
+                            (8, true) => {
+                                rmw::<S, 8, true>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n)
+                            }
+                            (8, false) => {
+                                rmw::<S, 8, false>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n)
+                            }
+                            (4, true) => {
+                                rmw::<S, 4, true>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n)
+                            }
+                            (4, false) => {
+                                rmw::<S, 4, false>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n)
+                            }
+                            (2, true) => {
+                                rmw::<S, 2, true>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n)
+                            }
+                            (2, false) => {
+                                rmw::<S, 2, false>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n)
+                            }
+                            (_, true) => {
+                                rmw::<S, 1, true>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n)
+                            }
+                            (_, false) => {
+                                rmw::<S, 1, false>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n)
+                            }
                         }
                     }
                     i += rt;
@@ -371,7 +479,10 @@ unsafe fn rmw<S: Simd, const RT: usize, const FULL: bool>(
         let (x0, x1) = if FULL {
             (S::load(xp), S::load(xp.add(l)))
         } else {
-            (S::load_partial(xp, n.min(l)), if n > l { S::load_partial(xp.add(l), n - l) } else { S::zero() })
+            (
+                S::load_partial(xp, n.min(l)),
+                if n > l { S::load_partial(xp.add(l), n - l) } else { S::zero() },
+            )
         };
         for (rr, a) in acc.iter_mut().enumerate() {
             let wv = S::splat(*wp.add(rr));
@@ -419,7 +530,11 @@ fn bcr_gemv_generic<S: Simd>(m: &BcrCompact, x: &[f32], y: SendPtr, block_rows: 
                 // SAFETY: i + LANES <= nr keeps the loads and stores inside `col` and `part`.
                 unsafe {
                     while i + S::LANES <= nr {
-                        let v = S::fma(S::load(col.as_ptr().add(i)), S::splat(xv), S::load(part.as_ptr().add(i)));
+                        let v = S::fma(
+                            S::load(col.as_ptr().add(i)),
+                            S::splat(xv),
+                            S::load(part.as_ptr().add(i)),
+                        );
                         S::store(part.as_mut_ptr().add(i), v);
                         i += S::LANES;
                     }

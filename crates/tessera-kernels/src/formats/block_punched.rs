@@ -67,11 +67,25 @@ pub struct BlockPunched {
 
 impl BlockPunched {
     /// Encodes a block-punched `br x bc` mask of a conv or linear layer.
-    pub fn encode(layer: &Layer, weights: &[f32], mask: &Mask, br: usize, bc: usize) -> Result<Self> {
+    pub fn encode(
+        layer: &Layer,
+        weights: &[f32],
+        mask: &Mask,
+        br: usize,
+        bc: usize,
+    ) -> Result<Self> {
         Self::encode_with(layer, weights, mask, br, bc, Span::Tap, "block-punched")
     }
 
-    fn encode_with(layer: &Layer, weights: &[f32], mask: &Mask, br: usize, bc: usize, span: Span, name: &str) -> Result<Self> {
+    fn encode_with(
+        layer: &Layer,
+        weights: &[f32],
+        mask: &Mask,
+        br: usize,
+        bc: usize,
+        span: Span,
+        name: &str,
+    ) -> Result<Self> {
         check_lengths(layer, weights, mask)?;
         if br == 0 || bc == 0 {
             return Err(KernelError::InvalidShape { reason: format!("block {br}x{bc}") });
@@ -79,7 +93,9 @@ impl BlockPunched {
         let g = &layer.geometry;
         let (rows, cols, ipg, k) = (g.rows(), g.cols(), g.in_per_group(), g.kernel_volume());
         if k > u16::MAX as usize {
-            return Err(KernelError::InvalidShape { reason: format!("{k} kernel positions exceed u16") });
+            return Err(KernelError::InvalidShape {
+                reason: format!("{k} kernel positions exceed u16"),
+            });
         }
         let mut out = BlockPunched {
             rows,
@@ -106,10 +122,14 @@ impl BlockPunched {
                         for c in c0..c1 {
                             for tap in span.taps(p) {
                                 if mask.get(r * cols + c * k + tap) != first {
-                                    return Err(structure_error(layer, format, format!(
-                                        "block rows {r0}..{} channels {c0}..{c1}: position {p} is kept for some kernels and not others (row {r}, channel {c}, tap {tap})",
-                                        r0 + len
-                                    )));
+                                    return Err(structure_error(
+                                        layer,
+                                        format,
+                                        format!(
+                                            "block rows {r0}..{} channels {c0}..{c1}: position {p} is kept for some kernels and not others (row {r}, channel {c}, tap {tap})",
+                                            r0 + len
+                                        ),
+                                    ));
                                 }
                             }
                         }
@@ -118,7 +138,9 @@ impl BlockPunched {
                         out.positions.push(p as u16);
                         for tap in span.taps(p) {
                             for c in c0..c1 {
-                                out.values.extend((r0..r0 + len).map(|r| weights[r * cols + c * k + tap]));
+                                out.values.extend(
+                                    (r0..r0 + len).map(|r| weights[r * cols + c * k + tap]),
+                                );
                             }
                         }
                     }
@@ -207,7 +229,15 @@ impl BlockPunched {
             entry_ptr.push(col.len() as u32);
             weight_ptr.push(weights.len());
         }
-        RowGroupMatrix::from_parts(self.rows, self.cols, group_start, entry_ptr, col, weight_ptr, weights)
+        RowGroupMatrix::from_parts(
+            self.rows,
+            self.cols,
+            group_start,
+            entry_ptr,
+            col,
+            weight_ptr,
+            weights,
+        )
     }
 }
 
@@ -217,15 +247,26 @@ pub struct Kgs(BlockPunched);
 
 impl Kgs {
     /// Encodes a KGS `gm x gn` mask (spatial positions shared across time in each group).
-    pub fn encode(layer: &Layer, weights: &[f32], mask: &Mask, gm: usize, gn: usize) -> Result<Self> {
+    pub fn encode(
+        layer: &Layer,
+        weights: &[f32],
+        mask: &Mask,
+        gm: usize,
+        gn: usize,
+    ) -> Result<Self> {
         let (kt, khw) = match layer.geometry {
             LayerGeometry::Conv3d { kt, kh, kw, .. } => (kt, kh * kw),
             LayerGeometry::Conv2d { kh, kw, .. } => (1, kh * kw),
             LayerGeometry::Linear { .. } => {
-                return Err(structure_error(layer, format!("KGS {gm}x{gn}"), "KGS needs a convolution".into()));
+                return Err(structure_error(
+                    layer,
+                    format!("KGS {gm}x{gn}"),
+                    "KGS needs a convolution".into(),
+                ));
             }
         };
-        BlockPunched::encode_with(layer, weights, mask, gm, gn, Span::AcrossTime { kt, khw }, "KGS").map(Kgs)
+        BlockPunched::encode_with(layer, weights, mask, gm, gn, Span::AcrossTime { kt, khw }, "KGS")
+            .map(Kgs)
     }
 
     /// Kept spatial positions over all groups.

@@ -29,7 +29,13 @@ pub struct Bsr {
 impl Bsr {
     /// Encodes `weights` (GEMM view of `layer`) keeping the blocks that `mask` keeps. Every
     /// block must be kept or pruned whole.
-    pub fn encode(layer: &Layer, weights: &[f32], mask: &Mask, br: usize, bc: usize) -> Result<Self> {
+    pub fn encode(
+        layer: &Layer,
+        weights: &[f32],
+        mask: &Mask,
+        br: usize,
+        bc: usize,
+    ) -> Result<Self> {
         let g = &layer.geometry;
         let (rows, cols) = (g.rows(), g.cols());
         check_lengths(layer, weights, mask)?;
@@ -55,10 +61,14 @@ impl Bsr {
                 for r in r0..r0 + len {
                     for c in c0..c1 {
                         if mask.get(r * cols + c) != first {
-                            return Err(structure_error(layer, format!("BSR {br}x{bc}"), format!(
-                                "block at rows {r0}..{} columns {c0}..{c1} is partly kept (row {r}, column {c})",
-                                r0 + len
-                            )));
+                            return Err(structure_error(
+                                layer,
+                                format!("BSR {br}x{bc}"),
+                                format!(
+                                    "block at rows {r0}..{} columns {c0}..{c1} is partly kept (row {r}, column {c})",
+                                    r0 + len
+                                ),
+                            ));
                         }
                     }
                 }
@@ -66,7 +76,11 @@ impl Bsr {
                     out.block_col.push(bj as u32);
                     for c in c0..c0 + bc {
                         for r in r0..r0 + br {
-                            out.values.push(if r < r0 + len && c < c1 { weights[r * cols + c] } else { 0.0 });
+                            out.values.push(if r < r0 + len && c < c1 {
+                                weights[r * cols + c]
+                            } else {
+                                0.0
+                            });
                         }
                     }
                 }
@@ -103,7 +117,10 @@ impl Bsr {
 
     /// Size: values (padded blocks included), 4-byte block columns and block-row pointers.
     pub fn bytes(&self) -> ByteSize {
-        ByteSize { values: 4 * self.values.len(), index: 4 * (self.block_row_ptr.len() + self.block_col.len()) }
+        ByteSize {
+            values: 4 * self.values.len(),
+            index: 4 * (self.block_row_ptr.len() + self.block_col.len()),
+        }
     }
 
     /// The execution form: one group per block row, one entry per column of a kept block.
@@ -125,6 +142,14 @@ impl Bsr {
             entry_ptr.push(col.len() as u32);
             weight_ptr.push(weights.len());
         }
-        RowGroupMatrix::from_parts(self.rows, self.cols, self.block_row_start.clone(), entry_ptr, col, weight_ptr, weights)
+        RowGroupMatrix::from_parts(
+            self.rows,
+            self.cols,
+            self.block_row_start.clone(),
+            entry_ptr,
+            col,
+            weight_ptr,
+            weights,
+        )
     }
 }

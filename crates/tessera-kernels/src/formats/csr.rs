@@ -25,7 +25,11 @@ impl Csr {
     /// kept zero is stored).
     pub fn encode(rows: usize, cols: usize, weights: &[f32], mask: &Mask) -> Result<Self> {
         if weights.len() != rows * cols || mask.len() != rows * cols {
-            return Err(KernelError::BufferLength { what: "weights/mask", expected: rows * cols, found: weights.len().min(mask.len()) });
+            return Err(KernelError::BufferLength {
+                what: "weights/mask",
+                expected: rows * cols,
+                found: weights.len().min(mask.len()),
+            });
         }
         let mut row_ptr = Vec::with_capacity(rows + 1);
         let mut col_idx = Vec::with_capacity(mask.count());
@@ -74,7 +78,10 @@ impl Csr {
 
     /// Size: 4-byte values, 4-byte column indices and row pointers.
     pub fn bytes(&self) -> ByteSize {
-        ByteSize { values: 4 * self.values.len(), index: 4 * (self.row_ptr.len() + self.col_idx.len()) }
+        ByteSize {
+            values: 4 * self.values.len(),
+            index: 4 * (self.row_ptr.len() + self.col_idx.len()),
+        }
     }
 
     /// The execution form (one row per group).

@@ -29,6 +29,7 @@ pub mod bcr;
 pub mod block_punched;
 pub mod bsr;
 pub mod csr;
+pub mod fkw;
 
 use tessera_sparsity::{Layer, Mask};
 
