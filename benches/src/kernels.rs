@@ -94,6 +94,7 @@ fn shapes() -> Vec<Shape> {
                 .unwrap_or_else(|e| panic!("{e}")),
         ),
         Shape::Gemm("bert_fc_128x768x3072", 3072, 768, 128),
+        Shape::Gemm("gemm_1024", 1024, 1024, 1024),
         Shape::Gemm("gemv_4096x4096", 4096, 4096, 1),
         Shape::Gemm("lstm_gates_h1024", 4096, 2048, 1),
     ]

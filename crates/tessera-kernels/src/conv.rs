@@ -104,7 +104,9 @@ impl ConvShape {
         if self.in_channels == 0 || self.out_channels == 0 || self.groups == 0 {
             return bad(format!("channels and groups must be non-zero: {self:?}"));
         }
-        if !self.in_channels.is_multiple_of(self.groups) || !self.out_channels.is_multiple_of(self.groups) {
+        if !self.in_channels.is_multiple_of(self.groups)
+            || !self.out_channels.is_multiple_of(self.groups)
+        {
             return bad(format!(
                 "{} groups must divide {} input and {} output channels",
                 self.groups, self.in_channels, self.out_channels
@@ -234,11 +236,24 @@ pub struct InputLayout {
 impl InputLayout {
     fn new(s: &ConvShape) -> Self {
         let padded: [usize; 3] = std::array::from_fn(|d| s.input[d] + 2 * s.padding[d]);
-        let plane: [usize; 3] = std::array::from_fn(|d| padded[d].div_ceil(s.stride[d]));
+        let mut plane: [usize; 3] = std::array::from_fn(|d| padded[d].div_ceil(s.stride[d]));
+        let in_place = s.padding == [0, 0, 0] && s.stride == [1, 1, 1];
+        // Shared row padding: with unit width stride, a row's right padding can be the next
+        // row's left padding, so rows hold `W + pw` floats instead of `W + 2 pw`. Fewer
+        // discarded positions per row (8x8 with padding 1: 11% instead of 20%). One extra zero
+        // row per plane absorbs the last row's overflow. Needs the kernel span to cover the
+        // padding, otherwise rows would be shorter than output rows.
+        let shared = !in_place
+            && s.stride[2] == 1
+            && s.padding[2] > 0
+            && s.dilation[2] * (s.kernel[2] - 1) >= s.padding[2];
+        if shared {
+            plane[2] = s.input[2] + s.padding[2];
+            plane[1] += 1;
+        }
         let plane_len = plane.iter().product::<usize>();
         let phases = s.stride.iter().product::<usize>();
         let channel_len = plane_len * phases;
-        let in_place = s.padding == [0, 0, 0] && s.stride == [1, 1, 1];
         let out = s.output();
         let runs = (0..out[0])
             .map(|od| (od * plane[1] * plane[2], (out[1] - 1) * plane[2] + out[2]))
@@ -359,6 +374,7 @@ impl InputLayout {
                     slice[..ph * wq].fill(0.0);
                     slice[(ph + h) * wq..].fill(0.0);
                     for y in 0..h {
+                        // [pw zeros][W values][pw zeros, unless shared with the next row]
                         let row = &mut slice[(ph + y) * wq..(ph + y + 1) * wq];
                         row[..pw].fill(0.0);
                         row[pw..pw + w].copy_from_slice(&src[(z * h + y) * w..(z * h + y + 1) * w]);
