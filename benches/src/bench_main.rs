@@ -5,7 +5,8 @@
 use criterion::{criterion_group, criterion_main};
 
 mod data;
+mod kernels_criterion;
 mod sparsity;
 
-criterion_group!(benches, data::bench, sparsity::bench);
+criterion_group!(benches, data::bench, sparsity::bench, kernels_criterion::bench);
 criterion_main!(benches);

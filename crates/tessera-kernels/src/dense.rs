@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::isa::Isa;
 use crate::rowgroup::check_len;
 use crate::simd::{Simd, simd_entry};
-use crate::threads::{SendPtr, balanced_split, run_parallel};
+use crate::threads::{SendPtr, run_parallel, split_by_cost};
 
 /// `C[m, n] = A[m, k] * B[k, n]` (row-major), overwriting `c`.
 pub fn sgemm(
@@ -73,8 +73,8 @@ pub fn sgemv(
     check_len("x", k, x.len())?;
     check_len("y", m, y.len())?;
     let blocks = m.div_ceil(4);
-    let threads = threads.max(1);
-    let bounds = balanced_split(&vec![1; blocks], threads);
+    let threads = threads.clamp(1, crate::threads::MAX_THREADS);
+    let bounds = split_by_cost(blocks, threads, |_| 1);
     let yp = SendPtr(y.as_mut_ptr());
     // Thread t writes rows of its blocks only.
     run_parallel(threads, |t| {

@@ -23,7 +23,7 @@ use crate::conv::{ConvShape, InputLayout};
 use crate::error::{KernelError, Result};
 use crate::isa::Isa;
 use crate::simd::{Simd, simd_entry};
-use crate::threads::{SendPtr, balanced_split, run_parallel};
+use crate::threads::{SendPtr, run_parallel, split_by_cost};
 
 /// Rows split into groups that share their kept columns; see the module documentation.
 #[derive(Debug, Clone, PartialEq)]
@@ -433,6 +433,7 @@ pub(crate) const TILE_V: usize = 2;
 fn execute(isa: Isa, job: &Job<'_>, threads: usize) {
     let n_tiles = job.plan.tiles.len();
     let groups = job.m.groups();
+    let threads = threads.min(crate::threads::MAX_THREADS);
     if threads <= 1 {
         run_tiles(isa, job, 0, n_tiles, 0, groups);
     } else if n_tiles >= 4 * threads {
@@ -441,9 +442,8 @@ fn execute(isa: Isa, job: &Job<'_>, threads: usize) {
             run_tiles(isa, job, (t * chunk).min(n_tiles), ((t + 1) * chunk).min(n_tiles), 0, groups)
         });
     } else {
-        let costs: Vec<usize> =
-            (0..groups).map(|g| job.m.weight_ptr[g + 1] - job.m.weight_ptr[g] + 16).collect();
-        let bounds = balanced_split(&costs, threads);
+        let w = &job.m.weight_ptr;
+        let bounds = split_by_cost(groups, threads, |g| w[g + 1] - w[g] + 16);
         run_parallel(threads, |t| run_tiles(isa, job, 0, n_tiles, bounds[t], bounds[t + 1]));
     }
 }
@@ -616,10 +616,8 @@ pub(crate) struct Out<'a> {
 pub fn gemv(isa: Isa, m: &RowGroupMatrix, x: &[f32], y: &mut [f32], threads: usize) -> Result<()> {
     check_len("x", m.cols, x.len())?;
     check_len("y", m.rows, y.len())?;
-    let costs: Vec<usize> =
-        (0..m.groups()).map(|g| m.weight_ptr[g + 1] - m.weight_ptr[g] + 8).collect();
-    let threads = threads.max(1);
-    let bounds = balanced_split(&costs, threads);
+    let threads = threads.clamp(1, crate::threads::MAX_THREADS);
+    let bounds = split_by_cost(m.groups(), threads, |g| m.weight_ptr[g + 1] - m.weight_ptr[g] + 8);
     let yp = SendPtr(y.as_mut_ptr());
     // Each thread writes only the rows of its groups bounds[t]..bounds[t+1].
     run_parallel(threads, |t| gemv_groups(isa, m, x, yp, bounds[t], bounds[t + 1]));

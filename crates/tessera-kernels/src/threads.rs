@@ -39,8 +39,43 @@ pub(crate) fn run_parallel(threads: usize, f: impl Fn(usize) + Sync) {
     });
 }
 
+/// Most threads a kernel splits work for (more are clamped).
+pub(crate) const MAX_THREADS: usize = 64;
+
+/// Range boundaries of a split, on the stack: kernels must not allocate per call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    b: [usize; MAX_THREADS + 1],
+}
+
+impl std::ops::Index<usize> for Bounds {
+    type Output = usize;
+    fn index(&self, i: usize) -> &usize {
+        &self.b[i]
+    }
+}
+
+/// Splits items `0..n` with costs `cost(i)` into `parts` (<= [`MAX_THREADS`]) contiguous
+/// ranges of roughly equal total cost, without allocating: range `t` is `b[t]..b[t + 1]`.
+pub(crate) fn split_by_cost(n: usize, parts: usize, cost: impl Fn(usize) -> usize) -> Bounds {
+    let parts = parts.clamp(1, MAX_THREADS);
+    let total: usize = (0..n).map(&cost).sum();
+    let mut b = [n; MAX_THREADS + 1];
+    b[0] = 0;
+    let (mut acc, mut next) = (0usize, 1usize);
+    for i in 0..n {
+        acc += cost(i);
+        while next < parts && acc * parts >= total * next {
+            b[next] = i + 1;
+            next += 1;
+        }
+    }
+    Bounds { b }
+}
+
 /// Splits `costs` into `parts` contiguous ranges of roughly equal total cost; returns the
 /// `parts + 1` boundaries.
+#[cfg(test)]
 pub(crate) fn balanced_split(costs: &[usize], parts: usize) -> Vec<usize> {
     let parts = parts.max(1);
     let total: usize = costs.iter().sum();
@@ -64,6 +99,22 @@ pub(crate) fn balanced_split(costs: &[usize], parts: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stack_split_matches_the_vector_split() {
+        for (costs, parts) in [
+            (vec![1, 1, 1, 1], 2),
+            (vec![10, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], 2),
+            (vec![], 3),
+            (vec![5; 7], 3),
+        ] {
+            let v = balanced_split(&costs, parts);
+            let b = split_by_cost(costs.len(), parts, |i| costs[i]);
+            for (t, &vt) in v.iter().enumerate() {
+                assert_eq!(b[t], vt, "{costs:?} {parts}");
+            }
+        }
+    }
 
     #[test]
     fn split_is_contiguous_and_balanced() {

@@ -229,7 +229,11 @@ impl BcrCompact {
     }
 }
 
-/// A [`BcrCompact`] bound to a convolution: input offsets of every kept column.
+/// Most threads with a precomputed block-row schedule; more threads split contiguously.
+const SCHEDULED_THREADS: usize = 8;
+
+/// A [`BcrCompact`] bound to a convolution: input offsets of every kept column, the tiles for
+/// each vector width, and the block-row schedules, all computed once so runs never allocate.
 #[derive(Debug, Clone)]
 pub struct BcrConv {
     m: BcrCompact,
@@ -237,6 +241,28 @@ pub struct BcrConv {
     layout: InputLayout,
     /// Per block, offsets of its kept columns (parallel to `kept_cols`).
     offsets: Vec<u32>,
+    /// Tiles for 8 and 16 lanes.
+    tiles: [Vec<(usize, usize)>; 2],
+    /// `schedule[t - 1][i]`: block rows of thread `i` when running `t` threads, dealt
+    /// heaviest-first to the least-loaded thread (GRIM's reorder, used for load balance).
+    schedule: Vec<Vec<Vec<u32>>>,
+    /// Every block row in order (one thread).
+    all_rows: Vec<u32>,
+}
+
+/// Deals block rows (heaviest first, `order`) to `threads` threads, each to the least loaded.
+fn lpt(m: &BcrCompact, threads: usize) -> Vec<Vec<u32>> {
+    let mut load = vec![0usize; threads];
+    let mut mine: Vec<Vec<u32>> = vec![Vec::new(); threads];
+    for &b in &m.order {
+        let w = m.value_ptr[m.block_ptr[b as usize + 1] as usize]
+            - m.value_ptr[m.block_ptr[b as usize] as usize]
+            + 8;
+        let t = (0..threads).min_by_key(|&t| load[t]).unwrap_or(0);
+        load[t] += w;
+        mine[t].push(b);
+    }
+    mine
 }
 
 impl BcrConv {
@@ -268,7 +294,11 @@ impl BcrConv {
                 }
             }
         }
-        Ok(BcrConv { m, shape, layout, offsets })
+        let tiles =
+            [crate::rowgroup::tiles(layout.runs(), 16), crate::rowgroup::tiles(layout.runs(), 32)];
+        let schedule = (1..=SCHEDULED_THREADS).map(|t| lpt(&m, t)).collect();
+        let all_rows = (0..m.block_ptr.len() as u32 - 1).collect();
+        Ok(BcrConv { m, shape, layout, offsets, tiles, schedule, all_rows })
     }
 
     /// `Y[rows, n] = W X[cols, n]` as a 1x1 convolution over `n` positions.
@@ -310,29 +340,29 @@ impl BcrConv {
         } else {
             (SendPtr(flat.as_mut_ptr()), crate::rowgroup::flat_stride(&self.layout))
         };
-        let tiles = crate::rowgroup::tiles(self.layout.runs(), 2 * isa.lanes());
+        let tiles = &self.tiles[usize::from(isa.lanes() == 16)];
         let job = BcrJob { c: self, x, y, ystride };
-        if threads <= 1 || tiles.len() >= 4 * threads {
-            let chunk = tiles.len().div_ceil(threads.max(1));
-            let all: Vec<u32> = (0..self.m.block_ptr.len() as u32 - 1).collect();
-            run_parallel(threads.max(1), |t| {
+        let threads = threads.max(1);
+        if threads == 1 || tiles.len() >= 4 * threads {
+            let chunk = tiles.len().div_ceil(threads);
+            run_parallel(threads, |t| {
                 let lo = (t * chunk).min(tiles.len());
                 let hi = ((t + 1) * chunk).min(tiles.len());
-                bcr_tiles(isa, &job, &tiles[lo..hi], &all);
+                bcr_tiles(isa, &job, &tiles[lo..hi], &self.all_rows);
             });
+        } else if threads <= SCHEDULED_THREADS {
+            // Few positions: every thread runs all tiles on its scheduled block rows.
+            let mine = &self.schedule[threads - 1];
+            run_parallel(threads, |t| bcr_tiles(isa, &job, tiles, &mine[t]));
         } else {
-            // Few positions: deal block rows heaviest-first to the least loaded thread.
-            let mut load = vec![0usize; threads];
-            let mut mine: Vec<Vec<u32>> = vec![Vec::new(); threads];
-            for &b in &self.m.order {
-                let w = self.m.value_ptr[self.m.block_ptr[b as usize + 1] as usize]
-                    - self.m.value_ptr[self.m.block_ptr[b as usize] as usize]
-                    + 8;
-                let t = (0..threads).min_by_key(|&t| load[t]).unwrap_or(0);
-                load[t] += w;
-                mine[t].push(b);
-            }
-            run_parallel(threads, |t| bcr_tiles(isa, &job, &tiles, &mine[t]));
+            let threads = threads.min(crate::threads::MAX_THREADS);
+            let m = &self.m;
+            let bounds = crate::threads::split_by_cost(self.all_rows.len(), threads, |b| {
+                m.value_ptr[m.block_ptr[b + 1] as usize] - m.value_ptr[m.block_ptr[b] as usize] + 8
+            });
+            run_parallel(threads, |t| {
+                bcr_tiles(isa, &job, tiles, &self.all_rows[bounds[t]..bounds[t + 1]])
+            });
         }
         if !self.layout.flat_is_output() {
             let opos = s.output_positions();
@@ -350,17 +380,8 @@ impl BcrConv {
     pub fn gemv(&self, isa: Isa, x: &[f32], y: &mut [f32], threads: usize) -> Result<()> {
         check_len("x", self.m.cols, x.len())?;
         check_len("y", self.m.rows, y.len())?;
-        let threads = threads.max(1);
-        let mut load = vec![0usize; threads];
-        let mut mine: Vec<Vec<u32>> = vec![Vec::new(); threads];
-        for &b in &self.m.order {
-            let w = self.m.value_ptr[self.m.block_ptr[b as usize + 1] as usize]
-                - self.m.value_ptr[self.m.block_ptr[b as usize] as usize]
-                + 8;
-            let t = (0..threads).min_by_key(|&t| load[t]).unwrap_or(0);
-            load[t] += w;
-            mine[t].push(b);
-        }
+        let threads = threads.clamp(1, SCHEDULED_THREADS);
+        let mine = &self.schedule[threads - 1];
         let yp = SendPtr(y.as_mut_ptr());
         run_parallel(threads, |t| bcr_gemv(isa, &self.m, x, yp, &mine[t]));
         Ok(())
