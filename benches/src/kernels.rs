@@ -429,10 +429,64 @@ pub fn run_suite(
     points
 }
 
+/// A one-table summary (1 thread): per shape, the fastest dense kernel and each scheme's
+/// speed-up at 87.5% (8x) and 90% sparsity.
+pub fn summary_markdown(points: &[Point]) -> String {
+    let mut shapes: Vec<&str> = points.iter().map(|p| p.shape.as_str()).collect();
+    shapes.dedup();
+    let mut schemes: Vec<&str> =
+        points.iter().filter(|p| p.scheme != "dense").map(|p| p.scheme.as_str()).collect();
+    schemes.sort_unstable();
+    schemes.dedup();
+    let find = |shape: &str, scheme: &str, sparsity: f64| {
+        points.iter().find(|p| {
+            p.shape == shape
+                && p.scheme == scheme
+                && p.threads == 1
+                && (p.sparsity - sparsity).abs() < 1e-9
+        })
+    };
+    let mut md = String::from("| shape | dense ms (GFLOP/s) |");
+    for s in &schemes {
+        md.push_str(&format!(" {s} 8x / 10x |"));
+    }
+    md.push_str("\n|---|---|");
+    md.push_str(&"---|".repeat(schemes.len()));
+    md.push('\n');
+    for shape in shapes {
+        let Some(dense) = points
+            .iter()
+            .filter(|p| p.shape == shape && p.scheme == "dense" && p.threads == 1)
+            .min_by(|a, b| a.median_ms.total_cmp(&b.median_ms))
+        else {
+            continue;
+        };
+        md.push_str(&format!(
+            "| {shape} | {:.3} ({:.0}) |",
+            dense.median_ms, dense.effective_gflops
+        ));
+        for s in &schemes {
+            match (find(shape, s, 0.875), find(shape, s, 0.9)) {
+                (Some(a), Some(b)) => {
+                    md.push_str(&format!(" {:.2}x / {:.2}x |", a.speedup, b.speedup))
+                }
+                _ => md.push_str(" — |"),
+            }
+        }
+        md.push('\n');
+    }
+    md
+}
+
 /// The Markdown report of a suite run.
 pub fn markdown(points: &[Point], isa: Isa, cfg: &SuiteConfig) -> String {
     let mut md = String::new();
     md.push_str("# Kernel benchmark\n\n");
+    md.push_str(
+        "## Summary (1 thread; speed-up over the fastest dense kernel at 87.5% / 90% sparsity)\n\n",
+    );
+    md.push_str(&summary_markdown(points));
+    md.push('\n');
     md.push_str(&format!(
         "Batch 1, f32, instruction set `{isa}`, median of >= 10 runs and >= {} s per point. `speedup` = fastest dense kernel at the same thread count (same run) / this kernel; `FLOP red.` = dense FLOPs / kept FLOPs, the ideal speed-up. `err` = max |sparse - dense on the same pruned weights| / max |output|.\n\n",
         cfg.min_time

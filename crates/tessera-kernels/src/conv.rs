@@ -337,6 +337,11 @@ impl InputLayout {
         self.offset(group * s.in_per_group() + c, t)
     }
 
+    /// Distance between consecutive output rows on the flat grid (the phase-plane width).
+    pub fn output_row_pitch(&self) -> usize {
+        self.plane[2]
+    }
+
     /// For flat position `p`: the output index minus `p`, or `None` for a discarded position.
     pub fn output_delta(&self, p: usize) -> Option<isize> {
         let [od, oh, ow] = self.shape.output();

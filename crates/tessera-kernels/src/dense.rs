@@ -126,39 +126,65 @@ fn gemv_rows_generic<S: Simd>(
     }
 }
 
-/// Dense convolution as im2col + GEMM, per channel group. `col` is scratch of
-/// [`im2col_len`] floats (unused for 1x1 stride-1 unpadded convolutions).
+/// Dense convolution as im2col + GEMM, per channel group. `scratch` holds [`im2col_len`]
+/// floats (none for 1x1 stride-1 unpadded convolutions, which multiply the input directly).
+///
+/// The unfolded matrix is cut from the packed conv layout ([`crate::conv`]): every row of it
+/// is a run of contiguous copies, one per output row, instead of a bounds check per element.
 pub fn conv_im2col(
     shape: &ConvShape,
     weights: &[f32],
     input: &[f32],
     output: &mut [f32],
-    col: &mut [f32],
+    scratch: &mut [f32],
     threads: usize,
 ) -> Result<()> {
     let s = shape;
     check_len("weights", s.out_channels * s.cols(), weights.len())?;
     check_len("input", s.in_channels * s.input_plane(), input.len())?;
     check_len("output", s.out_channels * s.output_positions(), output.len())?;
-    check_len("im2col scratch", im2col_len(s), col.len())?;
+    check_len("im2col scratch", im2col_len(s), scratch.len())?;
     let (p, k) = (s.output_positions(), s.cols());
     let opg = s.out_per_group();
-    let direct = s.kernel == [1, 1, 1] && s.stride == [1, 1, 1] && s.padding == [0, 0, 0];
+    if is_direct(s) {
+        for g in 0..s.groups {
+            let in_g = &input[g * s.in_per_group() * s.input_plane()
+                ..(g + 1) * s.in_per_group() * s.input_plane()];
+            sgemm(
+                opg,
+                k,
+                p,
+                &weights[g * opg * k..(g + 1) * opg * k],
+                in_g,
+                &mut output[g * opg * p..(g + 1) * opg * p],
+                threads,
+            )?;
+        }
+        return Ok(());
+    }
+    let layout = s.layout();
+    let (packed, col) = scratch.split_at_mut(layout.packed_len());
+    layout.pack(input, packed);
+    let x: &[f32] = if layout.in_place() { input } else { packed };
+    let [_, oh, ow] = s.output();
+    let row_pitch = layout.output_row_pitch();
     for g in 0..s.groups {
-        let in_g = &input
-            [g * s.in_per_group() * s.input_plane()..(g + 1) * s.in_per_group() * s.input_plane()];
-        let b: &[f32] = if direct {
-            in_g
-        } else {
-            im2col(s, in_g, col);
-            col
-        };
+        for (j, dst) in col.chunks_exact_mut(p).enumerate().take(k) {
+            let off = layout.col_offset(g, j);
+            for (od, &(start, _)) in layout.runs().iter().enumerate() {
+                for y in 0..oh {
+                    let src = off + start + y * row_pitch;
+                    let d = (od * oh + y) * ow;
+                    dst[d..d + ow].copy_from_slice(&x[src..src + ow]);
+                }
+            }
+        }
         sgemm(
             opg,
             k,
             p,
             &weights[g * opg * k..(g + 1) * opg * k],
-            b,
+            col,
             &mut output[g * opg * p..(g + 1) * opg * p],
             threads,
         )?;
@@ -166,47 +192,15 @@ pub fn conv_im2col(
     Ok(())
 }
 
-/// Scratch floats [`conv_im2col`] needs.
-pub fn im2col_len(shape: &ConvShape) -> usize {
-    let direct =
-        shape.kernel == [1, 1, 1] && shape.stride == [1, 1, 1] && shape.padding == [0, 0, 0];
-    if direct { 0 } else { shape.cols() * shape.output_positions() }
+fn is_direct(s: &ConvShape) -> bool {
+    s.kernel == [1, 1, 1] && s.stride == [1, 1, 1] && s.padding == [0, 0, 0]
 }
 
-/// Unfolds one group's input into `[cols, positions]`.
-fn im2col(s: &ConvShape, input: &[f32], col: &mut [f32]) {
-    let out = s.output();
-    let [d, h, w] = s.input;
-    let p = s.output_positions();
-    let kv = s.kernel_volume();
-    for c in 0..s.in_per_group() {
-        for t0 in 0..s.kernel[0] {
-            for t1 in 0..s.kernel[1] {
-                for t2 in 0..s.kernel[2] {
-                    let row = c * kv + (t0 * s.kernel[1] + t1) * s.kernel[2] + t2;
-                    let dst = &mut col[row * p..(row + 1) * p];
-                    for z in 0..out[0] {
-                        let iz =
-                            (z * s.stride[0] + t0 * s.dilation[0]) as isize - s.padding[0] as isize;
-                        for y in 0..out[1] {
-                            let iy = (y * s.stride[1] + t1 * s.dilation[1]) as isize
-                                - s.padding[1] as isize;
-                            let o = (z * out[1] + y) * out[2];
-                            if iz < 0 || iy < 0 || iz >= d as isize || iy >= h as isize {
-                                dst[o..o + out[2]].fill(0.0);
-                                continue;
-                            }
-                            let src = &input[((c * d + iz as usize) * h + iy as usize) * w..][..w];
-                            for x in 0..out[2] {
-                                let ix = (x * s.stride[2] + t2 * s.dilation[2]) as isize
-                                    - s.padding[2] as isize;
-                                dst[o + x] =
-                                    if ix < 0 || ix >= w as isize { 0.0 } else { src[ix as usize] };
-                            }
-                        }
-                    }
-                }
-            }
-        }
+/// Scratch floats [`conv_im2col`] needs: the packed input and the unfolded matrix.
+pub fn im2col_len(shape: &ConvShape) -> usize {
+    if is_direct(shape) {
+        0
+    } else {
+        shape.layout().packed_len() + shape.cols() * shape.output_positions()
     }
 }

@@ -73,6 +73,11 @@ fn check_conv(shape: ConvShape, sparsity: f64, group_size: usize, seed: u64, thr
         conv.run(isa, &x, &mut y2, &mut scratch, threads).unwrap();
         assert_eq!(y, y2);
     }
+    // The dense baseline (im2col + GEMM) computes the same convolution.
+    let mut y = vec![f32::NAN; want.len()];
+    let mut col = vec![f32::NAN; tessera_kernels::dense::im2col_len(&shape)];
+    tessera_kernels::dense::conv_im2col(&shape, &w, &x, &mut y, &mut col, threads).unwrap();
+    assert_close(&y, &want, |_| tol, &format!("im2col+gemm {shape:?}"));
 }
 
 fn conv_shape() -> impl Strategy<Value = ConvShape> {
