@@ -229,6 +229,10 @@ impl BcrCompact {
     }
 }
 
+/// Vectors per tile row of the block kernel: each broadcast weight serves this many vectors,
+/// which is what amortizes BCR's one-broadcast-per-kept-weight cost.
+const BCR_V: usize = 4;
+
 /// Most threads with a precomputed block-row schedule; more threads split contiguously.
 const SCHEDULED_THREADS: usize = 8;
 
@@ -294,8 +298,10 @@ impl BcrConv {
                 }
             }
         }
-        let tiles =
-            [crate::rowgroup::tiles(layout.runs(), 16), crate::rowgroup::tiles(layout.runs(), 32)];
+        let tiles = [
+            crate::rowgroup::tiles(layout.runs(), 8 * BCR_V),
+            crate::rowgroup::tiles(layout.runs(), 16 * BCR_V),
+        ];
         let schedule = (1..=SCHEDULED_THREADS).map(|t| lpt(&m, t)).collect();
         let all_rows = (0..m.block_ptr.len() as u32 - 1).collect();
         Ok(BcrConv { m, shape, layout, offsets, tiles, schedule, all_rows })
@@ -405,7 +411,7 @@ simd_entry! {
 #[inline(always)]
 fn bcr_tiles_generic<S: Simd>(job: &BcrJob<'_>, tiles: &[(usize, usize)], block_rows: &[u32]) {
     let m = &job.c.m;
-    let width = 2 * S::LANES;
+    let width = BCR_V * S::LANES;
     for &(p0, n) in tiles {
         let full = n == width;
         for &brow in block_rows {
@@ -424,9 +430,8 @@ fn bcr_tiles_generic<S: Simd>(job: &BcrJob<'_>, tiles: &[(usize, usize)], block_
                 let mut i = 0;
                 while i < kr.len() {
                     let left = kr.len() - i;
-                    let rt = if left >= 8 && S::LANES == 16 {
-                        8
-                    } else if left >= 4 {
+                    // RT x BCR_V accumulators: 4 x 4 fits AVX-512's registers, 2 x 4 AVX2's.
+                    let rt = if left >= 4 && S::LANES == 16 {
                         4
                     } else if left >= 2 {
                         2
@@ -493,34 +498,41 @@ unsafe fn rmw<S: Simd, const RT: usize, const FULL: bool>(
     n: usize,
 ) {
     let l = S::LANES;
-    let mut acc = [[S::zero(); 2]; RT];
+    let mut acc = [[S::zero(); BCR_V]; RT];
     let mut wp = w;
     for &off in offs {
         let xp = x.add(off as usize);
-        let (x0, x1) = if FULL {
-            (S::load(xp), S::load(xp.add(l)))
-        } else {
-            (
-                S::load_partial(xp, n.min(l)),
-                if n > l { S::load_partial(xp.add(l), n - l) } else { S::zero() },
-            )
-        };
+        let mut xv = [S::zero(); BCR_V];
+        for (v, xvv) in xv.iter_mut().enumerate() {
+            let rem = n.saturating_sub(v * l);
+            *xvv = if FULL || rem >= l {
+                S::load(xp.add(v * l))
+            } else if rem > 0 {
+                S::load_partial(xp.add(v * l), rem)
+            } else {
+                S::zero()
+            };
+        }
         for (rr, a) in acc.iter_mut().enumerate() {
             let wv = S::splat(*wp.add(rr));
-            a[0] = S::fma(wv, x0, a[0]);
-            a[1] = S::fma(wv, x1, a[1]);
+            for (av, &xx) in a.iter_mut().zip(&xv) {
+                *av = S::fma(wv, xx, *av);
+            }
         }
         wp = wp.add(wstride);
     }
     for (rr, a) in acc.iter().enumerate() {
         let yp = y.add(rows[rr] * ystride);
-        if FULL {
-            S::store(yp, S::add(S::load(yp), a[0]));
-            S::store(yp.add(l), S::add(S::load(yp.add(l)), a[1]));
-        } else {
-            S::store_partial(yp, S::add(S::load_partial(yp, n.min(l)), a[0]), n.min(l));
-            if n > l {
-                S::store_partial(yp.add(l), S::add(S::load_partial(yp.add(l), n - l), a[1]), n - l);
+        for (v, &av) in a.iter().enumerate() {
+            let rem = n.saturating_sub(v * l);
+            if FULL || rem >= l {
+                S::store(yp.add(v * l), S::add(S::load(yp.add(v * l)), av));
+            } else if rem > 0 {
+                S::store_partial(
+                    yp.add(v * l),
+                    S::add(S::load_partial(yp.add(v * l), rem), av),
+                    rem,
+                );
             }
         }
     }
