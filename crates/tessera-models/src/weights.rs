@@ -1,0 +1,197 @@
+//! Named prunable weights: list them with their layer geometry, read and write them in the
+//! GEMM view tessera-sparsity defines, and apply masks in place.
+//!
+//! Geometry comes from the model's IR export (which knows groups, strides and output sizes);
+//! values are read and written through burn's module visitor and mapper, by path. Linear
+//! weights are stored `[in, out]` by burn and `[out, in]` in the GEMM view, so they are
+//! transposed on the way in and out.
+
+use std::collections::BTreeMap;
+
+use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use tessera_ir::Op;
+use tessera_sparsity::{Layer, Mask};
+
+use crate::error::{ModelError, Result};
+use crate::export::Masks;
+use crate::zoo::Classifier;
+
+/// One prunable weight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedWeight {
+    /// Path, e.g. `layers.0.conv.weight`.
+    pub path: String,
+    /// Geometry (layer name = path) with output positions for FLOP counts.
+    pub layer: Layer,
+    /// Values in the GEMM view (row-major `[out, in x kernel]`).
+    pub values: Vec<f32>,
+}
+
+/// Every conv and linear weight of `model` for inputs of `input` shape, in execution order.
+pub fn prunable_weights<M: Classifier>(model: &M, input: [usize; 4]) -> Result<Vec<NamedWeight>> {
+    let g = model.export(input, &Masks::new())?;
+    let shapes = g.validate()?;
+    let mut out = Vec::new();
+    for n in &g.nodes {
+        let (Op::Conv { weight, .. } | Op::Linear { weight, .. }) = &n.op else { continue };
+        let Some(layer) = g.weight_layer(n, weight, &shapes) else { continue };
+        let layer = Layer { name: weight.clone(), ..layer };
+        out.push(NamedWeight {
+            path: weight.clone(),
+            layer,
+            values: g.params[weight].tensor.data.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// Tracks the module path during a visit or a map.
+#[derive(Default)]
+struct PathStack(Vec<String>);
+
+impl PathStack {
+    fn join(&self) -> String {
+        self.0.join(".")
+    }
+}
+
+/// Transposes a row-major `rows x cols` matrix.
+fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = v[r * cols + c];
+        }
+    }
+    out
+}
+
+/// Replaces weights by path with new values (GEMM view), keeping parameter ids so optimizer
+/// state stays attached.
+struct SetWeights<'a> {
+    path: PathStack,
+    updates: &'a BTreeMap<String, Vec<f32>>,
+    applied: usize,
+}
+
+impl ModuleMapper for SetWeights<'_> {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.0.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.0.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some(values) = self.updates.get(&self.path.join()) else { return param };
+        let (id, t, mapper) = param.consume();
+        let (device, requires_grad) = (t.device(), t.is_require_grad());
+        let dims = t.dims();
+        let data = if D == 2 { transpose(values, dims[1], dims[0]) } else { values.clone() };
+        let mut nt = Tensor::<D>::from_data(TensorData::new(data, dims), &device);
+        if requires_grad {
+            nt = nt.require_grad();
+        }
+        self.applied += 1;
+        Param::from_mapped_value(id, nt, mapper)
+    }
+}
+
+/// `model` with the weights at the given paths replaced by GEMM-view values.
+pub fn set_weights<M: Classifier>(model: M, updates: &BTreeMap<String, Vec<f32>>) -> Result<M> {
+    let mut m = SetWeights { path: PathStack::default(), updates, applied: 0 };
+    let model = model.map(&mut m);
+    if m.applied != updates.len() {
+        let known = collect_paths(&model);
+        let missing = updates.keys().find(|k| !known.contains(k)).cloned().unwrap_or_default();
+        return Err(ModelError::NoSuchWeight { path: missing });
+    }
+    Ok(model)
+}
+
+/// Multiplies masked weights by their masks (pruned weights become exactly zero).
+struct ApplyMasks<'a> {
+    path: PathStack,
+    masks: &'a Masks,
+}
+
+impl ModuleMapper for ApplyMasks<'_> {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.0.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.0.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some((_, mask)) = self.masks.get(&self.path.join()) else { return param };
+        let dims = param.val().dims();
+        let bits = mask.to_f32();
+        let data = if D == 2 { transpose(&bits, dims[1], dims[0]) } else { bits };
+        let device = param.val().device();
+        let m = Tensor::<D>::from_data(TensorData::new(data, dims), &device.inner());
+        param.map(move |t| {
+            let requires_grad = t.is_require_grad();
+            let m = m.to_device(&t.device());
+            let masked = (t * m).detach();
+            if requires_grad { masked.require_grad() } else { masked }
+        })
+    }
+}
+
+/// `model` with every mask of `masks` applied.
+pub fn apply_masks<M: Classifier>(model: M, masks: &Masks) -> M {
+    if masks.is_empty() {
+        return model;
+    }
+    model.map(&mut ApplyMasks { path: PathStack::default(), masks })
+}
+
+/// Collects every float parameter path (and id).
+#[derive(Default)]
+struct Paths {
+    path: PathStack,
+    out: Vec<(String, ParamId)>,
+}
+
+impl ModuleVisitor for Paths {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.0.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.0.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.out.push((self.path.join(), param.id));
+    }
+}
+
+/// Every float parameter path of `model` (weights, biases, batch-norm parameters).
+pub fn collect_paths<M: Classifier>(model: &M) -> Vec<String> {
+    let mut v = Paths::default();
+    model.visit(&mut v);
+    v.out.into_iter().map(|(p, _)| p).collect()
+}
+
+/// Parameter ids by path (to find gradients of specific weights).
+pub fn param_ids<M: Classifier>(model: &M) -> BTreeMap<String, ParamId> {
+    let mut v = Paths::default();
+    model.visit(&mut v);
+    v.out.into_iter().collect()
+}
+
+/// The kept fraction of each masked weight (for reports).
+pub fn mask_densities(masks: &Masks) -> Vec<(String, f64)> {
+    masks.iter().map(|(p, (_, m))| (p.clone(), m.density())).collect()
+}
+
+/// A mask from the non-zeros of GEMM-view values.
+pub fn support(values: &[f32]) -> Mask {
+    Mask::support_of(values)
+}

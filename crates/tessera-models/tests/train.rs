@@ -1,0 +1,183 @@
+//! The training loop on real data (the MNIST fixture): it learns, masks survive optimizer
+//! steps, resuming from a checkpoint reproduces an uninterrupted run, and flex and ndarray
+//! agree.
+
+use burn::prelude::*;
+use tessera_data::{KnownSet, Normalization, Source, Split, load};
+use tessera_models::train::{Checkpoints, KeepMasks, NoHooks, TrainConfig, evaluate, train};
+use tessera_models::zoo::{Lenet5, Lenet5Config};
+use tessera_models::{Backend, Masks, weights};
+use tessera_sparsity::{Scheme, Target};
+
+fn data() -> (tessera_data::Dataset, tessera_data::Dataset) {
+    let tr = load(KnownSet::Mnist, Split::Train, &Source::Fixtures, Some(Normalization::mnist()))
+        .unwrap();
+    let te = load(KnownSet::Mnist, Split::Test, &Source::Fixtures, Some(Normalization::mnist()))
+        .unwrap();
+    (tr, te)
+}
+
+fn cfg(epochs: usize) -> TrainConfig {
+    TrainConfig { seed: 3, ..TrainConfig::sgd(epochs, 32, 0.05) }
+}
+
+/// LeNet-5 initialized from `seed` (under the seeded-init lock: tests run in parallel).
+fn lenet(device: &Device, seed: u64) -> Lenet5 {
+    tessera_models::with_seed(device, seed, || Lenet5Config::default().init(device)).unwrap()
+}
+
+#[test]
+fn lenet_learns_mnist_fixture() {
+    let (tr, te) = data();
+    let device = Backend::Flex.train_device(1);
+    let model = lenet(&device, 1);
+    let (model, history) =
+        train(model, &tr, Some(&te), &cfg(3), &device, &mut NoHooks, None).unwrap();
+    assert_eq!(history.len(), 3);
+    let (_, acc) = history[2].eval.unwrap();
+    // 1000 training images, 3 epochs: far above the 10% of chance.
+    assert!(acc > 0.8, "test accuracy {acc}");
+    assert!(history[2].train_loss < history[0].train_loss);
+    let (_, acc2) = evaluate(&model.valid(), &te, 250, &Backend::Flex.device()).unwrap();
+    assert!((acc - acc2).abs() < 1e-9);
+}
+
+#[test]
+fn masks_survive_optimizer_steps() {
+    let (tr, _) = data();
+    let device = Backend::Flex.train_device(2);
+    let model = lenet(&device, 2);
+    let input = [1, 1, 28, 28];
+    let mut masks = Masks::new();
+    for w in weights::prunable_weights(&model, input).unwrap() {
+        let scheme: Scheme = if w.path.starts_with("conv") {
+            "filter".parse().unwrap()
+        } else {
+            "block:4x4".parse().unwrap()
+        };
+        let p = scheme
+            .project_with(
+                &w.layer,
+                &w.values,
+                Target::Compression(4.0),
+                tessera_sparsity::Tiling::Pad,
+            )
+            .unwrap();
+        masks.insert(w.path.clone(), scheme, p.mask);
+    }
+    let model = weights::apply_masks(model, &masks);
+    let c = TrainConfig { max_steps_per_epoch: Some(10), ..cfg(1) };
+    let (model, _) =
+        train(model, &tr, None, &c, &device, &mut KeepMasks(masks.clone()), None).unwrap();
+    for w in weights::prunable_weights(&model, input).unwrap() {
+        let (_, mask) = masks.get(&w.path).unwrap();
+        let kept_nonzero = w.values.iter().enumerate().filter(|(_, v)| **v != 0.0).count();
+        assert!(
+            w.values.iter().enumerate().all(|(i, &v)| mask.get(i) || v == 0.0),
+            "{}: a pruned weight moved",
+            w.path
+        );
+        assert!(
+            kept_nonzero > mask.count() / 2,
+            "{}: kept weights should be trained, not zeroed",
+            w.path
+        );
+    }
+}
+
+#[test]
+fn resume_reproduces_an_uninterrupted_run() {
+    let (tr, te) = data();
+    let straight_dir = tempfile::tempdir().unwrap();
+    let resumed_dir = tempfile::tempdir().unwrap();
+    // Augmentation and label smoothing on: their randomness must resume too.
+    let c = TrainConfig {
+        max_steps_per_epoch: Some(8),
+        augment: tessera_data::Augment::standard(28),
+        label_smoothing: 0.1,
+        ..cfg(2)
+    };
+    let device = Backend::Flex.train_device(5);
+    let (straight, h1) = train(
+        lenet(&device, 5),
+        &tr,
+        Some(&te),
+        &c,
+        &device,
+        &mut NoHooks,
+        Some(&Checkpoints::new(straight_dir.path(), false)),
+    )
+    .unwrap();
+    // Stop after epoch 1 ...
+    let device = Backend::Flex.train_device(5);
+    let stop =
+        Checkpoints { stop_after_epochs: Some(1), ..Checkpoints::new(resumed_dir.path(), true) };
+    let (_, h0) =
+        train(lenet(&device, 5), &tr, Some(&te), &c, &device, &mut NoHooks, Some(&stop)).unwrap();
+    assert_eq!(h0.len(), 1);
+    let ck = Checkpoints::new(resumed_dir.path(), true);
+    // ... and resume into epoch 2 from a freshly initialized (different) model.
+    let device = Backend::Flex.train_device(99);
+    let (resumed, h2) =
+        train(lenet(&device, 99), &tr, Some(&te), &c, &device, &mut NoHooks, Some(&ck)).unwrap();
+    assert_eq!(h2.len(), 2);
+    let a = weights::prunable_weights(&straight, [1, 1, 28, 28]).unwrap();
+    let b = weights::prunable_weights(&resumed, [1, 1, 28, 28]).unwrap();
+    for (x, y) in a.iter().zip(&b) {
+        let diff = x.values.iter().zip(&y.values).fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(diff <= 1e-6, "{}: resumed run differs by {diff}", x.path);
+    }
+    assert!(
+        (h1[1].train_loss - h2[1].train_loss).abs() < 1e-6,
+        "{} vs {}",
+        h1[1].train_loss,
+        h2[1].train_loss
+    );
+}
+
+#[test]
+fn flex_and_ndarray_train_alike() {
+    let (tr, _) = data();
+    let flex = Backend::Flex.train_device(11);
+    let nd = Backend::NdArray.train_device(11);
+    let a = lenet(&flex, 11);
+    // The same initial weights on both backends.
+    let b = lenet(&nd, 11).load_record(a.clone().into_record());
+    let c = TrainConfig { max_steps_per_epoch: Some(5), ..cfg(1) };
+    let (_, ha) = train(a, &tr, None, &c, &flex, &mut NoHooks, None).unwrap();
+    let (_, hb) = train(b, &tr, None, &c, &nd, &mut NoHooks, None).unwrap();
+    // Five SGD steps from identical weights on identical batches: the backends differ only in
+    // f32 summation order, well under 1e-3 relative after five steps.
+    let (la, lb) = (ha[0].train_loss, hb[0].train_loss);
+    assert!((la - lb).abs() <= 1e-3 * la.abs().max(1.0), "flex {la} vs ndarray {lb}");
+}
+
+#[test]
+fn resume_refuses_a_checkpoint_of_another_config() {
+    let (tr, _) = data();
+    let dir = tempfile::tempdir().unwrap();
+    let device = Backend::Flex.train_device(5);
+    let c = TrainConfig { max_steps_per_epoch: Some(2), ..cfg(1) };
+    train(
+        lenet(&device, 5),
+        &tr,
+        None,
+        &c,
+        &device,
+        &mut NoHooks,
+        Some(&Checkpoints::new(dir.path(), false)),
+    )
+    .unwrap();
+    let other = TrainConfig { batch_size: 16, ..c };
+    let err = train(
+        lenet(&device, 5),
+        &tr,
+        None,
+        &other,
+        &device,
+        &mut NoHooks,
+        Some(&Checkpoints::new(dir.path(), true)),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("state.json"), "{err}");
+}

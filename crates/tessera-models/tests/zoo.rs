@@ -1,0 +1,244 @@
+//! Every zoo model: forward shapes, prunable-weight paths, and export to the IR checked by
+//! running the same batch of real fixture images through burn and through the IR interpreter,
+//! unpruned and pruned.
+//!
+//! Tolerance: burn computes in f32 with its own summation order, the interpreter accumulates in
+//! f64; outputs must agree to 1e-4 of the largest logit (rounding of a few thousand f32 terms
+//! per output stays far below that).
+
+use std::collections::BTreeMap;
+
+use burn::module::{ModuleMapper, Param};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use tessera_data::{KnownSet, Source, Split, load};
+use tessera_ir::interp;
+use tessera_models::zoo::{Lenet5Config, MobileNetV2Config, ResNetConfig, VggConfig};
+use tessera_models::{Backend, Classifier, Masks, weights};
+use tessera_sparsity::{Scheme, Target, Tiling};
+
+/// Gives batch norms non-trivial running statistics (fresh ones are mean 0, variance 1).
+struct RandomStats {
+    path: Vec<String>,
+    seed: u64,
+}
+
+impl ModuleMapper for RandomStats {
+    fn enter_module(&mut self, name: &str, _c: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _n: &str, _c: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let last = self.path.last().map(String::as_str).unwrap_or("");
+        let offset = match last {
+            "running_mean" | "beta" => 0.0,
+            "running_var" | "gamma" => 1.0,
+            _ => return param,
+        };
+        self.seed += 1;
+        let seed = self.seed;
+        param.map(move |t| {
+            let dims = t.dims();
+            let n: usize = dims.iter().product();
+            let vals: Vec<f32> = tessera_ir::Tensor::uniform([n], 0.5, seed)
+                .data
+                .iter()
+                .map(|v| v + offset)
+                .collect();
+            Tensor::<D>::from_data(TensorData::new(vals, dims), &t.device())
+        })
+    }
+}
+
+/// The first `n` real fixture images of the shape's kind: MNIST for one-channel 28x28,
+/// Fashion-MNIST for other one-channel sizes (center crop), the CIFAR-10 samples for three.
+fn batch(shape: [usize; 4], device: &Device) -> (Tensor<4>, tessera_ir::Tensor) {
+    let [n, c, h, w] = shape;
+    let set = match (c, h) {
+        (1, 28) => KnownSet::Mnist,
+        (1, _) => KnownSet::FashionMnist,
+        _ => KnownSet::Cifar10Samples,
+    };
+    let d = load(set, Split::Test, &Source::Fixtures, None).unwrap();
+    let s = d.sample_shape();
+    assert_eq!(s.channels, c);
+    let (oy, ox) = ((s.height - h) / 2, (s.width - w) / 2);
+    let mut data = Vec::with_capacity(n * c * h * w);
+    for i in 0..n {
+        let img = d.image(i);
+        for ch in 0..c {
+            for y in 0..h {
+                let row = ch * s.height * s.width + (y + oy) * s.width + ox;
+                data.extend_from_slice(&img[row..row + w]);
+            }
+        }
+    }
+    let ir = tessera_ir::Tensor::new(shape.to_vec(), data);
+    (Tensor::<4>::from_data(TensorData::new(ir.data.clone(), shape), device), ir)
+}
+
+fn check_export<M: Classifier>(model: M, input: [usize; 4], masks: &Masks, what: &str) {
+    let device = Backend::Flex.device();
+    let model = model.map(&mut RandomStats { path: vec![], seed: 0 });
+    let model = weights::apply_masks(model, masks);
+    let (x, xi) = batch(input, &device);
+    let logits = model.forward(x);
+    let burn_out: Vec<f32> = logits.into_data().try_to_vec::<f32>().unwrap();
+    let graph = model.export(input, masks).unwrap();
+    // Batch norms exported their (randomized) running statistics, not the fresh 0 / 1.
+    for (name, p) in &graph.params {
+        if name.ends_with(".mean") {
+            assert!(p.tensor.data.iter().any(|&v| v != 0.0), "{what}: {name} still zero");
+        }
+        if name.ends_with(".var") {
+            assert!(p.tensor.data.iter().any(|&v| v != 1.0), "{what}: {name} still one");
+        }
+    }
+    let ir_out = interp::run(&graph, &[xi]).unwrap().remove(0);
+    assert_eq!(ir_out.shape, vec![input[0], 10], "{what}");
+    let scale = burn_out.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
+    for (i, (a, b)) in burn_out.iter().zip(&ir_out.data).enumerate() {
+        assert!((a - b).abs() <= 1e-4 * scale, "{what}: logit {i}: burn {a}, IR {b}");
+    }
+    // Masks travel with the export.
+    for (path, (scheme, mask)) in masks.iter() {
+        let p = &graph.params[path];
+        assert_eq!(
+            p.sparsity.as_ref().map(|s| (&s.scheme, &s.mask)),
+            Some((scheme, mask)),
+            "{what}: {path}"
+        );
+        assert!(
+            p.tensor.data.iter().enumerate().all(|(i, &v)| mask.get(i) || v == 0.0),
+            "{what}: {path} has pruned non-zeros"
+        );
+    }
+}
+
+/// Masks for every prunable weight: block-punched 4x2 at 2x where it tiles, unstructured else.
+fn masks_for<M: Classifier>(model: &M, input: [usize; 4]) -> Masks {
+    let mut masks = Masks::new();
+    for w in weights::prunable_weights(model, input).unwrap() {
+        let scheme: Scheme = if w.layer.geometry.groups() == 1 && w.layer.geometry.rows() % 4 == 0 {
+            "block-punched:4x2".parse().unwrap()
+        } else {
+            Scheme::Unstructured
+        };
+        let p = scheme
+            .project_with(&w.layer, &w.values, Target::Compression(2.0), Tiling::Pad)
+            .unwrap();
+        masks.insert(w.path.clone(), scheme, p.mask);
+    }
+    masks
+}
+
+fn check_model<M: Classifier>(make: impl Fn() -> M, input: [usize; 4], name: &str) {
+    let model = make();
+    // Paths from the export exist in burn's module tree.
+    let paths = weights::collect_paths(&model);
+    let prunable = weights::prunable_weights(&model, input).unwrap();
+    assert!(!prunable.is_empty());
+    for w in &prunable {
+        assert!(paths.contains(&w.path), "{name}: `{}` not among burn paths {paths:?}", w.path);
+        assert_eq!(w.values.len(), w.layer.geometry.len());
+    }
+    check_export(make(), input, &Masks::new(), &format!("{name} dense"));
+    let masks = masks_for(&model, input);
+    check_export(model, input, &masks, &format!("{name} pruned"));
+}
+
+#[test]
+fn lenet5_exports_exactly() {
+    let device = Backend::Flex.device();
+    check_model(|| Lenet5Config::default().init(&device).unwrap(), [2, 1, 28, 28], "lenet5");
+}
+
+#[test]
+fn vgg_exports_exactly() {
+    let device = Backend::Flex.device();
+    let cfg =
+        VggConfig { in_channels: 1, classes: 10, width: 0.25, plan: vec![32, 0, 64, 64, 0, 128] };
+    check_model(|| cfg.init(&device).unwrap(), [2, 1, 16, 16], "vgg");
+}
+
+#[test]
+fn resnet_exports_exactly() {
+    let device = Backend::Flex.device();
+    let cfg = ResNetConfig { depth: 20, in_channels: 1, classes: 10, width: 0.5 };
+    check_model(|| cfg.init(&device).unwrap(), [2, 1, 16, 16], "resnet20");
+    // Three channels at CIFAR size, on the CIFAR-10 samples.
+    let cfg = ResNetConfig { depth: 20, in_channels: 3, classes: 10, width: 0.25 };
+    check_model(|| cfg.init(&device).unwrap(), [2, 3, 32, 32], "resnet20 cifar");
+}
+
+#[test]
+fn mobilenet_v2_exports_exactly() {
+    let device = Backend::Flex.device();
+    let cfg = MobileNetV2Config { in_channels: 1, classes: 10, width: 0.25 };
+    check_model(|| cfg.init(&device).unwrap(), [1, 1, 16, 16], "mobilenet_v2");
+}
+
+#[test]
+fn configs_are_checked() {
+    let device = Backend::Flex.device();
+    assert!(ResNetConfig { depth: 21, ..Default::default() }.init(&device).is_err());
+    assert!(Lenet5Config { image: 8, ..Default::default() }.init(&device).is_err());
+    assert!(VggConfig { width: 0.0, ..Default::default() }.init(&device).is_err());
+}
+
+#[test]
+fn set_weights_round_trips_through_the_gemm_view() {
+    let device = Backend::Flex.device();
+    let model = Lenet5Config::default().init(&device).unwrap();
+    let input = [1, 1, 28, 28];
+    let before = weights::prunable_weights(&model, input).unwrap();
+    let mut updates = BTreeMap::new();
+    for w in &before {
+        updates.insert(w.path.clone(), w.values.iter().map(|v| v * 2.0).collect::<Vec<f32>>());
+    }
+    let model = weights::set_weights(model, &updates).unwrap();
+    let after = weights::prunable_weights(&model, input).unwrap();
+    for (a, b) in before.iter().zip(&after) {
+        assert!(
+            a.values.iter().zip(&b.values).all(|(x, y)| (2.0 * x - y).abs() < 1e-6),
+            "{}",
+            a.path
+        );
+    }
+    let mut bad = BTreeMap::new();
+    bad.insert("nope.weight".to_string(), vec![0.0]);
+    assert!(weights::set_weights(model, &bad).is_err());
+}
+
+#[test]
+fn seeded_init_is_deterministic_even_with_concurrent_inits() {
+    let device = Backend::Flex.device();
+    let cfg = ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.25 };
+    let weights_of = |seed| {
+        let m = tessera_models::with_seed(&device, seed, || cfg.init(&device)).unwrap();
+        weights::prunable_weights(&m, [1, 1, 16, 16])
+            .unwrap()
+            .into_iter()
+            .flat_map(|w| w.values)
+            .collect::<Vec<f32>>()
+    };
+    let reference = weights_of(3);
+    assert_ne!(reference, weights_of(4), "different seeds, different weights");
+    // Other threads seed and initialize all the while: burn's RNG is global, the lock and the
+    // eager materialization keep each init whole.
+    std::thread::scope(|s| {
+        let noise: Vec<_> = (0..2)
+            .map(|t| {
+                s.spawn(move || (0..5).map(|i| weights_of(100 + t * 10 + i).len()).sum::<usize>())
+            })
+            .collect();
+        for _ in 0..5 {
+            assert_eq!(weights_of(3), reference);
+        }
+        for n in noise {
+            assert!(n.join().unwrap() > 0);
+        }
+    });
+}
