@@ -127,6 +127,14 @@ pub struct TrainConfig {
     /// Random crops and flips of the training batches (seeded by `seed` and the epoch).
     #[serde(default)]
     pub augment: Augment,
+    /// Weight of the cross-entropy on the labels (0 = train on hook losses only, e.g. pure
+    /// distillation on synthetic inputs).
+    #[serde(default = "one")]
+    pub data_loss_weight: f32,
+}
+
+fn one() -> f32 {
+    1.0
 }
 
 impl TrainConfig {
@@ -146,6 +154,7 @@ impl TrainConfig {
             seed: 0,
             max_steps_per_epoch: None,
             augment: Augment::default(),
+            data_loss_weight: 1.0,
         }
     }
 
@@ -159,6 +168,9 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return bad("label_smoothing", "must be in [0, 1)");
+        }
+        if !(self.data_loss_weight >= 0.0 && self.data_loss_weight.is_finite()) {
+            return bad("data_loss_weight", "must be finite and non-negative");
         }
         Ok(())
     }
@@ -194,6 +206,18 @@ pub struct EpochMetrics {
     pub seconds: f64,
 }
 
+/// What a hook sees of the current training step.
+pub struct StepContext<'a> {
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Global step (0-based, over the whole run).
+    pub step: usize,
+    /// The input batch `[N, C, H, W]` (on the training device).
+    pub input: &'a Tensor<4>,
+    /// The model's logits for it (with the autodiff graph).
+    pub logits: &'a Tensor<2>,
+}
+
 /// Where pruning, sparse training and data-efficiency code plugs into the loop. Every method
 /// has a do-nothing default.
 pub trait Hooks<M> {
@@ -201,19 +225,30 @@ pub trait Hooks<M> {
     fn epoch_examples(&mut self, _epoch: usize) -> Option<Vec<u32>> {
         None
     }
-    /// An extra loss term for this step (ADMM's `rho/2 ||W - Z + U||^2`, group lasso).
-    fn regularizer(&mut self, _model: &M, _step: usize) -> Option<Tensor<1>> {
-        None
+    /// An extra differentiable loss term for this step (knowledge distillation from a teacher,
+    /// a penalty expressed in tensors). Added to `data_loss_weight x cross-entropy`.
+    fn extra_loss(&mut self, _model: &M, _step: &StepContext<'_>) -> Result<Option<Tensor<1>>> {
+        Ok(None)
     }
-    /// Sees the gradients before the optimizer step (RigL's growth criterion).
-    fn on_gradients(&mut self, _model: &M, _grads: &GradientsParams) {}
+    /// Sees and may change the gradients before the optimizer step: explicit penalty gradients
+    /// (ADMM, group lasso; see [`crate::weights::add_to_gradients`]), gradient masks, RigL's
+    /// growth criterion.
+    fn on_gradients(
+        &mut self,
+        _model: &M,
+        _grads: &mut GradientsParams,
+        _step: usize,
+    ) -> Result<()> {
+        Ok(())
+    }
     /// Called after every optimizer step; may rewrite the model (apply masks).
     fn after_step(&mut self, model: M, _step: usize) -> Result<M> {
         Ok(model)
     }
     /// Per-example outcomes of a training batch (forgetting statistics).
     fn on_outcomes(&mut self, _epoch: usize, _indices: &[u32], _correct: &[bool]) {}
-    /// Called after each epoch; may rewrite the model (mask updates, ADMM's Z and U).
+    /// Called after each epoch (before its checkpoint); may rewrite the model (mask updates,
+    /// ADMM's Z and U).
     fn on_epoch_end(&mut self, model: M, _metrics: &EpochMetrics) -> Result<M> {
         Ok(model)
     }
@@ -369,17 +404,25 @@ where
             cfg.augment.apply(&mut batch, &fill, &mut aug_rng)?;
             let global = epoch * steps_per_epoch + steps;
             let (x, y) = batch_tensors(&batch, device);
-            let logits = model.forward(x);
-            let mut loss = ce.forward(logits.clone(), y);
-            let data_loss = scalar(loss.clone())?;
-            if let Some(extra) = hooks.regularizer(&model, global) {
+            let logits = model.forward(x.clone());
+            let ce_loss = ce.forward(logits.clone(), y);
+            let data_loss = scalar(ce_loss.clone())?;
+            let mut loss = if cfg.data_loss_weight == 1.0 {
+                ce_loss
+            } else {
+                ce_loss.mul_scalar(cfg.data_loss_weight)
+            };
+            if let Some(extra) = hooks.extra_loss(
+                &model,
+                &StepContext { epoch, step: global, input: &x, logits: &logits },
+            )? {
                 loss = loss + extra;
             }
             let outcome = count_correct(logits, &batch.labels)?;
             hooks.on_outcomes(epoch, &batch.indices, &outcome);
             correct += outcome.iter().filter(|&&c| c).count();
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            hooks.on_gradients(&model, &grads);
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            hooks.on_gradients(&model, &mut grads, global)?;
             let lr = cfg.lr_at(global, total_steps, epoch);
             model = optim.step(lr, model, grads);
             model = hooks.after_step(model, global)?;
@@ -486,13 +529,50 @@ fn load_checkpoint<M: Classifier>(
     Ok((model, optim.load_record(record), state))
 }
 
-/// Keeps pruned weights at exactly zero: re-applies the masks after every optimizer step (the
-/// masked-retraining hook).
+/// Keeps pruned weights at exactly zero (the masked-retraining hook): zeroes their gradients
+/// before each step, so optimizer state never builds up for them, and re-applies the masks
+/// after it, so weight decay cannot move them either.
 #[derive(Debug, Clone, Default)]
 pub struct KeepMasks(pub crate::export::Masks);
 
 impl<M: Classifier> Hooks<M> for KeepMasks {
+    fn on_gradients(&mut self, model: &M, grads: &mut GradientsParams, _step: usize) -> Result<()> {
+        crate::weights::mask_gradients(model, grads, &self.0);
+        Ok(())
+    }
+
     fn after_step(&mut self, model: M, _step: usize) -> Result<M> {
         Ok(crate::weights::apply_masks(model, &self.0))
+    }
+}
+
+/// Runs two hook sets in order (`A` first): masked retraining plus distillation, say.
+pub struct Both<A, B>(pub A, pub B);
+
+impl<M, A: Hooks<M>, B: Hooks<M>> Hooks<M> for Both<A, B> {
+    fn epoch_examples(&mut self, epoch: usize) -> Option<Vec<u32>> {
+        self.0.epoch_examples(epoch).or_else(|| self.1.epoch_examples(epoch))
+    }
+    fn extra_loss(&mut self, model: &M, step: &StepContext<'_>) -> Result<Option<Tensor<1>>> {
+        Ok(match (self.0.extra_loss(model, step)?, self.1.extra_loss(model, step)?) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        })
+    }
+    fn on_gradients(&mut self, model: &M, grads: &mut GradientsParams, step: usize) -> Result<()> {
+        self.0.on_gradients(model, grads, step)?;
+        self.1.on_gradients(model, grads, step)
+    }
+    fn after_step(&mut self, model: M, step: usize) -> Result<M> {
+        let model = self.0.after_step(model, step)?;
+        self.1.after_step(model, step)
+    }
+    fn on_outcomes(&mut self, epoch: usize, indices: &[u32], correct: &[bool]) {
+        self.0.on_outcomes(epoch, indices, correct);
+        self.1.on_outcomes(epoch, indices, correct);
+    }
+    fn on_epoch_end(&mut self, model: M, metrics: &EpochMetrics) -> Result<M> {
+        let model = self.0.on_epoch_end(model, metrics)?;
+        self.1.on_epoch_end(model, metrics)
     }
 }

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use tessera_ir::Op;
@@ -194,4 +195,137 @@ pub fn mask_densities(masks: &Masks) -> Vec<(String, f64)> {
 /// A mask from the non-zeros of GEMM-view values.
 pub fn support(values: &[f32]) -> Mask {
     Mask::support_of(values)
+}
+
+/// Visits weights by path with the gradients at hand: reads them into the GEMM view, adds
+/// GEMM-view deltas, or multiplies them by masks. `D == 2` parameters (linear, stored
+/// `[in, out]`) are transposed to and from the `[out, in]` GEMM view.
+struct GradientAccess<'a> {
+    path: PathStack,
+    grads: &'a mut GradientsParams,
+    action: GradientAction<'a>,
+    seen: Vec<String>,
+}
+
+enum GradientAction<'a> {
+    Read { paths: &'a [String], out: BTreeMap<String, Vec<f32>> },
+    Add(&'a BTreeMap<String, Vec<f32>>),
+    Mask(&'a Masks),
+}
+
+impl GradientAccess<'_> {
+    fn handle<const D: usize>(&mut self, param: &Param<Tensor<D>>) -> Option<()> {
+        let path = self.path.join();
+        let dims = param.lazy_shape().dims::<D>();
+        let gemm_to_param =
+            |v: &[f32]| if D == 2 { transpose(v, dims[1], dims[0]) } else { v.to_vec() };
+        match &mut self.action {
+            GradientAction::Read { paths, out } => {
+                if !paths.contains(&path) {
+                    return None;
+                }
+                let g = self.grads.get::<D>(param.id)?;
+                let v = g.into_data().convert::<f32>().try_into_vec::<f32>().ok()?;
+                let v = if D == 2 { transpose(&v, dims[0], dims[1]) } else { v };
+                out.insert(path.clone(), v);
+            }
+            GradientAction::Add(deltas) => {
+                let delta = deltas.get(&path)?;
+                let device = param.lazy_device();
+                let inner = device.clone().inner();
+                let d = Tensor::<D>::from_data(TensorData::new(gemm_to_param(delta), dims), &inner);
+                let g = match self.grads.remove::<D>(param.id) {
+                    Some(g) => {
+                        let d = d.to_device(&g.device());
+                        g + d
+                    }
+                    None => d,
+                };
+                self.grads.register(param.id, g);
+            }
+            GradientAction::Mask(masks) => {
+                let (_, mask) = masks.get(&path)?;
+                let g = self.grads.remove::<D>(param.id)?;
+                let m = Tensor::<D>::from_data(
+                    TensorData::new(gemm_to_param(&mask.to_f32()), dims),
+                    &g.device(),
+                );
+                self.grads.register(param.id, g * m);
+            }
+        }
+        self.seen.push(path);
+        Some(())
+    }
+}
+
+impl ModuleVisitor for GradientAccess<'_> {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.0.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.0.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let _ = self.handle(param);
+    }
+}
+
+fn missing<'a>(wanted: impl Iterator<Item = &'a String>, seen: &[String]) -> Result<()> {
+    match wanted.into_iter().find(|p| !seen.contains(p)) {
+        Some(p) => Err(ModelError::NoSuchWeight { path: p.clone() }),
+        None => Ok(()),
+    }
+}
+
+/// The gradients of the weights at `paths`, in the GEMM view. A path with no gradient (not a
+/// parameter, or not trained) is an error naming it.
+pub fn read_gradients<M: Classifier>(
+    model: &M,
+    grads: &mut GradientsParams,
+    paths: &[String],
+) -> Result<BTreeMap<String, Vec<f32>>> {
+    let mut v = GradientAccess {
+        path: PathStack::default(),
+        grads,
+        action: GradientAction::Read { paths, out: BTreeMap::new() },
+        seen: Vec::new(),
+    };
+    model.visit(&mut v);
+    missing(paths.iter(), &v.seen)?;
+    match v.action {
+        GradientAction::Read { out, .. } => Ok(out),
+        _ => Ok(BTreeMap::new()),
+    }
+}
+
+/// Adds GEMM-view `deltas` to the gradients of the weights at their paths: how explicit
+/// penalty gradients (ADMM's `rho (W - Z + U)`, group lasso's `lambda alpha_g W_g / ||W_g||`)
+/// reach the optimizer. A weight without a gradient gets the delta as its gradient.
+pub fn add_to_gradients<M: Classifier>(
+    model: &M,
+    grads: &mut GradientsParams,
+    deltas: &BTreeMap<String, Vec<f32>>,
+) -> Result<()> {
+    let mut v = GradientAccess {
+        path: PathStack::default(),
+        grads,
+        action: GradientAction::Add(deltas),
+        seen: Vec::new(),
+    };
+    model.visit(&mut v);
+    missing(deltas.keys(), &v.seen)
+}
+
+/// Zeroes the gradients of pruned weights (masked retraining: neither the weights nor their
+/// optimizer state move).
+pub fn mask_gradients<M: Classifier>(model: &M, grads: &mut GradientsParams, masks: &Masks) {
+    let mut v = GradientAccess {
+        path: PathStack::default(),
+        grads,
+        action: GradientAction::Mask(masks),
+        seen: Vec::new(),
+    };
+    model.visit(&mut v);
 }

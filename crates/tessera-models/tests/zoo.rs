@@ -242,3 +242,34 @@ fn seeded_init_is_deterministic_even_with_concurrent_inits() {
         }
     });
 }
+
+#[test]
+fn seeded_init_draws_burns_default_distribution() {
+    let device = Backend::Flex.device();
+    let model =
+        tessera_models::with_seed(&device, 9, || Lenet5Config::default().init(&device)).unwrap();
+    let plain = Lenet5Config::default().init(&device).unwrap();
+    let ours = weights::prunable_weights(&model, [1, 1, 28, 28]).unwrap();
+    let burns = weights::prunable_weights(&plain, [1, 1, 28, 28]).unwrap();
+    for (w, b) in ours.iter().zip(&burns) {
+        // U(-1/sqrt(fan_in), 1/sqrt(fan_in)): fan_in = the GEMM row length.
+        let bound = 1.0 / (w.layer.geometry.cols() as f32).sqrt();
+        let var = |v: &[f32]| v.iter().map(|x| f64::from(x * x)).sum::<f64>() / v.len() as f64;
+        let want = f64::from(bound * bound) / 3.0;
+        assert!(w.values.iter().all(|v| v.abs() <= bound), "{}: outside +-{bound}", w.path);
+        assert!(
+            b.values.iter().all(|v| v.abs() <= bound * 1.0001),
+            "{}: burn's own init outside +-{bound}",
+            w.path
+        );
+        for (who, v) in [("ours", &w.values), ("burn", &b.values)] {
+            let tol = 4.0 * want * (2.0 / v.len() as f64).sqrt() + 1e-9;
+            assert!(
+                (var(v) - want).abs() <= tol.max(0.15 * want),
+                "{}: {who} variance {} vs {want}",
+                w.path,
+                var(v)
+            );
+        }
+    }
+}
