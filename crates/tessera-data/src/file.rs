@@ -22,10 +22,20 @@ pub struct FileBytes {
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
+/// Data files opened by this process so far (every reader goes through [`read_file`]).
+static FILES_READ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many data files this process has opened through tessera-data's readers: lets a test
+/// prove a code path (the privacy-preserving designer) never touched a real data set.
+pub fn files_read() -> usize {
+    FILES_READ.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Reads `path` whole, gunzipping it when it starts with the gzip magic bytes.
 ///
 /// `expected` names the kind of file for the error when `path` is a directory.
 pub fn read_file(path: &Path, expected: &'static str) -> Result<FileBytes> {
+    FILES_READ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, "stat", e))?;
     if meta.is_dir() {
         return Err(DataError::IsADirectory { path: path.to_path_buf(), expected });

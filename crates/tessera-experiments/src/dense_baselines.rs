@@ -10,6 +10,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 use tessera_data::{Augment, Dataset, KnownSet, Normalization, Split};
+use tessera_models::saved::ModelCard;
 use tessera_models::train::{
     EpochMetrics, NoHooks, OptimizerConfig, Schedule, TrainConfig, evaluate, train,
 };
@@ -372,7 +373,7 @@ impl WithModel for TrainOne<'_> {
         };
         let best_top1 = history.iter().filter_map(|h| h.eval.map(|e| e.1)).fold(top1, f64::max);
         let export_rel_diff = export_check(&model, test, &device.clone().inner())?;
-        save_model(ctx, &run.name, &model, input)?;
+        save_model(ctx, run, &model, input)?;
         let train_seconds: f64 = history.iter().map(|h| h.seconds).sum();
         let seen: usize = history
             .iter()
@@ -434,20 +435,28 @@ fn export_check<M: Classifier>(model: &M, test: &Dataset, device: &Device) -> Re
     Ok(f64::from(diff / scale))
 }
 
-/// Writes the trained model as an IR model directory (`graph.json` + `weights.safetensors`)
-/// and as burn weights (`model.bpk`) under `models/<name>/`.
+/// Writes the trained model as a saved-model directory under `models/<name>/` (`card.json`,
+/// burn `model.bpk`, the IR export in `ir/`): what `prune-schemes` and the `prune` commands
+/// start from.
 fn save_model<M: Classifier>(
     ctx: &RunContext,
-    name: &str,
+    run: &BaselineRun,
     model: &M,
     input: [usize; 4],
 ) -> Result<()> {
-    let dir = ctx.dir.join("models").join(name);
-    let graph = model.export(input, &Masks::new())?;
-    tessera_ir::io::save(&graph, &dir)?;
-    let tmp = dir.join("model.tmp.bpk");
-    model.clone().save_file(&tmp).map_err(|e| ExperimentError::io(&tmp, format!("{e:?}")))?;
-    std::fs::rename(&tmp, dir.join("model.bpk")).map_err(|e| ExperimentError::io(&tmp, e))?;
+    let card = ModelCard {
+        model: run.model.clone(),
+        input: [input[1], input[2], input[3]],
+        dataset: Some(run.dataset.dir_name().to_string()),
+        normalization: Some(normalization(run.dataset)),
+        note: format!("dense-baselines run `{}`, seed {}", run.name, ctx.options.seed),
+    };
+    tessera_models::saved::save(
+        &ctx.dir.join("models").join(&run.name),
+        &card,
+        model,
+        &Masks::new(),
+    )?;
     Ok(())
 }
 
@@ -493,7 +502,7 @@ fn report(results: &[BaselineResult]) -> String {
     md.push_str(
         "\nTop-1 on the test split after the last epoch. FLOPs count conv and linear layers (2 per multiply-add) for one image. \
          Export diff: largest |burn - IR interpreter| logit on real test images, relative to the largest logit. \
-         Trained models are in `models/<run>/` (IR `graph.json` + `weights.safetensors`, burn `model.bpk`).\n",
+         Trained models are in `models/<run>/` (`card.json`, burn `model.bpk`, IR export in `ir/`).\n",
     );
     md
 }

@@ -67,7 +67,11 @@ fn dense_baselines_smoke_figures() {
         assert!(r["export_rel_diff"].as_f64().unwrap() < 1e-4, "{name}: {}", r["export_rel_diff"]);
         // On fixtures no target can be claimed.
         assert!(r["target_met"].is_null(), "{name}");
-        assert!(done.dir.join("models").join(name).join("graph.json").is_file());
+        // A saved-model directory that loads back to the same architecture.
+        let saved = done.dir.join("models").join(name);
+        assert!(saved.join("ir/graph.json").is_file() && saved.join("model.bpk").is_file());
+        let card = tessera_models::saved::load_card(&saved).unwrap();
+        assert_eq!(card.model.name(), r["model"].as_str().unwrap(), "{name}");
         assert_eq!(r["history"].as_array().unwrap().len(), 2, "{name}: two epochs");
     }
     // LeNet-5's FLOPs, by hand: conv1 6*25*28*28, conv2 16*150*10*10, fc 400*120 + 120*84 + 84*10

@@ -44,6 +44,7 @@
 mod device;
 mod error;
 pub mod export;
+pub mod saved;
 pub mod train;
 pub mod weights;
 pub mod zoo;

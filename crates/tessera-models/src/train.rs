@@ -252,6 +252,79 @@ pub trait Hooks<M> {
     fn on_epoch_end(&mut self, model: M, _metrics: &EpochMetrics) -> Result<M> {
         Ok(model)
     }
+    /// The hook's state, saved with every checkpoint (`hooks.bin`) so a resumed run continues
+    /// with it (ADMM's Z, U and rho; a mask schedule's position).
+    fn save_state(&self) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+    /// Restores what [`Hooks::save_state`] saved.
+    fn load_state(&mut self, _bytes: &[u8]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A borrowed hook set is a hook set (so a caller keeps its hooks after training).
+impl<M, H: Hooks<M> + ?Sized> Hooks<M> for &mut H {
+    fn epoch_examples(&mut self, epoch: usize) -> Option<Vec<u32>> {
+        (**self).epoch_examples(epoch)
+    }
+    fn extra_loss(&mut self, model: &M, step: &StepContext<'_>) -> Result<Option<Tensor<1>>> {
+        (**self).extra_loss(model, step)
+    }
+    fn on_gradients(&mut self, model: &M, grads: &mut GradientsParams, step: usize) -> Result<()> {
+        (**self).on_gradients(model, grads, step)
+    }
+    fn after_step(&mut self, model: M, step: usize) -> Result<M> {
+        (**self).after_step(model, step)
+    }
+    fn on_outcomes(&mut self, epoch: usize, indices: &[u32], correct: &[bool]) {
+        (**self).on_outcomes(epoch, indices, correct);
+    }
+    fn on_epoch_end(&mut self, model: M, metrics: &EpochMetrics) -> Result<M> {
+        (**self).on_epoch_end(model, metrics)
+    }
+    fn save_state(&self) -> Result<Option<Vec<u8>>> {
+        (**self).save_state()
+    }
+    fn load_state(&mut self, bytes: &[u8]) -> Result<()> {
+        (**self).load_state(bytes)
+    }
+}
+
+/// An optional hook set: `None` does nothing.
+impl<M, H: Hooks<M>> Hooks<M> for Option<H> {
+    fn epoch_examples(&mut self, epoch: usize) -> Option<Vec<u32>> {
+        self.as_mut().and_then(|h| h.epoch_examples(epoch))
+    }
+    fn extra_loss(&mut self, model: &M, step: &StepContext<'_>) -> Result<Option<Tensor<1>>> {
+        self.as_mut().map_or(Ok(None), |h| h.extra_loss(model, step))
+    }
+    fn on_gradients(&mut self, model: &M, grads: &mut GradientsParams, step: usize) -> Result<()> {
+        self.as_mut().map_or(Ok(()), |h| h.on_gradients(model, grads, step))
+    }
+    fn after_step(&mut self, model: M, step: usize) -> Result<M> {
+        match self {
+            Some(h) => h.after_step(model, step),
+            None => Ok(model),
+        }
+    }
+    fn on_outcomes(&mut self, epoch: usize, indices: &[u32], correct: &[bool]) {
+        if let Some(h) = self {
+            h.on_outcomes(epoch, indices, correct);
+        }
+    }
+    fn on_epoch_end(&mut self, model: M, metrics: &EpochMetrics) -> Result<M> {
+        match self {
+            Some(h) => h.on_epoch_end(model, metrics),
+            None => Ok(model),
+        }
+    }
+    fn save_state(&self) -> Result<Option<Vec<u8>>> {
+        self.as_ref().map_or(Ok(None), |h| h.save_state())
+    }
+    fn load_state(&mut self, bytes: &[u8]) -> Result<()> {
+        self.as_mut().map_or(Ok(()), |h| h.load_state(bytes))
+    }
 }
 
 /// No hooks.
@@ -263,7 +336,8 @@ impl<M> Hooks<M> for NoHooks {}
 /// Checkpointing for [`train`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoints {
-    /// Directory holding `model.bpk`, `optimizer.bpk` and `state.json`.
+    /// Directory holding `state.json` and the `epoch-NNNN/` directory it names (`model.bpk`,
+    /// `optimizer.bpk`, `hooks.bin`).
     pub dir: PathBuf,
     /// Continue from the checkpoint in `dir` if there is one.
     pub resume: bool,
@@ -284,6 +358,8 @@ struct CheckpointState {
     next_epoch: usize,
     history: Vec<EpochMetrics>,
     config: TrainConfig,
+    /// The subdirectory holding this checkpoint's model, optimizer and hook files.
+    files: String,
 }
 
 /// Turns a batch into `[N, C, H, W]` images and `[N]` labels on `device`.
@@ -363,7 +439,7 @@ where
         && c.resume
         && c.dir.join("state.json").is_file()
     {
-        let (m, o, state) = load_checkpoint(model, optim, &c.dir)?;
+        let (m, o, state) = load_checkpoint(model, optim, &c.dir, hooks)?;
         if state.config != *cfg {
             return Err(ckpt_err(
                 &c.dir.join("state.json"),
@@ -457,16 +533,13 @@ where
         model = hooks.on_epoch_end(model, &metrics)?;
         history.push(metrics);
         if let Some(c) = checkpoints {
-            save_checkpoint(
-                &model,
-                &optim,
-                &c.dir,
-                &CheckpointState {
-                    next_epoch: epoch + 1,
-                    history: history.clone(),
-                    config: cfg.clone(),
-                },
-            )?;
+            let state = CheckpointState {
+                next_epoch: epoch + 1,
+                history: history.clone(),
+                config: cfg.clone(),
+                files: format!("epoch-{:04}", epoch + 1),
+            };
+            save_checkpoint(&model, &optim, hooks.save_state()?.as_deref(), &c.dir, &state)?;
         }
     }
     Ok((model, history))
@@ -489,26 +562,41 @@ fn ckpt_err(path: &Path, reason: impl std::fmt::Display) -> ModelError {
     ModelError::Checkpoint { path: path.to_path_buf(), reason: reason.to_string() }
 }
 
-/// Writes the checkpoint: every file to a temporary name first, then renamed, state last, so
-/// an interrupted write leaves the previous checkpoint intact.
+/// Writes the checkpoint atomically: model, optimizer and hook state go into a fresh
+/// `epoch-NNNN/` directory, then `state.json` (which names that directory) is replaced by a
+/// rename, then older epoch directories are removed. A crash at any point leaves `state.json`
+/// naming a complete checkpoint.
 fn save_checkpoint<M: Classifier>(
     model: &M,
     optim: &ModuleOptimizer,
+    hooks: Option<&[u8]>,
     dir: &Path,
     state: &CheckpointState,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| ckpt_err(dir, e))?;
-    let tmp_model = dir.join("model.tmp.bpk");
-    model.clone().save_file(&tmp_model).map_err(|e| ckpt_err(&tmp_model, format!("{e:?}")))?;
-    let tmp_optim = dir.join("optimizer.tmp.bpk");
-    optim.to_record().save(&tmp_optim).map_err(|e| ckpt_err(&tmp_optim, format!("{e:?}")))?;
-    let json = serde_json::to_vec_pretty(state).map_err(|e| ckpt_err(dir, e))?;
-    let tmp_state = dir.join("state.tmp.json");
-    std::fs::write(&tmp_state, json).map_err(|e| ckpt_err(&tmp_state, e))?;
-    for (tmp, fin) in
-        [(tmp_model, "model.bpk"), (tmp_optim, "optimizer.bpk"), (tmp_state, "state.json")]
-    {
-        std::fs::rename(&tmp, dir.join(fin)).map_err(|e| ckpt_err(&tmp, e))?;
+    let files = dir.join(&state.files);
+    if files.exists() {
+        // Left over from a crash before its state.json was written: never referenced.
+        std::fs::remove_dir_all(&files).map_err(|e| ckpt_err(&files, e))?;
+    }
+    std::fs::create_dir_all(&files).map_err(|e| ckpt_err(&files, e))?;
+    let mp = files.join("model.bpk");
+    model.clone().save_file(&mp).map_err(|e| ckpt_err(&mp, format!("{e:?}")))?;
+    let op = files.join("optimizer.bpk");
+    optim.to_record().save(&op).map_err(|e| ckpt_err(&op, format!("{e:?}")))?;
+    if let Some(bytes) = hooks {
+        let hp = files.join("hooks.bin");
+        std::fs::write(&hp, bytes).map_err(|e| ckpt_err(&hp, e))?;
+    }
+    let sp = dir.join("state.json");
+    let json = serde_json::to_vec_pretty(state).map_err(|e| ckpt_err(&sp, e))?;
+    tessera_data::file::write_atomic(&sp, &json).map_err(|e| ckpt_err(&sp, e))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| ckpt_err(dir, e))?;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("epoch-") && name != state.files.as_str() {
+            std::fs::remove_dir_all(e.path()).map_err(|err| ckpt_err(&e.path(), err))?;
+        }
     }
     Ok(())
 }
@@ -517,15 +605,22 @@ fn load_checkpoint<M: Classifier>(
     model: M,
     optim: ModuleOptimizer,
     dir: &Path,
+    hooks: &mut dyn Hooks<M>,
 ) -> Result<(M, ModuleOptimizer, CheckpointState)> {
     let sp = dir.join("state.json");
     let state: CheckpointState =
         serde_json::from_slice(&std::fs::read(&sp).map_err(|e| ckpt_err(&sp, e))?)
             .map_err(|e| ckpt_err(&sp, e))?;
-    let mp = dir.join("model.bpk");
+    let files = dir.join(&state.files);
+    let mp = files.join("model.bpk");
     let model = model.try_load_file(&mp).map_err(|e| ckpt_err(&mp, format!("{e:?}")))?;
-    let op = dir.join("optimizer.bpk");
+    let op = files.join("optimizer.bpk");
     let record = OptimizerRecord::load(&op).map_err(|e| ckpt_err(&op, format!("{e:?}")))?;
+    let hp = files.join("hooks.bin");
+    if hp.is_file() {
+        let bytes = std::fs::read(&hp).map_err(|e| ckpt_err(&hp, e))?;
+        hooks.load_state(&bytes)?;
+    }
     Ok((model, optim.load_record(record), state))
 }
 
@@ -574,5 +669,50 @@ impl<M, A: Hooks<M>, B: Hooks<M>> Hooks<M> for Both<A, B> {
     fn on_epoch_end(&mut self, model: M, metrics: &EpochMetrics) -> Result<M> {
         let model = self.0.on_epoch_end(model, metrics)?;
         self.1.on_epoch_end(model, metrics)
+    }
+    fn save_state(&self) -> Result<Option<Vec<u8>>> {
+        let (a, b) = (self.0.save_state()?, self.1.save_state()?);
+        if a.is_none() && b.is_none() {
+            return Ok(None);
+        }
+        // Two length-prefixed parts (u64 little-endian; u64::MAX = no state).
+        let mut out = Vec::new();
+        for part in [a, b] {
+            match part {
+                Some(p) => {
+                    out.extend_from_slice(&(p.len() as u64).to_le_bytes());
+                    out.extend_from_slice(&p);
+                }
+                None => out.extend_from_slice(&u64::MAX.to_le_bytes()),
+            }
+        }
+        Ok(Some(out))
+    }
+    fn load_state(&mut self, bytes: &[u8]) -> Result<()> {
+        let bad = || {
+            ModelError::Config { field: "hooks state", reason: "the checkpoint's hook state was not written by this pair of hooks (truncated two-part state)".into() }
+        };
+        let mut rest = bytes;
+        let mut parts: Vec<Option<&[u8]>> = Vec::new();
+        for _ in 0..2 {
+            let (len, tail) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
+            let len = u64::from_le_bytes(*len);
+            if len == u64::MAX {
+                parts.push(None);
+                rest = tail;
+            } else {
+                let len = usize::try_from(len).map_err(|_| bad())?;
+                let (p, tail) = tail.split_at_checked(len).ok_or_else(bad)?;
+                parts.push(Some(p));
+                rest = tail;
+            }
+        }
+        if let Some(a) = parts[0] {
+            self.0.load_state(a)?;
+        }
+        if let Some(b) = parts[1] {
+            self.1.load_state(b)?;
+        }
+        Ok(())
     }
 }

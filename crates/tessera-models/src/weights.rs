@@ -329,3 +329,54 @@ pub fn mask_gradients<M: Classifier>(model: &M, grads: &mut GradientsParams, mas
     };
     model.visit(&mut v);
 }
+
+/// Reads the weights at `paths` in the GEMM view, straight from the parameters (no export:
+/// cheap enough to call every step).
+struct ReadWeights<'a> {
+    path: PathStack,
+    paths: &'a [String],
+    out: BTreeMap<String, Vec<f32>>,
+    failed: Option<String>,
+}
+
+impl ModuleVisitor for ReadWeights<'_> {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.0.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.0.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let path = self.path.join();
+        if !self.paths.contains(&path) {
+            return;
+        }
+        let t = param.val();
+        let dims = t.dims();
+        match t.into_data().convert::<f32>().try_into_vec::<f32>() {
+            Ok(v) => {
+                let v = if D == 2 { transpose(&v, dims[0], dims[1]) } else { v };
+                self.out.insert(path, v);
+            }
+            Err(e) => self.failed = Some(format!("{path}: {e:?}")),
+        }
+    }
+}
+
+/// The weights at `paths`, GEMM view (the same values [`prunable_weights`] gives, without
+/// exporting the model).
+pub fn read_weights<M: Classifier>(
+    model: &M,
+    paths: &[String],
+) -> Result<BTreeMap<String, Vec<f32>>> {
+    let mut v =
+        ReadWeights { path: PathStack::default(), paths, out: BTreeMap::new(), failed: None };
+    model.visit(&mut v);
+    if let Some(reason) = v.failed {
+        return Err(ModelError::Tensor { what: "weight".into(), reason });
+    }
+    missing(paths.iter(), &v.out.keys().cloned().collect::<Vec<_>>())?;
+    Ok(v.out)
+}

@@ -181,3 +181,80 @@ fn resume_refuses_a_checkpoint_of_another_config() {
     .unwrap_err();
     assert!(err.to_string().contains("state.json"), "{err}");
 }
+
+/// Counts optimizer steps; its count is checkpointed.
+#[derive(Default)]
+struct CountSteps(u64);
+
+impl tessera_models::train::Hooks<Lenet5> for CountSteps {
+    fn after_step(&mut self, model: Lenet5, _step: usize) -> tessera_models::Result<Lenet5> {
+        self.0 += 1;
+        Ok(model)
+    }
+    fn save_state(&self) -> tessera_models::Result<Option<Vec<u8>>> {
+        Ok(Some(self.0.to_le_bytes().to_vec()))
+    }
+    fn load_state(&mut self, bytes: &[u8]) -> tessera_models::Result<()> {
+        let bytes: [u8; 8] = bytes.try_into().map_err(|_| tessera_models::ModelError::Config {
+            field: "hook state",
+            reason: format!("expected 8 bytes, got {}", bytes.len()),
+        })?;
+        self.0 = u64::from_le_bytes(bytes);
+        Ok(())
+    }
+}
+
+#[test]
+fn hook_state_is_checkpointed_and_restored() {
+    let (tr, _) = data();
+    let dir = tempfile::tempdir().unwrap();
+    let c = TrainConfig { max_steps_per_epoch: Some(3), ..cfg(3) };
+    let device = Backend::Flex.train_device(5);
+    let stop = Checkpoints { stop_after_epochs: Some(2), ..Checkpoints::new(dir.path(), true) };
+    let mut first = CountSteps::default();
+    train(
+        lenet(&device, 5),
+        &tr,
+        None,
+        &c,
+        &device,
+        &mut tessera_models::train::Both(&mut first, NoHooks),
+        Some(&stop),
+    )
+    .unwrap();
+    assert_eq!(first.0, 6);
+    // Only the newest epoch directory is kept.
+    let epochs: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("epoch-"))
+        .collect();
+    assert_eq!(epochs, ["epoch-0002"]);
+    let mut resumed = CountSteps::default();
+    let mut both = tessera_models::train::Both(&mut resumed, NoHooks);
+    train(
+        lenet(&device, 5),
+        &tr,
+        None,
+        &c,
+        &device,
+        &mut both,
+        Some(&Checkpoints::new(dir.path(), true)),
+    )
+    .unwrap();
+    assert_eq!(resumed.0, 9, "6 restored + 3 new steps");
+    // State written by other hooks is refused, not misread.
+    let mut other = CountSteps::default();
+    let err = train(
+        lenet(&device, 5),
+        &tr,
+        None,
+        &c,
+        &device,
+        &mut other,
+        Some(&Checkpoints::new(dir.path(), true)),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("hook"), "{err}");
+}

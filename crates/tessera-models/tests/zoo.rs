@@ -273,3 +273,17 @@ fn seeded_init_draws_burns_default_distribution() {
         }
     }
 }
+
+#[test]
+fn read_weights_agrees_with_the_export_view() {
+    let device = Backend::Flex.device();
+    let cfg = ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.25 };
+    let model = tessera_models::with_seed(&device, 1, || cfg.init(&device)).unwrap();
+    let named = weights::prunable_weights(&model, [1, 1, 16, 16]).unwrap();
+    let paths: Vec<String> = named.iter().map(|w| w.path.clone()).collect();
+    let read = weights::read_weights(&model, &paths).unwrap();
+    for w in &named {
+        assert_eq!(read[&w.path], w.values, "{}", w.path);
+    }
+    assert!(weights::read_weights(&model, &["nope".to_string()]).is_err());
+}

@@ -1,0 +1,110 @@
+//! Model directories: save and load round trips (weights, masks, card, IR), and mask files
+//! that do not fit are refused with the weight named.
+
+use tessera_data::Normalization;
+use tessera_models::saved::{self, ModelCard, WithLoaded};
+use tessera_models::zoo::{Lenet5Config, ZooConfig};
+use tessera_models::{Backend, Classifier, Masks, weights, with_seed};
+use tessera_sparsity::{Scheme, Target, Tiling};
+
+struct Grab;
+
+impl WithLoaded for Grab {
+    type Output = (Vec<weights::NamedWeight>, ModelCard, Masks);
+    fn run<M: Classifier>(self, model: M, card: ModelCard, masks: Masks) -> Self::Output {
+        (weights::prunable_weights(&model, card.batch_of_one()).unwrap(), card, masks)
+    }
+}
+
+fn pruned_lenet() -> (tessera_models::zoo::Lenet5, Masks, ModelCard) {
+    let device = Backend::Flex.device();
+    let cfg = Lenet5Config::default();
+    let model = with_seed(&device, 4, || cfg.init(&device)).unwrap();
+    let mut masks = Masks::new();
+    for w in weights::prunable_weights(&model, [1, 1, 28, 28]).unwrap() {
+        let scheme: Scheme = if w.path == "fc1.weight" {
+            "block-punched:8x4".parse().unwrap()
+        } else {
+            Scheme::Unstructured
+        };
+        let p = scheme
+            .project_with(&w.layer, &w.values, Target::Compression(4.0), Tiling::Pad)
+            .unwrap();
+        masks.insert(w.path, scheme, p.mask);
+    }
+    let model = weights::apply_masks(model, &masks);
+    let card = ModelCard {
+        model: ZooConfig::Lenet5(cfg),
+        input: [1, 28, 28],
+        dataset: Some("mnist".into()),
+        normalization: Some(Normalization::mnist()),
+        note: "test".into(),
+    };
+    (model, masks, card)
+}
+
+#[test]
+fn save_and_load_round_trip() {
+    let (model, masks, card) = pruned_lenet();
+    let dir = tempfile::tempdir().unwrap();
+    saved::save(dir.path(), &card, &model, &masks).unwrap();
+    for f in
+        ["card.json", "model.bpk", "masks.safetensors", "ir/graph.json", "ir/weights.safetensors"]
+    {
+        assert!(dir.path().join(f).is_file(), "{f}");
+    }
+    let (loaded, card2, masks2) = saved::load(dir.path(), &Backend::Flex.device(), Grab).unwrap();
+    assert_eq!(card2, card);
+    assert_eq!(masks2, masks);
+    for (a, b) in weights::prunable_weights(&model, [1, 1, 28, 28]).unwrap().iter().zip(&loaded) {
+        assert_eq!(a.values, b.values, "{}", a.path);
+    }
+    // The IR copy carries the masks too.
+    let g = tessera_ir::io::load(&dir.path().join("ir")).unwrap();
+    assert_eq!(
+        g.params["fc1.weight"].sparsity.as_ref().unwrap().scheme.to_string(),
+        "block-punched:8x4"
+    );
+}
+
+#[test]
+fn bad_mask_files_are_refused() {
+    let (model, masks, card) = pruned_lenet();
+    let dir = tempfile::tempdir().unwrap();
+    saved::save(dir.path(), &card, &model, &masks).unwrap();
+    let mask_path = dir.path().join("masks.safetensors");
+    // A mask of another model's layer.
+    let shapes = [("fc9.weight", [2usize, 5usize])];
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "tessera-masks-v1".to_string());
+    meta.insert("scheme:fc9.weight".to_string(), "unstructured".to_string());
+    let data = vec![1u8; 10];
+    let view = safetensors::tensor::TensorView::new(
+        safetensors::tensor::Dtype::U8,
+        shapes[0].1.to_vec(),
+        &data,
+    )
+    .unwrap();
+    std::fs::write(
+        &mask_path,
+        safetensors::serialize(vec![("fc9.weight", view)], Some(meta.clone())).unwrap(),
+    )
+    .unwrap();
+    let err = saved::load(dir.path(), &Backend::Flex.device(), Grab).err().unwrap().to_string();
+    assert!(err.contains("fc9.weight"), "{err}");
+    // Not 0/1.
+    let bad = vec![2u8; 10];
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::tensor::Dtype::U8, vec![2, 5], &bad)
+            .unwrap();
+    std::fs::write(
+        &mask_path,
+        safetensors::serialize(vec![("fc9.weight", view)], Some(meta)).unwrap(),
+    )
+    .unwrap();
+    let err = saved::load_masks(&mask_path).err().unwrap().to_string();
+    assert!(err.contains("value 2"), "{err}");
+    // Not a mask file at all.
+    std::fs::write(&mask_path, b"junk").unwrap();
+    assert!(saved::load_masks(&mask_path).is_err());
+}

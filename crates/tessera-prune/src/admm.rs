@@ -1,0 +1,301 @@
+//! ADMM pruning (Zhang et al., ECCV 2018), with several constraint sets per layer (extended
+//! ADMM: pattern + connectivity, polarization + pruning).
+//!
+//! For every pruned layer `i` and constraint set `c` the hook keeps an auxiliary `Z_ic` and a
+//! scaled dual `U_ic` (GEMM view). During training (the W-step) it adds the gradient of
+//! `sum_ic rho/2 ||W_i - Z_ic + U_ic||^2`, i.e. `rho (W_i - Z_ic + U_ic)`, to the weights'
+//! gradients — exact, and cheaper than building the term in the autodiff graph. Every
+//! `update_every` epochs it runs the Z-step `Z_ic = project_c(W_i + U_ic)` (tessera-sparsity's
+//! Euclidean projection) and the U-step `U_ic += W_i - Z_ic`, logs the primal residual
+//! `||W_i - Z_ic||` (which must fall) and the dual residual `rho ||Z_ic - Z_ic_prev||`, and
+//! multiplies rho by `rho_growth` up to `rho_max`. Its whole state is checkpointed with the
+//! training run.
+
+use std::collections::BTreeMap;
+
+use burn::optim::GradientsParams;
+use serde::{Deserialize, Serialize};
+use tessera_models::Classifier;
+use tessera_models::train::{EpochMetrics, Hooks};
+use tessera_models::weights::{add_to_gradients, read_weights};
+
+use crate::error::{PruneError, Result};
+use crate::plan::{Constraint, PrunePlan};
+
+/// ADMM settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdmmConfig {
+    /// Initial penalty rho (the same for every layer).
+    pub rho: f64,
+    /// rho is multiplied by this after every Z/U update.
+    pub rho_growth: f64,
+    /// Upper bound of rho.
+    pub rho_max: f64,
+    /// Epochs between Z/U updates.
+    pub update_every: usize,
+}
+
+impl Default for AdmmConfig {
+    fn default() -> Self {
+        AdmmConfig { rho: 1e-2, rho_growth: 1.5, rho_max: 1.0, update_every: 1 }
+    }
+}
+
+impl AdmmConfig {
+    fn validate(&self) -> Result<()> {
+        if !(self.rho > 0.0
+            && self.rho.is_finite()
+            && self.rho_max >= self.rho
+            && self.rho_growth >= 1.0)
+        {
+            return Err(PruneError::config("admm", "need 0 < rho <= rho_max and rho_growth >= 1"));
+        }
+        if self.update_every == 0 {
+            return Err(PruneError::config("admm.update_every", "must be at least 1 epoch"));
+        }
+        Ok(())
+    }
+}
+
+/// Residuals of one layer and constraint set at one update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Residual {
+    /// Weight path.
+    pub path: String,
+    /// The constraint set's scheme and target.
+    pub constraint: String,
+    /// Primal residual `||W - Z||`.
+    pub primal: f64,
+    /// `||W - Z|| / ||W||`.
+    pub relative: f64,
+    /// Dual residual `rho ||Z - Z_prev||`.
+    pub dual: f64,
+}
+
+/// One Z/U update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdmmUpdate {
+    /// The epoch after which it ran (`None` for the initialization).
+    pub epoch: Option<usize>,
+    /// rho in force during the epochs before it.
+    pub rho: f64,
+    /// Per layer and constraint set.
+    pub residuals: Vec<Residual>,
+}
+
+impl AdmmUpdate {
+    /// The largest relative primal residual of the update.
+    pub fn max_relative(&self) -> f64 {
+        self.residuals.iter().map(|r| r.relative).fold(0.0, f64::max)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct SetState {
+    z: Vec<f32>,
+    u: Vec<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct State {
+    rho: f64,
+    /// Per layer (plan order), per constraint set.
+    sets: Vec<Vec<SetState>>,
+    log: Vec<AdmmUpdate>,
+}
+
+/// The ADMM training hook.
+#[derive(Debug, Clone)]
+pub struct Admm {
+    plan: PrunePlan,
+    constraints: Vec<Vec<Constraint>>,
+    paths: Vec<String>,
+    config: AdmmConfig,
+    state: State,
+}
+
+fn norm(v: impl Iterator<Item = f64>) -> f64 {
+    v.map(|x| x * x).sum::<f64>().sqrt()
+}
+
+impl Admm {
+    /// Starts ADMM from `model`'s weights: `Z = project(W)`, `U = 0`.
+    pub fn new<M: Classifier>(model: &M, plan: PrunePlan, config: AdmmConfig) -> Result<Self> {
+        config.validate()?;
+        let paths = plan.paths();
+        let weights = read_weights(model, &paths)?;
+        let constraints: Vec<Vec<Constraint>> =
+            plan.layers.iter().map(|l| l.constraints()).collect();
+        let mut sets = Vec::new();
+        let mut residuals = Vec::new();
+        for (l, cs) in plan.layers.iter().zip(&constraints) {
+            let w = &weights[&l.path];
+            let mut layer_sets = Vec::new();
+            for c in cs {
+                let z = c.project(&l.layer, w)?;
+                residuals.push(residual(&l.path, c, w, &z, None, config.rho));
+                layer_sets.push(SetState { u: vec![0.0; z.len()], z });
+            }
+            sets.push(layer_sets);
+        }
+        let log = vec![AdmmUpdate { epoch: None, rho: config.rho, residuals }];
+        Ok(Admm { plan, constraints, paths, state: State { rho: config.rho, sets, log }, config })
+    }
+
+    /// The plan it enforces.
+    pub fn plan(&self) -> &PrunePlan {
+        &self.plan
+    }
+
+    /// Every Z/U update so far (the first is the initialization).
+    pub fn log(&self) -> &[AdmmUpdate] {
+        &self.state.log
+    }
+
+    /// Current rho.
+    pub fn rho(&self) -> f64 {
+        self.state.rho
+    }
+
+    /// The penalty `sum rho/2 ||W - Z + U||^2` at `weights`.
+    pub fn penalty(&self, weights: &BTreeMap<String, Vec<f32>>) -> f64 {
+        let mut total = 0.0;
+        for (l, sets) in self.plan.layers.iter().zip(&self.state.sets) {
+            let Some(w) = weights.get(&l.path) else { continue };
+            for s in sets {
+                total += w
+                    .iter()
+                    .zip(&s.z)
+                    .zip(&s.u)
+                    .map(|((&w, &z), &u)| (f64::from(w) - f64::from(z) + f64::from(u)).powi(2))
+                    .sum::<f64>();
+            }
+        }
+        0.5 * self.state.rho * total
+    }
+
+    /// The penalty's gradient `sum_c rho (W - Z_c + U_c)` per path.
+    pub fn penalty_gradient(
+        &self,
+        weights: &BTreeMap<String, Vec<f32>>,
+    ) -> Result<BTreeMap<String, Vec<f32>>> {
+        let rho = self.state.rho as f32;
+        let mut out = BTreeMap::new();
+        for (l, sets) in self.plan.layers.iter().zip(&self.state.sets) {
+            let w = weights.get(&l.path).ok_or_else(|| PruneError::Layer {
+                layer: l.path.clone(),
+                reason: "no weights".into(),
+            })?;
+            let mut g = vec![0.0f32; w.len()];
+            for s in sets {
+                for (((g, &w), &z), &u) in g.iter_mut().zip(w).zip(&s.z).zip(&s.u) {
+                    *g += rho * (w - z + u);
+                }
+            }
+            out.insert(l.path.clone(), g);
+        }
+        Ok(out)
+    }
+
+    /// The Z- and U-steps at `weights`, logged as after `epoch`; then rho grows.
+    pub fn update(
+        &mut self,
+        weights: &BTreeMap<String, Vec<f32>>,
+        epoch: Option<usize>,
+    ) -> Result<&AdmmUpdate> {
+        let rho = self.state.rho;
+        let mut residuals = Vec::new();
+        for ((l, cs), sets) in
+            self.plan.layers.iter().zip(&self.constraints).zip(&mut self.state.sets)
+        {
+            let w = weights.get(&l.path).ok_or_else(|| PruneError::Layer {
+                layer: l.path.clone(),
+                reason: "no weights".into(),
+            })?;
+            for (c, s) in cs.iter().zip(sets.iter_mut()) {
+                let shifted: Vec<f32> = w.iter().zip(&s.u).map(|(w, u)| w + u).collect();
+                let z = c.project(&l.layer, &shifted)?;
+                residuals.push(residual(&l.path, c, w, &z, Some(&s.z), rho));
+                for ((u, &w), &z) in s.u.iter_mut().zip(w).zip(&z) {
+                    *u += w - z;
+                }
+                s.z = z;
+            }
+        }
+        self.state.log.push(AdmmUpdate { epoch, rho, residuals });
+        self.state.rho = (rho * self.config.rho_growth).min(self.config.rho_max);
+        Ok(self.state.log.last().unwrap_or_else(|| unreachable!("just pushed")))
+    }
+}
+
+fn residual(
+    path: &str,
+    c: &Constraint,
+    w: &[f32],
+    z: &[f32],
+    z_prev: Option<&[f32]>,
+    rho: f64,
+) -> Residual {
+    let primal = norm(w.iter().zip(z).map(|(&a, &b)| f64::from(a) - f64::from(b)));
+    let wn = norm(w.iter().map(|&a| f64::from(a)));
+    let dual = z_prev
+        .map_or(0.0, |p| rho * norm(z.iter().zip(p).map(|(&a, &b)| f64::from(a) - f64::from(b))));
+    Residual {
+        path: path.to_string(),
+        constraint: format!("{}@{}", c.scheme, c.target),
+        primal,
+        relative: primal / wn.max(f64::MIN_POSITIVE),
+        dual,
+    }
+}
+
+impl<M: Classifier> Hooks<M> for Admm {
+    fn on_gradients(
+        &mut self,
+        model: &M,
+        grads: &mut GradientsParams,
+        _step: usize,
+    ) -> tessera_models::Result<()> {
+        let weights = read_weights(model, &self.paths)?;
+        let g = self.penalty_gradient(&weights)?;
+        add_to_gradients(model, grads, &g)
+    }
+
+    fn on_epoch_end(&mut self, model: M, metrics: &EpochMetrics) -> tessera_models::Result<M> {
+        if (metrics.epoch + 1).is_multiple_of(self.config.update_every) {
+            let weights = read_weights(&model, &self.paths)?;
+            let u = self.update(&weights, Some(metrics.epoch))?;
+            tracing::info!(
+                epoch = metrics.epoch,
+                max_relative_residual = u.max_relative(),
+                rho = u.rho,
+                "ADMM Z/U update"
+            );
+        }
+        Ok(model)
+    }
+
+    fn save_state(&self) -> tessera_models::Result<Option<Vec<u8>>> {
+        serde_json::to_vec(&self.state)
+            .map(Some)
+            .map_err(|e| PruneError::config("admm state", e).into())
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> tessera_models::Result<()> {
+        let state: State =
+            serde_json::from_slice(bytes).map_err(|e| PruneError::config("admm state", e))?;
+        let shape_ok = state.sets.len() == self.state.sets.len()
+            && state.sets.iter().zip(&self.state.sets).all(|(a, b)| {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.z.len() == y.z.len())
+            });
+        if !shape_ok {
+            return Err(PruneError::config(
+                "admm state",
+                "the checkpoint's ADMM state does not fit this plan",
+            )
+            .into());
+        }
+        self.state = state;
+        Ok(())
+    }
+}

@@ -1,0 +1,143 @@
+//! Privacy-preserving pruning (arXiv 2003.06513) as two separate steps.
+//!
+//! **Designer** ([`designer`]): receives the client's trained model and nothing else. It prunes
+//! a copy with ADMM whose only loss is distillation from the client's model on seeded random
+//! synthetic inputs (no labels, no data set: this code path takes no data source and opens no
+//! data file, which a test checks), hard-prunes to the schemes, and hands back the pruned
+//! model and its masks.
+//!
+//! **Client** ([`client`]): retrains the pruned model on its private data with the masks
+//! fixed (masked retraining), never sending the data anywhere.
+
+use burn::prelude::Device;
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+use serde::{Deserialize, Serialize};
+use tessera_data::{Dataset, Normalization, SampleShape};
+use tessera_models::train::{Both, Checkpoints, EpochMetrics, KeepMasks, TrainConfig, train};
+use tessera_models::weights::{apply_masks, prunable_weights};
+use tessera_models::{Classifier, Masks};
+use tessera_sparsity::SparsityConfig;
+
+use crate::admm::{Admm, AdmmConfig, AdmmUpdate};
+use crate::distill::{DistillConfig, Distillation};
+use crate::error::{PruneError, Result};
+use crate::magnitude::hard_prune_masks;
+use crate::plan::{PlanSummary, PrunePlan};
+use crate::retrain::KeepSigns;
+
+/// The designer's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesignerConfig {
+    /// Scheme and target per layer.
+    pub sparsity: SparsityConfig,
+    /// ADMM settings.
+    pub admm: AdmmConfig,
+    /// Training on the synthetic inputs (its `data_loss_weight` is forced to 0: there are no
+    /// labels; `seed` also seeds the synthetic inputs).
+    pub train: TrainConfig,
+    /// Distillation temperature (the weight is 1: it is the whole loss).
+    pub temperature: f32,
+    /// Synthetic inputs per epoch.
+    pub synthetic_examples: usize,
+}
+
+/// What the designer hands back.
+#[derive(Debug, Clone)]
+pub struct DesignerOutcome<M> {
+    /// The hard-pruned model.
+    pub model: M,
+    /// Its masks (the mask file).
+    pub masks: Masks,
+    /// Kept fractions per layer.
+    pub summary: PlanSummary,
+    /// ADMM's updates (residuals).
+    pub admm_log: Vec<AdmmUpdate>,
+    /// Per-epoch distillation loss on the synthetic inputs.
+    pub history: Vec<EpochMetrics>,
+}
+
+/// `n` synthetic inputs of `shape`: standard normal pixels (the models see standardized
+/// inputs, so N(0, 1) covers their range), drawn from ChaCha8 seeded by `seed`. Labels are 0
+/// and unused.
+pub fn synthetic_inputs(shape: SampleShape, n: usize, seed: u64) -> Result<Dataset> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let normal = Normal::new(0.0f32, 1.0).map_err(|e| PruneError::config("synthetic inputs", e))?;
+    let pixels: Vec<f32> = (0..n * shape.len()).map(|_| normal.sample(&mut rng)).collect();
+    Ok(Dataset::new(
+        "synthetic",
+        shape,
+        pixels,
+        vec![0; n],
+        1,
+        vec!["none".into()],
+        Normalization::UnitRange { max: 1.0 },
+    )?)
+}
+
+/// The designer side: prunes `client_model` (on the training `device`) for inputs of `shape`
+/// using only synthetic inputs and distillation from the model itself.
+pub fn designer<M: Classifier>(
+    client_model: M,
+    shape: SampleShape,
+    config: &DesignerConfig,
+    device: &Device,
+    checkpoints: Option<&Checkpoints>,
+) -> Result<DesignerOutcome<M>> {
+    if config.synthetic_examples == 0 {
+        return Err(PruneError::config("synthetic_examples", "must be at least 1"));
+    }
+    let input = [1, shape.channels, shape.height, shape.width];
+    let plan = PrunePlan::resolve(&config.sparsity, &prunable_weights(&client_model, input)?)?;
+    let synthetic = synthetic_inputs(shape, config.synthetic_examples, config.train.seed)?;
+    let mut admm = Admm::new(&client_model, plan.clone(), config.admm.clone())?;
+    let mut kd = Distillation::new(
+        &client_model,
+        DistillConfig { temperature: config.temperature, weight: 1.0 },
+    )?;
+    let cfg = TrainConfig { data_loss_weight: 0.0, ..config.train.clone() };
+    let (model, history) = train(
+        client_model,
+        &synthetic,
+        None,
+        &cfg,
+        device,
+        &mut Both(&mut admm, &mut kd),
+        checkpoints,
+    )?;
+    let masks = hard_prune_masks(&model, &plan)?;
+    let model = apply_masks(model, &masks);
+    let summary = plan.summary(&masks)?;
+    Ok(DesignerOutcome { model, masks, summary, admm_log: admm.log().to_vec(), history })
+}
+
+/// The client side: masked retraining of the designer's `model` on the client's own data.
+pub fn client<M: Classifier>(
+    model: M,
+    masks: &Masks,
+    train_set: &Dataset,
+    eval: Option<&Dataset>,
+    config: &TrainConfig,
+    device: &Device,
+    checkpoints: Option<&Checkpoints>,
+) -> Result<(M, Vec<EpochMetrics>)> {
+    if masks.is_empty() {
+        return Err(PruneError::config(
+            "masks",
+            "the client retrains a pruned model: the mask file is empty",
+        ));
+    }
+    let model = apply_masks(model, masks);
+    let s = train_set.sample_shape();
+    let signs = KeepSigns::new(&model, masks, [1, s.channels, s.height, s.width])?;
+    Ok(train(
+        model,
+        train_set,
+        eval,
+        config,
+        device,
+        &mut Both(KeepMasks(masks.clone()), signs),
+        checkpoints,
+    )?)
+}
