@@ -9,6 +9,11 @@
 //! * `cargo xtask data verify [--dir DIR]`: check cached sets against their checksums.
 //! * `cargo xtask data list [--dir DIR]`: show which sets are cached where.
 //! * `cargo xtask bench kernels [...]`: dense vs sparse kernels, results/bench-kernels/.
+//! * `cargo xtask prune designer --model DIR --config FILE --out DIR`: the privacy-preserving
+//!   designer: prunes a saved dense model with ADMM on synthetic inputs and distillation only
+//!   (no data set is opened) and writes the pruned model with its mask file.
+//! * `cargo xtask prune client --model DIR --config FILE --out DIR [--data DIR]`: the client:
+//!   retrains the designer's model on its own data with the mask fixed.
 //! * `cargo xtask experiment list`: the registered experiments.
 //! * `cargo xtask experiment <name> [--scale smoke|default|paper] [--seed N] [--data DIR]
 //!   [--out DIR] [--resume] [--backend flex|ndarray] [--only PREFIX]...`: run one, writing
@@ -42,11 +47,119 @@ enum Command {
     },
     /// Run a named experiment (`list` shows them); writes results/<name>/<run-id>/.
     Experiment(ExperimentArgs),
+    /// The two sides of privacy-preserving pruning, on saved model directories.
+    Prune {
+        #[command(subcommand)]
+        command: PruneCommand,
+    },
     /// Benchmarks that write results/<name>/ (JSON + Markdown).
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum PruneCommand {
+    /// Prune a saved dense model using synthetic inputs and distillation only (no data set).
+    Designer {
+        /// The client's dense model directory (card.json, model.bpk).
+        #[arg(long)]
+        model: PathBuf,
+        /// Designer config (JSON: sparsity, admm, train, temperature, synthetic_examples),
+        /// e.g. configs/prune/designer-lenet5-unstructured-8x.json.
+        #[arg(long)]
+        config: PathBuf,
+        /// Output model directory (pruned model + masks.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+        /// Checkpoint directory; resumes from it when it holds a checkpoint.
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+    },
+    /// Retrain the designer's pruned model on the client's data with its mask fixed.
+    Client {
+        /// The designer's output directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Training config (JSON, `TrainConfig`), e.g. configs/prune/client-retrain.json.
+        #[arg(long)]
+        config: PathBuf,
+        /// Output model directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Directory with the full data set (cache layout); default: the cache when complete,
+        /// else the fixtures.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Checkpoint directory; resumes from it when it holds a checkpoint.
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+    },
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn write_report<T: serde::Serialize>(out: &std::path::Path, name: &str, report: &T) -> Result<()> {
+    let path = out.join(name);
+    tessera_data::file::write_atomic(&path, &serde_json::to_vec_pretty(report)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn prune_command(command: PruneCommand) -> Result<()> {
+    let device = tessera_models::Backend::Flex.train_device(0);
+    let checkpoints =
+        |dir: Option<PathBuf>| dir.map(|d| tessera_models::train::Checkpoints::new(d, true));
+    match command {
+        PruneCommand::Designer { model, config, out, checkpoints: ck } => {
+            let config: tessera_prune::privacy::DesignerConfig = read_json(&config)?;
+            let report = tessera_prune::privacy::designer_command(
+                &model,
+                &config,
+                &out,
+                &device,
+                checkpoints(ck).as_ref(),
+            )
+            .with_context(|| format!("designer on {}", model.display()))?;
+            write_report(&out, "designer-report.json", &report)?;
+            let t = &report.summary.pruned_total;
+            tracing::info!(out = %out.display(), kept = t.params_kept, of = t.params_total, "pruned on synthetic inputs; mask file written");
+        }
+        PruneCommand::Client { model, config, out, data, checkpoints: ck } => {
+            let config: tessera_models::train::TrainConfig = read_json(&config)?;
+            let card = tessera_models::saved::load_card(&model)?;
+            let set: KnownSet = card
+                .dataset
+                .as_deref()
+                .context("the model card names no data set to retrain on")?
+                .parse()?;
+            let source = match data {
+                Some(dir) => tessera_data::Source::Dir(dir),
+                None => tessera_data::Source::auto(set),
+            };
+            let norm = card.normalization.clone();
+            let train_set =
+                tessera_data::load(set, tessera_data::Split::Train, &source, norm.clone())?;
+            let test_set = tessera_data::load(set, tessera_data::Split::Test, &source, norm)?;
+            tracing::info!(%set, train = train_set.len(), test = test_set.len(), "client data");
+            let report = tessera_prune::privacy::client_command(
+                &model,
+                &train_set,
+                Some(&test_set),
+                &config,
+                &out,
+                &device,
+                checkpoints(ck).as_ref(),
+            )
+            .with_context(|| format!("client on {}", model.display()))?;
+            write_report(&out, "client-report.json", &report)?;
+            tracing::info!(out = %out.display(), before = ?report.before, after = ?report.history.last().and_then(|h| h.eval), "retrained with the mask fixed");
+        }
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -194,6 +307,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Experiment(args) => experiment(args)?,
+        Command::Prune { command } => prune_command(command)?,
         Command::Bench {
             command: BenchCommand::Kernels { only, threads, sparsities, min_time, out },
         } => {

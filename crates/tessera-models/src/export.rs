@@ -44,6 +44,11 @@ impl Masks {
         self.map.iter()
     }
 
+    /// How many weights are masked.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
     /// Whether no weight is masked.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()

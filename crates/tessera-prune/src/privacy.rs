@@ -9,13 +9,18 @@
 //! **Client** ([`client`]): retrains the pruned model on its private data with the masks
 //! fixed (masked retraining), never sending the data anywhere.
 
+use std::path::Path;
+
 use burn::prelude::Device;
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 use tessera_data::{Dataset, Normalization, SampleShape};
-use tessera_models::train::{Both, Checkpoints, EpochMetrics, KeepMasks, TrainConfig, train};
+use tessera_models::saved::{ModelCard, WithLoaded};
+use tessera_models::train::{
+    Both, Checkpoints, EpochMetrics, KeepMasks, TrainConfig, evaluate, train,
+};
 use tessera_models::weights::{apply_masks, prunable_weights};
 use tessera_models::{Classifier, Masks};
 use tessera_sparsity::SparsityConfig;
@@ -140,4 +145,142 @@ pub fn client<M: Classifier>(
         &mut Both(KeepMasks(masks.clone()), signs),
         checkpoints,
     )?)
+}
+
+/// What the designer command reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DesignerReport {
+    /// Kept fractions per layer and totals.
+    pub summary: PlanSummary,
+    /// ADMM's updates (primal residual per layer at each update).
+    pub admm_log: Vec<AdmmUpdate>,
+    /// Per-epoch distillation loss on the synthetic inputs.
+    pub history: Vec<EpochMetrics>,
+}
+
+struct DesignerAction<'a> {
+    config: &'a DesignerConfig,
+    out: &'a Path,
+    device: &'a Device,
+    checkpoints: Option<&'a Checkpoints>,
+}
+
+impl WithLoaded for DesignerAction<'_> {
+    type Output = Result<DesignerReport>;
+
+    fn run<M: Classifier>(self, model: M, card: ModelCard, masks: Masks) -> Result<DesignerReport> {
+        if !masks.is_empty() {
+            return Err(PruneError::config(
+                "model",
+                "the designer prunes a dense model; this one already has a mask file",
+            ));
+        }
+        let [channels, height, width] = card.input;
+        let out = designer(
+            model,
+            SampleShape { channels, height, width },
+            self.config,
+            self.device,
+            self.checkpoints,
+        )?;
+        let card = ModelCard {
+            note: format!(
+                "pruned by the privacy-preserving designer (synthetic inputs only); from: {}",
+                card.note
+            ),
+            ..card
+        };
+        tessera_models::saved::save(self.out, &card, &out.model.valid(), &out.masks)?;
+        Ok(DesignerReport { summary: out.summary, admm_log: out.admm_log, history: out.history })
+    }
+}
+
+/// The designer as a command on model directories (see [`tessera_models::saved`]): reads the
+/// client's dense model from `model_dir`, prunes it with [`designer`], and writes the pruned
+/// model with its mask file to `out`. It takes no data source and reads no data file.
+pub fn designer_command(
+    model_dir: &Path,
+    config: &DesignerConfig,
+    out: &Path,
+    device: &Device,
+    checkpoints: Option<&Checkpoints>,
+) -> Result<DesignerReport> {
+    tessera_models::saved::load(
+        model_dir,
+        device,
+        DesignerAction { config, out, device, checkpoints },
+    )?
+}
+
+/// What the client command reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientReport {
+    /// Top-1 of the designer's model on the client's evaluation data, before retraining.
+    pub before: Option<(f64, f64)>,
+    /// Per-epoch metrics of the masked retraining.
+    pub history: Vec<EpochMetrics>,
+}
+
+struct ClientAction<'a> {
+    train_set: &'a Dataset,
+    eval: Option<&'a Dataset>,
+    config: &'a TrainConfig,
+    out: &'a Path,
+    device: &'a Device,
+    checkpoints: Option<&'a Checkpoints>,
+}
+
+impl WithLoaded for ClientAction<'_> {
+    type Output = Result<ClientReport>;
+
+    fn run<M: Classifier>(self, model: M, card: ModelCard, masks: Masks) -> Result<ClientReport> {
+        let s = self.train_set.sample_shape();
+        if [s.channels, s.height, s.width] != card.input {
+            return Err(PruneError::config(
+                "data",
+                format!(
+                    "the model takes {:?} inputs, the data set `{}` has {:?}",
+                    card.input,
+                    self.train_set.name(),
+                    [s.channels, s.height, s.width]
+                ),
+            ));
+        }
+        let inference = self.device.clone().inner();
+        let before = self.eval.map(|d| evaluate(&model.valid(), d, 256, &inference)).transpose()?;
+        let (model, history) = client(
+            model,
+            &masks,
+            self.train_set,
+            self.eval,
+            self.config,
+            self.device,
+            self.checkpoints,
+        )?;
+        let card = ModelCard {
+            note: format!("retrained by the client with the mask fixed; from: {}", card.note),
+            ..card
+        };
+        tessera_models::saved::save(self.out, &card, &model.valid(), &masks)?;
+        Ok(ClientReport { before, history })
+    }
+}
+
+/// The client as a command on model directories: reads the designer's pruned model (with its
+/// mask file) from `model_dir`, retrains it on `train_set` with the masks fixed, and writes the
+/// result to `out`.
+pub fn client_command(
+    model_dir: &Path,
+    train_set: &Dataset,
+    eval: Option<&Dataset>,
+    config: &TrainConfig,
+    out: &Path,
+    device: &Device,
+    checkpoints: Option<&Checkpoints>,
+) -> Result<ClientReport> {
+    tessera_models::saved::load(
+        model_dir,
+        device,
+        ClientAction { train_set, eval, config, out, device, checkpoints },
+    )?
 }

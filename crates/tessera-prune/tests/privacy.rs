@@ -1,0 +1,150 @@
+//! The privacy-preserving flow on model directories: the designer never reads a data file
+//! (its own test binary, so no other test's reads race the counter), prunes with synthetic
+//! inputs and distillation only, and writes a mask file the client's retraining keeps.
+
+use tessera_data::file::files_read;
+use tessera_data::{KnownSet, Normalization, Source, Split, load};
+use tessera_models::saved::{self, ModelCard};
+use tessera_models::train::{NoHooks, OptimizerConfig, TrainConfig, train};
+use tessera_models::weights::prunable_weights;
+use tessera_models::zoo::Lenet5Config;
+use tessera_models::{Backend, Masks, ZooConfig, with_seed};
+use tessera_prune::admm::AdmmConfig;
+use tessera_prune::privacy::{DesignerConfig, client_command, designer_command};
+
+fn adam(epochs: usize, steps: usize) -> TrainConfig {
+    TrainConfig {
+        optimizer: OptimizerConfig::Adam { lr: 2e-3, weight_decay: 0.0 },
+        max_steps_per_epoch: Some(steps),
+        seed: 1,
+        ..TrainConfig::sgd(epochs, 32, 0.05)
+    }
+}
+
+#[test]
+fn designer_reads_no_data_and_client_keeps_its_masks() {
+    let norm = Some(Normalization::mnist());
+    let before_load = files_read();
+    let train_set = load(KnownSet::Mnist, Split::Train, &Source::Fixtures, norm.clone()).unwrap();
+    let test_set = load(KnownSet::Mnist, Split::Test, &Source::Fixtures, norm.clone()).unwrap();
+    assert!(
+        files_read() > before_load,
+        "the counter must see data reads, or the check below proves nothing"
+    );
+
+    // The client's dense model, as a model directory.
+    let device = Backend::Flex.train_device(11);
+    let config = Lenet5Config::default();
+    let dense = with_seed(&device, 3, || config.init(&device)).unwrap();
+    let (dense, _) =
+        train(dense, &train_set, None, &adam(1, 30), &device, &mut NoHooks, None).unwrap();
+    let dirs = tempfile::tempdir().unwrap();
+    let (dense_dir, pruned_dir, client_dir) =
+        (dirs.path().join("dense"), dirs.path().join("pruned"), dirs.path().join("client"));
+    let card = ModelCard {
+        model: ZooConfig::Lenet5(config),
+        input: [1, 28, 28],
+        dataset: Some("mnist".into()),
+        normalization: norm,
+        note: "test".into(),
+    };
+    saved::save(&dense_dir, &card, &dense, &Masks::new()).unwrap();
+
+    // Designer: no data source in its signature, and no data file opened.
+    let designer_cfg = DesignerConfig {
+        sparsity: serde_json::from_str(
+            r#"{"rules": [], "default": {"scheme": "unstructured", "target": "4x"}}"#,
+        )
+        .unwrap(),
+        admm: AdmmConfig { rho: 0.1, ..AdmmConfig::default() },
+        train: adam(3, 8),
+        temperature: 4.0,
+        synthetic_examples: 256,
+    };
+    let reads = files_read();
+    let report = designer_command(&dense_dir, &designer_cfg, &pruned_dir, &device, None).unwrap();
+    assert_eq!(files_read(), reads, "the designer opened a data file");
+    assert_eq!(report.history.len(), 3);
+    assert!(report.history.iter().all(|h| h.eval.is_none() && h.train_loss.is_finite()));
+    let t = &report.summary.pruned_total;
+    assert!(
+        (t.params_kept as f64 / t.params_total as f64 - 0.25).abs() < 0.01,
+        "{:?}",
+        report.summary
+    );
+
+    // The mask file is there, has the scheme's density, and the weights are zero outside it.
+    let masks = saved::load_masks(&pruned_dir.join("masks.safetensors")).unwrap();
+    assert_eq!(masks.len(), 5);
+    let inference = Backend::Flex.device();
+    let pruned = saved::load(&pruned_dir, &inference, Weights).unwrap();
+    for (path, values) in &pruned {
+        let (_, mask) = masks.get(path).unwrap();
+        assert!((mask.density() - 0.25).abs() < 0.01, "{path}: density {}", mask.density());
+        assert!(values.iter().enumerate().all(|(i, &v)| mask.get(i) || v == 0.0), "{path}");
+    }
+
+    // Client: masked retraining on its own data; the masks survive and accuracy rises.
+    let report = client_command(
+        &pruned_dir,
+        &train_set,
+        Some(&test_set),
+        &adam(1, 30),
+        &client_dir,
+        &device,
+        None,
+    )
+    .unwrap();
+    let (_, before) = report.before.unwrap();
+    let (_, after) = report.history.last().unwrap().eval.unwrap();
+    assert!(after > before, "retraining must help: {before} -> {after}");
+    assert_eq!(saved::load_masks(&client_dir.join("masks.safetensors")).unwrap(), masks);
+    for (path, values) in saved::load(&client_dir, &inference, Weights).unwrap() {
+        let (_, mask) = masks.get(&path).unwrap();
+        assert!(
+            values.iter().enumerate().all(|(i, &v)| mask.get(i) || v == 0.0),
+            "{path} after the client"
+        );
+    }
+    // A dense model is no input for the client, nor a pruned one for the designer.
+    assert!(
+        client_command(&dense_dir, &train_set, None, &adam(1, 2), &client_dir, &device, None)
+            .is_err()
+    );
+    assert!(
+        designer_command(&pruned_dir, &designer_cfg, &dirs.path().join("x"), &device, None)
+            .is_err()
+    );
+}
+
+/// Reads a loaded model's prunable weights.
+struct Weights;
+
+impl saved::WithLoaded for Weights {
+    type Output = Vec<(String, Vec<f32>)>;
+    fn run<M: tessera_models::Classifier>(
+        self,
+        model: M,
+        card: ModelCard,
+        _: Masks,
+    ) -> Self::Output {
+        prunable_weights(&model, card.batch_of_one())
+            .unwrap()
+            .into_iter()
+            .map(|w| (w.path, w.values))
+            .collect()
+    }
+}
+
+#[test]
+fn shipped_configs_parse() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/prune");
+    let d: DesignerConfig = serde_json::from_slice(
+        &std::fs::read(dir.join("designer-lenet5-unstructured-8x.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(d.synthetic_examples, 10_000);
+    let c: TrainConfig =
+        serde_json::from_slice(&std::fs::read(dir.join("client-retrain.json")).unwrap()).unwrap();
+    assert_eq!((c.epochs, c.data_loss_weight), (4, 1.0));
+}
