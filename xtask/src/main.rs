@@ -188,6 +188,10 @@ struct ExperimentArgs {
     /// Only the parts whose names start with these (experiment-specific; repeatable).
     #[arg(long)]
     only: Vec<String>,
+    /// Pruning experiments: take the dense models from this dense-baselines run directory
+    /// (e.g. results/dense-baselines/<run-id>) instead of training them in the run.
+    #[arg(long)]
+    dense_from: Option<PathBuf>,
 }
 
 // The listing and the report path are the command's output, for people and scripts.
@@ -208,6 +212,7 @@ fn experiment(args: ExperimentArgs) -> Result<()> {
         resume: args.resume,
         backend: args.backend.parse().map_err(anyhow::Error::msg)?,
         only: args.only,
+        dense_from: args.dense_from,
     };
     let done = tessera_experiments::run(exp, &options)
         .with_context(|| format!("experiment {} ({} scale)", exp.name(), options.scale))?;

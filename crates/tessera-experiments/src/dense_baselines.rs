@@ -9,11 +9,9 @@
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
-use tessera_data::{Augment, Dataset, KnownSet, Normalization, Split};
+use tessera_data::{Augment, Dataset, KnownSet};
 use tessera_models::saved::ModelCard;
-use tessera_models::train::{
-    EpochMetrics, NoHooks, OptimizerConfig, Schedule, TrainConfig, evaluate, train,
-};
+use tessera_models::train::{EpochMetrics, NoHooks, Schedule, TrainConfig, evaluate, train};
 use tessera_models::zoo::{Lenet5Config, MobileNetV2Config, ResNetConfig, VggConfig};
 use tessera_models::{Classifier, Masks, WithModel, ZooConfig};
 
@@ -21,6 +19,7 @@ use crate::error::{ExperimentError, Result};
 use crate::plot::{Plot, Series, bar_chart, format_value, line_chart};
 use crate::report::Table;
 use crate::run::{Experiment, Outcome, RunContext, RunOptions, Scale};
+use crate::study::{load_splits, normalization, select};
 
 /// The experiment.
 #[derive(Debug, Clone, Copy, Default)]
@@ -95,11 +94,7 @@ pub struct BaselineResult {
 }
 
 fn sgd(epochs: usize, batch: usize, lr: f64, wd: f32) -> TrainConfig {
-    TrainConfig {
-        optimizer: OptimizerConfig::Sgd { lr, momentum: 0.9, nesterov: true, weight_decay: wd },
-        schedule: Schedule::Cosine { min_lr: 0.0 },
-        ..TrainConfig::sgd(epochs, batch, lr)
-    }
+    crate::study::sgd(epochs, batch, lr, wd, Schedule::Cosine { min_lr: 0.0 })
 }
 
 impl DenseBaselinesConfig {
@@ -251,15 +246,6 @@ impl DenseBaselinesConfig {
     }
 }
 
-fn normalization(set: KnownSet) -> Normalization {
-    match set {
-        KnownSet::FashionMnist => Normalization::fashion_mnist(),
-        KnownSet::Cifar10Samples => Normalization::cifar10(),
-        KnownSet::Digits => Normalization::UnitRange { max: 16.0 },
-        KnownSet::Mnist => Normalization::mnist(),
-    }
-}
-
 impl Experiment for DenseBaselines {
     fn name(&self) -> &'static str {
         "dense-baselines"
@@ -274,20 +260,7 @@ impl Experiment for DenseBaselines {
         for r in &mut cfg.runs {
             r.train.seed = options.seed;
         }
-        if !options.only.is_empty() {
-            cfg.runs.retain(|r| options.only.iter().any(|o| r.name.starts_with(o.as_str())));
-            if cfg.runs.is_empty() {
-                let names: Vec<String> = DenseBaselinesConfig::preset(options.scale)
-                    .runs
-                    .into_iter()
-                    .map(|r| r.name)
-                    .collect();
-                return Err(ExperimentError::config(
-                    "--only",
-                    format!("{:?} matches none of {}", options.only, names.join(", ")),
-                ));
-            }
-        }
+        cfg.runs = select(cfg.runs, &options.only, |r| &r.name)?;
         serde_json::to_value(cfg).map_err(|e| ExperimentError::config("config", e))
     }
 
@@ -312,24 +285,8 @@ impl Experiment for DenseBaselines {
 }
 
 fn run_one(ctx: &RunContext, r: &BaselineRun) -> Result<BaselineResult> {
-    let norm = normalization(r.dataset);
-    let train_full = ctx.load(r.dataset, Split::Train, norm.clone())?;
-    let test_full = ctx.load(r.dataset, Split::Test, norm)?;
-    let train_set = match r.train_limit {
-        Some(n) if n < train_full.len() => train_full
-            .all()
-            .shuffled(r.train.seed)
-            .split_at(n)?
-            .0
-            .to_dataset(format!("{}-subset", train_full.name())),
-        _ => train_full,
-    };
-    let test_set = match r.eval_limit {
-        Some(n) if n < test_full.len() => {
-            test_full.all().split_at(n)?.0.to_dataset(format!("{}-first", test_full.name()))
-        }
-        _ => test_full,
-    };
+    let (train_set, test_set) =
+        load_splits(ctx, r.dataset, r.train_limit, r.eval_limit, r.train.seed)?;
     // Each run's init is seeded afresh, so it does not depend on the runs before it.
     let device = ctx.train_device();
     r.model.build(

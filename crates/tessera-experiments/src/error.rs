@@ -53,6 +53,10 @@ pub enum ExperimentError {
     #[error(transparent)]
     Model(#[from] tessera_models::ModelError),
 
+    /// A pruning run failed.
+    #[error(transparent)]
+    Prune(#[from] tessera_prune::PruneError),
+
     /// The IR rejected a graph.
     #[error(transparent)]
     Ir(#[from] tessera_ir::IrError),

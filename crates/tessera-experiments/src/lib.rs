@@ -22,16 +22,24 @@ pub mod dense_baselines;
 mod env;
 mod error;
 pub mod plot;
+pub mod privacy_prune;
+pub mod prune_schemes;
 pub mod report;
 mod run;
+mod study;
 
 pub use env::Environment;
 pub use error::{ExperimentError, Result};
 pub use run::{Experiment, Finished, Outcome, Record, RunContext, RunOptions, Scale, run};
+pub use study::{Pretrain, RateCap};
 
 /// Every registered experiment, in listing order.
 pub fn registry() -> Vec<&'static dyn Experiment> {
-    vec![&dense_baselines::DenseBaselines]
+    vec![
+        &dense_baselines::DenseBaselines,
+        &prune_schemes::PruneSchemes,
+        &privacy_prune::PrivacyPrune,
+    ]
 }
 
 /// The experiment called `name`.

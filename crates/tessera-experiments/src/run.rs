@@ -83,6 +83,10 @@ pub struct RunOptions {
     /// Experiment-specific filter (for dense-baselines: run-name prefixes such as `lenet5`);
     /// empty = everything.
     pub only: Vec<String>,
+    /// Where pruning experiments take their dense models from: a `dense-baselines` run
+    /// directory (or a directory of saved models); `None` = train them inside the run.
+    #[serde(default)]
+    pub dense_from: Option<PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -95,6 +99,7 @@ impl Default for RunOptions {
             resume: false,
             backend: Backend::Flex,
             only: Vec::new(),
+            dense_from: None,
         }
     }
 }

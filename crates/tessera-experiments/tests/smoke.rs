@@ -137,3 +137,90 @@ fn unknown_names_and_scales_are_errors() {
     assert!(err.contains("dense-baselines"), "{err}");
     assert!("huge".parse::<Scale>().is_err());
 }
+
+#[test]
+fn prune_schemes_smoke_starts_from_dense_baselines_and_hits_its_rates() {
+    let out = tempfile::tempdir().unwrap();
+    let dense = run(find("dense-baselines").unwrap(), &smoke(out.path())).unwrap();
+    let opts = RunOptions { dense_from: Some(dense.dir.clone()), ..smoke(out.path()) };
+    let done = run(find("prune-schemes").unwrap(), &opts).unwrap();
+    let studies = done.record.figures["studies"].as_array().unwrap();
+    assert_eq!(studies.len(), 2);
+    for s in studies {
+        let name = s["name"].as_str().unwrap();
+        // The dense model is the dense-baselines one, and its top-1 is what that run measured
+        // on the same test images.
+        let from = dense.dir.join("models").join(name);
+        assert_eq!(s["dense_model"].as_str().unwrap(), from.display().to_string());
+        for c in s["cells"].as_array().unwrap() {
+            let rate = c["cell"]["rate"].as_f64().unwrap();
+            let compression = c["compression"].as_f64().unwrap();
+            // Measured whole-model compression reaches the rate (blocks round a little up).
+            assert!(
+                compression >= rate * 0.999 && compression <= rate * 1.35,
+                "{name} {}: {compression} for {rate}",
+                c["cell"]
+            );
+            assert!(
+                (c["drop"].as_f64().unwrap()
+                    - (s["dense_top1"].as_f64().unwrap() - c["top1"].as_f64().unwrap()))
+                .abs()
+                    < 1e-12
+            );
+            // The pruned model directory carries the masks, at the kept fractions reported.
+            let id = format!(
+                "{}-{}x-{}",
+                c["cell"]["scheme"].as_str().unwrap(),
+                rate,
+                c["cell"]["method"].as_str().unwrap()
+            )
+            .replace([':', '+'], "-");
+            let dir = done.dir.join("models").join(name).join(&id);
+            let masks = tessera_models::saved::load_masks(&dir.join("masks.safetensors")).unwrap();
+            for l in c["layers"].as_array().unwrap() {
+                let (_, m) = masks.get(l[0].as_str().unwrap()).unwrap();
+                assert!((m.density() - l[3].as_f64().unwrap()).abs() < 1e-12, "{id}: {l}");
+            }
+            assert!(dir.join("ir/graph.json").is_file(), "{id}");
+        }
+        // Fixtures never claim a target.
+        assert!(s["checks"].as_array().unwrap().iter().all(|c| c["met"].is_null()));
+    }
+    // A dense model of another architecture is refused, naming the directory.
+    let wrong = tempfile::tempdir().unwrap();
+    let lenet = dense.dir.join("models").join("lenet5-mnist");
+    let target = wrong.path().join("models").join("resnet20-fashion");
+    std::fs::create_dir_all(&target).unwrap();
+    for f in ["card.json", "model.bpk"] {
+        std::fs::copy(lenet.join(f), target.join(f)).unwrap();
+    }
+    let bad = RunOptions {
+        dense_from: Some(wrong.path().to_path_buf()),
+        only: vec!["resnet20".into()],
+        ..smoke(out.path())
+    };
+    let err = run(find("prune-schemes").unwrap(), &bad).unwrap_err().to_string();
+    assert!(err.contains("--dense-from") && err.contains("resnet20-fashion"), "{err}");
+}
+
+#[test]
+fn privacy_prune_smoke_reports_both_flows() {
+    let out = tempfile::tempdir().unwrap();
+    let done = run(find("privacy-prune").unwrap(), &smoke(out.path())).unwrap();
+    for s in done.record.figures["studies"].as_array().unwrap() {
+        assert!(s["target_met"].is_null(), "fixtures claim nothing");
+        let cells = s["cells"].as_array().unwrap();
+        assert!(!cells.is_empty());
+        for c in cells {
+            let (a, p) = (c["admm_top1"].as_f64().unwrap(), c["privacy_top1"].as_f64().unwrap());
+            assert!((c["gap"].as_f64().unwrap() - (a - p)).abs() < 1e-12);
+            for k in ["admm_compression", "privacy_compression"] {
+                let x = c[k].as_f64().unwrap();
+                assert!(x >= 0.999 * c["rate"].as_f64().unwrap(), "{k} {x}");
+            }
+        }
+        // The pretrained dense model was saved in the run (no --dense-from).
+        let name = s["name"].as_str().unwrap();
+        assert!(done.dir.join("dense").join(name).join("card.json").is_file());
+    }
+}

@@ -5,10 +5,11 @@
 //! scaled dual `U_ic` (GEMM view). During training (the W-step) it adds the gradient of
 //! `sum_ic rho/2 ||W_i - Z_ic + U_ic||^2`, i.e. `rho (W_i - Z_ic + U_ic)`, to the weights'
 //! gradients — exact, and cheaper than building the term in the autodiff graph. Every
-//! `update_every` epochs it runs the Z-step `Z_ic = project_c(W_i + U_ic)` (tessera-sparsity's
+//! `update_every` epochs (or `update_every_steps` optimizer steps) it runs the Z-step `Z_ic = project_c(W_i + U_ic)` (tessera-sparsity's
 //! Euclidean projection) and the U-step `U_ic += W_i - Z_ic`, logs the primal residual
 //! `||W_i - Z_ic||` (which must fall) and the dual residual `rho ||Z_ic - Z_ic_prev||`, and
-//! multiplies rho by `rho_growth` up to `rho_max`. Its whole state is checkpointed with the
+//! multiplies rho by `rho_growth` up to `rho_max`, rescaling the scaled dual U by
+//! `rho_old / rho_new` so the unscaled dual `rho U` is unchanged. Its whole state is checkpointed with the
 //! training run.
 
 use std::collections::BTreeMap;
@@ -31,13 +32,22 @@ pub struct AdmmConfig {
     pub rho_growth: f64,
     /// Upper bound of rho.
     pub rho_max: f64,
-    /// Epochs between Z/U updates.
+    /// Epochs between Z/U updates (when `update_every_steps` is unset).
     pub update_every: usize,
+    /// Optimizer steps between Z/U updates instead: more dual updates in a short budget.
+    #[serde(default)]
+    pub update_every_steps: Option<usize>,
 }
 
 impl Default for AdmmConfig {
     fn default() -> Self {
-        AdmmConfig { rho: 1e-2, rho_growth: 1.5, rho_max: 1.0, update_every: 1 }
+        AdmmConfig {
+            rho: 1e-2,
+            rho_growth: 1.5,
+            rho_max: 1.0,
+            update_every: 1,
+            update_every_steps: None,
+        }
     }
 }
 
@@ -52,6 +62,9 @@ impl AdmmConfig {
         }
         if self.update_every == 0 {
             return Err(PruneError::config("admm.update_every", "must be at least 1 epoch"));
+        }
+        if self.update_every_steps == Some(0) {
+            return Err(PruneError::config("admm.update_every_steps", "must be at least 1 step"));
         }
         Ok(())
     }
@@ -75,8 +88,11 @@ pub struct Residual {
 /// One Z/U update.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdmmUpdate {
-    /// The epoch after which it ran (`None` for the initialization).
+    /// The epoch after which it ran (`None` for the initialization and step-driven updates).
     pub epoch: Option<usize>,
+    /// The optimizer step after which it ran, for step-driven updates.
+    #[serde(default)]
+    pub step: Option<usize>,
     /// rho in force during the epochs before it.
     pub rho: f64,
     /// Per layer and constraint set.
@@ -138,7 +154,7 @@ impl Admm {
             }
             sets.push(layer_sets);
         }
-        let log = vec![AdmmUpdate { epoch: None, rho: config.rho, residuals }];
+        let log = vec![AdmmUpdate { epoch: None, step: None, rho: config.rho, residuals }];
         Ok(Admm { plan, constraints, paths, state: State { rho: config.rho, sets, log }, config })
     }
 
@@ -203,6 +219,15 @@ impl Admm {
         weights: &BTreeMap<String, Vec<f32>>,
         epoch: Option<usize>,
     ) -> Result<&AdmmUpdate> {
+        self.update_at(weights, epoch, None)
+    }
+
+    fn update_at(
+        &mut self,
+        weights: &BTreeMap<String, Vec<f32>>,
+        epoch: Option<usize>,
+        step: Option<usize>,
+    ) -> Result<&AdmmUpdate> {
         let rho = self.state.rho;
         let mut residuals = Vec::new();
         for ((l, cs), sets) in
@@ -222,8 +247,15 @@ impl Admm {
                 s.z = z;
             }
         }
-        self.state.log.push(AdmmUpdate { epoch, rho, residuals });
-        self.state.rho = (rho * self.config.rho_growth).min(self.config.rho_max);
+        self.state.log.push(AdmmUpdate { epoch, step, rho, residuals });
+        let next = (rho * self.config.rho_growth).min(self.config.rho_max);
+        // U is the dual scaled by 1/rho: keep the unscaled dual rho*U when rho changes
+        // (Boyd et al. 2011, §3.4.1), else every growth step multiplies the dual's pull.
+        let keep = (rho / next) as f32;
+        for s in self.state.sets.iter_mut().flatten() {
+            s.u.iter_mut().for_each(|u| *u *= keep);
+        }
+        self.state.rho = next;
         Ok(self.state.log.last().unwrap_or_else(|| unreachable!("just pushed")))
     }
 }
@@ -261,8 +293,26 @@ impl<M: Classifier> Hooks<M> for Admm {
         add_to_gradients(model, grads, &g)
     }
 
+    fn after_step(&mut self, model: M, step: usize) -> tessera_models::Result<M> {
+        if let Some(n) = self.config.update_every_steps
+            && (step + 1).is_multiple_of(n)
+        {
+            let weights = read_weights(&model, &self.paths)?;
+            let u = self.update_at(&weights, None, Some(step))?;
+            tracing::debug!(
+                step,
+                max_relative_residual = u.max_relative(),
+                rho = u.rho,
+                "ADMM Z/U update"
+            );
+        }
+        Ok(model)
+    }
+
     fn on_epoch_end(&mut self, model: M, metrics: &EpochMetrics) -> tessera_models::Result<M> {
-        if (metrics.epoch + 1).is_multiple_of(self.config.update_every) {
+        if self.config.update_every_steps.is_none()
+            && (metrics.epoch + 1).is_multiple_of(self.config.update_every)
+        {
             let weights = read_weights(&model, &self.paths)?;
             let u = self.update(&weights, Some(metrics.epoch))?;
             tracing::info!(

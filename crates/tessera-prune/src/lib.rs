@@ -27,6 +27,8 @@ pub mod plan;
 pub mod privacy;
 pub mod retrain;
 
+pub use admm::AdmmConfig;
 pub use error::{PruneError, Result};
-pub use pipeline::{Method, PruneConfig, PruneOutcome, prune};
+pub use lasso::GroupLassoConfig;
+pub use pipeline::{Method, PruneConfig, PruneOutcome, prune, save_outcome};
 pub use plan::{Constraint, LayerPlan, PrunePlan};

@@ -183,6 +183,38 @@ fn admm_penalty_gradient_is_exact_and_reaches_the_weights() {
 }
 
 #[test]
+fn admm_rho_growth_keeps_the_unscaled_dual() {
+    // Boyd et al. §3.4.1: with the scaled dual U = y / rho, growing rho must shrink U so
+    // that y is unchanged. After one update from U = 0 at weights W with Z = proj(W):
+    // y = rho0 (W - Z), and the gradient at W under rho1 is y + rho1 (W - Z).
+    let device = Backend::Flex.train_device(3);
+    let model = trained_lenet(&device);
+    let w = weights::prunable_weights(&model, [1, 1, 28, 28]).unwrap();
+    let plan = PrunePlan::resolve(&config(UNSTRUCTURED_8X), &w).unwrap();
+    let paths = plan.paths();
+    let cfg = AdmmConfig {
+        rho: 0.1,
+        rho_growth: 2.0,
+        rho_max: 10.0,
+        update_every: 1,
+        update_every_steps: None,
+    };
+    let mut admm = Admm::new(&model, plan.clone(), cfg).unwrap();
+    let weights = read_weights(&model, &paths).unwrap();
+    admm.update(&weights, Some(0)).unwrap();
+    assert!((admm.rho() - 0.2).abs() < 1e-12);
+    let g = admm.penalty_gradient(&weights).unwrap();
+    for l in &plan.layers {
+        let wl = &weights[&l.path];
+        let z = l.constraints()[0].project(&l.layer, wl).unwrap();
+        for i in 0..wl.len() {
+            let want = 0.3 * (wl[i] - z[i]);
+            assert!((g[&l.path][i] - want).abs() <= 1e-6 * (1.0 + want.abs()), "{}[{i}]", l.path);
+        }
+    }
+}
+
+#[test]
 fn group_lasso_penalty_gradient_is_exact_and_reaches_the_weights() {
     let device = Backend::Flex.train_device(4);
     let model = trained_lenet(&device);
@@ -227,7 +259,13 @@ fn admm_residuals_fall_and_resume_exactly() {
     let plan = PrunePlan::resolve(&config(UNSTRUCTURED_8X), &w).unwrap();
     let cfg =
         TrainConfig { max_steps_per_epoch: Some(24), seed: 2, ..TrainConfig::sgd(4, 32, 0.02) };
-    let admm_cfg = AdmmConfig { rho: 0.5, rho_growth: 1.5, rho_max: 5.0, update_every: 1 };
+    let admm_cfg = AdmmConfig {
+        rho: 0.5,
+        rho_growth: 1.5,
+        rho_max: 5.0,
+        update_every: 1,
+        update_every_steps: None,
+    };
     let mut straight = Admm::new(&model, plan.clone(), admm_cfg.clone()).unwrap();
     let (m1, _) = train(model.clone(), &tr, None, &cfg, &device, &mut straight, None).unwrap();
     let log = straight.log();

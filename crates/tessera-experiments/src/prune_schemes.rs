@@ -1,0 +1,1022 @@
+//! `prune-schemes`: every sparsity scheme at several compression rates, each reached by ADMM,
+//! reweighted group lasso and gradual magnitude pruning with the same epoch budget, on LeNet-5 /
+//! MNIST and ResNet-20 / Fashion-MNIST: the accuracy each (scheme, rate, method) keeps, as a
+//! table, accuracy-vs-compression plots, and the issue's targets checked on the figures.
+//!
+//! A *study* is one model on one data set starting from one dense model (`--dense-from` a
+//! `dense-baselines` run, or pretrained in the run). A *cell* is one pruning run of it: a
+//! scheme, a whole-model compression (over every conv / linear weight, dense layers included;
+//! the per-layer rates come from [`crate::study::allocate`]) and a method. Each cell
+//! checkpoints its phases, writes its result to `cells/<study>/<cell>.json` and its pruned
+//! model (masks in the IR export) to `models/<study>/<cell>/`, so a resumed run skips what is
+//! done.
+
+use std::collections::BTreeMap;
+
+use burn::prelude::Device;
+use serde::{Deserialize, Serialize};
+use tessera_data::{Augment, Dataset, KnownSet};
+use tessera_models::saved::{ModelCard, WithLoaded};
+use tessera_models::train::{Schedule, TrainConfig};
+use tessera_models::weights::prunable_weights;
+use tessera_models::zoo::{Lenet5Config, ResNetConfig};
+use tessera_models::{Classifier, Masks, ZooConfig};
+use tessera_prune::{AdmmConfig, GroupLassoConfig, Method, PruneConfig, prune, save_outcome};
+use tessera_sparsity::Scheme;
+
+use crate::error::{ExperimentError, Result};
+use crate::plot::{Plot, Series, line_chart};
+use crate::report::Table;
+use crate::run::{Experiment, Outcome, RunContext, RunOptions, Scale};
+use crate::study::{
+    Pretrain, RateCap, allocate, cached_cell, dense_model_dir, evaluate_saved, file_safe,
+    load_splits, per_layer_config, select, sgd, store_cell,
+};
+
+/// The experiment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PruneSchemes;
+
+/// A scheme as the study applies it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemeSpec {
+    /// The scheme (its textual form names it in tables).
+    pub scheme: Scheme,
+    /// Pad layers the scheme's blocks do not divide.
+    #[serde(default)]
+    pub pad: bool,
+    /// Layers (path patterns) this scheme leaves dense: ones it does not apply to (pattern
+    /// schemes on non-3x3 layers) or should not touch (filter pruning of the classifier would
+    /// delete classes). They count as kept in the compression.
+    #[serde(default)]
+    pub skip: Vec<String>,
+}
+
+/// A method with its training phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodSpec {
+    /// Label in tables (`admm`, `group-lasso`, `magnitude`).
+    pub label: String,
+    /// The method.
+    pub method: Method,
+    /// Its phase's training.
+    pub train: TrainConfig,
+}
+
+/// One pruning run of a study.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    /// Scheme (textual form, one of the study's schemes).
+    pub scheme: String,
+    /// Whole-model compression asked for.
+    pub rate: f64,
+    /// Method label.
+    pub method: String,
+}
+
+impl Cell {
+    fn id(&self) -> String {
+        file_safe(&format!("{}-{}x-{}", self.scheme, self.rate, self.method))
+    }
+}
+
+/// A target the report checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TargetCheck {
+    /// Some cell of `scheme` by `method` reaches `min_compression` (measured) within
+    /// `max_drop` (absolute top-1) of the dense model.
+    WithinOfDense {
+        /// Scheme (textual form).
+        scheme: String,
+        /// Method label.
+        method: String,
+        /// Lowest measured compression that counts.
+        min_compression: f64,
+        /// Largest allowed top-1 drop (0.003 = 0.3 points).
+        max_drop: f64,
+    },
+    /// At every rate `>= min_rate` and every scheme, ADMM's top-1 is at least magnitude's.
+    AdmmBeatsMagnitude {
+        /// Lowest rate compared.
+        min_rate: f64,
+    },
+}
+
+/// One model on one data set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Study {
+    /// Name (`lenet5-mnist`): also the name of the dense model in a `dense-baselines` run.
+    pub name: String,
+    /// The model.
+    pub model: ZooConfig,
+    /// The data set.
+    pub dataset: KnownSet,
+    /// Train on a seeded random subset of this many images (`None` = all).
+    pub train_limit: Option<usize>,
+    /// Evaluate on the first this many test images (`None` = all).
+    pub eval_limit: Option<usize>,
+    /// Dense training when no `--dense-from` is given.
+    pub pretrain: Pretrain,
+    /// Layers kept dense by every scheme.
+    pub dense: Vec<String>,
+    /// Per-layer compression ceilings.
+    pub caps: Vec<RateCap>,
+    /// The schemes.
+    pub schemes: Vec<SchemeSpec>,
+    /// Schemes that do not apply to this model, with the reason (reported as n/a).
+    pub not_applicable: Vec<(String, String)>,
+    /// The methods.
+    pub methods: Vec<MethodSpec>,
+    /// Masked retraining after hard pruning (the same for every method).
+    pub retrain: TrainConfig,
+    /// The cells, in run order.
+    pub cells: Vec<Cell>,
+    /// Targets checked in the report.
+    pub targets: Vec<TargetCheck>,
+}
+
+/// The experiment's config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PruneSchemesConfig {
+    /// The `--dense-from` directory the dense models come from (`None`: trained in the run);
+    /// recorded so a resume cannot mix dense models.
+    #[serde(default)]
+    pub dense_from: Option<std::path::PathBuf>,
+    /// The studies.
+    pub studies: Vec<Study>,
+}
+
+/// What one cell measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellResult {
+    /// The cell.
+    pub cell: Cell,
+    /// Measured compression over every conv / linear weight (dense layers included).
+    pub compression: f64,
+    /// Measured compression over the pruned layers only.
+    pub pruned_layers_compression: f64,
+    /// Dense over kept conv / linear FLOPs per image.
+    pub flops_reduction: f64,
+    /// Top-1 right after hard pruning (before retraining).
+    pub hard_pruned_top1: Option<f64>,
+    /// Final test top-1.
+    pub top1: f64,
+    /// Dense top-1 minus this top-1.
+    pub drop: f64,
+    /// ADMM's largest relative primal residual at the first and the last update.
+    pub admm_residual: Option<(f64, f64)>,
+    /// Per pruned layer: path, scheme, target, kept fraction.
+    pub layers: Vec<(String, String, String, f64)>,
+    /// Layers that keep no weight at all (the network is cut there).
+    #[serde(default)]
+    pub cut_layers: Vec<String>,
+    /// Training wall time of all phases, seconds.
+    pub train_seconds: f64,
+}
+
+/// A checked target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckResult {
+    /// What was checked.
+    pub target: String,
+    /// Met, not met, or `None` when no cell measured it (or the data were fixtures).
+    pub met: Option<bool>,
+    /// The figures behind the verdict.
+    pub detail: String,
+}
+
+/// What one study measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudyResult {
+    /// Study name.
+    pub name: String,
+    /// Model name.
+    pub model: String,
+    /// Data set.
+    pub dataset: String,
+    /// Where the dense model came from.
+    pub dense_model: String,
+    /// Dense test top-1.
+    pub dense_top1: f64,
+    /// Training / test images.
+    pub images: (usize, usize),
+    /// Every cell.
+    pub cells: Vec<CellResult>,
+    /// Schemes reported n/a.
+    pub not_applicable: Vec<(String, String)>,
+    /// The targets.
+    pub checks: Vec<CheckResult>,
+}
+
+pub(crate) fn scheme(s: &str) -> Result<Scheme> {
+    s.parse().map_err(|e| ExperimentError::config("scheme", e))
+}
+
+/// The three methods with one phase budget. ADMM updates Z and U every `admm_steps` steps
+/// (about 14 updates in LeNet-5's 3 epochs; one update per epoch left the residual high and
+/// cost 0.2-0.5 points after hard pruning at 16x).
+fn methods(phase: &TrainConfig, admm: AdmmConfig, lambda: f64) -> Vec<MethodSpec> {
+    let constant = TrainConfig { schedule: Schedule::Constant, ..phase.clone() };
+    vec![
+        MethodSpec { label: "admm".into(), method: Method::Admm(admm), train: constant.clone() },
+        MethodSpec {
+            label: "group-lasso".into(),
+            method: Method::GroupLasso(GroupLassoConfig { lambda, eps: 1e-2, reweight_every: 1 }),
+            train: constant.clone(),
+        },
+        MethodSpec {
+            label: "magnitude".into(),
+            method: Method::Gradual { initial_fraction: 0.0, end_at: 0.75, every: 50 },
+            train: constant,
+        },
+    ]
+}
+
+/// ADMM from rho 0.01 growing 1.3x per update (capped at 1) with an update every `steps`.
+pub(crate) fn step_admm(steps: usize) -> AdmmConfig {
+    AdmmConfig {
+        rho: 1e-2,
+        rho_growth: 1.3,
+        rho_max: 1.0,
+        update_every: 1,
+        update_every_steps: Some(steps),
+    }
+}
+
+fn grid(schemes: &[&str], rates: &[f64], methods: &[&str]) -> Vec<Cell> {
+    let mut cells = Vec::new();
+    for s in schemes {
+        for &rate in rates {
+            for m in methods {
+                cells.push(Cell { scheme: s.to_string(), rate, method: m.to_string() });
+            }
+        }
+    }
+    cells
+}
+
+const LENET_SCHEMES: [&str; 4] = ["unstructured", "filter", "block-punched:8x4", "bcr:8x8"];
+const RESNET_SCHEMES: [&str; 5] =
+    ["unstructured", "filter", "pattern:8+connectivity", "block-punched:8x4", "bcr:8x8"];
+const ALL_METHODS: [&str; 3] = ["admm", "group-lasso", "magnitude"];
+
+/// `scheme` as LeNet-5 studies apply it: padded; the classifier (`fc3`, whose rows are the
+/// classes) dense under structured schemes — filter pruning would delete classes, and
+/// whole-block schemes on its 10 rows lost a class in our runs (89% top-1 at 8x).
+pub(crate) fn lenet_spec(scheme_text: &str) -> Result<SchemeSpec> {
+    Ok(SchemeSpec {
+        scheme: scheme(scheme_text)?,
+        pad: true,
+        skip: if scheme_text == "unstructured" { Vec::new() } else { vec!["fc3.*".into()] },
+    })
+}
+
+/// `scheme` as ResNet-20 studies apply it: padded; pattern schemes leave the 1x1 projection
+/// shortcuts (no 3x3 kernels to pattern) dense.
+pub(crate) fn resnet_spec(scheme_text: &str) -> Result<SchemeSpec> {
+    Ok(SchemeSpec {
+        scheme: scheme(scheme_text)?,
+        pad: true,
+        skip: if scheme_text.starts_with("pattern") {
+            vec!["*shortcut*".into()]
+        } else {
+            Vec::new()
+        },
+    })
+}
+
+fn lenet_study(scale: Scale) -> Result<Study> {
+    let (phase_epochs, steps, train_limit, eval_limit, pretrain) = match scale {
+        Scale::Smoke => (1, Some(3), None, Some(64), sgd(1, 16, 0.05, 5e-4, Schedule::Constant)),
+        Scale::Default => {
+            (3, None, None, None, sgd(12, 64, 0.05, 5e-4, Schedule::Cosine { min_lr: 0.0 }))
+        }
+        Scale::Paper => {
+            (10, None, None, None, sgd(20, 64, 0.05, 5e-4, Schedule::Cosine { min_lr: 0.0 }))
+        }
+    };
+    let batch = if scale == Scale::Smoke { 16 } else { 64 };
+    let phase = TrainConfig {
+        max_steps_per_epoch: steps,
+        ..sgd(phase_epochs, batch, 0.01, 0.0, Schedule::Constant)
+    };
+    let retrain = TrainConfig {
+        max_steps_per_epoch: steps,
+        ..sgd(phase_epochs, batch, 0.01, 0.0, Schedule::Cosine { min_lr: 0.0 })
+    };
+    let mut cells = match scale {
+        Scale::Smoke => vec![
+            Cell { scheme: "unstructured".into(), rate: 8.0, method: "admm".into() },
+            Cell { scheme: "block-punched:8x4".into(), rate: 8.0, method: "magnitude".into() },
+            Cell { scheme: "filter".into(), rate: 4.0, method: "group-lasso".into() },
+        ],
+        _ => grid(&LENET_SCHEMES, &[4.0, 8.0, 16.0], &ALL_METHODS),
+    };
+    if scale != Scale::Smoke {
+        cells.extend(grid(&["unstructured"], &[40.0], &ALL_METHODS));
+    }
+    Ok(Study {
+        name: "lenet5-mnist".into(),
+        model: ZooConfig::Lenet5(Lenet5Config::default()),
+        dataset: KnownSet::Mnist,
+        train_limit,
+        eval_limit,
+        pretrain: Pretrain { train: TrainConfig { max_steps_per_epoch: steps, ..pretrain } },
+        dense: Vec::new(),
+        // conv1 has 150 weights: two thirds of its inputs would go at 16x.
+        caps: vec![RateCap { layers: "conv1.*".into(), max_rate: 2.0 }],
+        schemes: LENET_SCHEMES.iter().map(|s| lenet_spec(s)).collect::<Result<_>>()?,
+        not_applicable: vec![(
+            "pattern:8+connectivity".into(),
+            "LeNet-5 has 5x5 convolutions; PatDNN's 4-tap patterns are defined on 3x3 kernels"
+                .into(),
+        )],
+        methods: methods(&phase, step_admm(if scale == Scale::Smoke { 1 } else { 200 }), 5e-5),
+        retrain,
+        cells,
+        targets: vec![
+            TargetCheck::WithinOfDense {
+                scheme: "unstructured".into(),
+                method: "admm".into(),
+                min_compression: 40.0,
+                max_drop: 0.003,
+            },
+            TargetCheck::WithinOfDense {
+                scheme: "block-punched:8x4".into(),
+                method: "admm".into(),
+                min_compression: 8.0,
+                max_drop: 0.003,
+            },
+        ],
+    })
+}
+
+fn resnet_study(scale: Scale) -> Result<Study> {
+    let fashion_aug = Augment { crop_padding: 2, horizontal_flip: true };
+    let (width, phase_epochs, steps, train_limit, eval_limit, pretrain) = match scale {
+        Scale::Smoke => {
+            (0.25, 1, Some(2), None, Some(32), sgd(1, 16, 0.05, 5e-4, Schedule::Constant))
+        }
+        Scale::Default => (
+            1.0,
+            2,
+            None,
+            Some(10_000),
+            None,
+            sgd(20, 128, 0.1, 5e-4, Schedule::Cosine { min_lr: 0.0 }),
+        ),
+        Scale::Paper => {
+            (1.0, 15, None, None, None, sgd(60, 128, 0.1, 5e-4, Schedule::Cosine { min_lr: 0.0 }))
+        }
+    };
+    let batch = if scale == Scale::Smoke { 16 } else { 128 };
+    let phase = TrainConfig {
+        max_steps_per_epoch: steps,
+        augment: fashion_aug,
+        ..sgd(phase_epochs, batch, 0.01, 0.0, Schedule::Constant)
+    };
+    let retrain = TrainConfig {
+        max_steps_per_epoch: steps,
+        augment: fashion_aug,
+        ..sgd(phase_epochs, batch, 0.01, 5e-4, Schedule::Cosine { min_lr: 0.0 })
+    };
+    let cells = match scale {
+        Scale::Smoke => vec![
+            Cell { scheme: "pattern:8+connectivity".into(), rate: 8.0, method: "admm".into() },
+            Cell { scheme: "block-punched:8x4".into(), rate: 8.0, method: "magnitude".into() },
+        ],
+        // Two cores: the block-punched sweep the targets need with every method, the other
+        // schemes at 8x by ADMM and magnitude (about an hour on a 10k subset).
+        Scale::Default => {
+            let mut c = grid(&["block-punched:8x4"], &[4.0, 8.0, 16.0], &["admm", "magnitude"]);
+            c.push(Cell {
+                scheme: "block-punched:8x4".into(),
+                rate: 8.0,
+                method: "group-lasso".into(),
+            });
+            c.extend(grid(
+                &["unstructured", "filter", "pattern:8+connectivity", "bcr:8x8"],
+                &[8.0],
+                &["admm", "magnitude"],
+            ));
+            c
+        }
+        Scale::Paper => grid(&RESNET_SCHEMES, &[4.0, 8.0, 16.0], &ALL_METHODS),
+    };
+    Ok(Study {
+        name: "resnet20-fashion".into(),
+        model: ZooConfig::Resnet(ResNetConfig { depth: 20, in_channels: 1, classes: 10, width }),
+        dataset: KnownSet::FashionMnist,
+        train_limit,
+        eval_limit,
+        pretrain: Pretrain {
+            train: TrainConfig { max_steps_per_epoch: steps, augment: fashion_aug, ..pretrain },
+        },
+        // The stem conv and the classifier stay dense, as in the papers.
+        dense: vec!["stem.*".into(), "fc.*".into()],
+        caps: Vec::new(),
+        schemes: RESNET_SCHEMES.iter().map(|s| resnet_spec(s)).collect::<Result<_>>()?,
+        not_applicable: Vec::new(),
+        methods: methods(&phase, step_admm(if scale == Scale::Smoke { 1 } else { 20 }), 5e-5),
+        retrain,
+        cells,
+        targets: vec![
+            TargetCheck::WithinOfDense {
+                scheme: "block-punched:8x4".into(),
+                method: "admm".into(),
+                min_compression: 8.0,
+                max_drop: 0.01,
+            },
+            TargetCheck::AdmmBeatsMagnitude { min_rate: 8.0 },
+        ],
+    })
+}
+
+impl PruneSchemesConfig {
+    /// The preset of `scale`.
+    pub fn preset(scale: Scale) -> Result<Self> {
+        Ok(PruneSchemesConfig {
+            dense_from: None,
+            studies: vec![lenet_study(scale)?, resnet_study(scale)?],
+        })
+    }
+}
+
+impl Experiment for PruneSchemes {
+    fn name(&self) -> &'static str {
+        "prune-schemes"
+    }
+
+    fn description(&self) -> &'static str {
+        "Every sparsity scheme at 4x/8x/16x (and 40x unstructured) by ADMM, reweighted group lasso and gradual magnitude pruning with equal budgets, on LeNet-5/MNIST and ResNet-20/Fashion-MNIST: accuracy vs compression."
+    }
+
+    fn config(&self, options: &RunOptions) -> Result<serde_json::Value> {
+        let mut cfg = PruneSchemesConfig::preset(options.scale)?;
+        for s in &mut cfg.studies {
+            s.pretrain.train.seed = options.seed;
+            s.retrain.seed = options.seed;
+            for m in &mut s.methods {
+                m.train.seed = options.seed;
+            }
+            for c in &s.cells {
+                if !s.schemes.iter().any(|x| x.scheme.to_string() == c.scheme) {
+                    return Err(ExperimentError::config(
+                        "cells",
+                        format!("{}: scheme {} is not in the study", s.name, c.scheme),
+                    ));
+                }
+                if !s.methods.iter().any(|m| m.label == c.method) {
+                    return Err(ExperimentError::config(
+                        "cells",
+                        format!("{}: method {} is not in the study", s.name, c.method),
+                    ));
+                }
+            }
+        }
+        // `--only study` keeps studies; `--only study/cell-prefix` keeps those cells of it.
+        let studies: Vec<String> =
+            options.only.iter().map(|o| o.split('/').next().unwrap_or(o).to_string()).collect();
+        cfg.studies = select(cfg.studies, &studies, |s| &s.name)?;
+        for s in &mut cfg.studies {
+            let prefixes: Vec<&str> = options
+                .only
+                .iter()
+                .filter_map(|o| o.split_once('/'))
+                .filter(|(study, _)| s.name.starts_with(study))
+                .map(|(_, cell)| cell)
+                .collect();
+            if prefixes.is_empty() {
+                continue;
+            }
+            s.cells.retain(|c| prefixes.iter().any(|p| c.id().starts_with(p)));
+            if s.cells.is_empty() {
+                return Err(ExperimentError::config(
+                    "--only",
+                    format!(
+                        "{prefixes:?} matches no cell of {} (cells are named like `block-punched-8x4-8x-admm`)",
+                        s.name
+                    ),
+                ));
+            }
+        }
+        cfg.dense_from.clone_from(&options.dense_from);
+        serde_json::to_value(cfg).map_err(|e| ExperimentError::config("config", e))
+    }
+
+    fn run(&self, ctx: &RunContext) -> Result<Outcome> {
+        let cfg: PruneSchemesConfig = serde_json::from_value(ctx.config.clone())
+            .map_err(|e| ExperimentError::config("config", e))?;
+        let mut results = Vec::new();
+        for (i, study) in cfg.studies.iter().enumerate() {
+            let _span = tracing::info_span!("study", name = %study.name, index = i + 1, of = cfg.studies.len())
+                .entered();
+            results.push(run_study(ctx, study)?);
+        }
+        let figures =
+            serde_json::to_value(&results).map_err(|e| ExperimentError::config("figures", e))?;
+        Ok(Outcome {
+            figures: serde_json::json!({ "studies": figures }),
+            report: report(&results),
+            plots: plots(&results)?,
+        })
+    }
+}
+
+fn run_study(ctx: &RunContext, study: &Study) -> Result<StudyResult> {
+    let (train_set, test) =
+        load_splits(ctx, study.dataset, study.train_limit, study.eval_limit, ctx.options.seed)?;
+    let dense_dir = dense_model_dir(
+        ctx,
+        &study.name,
+        &study.model,
+        study.dataset,
+        &study.pretrain,
+        &train_set,
+        &test,
+    )?;
+    let device = ctx.train_device();
+    let (_, dense_top1) = evaluate_saved(&dense_dir, &test, &device)?;
+    let mut cells = Vec::new();
+    for (k, cell) in study.cells.iter().enumerate() {
+        let id = cell.id();
+        if let Some(done) = cached_cell::<CellResult>(ctx, &study.name, &id) {
+            tracing::info!(cell = %id, "already done");
+            cells.push(done);
+            continue;
+        }
+        let _span =
+            tracing::info_span!("cell", id = %id, index = k + 1, of = study.cells.len()).entered();
+        let (Some(spec), Some(method)) = (
+            study.schemes.iter().find(|s| s.scheme.to_string() == cell.scheme),
+            study.methods.iter().find(|m| m.label == cell.method),
+        ) else {
+            return Err(ExperimentError::config("cells", format!("{}: unknown {id}", study.name)));
+        };
+        let result = tessera_models::saved::load(
+            &dense_dir,
+            &device,
+            PruneCell {
+                ctx,
+                study,
+                cell,
+                spec,
+                method,
+                train_set: &train_set,
+                test: &test,
+                device: &device,
+                dense_top1,
+            },
+        )??;
+        tracing::info!(cell = %id, top1 = result.top1, compression = result.compression, "cell done");
+        store_cell(ctx, &study.name, &id, &result)?;
+        cells.push(result);
+    }
+    let full = ctx.full_data(study.dataset) && study.eval_limit.is_none();
+    let checks = study.targets.iter().map(|t| check(t, &cells, full)).collect();
+    Ok(StudyResult {
+        name: study.name.clone(),
+        model: study.model.name(),
+        dataset: study.dataset.dir_name().to_string(),
+        dense_model: dense_dir.display().to_string(),
+        dense_top1,
+        images: (train_set.len(), test.len()),
+        cells,
+        not_applicable: study.not_applicable.clone(),
+        checks,
+    })
+}
+
+struct PruneCell<'a> {
+    ctx: &'a RunContext,
+    study: &'a Study,
+    cell: &'a Cell,
+    spec: &'a SchemeSpec,
+    method: &'a MethodSpec,
+    train_set: &'a Dataset,
+    test: &'a Dataset,
+    device: &'a Device,
+    dense_top1: f64,
+}
+
+/// Whole-model counts of a pruned model: (compression, pruned-layers compression, FLOP
+/// reduction) from the plan's summary and the dense totals over every conv / linear weight.
+pub(crate) fn whole_model_counts<M: Classifier>(
+    model: &M,
+    input: [usize; 4],
+    pruned: &tessera_sparsity::LayerStats,
+) -> Result<(f64, f64, f64)> {
+    let (_, dense) = tessera_ir::stats::weight_stats(&model.export(input, &Masks::new())?)?;
+    let kept = dense.params_total - (pruned.params_total - pruned.params_kept);
+    let flops_kept = dense.flops_dense - (pruned.flops_dense - pruned.flops_kept);
+    Ok((
+        dense.params_total as f64 / kept.max(1) as f64,
+        pruned.params_total as f64 / pruned.params_kept.max(1) as f64,
+        dense.flops_dense as f64 / flops_kept.max(1) as f64,
+    ))
+}
+
+/// The per-layer sparsity config of `spec` at whole-model `rate` for `model`. Padding and
+/// whole-block rounding can keep a little more than asked, so the asked rate is raised until
+/// hard pruning `model`'s weights measures at least `rate` (kept counts of every scheme depend
+/// on the target, not on the values, so this holds for the trained weights too).
+pub(crate) fn sparsity_for<M: Classifier>(
+    model: &M,
+    input: [usize; 4],
+    rate: f64,
+    spec: &SchemeSpec,
+    dense: &[String],
+    caps: &[RateCap],
+) -> Result<tessera_sparsity::SparsityConfig> {
+    let named = prunable_weights(model, input)?;
+    let weights: Vec<(String, usize)> =
+        named.iter().map(|w| (w.path.clone(), w.values.len())).collect();
+    let values: BTreeMap<String, Vec<f32>> =
+        named.iter().map(|w| (w.path.clone(), w.values.clone())).collect();
+    let total: usize = weights.iter().map(|w| w.1).sum();
+    let dense: Vec<String> = dense.iter().chain(&spec.skip).cloned().collect();
+    let mut ask = rate;
+    let mut config =
+        per_layer_config(&allocate(&weights, ask, caps, &dense)?, &spec.scheme, spec.pad);
+    for _ in 0..4 {
+        let plan = tessera_prune::PrunePlan::resolve(&config, &named)?;
+        let pruned = plan.summary(&plan.masks(&values)?)?.pruned_total;
+        let kept = total - (pruned.params_total - pruned.params_kept);
+        let measured = total as f64 / kept.max(1) as f64;
+        if measured >= rate * (1.0 - 1e-3) {
+            break;
+        }
+        ask *= rate / measured;
+        config = per_layer_config(&allocate(&weights, ask, caps, &dense)?, &spec.scheme, spec.pad);
+    }
+    Ok(config)
+}
+
+impl WithLoaded for PruneCell<'_> {
+    type Output = Result<CellResult>;
+
+    fn run<M: Classifier>(self, model: M, card: ModelCard, _: Masks) -> Result<CellResult> {
+        let PruneCell { ctx, study, cell, spec, method, train_set, test, device, dense_top1 } =
+            self;
+        let input = card.batch_of_one();
+        let sparsity = sparsity_for(&model, input, cell.rate, spec, &study.dense, &study.caps)?;
+        let config = PruneConfig {
+            sparsity,
+            method: method.method.clone(),
+            train: method.train.clone(),
+            retrain: study.retrain.clone(),
+            distill: None,
+        };
+        let id = cell.id();
+        let checkpoints = ctx.checkpoints(&format!("{}/{id}", study.name));
+        let outcome = prune(model, &config, train_set, Some(test), device, Some(&checkpoints))?;
+        let (compression, pruned_layers_compression, flops_reduction) =
+            whole_model_counts(&outcome.model, input, &outcome.summary.pruned_total)?;
+        let card = ModelCard {
+            note: format!(
+                "prune-schemes {}: {} at {}x by {}, seed {}",
+                study.name, cell.scheme, cell.rate, cell.method, ctx.options.seed
+            ),
+            ..card
+        };
+        save_outcome(&ctx.dir.join("models").join(&study.name).join(&id), &card, &outcome)?;
+        let top1 = outcome.final_eval.map_or(0.0, |e| e.1);
+        Ok(CellResult {
+            cell: cell.clone(),
+            compression,
+            pruned_layers_compression,
+            flops_reduction,
+            hard_pruned_top1: outcome.hard_pruned_eval.map(|e| e.1),
+            top1,
+            drop: dense_top1 - top1,
+            admm_residual: match (outcome.admm_log.first(), outcome.admm_log.last()) {
+                (Some(a), Some(b)) => Some((a.max_relative(), b.max_relative())),
+                _ => None,
+            },
+            layers: outcome.summary.layers.clone(),
+            cut_layers: outcome
+                .summary
+                .layers
+                .iter()
+                .filter(|l| l.3 == 0.0)
+                .map(|l| l.0.clone())
+                .collect(),
+            train_seconds: outcome
+                .phases
+                .iter()
+                .flat_map(|p| p.history.iter().map(|h| h.seconds))
+                .sum(),
+        })
+    }
+}
+
+fn check(target: &TargetCheck, cells: &[CellResult], full_data: bool) -> CheckResult {
+    let pct = |x: f64| format!("{:.2}%", 100.0 * x);
+    let pts = |x: f64| format!("{:.2} points", 100.0 * x);
+    let (text, met, detail) = match target {
+        TargetCheck::WithinOfDense { scheme, method, min_compression, max_drop } => {
+            let text = format!(
+                "{scheme} by {method}: >= {min_compression}x within {} of dense",
+                pts(*max_drop)
+            );
+            let candidates: Vec<&CellResult> = cells
+                .iter()
+                .filter(|c| &c.cell.scheme == scheme && &c.cell.method == method)
+                .filter(|c| c.compression >= min_compression * (1.0 - 1e-3))
+                .collect();
+            let best = candidates.iter().min_by(|a, b| a.drop.total_cmp(&b.drop));
+            match best {
+                None => (text, None, "no cell reached that compression".to_string()),
+                Some(b) => (
+                    text,
+                    Some(b.drop <= *max_drop),
+                    format!(
+                        "best: {:.1}x, top-1 {} (drop {})",
+                        b.compression,
+                        pct(b.top1),
+                        pts(b.drop)
+                    ),
+                ),
+            }
+        }
+        TargetCheck::AdmmBeatsMagnitude { min_rate } => {
+            let text = format!("ADMM >= magnitude at every rate >= {min_rate}x");
+            let mut pairs = Vec::new();
+            for a in cells.iter().filter(|c| c.cell.method == "admm" && c.cell.rate >= *min_rate) {
+                if let Some(m) = cells.iter().find(|m| {
+                    m.cell.method == "magnitude"
+                        && m.cell.scheme == a.cell.scheme
+                        && m.cell.rate == a.cell.rate
+                }) {
+                    pairs.push((a, m));
+                }
+            }
+            if pairs.is_empty() {
+                (text, None, "no (admm, magnitude) pair".to_string())
+            } else {
+                let lost: Vec<String> = pairs
+                    .iter()
+                    .filter(|(a, m)| a.top1 < m.top1)
+                    .map(|(a, m)| {
+                        format!(
+                            "{} {}x: {} < {}",
+                            a.cell.scheme,
+                            a.cell.rate,
+                            pct(a.top1),
+                            pct(m.top1)
+                        )
+                    })
+                    .collect();
+                let detail = if lost.is_empty() {
+                    format!("{} pairs compared", pairs.len())
+                } else {
+                    format!("{} of {} pairs lost: {}", lost.len(), pairs.len(), lost.join("; "))
+                };
+                (text, Some(lost.is_empty()), detail)
+            }
+        }
+    };
+    CheckResult {
+        target: text,
+        met: met.filter(|_| full_data),
+        detail: if full_data { detail } else { format!("{detail} (fixtures: not claimed)") },
+    }
+}
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "NOT met",
+        None => "not measured",
+    }
+}
+
+fn report(results: &[StudyResult]) -> String {
+    let mut md = String::new();
+    for s in results {
+        md.push_str(&format!(
+            "## {} ({} on {})\n\nDense top-1 **{:.2}%** ({} training / {} test images; dense model `{}`).\n\n",
+            s.name,
+            s.model,
+            s.dataset,
+            100.0 * s.dense_top1,
+            s.images.0,
+            s.images.1,
+            s.dense_model
+        ));
+        let mut t = Table::new(&[
+            "scheme",
+            "#rate",
+            "method",
+            "#compression",
+            "#pruned-layer compr.",
+            "#FLOP red.",
+            "#hard-pruned %",
+            "#top-1 %",
+            "#drop pts",
+            "#ADMM resid. first→last",
+            "#train s",
+        ]);
+        for c in &s.cells {
+            t.row(vec![
+                c.cell.scheme.clone(),
+                format!("{}x", c.cell.rate),
+                c.cell.method.clone(),
+                format!("{:.1}x", c.compression),
+                format!("{:.1}x", c.pruned_layers_compression),
+                format!("{:.1}x", c.flops_reduction),
+                c.hard_pruned_top1.map_or(String::new(), |v| format!("{:.2}", 100.0 * v)),
+                format!("{:.2}", 100.0 * c.top1),
+                format!("{:+.2}", 100.0 * c.drop),
+                c.admm_residual.map_or(String::new(), |(a, b)| format!("{a:.3}→{b:.3}")),
+                format!("{:.0}", c.train_seconds),
+            ]);
+        }
+        md.push_str(&t.to_markdown());
+        for c in s.cells.iter().filter(|c| !c.cut_layers.is_empty()) {
+            md.push_str(&format!(
+                "\n{} at {}x by {}: nothing kept in {}, so the network is cut there.\n",
+                c.cell.scheme,
+                c.cell.rate,
+                c.cell.method,
+                c.cut_layers.join(", ")
+            ));
+        }
+        for (scheme, why) in &s.not_applicable {
+            md.push_str(&format!("\n{scheme}: n/a — {why}.\n"));
+        }
+        md.push_str("\n### Targets\n\n");
+        let mut t = Table::new(&["target", "verdict", "measured"]);
+        for c in &s.checks {
+            t.row(vec![c.target.clone(), verdict(c.met).into(), c.detail.clone()]);
+        }
+        md.push_str(&t.to_markdown());
+        md.push('\n');
+    }
+    md.push_str(
+        "Compression: all conv / linear weights over the kept ones (layers a scheme leaves dense count as kept); \
+         pruned-layer compression: over the pruned layers only. FLOP reduction: dense over kept multiply-adds of one image. \
+         Hard-pruned: top-1 right after projecting onto the scheme, before masked retraining. \
+         ADMM residual: largest ||W - Z|| / ||W|| over layers at the first and last Z-update. \
+         Each method trains the same number of epochs, then every method gets the same masked retraining. \
+         Pruned models (masks in the IR export) are in `models/<study>/<cell>/`.\n",
+    );
+    md
+}
+
+fn plots(results: &[StudyResult]) -> Result<Vec<Plot>> {
+    let mut out = Vec::new();
+    for s in results {
+        let mut methods: Vec<String> = Vec::new();
+        for c in &s.cells {
+            if !methods.contains(&c.cell.method) {
+                methods.push(c.cell.method.clone());
+            }
+        }
+        for method in methods {
+            let mut by_scheme: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+            for c in s.cells.iter().filter(|c| c.cell.method == method) {
+                by_scheme
+                    .entry(c.cell.scheme.clone())
+                    .or_default()
+                    .push((c.compression, 100.0 * c.top1));
+            }
+            let mut series: Vec<Series> = by_scheme
+                .into_iter()
+                .map(|(name, mut points)| {
+                    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    Series { name, points }
+                })
+                .collect();
+            let (lo, hi) = series
+                .iter()
+                .flat_map(|x| x.points.iter().map(|p| p.0))
+                .fold((f64::INFINITY, 1.0f64), |(a, b), v| (a.min(v), b.max(v)));
+            series.push(Series {
+                name: "dense".into(),
+                points: vec![(lo.min(hi), 100.0 * s.dense_top1), (hi, 100.0 * s.dense_top1)],
+            });
+            let file = format!("{}-{}.svg", s.name, file_safe(&method));
+            out.push(Plot {
+                caption: format!("{}: test top-1 vs measured compression, {method}", s.name),
+                svg: line_chart(
+                    &format!("{} — {method}", s.name),
+                    "compression (x)",
+                    "top-1 (%)",
+                    &series,
+                )?,
+                file,
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_parse_and_name_known_schemes_and_methods() {
+        for s in LENET_SCHEMES.iter().chain(&RESNET_SCHEMES) {
+            let parsed: Scheme = s.parse().unwrap();
+            assert_eq!(parsed.to_string(), *s);
+        }
+        for scale in Scale::ALL {
+            let v = PruneSchemes
+                .config(&RunOptions { scale, seed: 3, ..RunOptions::default() })
+                .unwrap();
+            let cfg: PruneSchemesConfig = serde_json::from_value(v).unwrap();
+            assert_eq!(cfg.studies.len(), 2);
+            for s in &cfg.studies {
+                assert!(!s.cells.is_empty());
+                assert!(s.methods.iter().all(|m| m.train.seed == 3) && s.retrain.seed == 3);
+                // Every method gets the same budget.
+                let epochs: Vec<usize> = s.methods.iter().map(|m| m.train.epochs).collect();
+                assert!(epochs.windows(2).all(|w| w[0] == w[1]), "{epochs:?}");
+            }
+        }
+        let v = PruneSchemes
+            .config(&RunOptions { only: vec!["lenet".into()], ..RunOptions::default() })
+            .unwrap();
+        let cfg: PruneSchemesConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(cfg.studies.len(), 1);
+        // The default LeNet grid: 4 schemes x 3 rates x 3 methods + 40x unstructured.
+        assert_eq!(cfg.studies[0].cells.len(), 39);
+        let err = PruneSchemes
+            .config(&RunOptions { only: vec!["alexnet".into()], ..RunOptions::default() })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--only") && err.contains("resnet20-fashion"), "{err}");
+        // Cell prefixes select part of a study's grid.
+        let v = PruneSchemes
+            .config(&RunOptions {
+                only: vec![
+                    "resnet20/block-punched-8x4-8x".into(),
+                    "resnet20/filter-8x-admm".into(),
+                ],
+                ..RunOptions::default()
+            })
+            .unwrap();
+        let cfg: PruneSchemesConfig = serde_json::from_value(v).unwrap();
+        let ids: Vec<String> = cfg.studies[0].cells.iter().map(Cell::id).collect();
+        assert_eq!(
+            ids,
+            [
+                "block-punched-8x4-8x-admm",
+                "block-punched-8x4-8x-magnitude",
+                "block-punched-8x4-8x-group-lasso",
+                "filter-8x-admm"
+            ]
+        );
+        let err = PruneSchemes
+            .config(&RunOptions { only: vec!["lenet5/alexnet".into()], ..RunOptions::default() })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no cell of lenet5-mnist"), "{err}");
+    }
+
+    fn cell(scheme: &str, rate: f64, method: &str, compression: f64, top1: f64) -> CellResult {
+        CellResult {
+            cell: Cell { scheme: scheme.into(), rate, method: method.into() },
+            compression,
+            pruned_layers_compression: compression,
+            flops_reduction: compression,
+            hard_pruned_top1: None,
+            top1,
+            drop: 0.99 - top1,
+            admm_residual: None,
+            layers: Vec::new(),
+            cut_layers: Vec::new(),
+            train_seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn checks_judge_hand_made_cells() {
+        let cells = vec![
+            cell("unstructured", 40.0, "admm", 40.2, 0.988),
+            cell("unstructured", 16.0, "admm", 16.0, 0.989),
+            cell("unstructured", 16.0, "magnitude", 16.0, 0.985),
+            cell("unstructured", 8.0, "admm", 8.0, 0.97),
+            cell("unstructured", 8.0, "magnitude", 8.0, 0.98),
+        ];
+        let within = |min, drop| TargetCheck::WithinOfDense {
+            scheme: "unstructured".into(),
+            method: "admm".into(),
+            min_compression: min,
+            max_drop: drop,
+        };
+        assert_eq!(check(&within(40.0, 0.003), &cells, true).met, Some(true));
+        assert_eq!(check(&within(40.0, 0.001), &cells, true).met, Some(false));
+        assert_eq!(check(&within(50.0, 0.003), &cells, true).met, None);
+        // Fixtures never claim a target.
+        assert_eq!(check(&within(40.0, 0.003), &cells, false).met, None);
+        let beats = check(&TargetCheck::AdmmBeatsMagnitude { min_rate: 8.0 }, &cells, true);
+        assert_eq!(beats.met, Some(false));
+        assert!(beats.detail.contains("unstructured 8x"), "{}", beats.detail);
+        let beats = check(&TargetCheck::AdmmBeatsMagnitude { min_rate: 16.0 }, &cells, true);
+        assert_eq!(beats.met, Some(true));
+    }
+}
