@@ -16,7 +16,8 @@
 //!   retrains the designer's model on its own data with the mask fixed.
 //! * `cargo xtask experiment list`: the registered experiments.
 //! * `cargo xtask experiment <name> [--scale smoke|default|paper] [--seed N] [--data DIR]
-//!   [--out DIR] [--resume] [--backend flex|ndarray] [--only PREFIX]...`: run one, writing
+//!   [--out DIR] [--resume] [--backend flex|ndarray] [--only PREFIX]... [--dense-from DIR]`:
+//!   run one (pruning experiments: `--only study/cell-prefix` runs part of a grid), writing
 //!   `results/<name>/<run-id>/` (record.json, report.md, SVG plots).
 
 use std::path::PathBuf;
