@@ -183,7 +183,7 @@ fn lenet(scale: Scale) -> Result<PrivacyStudy> {
             lenet_spec,
         )?,
         rates: if smoke { vec![8.0] } else { vec![8.0, 16.0] },
-        admm: step_admm(if smoke { 1 } else { 200 }),
+        admm: step_admm(1e-2, if smoke { 1 } else { 200 }),
         admm_train: TrainConfig {
             max_steps_per_epoch: steps,
             ..sgd(epochs, batch, 0.01, 0.0, Schedule::Constant)
@@ -248,7 +248,7 @@ fn resnet(scale: Scale) -> Result<PrivacyStudy> {
             resnet_spec,
         )?,
         rates: vec![8.0],
-        admm: step_admm(if smoke { 1 } else { 20 }),
+        admm: step_admm(0.1, if smoke { 1 } else { 40 }),
         admm_train: TrainConfig {
             max_steps_per_epoch: steps,
             augment: aug,
