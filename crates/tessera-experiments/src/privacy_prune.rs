@@ -26,8 +26,7 @@ use crate::prune_schemes::{
 use crate::report::Table;
 use crate::run::{Experiment, Outcome, RunContext, RunOptions, Scale};
 use crate::study::{
-    Pretrain, RateCap, cached_cell, dense_model_dir, evaluate_saved, file_safe, load_splits,
-    select, sgd, store_cell,
+    OpenStudy, Pretrain, RateCap, cached_cell, file_safe, open_study, select, sgd, store_cell,
 };
 
 /// The experiment.
@@ -328,19 +327,15 @@ impl Experiment for PrivacyPrune {
 }
 
 fn run_study(ctx: &RunContext, study: &PrivacyStudy) -> Result<PrivacyStudyResult> {
-    let (train_set, test) =
-        load_splits(ctx, study.dataset, study.train_limit, study.eval_limit, ctx.options.seed)?;
-    let dense_dir = dense_model_dir(
+    let OpenStudy { train: train_set, test, dense_dir, dense_top1, device } = open_study(
         ctx,
         &study.name,
         &study.model,
         study.dataset,
+        study.train_limit,
+        study.eval_limit,
         &study.pretrain,
-        &train_set,
-        &test,
     )?;
-    let device = ctx.train_device();
-    let (_, dense_top1) = evaluate_saved(&dense_dir, &test, &device)?;
     let mut cells = Vec::new();
     for spec in &study.schemes {
         for &rate in &study.rates {

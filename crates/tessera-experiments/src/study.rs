@@ -84,7 +84,7 @@ pub struct Pretrain {
 /// `DIR/models/<name>/`, `DIR/<name>/`, `DIR/` holding a `card.json` (a `dense-baselines` run
 /// directory, a directory of saved models, or one saved model), checked to be the study's
 /// architecture; otherwise it is trained now (or found, when resuming) under `dense/<name>/`.
-pub(crate) fn dense_model_dir(
+fn dense_model_dir(
     ctx: &RunContext,
     name: &str,
     model: &ZooConfig,
@@ -187,8 +187,41 @@ impl WithModel for PretrainOne<'_> {
     }
 }
 
+/// A study's data and dense model, ready for its cells.
+pub(crate) struct OpenStudy {
+    /// Training split (limited).
+    pub train: Dataset,
+    /// Test split (limited).
+    pub test: Dataset,
+    /// The saved dense model every cell starts from.
+    pub dense_dir: PathBuf,
+    /// Its test top-1.
+    pub dense_top1: f64,
+    /// The seeded training device.
+    pub device: Device,
+}
+
+/// Loads study `name`'s splits, finds or trains its dense model ([`dense_model_dir`]) and
+/// evaluates it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn open_study(
+    ctx: &RunContext,
+    name: &str,
+    model: &ZooConfig,
+    dataset: KnownSet,
+    train_limit: Option<usize>,
+    eval_limit: Option<usize>,
+    pretrain: &Pretrain,
+) -> Result<OpenStudy> {
+    let (train, test) = load_splits(ctx, dataset, train_limit, eval_limit, ctx.options.seed)?;
+    let dense_dir = dense_model_dir(ctx, name, model, dataset, pretrain, &train, &test)?;
+    let device = ctx.train_device();
+    let (_, dense_top1) = evaluate_saved(&dense_dir, &test, &device)?;
+    Ok(OpenStudy { train, test, dense_dir, dense_top1, device })
+}
+
 /// Test (loss, top-1) of the saved model in `dir`.
-pub(crate) fn evaluate_saved(dir: &Path, test: &Dataset, device: &Device) -> Result<(f64, f64)> {
+fn evaluate_saved(dir: &Path, test: &Dataset, device: &Device) -> Result<(f64, f64)> {
     struct Eval<'a>(&'a Dataset, &'a Device);
     impl WithLoaded for Eval<'_> {
         type Output = Result<(f64, f64)>;
