@@ -201,6 +201,11 @@ fn prune_schemes_smoke_starts_from_dense_baselines_and_hits_its_rates() {
     };
     let err = run(find("prune-schemes").unwrap(), &bad).unwrap_err().to_string();
     assert!(err.contains("--dense-from") && err.contains("resnet20-fashion"), "{err}");
+    // A directory without any saved model is refused, naming where it looked.
+    let empty = tempfile::tempdir().unwrap();
+    let none = RunOptions { dense_from: Some(empty.path().to_path_buf()), ..bad };
+    let err = run(find("prune-schemes").unwrap(), &none).unwrap_err().to_string();
+    assert!(err.contains("--dense-from") && err.contains("card.json"), "{err}");
 }
 
 #[test]

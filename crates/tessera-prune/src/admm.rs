@@ -5,12 +5,12 @@
 //! scaled dual `U_ic` (GEMM view). During training (the W-step) it adds the gradient of
 //! `sum_ic rho/2 ||W_i - Z_ic + U_ic||^2`, i.e. `rho (W_i - Z_ic + U_ic)`, to the weights'
 //! gradients — exact, and cheaper than building the term in the autodiff graph. Every
-//! `update_every` epochs (or `update_every_steps` optimizer steps) it runs the Z-step `Z_ic = project_c(W_i + U_ic)` (tessera-sparsity's
-//! Euclidean projection) and the U-step `U_ic += W_i - Z_ic`, logs the primal residual
-//! `||W_i - Z_ic||` (which must fall) and the dual residual `rho ||Z_ic - Z_ic_prev||`, and
-//! multiplies rho by `rho_growth` up to `rho_max`, rescaling the scaled dual U by
-//! `rho_old / rho_new` so the unscaled dual `rho U` is unchanged. Its whole state is checkpointed with the
-//! training run.
+//! `update_every` epochs (or every `update_every_steps` optimizer steps) it runs the Z-step
+//! `Z_ic = project_c(W_i + U_ic)` (tessera-sparsity's Euclidean projection) and the U-step
+//! `U_ic += W_i - Z_ic`, logs the primal residual `||W_i - Z_ic||` (which must fall) and the
+//! dual residual `rho ||Z_ic - Z_ic_prev||`, and multiplies rho by `rho_growth` up to
+//! `rho_max`, rescaling the scaled dual U by `rho_old / rho_new` so the unscaled dual `rho U`
+//! is unchanged. Its whole state is checkpointed with the training run.
 
 use std::collections::BTreeMap;
 
@@ -347,5 +347,24 @@ impl<M: Classifier> Hooks<M> for Admm {
         }
         self.state = state;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_settings_are_config_errors_naming_the_field() {
+        assert!(AdmmConfig::default().validate().is_ok());
+        let err = |c: AdmmConfig| c.validate().unwrap_err().to_string();
+        let e = err(AdmmConfig { update_every_steps: Some(0), ..AdmmConfig::default() });
+        assert!(e.contains("admm.update_every_steps") && e.contains("at least 1 step"), "{e}");
+        let e = err(AdmmConfig { update_every: 0, ..AdmmConfig::default() });
+        assert!(e.contains("admm.update_every"), "{e}");
+        let e = err(AdmmConfig { rho: 2.0, rho_max: 1.0, ..AdmmConfig::default() });
+        assert!(e.contains("rho <= rho_max"), "{e}");
+        let e = err(AdmmConfig { rho_growth: 0.5, ..AdmmConfig::default() });
+        assert!(e.contains("rho_growth >= 1"), "{e}");
     }
 }
