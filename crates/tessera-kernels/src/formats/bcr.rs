@@ -8,10 +8,14 @@
 //! listed heaviest first (`order`, GRIM's reorder pass), which is the order threads take them in
 //! when work is split by block rows.
 //!
-//! Kernel: for a tile of output positions and a block row, zero the rows' tile, then for every
-//! block accumulate its sub-matrix product in registers (`RT` kept rows x `2 * LANES`
-//! positions; every gathered input vector reused by all kept rows) and add it into the kept
-//! rows. The read-modify-write of the output tile stays in L1.
+//! Kernel: binding merges, inside each block row, the blocks that keep the same rows into one
+//! sub-matrix (their kept columns concatenated: GRIM's "same rows, same register tile"). For a
+//! tile of output positions and a block row, zero the rows' tile, then for every merged
+//! sub-matrix accumulate its product in registers (`RT` kept rows x `BCR_V * LANES` positions;
+//! every gathered input vector reused by all kept rows) and add it into the kept rows. Merging
+//! matters: at 8x an 8x8 block keeps about 2 rows x 4 columns, so per-block accumulation paid
+//! one read-modify-write of the output tile per 4 columns; merged, the 28 possible 2-row sets
+//! of a block row each gather tens of columns.
 
 #![allow(unsafe_op_in_unsafe_fn)] // micro-kernels are unsafe fns made of pointer arithmetic
 
@@ -243,8 +247,8 @@ pub struct BcrConv {
     m: BcrCompact,
     shape: ConvShape,
     layout: InputLayout,
-    /// Per block, offsets of its kept columns (parallel to `kept_cols`).
-    offsets: Vec<u32>,
+    /// Execution form: the blocks of each block row merged by kept-row set.
+    merged: Merged,
     /// Tiles for 8 and 16 lanes.
     tiles: [Vec<(usize, usize)>; 2],
     /// `schedule[t - 1][i]`: block rows of thread `i` when running `t` threads, dealt
@@ -252,6 +256,79 @@ pub struct BcrConv {
     schedule: Vec<Vec<Vec<u32>>>,
     /// Every block row in order (one thread).
     all_rows: Vec<u32>,
+}
+
+/// The sub-matrices of a [`BcrCompact`] bound to a convolution, with the blocks of a block row
+/// that keep the same rows merged into one (kept columns concatenated in column order).
+#[derive(Debug, Clone, Default)]
+struct Merged {
+    /// Per block row: first merged sub-matrix.
+    brow_ptr: Vec<u32>,
+    /// Per sub-matrix: first kept row / input offset / weight.
+    row_ptr: Vec<u32>,
+    col_ptr: Vec<u32>,
+    w_ptr: Vec<usize>,
+    /// Kept rows (absolute output rows).
+    rows: Vec<u32>,
+    /// Input offset of each kept column.
+    offsets: Vec<u32>,
+    /// Weights, column-major per sub-matrix (each column's kept rows contiguous).
+    weights: Vec<f32>,
+}
+
+impl Merged {
+    fn new(m: &BcrCompact, layout: &InputLayout, out_per_group: usize) -> Result<Self> {
+        let mut out = Merged {
+            brow_ptr: vec![0],
+            row_ptr: vec![0],
+            col_ptr: vec![0],
+            w_ptr: vec![0],
+            ..Merged::default()
+        };
+        for brow in 0..m.block_ptr.len() - 1 {
+            let r0 = m.block_row_start[brow] as usize;
+            let group = r0 / out_per_group;
+            // Blocks by kept-row set, in order of first appearance (deterministic).
+            let mut sets: Vec<(&[u8], Vec<usize>)> = Vec::new();
+            for b in m.block_ptr[brow] as usize..m.block_ptr[brow + 1] as usize {
+                let kr = m.block(b).0;
+                match sets.iter_mut().find(|(k, _)| *k == kr) {
+                    Some((_, blocks)) => blocks.push(b),
+                    None => sets.push((kr, vec![b])),
+                }
+            }
+            for (kr, blocks) in sets {
+                out.rows.extend(kr.iter().map(|&r| (r0 + r as usize) as u32));
+                for b in blocks {
+                    let c0 = m.block_col0[b] as usize;
+                    let (_, kc, w) = m.block(b);
+                    for &c in kc {
+                        let off = layout.col_offset(group, c0 + c as usize);
+                        out.offsets.push(u32::try_from(off).map_err(|_| {
+                            KernelError::InvalidShape {
+                                reason: "input too large for 32-bit offsets".into(),
+                            }
+                        })?);
+                    }
+                    out.weights.extend_from_slice(w);
+                }
+                out.row_ptr.push(out.rows.len() as u32);
+                out.col_ptr.push(out.offsets.len() as u32);
+                out.w_ptr.push(out.weights.len());
+            }
+            out.brow_ptr.push(out.row_ptr.len() as u32 - 1);
+        }
+        Ok(out)
+    }
+
+    /// Sub-matrix `g`: kept rows, input offsets, weights.
+    fn sub(&self, g: usize) -> (&[u32], &[u32], &[f32]) {
+        (
+            &self.rows[self.row_ptr[g] as usize..self.row_ptr[g + 1] as usize],
+            &self.offsets[self.col_ptr[g] as usize..self.col_ptr[g + 1] as usize],
+            &self.weights[self.w_ptr[g]..self.w_ptr[g + 1]],
+        )
+    }
 }
 
 /// Deals block rows (heaviest first, `order`) to `threads` threads, each to the least loaded.
@@ -284,27 +361,14 @@ impl BcrConv {
             });
         }
         let layout = shape.layout();
-        let opg = shape.out_per_group();
-        let mut offsets = Vec::with_capacity(m.kept_cols.len());
-        for brow in 0..m.block_ptr.len() - 1 {
-            let group = m.block_row_start[brow] as usize / opg;
-            for b in m.block_ptr[brow] as usize..m.block_ptr[brow + 1] as usize {
-                let c0 = m.block_col0[b] as usize;
-                for &c in m.block(b).1 {
-                    let off = layout.col_offset(group, c0 + c as usize);
-                    offsets.push(u32::try_from(off).map_err(|_| KernelError::InvalidShape {
-                        reason: "input too large for 32-bit offsets".into(),
-                    })?);
-                }
-            }
-        }
+        let merged = Merged::new(&m, &layout, shape.out_per_group())?;
         let tiles = [
             crate::rowgroup::tiles(layout.runs(), 8 * BCR_V),
             crate::rowgroup::tiles(layout.runs(), 16 * BCR_V),
         ];
         let schedule = (1..=SCHEDULED_THREADS).map(|t| lpt(&m, t)).collect();
         let all_rows = (0..m.block_ptr.len() as u32 - 1).collect();
-        Ok(BcrConv { m, shape, layout, offsets, tiles, schedule, all_rows })
+        Ok(BcrConv { m, shape, layout, merged, tiles, schedule, all_rows })
     }
 
     /// `Y[rows, n] = W X[cols, n]` as a 1x1 convolution over `n` positions.
@@ -411,6 +475,7 @@ simd_entry! {
 #[inline(always)]
 fn bcr_tiles_generic<S: Simd>(job: &BcrJob<'_>, tiles: &[(usize, usize)], block_rows: &[u32]) {
     let m = &job.c.m;
+    let merged = &job.c.merged;
     let width = BCR_V * S::LANES;
     for &(p0, n) in tiles {
         let full = n == width;
@@ -424,54 +489,35 @@ fn bcr_tiles_generic<S: Simd>(job: &BcrJob<'_>, tiles: &[(usize, usize)], block_
                     std::ptr::write_bytes(yp, 0, n);
                 }
             }
-            for b in m.block_ptr[brow] as usize..m.block_ptr[brow + 1] as usize {
-                let (kr, _, w) = m.block(b);
-                let offs = &job.c.offsets[m.col_ptr[b] as usize..m.col_ptr[b + 1] as usize];
+            for g in merged.brow_ptr[brow] as usize..merged.brow_ptr[brow + 1] as usize {
+                let (kr, offs, w) = merged.sub(g);
                 let mut i = 0;
                 while i < kr.len() {
                     let left = kr.len() - i;
-                    // RT x BCR_V accumulators: 4 x 4 fits AVX-512's registers, 2 x 4 AVX2's.
-                    let rt = if left >= 4 && S::LANES == 16 {
-                        4
-                    } else if left >= 2 {
-                        2
-                    } else {
-                        1
-                    };
+                    // RT x BCR_V accumulators: up to 6 x 4 on AVX-512 (24 of 32 registers, so a
+                    // sub-matrix of up to 6 kept rows gathers its columns once), 2 x 4 on AVX2.
+                    let rt = if S::LANES == 16 { left.min(6) } else { left.min(2) };
                     // SAFETY: offsets stay inside the input for valid positions (layout); the
-                    // kept rows are rows of this block row; weights hold kc entries of stride kr.
+                    // kept rows are rows of this block row; weights hold one column of stride
+                    // kr per offset.
                     unsafe {
                         let rows: [usize; 8] =
-                            std::array::from_fn(|k| r0 + kr[i + k.min(rt - 1)] as usize);
+                            std::array::from_fn(|k| kr[i + k.min(rt - 1)] as usize);
                         let wp = w.as_ptr().add(i);
                         let xp = job.x.add(p0);
                         let y = job.y.0.add(p0);
-                        match (rt, full) {
-                            (8, true) => {
-                                rmw::<S, 8, true>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n)
-                            }
-                            (8, false) => {
-                                rmw::<S, 8, false>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n)
-                            }
-                            (4, true) => {
-                                rmw::<S, 4, true>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n)
-                            }
-                            (4, false) => {
-                                rmw::<S, 4, false>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n)
-                            }
-                            (2, true) => {
-                                rmw::<S, 2, true>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n)
-                            }
-                            (2, false) => {
-                                rmw::<S, 2, false>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n)
-                            }
-                            (_, true) => {
-                                rmw::<S, 1, true>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n)
-                            }
-                            (_, false) => {
-                                rmw::<S, 1, false>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n)
-                            }
+                        macro_rules! call {
+                            ($($r:literal)*) => {
+                                match (rt, full) {
+                                    $(
+                                        ($r, true) => rmw::<S, $r, true>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
+                                        ($r, false) => rmw::<S, $r, false>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
+                                    )*
+                                    _ => {}
+                                }
+                            };
                         }
+                        call!(1 2 3 4 5 6);
                     }
                     i += rt;
                 }
