@@ -30,6 +30,7 @@
 
 pub mod dump;
 mod error;
+pub mod examples;
 mod graph;
 pub mod interp;
 pub mod io;

@@ -3,171 +3,14 @@
 //! through every pass and interpreted, with outputs unchanged by the passes. Snapshots of the
 //! textual dumps pin what the passes do (`UPDATE_EXPECT=1 cargo test` refreshes them).
 #![allow(clippy::cloned_ref_to_slice_refs)] // `&[x.clone()]` reads better here
-#![allow(clippy::too_many_arguments)] // small layer builders take their hyper-parameters
 
 use expect_test::{Expect, expect};
+use tessera_ir::examples::{attention_block, gru_classifier, lenet5, resnet_block, vgg_cifar};
 use tessera_ir::passes::{
     FoldBatchNorm, FoldReshapes, FuseActivation, Pass, Pipeline, RemoveDeadChannels,
 };
-use tessera_ir::{Activation, Conv2d, Graph, GraphBuilder, Op, Tensor, dump, interp, io, stats};
+use tessera_ir::{Graph, Tensor, dump, interp, io, stats};
 use tessera_sparsity::{Scheme, Target};
-
-fn bn(b: &mut GraphBuilder, name: &str, x: &str, c: usize, seed: u64) -> String {
-    let gamma = Tensor::new(
-        vec![c],
-        Tensor::uniform([c], 0.5, seed).data.iter().map(|v| v + 1.0).collect(),
-    );
-    let var = Tensor::new(
-        vec![c],
-        Tensor::uniform([c], 0.5, seed + 1).data.iter().map(|v| v + 1.0).collect(),
-    );
-    b.batch_norm(
-        name,
-        x,
-        gamma,
-        Tensor::uniform([c], 0.1, seed + 2),
-        Tensor::uniform([c], 0.1, seed + 3),
-        var,
-    )
-}
-
-fn conv(
-    b: &mut GraphBuilder,
-    name: &str,
-    x: &str,
-    cin: usize,
-    cout: usize,
-    k: usize,
-    pad: usize,
-    seed: u64,
-) -> String {
-    let scale = (1.0 / (cin * k * k) as f32).sqrt();
-    b.conv2d(
-        name,
-        x,
-        Tensor::uniform([cout, cin, k, k], scale, seed),
-        Some(Tensor::uniform([cout], 0.1, seed + 1)),
-        Conv2d { padding: pad, ..Default::default() },
-    )
-}
-
-fn linear(b: &mut GraphBuilder, name: &str, x: &str, cin: usize, cout: usize, seed: u64) -> String {
-    let scale = (1.0 / cin as f32).sqrt();
-    b.linear(
-        name,
-        x,
-        Tensor::uniform([cout, cin], scale, seed),
-        Some(Tensor::uniform([cout], 0.1, seed + 1)),
-    )
-}
-
-fn lenet5() -> Graph {
-    let mut b = GraphBuilder::new("lenet5");
-    let x = b.input("x", &[1, 1, 28, 28]);
-    let c1 = conv(&mut b, "conv1", &x, 1, 6, 5, 2, 1);
-    let r1 = b.act("relu1", &c1, Activation::Relu);
-    let p1 = b.max_pool2d("pool1", &r1, 2, 2, 0);
-    let c2 = conv(&mut b, "conv2", &p1, 6, 16, 5, 0, 3);
-    let r2 = b.act("relu2", &c2, Activation::Relu);
-    let p2 = b.max_pool2d("pool2", &r2, 2, 2, 0);
-    let f = b.node("flatten", Op::Flatten { start: 1 }, &[&p2]);
-    let f1 = linear(&mut b, "fc1", &f, 400, 120, 5);
-    let r3 = b.act("relu3", &f1, Activation::Relu);
-    let f2 = linear(&mut b, "fc2", &r3, 120, 84, 7);
-    let r4 = b.act("relu4", &f2, Activation::Relu);
-    let f3 = linear(&mut b, "fc3", &r4, 84, 10, 9);
-    b.output(&f3);
-    b.build().unwrap()
-}
-
-fn vgg_cifar() -> Graph {
-    let mut b = GraphBuilder::new("vgg-cifar");
-    let x = b.input("x", &[1, 3, 32, 32]);
-    let mut v = x;
-    let mut cin = 3;
-    for (i, (cout, pool)) in
-        [(16, false), (16, true), (32, false), (32, true)].into_iter().enumerate()
-    {
-        let c = conv(&mut b, &format!("conv{i}"), &v, cin, cout, 3, 1, 10 + 4 * i as u64);
-        let n = bn(&mut b, &format!("bn{i}"), &c, cout, 50 + 4 * i as u64);
-        v = b.act(&format!("relu{i}"), &n, Activation::Relu);
-        if pool {
-            v = b.max_pool2d(&format!("pool{i}"), &v, 2, 2, 0);
-        }
-        cin = cout;
-    }
-    let g = b.node("gap", Op::GlobalAvgPool, &[&v]);
-    let fc = linear(&mut b, "fc", &g, 32, 10, 99);
-    b.output(&fc);
-    b.build().unwrap()
-}
-
-fn resnet_block() -> Graph {
-    let mut b = GraphBuilder::new("resnet-block");
-    let x = b.input("x", &[1, 16, 8, 8]);
-    let c1 = conv(&mut b, "conv1", &x, 16, 16, 3, 1, 21);
-    let n1 = bn(&mut b, "bn1", &c1, 16, 23);
-    let r1 = b.act("relu1", &n1, Activation::Relu);
-    let c2 = conv(&mut b, "conv2", &r1, 16, 16, 3, 1, 27);
-    let n2 = bn(&mut b, "bn2", &c2, 16, 29);
-    let s = b.node("add", Op::Add, &[&n2, &x]);
-    let r2 = b.act("relu2", &s, Activation::Relu);
-    let g = b.node("gap", Op::GlobalAvgPool, &[&r2]);
-    let fc = linear(&mut b, "fc", &g, 16, 10, 31);
-    b.output(&fc);
-    b.build().unwrap()
-}
-
-fn gru_classifier() -> Graph {
-    let mut b = GraphBuilder::new("gru-classifier");
-    let x = b.input("x", &[1, 6, 12]);
-    let h = 16;
-    let s = (1.0 / h as f32).sqrt();
-    b.param("gru.w_ih", Tensor::uniform([3 * h, 12], s, 41));
-    b.param("gru.w_hh", Tensor::uniform([3 * h, h], s, 42));
-    b.param("gru.b_ih", Tensor::uniform([3 * h], s, 43));
-    b.param("gru.b_hh", Tensor::uniform([3 * h], s, 44));
-    let op = Op::Gru {
-        w_ih: "gru.w_ih".into(),
-        w_hh: "gru.w_hh".into(),
-        b_ih: "gru.b_ih".into(),
-        b_hh: "gru.b_hh".into(),
-        hidden: h,
-        return_sequences: false,
-    };
-    let r = b.node("gru", op, &[&x]);
-    let fc = linear(&mut b, "fc", &r, h, 9, 45);
-    b.output(&fc);
-    b.build().unwrap()
-}
-
-fn attention_block() -> Graph {
-    let mut b = GraphBuilder::new("attention");
-    let d = 8;
-    let x = b.input("x", &[1, 4, d]);
-    let q = linear(&mut b, "q", &x, d, d, 61);
-    let k = linear(&mut b, "k", &x, d, d, 63);
-    let v = linear(&mut b, "v", &x, d, d, 65);
-    let kt = b.node("kt", Op::Transpose { perm: vec![0, 2, 1] }, &[&k]);
-    let scores = b.node("scores", Op::MatMul, &[&q, &kt]);
-    let scaled = b.node("scaled", Op::Scale { factor: 1.0 / (d as f32).sqrt() }, &[&scores]);
-    let attn = b.node("attn", Op::Softmax { axis: 2 }, &[&scaled]);
-    let ctx = b.node("ctx", Op::MatMul, &[&attn, &v]);
-    let o = linear(&mut b, "o", &ctx, d, d, 67);
-    let res = b.node("res", Op::Add, &[&o, &x]);
-    b.param("ln.gamma", Tensor::new(vec![d], vec![1.0; d]));
-    b.param("ln.beta", Tensor::zeros([d]));
-    let ln = b.node(
-        "ln",
-        Op::LayerNorm { gamma: "ln.gamma".into(), beta: "ln.beta".into(), eps: 1e-5 },
-        &[&res],
-    );
-    let r = b.node("flat", Op::Reshape { shape: vec![-1, 4, d as i64] }, &[&ln]);
-    let r2 = b.node("flat2", Op::Reshape { shape: vec![-1, 4 * d as i64] }, &[&r]);
-    let fc = linear(&mut b, "head", &r2, 4 * d, 2, 69);
-    b.output(&fc);
-    b.build().unwrap()
-}
 
 fn input_for(g: &Graph, seed: u64) -> Tensor {
     Tensor::uniform(g.inputs[0].shape.clone(), 1.0, seed)
@@ -235,7 +78,7 @@ fn exercise(g: &Graph, snapshot: Expect) {
 #[test]
 fn lenet5_round_trip_and_passes() {
     exercise(
-        &lenet5(),
+        &lenet5().unwrap(),
         expect![[r#"
         graph lenet5(%x [1x1x28x28])
           %relu1 = conv[s1x1 p2x2 d1x1 g1 +relu](%x; conv1.weight[6x1x5x5], conv1.bias[6]) -> [1x6x28x28]
@@ -254,7 +97,7 @@ fn lenet5_round_trip_and_passes() {
 #[test]
 fn vgg_round_trip_and_passes() {
     exercise(
-        &vgg_cifar(),
+        &vgg_cifar().unwrap(),
         expect![[r#"
         graph vgg-cifar(%x [1x3x32x32])
           %relu0 = conv[s1x1 p1x1 d1x1 g1 +relu](%x; conv0.weight[16x3x3x3], conv0.bias[16]) -> [1x16x32x32]
@@ -273,7 +116,7 @@ fn vgg_round_trip_and_passes() {
 #[test]
 fn resnet_block_round_trip_and_passes() {
     exercise(
-        &resnet_block(),
+        &resnet_block().unwrap(),
         expect![[r#"
         graph resnet-block(%x [1x16x8x8])
           %relu1 = conv[s1x1 p1x1 d1x1 g1 +relu](%x; conv1.weight[16x16x3x3], conv1.bias[16]) -> [1x16x8x8]
@@ -290,7 +133,7 @@ fn resnet_block_round_trip_and_passes() {
 #[test]
 fn gru_round_trip_and_passes() {
     exercise(
-        &gru_classifier(),
+        &gru_classifier().unwrap(),
         expect![[r#"
         graph gru-classifier(%x [1x6x12])
           %gru = gru[h16](%x; gru.w_ih[48x12], gru.w_hh[48x16], gru.b_ih[48], gru.b_hh[48]) -> [1x16]
@@ -303,7 +146,7 @@ fn gru_round_trip_and_passes() {
 #[test]
 fn attention_round_trip_and_passes() {
     exercise(
-        &attention_block(),
+        &attention_block().unwrap(),
         expect![[r#"
         graph attention(%x [1x4x8])
           %q = linear(%x; q.weight[8x8], q.bias[8]) -> [1x4x8]
@@ -328,7 +171,7 @@ fn attention_round_trip_and_passes() {
 fn pruned_models_keep_their_masks_and_shrink_dead_channels() {
     // VGG: channel-prune conv1 (half its input channels: conv0's outputs it no longer reads
     // become dead) and block-punch conv2.
-    let mut g = vgg_cifar();
+    let mut g = vgg_cifar().unwrap();
     g.prune("conv1", "conv1.weight", &Scheme::Channel, Target::Sparsity(0.5)).unwrap();
     g.prune(
         "conv2",
@@ -357,7 +200,7 @@ fn pruned_models_keep_their_masks_and_shrink_dead_channels() {
 
     // LeNet: filter pruning with zero biases (dead filters) removes conv2 channels and the
     // fc1 columns they fed through the flatten.
-    let mut g = lenet5();
+    let mut g = lenet5().unwrap();
     g.prune("conv2", "conv2.weight", &Scheme::Filter, Target::Sparsity(0.5)).unwrap();
     let shapes = g.validate().unwrap();
     let layer = g.weight_layer(&g.nodes[3], "conv2.weight", &shapes).unwrap();
@@ -379,7 +222,7 @@ fn pruned_models_keep_their_masks_and_shrink_dead_channels() {
 
 #[test]
 fn stats_count_params_and_flops() {
-    let mut g = lenet5();
+    let mut g = lenet5().unwrap();
     let (per, total) = stats::weight_stats(&g).unwrap();
     assert_eq!(per.len(), 5);
     // conv1: 6*1*25 weights, 28*28 positions.
@@ -392,6 +235,6 @@ fn stats_count_params_and_flops() {
     assert_eq!(per[2].scheme.as_deref(), Some("block:4x4"));
     assert_eq!(per[2].bytes_csr, 8 * 6000 + 4 * 121);
     // GRU weights count every time step.
-    let (per, _) = stats::weight_stats(&gru_classifier()).unwrap();
+    let (per, _) = stats::weight_stats(&gru_classifier().unwrap()).unwrap();
     assert_eq!(per[0].counts.flops_dense, 2 * 48 * 12 * 6);
 }

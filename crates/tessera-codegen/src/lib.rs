@@ -1,0 +1,54 @@
+//! `tessera-codegen`: compiles a sparse IR graph into a fast execution plan.
+//!
+//! The compiler half of compression-compilation co-design. A [`Plan`] is an IR graph
+//! (after the IR passes: batch norms folded, activations fused, dead channels removed)
+//! lowered once: each weighted layer gets the storage format and kernel its
+//! tessera-sparsity scheme calls for, its weights are packed once, every activation value
+//! gets a range of one arena reused by liveness, and every kernel its scratch, so
+//! [`Plan::run`] allocates nothing. Batch size >= 1.
+//!
+//! | weight scheme | format -> kernel (tessera-kernels) |
+//! |---|---|
+//! | dense | row groups of 8 filters (direct convolution); GEMV for linear layers |
+//! | unstructured | CSR -> row-group engine |
+//! | block-punched | block-punched -> row-group engine |
+//! | KGS (3-D) | KGS -> row-group engine |
+//! | block | BSR -> row-group engine |
+//! | BCR | BCR-compact -> BCR block kernel |
+//! | pattern (+ connectivity), 3x3 | FKW -> pattern kernel |
+//! | others (filter, channel, N:M, ...) | masked row groups (kept columns of each group of 8 filters) |
+//!
+//! Lowered ops: convolution (2-D, 3-D, grouped, depthwise), linear, batch norm, the
+//! activations, 2-D max and average pooling, global average pooling, add, flatten and
+//! reshape (views, no copy). Other ops are refused naming the node; run those graphs with
+//! `tessera_ir::interp`.
+//!
+//! ```
+//! use tessera_codegen::{CompileOptions, Plan};
+//! use tessera_ir::{Activation, Conv2d, GraphBuilder, Tensor, interp};
+//!
+//! let mut b = GraphBuilder::new("tiny");
+//! let x = b.input("x", &[1, 8, 12, 12]);
+//! let w = Tensor::uniform([16, 8, 3, 3], 0.2, 1);
+//! let c = b.conv2d("conv", &x, w, None, Conv2d { padding: 1, ..Default::default() });
+//! let r = b.act("relu", &c, Activation::Relu);
+//! b.output(&r);
+//! let graph = b.build()?;
+//!
+//! let mut plan = Plan::compile(&graph, &CompileOptions::default())?;
+//! let input = Tensor::uniform([1, 8, 12, 12], 1.0, 2);
+//! let mut out = vec![0.0; plan.output_shape().iter().product()];
+//! plan.run(&input.data, &mut out)?;
+//! let want = &interp::run(&graph, &[input])?[0];
+//! assert!(out.iter().zip(&want.data).all(|(a, b)| (a - b).abs() < 1e-4));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod buffers;
+mod error;
+mod lower;
+mod plan;
+
+pub use error::{CodegenError, Result};
+pub use plan::{CompileOptions, LayerReport, Plan};

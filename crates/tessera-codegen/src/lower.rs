@@ -1,0 +1,304 @@
+//! Lowering one weighted layer to a kernel: the storage format and kernel follow from the
+//! weight's tessera-sparsity scheme and the layer's shape.
+//!
+//! | scheme | format -> kernel |
+//! |---|---|
+//! | dense | row groups of 8 filters (direct convolution) |
+//! | unstructured | CSR -> row-group engine |
+//! | block-punched | block-punched -> row-group engine (filters of a block share kept columns) |
+//! | KGS (conv3d) | KGS -> row-group engine |
+//! | block (BSR) | BSR -> row-group engine |
+//! | BCR | BCR-compact -> BCR block kernel |
+//! | pattern (+ connectivity), 3x3, ungrouped | FKW -> pattern kernel |
+//! | anything else (filter, channel, N:M, polarized, ...) | masked row groups: only kept columns of each group of 8 filters |
+//!
+//! A format that refuses the mask (a structure the scheme should have produced but did not)
+//! falls back to masked row groups with a warning: the plan stays correct, only slower.
+
+use tessera_ir::{Node, Op, Param, Shapes};
+use tessera_kernels::formats::bcr::{BcrCompact, BcrConv};
+use tessera_kernels::formats::block_punched::{BlockPunched, Kgs};
+use tessera_kernels::formats::bsr::Bsr;
+use tessera_kernels::formats::csr::Csr;
+use tessera_kernels::formats::fkw::{Fkw, FkwConv};
+use tessera_kernels::{ConvScratch, ConvShape, RowGroupConv, RowGroupMatrix};
+use tessera_sparsity::{Mask, PatternLibrary, Scheme};
+
+use crate::error::{Result, kernel_error, unsupported};
+
+/// Filters per row group of the dense and masked fallbacks.
+const GROUP_ROWS: usize = 8;
+
+/// A convolution kernel with its packed weights and scratch.
+#[derive(Debug)]
+pub(crate) enum ConvKernel {
+    /// The row-group engine (direct convolution over kept columns).
+    Rows { conv: Box<RowGroupConv>, scratch: ConvScratch },
+    /// The FKW pattern kernel.
+    Fkw { conv: Box<FkwConv>, scratch: ConvScratch },
+    /// The BCR block kernel.
+    Bcr { conv: Box<BcrConv>, scratch: ConvScratch },
+}
+
+/// A fully connected kernel (one vector at a time).
+#[derive(Debug)]
+pub(crate) enum LinearKernel {
+    /// Dense GEMV.
+    Dense { weights: Vec<f32>, rows: usize, cols: usize },
+    /// Row-group GEMV.
+    Rows(Box<RowGroupMatrix>),
+    /// BCR GEMV.
+    Bcr(Box<BcrConv>),
+}
+
+/// Kernel label and storage format, for reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Choice {
+    pub kernel: &'static str,
+    pub format: &'static str,
+}
+
+/// The convolution geometry of a conv node reading `input` of shape `[N, C, spatial...]`.
+pub(crate) fn conv_shape(node: &Node, weight: &Param, input: &[usize]) -> Result<ConvShape> {
+    let Op::Conv { stride, padding, dilation, groups, .. } = &node.op else {
+        return Err(unsupported(node, "not a convolution"));
+    };
+    let ws = &weight.tensor.shape;
+    let spatial = ws.len().saturating_sub(2);
+    if !(spatial == 2 || spatial == 3) || input.len() != ws.len() {
+        return Err(unsupported(node, "only 2-D and 3-D convolutions are lowered"));
+    }
+    // Pad 2-D attributes to the kernels' [depth, height, width].
+    let lift = |v: &[usize], fill: usize| -> [usize; 3] {
+        if spatial == 2 { [fill, v[0], v[1]] } else { [v[0], v[1], v[2]] }
+    };
+    let dims = &input[2..];
+    let shape = ConvShape {
+        in_channels: input[1],
+        out_channels: ws[0],
+        groups: *groups,
+        input: lift(dims, 1),
+        kernel: lift(&ws[2..], 1),
+        stride: lift(stride, 1),
+        padding: lift(padding, 0),
+        dilation: lift(dilation, 1),
+    };
+    shape.validated().map_err(kernel_error(&node.name))
+}
+
+/// Masked row groups: every group of up to 8 filters (inside a channel group) keeps the
+/// columns any of its filters keeps.
+fn masked_rows(shape: &ConvShape, w: &[f32], mask: Option<&Mask>) -> Result<RowGroupMatrix> {
+    let groups =
+        RowGroupMatrix::uniform_groups(shape.out_channels, shape.out_per_group(), GROUP_ROWS);
+    RowGroupMatrix::from_dense(shape.out_channels, shape.cols(), w, mask, &groups)
+        .map_err(kernel_error("masked rows"))
+}
+
+/// The pattern library of a pattern scheme: the scheme's own, else the distinct kept-tap
+/// sets of the mask (each must be a 4-tap pattern with the centre).
+fn library_of(scheme_library: Option<&PatternLibrary>, mask: &Mask) -> Option<PatternLibrary> {
+    if let Some(l) = scheme_library {
+        return Some(l.clone());
+    }
+    let mut seen: Vec<u16> = Vec::new();
+    for k in 0..mask.len() / 9 {
+        let bits = (0..9).fold(0u16, |b, t| b | u16::from(mask.get(9 * k + t)) << t);
+        if bits != 0 && !seen.contains(&bits) {
+            seen.push(bits);
+        }
+    }
+    seen.sort_unstable();
+    PatternLibrary::new(seen).ok()
+}
+
+fn rows_kernel(node: &str, m: RowGroupMatrix, shape: ConvShape) -> Result<ConvKernel> {
+    let conv = RowGroupConv::new(m, shape).map_err(kernel_error(node))?;
+    let scratch = ConvScratch::for_conv(&conv);
+    Ok(ConvKernel::Rows { conv: Box::new(conv), scratch })
+}
+
+/// The kernel of a dense convolution: the row-group engine with every weight kept (direct
+/// convolution). Not im2col + GEMM, although it is up to 1.25x faster on small feature maps
+/// (conv3x3 256@8x8): the `gemm` crate allocates its packing buffers on every call, and a
+/// plan's run allocates nothing.
+fn dense_conv(node: &str, shape: ConvShape, w: &[f32]) -> Result<(ConvKernel, Choice)> {
+    Ok((
+        rows_kernel(node, masked_rows(&shape, w, None)?, shape)?,
+        Choice { kernel: "direct", format: "dense" },
+    ))
+}
+
+/// Chooses, encodes and binds the kernel of a convolution whose weight is `param`.
+pub(crate) fn conv_kernel(
+    node: &Node,
+    param: &Param,
+    shape: ConvShape,
+) -> Result<(ConvKernel, Choice)> {
+    let name = node.name.as_str();
+    let w = &param.tensor.data;
+    let Some(sp) = &param.sparsity else {
+        return dense_conv(name, shape, w);
+    };
+    let layer = shape.layer(name).map_err(kernel_error(name))?;
+    let mask = &sp.mask;
+    let encoded: std::result::Result<(ConvKernel, Choice), tessera_kernels::KernelError> =
+        (|| match &sp.scheme {
+            Scheme::Unstructured => {
+                let m = Csr::encode(shape.out_channels, shape.cols(), w, mask)?.to_row_groups();
+                Ok((rows_or(m, shape)?, Choice { kernel: "row-groups", format: "CSR" }))
+            }
+            Scheme::BlockPunched { block, .. } => {
+                let f = BlockPunched::encode(&layer, w, mask, block.rows(), block.cols())?;
+                Ok((
+                    rows_or(f.to_row_groups(), shape)?,
+                    Choice { kernel: "row-groups", format: "block-punched" },
+                ))
+            }
+            Scheme::Kgs { group, .. } => {
+                let f = Kgs::encode(&layer, w, mask, group.rows(), group.cols())?;
+                Ok((
+                    rows_or(f.to_row_groups(), shape)?,
+                    Choice { kernel: "row-groups", format: "KGS" },
+                ))
+            }
+            Scheme::Block { block, .. } => {
+                let f = Bsr::encode(&layer, w, mask, block.rows(), block.cols())?;
+                Ok((
+                    rows_or(f.to_row_groups(), shape)?,
+                    Choice { kernel: "row-groups", format: "BSR" },
+                ))
+            }
+            Scheme::Bcr { block } => {
+                let f = BcrCompact::encode(&layer, w, mask, block.rows(), block.cols())?;
+                let conv = BcrConv::new(f, shape)?;
+                let scratch = conv.scratch();
+                Ok((
+                    ConvKernel::Bcr { conv: Box::new(conv), scratch },
+                    Choice { kernel: "bcr-blocks", format: "BCR-compact" },
+                ))
+            }
+            Scheme::Pattern(ps)
+                if shape.kernel == [1, 3, 3] && shape.groups == 1 && shape.is_2d() =>
+            {
+                let Some(lib) = library_of(ps.library.as_ref(), mask) else {
+                    return Err(tessera_kernels::KernelError::InvalidShape {
+                        reason: "the mask's kernels are not 4-tap patterns".into(),
+                    });
+                };
+                let f = Fkw::encode(&layer, w, mask, &lib)?;
+                let conv = FkwConv::new(f, shape)?;
+                let scratch = conv.scratch_for(1);
+                Ok((
+                    ConvKernel::Fkw { conv: Box::new(conv), scratch },
+                    Choice { kernel: "pattern", format: "FKW" },
+                ))
+            }
+            _ => Err(tessera_kernels::KernelError::InvalidShape {
+                reason: "no specialized format".into(),
+            }),
+        })();
+    match encoded {
+        Ok(k) => Ok(k),
+        Err(e) => {
+            if !is_no_format(&e) {
+                tracing::warn!(node = name, scheme = %sp.scheme, error = %e, "falling back to masked row groups");
+            }
+            Ok((
+                rows_kernel(name, masked_rows(&shape, w, Some(mask))?, shape)?,
+                Choice { kernel: "row-groups", format: "masked" },
+            ))
+        }
+    }
+}
+
+fn rows_or(
+    m: RowGroupMatrix,
+    shape: ConvShape,
+) -> std::result::Result<ConvKernel, tessera_kernels::KernelError> {
+    let conv = RowGroupConv::new(m, shape)?;
+    let scratch = ConvScratch::for_conv(&conv);
+    Ok(ConvKernel::Rows { conv: Box::new(conv), scratch })
+}
+
+/// Chooses and encodes the kernel of a fully connected layer `[out, in]`.
+pub(crate) fn linear_kernel(node: &Node, param: &Param) -> Result<(LinearKernel, Choice)> {
+    let name = node.name.as_str();
+    let s = &param.tensor.shape;
+    if s.len() != 2 {
+        return Err(unsupported(node, format!("weight of shape {s:?}, expected [out, in]")));
+    }
+    let (rows, cols) = (s[0], s[1]);
+    let w = &param.tensor.data;
+    let dense = || {
+        (
+            LinearKernel::Dense { weights: w.clone(), rows, cols },
+            Choice { kernel: "gemv", format: "dense" },
+        )
+    };
+    let Some(sp) = &param.sparsity else {
+        return Ok(dense());
+    };
+    let layer = tessera_sparsity::Layer::linear(name, rows, cols)
+        .map_err(|e| crate::error::unsupported(node, e.to_string()))?;
+    let mask = &sp.mask;
+    let encoded: std::result::Result<(LinearKernel, Choice), tessera_kernels::KernelError> =
+        (|| match &sp.scheme {
+            Scheme::Unstructured => Ok((
+                LinearKernel::Rows(Box::new(Csr::encode(rows, cols, w, mask)?.to_row_groups())),
+                Choice { kernel: "row-groups gemv", format: "CSR" },
+            )),
+            Scheme::Block { block, .. } => {
+                let m = Bsr::encode(&layer, w, mask, block.rows(), block.cols())?.to_row_groups();
+                Ok((
+                    LinearKernel::Rows(Box::new(m)),
+                    Choice { kernel: "row-groups gemv", format: "BSR" },
+                ))
+            }
+            Scheme::BlockPunched { block, .. } => {
+                let m = BlockPunched::encode(&layer, w, mask, block.rows(), block.cols())?
+                    .to_row_groups();
+                Ok((
+                    LinearKernel::Rows(Box::new(m)),
+                    Choice { kernel: "row-groups gemv", format: "block-punched" },
+                ))
+            }
+            Scheme::Bcr { block } => {
+                let f = BcrCompact::encode(&layer, w, mask, block.rows(), block.cols())?;
+                Ok((
+                    LinearKernel::Bcr(Box::new(BcrConv::gemm(f, 1)?)),
+                    Choice { kernel: "bcr gemv", format: "BCR-compact" },
+                ))
+            }
+            _ => Err(tessera_kernels::KernelError::InvalidShape {
+                reason: "no specialized format".into(),
+            }),
+        })();
+    match encoded {
+        Ok(k) => Ok(k),
+        Err(e) => {
+            if !is_no_format(&e) {
+                tracing::warn!(node = name, scheme = %sp.scheme, error = %e, "falling back to masked row groups");
+            }
+            let groups = RowGroupMatrix::uniform_groups(rows, rows, GROUP_ROWS);
+            let m = RowGroupMatrix::from_dense(rows, cols, w, Some(mask), &groups)
+                .map_err(kernel_error(name))?;
+            Ok((
+                LinearKernel::Rows(Box::new(m)),
+                Choice { kernel: "row-groups gemv", format: "masked" },
+            ))
+        }
+    }
+}
+
+fn is_no_format(e: &tessera_kernels::KernelError) -> bool {
+    matches!(e, tessera_kernels::KernelError::InvalidShape { reason } if reason == "no specialized format")
+}
+
+/// Shape of value `name`, or an error naming the node.
+pub(crate) fn shape_of<'a>(shapes: &'a Shapes, node: &Node, name: &str) -> Result<&'a [usize]> {
+    shapes
+        .get(name)
+        .map(Vec::as_slice)
+        .ok_or_else(|| unsupported(node, format!("no shape inferred for `{name}`")))
+}

@@ -1,0 +1,225 @@
+//! Plans against the reference interpreter: every example graph of the zoo's shapes, dense and
+//! pruned under every scheme with a specialized format, before and after the IR passes, at
+//! batch 1 and 3, on one and two threads and on every instruction set this CPU has. Plus the
+//! formats the planner picks, the errors it gives, and that a run allocates nothing.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use tessera_codegen::{CodegenError, CompileOptions, Plan};
+use tessera_ir::passes::Pipeline;
+use tessera_ir::{Graph, Op, Tensor, examples, interp};
+use tessera_kernels::Isa;
+use tessera_sparsity::{Scheme, Target};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.with(|a| a.set(a.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn graphs() -> Vec<Graph> {
+    vec![
+        examples::lenet5().unwrap(),
+        examples::vgg_cifar().unwrap(),
+        examples::resnet_block().unwrap(),
+        examples::mobilenet_block().unwrap(),
+    ]
+}
+
+fn batch_input(g: &Graph, batch: usize, seed: u64) -> Tensor {
+    let mut shape = g.inputs[0].shape.clone();
+    shape[0] = batch;
+    Tensor::uniform(shape, 1.0, seed)
+}
+
+/// Runs `g` through a plan and the interpreter; they must agree to 1e-4 of the output's
+/// largest magnitude (f32 kernels against the interpreter's f64 accumulation, over sums of
+/// up to ~1000 terms).
+fn check(g: &Graph, options: &CompileOptions, what: &str) -> Plan {
+    let x = batch_input(g, options.batch, 17);
+    let want = &interp::run(g, std::slice::from_ref(&x)).unwrap()[0];
+    let mut plan = Plan::compile(g, options).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(plan.output_shape(), want.shape.as_slice(), "{what}");
+    let mut out = vec![f32::NAN; want.len()];
+    plan.run(&x.data, &mut out).unwrap();
+    let scale = want.data.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+    for (i, (a, b)) in out.iter().zip(&want.data).enumerate() {
+        assert!((a - b).abs() <= 1e-4 * scale, "{what}: output {i}: plan {a} vs interp {b}");
+    }
+    // A second run on the same plan gives the same numbers (no state leaks between runs).
+    let mut again = vec![0.0; want.len()];
+    plan.run(&x.data, &mut again).unwrap();
+    assert_eq!(out, again, "{what}: second run");
+    plan
+}
+
+fn every_option() -> Vec<CompileOptions> {
+    let mut out = Vec::new();
+    for isa in Isa::available() {
+        for (batch, threads) in [(1, 1), (3, 1), (1, 2), (2, 2)] {
+            out.push(CompileOptions { batch, threads, isa: Some(isa) });
+        }
+    }
+    out
+}
+
+#[test]
+fn every_example_graph_matches_the_interpreter() {
+    for g in graphs() {
+        let (opt, _) = Pipeline::standard().run(g.clone()).unwrap();
+        for o in every_option() {
+            check(&g, &o, &format!("{} raw {o:?}", g.name));
+            check(&opt, &o, &format!("{} after passes {o:?}", g.name));
+        }
+    }
+}
+
+/// Every conv and linear weight of `g` pruned with `scheme` at `target` where the scheme
+/// applies (pattern schemes only on 3x3 convolutions).
+fn prune_all(g: &mut Graph, scheme: &str, target: f64) -> usize {
+    let s: Scheme = scheme.parse().unwrap();
+    let nodes: Vec<(String, String, bool)> = g
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::Conv { weight, .. } => {
+                let shape = &g.params[weight].tensor.shape;
+                let three = shape.len() == 4 && shape[2] == 3 && shape[3] == 3 && shape[1] > 1;
+                Some((n.name.clone(), weight.clone(), three))
+            }
+            Op::Linear { weight, .. } => Some((n.name.clone(), weight.clone(), false)),
+            _ => None,
+        })
+        .collect();
+    let mut pruned = 0;
+    for (node, weight, three) in nodes {
+        if scheme.starts_with("pattern") && !three {
+            continue;
+        }
+        g.prune(&node, &weight, &s, Target::Compression(target)).unwrap();
+        pruned += 1;
+    }
+    pruned
+}
+
+#[test]
+fn every_scheme_matches_the_interpreter_and_gets_its_format() {
+    let cases = [
+        ("unstructured", 8.0, "CSR"),
+        ("block-punched:8x4", 8.0, "block-punched"),
+        ("bcr:4x8", 4.0, "BCR-compact"),
+        ("pattern:8+connectivity", 8.0, "FKW"),
+        ("filter", 2.0, "masked"),
+        ("block:4x4", 4.0, "BSR"),
+    ];
+    let isa = Isa::detect();
+    for g in graphs() {
+        for (scheme, rate, format) in cases {
+            let mut pruned = g.clone();
+            let applied = prune_all(&mut pruned, scheme, rate);
+            let (opt, _) = Pipeline::standard().run(pruned.clone()).unwrap();
+            for (batch, threads) in [(1, 1), (2, 2)] {
+                let o = CompileOptions { batch, threads, isa: Some(isa) };
+                let raw = check(&pruned, &o, &format!("{} {scheme} raw {o:?}", g.name));
+                let passed = check(&opt, &o, &format!("{} {scheme} after passes {o:?}", g.name));
+                // The scheme's own format serves every convolution it pruned, unless the
+                // passes reshaped the weight (dead-channel removal drops columns, which can
+                // break block alignment: then masked row groups, still exact).
+                for (plan, graph) in [(&raw, &pruned), (&passed, &opt)] {
+                    let mut seen = 0;
+                    for l in plan.layers().iter().filter(|l| l.op == "conv" && l.scheme.is_some()) {
+                        let weight = format!("{}.weight", l.node.trim_start_matches("relu"));
+                        let reshaped = graph.params.get(&weight).is_none_or(|p| {
+                            pruned
+                                .params
+                                .get(&weight)
+                                .is_none_or(|q| q.tensor.shape != p.tensor.shape)
+                        });
+                        if !reshaped {
+                            assert_eq!(l.format, format, "{} {}: {l:?}", g.name, l.node);
+                            seen += 1;
+                        }
+                        assert!(l.kept_macs <= l.dense_macs, "{l:?}");
+                    }
+                    let saved = plan.layers().iter().any(|l| l.kept_macs < l.dense_macs);
+                    // (LeNet-5 and the MobileNet block have no ungrouped 3x3 conv to pattern.)
+                    assert!(saved || scheme == "filter" || applied == 0, "{} {scheme}", g.name);
+                    if scheme != "filter" && std::ptr::eq(graph, &pruned) {
+                        let convs = pruned.nodes.iter().any(|n| {
+                            matches!(&n.op, Op::Conv { weight, .. } if pruned.params[weight].sparsity.is_some())
+                        });
+                        assert!(seen > 0 || !convs, "{} {scheme}", g.name);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn liveness_reuses_activation_memory() {
+    let g = examples::vgg_cifar().unwrap();
+    let (opt, _) = Pipeline::standard().run(g).unwrap();
+    let plan = Plan::compile(&opt, &CompileOptions::default()).unwrap();
+    let shapes = opt.validate().unwrap();
+    let sum: usize = shapes.values().map(|s| s.iter().product::<usize>()).sum();
+    // The two largest values (16x32x32, a conv's input and output) must coexist; first fit
+    // may leave a gap the size of the input image, no more.
+    let peak = 2 * 16 * 32 * 32;
+    assert!(plan.arena_len() >= peak);
+    assert!(plan.arena_len() <= peak + 3 * 32 * 32, "{} of {sum}", plan.arena_len());
+}
+
+#[test]
+fn runs_allocate_nothing() {
+    for g in graphs() {
+        let mut pruned = g.clone();
+        let _ = prune_all(&mut pruned, "block-punched:8x4", 4.0);
+        for graph in [g.clone(), pruned] {
+            let (opt, _) = Pipeline::standard().run(graph).unwrap();
+            let mut plan = Plan::compile(&opt, &CompileOptions::default()).unwrap();
+            let x = batch_input(&opt, 1, 3);
+            let mut y = vec![0.0; plan.output_shape().iter().product()];
+            plan.run(&x.data, &mut y).unwrap();
+            let before = ALLOCS.with(Cell::get);
+            plan.run(&x.data, &mut y).unwrap();
+            assert_eq!(ALLOCS.with(Cell::get) - before, 0, "{}", g.name);
+        }
+    }
+}
+
+#[test]
+fn errors_name_what_is_wrong() {
+    // An op without a lowering is refused, naming the node.
+    let gru = examples::gru_classifier().unwrap();
+    let err = Plan::compile(&gru, &CompileOptions::default()).unwrap_err();
+    assert!(matches!(&err, CodegenError::Unsupported { node, .. } if node == "gru"), "{err}");
+    assert!(err.to_string().contains("gru"));
+    // Wrong buffer lengths.
+    let g = examples::lenet5().unwrap();
+    let mut plan = Plan::compile(&g, &CompileOptions { batch: 2, ..Default::default() }).unwrap();
+    let mut y = vec![0.0; 20];
+    let err = plan.run(&[0.0; 784], &mut y).unwrap_err();
+    assert!(err.to_string().contains("input") && err.to_string().contains("1568"), "{err}");
+    let err = plan.run(&[0.0; 1568], &mut [0.0; 10]).unwrap_err();
+    assert!(err.to_string().contains("output"), "{err}");
+    // Batch 0.
+    assert!(Plan::compile(&g, &CompileOptions { batch: 0, ..Default::default() }).is_err());
+}
