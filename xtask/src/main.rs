@@ -9,6 +9,8 @@
 //! * `cargo xtask data verify [--dir DIR]`: check cached sets against their checksums.
 //! * `cargo xtask data list [--dir DIR]`: show which sets are cached where.
 //! * `cargo xtask bench kernels [...]`: dense vs sparse kernels, results/bench-kernels/.
+//! * `cargo xtask bench models [...]`: whole models compiled by tessera-codegen, dense vs
+//!   pruned, and burn's forward, results/bench-models/.
 //! * `cargo xtask prune designer --model DIR --config FILE --out DIR`: the privacy-preserving
 //!   designer: prunes a saved dense model with ADMM on synthetic inputs and distillation only
 //!   (no data set is opened) and writes the pruned model with its mask file.
@@ -241,6 +243,32 @@ enum BenchCommand {
         #[arg(long, default_value = "results/bench-kernels")]
         out: PathBuf,
     },
+    /// Whole models compiled by tessera-codegen, dense vs pruned, and burn's forward
+    /// (results/bench-models/).
+    Models {
+        /// Only models whose name contains one of these strings.
+        #[arg(long)]
+        only: Vec<String>,
+        /// Thread counts.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        threads: Vec<usize>,
+        /// Compression rates of the pruned layers.
+        #[arg(long, value_delimiter = ',', default_value = "4,8,16")]
+        rates: Vec<f64>,
+        /// Schemes.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "block-punched:8x4,bcr:8x32,pattern:8+connectivity,unstructured"
+        )]
+        schemes: Vec<String>,
+        /// Minimum measured seconds per point.
+        #[arg(long, default_value_t = 0.3)]
+        min_time: f64,
+        /// Output directory.
+        #[arg(long, default_value = "results/bench-models")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -321,6 +349,27 @@ fn main() -> Result<()> {
                 tessera_benches::kernels::SuiteConfig { threads, sparsities, only, min_time },
                 &out,
             )?;
+        }
+        Command::Bench {
+            command: BenchCommand::Models { only, threads, rates, schemes, min_time, out },
+        } => {
+            let cfg = tessera_benches::models::ModelSuiteConfig {
+                only,
+                threads,
+                rates,
+                schemes,
+                min_time,
+            };
+            let results = tessera_benches::models::run_models(&cfg)?;
+            let json = serde_json::to_vec_pretty(&serde_json::json!({
+                "isa": tessera_kernels::Isa::detect().to_string(),
+                "config": cfg,
+                "results": results,
+            }))?;
+            tessera_data::file::write_atomic(&out.join("results.json"), &json)?;
+            let md = tessera_benches::models::markdown(&results);
+            tessera_data::file::write_atomic(&out.join("report.md"), md.as_bytes())?;
+            tracing::info!(points = results.models.len(), dir = %out.display(), "model benchmark written");
         }
         Command::Fixtures { out } => {
             tessera_data::fetch::build_fixtures(&out)

@@ -55,6 +55,8 @@ pub struct LayerReport {
 #[derive(Debug)]
 pub struct Plan {
     steps: Vec<Step>,
+    /// Node of each step.
+    step_nodes: Vec<String>,
     arena: Vec<f32>,
     input: Slot,
     output: Slot,
@@ -200,8 +202,12 @@ impl Plan {
         let slot = |name: &str| slots[value_of[name]];
 
         let mut steps = Vec::new();
+        let mut step_nodes = Vec::new();
         let mut layers = Vec::new();
         for node in &graph.nodes {
+            if !matches!(node.op, Op::Flatten { .. } | Op::Reshape { .. }) {
+                step_nodes.push(node.name.clone());
+            }
             let x_shape = shape_of(&shapes, node, &node.inputs[0])?;
             let y_shape = shape_of(&shapes, node, &node.output)?;
             let io = Io {
@@ -293,6 +299,7 @@ impl Plan {
         }
         Ok(Plan {
             steps,
+            step_nodes,
             arena: vec![0.0; arena_len],
             input: slots[0],
             output: slots[out_value],
@@ -324,9 +331,41 @@ impl Plan {
         self.arena.len()
     }
 
+    /// The node each step runs, in execution order (views have no step).
+    pub fn step_nodes(&self) -> &[String] {
+        &self.step_nodes
+    }
+
     /// Runs the plan on `input` (the whole batch, row-major) into `output`. Allocates
     /// nothing.
     pub fn run(&mut self, input: &[f32], output: &mut [f32]) -> Result<()> {
+        self.run_inner(input, output, None)
+    }
+
+    /// [`Plan::run`], adding each step's wall time in seconds to `seconds` (one entry per
+    /// [`Plan::step_nodes`]).
+    pub fn run_timed(
+        &mut self,
+        input: &[f32],
+        output: &mut [f32],
+        seconds: &mut [f64],
+    ) -> Result<()> {
+        if seconds.len() != self.steps.len() {
+            return Err(CodegenError::BufferLength {
+                what: "step times",
+                expected: self.steps.len(),
+                found: seconds.len(),
+            });
+        }
+        self.run_inner(input, output, Some(seconds))
+    }
+
+    fn run_inner(
+        &mut self,
+        input: &[f32],
+        output: &mut [f32],
+        mut seconds: Option<&mut [f64]>,
+    ) -> Result<()> {
         if input.len() != self.input.len {
             return Err(CodegenError::BufferLength {
                 what: "input",
@@ -344,8 +383,12 @@ impl Plan {
         let batch = self.input_shape.first().copied().unwrap_or(1);
         self.arena[self.input.offset..self.input.offset + self.input.len].copy_from_slice(input);
         let (isa, threads) = (self.isa, self.threads);
-        for step in &mut self.steps {
+        for (i, step) in self.steps.iter_mut().enumerate() {
+            let start = seconds.is_some().then(std::time::Instant::now);
             run_step(step, &mut self.arena, batch, isa, threads)?;
+            if let (Some(t), Some(s)) = (seconds.as_deref_mut(), start) {
+                t[i] += s.elapsed().as_secs_f64();
+            }
         }
         output
             .copy_from_slice(&self.arena[self.output.offset..self.output.offset + self.output.len]);

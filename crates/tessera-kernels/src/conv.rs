@@ -405,12 +405,25 @@ impl InputLayout {
                             + pw;
                         dst[base..base + w].copy_from_slice(row);
                     } else {
-                        for (x, &v) in row.iter().enumerate() {
-                            let xp = x + pw;
-                            let phase = ((zp % sd) * sh + yp % sh) * sw + xp % sw;
-                            dst[phase * self.plane_len
-                                + ((zp / sd) * self.plane[1] + yp / sh) * self.plane[2]
-                                + xp / sw] = v;
+                        // One width phase at a time: a strided read of the row and a
+                        // contiguous write, with no division per value (the per-value
+                        // form measured ~30 cycles a float, most of a strided 1x1 conv).
+                        let row_phase = ((zp % sd) * sh + yp % sh) * sw;
+                        let row_base = ((zp / sd) * self.plane[1] + yp / sh) * self.plane[2];
+                        for px in 0..sw {
+                            // First x with (x + pw) % sw == px.
+                            let x0 = (px + sw - pw % sw) % sw;
+                            if x0 >= w {
+                                continue;
+                            }
+                            let base =
+                                (row_phase + px) * self.plane_len + row_base + (x0 + pw) / sw;
+                            let n = (w - x0).div_ceil(sw);
+                            for (d, &v) in
+                                dst[base..base + n].iter_mut().zip(row[x0..].iter().step_by(sw))
+                            {
+                                *d = v;
+                            }
                         }
                     }
                 }

@@ -1,0 +1,362 @@
+//! The whole-model benchmark behind `cargo xtask bench models`: zoo models exported to the IR,
+//! compiled by tessera-codegen dense and pruned under each scheme, timed at batch 1 on 1 and
+//! 2 threads, with per-layer times, and burn's dense forward (flex and ndarray) for the same
+//! model in the same run.
+//!
+//! Weights are the zoo's seeded initialization and masks come from tessera-sparsity's
+//! projections of them (speed depends on structure, not values; the issue allows this when
+//! no pruned model is at hand). Pruned: every convolution except the stem and depthwise
+//! convolutions (one input channel per group has nothing to share); pattern schemes prune the
+//! 3x3 ones. Fully connected layers stay dense (under 1% of these models' FLOPs).
+
+use std::time::Instant;
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use serde::{Deserialize, Serialize};
+use tessera_codegen::{CompileOptions, Plan};
+use tessera_ir::passes::Pipeline;
+use tessera_ir::{Graph, Op, Tensor as IrTensor};
+use tessera_models::zoo::{
+    Classifier, Lenet5Config, MobileNetV2Config, ResNetConfig, VggConfig, WithModel, ZooConfig,
+};
+use tessera_models::{Backend, Masks};
+use tessera_sparsity::{Scheme, Target};
+
+/// What the suite runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelSuiteConfig {
+    /// Only models whose name contains one of these (all when empty).
+    pub only: Vec<String>,
+    /// Thread counts.
+    pub threads: Vec<usize>,
+    /// Compression rates.
+    pub rates: Vec<f64>,
+    /// Schemes.
+    pub schemes: Vec<String>,
+    /// Minimum measured time per point, seconds.
+    pub min_time: f64,
+}
+
+impl Default for ModelSuiteConfig {
+    fn default() -> Self {
+        ModelSuiteConfig {
+            only: Vec::new(),
+            threads: vec![1, 2],
+            rates: vec![4.0, 8.0, 16.0],
+            schemes: ["block-punched:8x4", "bcr:8x32", "pattern:8+connectivity", "unstructured"]
+                .map(String::from)
+                .to_vec(),
+            min_time: 0.3,
+        }
+    }
+}
+
+/// One whole-model measurement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelPoint {
+    /// Model.
+    pub model: String,
+    /// `dense`, a scheme, or `burn-flex` / `burn-ndarray`.
+    pub scheme: String,
+    /// Compression of the pruned layers (1 for dense).
+    pub rate: f64,
+    /// Threads.
+    pub threads: usize,
+    /// Median milliseconds per batch-1 inference.
+    pub median_ms: f64,
+    /// Our dense plan's time / this time (same threads, same run).
+    pub speedup: f64,
+    /// Dense multiply-adds / kept multiply-adds, whole model.
+    pub flop_reduction: f64,
+}
+
+/// One layer of a pruned plan against the same layer of the dense plan (1 thread).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerPoint {
+    /// Model.
+    pub model: String,
+    /// Scheme.
+    pub scheme: String,
+    /// Rate.
+    pub rate: f64,
+    /// Node.
+    pub node: String,
+    /// Kernel and format.
+    pub kernel: String,
+    /// Kernel size (`3x3`, `1x1`, ...).
+    pub kernel_size: String,
+    /// The dense layer's ms.
+    pub dense_ms: f64,
+    /// The pruned layer's ms.
+    pub ms: f64,
+    /// Dense layer ms / pruned layer ms.
+    pub speedup: f64,
+    /// Dense MACs / kept MACs of the layer.
+    pub flop_reduction: f64,
+}
+
+/// Everything measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ModelResults {
+    /// Whole-model points.
+    pub models: Vec<ModelPoint>,
+    /// Per-layer points.
+    pub layers: Vec<LayerPoint>,
+}
+
+fn zoo() -> Vec<(&'static str, ZooConfig, [usize; 4])> {
+    vec![
+        ("lenet5", ZooConfig::Lenet5(Lenet5Config::default()), [1, 1, 28, 28]),
+        ("vgg11", ZooConfig::Vgg(VggConfig::default()), [1, 3, 32, 32]),
+        ("resnet20", ZooConfig::Resnet(ResNetConfig::default()), [1, 3, 32, 32]),
+        ("mobilenet_v2", ZooConfig::MobileNetV2(MobileNetV2Config::default()), [1, 3, 32, 32]),
+    ]
+}
+
+/// Exports the model and times burn's dense forward on `backends`.
+struct ExportAndTime {
+    input: [usize; 4],
+    device: burn::prelude::Device,
+    time: bool,
+    min_time: f64,
+}
+
+impl WithModel for ExportAndTime {
+    type Output = anyhow::Result<(Graph, Option<f64>)>;
+    fn run<M: Classifier>(self, model: M) -> Self::Output {
+        let graph = model.export(self.input, &Masks::new())?;
+        if !self.time {
+            return Ok((graph, None));
+        }
+        let n: usize = self.input.iter().product();
+        let x = IrTensor::uniform(self.input.to_vec(), 1.0, 5).data;
+        let ms = median_ms(self.min_time, || {
+            let t = Tensor::<4>::from_data(TensorData::new(x.clone(), self.input), &self.device);
+            let y = model.forward(t);
+            // Reading the result back makes the (possibly lazy) backend finish.
+            let _ = y.into_data();
+        });
+        let _ = n;
+        Ok((graph, Some(ms)))
+    }
+}
+
+fn median_ms(min_time: f64, mut f: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    let start = Instant::now();
+    let mut times = Vec::new();
+    while times.len() < 10 || (start.elapsed().as_secs_f64() < min_time && times.len() < 2000) {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Prunes the convolutions of `g` as described in the module docs; returns how many.
+fn prune_convs(g: &mut Graph, scheme: &Scheme, pattern: bool, rate: f64) -> anyhow::Result<usize> {
+    let convs: Vec<(String, String)> = g
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| match &n.op {
+            Op::Conv { weight, groups, .. } => {
+                let s = &g.params[weight].tensor.shape;
+                let depthwise = *groups > 1 && s[1] == 1;
+                let three = s.len() == 4 && s[2] == 3 && s[3] == 3;
+                (i > 0 && !depthwise && (!pattern || three))
+                    .then(|| (n.name.clone(), weight.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    for (node, weight) in &convs {
+        g.prune(node, weight, scheme, Target::Compression(rate))?;
+    }
+    Ok(convs.len())
+}
+
+struct Timed {
+    ms: f64,
+    per_step: Vec<(String, f64)>,
+}
+
+fn time_plan(
+    graph: &Graph,
+    threads: usize,
+    min_time: f64,
+    per_layer: bool,
+) -> anyhow::Result<(Plan, Timed)> {
+    let mut plan = Plan::compile(graph, &CompileOptions { batch: 1, threads, isa: None })?;
+    let x = IrTensor::uniform(plan.input_shape().to_vec(), 1.0, 7).data;
+    let mut y = vec![0.0; plan.output_shape().iter().product()];
+    let ms = median_ms(min_time, || {
+        let _ = plan.run(&x, &mut y);
+    });
+    let mut per_step = Vec::new();
+    if per_layer {
+        let mut secs = vec![0.0; plan.step_nodes().len()];
+        let reps = ((min_time / (ms / 1e3)).ceil() as usize).clamp(10, 1000);
+        for _ in 0..reps {
+            plan.run_timed(&x, &mut y, &mut secs)?;
+        }
+        per_step = plan
+            .step_nodes()
+            .iter()
+            .zip(&secs)
+            .map(|(n, s)| (n.clone(), s * 1e3 / reps as f64))
+            .collect();
+    }
+    Ok((plan, Timed { ms, per_step }))
+}
+
+fn macs(plan: &Plan) -> (u64, u64) {
+    plan.layers().iter().fold((0, 0), |(d, k), l| (d + l.dense_macs, k + l.kept_macs))
+}
+
+/// Runs the suite.
+pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
+    let mut out = ModelResults::default();
+    for (name, config, input) in zoo() {
+        if !cfg.only.is_empty() && !cfg.only.iter().any(|o| name.contains(o.as_str())) {
+            continue;
+        }
+        let mut graph = None;
+        for backend in [Backend::Flex, Backend::NdArray] {
+            let device = backend.device();
+            let act =
+                ExportAndTime { input, device: device.clone(), time: true, min_time: cfg.min_time };
+            let (g, ms) = config.build(&device, 0, act)??;
+            let label = match backend {
+                Backend::Flex => "burn-flex",
+                Backend::NdArray => "burn-ndarray",
+            };
+            tracing::info!(model = name, backend = label, ms = ?ms, "burn forward");
+            out.models.push(ModelPoint {
+                model: name.into(),
+                scheme: label.into(),
+                rate: 1.0,
+                threads: 0,
+                median_ms: ms.unwrap_or(f64::NAN),
+                speedup: f64::NAN,
+                flop_reduction: 1.0,
+            });
+            graph.get_or_insert(g);
+        }
+        let Some(graph) = graph else { continue };
+        let (dense_graph, _) = Pipeline::standard().run(graph.clone())?;
+        for &threads in &cfg.threads {
+            let (dense_plan, dense) = time_plan(&dense_graph, threads, cfg.min_time, threads == 1)?;
+            tracing::info!(model = name, threads, ms = dense.ms, "dense plan");
+            out.models.push(ModelPoint {
+                model: name.into(),
+                scheme: "dense".into(),
+                rate: 1.0,
+                threads,
+                median_ms: dense.ms,
+                speedup: 1.0,
+                flop_reduction: 1.0,
+            });
+            let (dense_macs, _) = macs(&dense_plan);
+            for scheme_text in &cfg.schemes {
+                let scheme: Scheme = scheme_text.parse()?;
+                let pattern = scheme_text.starts_with("pattern");
+                for &rate in &cfg.rates {
+                    let mut g = graph.clone();
+                    prune_convs(&mut g, &scheme, pattern, rate)?;
+                    let (g, _) = Pipeline::standard().run(g)?;
+                    let (plan, t) = time_plan(&g, threads, cfg.min_time, threads == 1)?;
+                    let (_, kept) = macs(&plan);
+                    let point = ModelPoint {
+                        model: name.into(),
+                        scheme: scheme_text.clone(),
+                        rate,
+                        threads,
+                        median_ms: t.ms,
+                        speedup: dense.ms / t.ms,
+                        flop_reduction: dense_macs as f64 / kept.max(1) as f64,
+                    };
+                    tracing::info!(model = name, scheme = %scheme_text, rate, threads, ms = t.ms, speedup = point.speedup, "pruned plan");
+                    out.models.push(point);
+                    if threads != 1 {
+                        continue;
+                    }
+                    for l in plan.layers().iter().filter(|l| l.scheme.is_some()) {
+                        let find = |steps: &[(String, f64)]| {
+                            steps.iter().find(|(n, _)| n == &l.node).map(|s| s.1)
+                        };
+                        let (Some(d), Some(s)) = (find(&dense.per_step), find(&t.per_step)) else {
+                            continue;
+                        };
+                        let size = g
+                            .nodes
+                            .iter()
+                            .find(|n| n.name == l.node)
+                            .and_then(|n| match &n.op {
+                                Op::Conv { weight, .. } => {
+                                    let s = &g.params[weight].tensor.shape;
+                                    Some(format!("{}x{}", s[2], s.get(3).copied().unwrap_or(1)))
+                                }
+                                _ => None,
+                            })
+                            .unwrap_or_default();
+                        out.layers.push(LayerPoint {
+                            model: name.into(),
+                            scheme: scheme_text.clone(),
+                            rate,
+                            node: l.node.clone(),
+                            kernel: format!("{} / {}", l.kernel, l.format),
+                            kernel_size: size,
+                            dense_ms: d,
+                            ms: s,
+                            speedup: d / s,
+                            flop_reduction: l.dense_macs as f64 / l.kept_macs.max(1) as f64,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The Markdown report.
+pub fn markdown(r: &ModelResults) -> String {
+    let mut s = String::from(
+        "# Whole-model benchmark\n\nBatch 1, f32. `speedup` = our dense plan / this plan, same \
+         threads, same run; `FLOP red.` = dense / kept multiply-adds over the whole model. burn \
+         rows: its dense forward on the same model (threads: burn's own pool).\n\n",
+    );
+    s.push_str("| model | scheme | rate | threads | ms | speedup | FLOP red. |\n|---|---|---|---|---|---|---|\n");
+    for p in &r.models {
+        s.push_str(&format!(
+            "| {} | {} | {:.0}x | {} | {:.3} | {:.2}x | {:.2}x |\n",
+            p.model, p.scheme, p.rate, p.threads, p.median_ms, p.speedup, p.flop_reduction
+        ));
+    }
+    s.push_str(
+        "\n## Per layer (1 thread): speed-up over the same layer dense vs its FLOP reduction\n\n",
+    );
+    s.push_str("| model | scheme | rate | layer | kernel | size | dense ms | ms | speedup | FLOP red. | ratio |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for l in &r.layers {
+        s.push_str(&format!(
+            "| {} | {} | {:.0}x | {} | {} | {} | {:.4} | {:.4} | {:.2}x | {:.2}x | {:.0}% |\n",
+            l.model,
+            l.scheme,
+            l.rate,
+            l.node,
+            l.kernel,
+            l.kernel_size,
+            l.dense_ms,
+            l.ms,
+            l.speedup,
+            l.flop_reduction,
+            100.0 * l.speedup / l.flop_reduction
+        ));
+    }
+    s
+}
