@@ -249,26 +249,31 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
         }
         let Some(graph) = graph else { continue };
         let (dense_graph, _) = Pipeline::standard().run(graph.clone())?;
+        // Dense at every thread count, then each pruned graph (projected once) at each.
+        let mut dense = Vec::new();
         for &threads in &cfg.threads {
-            let (dense_plan, dense) = time_plan(&dense_graph, threads, cfg.min_time, threads == 1)?;
-            tracing::info!(model = name, threads, ms = dense.ms, "dense plan");
+            let (dense_plan, t) = time_plan(&dense_graph, threads, cfg.min_time, threads == 1)?;
+            tracing::info!(model = name, threads, ms = t.ms, "dense plan");
             out.models.push(ModelPoint {
                 model: name.into(),
                 scheme: "dense".into(),
                 rate: 1.0,
                 threads,
-                median_ms: dense.ms,
+                median_ms: t.ms,
                 speedup: 1.0,
                 flop_reduction: 1.0,
             });
-            let (dense_macs, _) = macs(&dense_plan);
-            for scheme_text in &cfg.schemes {
-                let scheme: Scheme = scheme_text.parse()?;
-                let pattern = scheme_text.starts_with("pattern");
-                for &rate in &cfg.rates {
-                    let mut g = graph.clone();
-                    prune_convs(&mut g, &scheme, pattern, rate)?;
-                    let (g, _) = Pipeline::standard().run(g)?;
+            dense.push((threads, macs(&dense_plan).0, t));
+        }
+        for scheme_text in &cfg.schemes {
+            let scheme: Scheme = scheme_text.parse()?;
+            let pattern = scheme_text.starts_with("pattern");
+            for &rate in &cfg.rates {
+                let mut g = graph.clone();
+                prune_convs(&mut g, &scheme, pattern, rate)?;
+                let (g, _) = Pipeline::standard().run(g)?;
+                for (threads, dense_macs, d) in &dense {
+                    let threads = *threads;
                     let (plan, t) = time_plan(&g, threads, cfg.min_time, threads == 1)?;
                     let (_, kept) = macs(&plan);
                     let point = ModelPoint {
@@ -277,51 +282,63 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
                         rate,
                         threads,
                         median_ms: t.ms,
-                        speedup: dense.ms / t.ms,
-                        flop_reduction: dense_macs as f64 / kept.max(1) as f64,
+                        speedup: d.ms / t.ms,
+                        flop_reduction: *dense_macs as f64 / kept.max(1) as f64,
                     };
                     tracing::info!(model = name, scheme = %scheme_text, rate, threads, ms = t.ms, speedup = point.speedup, "pruned plan");
                     out.models.push(point);
-                    if threads != 1 {
-                        continue;
-                    }
-                    for l in plan.layers().iter().filter(|l| l.scheme.is_some()) {
-                        let find = |steps: &[(String, f64)]| {
-                            steps.iter().find(|(n, _)| n == &l.node).map(|s| s.1)
-                        };
-                        let (Some(d), Some(s)) = (find(&dense.per_step), find(&t.per_step)) else {
-                            continue;
-                        };
-                        let size = g
-                            .nodes
-                            .iter()
-                            .find(|n| n.name == l.node)
-                            .and_then(|n| match &n.op {
-                                Op::Conv { weight, .. } => {
-                                    let s = &g.params[weight].tensor.shape;
-                                    Some(format!("{}x{}", s[2], s.get(3).copied().unwrap_or(1)))
-                                }
-                                _ => None,
-                            })
-                            .unwrap_or_default();
-                        out.layers.push(LayerPoint {
-                            model: name.into(),
-                            scheme: scheme_text.clone(),
-                            rate,
-                            node: l.node.clone(),
-                            kernel: format!("{} / {}", l.kernel, l.format),
-                            kernel_size: size,
-                            dense_ms: d,
-                            ms: s,
-                            speedup: d / s,
-                            flop_reduction: l.dense_macs as f64 / l.kept_macs.max(1) as f64,
-                        });
+                    if threads == 1 {
+                        out.layers.extend(layer_points(name, scheme_text, rate, &g, &plan, d, &t));
                     }
                 }
             }
         }
     }
     Ok(out)
+}
+
+/// Per-layer points of a pruned plan against the dense plan's times.
+fn layer_points(
+    model: &str,
+    scheme: &str,
+    rate: f64,
+    g: &Graph,
+    plan: &Plan,
+    dense: &Timed,
+    pruned: &Timed,
+) -> Vec<LayerPoint> {
+    let mut out = Vec::new();
+    for l in plan.layers().iter().filter(|l| l.scheme.is_some()) {
+        let find = |steps: &[(String, f64)]| steps.iter().find(|(n, _)| n == &l.node).map(|s| s.1);
+        let (Some(d), Some(s)) = (find(&dense.per_step), find(&pruned.per_step)) else {
+            continue;
+        };
+        let size = g
+            .nodes
+            .iter()
+            .find(|n| n.name == l.node)
+            .and_then(|n| match &n.op {
+                Op::Conv { weight, .. } => {
+                    let s = &g.params[weight].tensor.shape;
+                    Some(format!("{}x{}", s[2], s.get(3).copied().unwrap_or(1)))
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        out.push(LayerPoint {
+            model: model.into(),
+            scheme: scheme.into(),
+            rate,
+            node: l.node.clone(),
+            kernel: format!("{} / {}", l.kernel, l.format),
+            kernel_size: size,
+            dense_ms: d,
+            ms: s,
+            speedup: d / s,
+            flop_reduction: l.dense_macs as f64 / l.kept_macs.max(1) as f64,
+        });
+    }
+    out
 }
 
 /// The Markdown report.

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 use tessera_ir::{Activation, Graph, Node, Op};
-use tessera_kernels::Isa;
+use tessera_kernels::{Clamp, Epilogue, Isa};
 
 use crate::buffers::{Interval, Slot, allocate};
 use crate::error::{CodegenError, Result, unsupported};
@@ -468,6 +468,19 @@ fn run_step(
             for n in 0..batch {
                 let x = &x_all[n * io.x_len..(n + 1) * io.x_len];
                 let y = &mut y_all[n * io.y_len..(n + 1) * io.y_len];
+                let clamp = match act {
+                    None => Some(Clamp::None),
+                    Some(Activation::Relu) => Some(Clamp::Relu),
+                    Some(Activation::Relu6) => Some(Clamp::Relu6),
+                    Some(_) => None,
+                };
+                if let (ConvKernel::Rows { conv, scratch }, Some(clamp)) = (&mut *kernel, clamp) {
+                    // Bias and activation applied in registers before the store.
+                    let epilogue = Epilogue { bias: bias.as_deref(), clamp };
+                    conv.run_fused(isa, x, y, scratch, threads, epilogue)
+                        .map_err(|source| CodegenError::Kernel { node: node.clone(), source })?;
+                    continue;
+                }
                 let r = match kernel {
                     ConvKernel::Rows { conv, scratch } => conv.run(isa, x, y, scratch, threads),
                     ConvKernel::Fkw { conv, scratch } => conv.run(isa, x, y, scratch, 1),

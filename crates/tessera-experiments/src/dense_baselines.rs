@@ -100,7 +100,7 @@ fn sgd(epochs: usize, batch: usize, lr: f64, wd: f32) -> TrainConfig {
 impl DenseBaselinesConfig {
     /// The preset of `scale`.
     pub fn preset(scale: Scale) -> Self {
-        let lenet = ZooConfig::Lenet5(Lenet5Config::default());
+        let lenet = ZooConfig::Lenet5(Lenet5Config::caffe());
         let resnet = |width| {
             ZooConfig::Resnet(ResNetConfig { depth: 20, in_channels: 1, classes: 10, width })
         };

@@ -159,7 +159,7 @@ fn lenet(scale: Scale) -> Result<PrivacyStudy> {
     let batch = if smoke { 16 } else { 64 };
     Ok(PrivacyStudy {
         name: "lenet5-mnist".into(),
-        model: ZooConfig::Lenet5(Lenet5Config::default()),
+        model: ZooConfig::Lenet5(Lenet5Config::caffe()),
         dataset: KnownSet::Mnist,
         train_limit: None,
         eval_limit: smoke.then_some(64),

@@ -74,14 +74,14 @@ fn dense_baselines_smoke_figures() {
         assert_eq!(card.model.name(), r["model"].as_str().unwrap(), "{name}");
         assert_eq!(r["history"].as_array().unwrap().len(), 2, "{name}: two epochs");
     }
-    // LeNet-5's FLOPs, by hand: conv1 6*25*28*28, conv2 16*150*10*10, fc 400*120 + 120*84 + 84*10
-    // multiply-adds, times 2.
+    // Caffe's LeNet-5 FLOPs, by hand: conv1 20*25*24*24, conv2 50*500*8*8, fc 800*500 +
+    // 500*10 multiply-adds, times 2; its 430.5K weights.
     let lenet = &runs[0];
-    let macs = 6 * 25 * 28 * 28 + 16 * 150 * 10 * 10 + 400 * 120 + 120 * 84 + 84 * 10;
+    let macs = 20 * 25 * 24 * 24 + 50 * 500 * 8 * 8 + 800 * 500 + 500 * 10;
     assert_eq!(lenet["flops_per_image"].as_u64().unwrap(), 2 * macs);
     assert_eq!(
         lenet["weight_params"].as_u64().unwrap(),
-        (6 * 25 + 16 * 150 + 400 * 120 + 120 * 84 + 84 * 10) as u64
+        (20 * 25 + 50 * 500 + 800 * 500 + 500 * 10) as u64
     );
 }
 
@@ -114,7 +114,7 @@ fn an_interrupted_run_resumes_to_the_same_numbers() {
         .unwrap();
         let device = opts.backend.train_device(opts.seed);
         let model = tessera_models::with_seed(&device, opts.seed, || {
-            tessera_models::zoo::Lenet5Config::default().init(&device)
+            tessera_models::zoo::Lenet5Config::caffe().init(&device)
         })
         .unwrap();
         let stop = Checkpoints { stop_after_epochs: Some(1), ..Checkpoints::new(&ck, false) };

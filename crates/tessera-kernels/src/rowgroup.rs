@@ -384,6 +384,20 @@ impl RowGroupConv {
         scratch: &mut ConvScratch,
         threads: usize,
     ) -> Result<()> {
+        self.run_fused(isa, input, output, scratch, threads, Epilogue::default())
+    }
+
+    /// [`RowGroupConv::run`], applying `epilogue` (bias, activation) to each output value
+    /// in registers before it is stored.
+    pub fn run_fused(
+        &self,
+        isa: Isa,
+        input: &[f32],
+        output: &mut [f32],
+        scratch: &mut ConvScratch,
+        threads: usize,
+        epilogue: Epilogue<'_>,
+    ) -> Result<()> {
         let s = &self.shape;
         check_len("input", s.in_channels * s.input_plane(), input.len())?;
         check_len("output", s.out_channels * s.output_positions(), output.len())?;
@@ -391,6 +405,9 @@ impl RowGroupConv {
         let (packed, flat) = scratch.parts();
         check_len("packed-input scratch", pl, packed.len())?;
         check_len("flat-output scratch", fl, flat.len())?;
+        if let Some(b) = epilogue.bias {
+            check_len("bias", s.out_channels, b.len())?;
+        }
         self.layout.pack(input, packed);
         let x: &[f32] = if self.layout.in_place() { input } else { packed };
         let plan = &self.plans[usize::from(isa.lanes() == 16)];
@@ -402,6 +419,7 @@ impl RowGroupConv {
             ystride: s.output_positions(),
             plan,
             direct: self.layout.flat_is_output(),
+            epilogue,
         };
         execute(isa, &job, threads);
         Ok(())
@@ -427,6 +445,31 @@ struct Job<'a> {
     plan: &'a TilePlan,
     /// The flat grid is the output: plain stores.
     direct: bool,
+    /// Applied to every output before it is stored.
+    epilogue: Epilogue<'a>,
+}
+
+/// What a kernel applies to each output value before storing it: `act(y + bias[row])`.
+/// Fusing it saves a pass over the output (measured within noise on ResNet-20's layers at
+/// 8x, whose time goes to the tile loop and masked stores, not to that pass).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// One value per output channel.
+    pub bias: Option<&'a [f32]>,
+    /// The activation.
+    pub clamp: Clamp,
+}
+
+/// Activations a kernel can fuse (the piecewise-linear ones: a max and a min).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Clamp {
+    /// None.
+    #[default]
+    None,
+    /// `max(y, 0)`.
+    Relu,
+    /// `min(max(y, 0), 6)`.
+    Relu6,
 }
 
 // SAFETY: the raw pointers are only read (x) or written at disjoint positions per thread (y).
@@ -518,15 +561,19 @@ fn run_tiles_generic<S: Simd>(job: &Job<'_>, t0: usize, t1: usize, g0: usize, g1
                     let yp = job.y.0.add((r0 + i) * job.ystride).wrapping_add(p0);
                     let xp = job.x.add(p0);
                     let out = Out { y: yp, stride: job.ystride, n, segs };
+                    let ep = RowEpilogue {
+                        bias: job.epilogue.bias.map(|b| b.as_ptr().add(r0 + i)),
+                        clamp: job.epilogue.clamp,
+                    };
                     match (rt, full) {
-                        (8, true) => micro::<S, 8, TILE_V, true>(offs, wp, r, xp, &out),
-                        (8, false) => micro::<S, 8, TILE_V, false>(offs, wp, r, xp, &out),
-                        (4, true) => micro::<S, 4, TILE_V, true>(offs, wp, r, xp, &out),
-                        (4, false) => micro::<S, 4, TILE_V, false>(offs, wp, r, xp, &out),
-                        (2, true) => micro::<S, 2, TILE_V, true>(offs, wp, r, xp, &out),
-                        (2, false) => micro::<S, 2, TILE_V, false>(offs, wp, r, xp, &out),
-                        (_, true) => micro::<S, 1, TILE_V, true>(offs, wp, r, xp, &out),
-                        (_, false) => micro::<S, 1, TILE_V, false>(offs, wp, r, xp, &out),
+                        (8, true) => micro::<S, 8, TILE_V, true>(offs, wp, r, xp, &out, &ep),
+                        (8, false) => micro::<S, 8, TILE_V, false>(offs, wp, r, xp, &out, &ep),
+                        (4, true) => micro::<S, 4, TILE_V, true>(offs, wp, r, xp, &out, &ep),
+                        (4, false) => micro::<S, 4, TILE_V, false>(offs, wp, r, xp, &out, &ep),
+                        (2, true) => micro::<S, 2, TILE_V, true>(offs, wp, r, xp, &out, &ep),
+                        (2, false) => micro::<S, 2, TILE_V, false>(offs, wp, r, xp, &out, &ep),
+                        (_, true) => micro::<S, 1, TILE_V, true>(offs, wp, r, xp, &out, &ep),
+                        (_, false) => micro::<S, 1, TILE_V, false>(offs, wp, r, xp, &out, &ep),
                     }
                 }
                 i += rt;
@@ -551,6 +598,7 @@ unsafe fn micro<S: Simd, const RT: usize, const V: usize, const FULL: bool>(
     wstride: usize,
     x: *const f32,
     out: &Out<'_>,
+    ep: &RowEpilogue,
 ) {
     let n = out.n;
     let l = S::LANES;
@@ -583,8 +631,45 @@ unsafe fn micro<S: Simd, const RT: usize, const V: usize, const FULL: bool>(
         }
         wp = wp.add(wstride);
     }
-    for (rr, a) in acc.iter().enumerate() {
+    for (rr, a) in acc.iter_mut().enumerate() {
+        ep.apply::<S, V>(rr, a);
         store_row::<S, V, FULL>(out, rr, a);
+    }
+}
+
+/// An [`Epilogue`] positioned at a tile's first row.
+struct RowEpilogue {
+    bias: Option<*const f32>,
+    clamp: Clamp,
+}
+
+impl RowEpilogue {
+    /// Applies bias and activation to row `rr`'s accumulators.
+    ///
+    /// # Safety
+    /// `bias` (when present) must hold a value for row `rr`.
+    #[inline(always)]
+    unsafe fn apply<S: Simd, const V: usize>(&self, rr: usize, a: &mut [S::V; V]) {
+        if let Some(b) = self.bias {
+            let bv = S::splat(*b.add(rr));
+            for av in a.iter_mut() {
+                *av = S::add(*av, bv);
+            }
+        }
+        match self.clamp {
+            Clamp::None => {}
+            Clamp::Relu => {
+                for av in a.iter_mut() {
+                    *av = S::max(*av, S::zero());
+                }
+            }
+            Clamp::Relu6 => {
+                let six = S::splat(6.0);
+                for av in a.iter_mut() {
+                    *av = S::min(S::max(*av, S::zero()), six);
+                }
+            }
+        }
     }
 }
 

@@ -28,6 +28,10 @@ pub(crate) trait Simd: Copy + 'static {
     /// `a * b + c`, fused where the level has FMA.
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    /// Lane-wise maximum.
+    unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
+    /// Lane-wise minimum.
+    unsafe fn min(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn hsum(v: Self::V) -> f32;
 
     /// Loads `n < LANES` values, zero-filling the rest.
@@ -94,6 +98,14 @@ impl Simd for Portable {
         std::array::from_fn(|i| a[i] + b[i])
     }
     #[inline(always)]
+    unsafe fn max(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i].max(b[i]))
+    }
+    #[inline(always)]
+    unsafe fn min(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i].min(b[i]))
+    }
+    #[inline(always)]
     unsafe fn hsum(v: Self::V) -> f32 {
         ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
     }
@@ -138,6 +150,14 @@ mod x86 {
         #[inline(always)]
         unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
             _mm256_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn max(a: Self::V, b: Self::V) -> Self::V {
+            _mm256_max_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn min(a: Self::V, b: Self::V) -> Self::V {
+            _mm256_min_ps(a, b)
         }
         #[inline(always)]
         unsafe fn store_masked(p: *mut f32, v: Self::V, mask: u16) {
@@ -187,6 +207,14 @@ mod x86 {
         #[inline(always)]
         unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
             _mm512_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn max(a: Self::V, b: Self::V) -> Self::V {
+            _mm512_max_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn min(a: Self::V, b: Self::V) -> Self::V {
+            _mm512_min_ps(a, b)
         }
         #[inline(always)]
         unsafe fn hsum(v: Self::V) -> f32 {

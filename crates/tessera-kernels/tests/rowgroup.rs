@@ -191,3 +191,57 @@ fn wrong_buffer_lengths_are_errors() {
     assert!(RowGroupConv::new(bad, shape).is_err());
     assert!(RowGroupMatrix::from_dense(2, 18, &[0.5; 36], None, &[1]).is_err());
 }
+
+#[test]
+fn fused_epilogue_is_bias_then_activation_on_every_output() {
+    use tessera_kernels::{Clamp, Epilogue};
+    let shapes = [
+        ConvShape::conv2d(6, 11, [7, 9], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(8, 16, [10, 10], [3, 3], 2, 1).unwrap(),
+        ConvShape::conv2d(4, 8, [6, 6], [1, 1], 1, 0).unwrap(),
+    ];
+    for (si, shape) in shapes.into_iter().enumerate() {
+        let mut rng = ChaCha8Rng::seed_from_u64(40 + si as u64);
+        let mut w = random(shape.out_channels * shape.cols(), &mut rng);
+        // Empty rows too: their outputs are the clamped bias alone.
+        sparsify(&mut w, shape.out_channels, 0.8, &mut rng);
+        let x: Vec<f32> = random(shape.in_channels * shape.input_plane(), &mut rng)
+            .iter()
+            .map(|v| 4.0 * v)
+            .collect();
+        let bias: Vec<f32> = random(shape.out_channels, &mut rng).iter().map(|v| 3.0 * v).collect();
+        let groups = RowGroupMatrix::uniform_groups(shape.out_channels, shape.out_per_group(), 8);
+        let m = RowGroupMatrix::from_dense(shape.out_channels, shape.cols(), &w, None, &groups)
+            .unwrap();
+        let conv = RowGroupConv::new(m, shape).unwrap();
+        let positions = shape.output_positions();
+        let n = shape.out_channels * positions;
+        for isa in Isa::available() {
+            let mut scratch = ConvScratch::for_conv(&conv);
+            let mut plain = vec![0.0; n];
+            conv.run(isa, &x, &mut plain, &mut scratch, 1).unwrap();
+            for (clamp, f) in [
+                (Clamp::None, (|v: f32| v) as fn(f32) -> f32),
+                (Clamp::Relu, |v: f32| v.max(0.0)),
+                (Clamp::Relu6, |v: f32| v.clamp(0.0, 6.0)),
+            ] {
+                for threads in [1, 2] {
+                    let mut fused = vec![f32::NAN; n];
+                    let ep = Epilogue { bias: Some(&bias), clamp };
+                    conv.run_fused(isa, &x, &mut fused, &mut scratch, threads, ep).unwrap();
+                    for (i, (&got, &p)) in fused.iter().zip(&plain).enumerate() {
+                        let want = f(p + bias[i / positions]);
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{shape:?} {isa:?} {clamp:?} {threads}: output {i}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+            // A bias of the wrong length is refused.
+            let mut y = vec![0.0; n];
+            let short = Epilogue { bias: Some(&bias[1..]), clamp: Clamp::None };
+            assert!(conv.run_fused(isa, &x, &mut y, &mut scratch, 1, short).is_err());
+        }
+    }
+}

@@ -156,6 +156,28 @@ fn lenet5_exports_exactly() {
 }
 
 #[test]
+fn caffe_lenet5_has_the_papers_430k_weights_and_exports_exactly() {
+    let device = Backend::Flex.device();
+    let model = Lenet5Config::caffe().init(&device).unwrap();
+    let prunable = weights::prunable_weights(&model, [1, 1, 28, 28]).unwrap();
+    let counts: Vec<(String, usize)> =
+        prunable.iter().map(|w| (w.path.clone(), w.values.len())).collect();
+    let expected = [
+        ("conv1.weight", 20 * 25),
+        ("conv2.weight", 50 * 20 * 25),
+        ("fc1.weight", 800 * 500),
+        ("fc2.weight", 500 * 10),
+    ];
+    assert_eq!(counts.len(), expected.len(), "{counts:?}");
+    for (path, n) in expected {
+        assert!(counts.contains(&(path.to_string(), n)), "{path} {n} in {counts:?}");
+    }
+    // ADMM-NN's "430.5K weights" for Caffe's LeNet-5.
+    assert_eq!(counts.iter().map(|c| c.1).sum::<usize>(), 430_500);
+    check_model(|| Lenet5Config::caffe().init(&device).unwrap(), [2, 1, 28, 28], "lenet5 caffe");
+}
+
+#[test]
 fn vgg_exports_exactly() {
     let device = Backend::Flex.device();
     let cfg =
@@ -185,6 +207,8 @@ fn configs_are_checked() {
     let device = Backend::Flex.device();
     assert!(ResNetConfig { depth: 21, ..Default::default() }.init(&device).is_err());
     assert!(Lenet5Config { image: 8, ..Default::default() }.init(&device).is_err());
+    assert!(Lenet5Config { image: 12, ..Lenet5Config::caffe() }.init(&device).is_err());
+    assert!(Lenet5Config { image: 16, ..Lenet5Config::caffe() }.init(&device).is_ok());
     assert!(VggConfig { width: 0.0, ..Default::default() }.init(&device).is_err());
 }
 

@@ -9,7 +9,7 @@ mod mobilenet;
 mod resnet;
 mod vgg;
 
-pub use lenet::{Lenet5, Lenet5Config};
+pub use lenet::{Lenet5, Lenet5Config, Lenet5Variant};
 pub use mobilenet::{MobileNetV2, MobileNetV2Config};
 pub use resnet::{ResNet, ResNetConfig};
 pub use vgg::{Vgg, VggConfig};
