@@ -14,7 +14,7 @@ use std::time::Instant;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
-use tessera_codegen::{CompileOptions, Plan};
+use tessera_codegen::{CompileOptions, Plan, Tuning};
 use tessera_ir::passes::Pipeline;
 use tessera_ir::{Graph, Op, Tensor as IrTensor};
 use tessera_models::zoo::{
@@ -36,6 +36,10 @@ pub struct ModelSuiteConfig {
     pub schemes: Vec<String>,
     /// Minimum measured time per point, seconds.
     pub min_time: f64,
+    /// Let tessera-codegen's tuner pick each layer's kernel and thread count (else the
+    /// scheme's kernel on every thread).
+    #[serde(default)]
+    pub tune: bool,
 }
 
 impl Default for ModelSuiteConfig {
@@ -48,6 +52,7 @@ impl Default for ModelSuiteConfig {
                 .map(String::from)
                 .to_vec(),
             min_time: 0.3,
+            tune: false,
         }
     }
 }
@@ -190,8 +195,10 @@ fn time_plan(
     threads: usize,
     min_time: f64,
     per_layer: bool,
+    tune: bool,
 ) -> anyhow::Result<(Plan, Timed)> {
-    let mut plan = Plan::compile(graph, &CompileOptions { batch: 1, threads, isa: None })?;
+    let tuning = if tune { Tuning::Measure { cache: None } } else { Tuning::Default };
+    let mut plan = Plan::compile(graph, &CompileOptions { batch: 1, threads, isa: None, tuning })?;
     let x = IrTensor::uniform(plan.input_shape().to_vec(), 1.0, 7).data;
     let mut y = vec![0.0; plan.output_shape().iter().product()];
     let ms = median_ms(min_time, || {
@@ -252,7 +259,8 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
         // Dense at every thread count, then each pruned graph (projected once) at each.
         let mut dense = Vec::new();
         for &threads in &cfg.threads {
-            let (dense_plan, t) = time_plan(&dense_graph, threads, cfg.min_time, threads == 1)?;
+            let (dense_plan, t) =
+                time_plan(&dense_graph, threads, cfg.min_time, threads == 1, cfg.tune)?;
             tracing::info!(model = name, threads, ms = t.ms, "dense plan");
             out.models.push(ModelPoint {
                 model: name.into(),
@@ -274,7 +282,7 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
                 let (g, _) = Pipeline::standard().run(g)?;
                 for (threads, dense_macs, d) in &dense {
                     let threads = *threads;
-                    let (plan, t) = time_plan(&g, threads, cfg.min_time, threads == 1)?;
+                    let (plan, t) = time_plan(&g, threads, cfg.min_time, threads == 1, cfg.tune)?;
                     let (_, kept) = macs(&plan);
                     let point = ModelPoint {
                         model: name.into(),

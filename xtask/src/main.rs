@@ -265,6 +265,9 @@ enum BenchCommand {
         /// Minimum measured seconds per point.
         #[arg(long, default_value_t = 0.3)]
         min_time: f64,
+        /// Let the compiler's tuner choose each layer's kernel and thread count.
+        #[arg(long)]
+        tune: bool,
         /// Output directory.
         #[arg(long, default_value = "results/bench-models")]
         out: PathBuf,
@@ -351,7 +354,7 @@ fn main() -> Result<()> {
             )?;
         }
         Command::Bench {
-            command: BenchCommand::Models { only, threads, rates, schemes, min_time, out },
+            command: BenchCommand::Models { only, threads, rates, schemes, min_time, tune, out },
         } => {
             let cfg = tessera_benches::models::ModelSuiteConfig {
                 only,
@@ -359,6 +362,7 @@ fn main() -> Result<()> {
                 rates,
                 schemes,
                 min_time,
+                tune,
             };
             let results = tessera_benches::models::run_models(&cfg)?;
             let json = serde_json::to_vec_pretty(&serde_json::json!({

@@ -37,6 +37,14 @@ pub enum CodegenError {
         /// Length given.
         found: usize,
     },
+    /// The tuning cache file cannot be read or written.
+    #[error("tuning cache {path}: {reason}")]
+    TuneCache {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// Bad compile options.
     #[error("compile option `{field}`: {reason}")]
     Options {

@@ -18,6 +18,12 @@
 //! | pattern (+ connectivity), 3x3 | FKW -> pattern kernel |
 //! | others (filter, channel, N:M, ...) | masked row groups (kept columns of each group of 8 filters) |
 //!
+//! Tuning ([`Tuning::Measure`]): per weighted layer, every candidate kernel (the table's, masked
+//! row groups, the dense kernel on the pruned weights, BCR's row-group form) is timed on 1
+//! and on the full thread budget, and the fastest kept; decisions are cached in a JSON file
+//! keyed by CPU, instruction set, batch, thread budget, layer shape, scheme and a hash of the
+//! mask ([`TuneCache`]). [`Tuning::Default`] (`--no-tune`) is the table, deterministic.
+//!
 //! Lowered ops: convolution (2-D, 3-D, grouped, depthwise), linear, batch norm, the
 //! activations, 2-D max and average pooling, global average pooling, add, flatten and
 //! reshape (views, no copy). Other ops are refused naming the node; run those graphs with
@@ -49,6 +55,13 @@ mod buffers;
 mod error;
 mod lower;
 mod plan;
+mod tune;
 
 pub use error::{CodegenError, Result};
 pub use plan::{CompileOptions, LayerReport, Plan};
+pub use tune::{Decision, TuneCache, Tuning};
+
+/// Seeded input the tuner times kernels on (values do not change a kernel's speed).
+pub(crate) fn tune_input(len: usize) -> Vec<f32> {
+    (0..len).map(|i| ((i * 7919 % 2003) as f32 / 1001.5) - 1.0).collect()
+}

@@ -129,6 +129,63 @@ fn dense_conv(node: &str, shape: ConvShape, w: &[f32]) -> Result<(ConvKernel, Ch
     ))
 }
 
+/// Every kernel that can run this convolution, the table's choice first: then, for a pruned
+/// weight, masked row groups and the dense direct kernel on the pruned weights (at low
+/// sparsity the dense kernel can win), and BCR's row-group form. The tuner times them.
+pub(crate) fn conv_candidates(
+    node: &Node,
+    param: &Param,
+    shape: ConvShape,
+) -> Result<Vec<(ConvKernel, Choice)>> {
+    let name = node.name.as_str();
+    let w = &param.tensor.data;
+    let mut out = vec![conv_kernel(node, param, shape)?];
+    if let Some(sp) = &param.sparsity {
+        if out[0].1.format != "masked" {
+            out.push((
+                rows_kernel(name, masked_rows(&shape, w, Some(&sp.mask))?, shape)?,
+                Choice { kernel: "row-groups", format: "masked" },
+            ));
+        }
+        if let Scheme::Bcr { block } = &sp.scheme {
+            let layer = shape.layer(name).map_err(kernel_error(name))?;
+            if let Ok(f) = BcrCompact::encode(&layer, w, &sp.mask, block.rows(), block.cols()) {
+                out.push((
+                    rows_kernel(name, f.to_row_groups(), shape)?,
+                    Choice { kernel: "row-groups", format: "BCR rows" },
+                ));
+            }
+        }
+        out.push(dense_conv(name, shape, w)?);
+    }
+    Ok(out)
+}
+
+/// Every kernel that can run this fully connected layer, the table's choice first (then the
+/// dense GEMV on the pruned weights, and masked row groups).
+pub(crate) fn linear_candidates(node: &Node, param: &Param) -> Result<Vec<(LinearKernel, Choice)>> {
+    let mut out = vec![linear_kernel(node, param)?];
+    if let Some(sp) = &param.sparsity {
+        let s = &param.tensor.shape;
+        let (rows, cols) = (s[0], s[1]);
+        if out[0].1.format != "masked" {
+            let groups = RowGroupMatrix::uniform_groups(rows, rows, GROUP_ROWS);
+            let m =
+                RowGroupMatrix::from_dense(rows, cols, &param.tensor.data, Some(&sp.mask), &groups)
+                    .map_err(kernel_error(&node.name))?;
+            out.push((
+                LinearKernel::Rows(Box::new(m)),
+                Choice { kernel: "row-groups gemv", format: "masked" },
+            ));
+        }
+        out.push((
+            LinearKernel::Dense { weights: param.tensor.data.clone(), rows, cols },
+            Choice { kernel: "gemv", format: "dense" },
+        ));
+    }
+    Ok(out)
+}
+
 /// Chooses, encodes and binds the kernel of a convolution whose weight is `param`.
 pub(crate) fn conv_kernel(
     node: &Node,

@@ -14,21 +14,25 @@ use tessera_kernels::{Clamp, Epilogue, Isa};
 use crate::buffers::{Interval, Slot, allocate};
 use crate::error::{CodegenError, Result, unsupported};
 use crate::lower::{self, Choice, ConvKernel, LinearKernel, shape_of};
+use crate::tune::{Decision, TuneCache, Tuning, cpu_name, mask_hash, time_ms};
 
 /// How to compile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompileOptions {
     /// Samples per run (the graph's declared batch is replaced).
     pub batch: usize,
-    /// Worker threads for the kernels (1 = the calling thread only).
+    /// Worker threads for the kernels (1 = the calling thread only); with tuning, the most
+    /// any layer may use.
     pub threads: usize,
     /// Instruction set; `None` = the best this CPU has ([`Isa::detect`]).
     pub isa: Option<Isa>,
+    /// How kernels are chosen.
+    pub tuning: Tuning,
 }
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { batch: 1, threads: 1, isa: None }
+        CompileOptions { batch: 1, threads: 1, isa: None, tuning: Tuning::Default }
     }
 }
 
@@ -49,6 +53,12 @@ pub struct LayerReport {
     pub dense_macs: u64,
     /// Multiply-adds with the pruned weights per sample.
     pub kept_macs: u64,
+    /// Threads the layer runs on.
+    pub threads: usize,
+    /// The tuner's measured milliseconds per sample (None without tuning).
+    pub tuned_ms: Option<f64>,
+    /// Whether the decision came from the tuning cache.
+    pub cached: bool,
 }
 
 /// A compiled model.
@@ -63,7 +73,6 @@ pub struct Plan {
     output_shape: Vec<usize>,
     input_shape: Vec<usize>,
     isa: Isa,
-    threads: usize,
     layers: Vec<LayerReport>,
 }
 
@@ -82,6 +91,7 @@ enum Step {
     Conv {
         node: String,
         io: Io,
+        threads: usize,
         kernel: ConvKernel,
         bias: Option<Vec<f32>>,
         act: Option<Activation>,
@@ -90,6 +100,7 @@ enum Step {
     Linear {
         node: String,
         io: Io,
+        threads: usize,
         kernel: LinearKernel,
         bias: Option<Vec<f32>>,
         act: Option<Activation>,
@@ -168,6 +179,22 @@ impl Plan {
         }
         let shapes = graph.infer_shapes(std::slice::from_ref(&input_shape))?;
         let isa = options.isa.unwrap_or_else(Isa::detect);
+        let mut tuner = match &options.tuning {
+            Tuning::Default => None,
+            Tuning::Measure { cache } => Some(Tuner {
+                cache: match cache {
+                    Some(p) => TuneCache::load(p)?,
+                    None => TuneCache::default(),
+                },
+                path: cache.clone(),
+                prefix: format!(
+                    "{} | {isa} | batch {} | threads {}",
+                    cpu_name(),
+                    options.batch,
+                    options.threads
+                ),
+            }),
+        };
 
         // Values: the input (time 0), then node i's output (time i + 1). Views share their
         // source's value.
@@ -220,29 +247,86 @@ impl Plan {
                 Op::Conv { weight, bias, activation, .. } => {
                     let param = graph.param(weight)?;
                     let shape = lower::conv_shape(node, param, x_shape)?;
-                    let (kernel, choice) = lower::conv_kernel(node, param, shape)?;
+                    let bias = bias_of(graph, bias.as_deref())?;
+                    let positions = shape.output_positions();
                     let macs = shape.flops() / 2;
-                    layers.push(report(node, param, &choice, macs));
+                    let (kernel, choice, pick) = match tuner.as_mut() {
+                        None => {
+                            let (k, c) = lower::conv_kernel(node, param, shape)?;
+                            (k, c, Pick { threads: options.threads, ms: None, cached: false })
+                        }
+                        Some(t) => {
+                            let key = t.key(node, param, &format!("conv {shape:?}"));
+                            let candidates = lower::conv_candidates(node, param, shape)?;
+                            let (x_len, y_len) = (io.x_len, io.y_len);
+                            let act = *activation;
+                            t.choose(key, candidates, options.threads, |k, threads| {
+                                let x = crate::tune_input(x_len);
+                                let mut y = vec![0.0f32; y_len];
+                                time_ms(|| {
+                                    conv_once(
+                                        k,
+                                        isa,
+                                        &x,
+                                        &mut y,
+                                        threads,
+                                        bias.as_deref(),
+                                        act,
+                                        positions,
+                                    )
+                                    .map_err(|source| {
+                                        CodegenError::Kernel { node: node.name.clone(), source }
+                                    })
+                                })
+                            })?
+                        }
+                    };
+                    layers.push(report(node, param, &choice, macs, &pick));
                     steps.push(Step::Conv {
                         node: node.name.clone(),
                         io,
+                        threads: pick.threads,
                         kernel,
-                        bias: bias_of(graph, bias.as_deref())?,
+                        bias,
                         act: *activation,
-                        positions: shape.output_positions(),
+                        positions,
                     });
                 }
                 Op::Linear { weight, bias, activation } => {
                     let param = graph.param(weight)?;
-                    let (kernel, choice) = lower::linear_kernel(node, param)?;
                     let (out_f, in_f) = (param.tensor.shape[0], param.tensor.shape[1]);
                     let rows = io.x_len / in_f.max(1);
-                    layers.push(report(node, param, &choice, (rows * in_f * out_f) as u64));
+                    let bias = bias_of(graph, bias.as_deref())?;
+                    let (kernel, choice, pick) = match tuner.as_mut() {
+                        None => {
+                            let (k, c) = lower::linear_kernel(node, param)?;
+                            (k, c, Pick { threads: options.threads, ms: None, cached: false })
+                        }
+                        Some(t) => {
+                            let key =
+                                t.key(node, param, &format!("linear {out_f}x{in_f} rows {rows}"));
+                            let candidates = lower::linear_candidates(node, param)?;
+                            let act = *activation;
+                            t.choose(key, candidates, options.threads, |k, threads| {
+                                let x = crate::tune_input(in_f);
+                                let mut y = vec![0.0f32; out_f];
+                                time_ms(|| {
+                                    linear_once(k, isa, &x, &mut y, threads, bias.as_deref(), act)
+                                        .map_err(|source| CodegenError::Kernel {
+                                            node: node.name.clone(),
+                                            source,
+                                        })
+                                })
+                            })?
+                        }
+                    };
+                    layers.push(report(node, param, &choice, (rows * in_f * out_f) as u64, &pick));
                     steps.push(Step::Linear {
                         node: node.name.clone(),
                         io,
+                        threads: pick.threads,
                         kernel,
-                        bias: bias_of(graph, bias.as_deref())?,
+                        bias,
                         act: *activation,
                         rows,
                         in_f,
@@ -297,6 +381,9 @@ impl Plan {
                 }
             }
         }
+        if let Some(Tuner { cache, path: Some(path), .. }) = &tuner {
+            cache.save(path)?;
+        }
         Ok(Plan {
             steps,
             step_nodes,
@@ -306,7 +393,6 @@ impl Plan {
             output_shape: shapes.get(output.as_str()).cloned().unwrap_or_default(),
             input_shape,
             isa,
-            threads: options.threads,
             layers,
         })
     }
@@ -382,10 +468,10 @@ impl Plan {
         }
         let batch = self.input_shape.first().copied().unwrap_or(1);
         self.arena[self.input.offset..self.input.offset + self.input.len].copy_from_slice(input);
-        let (isa, threads) = (self.isa, self.threads);
+        let isa = self.isa;
         for (i, step) in self.steps.iter_mut().enumerate() {
             let start = seconds.is_some().then(std::time::Instant::now);
-            run_step(step, &mut self.arena, batch, isa, threads)?;
+            run_step(step, &mut self.arena, batch, isa)?;
             if let (Some(t), Some(s)) = (seconds.as_deref_mut(), start) {
                 t[i] += s.elapsed().as_secs_f64();
             }
@@ -403,7 +489,13 @@ fn bias_of(graph: &Graph, bias: Option<&str>) -> Result<Option<Vec<f32>>> {
     })
 }
 
-fn report(node: &Node, param: &tessera_ir::Param, choice: &Choice, dense_macs: u64) -> LayerReport {
+fn report(
+    node: &Node,
+    param: &tessera_ir::Param,
+    choice: &Choice,
+    dense_macs: u64,
+    pick: &Pick,
+) -> LayerReport {
     let total = param.tensor.len().max(1) as u64;
     let kept = param.kept() as u64;
     LayerReport {
@@ -414,6 +506,83 @@ fn report(node: &Node, param: &tessera_ir::Param, choice: &Choice, dense_macs: u
         scheme: param.sparsity.as_ref().map(|s| s.scheme.to_string()),
         dense_macs,
         kept_macs: dense_macs * kept / total,
+        threads: pick.threads,
+        tuned_ms: pick.ms,
+        cached: pick.cached,
+    }
+}
+
+/// The tuner's pick for one layer.
+struct Pick {
+    threads: usize,
+    ms: Option<f64>,
+    cached: bool,
+}
+
+/// Tuning state of one compile.
+struct Tuner {
+    cache: TuneCache,
+    path: Option<std::path::PathBuf>,
+    /// CPU, instruction set, batch and thread budget.
+    prefix: String,
+}
+
+impl Tuner {
+    fn key(&self, node: &Node, param: &tessera_ir::Param, signature: &str) -> String {
+        let scheme = match &param.sparsity {
+            Some(s) => format!("{} mask {:016x}", s.scheme, mask_hash(s.mask.words())),
+            None => "dense".into(),
+        };
+        let _ = node;
+        format!("{} | {signature} | {scheme}", self.prefix)
+    }
+
+    /// The cached decision for `key` when one matches a candidate, else the fastest
+    /// candidate x thread count by `time` (recorded in the cache).
+    fn choose<K>(
+        &mut self,
+        key: String,
+        candidates: Vec<(K, Choice)>,
+        max_threads: usize,
+        mut time: impl FnMut(&mut K, usize) -> Result<f64>,
+    ) -> Result<(K, Choice, Pick)> {
+        let mut thread_options = vec![1, max_threads];
+        thread_options.dedup();
+        if let Some(d) = self.cache.entries.get(&key)
+            && thread_options.contains(&d.threads)
+            && let Some(i) =
+                candidates.iter().position(|(_, c)| c.kernel == d.kernel && c.format == d.format)
+        {
+            let (ms, threads) = (d.ms, d.threads);
+            let (k, c) = candidates.into_iter().nth(i).ok_or_else(|| CodegenError::Options {
+                field: "tuning",
+                reason: "cached candidate vanished".into(),
+            })?;
+            return Ok((k, c, Pick { threads, ms: Some(ms), cached: true }));
+        }
+        let mut best: Option<(usize, usize, f64)> = None;
+        let mut candidates = candidates;
+        for (i, (k, _)) in candidates.iter_mut().enumerate() {
+            for &t in &thread_options {
+                let ms = time(k, t)?;
+                if best.is_none_or(|(_, _, b)| ms < b) {
+                    best = Some((i, t, ms));
+                }
+            }
+        }
+        let (i, threads, ms) = best.ok_or_else(|| CodegenError::Options {
+            field: "tuning",
+            reason: "no candidate kernel".into(),
+        })?;
+        let (k, c) = candidates.into_iter().nth(i).ok_or_else(|| CodegenError::Options {
+            field: "tuning",
+            reason: "candidate vanished".into(),
+        })?;
+        self.cache.entries.insert(
+            key,
+            Decision { kernel: c.kernel.into(), format: c.format.into(), threads, ms },
+        );
+        Ok((k, c, Pick { threads, ms: Some(ms), cached: false }))
     }
 }
 
@@ -454,62 +623,84 @@ fn epilogue(y: &mut [f32], positions: usize, bias: Option<&[f32]>, act: Option<A
     }
 }
 
-fn run_step(
-    step: &mut Step,
-    arena: &mut [f32],
-    batch: usize,
+/// One sample of a convolution, bias and activation included (fused into the row-group
+/// kernels' stores when they can).
+#[allow(clippy::too_many_arguments)]
+fn conv_once(
+    kernel: &mut ConvKernel,
     isa: Isa,
+    x: &[f32],
+    y: &mut [f32],
     threads: usize,
-) -> Result<()> {
+    bias: Option<&[f32]>,
+    act: Option<Activation>,
+    positions: usize,
+) -> std::result::Result<(), tessera_kernels::KernelError> {
+    let clamp = match act {
+        None => Some(Clamp::None),
+        Some(Activation::Relu) => Some(Clamp::Relu),
+        Some(Activation::Relu6) => Some(Clamp::Relu6),
+        Some(_) => None,
+    };
+    if let (ConvKernel::Rows { conv, scratch }, Some(clamp)) = (&mut *kernel, clamp) {
+        return conv.run_fused(isa, x, y, scratch, threads, Epilogue { bias, clamp });
+    }
+    match kernel {
+        ConvKernel::Rows { conv, scratch } => conv.run(isa, x, y, scratch, threads)?,
+        // The pattern kernel's scratch holds one thread's tile buffer.
+        ConvKernel::Fkw { conv, scratch } => conv.run(isa, x, y, scratch, 1)?,
+        ConvKernel::Bcr { conv, scratch } => conv.run(isa, x, y, scratch, threads)?,
+    }
+    epilogue(y, positions, bias, act);
+    Ok(())
+}
+
+/// One vector through a fully connected layer, bias and activation included.
+fn linear_once(
+    kernel: &LinearKernel,
+    isa: Isa,
+    x: &[f32],
+    y: &mut [f32],
+    threads: usize,
+    bias: Option<&[f32]>,
+    act: Option<Activation>,
+) -> std::result::Result<(), tessera_kernels::KernelError> {
+    match kernel {
+        LinearKernel::Dense { weights, rows, cols } => {
+            tessera_kernels::dense::sgemv(isa, *rows, *cols, weights, x, y, threads)?
+        }
+        LinearKernel::Rows(m) => tessera_kernels::rowgroup::gemv(isa, m, x, y, threads)?,
+        LinearKernel::Bcr(c) => c.gemv(isa, x, y, threads)?,
+    }
+    if let Some(b) = bias {
+        y.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+    }
+    if let Some(a) = act {
+        apply_act(y, a);
+    }
+    Ok(())
+}
+
+fn run_step(step: &mut Step, arena: &mut [f32], batch: usize, isa: Isa) -> Result<()> {
     match step {
-        Step::Conv { node, io, kernel, bias, act, positions } => {
+        Step::Conv { node, io, threads, kernel, bias, act, positions } => {
             let (before, y_all, after) = split(arena, io.y);
             let x_all = read(before, after, io.y, io.x);
             for n in 0..batch {
                 let x = &x_all[n * io.x_len..(n + 1) * io.x_len];
                 let y = &mut y_all[n * io.y_len..(n + 1) * io.y_len];
-                let clamp = match act {
-                    None => Some(Clamp::None),
-                    Some(Activation::Relu) => Some(Clamp::Relu),
-                    Some(Activation::Relu6) => Some(Clamp::Relu6),
-                    Some(_) => None,
-                };
-                if let (ConvKernel::Rows { conv, scratch }, Some(clamp)) = (&mut *kernel, clamp) {
-                    // Bias and activation applied in registers before the store.
-                    let epilogue = Epilogue { bias: bias.as_deref(), clamp };
-                    conv.run_fused(isa, x, y, scratch, threads, epilogue)
-                        .map_err(|source| CodegenError::Kernel { node: node.clone(), source })?;
-                    continue;
-                }
-                let r = match kernel {
-                    ConvKernel::Rows { conv, scratch } => conv.run(isa, x, y, scratch, threads),
-                    ConvKernel::Fkw { conv, scratch } => conv.run(isa, x, y, scratch, 1),
-                    ConvKernel::Bcr { conv, scratch } => conv.run(isa, x, y, scratch, threads),
-                };
-                r.map_err(|source| CodegenError::Kernel { node: node.clone(), source })?;
-                epilogue(y, *positions, bias.as_deref(), *act);
+                conv_once(kernel, isa, x, y, *threads, bias.as_deref(), *act, *positions)
+                    .map_err(|source| CodegenError::Kernel { node: node.clone(), source })?;
             }
         }
-        Step::Linear { node, io, kernel, bias, act, rows, in_f, out_f } => {
+        Step::Linear { node, io, threads, kernel, bias, act, rows, in_f, out_f } => {
             let (before, y_all, after) = split(arena, io.y);
             let x_all = read(before, after, io.y, io.x);
             for r in 0..batch * *rows {
                 let x = &x_all[r * *in_f..(r + 1) * *in_f];
                 let y = &mut y_all[r * *out_f..(r + 1) * *out_f];
-                let res = match kernel {
-                    LinearKernel::Dense { weights, rows, cols } => {
-                        tessera_kernels::dense::sgemv(isa, *rows, *cols, weights, x, y, threads)
-                    }
-                    LinearKernel::Rows(m) => tessera_kernels::rowgroup::gemv(isa, m, x, y, threads),
-                    LinearKernel::Bcr(c) => c.gemv(isa, x, y, threads),
-                };
-                res.map_err(|source| CodegenError::Kernel { node: node.clone(), source })?;
-                if let Some(b) = bias {
-                    y.iter_mut().zip(b.iter()).for_each(|(v, b)| *v += b);
-                }
-                if let Some(a) = act {
-                    apply_act(y, *a);
-                }
+                linear_once(kernel, isa, x, y, *threads, bias.as_deref(), *act)
+                    .map_err(|source| CodegenError::Kernel { node: node.clone(), source })?;
             }
         }
         Step::Affine { io, scale, shift, positions } => {

@@ -6,7 +6,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use tessera_codegen::{CodegenError, CompileOptions, Plan};
+use tessera_codegen::{CodegenError, CompileOptions, Plan, TuneCache, Tuning};
 use tessera_ir::passes::Pipeline;
 use tessera_ir::{Graph, Op, Tensor, examples, interp};
 use tessera_kernels::Isa;
@@ -74,7 +74,7 @@ fn every_option() -> Vec<CompileOptions> {
     let mut out = Vec::new();
     for isa in Isa::available() {
         for (batch, threads) in [(1, 1), (3, 1), (1, 2), (2, 2)] {
-            out.push(CompileOptions { batch, threads, isa: Some(isa) });
+            out.push(CompileOptions { batch, threads, isa: Some(isa), ..Default::default() });
         }
     }
     out
@@ -136,7 +136,7 @@ fn every_scheme_matches_the_interpreter_and_gets_its_format() {
             let applied = prune_all(&mut pruned, scheme, rate);
             let (opt, _) = Pipeline::standard().run(pruned.clone()).unwrap();
             for (batch, threads) in [(1, 1), (2, 2)] {
-                let o = CompileOptions { batch, threads, isa: Some(isa) };
+                let o = CompileOptions { batch, threads, isa: Some(isa), ..Default::default() };
                 let raw = check(&pruned, &o, &format!("{} {scheme} raw {o:?}", g.name));
                 let passed = check(&opt, &o, &format!("{} {scheme} after passes {o:?}", g.name));
                 // The scheme's own format serves every convolution it pruned, unless the
@@ -222,4 +222,42 @@ fn errors_name_what_is_wrong() {
     assert!(err.to_string().contains("output"), "{err}");
     // Batch 0.
     assert!(Plan::compile(&g, &CompileOptions { batch: 0, ..Default::default() }).is_err());
+}
+
+#[test]
+fn tuned_plans_match_the_interpreter_and_reuse_their_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("tune.json");
+    let mut g = examples::resnet_block().unwrap();
+    let _ = prune_all(&mut g, "block-punched:8x4", 4.0);
+    let (opt, _) = Pipeline::standard().run(g).unwrap();
+    let tuned = CompileOptions {
+        threads: 2,
+        tuning: Tuning::Measure { cache: Some(cache.clone()) },
+        ..Default::default()
+    };
+    let first = check(&opt, &tuned, "tuned resnet block");
+    let saved = TuneCache::load(&cache).unwrap();
+    let weighted = first.layers().len();
+    assert_eq!(saved.entries.len(), weighted, "one decision per weighted layer");
+    for l in first.layers() {
+        assert!(!l.cached && l.tuned_ms.is_some_and(|ms| ms > 0.0), "{l:?}");
+        assert!(l.threads == 1 || l.threads == 2, "{l:?}");
+    }
+    // A second compile takes every decision from the cache and changes nothing in it.
+    let second = check(&opt, &tuned, "tuned from cache");
+    for (a, b) in first.layers().iter().zip(second.layers()) {
+        assert!(b.cached, "{b:?}");
+        assert_eq!((a.kernel, a.format, a.threads), (b.kernel, b.format, b.threads));
+    }
+    assert_eq!(TuneCache::load(&cache).unwrap(), saved);
+    // Without tuning: the table's kernels on the whole thread budget, nothing measured.
+    let plain = Plan::compile(&opt, &CompileOptions { threads: 2, ..Default::default() }).unwrap();
+    for l in plain.layers() {
+        assert!(l.threads == 2 && l.tuned_ms.is_none() && !l.cached, "{l:?}");
+    }
+    // A corrupt cache is an error naming the file, not a silent re-tune.
+    std::fs::write(&cache, b"[1, 2").unwrap();
+    let err = Plan::compile(&opt, &tuned).unwrap_err().to_string();
+    assert!(err.contains("tune.json"), "{err}");
 }

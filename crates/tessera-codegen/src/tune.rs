@@ -1,0 +1,156 @@
+//! Auto-tuning: per layer, time every candidate kernel (and thread count) on this machine and
+//! keep the fastest; remember decisions in a JSON file keyed by CPU, instruction set and
+//! layer signature (shape, scheme, a hash of the mask, batch, thread budget), so a later
+//! compile of the same model on the same machine does not time again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CodegenError, Result};
+
+/// How kernel choices are made.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Tuning {
+    /// The scheme's kernel from the table, on the plan's thread budget: deterministic, no
+    /// timing (`--no-tune`).
+    #[default]
+    Default,
+    /// Time every candidate kernel x thread count per layer and keep the fastest; with a
+    /// cache file, decisions found there are reused and new ones are added to it.
+    Measure {
+        /// Decision cache (JSON), created if missing.
+        cache: Option<PathBuf>,
+    },
+}
+
+/// One remembered decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Kernel label.
+    pub kernel: String,
+    /// Storage format label.
+    pub format: String,
+    /// Threads.
+    pub threads: usize,
+    /// Measured median milliseconds per sample.
+    pub ms: f64,
+}
+
+/// The decision cache file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TuneCache {
+    /// Format version.
+    pub version: u32,
+    /// Decisions by layer key.
+    pub entries: BTreeMap<String, Decision>,
+}
+
+const VERSION: u32 = 1;
+
+impl TuneCache {
+    /// Reads `path`; a missing file is an empty cache, a malformed one an error naming it.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(TuneCache { version: VERSION, entries: BTreeMap::new() });
+            }
+            Err(e) => return Err(cache_error(path, e.to_string())),
+        };
+        let cache: TuneCache =
+            serde_json::from_slice(&bytes).map_err(|e| cache_error(path, e.to_string()))?;
+        if cache.version != VERSION {
+            return Err(cache_error(
+                path,
+                format!("version {}, this build reads {VERSION}", cache.version),
+            ));
+        }
+        Ok(cache)
+    }
+
+    /// Writes the cache to `path` whole (a temporary file renamed over it).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(|e| cache_error(path, e.to_string()))?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, json).map_err(|e| cache_error(&tmp, e.to_string()))?;
+        std::fs::rename(&tmp, path).map_err(|e| cache_error(path, e.to_string()))
+    }
+}
+
+fn cache_error(path: &Path, reason: String) -> CodegenError {
+    CodegenError::TuneCache { path: path.to_path_buf(), reason }
+}
+
+/// This machine's CPU model (from `/proc/cpuinfo`), for cache keys.
+pub(crate) fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown cpu".into())
+}
+
+/// FNV-1a over a mask's words: which weights are kept, for cache keys.
+pub(crate) fn mask_hash(words: &[u64]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for w in words {
+        for b in w.to_le_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Median milliseconds of `f` over at least 5 runs and about 10 ms, after 2 warm-up runs.
+pub(crate) fn time_ms(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..2 {
+        f()?;
+    }
+    let start = Instant::now();
+    let mut times = Vec::new();
+    while times.len() < 5 || (start.elapsed().as_secs_f64() < 0.01 && times.len() < 200) {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caches_round_trip_and_bad_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tune.json");
+        let mut c = TuneCache::load(&path).unwrap();
+        assert!(c.entries.is_empty());
+        c.entries.insert(
+            "k".into(),
+            Decision { kernel: "row-groups".into(), format: "CSR".into(), threads: 2, ms: 0.5 },
+        );
+        c.save(&path).unwrap();
+        assert_eq!(TuneCache::load(&path).unwrap(), c);
+        std::fs::write(&path, b"{ not json").unwrap();
+        let err = TuneCache::load(&path).unwrap_err().to_string();
+        assert!(err.contains("tune.json"), "{err}");
+        std::fs::write(&path, br#"{"version": 99, "entries": {}}"#).unwrap();
+        assert!(TuneCache::load(&path).unwrap_err().to_string().contains("version 99"));
+    }
+
+    #[test]
+    fn mask_hashes_tell_masks_apart() {
+        assert_ne!(mask_hash(&[1]), mask_hash(&[2]));
+        assert_eq!(mask_hash(&[7, 9]), mask_hash(&[7, 9]));
+    }
+}
