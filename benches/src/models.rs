@@ -14,7 +14,10 @@ use std::time::Instant;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
-use tessera_codegen::{CompileOptions, Plan, Tuning};
+use std::collections::BTreeMap;
+
+use tessera_codegen::latency::median;
+use tessera_codegen::{CompileOptions, LatencyModel, LatencySample, Plan, Tuning};
 use tessera_ir::passes::Pipeline;
 use tessera_ir::{Graph, Op, Tensor as IrTensor};
 use tessera_models::zoo::{
@@ -101,6 +104,19 @@ pub struct LayerPoint {
     pub flop_reduction: f64,
 }
 
+/// The latency model calibrated on this run's 1-thread layer times.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LatencyReport {
+    /// Fitted on every other sample (by family and size).
+    pub model: LatencyModel,
+    /// Median |predicted - measured| / measured on the held-out samples.
+    pub held_out_median_error: f64,
+    /// Per family: (held-out samples, median error).
+    pub per_family: BTreeMap<String, (usize, f64)>,
+    /// Every sample.
+    pub samples: Vec<LatencySample>,
+}
+
 /// Everything measured.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ModelResults {
@@ -108,6 +124,8 @@ pub struct ModelResults {
     pub models: Vec<ModelPoint>,
     /// Per-layer points.
     pub layers: Vec<LayerPoint>,
+    /// The latency model and its error.
+    pub latency: LatencyReport,
 }
 
 fn zoo() -> Vec<(&'static str, ZooConfig, [usize; 4])> {
@@ -228,6 +246,7 @@ fn macs(plan: &Plan) -> (u64, u64) {
 /// Runs the suite.
 pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
     let mut out = ModelResults::default();
+    let mut samples = Vec::new();
     for (name, config, input) in zoo() {
         if !cfg.only.is_empty() && !cfg.only.iter().any(|o| name.contains(o.as_str())) {
             continue;
@@ -271,6 +290,9 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
                 speedup: 1.0,
                 flop_reduction: 1.0,
             });
+            if threads == 1 {
+                samples.extend(latency_samples(&dense_plan, &t));
+            }
             dense.push((threads, macs(&dense_plan).0, t));
         }
         for scheme_text in &cfg.schemes {
@@ -297,12 +319,56 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
                     out.models.push(point);
                     if threads == 1 {
                         out.layers.extend(layer_points(name, scheme_text, rate, &g, &plan, d, &t));
+                        samples.extend(latency_samples(&plan, &t));
                     }
                 }
             }
         }
     }
+    out.latency = calibrate(samples);
     Ok(out)
+}
+
+/// Latency samples of a plan's weighted layers from its per-step times.
+fn latency_samples(plan: &Plan, t: &Timed) -> Vec<LatencySample> {
+    plan.layers()
+        .iter()
+        .filter_map(|l| {
+            let ms = t.per_step.iter().find(|(n, _)| n == &l.node)?.1;
+            Some(LatencySample {
+                family: l.family(),
+                kept_macs: l.kept_macs as f64,
+                input_floats: l.input_floats as f64,
+                output_floats: l.output_floats as f64,
+                tiles: l.tiles as f64,
+                ms,
+            })
+        })
+        .collect()
+}
+
+/// Fits the latency model on every other sample (ordered by family and size) and measures
+/// its error on the rest.
+fn calibrate(mut samples: Vec<LatencySample>) -> LatencyReport {
+    samples.sort_by(|a, b| {
+        (a.family.as_str(), a.kept_macs, a.output_floats)
+            .partial_cmp(&(b.family.as_str(), b.kept_macs, b.output_floats))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let (fit, test): (Vec<_>, Vec<_>) =
+        samples.iter().cloned().enumerate().partition(|(i, _)| i % 2 == 0);
+    let fit: Vec<LatencySample> = fit.into_iter().map(|(_, s)| s).collect();
+    let test: Vec<LatencySample> = test.into_iter().map(|(_, s)| s).collect();
+    let model = LatencyModel::fit(&fit);
+    let mut per_family = BTreeMap::new();
+    for family in model.families.keys() {
+        let group: Vec<LatencySample> =
+            test.iter().filter(|s| &s.family == family).cloned().collect();
+        per_family.insert(family.clone(), (group.len(), median(&model.errors(&group))));
+    }
+    let held_out_median_error = median(&model.errors(&test));
+    tracing::info!(samples = samples.len(), held_out_median_error, "latency model");
+    LatencyReport { model, held_out_median_error, per_family, samples }
 }
 
 /// Per-layer points of a pruned plan against the dense plan's times.
@@ -361,6 +427,27 @@ pub fn markdown(r: &ModelResults) -> String {
         s.push_str(&format!(
             "| {} | {} | {:.0}x | {} | {:.3} | {:.2}x | {:.2}x |\n",
             p.model, p.scheme, p.rate, p.threads, p.median_ms, p.speedup, p.flop_reduction
+        ));
+    }
+    s.push_str(&format!(
+        "\n## Latency model\n\nPer kernel family `ms = c0 + c1 MACs + c2 inputs + c3 outputs + c4 tiles`, \
+         fitted (non-negative least squares on relative error) on every other 1-thread layer \
+         time of this run and tested on the rest: median |error| **{:.1}%** over {} held-out \
+         layers.\n\n| family | c0 ms | ms per M MACs | ms per M inputs | ms per M outputs | ms per k tiles | fitted on | held out | median error |\n|---|---|---|---|---|---|---|---|---|\n",
+        100.0 * r.latency.held_out_median_error,
+        r.latency.samples.len() / 2
+    ));
+    for (family, c) in &r.latency.model.families {
+        let (n, e) = r.latency.per_family.get(family).copied().unwrap_or((0, f64::NAN));
+        s.push_str(&format!(
+            "| {family} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {n} | {:.1}% |\n",
+            c.per_call,
+            c.per_mmac,
+            c.per_minput,
+            c.per_moutput,
+            c.per_ktile,
+            c.samples,
+            100.0 * e
         ));
     }
     s.push_str(

@@ -24,6 +24,10 @@
 //! keyed by CPU, instruction set, batch, thread budget, layer shape, scheme and a hash of the
 //! mask ([`TuneCache`]). [`Tuning::Default`] (`--no-tune`) is the table, deterministic.
 //!
+//! Latency model ([`latency`]): per kernel family, `ms = c0 + c1 MACs + c2 inputs + c3
+//! outputs` fitted by non-negative least squares on layers measured here
+//! (`cargo xtask bench models` calibrates it and reports its held-out error).
+//!
 //! Lowered ops: convolution (2-D, 3-D, grouped, depthwise), linear, batch norm, the
 //! activations, 2-D max and average pooling, global average pooling, add, flatten and
 //! reshape (views, no copy). Other ops are refused naming the node; run those graphs with
@@ -53,11 +57,13 @@
 
 mod buffers;
 mod error;
+pub mod latency;
 mod lower;
 mod plan;
 mod tune;
 
 pub use error::{CodegenError, Result};
+pub use latency::{LatencyModel, LatencySample};
 pub use plan::{CompileOptions, LayerReport, Plan};
 pub use tune::{Decision, TuneCache, Tuning};
 

@@ -123,9 +123,12 @@ fn rows_kernel(node: &str, m: RowGroupMatrix, shape: ConvShape) -> Result<ConvKe
 /// (conv3x3 256@8x8): the `gemm` crate allocates its packing buffers on every call, and a
 /// plan's run allocates nothing.
 fn dense_conv(node: &str, shape: ConvShape, w: &[f32]) -> Result<(ConvKernel, Choice)> {
+    // Depthwise: one filter per group, so every row group is a single filter (labelled apart
+    // for the latency model: an order of magnitude slower per MAC).
+    let kernel = if shape.in_per_group() == 1 && shape.groups > 1 { "depthwise" } else { "direct" };
     Ok((
         rows_kernel(node, masked_rows(&shape, w, None)?, shape)?,
-        Choice { kernel: "direct", format: "dense" },
+        Choice { kernel, format: "dense" },
     ))
 }
 

@@ -59,6 +59,19 @@ pub struct LayerReport {
     pub tuned_ms: Option<f64>,
     /// Whether the decision came from the tuning cache.
     pub cached: bool,
+    /// Input floats per sample.
+    pub input_floats: u64,
+    /// Output floats per sample.
+    pub output_floats: u64,
+    /// Register tiles per sample (groups of 8 filters x blocks of 32 positions).
+    pub tiles: u64,
+}
+
+impl LayerReport {
+    /// The kernel family, `kernel / format`, as the latency model names it.
+    pub fn family(&self) -> String {
+        format!("{} / {}", self.kernel, self.format)
+    }
 }
 
 /// A compiled model.
@@ -281,7 +294,8 @@ impl Plan {
                             })?
                         }
                     };
-                    layers.push(report(node, param, &choice, macs, &pick));
+                    let tiles = crate::latency::tiles(shape.out_channels, positions) as u64;
+                    layers.push(report(node, param, &choice, macs, &pick, &io, tiles));
                     steps.push(Step::Conv {
                         node: node.name.clone(),
                         io,
@@ -320,7 +334,9 @@ impl Plan {
                             })?
                         }
                     };
-                    layers.push(report(node, param, &choice, (rows * in_f * out_f) as u64, &pick));
+                    let macs = (rows * in_f * out_f) as u64;
+                    let tiles = (out_f.div_ceil(8) * rows) as u64;
+                    layers.push(report(node, param, &choice, macs, &pick, &io, tiles));
                     steps.push(Step::Linear {
                         node: node.name.clone(),
                         io,
@@ -495,6 +511,8 @@ fn report(
     choice: &Choice,
     dense_macs: u64,
     pick: &Pick,
+    io: &Io,
+    tiles: u64,
 ) -> LayerReport {
     let total = param.tensor.len().max(1) as u64;
     let kept = param.kept() as u64;
@@ -509,6 +527,9 @@ fn report(
         threads: pick.threads,
         tuned_ms: pick.ms,
         cached: pick.cached,
+        input_floats: io.x_len as u64,
+        output_floats: io.y_len as u64,
+        tiles,
     }
 }
 

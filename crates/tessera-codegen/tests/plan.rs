@@ -261,3 +261,28 @@ fn tuned_plans_match_the_interpreter_and_reuse_their_cache() {
     let err = Plan::compile(&opt, &tuned).unwrap_err().to_string();
     assert!(err.contains("tune.json"), "{err}");
 }
+
+#[test]
+fn the_latency_models_family_table_matches_the_compilers() {
+    use tessera_codegen::latency::family_of;
+    use tessera_kernels::ConvShape;
+    for scheme in
+        ["unstructured", "block-punched:8x4", "bcr:4x8", "pattern:8+connectivity", "filter"]
+    {
+        let mut g = examples::vgg_cifar().unwrap();
+        let _ = prune_all(&mut g, scheme, 4.0);
+        let shapes = g.validate().unwrap();
+        let plan = Plan::compile(&g, &CompileOptions::default()).unwrap();
+        let s: Scheme = scheme.parse().unwrap();
+        for l in plan.layers().iter().filter(|l| l.op == "conv") {
+            let node = g.nodes.iter().find(|n| n.name == l.node).unwrap();
+            let Op::Conv { weight, .. } = &node.op else { unreachable!() };
+            let w = &g.params[weight];
+            let x = &shapes[&node.inputs[0]];
+            let shape =
+                ConvShape::conv2d(x[1], w.tensor.shape[0], [x[2], x[3]], [3, 3], 1, 1).unwrap();
+            let scheme = w.sparsity.as_ref().map(|_| &s);
+            assert_eq!(l.family(), family_of(scheme, &shape), "{scheme:?} {}", l.node);
+        }
+    }
+}

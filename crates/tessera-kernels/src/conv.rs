@@ -231,6 +231,9 @@ pub struct InputLayout {
     /// Whether the flat grid equals the output (nothing to compact).
     flat_is_output: bool,
     packed_len: usize,
+    /// Per dimension, bit `p` set when some kernel tap reads phase `p` (a 1x1 stride-2
+    /// convolution reads only phase 0: the other three quarters are never packed).
+    read_phases: [u64; 3],
 }
 
 impl InputLayout {
@@ -263,6 +266,9 @@ impl InputLayout {
         // Slack after the last channel so that discarded positions may read past it.
         let slack = plane[1] * plane[2] + 2 * plane[2] + 256;
         let packed_len = s.in_channels * channel_len + slack;
+        let read_phases: [u64; 3] = std::array::from_fn(|d| {
+            (0..s.kernel[d]).fold(0u64, |m, t| m | 1 << ((t * s.dilation[d]) % s.stride[d]).min(63))
+        });
         InputLayout {
             shape: *s,
             plane,
@@ -273,6 +279,7 @@ impl InputLayout {
             runs,
             flat_is_output,
             packed_len,
+            read_phases,
         }
     }
 
@@ -390,40 +397,49 @@ impl InputLayout {
             return;
         }
         packed[..self.packed_len].fill(0.0);
-        for c in 0..s.in_channels {
-            let src = &input[c * d * h * w..(c + 1) * d * h * w];
-            let dst = &mut packed[c * self.channel_len..(c + 1) * self.channel_len];
-            for z in 0..d {
-                let zp = z + pd;
-                for y in 0..h {
-                    let yp = y + ph;
-                    let row = &src[(z * h + y) * w..(z * h + y + 1) * w];
-                    if sw == 1 {
-                        let phase = (zp % sd) * sh + yp % sh;
-                        let base = phase * self.plane_len
-                            + ((zp / sd) * self.plane[1] + yp / sh) * self.plane[2]
-                            + pw;
-                        dst[base..base + w].copy_from_slice(row);
-                    } else {
-                        // One width phase at a time: a strided read of the row and a
-                        // contiguous write, with no division per value (the per-value
-                        // form measured ~30 cycles a float, most of a strided 1x1 conv).
-                        let row_phase = ((zp % sd) * sh + yp % sh) * sw;
-                        let row_base = ((zp / sd) * self.plane[1] + yp / sh) * self.plane[2];
-                        for px in 0..sw {
-                            // First x with (x + pw) % sw == px.
-                            let x0 = (px + sw - pw % sw) % sw;
-                            if x0 >= w {
-                                continue;
+        let read = |dim: usize, p: usize| self.read_phases[dim] >> p.min(63) & 1 == 1;
+        let [_, p1, p2] = self.plane;
+        // Divisions hoisted out of the row loops (a division per row or value measured most of
+        // a strided convolution's time: rows here are 8-32 floats long). Phases no kernel tap
+        // reads are skipped.
+        for px in (0..sw).filter(|&px| read(2, px)) {
+            // First x with (x + pw) % sw == px, its packed column, and how many values.
+            let x0 = (px + sw - pw % sw) % sw;
+            if x0 >= w {
+                continue;
+            }
+            let col = (x0 + pw) / sw;
+            let n = (w - x0).div_ceil(sw);
+            for c in 0..s.in_channels {
+                let src = &input[c * d * h * w..(c + 1) * d * h * w];
+                let dst = &mut packed[c * self.channel_len..(c + 1) * self.channel_len];
+                for z in 0..d {
+                    let zp = z + pd;
+                    let (zq, zph) = (zp / sd, zp % sd);
+                    if !read(0, zph) {
+                        continue;
+                    }
+                    let (mut yq, mut yph) = (ph / sh, ph % sh);
+                    for y in 0..h {
+                        if read(1, yph) {
+                            let row = &src[(z * h + y) * w..(z * h + y + 1) * w];
+                            let base = ((zph * sh + yph) * sw + px) * self.plane_len
+                                + (zq * p1 + yq) * p2
+                                + col;
+                            if sw == 1 {
+                                dst[base..base + n].copy_from_slice(&row[x0..x0 + n]);
+                            } else {
+                                for (d, &v) in
+                                    dst[base..base + n].iter_mut().zip(row[x0..].iter().step_by(sw))
+                                {
+                                    *d = v;
+                                }
                             }
-                            let base =
-                                (row_phase + px) * self.plane_len + row_base + (x0 + pw) / sw;
-                            let n = (w - x0).div_ceil(sw);
-                            for (d, &v) in
-                                dst[base..base + n].iter_mut().zip(row[x0..].iter().step_by(sw))
-                            {
-                                *d = v;
-                            }
+                        }
+                        yph += 1;
+                        if yph == sh {
+                            yph = 0;
+                            yq += 1;
                         }
                     }
                 }
