@@ -8,7 +8,7 @@
 //! | block-punched | block-punched -> row-group engine (filters of a block share kept columns) |
 //! | KGS (conv3d) | KGS -> row-group engine |
 //! | block (BSR) | BSR -> row-group engine |
-//! | BCR | BCR-compact -> BCR block kernel |
+//! | BCR | BCR-compact -> BCR block kernel (convolutions); BCR as row groups (linear layers: the block kernel's GEMV is slower) |
 //! | pattern (+ connectivity), 3x3, ungrouped | FKW -> pattern kernel |
 //! | anything else (filter, channel, N:M, polarized, ...) | masked row groups: only kept columns of each group of 8 filters |
 //!
@@ -21,10 +21,12 @@ use tessera_kernels::formats::block_punched::{BlockPunched, Kgs};
 use tessera_kernels::formats::bsr::Bsr;
 use tessera_kernels::formats::csr::Csr;
 use tessera_kernels::formats::fkw::{Fkw, FkwConv};
-use tessera_kernels::{ConvScratch, ConvShape, RowGroupConv, RowGroupMatrix};
+use tessera_kernels::{ConvScratch, ConvShape, KernelError, RowGroupConv, RowGroupMatrix};
 use tessera_sparsity::{Mask, PatternLibrary, Scheme};
 
 use crate::error::{Result, kernel_error, unsupported};
+
+type KernelResult<T> = std::result::Result<T, KernelError>;
 
 /// Filters per row group of the dense and masked fallbacks.
 const GROUP_ROWS: usize = 8;
@@ -47,8 +49,6 @@ pub(crate) enum LinearKernel {
     Dense { weights: Vec<f32>, rows: usize, cols: usize },
     /// Row-group GEMV.
     Rows(Box<RowGroupMatrix>),
-    /// BCR GEMV.
-    Bcr(Box<BcrConv>),
 }
 
 /// Kernel label and storage format, for reports.
@@ -113,9 +113,25 @@ fn library_of(scheme_library: Option<&PatternLibrary>, mask: &Mask) -> Option<Pa
 }
 
 fn rows_kernel(node: &str, m: RowGroupMatrix, shape: ConvShape) -> Result<ConvKernel> {
-    let conv = RowGroupConv::new(m, shape).map_err(kernel_error(node))?;
+    bind_rows(m, shape).map_err(kernel_error(node))
+}
+
+fn bind_rows(m: RowGroupMatrix, shape: ConvShape) -> KernelResult<ConvKernel> {
+    let conv = RowGroupConv::new(m, shape)?;
     let scratch = ConvScratch::for_conv(&conv);
     Ok(ConvKernel::Rows { conv: Box::new(conv), scratch })
+}
+
+/// Masked row groups of a `[rows, cols]` fully connected weight (groups of 8 rows).
+fn masked_linear(rows: usize, cols: usize, w: &[f32], mask: &Mask) -> KernelResult<LinearKernel> {
+    let groups = RowGroupMatrix::uniform_groups(rows, rows, GROUP_ROWS);
+    Ok(LinearKernel::Rows(Box::new(RowGroupMatrix::from_dense(
+        rows,
+        cols,
+        w,
+        Some(mask),
+        &groups,
+    )?)))
 }
 
 /// The kernel of a dense convolution: the row-group engine with every weight kept (direct
@@ -172,12 +188,9 @@ pub(crate) fn linear_candidates(node: &Node, param: &Param) -> Result<Vec<(Linea
         let s = &param.tensor.shape;
         let (rows, cols) = (s[0], s[1]);
         if out[0].1.format != "masked" {
-            let groups = RowGroupMatrix::uniform_groups(rows, rows, GROUP_ROWS);
-            let m =
-                RowGroupMatrix::from_dense(rows, cols, &param.tensor.data, Some(&sp.mask), &groups)
-                    .map_err(kernel_error(&node.name))?;
             out.push((
-                LinearKernel::Rows(Box::new(m)),
+                masked_linear(rows, cols, &param.tensor.data, &sp.mask)
+                    .map_err(kernel_error(&node.name))?,
                 Choice { kernel: "row-groups gemv", format: "masked" },
             ));
         }
@@ -202,83 +215,64 @@ pub(crate) fn conv_kernel(
     };
     let layer = shape.layer(name).map_err(kernel_error(name))?;
     let mask = &sp.mask;
-    let encoded: std::result::Result<(ConvKernel, Choice), tessera_kernels::KernelError> =
-        (|| match &sp.scheme {
+    // Ok(None): the scheme has no format of its own; Err: its format refused the mask.
+    let encoded: KernelResult<Option<(ConvKernel, Choice)>> = (|| {
+        let rows =
+            |m, format| Ok(Some((bind_rows(m, shape)?, Choice { kernel: "row-groups", format })));
+        match &sp.scheme {
             Scheme::Unstructured => {
-                let m = Csr::encode(shape.out_channels, shape.cols(), w, mask)?.to_row_groups();
-                Ok((rows_or(m, shape)?, Choice { kernel: "row-groups", format: "CSR" }))
+                rows(Csr::encode(shape.out_channels, shape.cols(), w, mask)?.to_row_groups(), "CSR")
             }
-            Scheme::BlockPunched { block, .. } => {
-                let f = BlockPunched::encode(&layer, w, mask, block.rows(), block.cols())?;
-                Ok((
-                    rows_or(f.to_row_groups(), shape)?,
-                    Choice { kernel: "row-groups", format: "block-punched" },
-                ))
-            }
-            Scheme::Kgs { group, .. } => {
-                let f = Kgs::encode(&layer, w, mask, group.rows(), group.cols())?;
-                Ok((
-                    rows_or(f.to_row_groups(), shape)?,
-                    Choice { kernel: "row-groups", format: "KGS" },
-                ))
-            }
-            Scheme::Block { block, .. } => {
-                let f = Bsr::encode(&layer, w, mask, block.rows(), block.cols())?;
-                Ok((
-                    rows_or(f.to_row_groups(), shape)?,
-                    Choice { kernel: "row-groups", format: "BSR" },
-                ))
-            }
+            Scheme::BlockPunched { block, .. } => rows(
+                BlockPunched::encode(&layer, w, mask, block.rows(), block.cols())?.to_row_groups(),
+                "block-punched",
+            ),
+            Scheme::Kgs { group, .. } => rows(
+                Kgs::encode(&layer, w, mask, group.rows(), group.cols())?.to_row_groups(),
+                "KGS",
+            ),
+            Scheme::Block { block, .. } => rows(
+                Bsr::encode(&layer, w, mask, block.rows(), block.cols())?.to_row_groups(),
+                "BSR",
+            ),
             Scheme::Bcr { block } => {
                 let f = BcrCompact::encode(&layer, w, mask, block.rows(), block.cols())?;
                 let conv = BcrConv::new(f, shape)?;
                 let scratch = conv.scratch();
-                Ok((
+                Ok(Some((
                     ConvKernel::Bcr { conv: Box::new(conv), scratch },
                     Choice { kernel: "bcr-blocks", format: "BCR-compact" },
-                ))
+                )))
             }
             Scheme::Pattern(ps)
                 if shape.kernel == [1, 3, 3] && shape.groups == 1 && shape.is_2d() =>
             {
                 let Some(lib) = library_of(ps.library.as_ref(), mask) else {
-                    return Err(tessera_kernels::KernelError::InvalidShape {
+                    return Err(KernelError::InvalidShape {
                         reason: "the mask's kernels are not 4-tap patterns".into(),
                     });
                 };
-                let f = Fkw::encode(&layer, w, mask, &lib)?;
-                let conv = FkwConv::new(f, shape)?;
+                let conv = FkwConv::new(Fkw::encode(&layer, w, mask, &lib)?, shape)?;
                 let scratch = conv.scratch_for(1);
-                Ok((
+                Ok(Some((
                     ConvKernel::Fkw { conv: Box::new(conv), scratch },
                     Choice { kernel: "pattern", format: "FKW" },
-                ))
+                )))
             }
-            _ => Err(tessera_kernels::KernelError::InvalidShape {
-                reason: "no specialized format".into(),
-            }),
-        })();
+            _ => Ok(None),
+        }
+    })();
     match encoded {
-        Ok(k) => Ok(k),
+        Ok(Some(k)) => return Ok(k),
+        Ok(None) => {}
         Err(e) => {
-            if !is_no_format(&e) {
-                tracing::warn!(node = name, scheme = %sp.scheme, error = %e, "falling back to masked row groups");
-            }
-            Ok((
-                rows_kernel(name, masked_rows(&shape, w, Some(mask))?, shape)?,
-                Choice { kernel: "row-groups", format: "masked" },
-            ))
+            tracing::warn!(node = name, scheme = %sp.scheme, error = %e, "falling back to masked row groups");
         }
     }
-}
-
-fn rows_or(
-    m: RowGroupMatrix,
-    shape: ConvShape,
-) -> std::result::Result<ConvKernel, tessera_kernels::KernelError> {
-    let conv = RowGroupConv::new(m, shape)?;
-    let scratch = ConvScratch::for_conv(&conv);
-    Ok(ConvKernel::Rows { conv: Box::new(conv), scratch })
+    Ok((
+        rows_kernel(name, masked_rows(&shape, w, Some(mask))?, shape)?,
+        Choice { kernel: "row-groups", format: "masked" },
+    ))
 }
 
 /// Chooses and encodes the kernel of a fully connected layer `[out, in]`.
@@ -290,69 +284,50 @@ pub(crate) fn linear_kernel(node: &Node, param: &Param) -> Result<(LinearKernel,
     }
     let (rows, cols) = (s[0], s[1]);
     let w = &param.tensor.data;
-    let dense = || {
-        (
+    let Some(sp) = &param.sparsity else {
+        return Ok((
             LinearKernel::Dense { weights: w.clone(), rows, cols },
             Choice { kernel: "gemv", format: "dense" },
-        )
-    };
-    let Some(sp) = &param.sparsity else {
-        return Ok(dense());
+        ));
     };
     let layer = tessera_sparsity::Layer::linear(name, rows, cols)
         .map_err(|e| crate::error::unsupported(node, e.to_string()))?;
     let mask = &sp.mask;
-    let encoded: std::result::Result<(LinearKernel, Choice), tessera_kernels::KernelError> =
-        (|| match &sp.scheme {
-            Scheme::Unstructured => Ok((
-                LinearKernel::Rows(Box::new(Csr::encode(rows, cols, w, mask)?.to_row_groups())),
-                Choice { kernel: "row-groups gemv", format: "CSR" },
-            )),
-            Scheme::Block { block, .. } => {
-                let m = Bsr::encode(&layer, w, mask, block.rows(), block.cols())?.to_row_groups();
-                Ok((
-                    LinearKernel::Rows(Box::new(m)),
-                    Choice { kernel: "row-groups gemv", format: "BSR" },
-                ))
+    // Ok(None): the scheme has no format of its own; Err: its format refused the mask. BCR
+    // runs as row groups: its block kernel's GEMV measured 1.0x against the row-group form's
+    // 4.1-4.4x (`bench kernels`, GEMV 4096 and LSTM gates at 8x).
+    let encoded: KernelResult<Option<(LinearKernel, &'static str)>> = (|| {
+        let rows_of = |m, format| Ok(Some((LinearKernel::Rows(Box::new(m)), format)));
+        match &sp.scheme {
+            Scheme::Unstructured => {
+                rows_of(Csr::encode(rows, cols, w, mask)?.to_row_groups(), "CSR")
             }
-            Scheme::BlockPunched { block, .. } => {
-                let m = BlockPunched::encode(&layer, w, mask, block.rows(), block.cols())?
-                    .to_row_groups();
-                Ok((
-                    LinearKernel::Rows(Box::new(m)),
-                    Choice { kernel: "row-groups gemv", format: "block-punched" },
-                ))
-            }
-            Scheme::Bcr { block } => {
-                let f = BcrCompact::encode(&layer, w, mask, block.rows(), block.cols())?;
-                Ok((
-                    LinearKernel::Bcr(Box::new(BcrConv::gemm(f, 1)?)),
-                    Choice { kernel: "bcr gemv", format: "BCR-compact" },
-                ))
-            }
-            _ => Err(tessera_kernels::KernelError::InvalidShape {
-                reason: "no specialized format".into(),
-            }),
-        })();
+            Scheme::Block { block, .. } => rows_of(
+                Bsr::encode(&layer, w, mask, block.rows(), block.cols())?.to_row_groups(),
+                "BSR",
+            ),
+            Scheme::BlockPunched { block, .. } => rows_of(
+                BlockPunched::encode(&layer, w, mask, block.rows(), block.cols())?.to_row_groups(),
+                "block-punched",
+            ),
+            Scheme::Bcr { block } => rows_of(
+                BcrCompact::encode(&layer, w, mask, block.rows(), block.cols())?.to_row_groups(),
+                "BCR rows",
+            ),
+            _ => Ok(None),
+        }
+    })();
     match encoded {
-        Ok(k) => Ok(k),
+        Ok(Some((k, format))) => return Ok((k, Choice { kernel: "row-groups gemv", format })),
+        Ok(None) => {}
         Err(e) => {
-            if !is_no_format(&e) {
-                tracing::warn!(node = name, scheme = %sp.scheme, error = %e, "falling back to masked row groups");
-            }
-            let groups = RowGroupMatrix::uniform_groups(rows, rows, GROUP_ROWS);
-            let m = RowGroupMatrix::from_dense(rows, cols, w, Some(mask), &groups)
-                .map_err(kernel_error(name))?;
-            Ok((
-                LinearKernel::Rows(Box::new(m)),
-                Choice { kernel: "row-groups gemv", format: "masked" },
-            ))
+            tracing::warn!(node = name, scheme = %sp.scheme, error = %e, "falling back to masked row groups");
         }
     }
-}
-
-fn is_no_format(e: &tessera_kernels::KernelError) -> bool {
-    matches!(e, tessera_kernels::KernelError::InvalidShape { reason } if reason == "no specialized format")
+    Ok((
+        masked_linear(rows, cols, w, mask).map_err(kernel_error(name))?,
+        Choice { kernel: "row-groups gemv", format: "masked" },
+    ))
 }
 
 /// Shape of value `name`, or an error naming the node.

@@ -8,13 +8,14 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
-use tessera_ir::{Activation, Graph, Node, Op};
-use tessera_kernels::{Clamp, Epilogue, Isa};
+use tessera_ir::{Graph, Node, Op};
+use tessera_kernels::Isa;
 
 use crate::buffers::{Interval, Slot, allocate};
 use crate::error::{CodegenError, Result, unsupported};
-use crate::lower::{self, Choice, ConvKernel, LinearKernel, shape_of};
-use crate::tune::{Decision, TuneCache, Tuning, cpu_name, mask_hash, time_ms};
+use crate::exec::{Io, Pool2d, Step, conv_once, linear_once, run_step};
+use crate::lower::{self, Choice, shape_of};
+use crate::tune::{Pick, TuneCache, Tuner, Tuning, cpu_name, time_ms};
 
 /// How to compile.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,77 +88,6 @@ pub struct Plan {
     input_shape: Vec<usize>,
     isa: Isa,
     layers: Vec<LayerReport>,
-}
-
-/// Per-sample sizes of a step's operands.
-#[derive(Debug, Clone, Copy)]
-struct Io {
-    x: Slot,
-    y: Slot,
-    /// Floats per sample of x and y.
-    x_len: usize,
-    y_len: usize,
-}
-
-#[derive(Debug)]
-enum Step {
-    Conv {
-        node: String,
-        io: Io,
-        threads: usize,
-        kernel: ConvKernel,
-        bias: Option<Vec<f32>>,
-        act: Option<Activation>,
-        positions: usize,
-    },
-    Linear {
-        node: String,
-        io: Io,
-        threads: usize,
-        kernel: LinearKernel,
-        bias: Option<Vec<f32>>,
-        act: Option<Activation>,
-        /// Rows of the input (all dims but the last) per sample.
-        rows: usize,
-        in_f: usize,
-        out_f: usize,
-    },
-    /// Per-channel `y = x * scale + shift` (an unfolded batch norm).
-    Affine {
-        io: Io,
-        scale: Vec<f32>,
-        shift: Vec<f32>,
-        positions: usize,
-    },
-    Act {
-        io: Io,
-        kind: Activation,
-    },
-    Add {
-        a: Slot,
-        b: Slot,
-        y: Slot,
-    },
-    Pool {
-        io: Io,
-        pool: Pool2d,
-    },
-    GlobalAvg {
-        io: Io,
-        channels: usize,
-        positions: usize,
-    },
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Pool2d {
-    max: bool,
-    channels: usize,
-    in_hw: [usize; 2],
-    out_hw: [usize; 2],
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 2],
 }
 
 fn numel(s: &[usize]) -> usize {
@@ -269,7 +199,7 @@ impl Plan {
                             (k, c, Pick { threads: options.threads, ms: None, cached: false })
                         }
                         Some(t) => {
-                            let key = t.key(node, param, &format!("conv {shape:?}"));
+                            let key = t.key(param, &format!("conv {shape:?}"));
                             let candidates = lower::conv_candidates(node, param, shape)?;
                             let (x_len, y_len) = (io.x_len, io.y_len);
                             let act = *activation;
@@ -317,8 +247,7 @@ impl Plan {
                             (k, c, Pick { threads: options.threads, ms: None, cached: false })
                         }
                         Some(t) => {
-                            let key =
-                                t.key(node, param, &format!("linear {out_f}x{in_f} rows {rows}"));
+                            let key = t.key(param, &format!("linear {out_f}x{in_f} rows {rows}"));
                             let candidates = lower::linear_candidates(node, param)?;
                             let act = *activation;
                             t.choose(key, candidates, options.threads, |k, threads| {
@@ -530,269 +459,5 @@ fn report(
         input_floats: io.x_len as u64,
         output_floats: io.y_len as u64,
         tiles,
-    }
-}
-
-/// The tuner's pick for one layer.
-struct Pick {
-    threads: usize,
-    ms: Option<f64>,
-    cached: bool,
-}
-
-/// Tuning state of one compile.
-struct Tuner {
-    cache: TuneCache,
-    path: Option<std::path::PathBuf>,
-    /// CPU, instruction set, batch and thread budget.
-    prefix: String,
-}
-
-impl Tuner {
-    fn key(&self, node: &Node, param: &tessera_ir::Param, signature: &str) -> String {
-        let scheme = match &param.sparsity {
-            Some(s) => format!("{} mask {:016x}", s.scheme, mask_hash(s.mask.words())),
-            None => "dense".into(),
-        };
-        let _ = node;
-        format!("{} | {signature} | {scheme}", self.prefix)
-    }
-
-    /// The cached decision for `key` when one matches a candidate, else the fastest
-    /// candidate x thread count by `time` (recorded in the cache).
-    fn choose<K>(
-        &mut self,
-        key: String,
-        candidates: Vec<(K, Choice)>,
-        max_threads: usize,
-        mut time: impl FnMut(&mut K, usize) -> Result<f64>,
-    ) -> Result<(K, Choice, Pick)> {
-        let mut thread_options = vec![1, max_threads];
-        thread_options.dedup();
-        if let Some(d) = self.cache.entries.get(&key)
-            && thread_options.contains(&d.threads)
-            && let Some(i) =
-                candidates.iter().position(|(_, c)| c.kernel == d.kernel && c.format == d.format)
-        {
-            let (ms, threads) = (d.ms, d.threads);
-            let (k, c) = candidates.into_iter().nth(i).ok_or_else(|| CodegenError::Options {
-                field: "tuning",
-                reason: "cached candidate vanished".into(),
-            })?;
-            return Ok((k, c, Pick { threads, ms: Some(ms), cached: true }));
-        }
-        let mut best: Option<(usize, usize, f64)> = None;
-        let mut candidates = candidates;
-        for (i, (k, _)) in candidates.iter_mut().enumerate() {
-            for &t in &thread_options {
-                let ms = time(k, t)?;
-                if best.is_none_or(|(_, _, b)| ms < b) {
-                    best = Some((i, t, ms));
-                }
-            }
-        }
-        let (i, threads, ms) = best.ok_or_else(|| CodegenError::Options {
-            field: "tuning",
-            reason: "no candidate kernel".into(),
-        })?;
-        let (k, c) = candidates.into_iter().nth(i).ok_or_else(|| CodegenError::Options {
-            field: "tuning",
-            reason: "candidate vanished".into(),
-        })?;
-        self.cache.entries.insert(
-            key,
-            Decision { kernel: c.kernel.into(), format: c.format.into(), threads, ms },
-        );
-        Ok((k, c, Pick { threads, ms: Some(ms), cached: false }))
-    }
-}
-
-/// Splits the arena around the written slot `y`: (everything before, y, everything after).
-fn split(arena: &mut [f32], y: Slot) -> (&[f32], &mut [f32], &[f32]) {
-    let (before, rest) = arena.split_at_mut(y.offset);
-    let (y, after) = rest.split_at_mut(y.len);
-    (before, y, after)
-}
-
-/// A read slot, which the allocator keeps disjoint from the written one.
-fn read<'a>(before: &'a [f32], after: &'a [f32], y: Slot, x: Slot) -> &'a [f32] {
-    if x.offset + x.len <= y.offset {
-        &before[x.offset..x.offset + x.len]
-    } else {
-        let start = x.offset - (y.offset + y.len);
-        &after[start..start + x.len]
-    }
-}
-
-fn apply_act(y: &mut [f32], act: Activation) {
-    match act {
-        Activation::Relu => y.iter_mut().for_each(|v| *v = v.max(0.0)),
-        Activation::Relu6 => y.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
-        other => y.iter_mut().for_each(|v| *v = other.apply(*v)),
-    }
-}
-
-/// Bias per channel, then the activation, over `[channels, positions]`.
-fn epilogue(y: &mut [f32], positions: usize, bias: Option<&[f32]>, act: Option<Activation>) {
-    if let Some(b) = bias {
-        for (row, &bv) in y.chunks_exact_mut(positions.max(1)).zip(b) {
-            row.iter_mut().for_each(|v| *v += bv);
-        }
-    }
-    if let Some(a) = act {
-        apply_act(y, a);
-    }
-}
-
-/// One sample of a convolution, bias and activation included (fused into the row-group
-/// kernels' stores when they can).
-#[allow(clippy::too_many_arguments)]
-fn conv_once(
-    kernel: &mut ConvKernel,
-    isa: Isa,
-    x: &[f32],
-    y: &mut [f32],
-    threads: usize,
-    bias: Option<&[f32]>,
-    act: Option<Activation>,
-    positions: usize,
-) -> std::result::Result<(), tessera_kernels::KernelError> {
-    let clamp = match act {
-        None => Some(Clamp::None),
-        Some(Activation::Relu) => Some(Clamp::Relu),
-        Some(Activation::Relu6) => Some(Clamp::Relu6),
-        Some(_) => None,
-    };
-    if let (ConvKernel::Rows { conv, scratch }, Some(clamp)) = (&mut *kernel, clamp) {
-        return conv.run_fused(isa, x, y, scratch, threads, Epilogue { bias, clamp });
-    }
-    match kernel {
-        ConvKernel::Rows { conv, scratch } => conv.run(isa, x, y, scratch, threads)?,
-        // The pattern kernel's scratch holds one thread's tile buffer.
-        ConvKernel::Fkw { conv, scratch } => conv.run(isa, x, y, scratch, 1)?,
-        ConvKernel::Bcr { conv, scratch } => conv.run(isa, x, y, scratch, threads)?,
-    }
-    epilogue(y, positions, bias, act);
-    Ok(())
-}
-
-/// One vector through a fully connected layer, bias and activation included.
-fn linear_once(
-    kernel: &LinearKernel,
-    isa: Isa,
-    x: &[f32],
-    y: &mut [f32],
-    threads: usize,
-    bias: Option<&[f32]>,
-    act: Option<Activation>,
-) -> std::result::Result<(), tessera_kernels::KernelError> {
-    match kernel {
-        LinearKernel::Dense { weights, rows, cols } => {
-            tessera_kernels::dense::sgemv(isa, *rows, *cols, weights, x, y, threads)?
-        }
-        LinearKernel::Rows(m) => tessera_kernels::rowgroup::gemv(isa, m, x, y, threads)?,
-        LinearKernel::Bcr(c) => c.gemv(isa, x, y, threads)?,
-    }
-    if let Some(b) = bias {
-        y.iter_mut().zip(b).for_each(|(v, b)| *v += b);
-    }
-    if let Some(a) = act {
-        apply_act(y, a);
-    }
-    Ok(())
-}
-
-fn run_step(step: &mut Step, arena: &mut [f32], batch: usize, isa: Isa) -> Result<()> {
-    match step {
-        Step::Conv { node, io, threads, kernel, bias, act, positions } => {
-            let (before, y_all, after) = split(arena, io.y);
-            let x_all = read(before, after, io.y, io.x);
-            for n in 0..batch {
-                let x = &x_all[n * io.x_len..(n + 1) * io.x_len];
-                let y = &mut y_all[n * io.y_len..(n + 1) * io.y_len];
-                conv_once(kernel, isa, x, y, *threads, bias.as_deref(), *act, *positions)
-                    .map_err(|source| CodegenError::Kernel { node: node.clone(), source })?;
-            }
-        }
-        Step::Linear { node, io, threads, kernel, bias, act, rows, in_f, out_f } => {
-            let (before, y_all, after) = split(arena, io.y);
-            let x_all = read(before, after, io.y, io.x);
-            for r in 0..batch * *rows {
-                let x = &x_all[r * *in_f..(r + 1) * *in_f];
-                let y = &mut y_all[r * *out_f..(r + 1) * *out_f];
-                linear_once(kernel, isa, x, y, *threads, bias.as_deref(), *act)
-                    .map_err(|source| CodegenError::Kernel { node: node.clone(), source })?;
-            }
-        }
-        Step::Affine { io, scale, shift, positions } => {
-            let (before, y_all, after) = split(arena, io.y);
-            let x_all = read(before, after, io.y, io.x);
-            let p = (*positions).max(1);
-            for (k, (yr, xr)) in y_all.chunks_exact_mut(p).zip(x_all.chunks_exact(p)).enumerate() {
-                let c = k % scale.len().max(1);
-                let (s, t) = (scale[c], shift[c]);
-                yr.iter_mut().zip(xr).for_each(|(y, x)| *y = x * s + t);
-            }
-        }
-        Step::Act { io, kind } => {
-            let (before, y, after) = split(arena, io.y);
-            y.copy_from_slice(read(before, after, io.y, io.x));
-            apply_act(y, *kind);
-        }
-        Step::Add { a, b, y } => {
-            let (before, out, after) = split(arena, *y);
-            let (xa, xb) = (read(before, after, *y, *a), read(before, after, *y, *b));
-            out.iter_mut().zip(xa.iter().zip(xb)).for_each(|(o, (p, q))| *o = p + q);
-        }
-        Step::Pool { io, pool } => {
-            let (before, y_all, after) = split(arena, io.y);
-            let x_all = read(before, after, io.y, io.x);
-            for n in 0..batch {
-                pool2d(
-                    pool,
-                    &x_all[n * io.x_len..(n + 1) * io.x_len],
-                    &mut y_all[n * io.y_len..(n + 1) * io.y_len],
-                );
-            }
-        }
-        Step::GlobalAvg { io, channels, positions } => {
-            let (before, y_all, after) = split(arena, io.y);
-            let x_all = read(before, after, io.y, io.x);
-            let p = (*positions).max(1);
-            for (y, xr) in y_all.iter_mut().zip(x_all.chunks_exact(p)).take(batch * *channels) {
-                *y = xr.iter().sum::<f32>() / p as f32;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn pool2d(p: &Pool2d, x: &[f32], y: &mut [f32]) {
-    let [h, w] = p.in_hw;
-    let [oh, ow] = p.out_hw;
-    let area = (p.kernel[0] * p.kernel[1]) as f32;
-    for c in 0..p.channels {
-        let xc = &x[c * h * w..(c + 1) * h * w];
-        let yc = &mut y[c * oh * ow..(c + 1) * oh * ow];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut acc = if p.max { f32::NEG_INFINITY } else { 0.0 };
-                for ky in 0..p.kernel[0] {
-                    let iy = (oy * p.stride[0] + ky).wrapping_sub(p.padding[0]);
-                    if iy >= h {
-                        continue;
-                    }
-                    for kx in 0..p.kernel[1] {
-                        let ix = (ox * p.stride[1] + kx).wrapping_sub(p.padding[1]);
-                        if ix >= w {
-                            continue;
-                        }
-                        let v = xc[iy * w + ix];
-                        acc = if p.max { acc.max(v) } else { acc + v };
-                    }
-                }
-                yc[oy * ow + ox] = if p.max { acc } else { acc / area };
-            }
-        }
     }
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CodegenError, Result};
+use crate::lower::Choice;
 
 /// How kernel choices are made.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -82,6 +83,79 @@ impl TuneCache {
 
 fn cache_error(path: &Path, reason: String) -> CodegenError {
     CodegenError::TuneCache { path: path.to_path_buf(), reason }
+}
+
+/// The tuner's pick for one layer.
+pub(crate) struct Pick {
+    pub(crate) threads: usize,
+    pub(crate) ms: Option<f64>,
+    pub(crate) cached: bool,
+}
+
+/// Tuning state of one compile.
+pub(crate) struct Tuner {
+    pub(crate) cache: TuneCache,
+    pub(crate) path: Option<PathBuf>,
+    /// CPU, instruction set, batch and thread budget.
+    pub(crate) prefix: String,
+}
+
+impl Tuner {
+    pub(crate) fn key(&self, param: &tessera_ir::Param, signature: &str) -> String {
+        let scheme = match &param.sparsity {
+            Some(s) => format!("{} mask {:016x}", s.scheme, mask_hash(s.mask.words())),
+            None => "dense".into(),
+        };
+        format!("{} | {signature} | {scheme}", self.prefix)
+    }
+
+    /// The cached decision for `key` when one matches a candidate, else the fastest
+    /// candidate x thread count by `time` (recorded in the cache).
+    pub(crate) fn choose<K>(
+        &mut self,
+        key: String,
+        candidates: Vec<(K, Choice)>,
+        max_threads: usize,
+        mut time: impl FnMut(&mut K, usize) -> Result<f64>,
+    ) -> Result<(K, Choice, Pick)> {
+        let mut thread_options = vec![1, max_threads];
+        thread_options.dedup();
+        if let Some(d) = self.cache.entries.get(&key)
+            && thread_options.contains(&d.threads)
+            && let Some(i) =
+                candidates.iter().position(|(_, c)| c.kernel == d.kernel && c.format == d.format)
+        {
+            let (ms, threads) = (d.ms, d.threads);
+            let (k, c) = candidates.into_iter().nth(i).ok_or_else(|| CodegenError::Options {
+                field: "tuning",
+                reason: "cached candidate vanished".into(),
+            })?;
+            return Ok((k, c, Pick { threads, ms: Some(ms), cached: true }));
+        }
+        let mut best: Option<(usize, usize, f64)> = None;
+        let mut candidates = candidates;
+        for (i, (k, _)) in candidates.iter_mut().enumerate() {
+            for &t in &thread_options {
+                let ms = time(k, t)?;
+                if best.is_none_or(|(_, _, b)| ms < b) {
+                    best = Some((i, t, ms));
+                }
+            }
+        }
+        let (i, threads, ms) = best.ok_or_else(|| CodegenError::Options {
+            field: "tuning",
+            reason: "no candidate kernel".into(),
+        })?;
+        let (k, c) = candidates.into_iter().nth(i).ok_or_else(|| CodegenError::Options {
+            field: "tuning",
+            reason: "candidate vanished".into(),
+        })?;
+        self.cache.entries.insert(
+            key,
+            Decision { kernel: c.kernel.into(), format: c.format.into(), threads, ms },
+        );
+        Ok((k, c, Pick { threads, ms: Some(ms), cached: false }))
+    }
 }
 
 /// This machine's CPU model (from `/proc/cpuinfo`), for cache keys.

@@ -1,0 +1,269 @@
+//! Executing a plan's steps: the kernels of weighted layers with their bias and activation,
+//! and the plain loops of the other ops, over disjoint ranges of the plan's arena.
+
+use tessera_ir::Activation;
+use tessera_kernels::{Clamp, Epilogue, Isa};
+
+use crate::buffers::Slot;
+use crate::error::{CodegenError, Result};
+use crate::lower::{ConvKernel, LinearKernel};
+
+/// Per-sample sizes of a step's operands.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Io {
+    pub(crate) x: Slot,
+    pub(crate) y: Slot,
+    /// Floats per sample of x and y.
+    pub(crate) x_len: usize,
+    pub(crate) y_len: usize,
+}
+
+#[derive(Debug)]
+pub(crate) enum Step {
+    Conv {
+        node: String,
+        io: Io,
+        threads: usize,
+        kernel: ConvKernel,
+        bias: Option<Vec<f32>>,
+        act: Option<Activation>,
+        positions: usize,
+    },
+    Linear {
+        node: String,
+        io: Io,
+        threads: usize,
+        kernel: LinearKernel,
+        bias: Option<Vec<f32>>,
+        act: Option<Activation>,
+        /// Rows of the input (all dims but the last) per sample.
+        rows: usize,
+        in_f: usize,
+        out_f: usize,
+    },
+    /// Per-channel `y = x * scale + shift` (an unfolded batch norm).
+    Affine {
+        io: Io,
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+        positions: usize,
+    },
+    Act {
+        io: Io,
+        kind: Activation,
+    },
+    Add {
+        a: Slot,
+        b: Slot,
+        y: Slot,
+    },
+    Pool {
+        io: Io,
+        pool: Pool2d,
+    },
+    GlobalAvg {
+        io: Io,
+        channels: usize,
+        positions: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pool2d {
+    pub(crate) max: bool,
+    pub(crate) channels: usize,
+    pub(crate) in_hw: [usize; 2],
+    pub(crate) out_hw: [usize; 2],
+    pub(crate) kernel: [usize; 2],
+    pub(crate) stride: [usize; 2],
+    pub(crate) padding: [usize; 2],
+}
+
+/// Splits the arena around the written slot `y`: (everything before, y, everything after).
+fn split(arena: &mut [f32], y: Slot) -> (&[f32], &mut [f32], &[f32]) {
+    let (before, rest) = arena.split_at_mut(y.offset);
+    let (y, after) = rest.split_at_mut(y.len);
+    (before, y, after)
+}
+
+/// A read slot, which the allocator keeps disjoint from the written one.
+fn read<'a>(before: &'a [f32], after: &'a [f32], y: Slot, x: Slot) -> &'a [f32] {
+    if x.offset + x.len <= y.offset {
+        &before[x.offset..x.offset + x.len]
+    } else {
+        let start = x.offset - (y.offset + y.len);
+        &after[start..start + x.len]
+    }
+}
+
+fn apply_act(y: &mut [f32], act: Activation) {
+    match act {
+        Activation::Relu => y.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Activation::Relu6 => y.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+        other => y.iter_mut().for_each(|v| *v = other.apply(*v)),
+    }
+}
+
+/// Bias per channel, then the activation, over `[channels, positions]`.
+fn epilogue(y: &mut [f32], positions: usize, bias: Option<&[f32]>, act: Option<Activation>) {
+    if let Some(b) = bias {
+        for (row, &bv) in y.chunks_exact_mut(positions.max(1)).zip(b) {
+            row.iter_mut().for_each(|v| *v += bv);
+        }
+    }
+    if let Some(a) = act {
+        apply_act(y, a);
+    }
+}
+
+/// One sample of a convolution, bias and activation included (fused into the row-group
+/// kernels' stores when they can).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_once(
+    kernel: &mut ConvKernel,
+    isa: Isa,
+    x: &[f32],
+    y: &mut [f32],
+    threads: usize,
+    bias: Option<&[f32]>,
+    act: Option<Activation>,
+    positions: usize,
+) -> std::result::Result<(), tessera_kernels::KernelError> {
+    let clamp = match act {
+        None => Some(Clamp::None),
+        Some(Activation::Relu) => Some(Clamp::Relu),
+        Some(Activation::Relu6) => Some(Clamp::Relu6),
+        Some(_) => None,
+    };
+    if let (ConvKernel::Rows { conv, scratch }, Some(clamp)) = (&mut *kernel, clamp) {
+        return conv.run_fused(isa, x, y, scratch, threads, Epilogue { bias, clamp });
+    }
+    match kernel {
+        ConvKernel::Rows { conv, scratch } => conv.run(isa, x, y, scratch, threads)?,
+        // The pattern kernel's scratch holds one thread's tile buffer.
+        ConvKernel::Fkw { conv, scratch } => conv.run(isa, x, y, scratch, 1)?,
+        ConvKernel::Bcr { conv, scratch } => conv.run(isa, x, y, scratch, threads)?,
+    }
+    epilogue(y, positions, bias, act);
+    Ok(())
+}
+
+/// One vector through a fully connected layer, bias and activation included.
+pub(crate) fn linear_once(
+    kernel: &LinearKernel,
+    isa: Isa,
+    x: &[f32],
+    y: &mut [f32],
+    threads: usize,
+    bias: Option<&[f32]>,
+    act: Option<Activation>,
+) -> std::result::Result<(), tessera_kernels::KernelError> {
+    match kernel {
+        LinearKernel::Dense { weights, rows, cols } => {
+            tessera_kernels::dense::sgemv(isa, *rows, *cols, weights, x, y, threads)?
+        }
+        LinearKernel::Rows(m) => tessera_kernels::rowgroup::gemv(isa, m, x, y, threads)?,
+    }
+    if let Some(b) = bias {
+        y.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+    }
+    if let Some(a) = act {
+        apply_act(y, a);
+    }
+    Ok(())
+}
+
+pub(crate) fn run_step(step: &mut Step, arena: &mut [f32], batch: usize, isa: Isa) -> Result<()> {
+    match step {
+        Step::Conv { node, io, threads, kernel, bias, act, positions } => {
+            let (before, y_all, after) = split(arena, io.y);
+            let x_all = read(before, after, io.y, io.x);
+            for n in 0..batch {
+                let x = &x_all[n * io.x_len..(n + 1) * io.x_len];
+                let y = &mut y_all[n * io.y_len..(n + 1) * io.y_len];
+                conv_once(kernel, isa, x, y, *threads, bias.as_deref(), *act, *positions)
+                    .map_err(|source| CodegenError::Kernel { node: node.clone(), source })?;
+            }
+        }
+        Step::Linear { node, io, threads, kernel, bias, act, rows, in_f, out_f } => {
+            let (before, y_all, after) = split(arena, io.y);
+            let x_all = read(before, after, io.y, io.x);
+            for r in 0..batch * *rows {
+                let x = &x_all[r * *in_f..(r + 1) * *in_f];
+                let y = &mut y_all[r * *out_f..(r + 1) * *out_f];
+                linear_once(kernel, isa, x, y, *threads, bias.as_deref(), *act)
+                    .map_err(|source| CodegenError::Kernel { node: node.clone(), source })?;
+            }
+        }
+        Step::Affine { io, scale, shift, positions } => {
+            let (before, y_all, after) = split(arena, io.y);
+            let x_all = read(before, after, io.y, io.x);
+            let p = (*positions).max(1);
+            for (k, (yr, xr)) in y_all.chunks_exact_mut(p).zip(x_all.chunks_exact(p)).enumerate() {
+                let c = k % scale.len().max(1);
+                let (s, t) = (scale[c], shift[c]);
+                yr.iter_mut().zip(xr).for_each(|(y, x)| *y = x * s + t);
+            }
+        }
+        Step::Act { io, kind } => {
+            let (before, y, after) = split(arena, io.y);
+            y.copy_from_slice(read(before, after, io.y, io.x));
+            apply_act(y, *kind);
+        }
+        Step::Add { a, b, y } => {
+            let (before, out, after) = split(arena, *y);
+            let (xa, xb) = (read(before, after, *y, *a), read(before, after, *y, *b));
+            out.iter_mut().zip(xa.iter().zip(xb)).for_each(|(o, (p, q))| *o = p + q);
+        }
+        Step::Pool { io, pool } => {
+            let (before, y_all, after) = split(arena, io.y);
+            let x_all = read(before, after, io.y, io.x);
+            for n in 0..batch {
+                pool2d(
+                    pool,
+                    &x_all[n * io.x_len..(n + 1) * io.x_len],
+                    &mut y_all[n * io.y_len..(n + 1) * io.y_len],
+                );
+            }
+        }
+        Step::GlobalAvg { io, channels, positions } => {
+            let (before, y_all, after) = split(arena, io.y);
+            let x_all = read(before, after, io.y, io.x);
+            let p = (*positions).max(1);
+            for (y, xr) in y_all.iter_mut().zip(x_all.chunks_exact(p)).take(batch * *channels) {
+                *y = xr.iter().sum::<f32>() / p as f32;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn pool2d(p: &Pool2d, x: &[f32], y: &mut [f32]) {
+    let [h, w] = p.in_hw;
+    let [oh, ow] = p.out_hw;
+    let area = (p.kernel[0] * p.kernel[1]) as f32;
+    for c in 0..p.channels {
+        let xc = &x[c * h * w..(c + 1) * h * w];
+        let yc = &mut y[c * oh * ow..(c + 1) * oh * ow];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut acc = if p.max { f32::NEG_INFINITY } else { 0.0 };
+                for ky in 0..p.kernel[0] {
+                    let iy = (oy * p.stride[0] + ky).wrapping_sub(p.padding[0]);
+                    if iy >= h {
+                        continue;
+                    }
+                    for kx in 0..p.kernel[1] {
+                        let ix = (ox * p.stride[1] + kx).wrapping_sub(p.padding[1]);
+                        if ix >= w {
+                            continue;
+                        }
+                        let v = xc[iy * w + ix];
+                        acc = if p.max { acc.max(v) } else { acc + v };
+                    }
+                }
+                yc[oy * ow + ox] = if p.max { acc } else { acc / area };
+            }
+        }
+    }
+}
