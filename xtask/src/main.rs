@@ -167,7 +167,7 @@ fn prune_command(command: PruneCommand) -> Result<()> {
 
 #[derive(clap::Args)]
 struct ExperimentArgs {
-    /// Experiment name, or `list`.
+    /// Experiment name, `all` (every experiment, then an index report), or `list`.
     name: String,
     /// Scale preset: smoke (seconds, fixtures), default (the README's run), paper.
     #[arg(long, default_value = "default")]
@@ -206,7 +206,6 @@ fn experiment(args: ExperimentArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let exp = tessera_experiments::find(&args.name)?;
     let options = tessera_experiments::RunOptions {
         scale: args.scale.parse()?,
         seed: args.seed,
@@ -217,6 +216,13 @@ fn experiment(args: ExperimentArgs) -> Result<()> {
         only: args.only,
         dense_from: args.dense_from,
     };
+    if args.name == "all" {
+        let dir = tessera_experiments::run_all(&options)
+            .with_context(|| format!("experiment all ({} scale)", options.scale))?;
+        println!("{}", dir.join("index.md").display());
+        return Ok(());
+    }
+    let exp = tessera_experiments::find(&args.name)?;
     let done = tessera_experiments::run(exp, &options)
         .with_context(|| format!("experiment {} ({} scale)", exp.name(), options.scale))?;
     println!("{}", done.dir.join("report.md").display());

@@ -60,6 +60,10 @@ pub enum ExperimentError {
     /// The IR rejected a graph.
     #[error(transparent)]
     Ir(#[from] tessera_ir::IrError),
+
+    /// The ReRAM simulator rejected a model or setting.
+    #[error(transparent)]
+    Reram(#[from] tessera_reram::ReramError),
 }
 
 impl ExperimentError {

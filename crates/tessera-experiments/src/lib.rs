@@ -18,16 +18,21 @@
 //! ```
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod all;
 pub mod dense_baselines;
 mod env;
 mod error;
+pub mod forms;
 pub mod plot;
 pub mod privacy_prune;
 pub mod prune_schemes;
+pub mod quickstart;
 pub mod report;
+pub mod reram_faults;
 mod run;
 mod study;
 
+pub use all::{IndexEntry, run_all};
 pub use env::Environment;
 pub use error::{ExperimentError, Result};
 pub use run::{Experiment, Finished, Outcome, Record, RunContext, RunOptions, Scale, run};
@@ -36,9 +41,12 @@ pub use study::{Pretrain, RateCap};
 /// Every registered experiment, in listing order.
 pub fn registry() -> Vec<&'static dyn Experiment> {
     vec![
+        &quickstart::Quickstart,
         &dense_baselines::DenseBaselines,
         &prune_schemes::PruneSchemes,
         &privacy_prune::PrivacyPrune,
+        &reram_faults::ReramFaults,
+        &forms::Forms,
     ]
 }
 

@@ -91,6 +91,71 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
     Ok(svg)
 }
 
+/// One curve with an uncertainty band: `(x, mean, low, high)` points in x order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Band {
+    /// Legend label.
+    pub name: String,
+    /// `(x, mean, low, high)`.
+    pub points: Vec<(f64, f64, f64, f64)>,
+}
+
+/// A line chart of band means with each band's `[low, high]` shaded, legend lower left.
+pub fn band_chart(title: &str, x_label: &str, y_label: &str, bands: &[Band]) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| plot_err(title, e))?;
+        let (x0, x1) = padded_range(bands.iter().flat_map(|b| b.points.iter().map(|p| p.0)));
+        let (y0, y1) =
+            padded_range(bands.iter().flat_map(|b| b.points.iter().flat_map(|p| [p.2, p.3, p.1])));
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(|e| plot_err(title, e))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .draw()
+            .map_err(|e| plot_err(title, e))?;
+        for (i, b) in bands.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let outline: Vec<(f64, f64)> = b
+                .points
+                .iter()
+                .map(|p| (p.0, p.3))
+                .chain(b.points.iter().rev().map(|p| (p.0, p.2)))
+                .collect();
+            chart
+                .draw_series(std::iter::once(Polygon::new(outline, color.mix(0.18).filled())))
+                .map_err(|e| plot_err(title, e))?;
+            chart
+                .draw_series(LineSeries::new(
+                    b.points.iter().map(|p| (p.0, p.1)),
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| plot_err(title, e))?
+                .label(b.name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| plot_err(title, e))?;
+        root.present().map_err(|e| plot_err(title, e))?;
+    }
+    Ok(svg)
+}
+
 /// A bar chart, one bar per `(label, value)`, values printed above the bars.
 pub fn bar_chart(title: &str, y_label: &str, bars: &[(String, f64)]) -> Result<String> {
     let mut svg = String::new();

@@ -250,11 +250,11 @@ pub struct Finished {
     pub record: Record,
 }
 
-fn now_utc() -> String {
+pub(crate) fn now_utc() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     tessera_data::file::write_atomic(path, bytes).map_err(|e| ExperimentError::io(path, e))
 }
 
@@ -283,7 +283,7 @@ fn unfinished_run(base: &Path, want: &RunStart) -> Option<PathBuf> {
 }
 
 /// A fresh run directory named by the UTC start time (`20261129T043547Z`, `-2`, ... on clashes).
-fn new_run_dir(base: &Path, started: &str) -> Result<PathBuf> {
+pub(crate) fn new_run_dir(base: &Path, started: &str) -> Result<PathBuf> {
     let stamp: String = started.chars().filter(|c| !matches!(c, '-' | ':')).collect();
     std::fs::create_dir_all(base).map_err(|e| ExperimentError::io(base, e))?;
     for k in 1.. {

@@ -131,8 +131,36 @@ fn dense_model_dir(
         return Ok(dir.clone());
     }
     let dir = ctx.dir.join("dense").join(name);
+    train_dense(
+        ctx,
+        &dir,
+        ctx.checkpoints(&format!("dense-{name}")),
+        name,
+        model,
+        dataset,
+        pretrain,
+        train_set,
+        test,
+    )?;
+    Ok(dir)
+}
+
+/// Trains `model` densely on `train_set` into the saved-model directory `dir` (checkpointed
+/// in `checkpoints`), unless `dir` already holds a saved model.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_dense(
+    ctx: &RunContext,
+    dir: &Path,
+    checkpoints: tessera_models::train::Checkpoints,
+    name: &str,
+    model: &ZooConfig,
+    dataset: KnownSet,
+    pretrain: &Pretrain,
+    train_set: &Dataset,
+    test: &Dataset,
+) -> Result<()> {
     if dir.join("card.json").is_file() {
-        return Ok(dir);
+        return Ok(());
     }
     let _span = tracing::info_span!("pretrain", study = name).entered();
     let device = ctx.train_device();
@@ -152,12 +180,12 @@ fn dense_model_dir(
             test,
             config: &pretrain.train,
             device: &device,
-            checkpoints: ctx.checkpoints(&format!("dense-{name}")),
-            dir: &dir,
+            checkpoints,
+            dir,
             card: &card,
         },
     )??;
-    Ok(dir)
+    Ok(())
 }
 
 struct PretrainOne<'a> {

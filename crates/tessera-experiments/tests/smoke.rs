@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use tessera_experiments::{RunOptions, Scale, find, registry, run};
+use tessera_experiments::{IndexEntry, RunOptions, Scale, find, registry, run, run_all};
 
 fn smoke(out: &Path) -> RunOptions {
     RunOptions {
@@ -15,15 +15,24 @@ fn smoke(out: &Path) -> RunOptions {
 }
 
 #[test]
-fn every_experiment_runs_at_smoke_scale() {
+fn every_experiment_runs_at_smoke_scale_and_the_index_links_them() {
     let out = tempfile::tempdir().unwrap();
+    let index = run_all(&smoke(out.path())).unwrap();
+    let entries: Vec<IndexEntry> =
+        serde_json::from_slice(&std::fs::read(index.join("index.json")).unwrap()).unwrap();
+    assert_eq!(entries.len(), registry().len());
+    let md = std::fs::read_to_string(index.join("index.md")).unwrap();
     for exp in registry() {
-        let done = run(exp, &smoke(out.path())).unwrap();
+        let entry = entries.iter().find(|e| e.name == exp.name()).unwrap();
+        assert!(entry.error.is_none(), "{}: {:?}", exp.name(), entry.error);
+        let done_dir = entry.dir.clone().unwrap();
+        let run_id = done_dir.file_name().unwrap().to_str().unwrap().to_string();
+        assert!(md.contains(&format!("{}/{run_id}/report.md", exp.name())), "{md}");
         for f in ["run.json", "record.json", "report.md"] {
-            assert!(done.dir.join(f).is_file(), "{}: no {f}", exp.name());
+            assert!(done_dir.join(f).is_file(), "{}: no {f}", exp.name());
         }
         let record: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(done.dir.join("record.json")).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(done_dir.join("record.json")).unwrap()).unwrap();
         for key in ["config", "seed", "environment", "wall_seconds", "figures", "data"] {
             assert!(record.get(key).is_some(), "{}: record lacks {key}", exp.name());
         }
@@ -33,8 +42,8 @@ fn every_experiment_runs_at_smoke_scale() {
                 .is_some_and(|v| v.starts_with("0.22")),
             "{record}"
         );
-        let report = std::fs::read_to_string(done.dir.join("report.md")).unwrap();
-        let svgs: Vec<_> = std::fs::read_dir(&done.dir)
+        let report = std::fs::read_to_string(done_dir.join("report.md")).unwrap();
+        let svgs: Vec<_> = std::fs::read_dir(&done_dir)
             .unwrap()
             .filter_map(|e| e.ok())
             .filter(|e| e.path().extension().is_some_and(|x| x == "svg"))
@@ -45,8 +54,31 @@ fn every_experiment_runs_at_smoke_scale() {
             assert!(report.contains(&name), "{}: report does not show {name}", exp.name());
         }
         let latest = std::fs::read_to_string(out.path().join(exp.name()).join("latest")).unwrap();
-        assert_eq!(latest.trim(), done.dir.file_name().unwrap().to_str().unwrap());
+        assert_eq!(latest.trim(), run_id);
     }
+}
+
+#[test]
+fn quickstart_smoke_reports_one_screen_and_reuses_its_models() {
+    let out = tempfile::tempdir().unwrap();
+    let first = run(find("quickstart").unwrap(), &smoke(out.path())).unwrap();
+    let f = &first.record.figures;
+    assert_eq!(f["cached"], false);
+    let (dense, pruned) = (&f["dense"], &f["pruned"]);
+    // 8x fewer weights asked for; FLOPs fall too; two mappings x fault rates simulated.
+    let kept = |m: &serde_json::Value| m["weights"][0].as_f64().unwrap();
+    assert!(kept(dense) / kept(pruned) >= 7.99, "{f}");
+    assert!(pruned["flops"][0].as_u64() < dense["flops"][0].as_u64());
+    assert_eq!(pruned["reram"].as_array().unwrap().len(), 2);
+    let report = std::fs::read_to_string(first.dir.join("report.md")).unwrap();
+    for needle in ["test top-1", "latency", "ReRAM top-1", "block-punched:8x4", "trained now"] {
+        assert!(report.contains(needle), "report lacks {needle}:\n{report}");
+    }
+    let second = run(find("quickstart").unwrap(), &smoke(out.path())).unwrap();
+    assert_eq!(second.record.figures["cached"], true);
+    assert_eq!(second.record.figures["pruned"]["top1"], pruned["top1"]);
+    let report = std::fs::read_to_string(second.dir.join("report.md")).unwrap();
+    assert!(report.contains("found in the cache"));
 }
 
 #[test]
@@ -228,4 +260,37 @@ fn privacy_prune_smoke_reports_both_flows() {
         let name = s["name"].as_str().unwrap();
         assert!(done.dir.join("dense").join(name).join("card.json").is_file());
     }
+}
+
+#[test]
+fn reram_faults_and_forms_smoke_report_every_arm_and_design() {
+    let out = tempfile::tempdir().unwrap();
+    let opts = RunOptions { only: vec!["lenet".into()], ..smoke(out.path()) };
+    let done = run(find("reram-faults").unwrap(), &opts).unwrap();
+    let study = &done.record.figures["studies"][0];
+    assert!(study["target_met"].is_null(), "fixtures claim nothing");
+    let arms = study["arms"].as_array().unwrap();
+    let arm = |label: &str| arms.iter().find(|a| a["arm"]["label"] == label).unwrap();
+    // Fault-free, differential is two-column's complement: the same integer readings.
+    assert_eq!(arm("two-column")["clean_top1"], arm("differential")["clean_top1"]);
+    for a in arms {
+        let points = a["points"].as_array().unwrap();
+        assert_eq!(points.len(), 2);
+        assert_eq!(points[0]["chips"], 1, "p = 0 needs one chip");
+        assert_eq!(points[1]["chips"], 2);
+    }
+    // One column per slice instead of two.
+    let forms = arms.iter().find(|a| a["arm"]["polarized"] == true).unwrap();
+    assert!(forms["crossbars"].as_u64() < arm("two-column")["crossbars"].as_u64());
+
+    let done = run(find("forms").unwrap(), &smoke(out.path())).unwrap();
+    let model = &done.record.figures["studies"][0]["models"][0];
+    let designs = model["designs"].as_array().unwrap();
+    assert_eq!(designs.len(), 4);
+    let (isaac8, forms) = (&designs[1], &designs[3]);
+    assert_eq!(forms["adc_bits"], 4);
+    // Offset and polarized both spend one column per slice: the same crossbars.
+    assert_eq!(isaac8["crossbars"], forms["crossbars"]);
+    assert!(forms["leading_zero_fraction"].as_f64().unwrap() <= 1.0);
+    assert!(model["forms_over_isaac"].is_array());
 }

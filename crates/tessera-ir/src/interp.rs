@@ -12,12 +12,37 @@ use crate::tensor::Tensor;
 /// Runs `graph` on `inputs` (one tensor per graph input, any batch size) and returns the
 /// graph's outputs.
 pub fn run(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+    run_with(graph, inputs, |_, _, _, _| None)
+}
+
+/// [`run`], letting `replace` compute any node itself: it gets the node's index, the node, its
+/// input tensors and output shape, and returns `Some(output data)` to replace the
+/// interpreter or `None` to let it run ([`eval_node`]). Simulators use this to run some ops
+/// their own way (the ReRAM crossbar: convolutions and linear layers) and the rest as defined.
+pub fn run_with<E: From<IrError>>(
+    graph: &Graph,
+    inputs: &[Tensor],
+    mut replace: impl FnMut(
+        usize,
+        &crate::graph::Node,
+        &[&Tensor],
+        &[usize],
+    ) -> Option<std::result::Result<Vec<f32>, E>>,
+) -> std::result::Result<Vec<Tensor>, E> {
+    if inputs.len() != graph.inputs.len() {
+        return Err(IrError::BadInput {
+            input: graph.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", "),
+            reason: format!("{} tensors for {} graph inputs", inputs.len(), graph.inputs.len()),
+        }
+        .into());
+    }
     for (i, t) in graph.inputs.iter().zip(inputs) {
         if !t.is_consistent() {
             return Err(IrError::BadInput {
                 input: i.name.clone(),
                 reason: "data length does not match the shape".into(),
-            });
+            }
+            .into());
         }
         if t.shape.len() != i.shape.len() || t.shape[1..] != i.shape[1..] {
             return Err(IrError::BadInput {
@@ -26,7 +51,8 @@ pub fn run(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
                     "shape {:?} does not match the declared {:?} (only the batch size may differ)",
                     t.shape, i.shape
                 ),
-            });
+            }
+            .into());
         }
     }
     let shapes = graph.infer_shapes(&inputs.iter().map(|t| t.shape.clone()).collect::<Vec<_>>())?;
@@ -44,75 +70,9 @@ pub fn run(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
     for (k, node) in graph.nodes.iter().enumerate() {
         let ins: Vec<&Tensor> = node.inputs.iter().map(|i| &values[i]).collect();
         let out_shape = shapes[&node.output].clone();
-        let p = |name: &str| &graph.params[name].tensor;
-        let data = match &node.op {
-            Op::Conv { weight, bias, stride, padding, dilation, groups, activation } => {
-                let mut y = conv(
-                    ins[0],
-                    p(weight),
-                    bias.as_deref().map(p),
-                    stride,
-                    padding,
-                    dilation,
-                    *groups,
-                    &out_shape,
-                );
-                apply(&mut y, *activation);
-                y
-            }
-            Op::Linear { weight, bias, activation } => {
-                let mut y = linear(ins[0], p(weight), bias.as_deref().map(p));
-                apply(&mut y, *activation);
-                y
-            }
-            Op::MatMul => matmul(ins[0], ins[1]),
-            Op::BatchNorm { gamma, beta, mean, var, eps } => {
-                batch_norm(ins[0], p(gamma), p(beta), p(mean), p(var), *eps)
-            }
-            Op::LayerNorm { gamma, beta, eps } => layer_norm(ins[0], p(gamma), p(beta), *eps),
-            Op::Act { kind } => ins[0].data.iter().map(|&v| kind.apply(v)).collect(),
-            Op::MaxPool { kernel, stride, padding } => {
-                pool(ins[0], kernel, stride, padding, &out_shape, true)
-            }
-            Op::AvgPool { kernel, stride, padding } => {
-                pool(ins[0], kernel, stride, padding, &out_shape, false)
-            }
-            Op::GlobalAvgPool => {
-                let x = ins[0];
-                let inner: usize = x.shape[2..].iter().product();
-                x.data
-                    .chunks(inner)
-                    .map(|c| (c.iter().map(|&v| f64::from(v)).sum::<f64>() / inner as f64) as f32)
-                    .collect()
-            }
-            Op::Add => ins[0].data.iter().zip(&ins[1].data).map(|(a, b)| a + b).collect(),
-            Op::Mul => ins[0].data.iter().zip(&ins[1].data).map(|(a, b)| a * b).collect(),
-            Op::Concat { axis } => concat(&ins, *axis),
-            Op::Reshape { .. } | Op::Flatten { .. } => ins[0].data.clone(),
-            Op::Transpose { perm } => transpose(ins[0], perm),
-            Op::Softmax { axis } => softmax(ins[0], *axis),
-            Op::Scale { factor } => ins[0].data.iter().map(|&v| v * factor).collect(),
-            Op::Embedding { table } => embedding(&node.name, ins[0], p(table))?,
-            Op::Gru { w_ih, w_hh, b_ih, b_hh, hidden, return_sequences } => recurrent(
-                ins[0],
-                p(w_ih),
-                p(w_hh),
-                p(b_ih),
-                p(b_hh),
-                *hidden,
-                *return_sequences,
-                false,
-            ),
-            Op::Lstm { w_ih, w_hh, b_ih, b_hh, hidden, return_sequences } => recurrent(
-                ins[0],
-                p(w_ih),
-                p(w_hh),
-                p(b_ih),
-                p(b_hh),
-                *hidden,
-                *return_sequences,
-                true,
-            ),
+        let data = match replace(k, node, &ins, &out_shape) {
+            Some(data) => data?,
+            None => eval_node(graph, node, &ins, &out_shape)?,
         };
         values.insert(node.output.clone(), Tensor::new(out_shape, data));
         for i in &node.inputs {
@@ -122,6 +82,73 @@ pub fn run(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
         }
     }
     Ok(graph.outputs.iter().map(|o| values[o].clone()).collect())
+}
+
+/// Computes one node's output (`out_shape`, as shape inference gives it) from its input
+/// tensors, in the node's input order. [`run`] is this in a loop; simulators that replace some
+/// ops (the ReRAM crossbar runs convolutions and linear layers itself) call it for the rest.
+pub fn eval_node(
+    graph: &Graph,
+    node: &crate::graph::Node,
+    ins: &[&Tensor],
+    out_shape: &[usize],
+) -> Result<Vec<f32>> {
+    let p = |name: &str| &graph.params[name].tensor;
+    Ok(match &node.op {
+        Op::Conv { weight, bias, stride, padding, dilation, groups, activation } => {
+            let mut y = conv(
+                ins[0],
+                p(weight),
+                bias.as_deref().map(p),
+                stride,
+                padding,
+                dilation,
+                *groups,
+                out_shape,
+            );
+            apply(&mut y, *activation);
+            y
+        }
+        Op::Linear { weight, bias, activation } => {
+            let mut y = linear(ins[0], p(weight), bias.as_deref().map(p));
+            apply(&mut y, *activation);
+            y
+        }
+        Op::MatMul => matmul(ins[0], ins[1]),
+        Op::BatchNorm { gamma, beta, mean, var, eps } => {
+            batch_norm(ins[0], p(gamma), p(beta), p(mean), p(var), *eps)
+        }
+        Op::LayerNorm { gamma, beta, eps } => layer_norm(ins[0], p(gamma), p(beta), *eps),
+        Op::Act { kind } => ins[0].data.iter().map(|&v| kind.apply(v)).collect(),
+        Op::MaxPool { kernel, stride, padding } => {
+            pool(ins[0], kernel, stride, padding, out_shape, true)
+        }
+        Op::AvgPool { kernel, stride, padding } => {
+            pool(ins[0], kernel, stride, padding, out_shape, false)
+        }
+        Op::GlobalAvgPool => {
+            let x = ins[0];
+            let inner: usize = x.shape[2..].iter().product();
+            x.data
+                .chunks(inner)
+                .map(|c| (c.iter().map(|&v| f64::from(v)).sum::<f64>() / inner as f64) as f32)
+                .collect()
+        }
+        Op::Add => ins[0].data.iter().zip(&ins[1].data).map(|(a, b)| a + b).collect(),
+        Op::Mul => ins[0].data.iter().zip(&ins[1].data).map(|(a, b)| a * b).collect(),
+        Op::Concat { axis } => concat(ins, *axis),
+        Op::Reshape { .. } | Op::Flatten { .. } => ins[0].data.clone(),
+        Op::Transpose { perm } => transpose(ins[0], perm),
+        Op::Softmax { axis } => softmax(ins[0], *axis),
+        Op::Scale { factor } => ins[0].data.iter().map(|&v| v * factor).collect(),
+        Op::Embedding { table } => embedding(&node.name, ins[0], p(table))?,
+        Op::Gru { w_ih, w_hh, b_ih, b_hh, hidden, return_sequences } => {
+            recurrent(ins[0], p(w_ih), p(w_hh), p(b_ih), p(b_hh), *hidden, *return_sequences, false)
+        }
+        Op::Lstm { w_ih, w_hh, b_ih, b_hh, hidden, return_sequences } => {
+            recurrent(ins[0], p(w_ih), p(w_hh), p(b_ih), p(b_hh), *hidden, *return_sequences, true)
+        }
+    })
 }
 
 fn apply(y: &mut [f32], act: Option<Activation>) {

@@ -1,0 +1,964 @@
+//! `reram-faults`: accuracy under ReRAM stuck-at faults for offset, two-column and
+//! differential crossbar mappings, without and with weight pruning (the ISQED'21
+//! fault-tolerance paper), plus the FORMS single-column design with a per-segment complement
+//! bit (beyond both papers).
+//!
+//! Per study: the dense model (trained in the run, or `--dense-from`), unstructured ADMM
+//! pruning at each prune rate followed by masked retraining (cached per rate), then for every
+//! arm (a mapping, an encoding, a model), every fault rate `p` (SA0 : SA1 = 1 : 5.2) and every
+//! seed, one simulated chip ([`tessera_reram::MappedGraph::chip`]) classifies the first
+//! `sim_images` test images. The report gives mean top-1 with a 95% confidence band per point,
+//! the largest fault rate each arm tolerates at a 1-point drop from its own fault-free
+//! accuracy, and the ratio of the best differential-with-pruning arm to two-column.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tessera_data::{Dataset, KnownSet};
+use tessera_ir::Tensor;
+use tessera_models::saved::{ModelCard, WithLoaded};
+use tessera_models::train::{Schedule, TrainConfig};
+use tessera_models::zoo::{Lenet5Config, ResNetConfig};
+use tessera_models::{Classifier, Masks, ZooConfig};
+use tessera_prune::{AdmmConfig, Method, PruneConfig, prune, save_outcome};
+use tessera_reram::{CrossbarConfig, FaultModel, MappedGraph, Mapping, SegmentEncoding};
+
+use crate::error::{ExperimentError, Result};
+use crate::plot::{Band, Plot, band_chart};
+use crate::prune_schemes::{SchemeSpec, lenet_spec, resnet_spec, sparsity_for, step_admm};
+use crate::report::Table;
+use crate::run::{Experiment, Outcome, RunContext, RunOptions, Scale};
+use crate::study::{
+    OpenStudy, Pretrain, RateCap, cached_cell, open_study, select, sgd, store_cell,
+};
+
+/// The experiment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReramFaults;
+
+/// One curve: a mapping and encoding of one model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Arm {
+    /// Label in tables and plots.
+    pub label: String,
+    /// Crossbar mapping.
+    pub mapping: Mapping,
+    /// Segment encoding.
+    pub encoding: SegmentEncoding,
+    /// Fraction of weights pruned (`None` = the dense model).
+    pub pruned: Option<f64>,
+    /// Use the polarized model (`polarized:M(unstructured)` at `pruned`) instead.
+    #[serde(default)]
+    pub polarized: bool,
+    /// Bits per cell for this arm (`None`: the study's crossbar setting). Equal to the weight
+    /// bits, one cell holds a whole weight: the paper's device model, where every fault is
+    /// full-scale.
+    #[serde(default)]
+    pub cell_bits: Option<u32>,
+}
+
+/// What every crossbar experiment's study shares: a model on a data set, where its dense model
+/// comes from, how it is pruned, and how many test images the simulated chips classify.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrossbarStudy {
+    /// Name (also the dense model's name in a `dense-baselines` run).
+    pub name: String,
+    /// The model.
+    pub model: ZooConfig,
+    /// The data set.
+    pub dataset: KnownSet,
+    /// Train on a seeded subset of this many images (`None` = all).
+    pub train_limit: Option<usize>,
+    /// Evaluate training on the first this many test images (`None` = all).
+    pub eval_limit: Option<usize>,
+    /// Test images each simulated chip classifies (the first ones).
+    pub sim_images: usize,
+    /// Dense training when no `--dense-from` is given.
+    pub pretrain: Pretrain,
+    /// Layers kept dense when pruning.
+    pub dense: Vec<String>,
+    /// Per-layer compression ceilings.
+    pub caps: Vec<RateCap>,
+    /// ADMM settings.
+    pub admm: AdmmConfig,
+    /// ADMM's training phase.
+    pub admm_train: TrainConfig,
+    /// Masked retraining.
+    pub retrain: TrainConfig,
+}
+
+impl CrossbarStudy {
+    /// Caffe LeNet-5 on MNIST; `sim_images` per scale (smoke, default, paper).
+    pub(crate) fn lenet(scale: Scale, sim_images: [usize; 3]) -> Self {
+        let smoke = scale == Scale::Smoke;
+        let steps = smoke.then_some(3);
+        let epochs = match scale {
+            Scale::Smoke => 1,
+            Scale::Default => 3,
+            Scale::Paper => 10,
+        };
+        let batch = if smoke { 16 } else { 64 };
+        CrossbarStudy {
+            name: "lenet5-mnist".into(),
+            model: ZooConfig::Lenet5(Lenet5Config::caffe()),
+            dataset: KnownSet::Mnist,
+            train_limit: None,
+            eval_limit: smoke.then_some(64),
+            sim_images: pick(scale, sim_images),
+            pretrain: Pretrain {
+                train: TrainConfig {
+                    max_steps_per_epoch: steps,
+                    ..sgd(
+                        if smoke { 1 } else { 12 },
+                        batch,
+                        0.05,
+                        5e-4,
+                        Schedule::Cosine { min_lr: 0.0 },
+                    )
+                },
+            },
+            dense: Vec::new(),
+            caps: Vec::new(),
+            admm: step_admm(1e-2, if smoke { 1 } else { 200 }),
+            admm_train: TrainConfig {
+                max_steps_per_epoch: steps,
+                ..sgd(epochs, batch, 0.01, 0.0, Schedule::Constant)
+            },
+            retrain: TrainConfig {
+                max_steps_per_epoch: steps,
+                ..sgd(epochs, batch, 0.01, 0.0, Schedule::Cosine { min_lr: 0.0 })
+            },
+        }
+    }
+
+    /// ResNet-20 on Fashion-MNIST (stem and classifier kept dense).
+    pub(crate) fn resnet(scale: Scale, sim_images: [usize; 3]) -> Self {
+        let smoke = scale == Scale::Smoke;
+        let steps = smoke.then_some(2);
+        let (width, epochs, train_limit) = match scale {
+            Scale::Smoke => (0.25, 1, None),
+            Scale::Default => (1.0, 1, Some(10_000)),
+            Scale::Paper => (1.0, 10, None),
+        };
+        let batch = if smoke { 16 } else { 128 };
+        CrossbarStudy {
+            name: "resnet20-fashion".into(),
+            model: ZooConfig::Resnet(ResNetConfig {
+                depth: 20,
+                in_channels: 1,
+                classes: 10,
+                width,
+            }),
+            dataset: KnownSet::FashionMnist,
+            train_limit,
+            eval_limit: Some(if smoke { 32 } else { 2000 }),
+            sim_images: pick(scale, sim_images),
+            pretrain: Pretrain {
+                train: TrainConfig {
+                    max_steps_per_epoch: steps,
+                    ..sgd(
+                        if smoke { 1 } else { 20 },
+                        batch,
+                        0.1,
+                        5e-4,
+                        Schedule::Cosine { min_lr: 0.0 },
+                    )
+                },
+            },
+            dense: vec!["stem.*".into(), "fc.*".into()],
+            caps: Vec::new(),
+            admm: step_admm(0.1, if smoke { 1 } else { 40 }),
+            admm_train: TrainConfig {
+                max_steps_per_epoch: steps,
+                ..sgd(epochs, batch, 0.01, 0.0, Schedule::Constant)
+            },
+            retrain: TrainConfig {
+                max_steps_per_epoch: steps,
+                ..sgd(epochs, batch, 0.01, 5e-4, Schedule::Cosine { min_lr: 0.0 })
+            },
+        }
+    }
+
+    /// Every training phase seeded with `seed`.
+    pub(crate) fn seeded(mut self, seed: u64) -> Self {
+        for t in [&mut self.pretrain.train, &mut self.admm_train, &mut self.retrain] {
+            t.seed = seed;
+        }
+        self
+    }
+
+    /// Loads the splits and the dense model ([`open_study`]).
+    pub(crate) fn open(&self, ctx: &RunContext) -> Result<OpenStudy> {
+        open_study(
+            ctx,
+            &self.name,
+            &self.model,
+            self.dataset,
+            self.train_limit,
+            self.eval_limit,
+            &self.pretrain,
+        )
+    }
+
+    /// The pruning job of this study over its opened data and dense model.
+    pub(crate) fn prune_job<'a>(&'a self, open: &'a OpenStudy) -> PruneJob<'a> {
+        PruneJob { study: self, open }
+    }
+}
+
+fn pick(scale: Scale, v: [usize; 3]) -> usize {
+    match scale {
+        Scale::Smoke => v[0],
+        Scale::Default => v[1],
+        Scale::Paper => v[2],
+    }
+}
+
+/// One model on one data set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultStudy {
+    /// Model, data, pruning.
+    #[serde(flatten)]
+    pub base: CrossbarStudy,
+    /// Fractions of the prunable weights removed (0.6 = 2.5x).
+    pub prune_rates: Vec<f64>,
+    /// FORMS arms: the fragment height and the fraction pruned of the polarized model
+    /// (ADMM on `polarized:M(unstructured)`), `None` for no FORMS arms.
+    pub polarized: Option<(usize, f64)>,
+    /// Total stuck-at rates swept (SA0 : SA1 = 1 : 5.2).
+    pub fault_rates: Vec<f64>,
+    /// Chips per fault rate.
+    pub seeds: usize,
+    /// Crossbar settings shared by every arm (mapping and encoding come from the arm).
+    pub crossbar: CrossbarConfig,
+    /// The curves.
+    pub arms: Vec<Arm>,
+}
+
+/// The experiment's config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReramFaultsConfig {
+    /// The `--dense-from` directory (recorded so a resume cannot mix dense models).
+    #[serde(default)]
+    pub dense_from: Option<PathBuf>,
+    /// The studies.
+    pub studies: Vec<FaultStudy>,
+}
+
+/// One fault rate of one arm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultPoint {
+    /// Total stuck-at rate.
+    pub rate: f64,
+    /// Mean top-1 over the chips.
+    pub mean: f64,
+    /// Standard deviation over the chips.
+    pub std: f64,
+    /// Half-width of the 95% confidence interval of the mean (1.96 standard errors).
+    pub ci95: f64,
+    /// Worst chip.
+    pub min: f64,
+    /// Chips simulated.
+    pub chips: usize,
+}
+
+/// One arm's curve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArmResult {
+    /// The arm.
+    pub arm: Arm,
+    /// Crossbars of the mapped model.
+    pub crossbars: usize,
+    /// Fault-free simulated top-1 (quantization only).
+    pub clean_top1: f64,
+    /// One point per fault rate.
+    pub points: Vec<FaultPoint>,
+    /// Largest fault rate whose mean top-1 stays within 1 point of `clean_top1` (linear
+    /// interpolation between grid points; `None` when even the smallest rate fails).
+    pub tolerated_rate: Option<f64>,
+    /// The largest rate swept still passed: `tolerated_rate` is only a lower bound.
+    pub censored: bool,
+}
+
+/// A pruned model of a study.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrunedModel {
+    /// Fraction pruned asked for.
+    pub rate: f64,
+    /// Fragment height when the model is also polarized.
+    #[serde(default)]
+    pub polarized: Option<usize>,
+    /// Top-1 after masked retraining (float model, test split).
+    pub top1: f64,
+    /// Saved model directory.
+    pub dir: PathBuf,
+}
+
+/// What one study measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultStudyResult {
+    /// Study name.
+    pub name: String,
+    /// Dense top-1 (float model).
+    pub dense_top1: f64,
+    /// The pruned models.
+    pub pruned: Vec<PrunedModel>,
+    /// Every arm.
+    pub arms: Vec<ArmResult>,
+    /// Best differential-with-pruning tolerated rate / two-column's.
+    pub tolerance_ratio: Option<f64>,
+    /// The best differential arm never dropped a point: the ratio is a lower bound.
+    pub ratio_is_lower_bound: bool,
+    /// Whether the ratio reaches 5 (`None` when not measurable).
+    pub target_met: Option<bool>,
+    /// Simulated MVMs per second over the whole sweep.
+    pub mvms_per_second: f64,
+    /// Wall time of the sweep, s.
+    pub sweep_seconds: f64,
+}
+
+fn arm(label: &str, mapping: Mapping, encoding: SegmentEncoding, pruned: Option<f64>) -> Arm {
+    Arm { label: label.into(), mapping, encoding, pruned, polarized: false, cell_bits: None }
+}
+
+/// The paper's arms; `single_cell` adds two-column and differential (dense, and pruned at the
+/// middle rate) with one 8-bit cell per weight.
+fn arms(prune_rates: &[f64], polarized: Option<(usize, f64)>, single_cell: bool) -> Vec<Arm> {
+    let mut v = vec![
+        arm("offset", Mapping::Offset, SegmentEncoding::Plain, None),
+        arm("two-column", Mapping::TwoColumn, SegmentEncoding::Plain, None),
+        arm("differential", Mapping::Differential, SegmentEncoding::Plain, None),
+    ];
+    if let Some(&mid) = prune_rates.get(prune_rates.len() / 2) {
+        v.push(arm(
+            &format!("two-column + prune {mid}"),
+            Mapping::TwoColumn,
+            SegmentEncoding::Plain,
+            Some(mid),
+        ));
+    }
+    for &r in prune_rates {
+        v.push(arm(
+            &format!("differential + prune {r}"),
+            Mapping::Differential,
+            SegmentEncoding::Plain,
+            Some(r),
+        ));
+    }
+    if let Some((m, r)) = polarized {
+        let forms = Mapping::Polarized { m };
+        for (label, encoding) in [
+            (format!("FORMS-{m} + prune {r}"), SegmentEncoding::Plain),
+            (format!("FORMS-{m} + complement + prune {r}"), SegmentEncoding::Complement),
+        ] {
+            v.push(Arm { polarized: true, ..arm(&label, forms, encoding, Some(r)) });
+        }
+    }
+    if single_cell {
+        let one = |label: &str, mapping, pruned| Arm {
+            cell_bits: Some(8),
+            ..arm(&format!("{label}, 1 cell/weight"), mapping, SegmentEncoding::Plain, pruned)
+        };
+        v.push(one("two-column", Mapping::TwoColumn, None));
+        v.push(one("differential", Mapping::Differential, None));
+        if let Some(&mid) = prune_rates.get(prune_rates.len() / 2) {
+            v.push(one(&format!("differential + prune {mid}"), Mapping::Differential, Some(mid)));
+        }
+    }
+    v
+}
+
+/// The paper's range (to 2e-2) and beyond it, so that the tolerated rate of robust models
+/// (LeNet-5 loses under a point at 2e-2 under every mapping) is bracketed, not censored.
+const FAULT_RATES: [f64; 10] = [0.0, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1, 2e-1];
+
+fn lenet(scale: Scale) -> FaultStudy {
+    let smoke = scale == Scale::Smoke;
+    let prune_rates = if smoke { vec![0.6] } else { vec![0.4, 0.6, 0.8] };
+    FaultStudy {
+        base: CrossbarStudy::lenet(scale, [32, 1000, 10_000]),
+        fault_rates: if smoke { vec![0.0, 1e-2] } else { FAULT_RATES.to_vec() },
+        seeds: pick(scale, [2, 20, 100]),
+        crossbar: CrossbarConfig::default(),
+        arms: arms(&prune_rates, Some((8, 0.6)), true),
+        polarized: Some((8, 0.6)),
+        prune_rates,
+    }
+}
+
+fn resnet(scale: Scale) -> FaultStudy {
+    let smoke = scale == Scale::Smoke;
+    let prune_rates = if smoke { vec![0.6] } else { vec![0.4, 0.6, 0.8] };
+    FaultStudy {
+        base: CrossbarStudy::resnet(scale, [8, 200, 2000]),
+        fault_rates: if smoke { vec![0.0, 1e-2] } else { FAULT_RATES.to_vec() },
+        seeds: pick(scale, [2, 20, 50]),
+        crossbar: CrossbarConfig::default(),
+        arms: arms(&prune_rates, None, false),
+        polarized: None,
+        prune_rates,
+    }
+}
+
+impl Experiment for ReramFaults {
+    fn name(&self) -> &'static str {
+        "reram-faults"
+    }
+
+    fn description(&self) -> &'static str {
+        "ReRAM stuck-at fault tolerance: offset vs two-column vs differential crossbar mapping, with and without pruning (ISQED'21)"
+    }
+
+    fn config(&self, options: &RunOptions) -> Result<serde_json::Value> {
+        let studies: Vec<FaultStudy> = [lenet(options.scale), resnet(options.scale)]
+            .into_iter()
+            .map(|s| FaultStudy { base: s.base.seeded(options.seed), ..s })
+            .collect();
+        let cfg = ReramFaultsConfig {
+            dense_from: options.dense_from.clone(),
+            studies: select(studies, &options.only, |s| &s.base.name)?,
+        };
+        serde_json::to_value(cfg).map_err(|e| ExperimentError::config("config", e))
+    }
+
+    fn run(&self, ctx: &RunContext) -> Result<Outcome> {
+        let cfg: ReramFaultsConfig = serde_json::from_value(ctx.config.clone())
+            .map_err(|e| ExperimentError::config("config", e))?;
+        let mut results = Vec::new();
+        for study in &cfg.studies {
+            let _span = tracing::info_span!("study", name = %study.base.name).entered();
+            results.push(run_study(ctx, study)?);
+        }
+        let mut plots = Vec::new();
+        for r in &results {
+            let bands: Vec<Band> = r
+                .arms
+                .iter()
+                .map(|a| Band {
+                    name: a.arm.label.clone(),
+                    points: a
+                        .points
+                        .iter()
+                        .map(|p| {
+                            (
+                                p.rate * 100.0,
+                                100.0 * p.mean,
+                                100.0 * (p.mean - p.ci95),
+                                100.0 * (p.mean + p.ci95),
+                            )
+                        })
+                        .collect(),
+                })
+                .collect();
+            plots.push(Plot {
+                file: format!("{}-accuracy.svg", r.name),
+                caption: format!("{}: top-1 vs stuck-at fault rate (mean, 95% band)", r.name),
+                svg: band_chart(
+                    &format!("{}: accuracy under stuck-at faults", r.name),
+                    "fault rate (%), SA0 : SA1 = 1 : 5.2",
+                    "top-1 (%)",
+                    &bands,
+                )?,
+            });
+        }
+        Ok(Outcome {
+            figures: serde_json::json!({ "studies": serde_json::to_value(&results).map_err(|e| ExperimentError::config("figures", e))? }),
+            report: report(&results),
+            plots,
+        })
+    }
+}
+
+fn run_study(ctx: &RunContext, study: &FaultStudy) -> Result<FaultStudyResult> {
+    let open = study.base.open(ctx)?;
+    let job = study.base.prune_job(&open);
+    let mut pruned = Vec::new();
+    for &rate in &study.prune_rates {
+        pruned.push(job.run(ctx, rate, None)?);
+    }
+    if let Some((m, rate)) = study.polarized {
+        pruned.push(job.run(ctx, rate, Some(m))?);
+    }
+
+    let (images, labels) = sim_inputs(&open.test, study.base.sim_images)?;
+    let load_ir = |dir: &Path| tessera_ir::io::load(&dir.join("ir")).map_err(ExperimentError::from);
+    let start = Instant::now();
+    let mut mvms = 0u64;
+    let mut arms = Vec::new();
+    for (ai, a) in study.arms.iter().enumerate() {
+        let graph = match a.pruned {
+            None => load_ir(&open.dense_dir)?,
+            Some(r) => {
+                let p = pruned
+                    .iter()
+                    .find(|p| (p.rate - r).abs() < 1e-9 && p.polarized.is_some() == a.polarized)
+                    .ok_or_else(|| {
+                        ExperimentError::config(
+                            "arms",
+                            format!("{}: no pruned model at {r}", a.label),
+                        )
+                    })?;
+                load_ir(&p.dir)?
+            }
+        };
+        let cfg = CrossbarConfig {
+            mapping: a.mapping,
+            encoding: a.encoding,
+            cell_bits: a.cell_bits.unwrap_or(study.crossbar.cell_bits),
+            ..study.crossbar.clone()
+        };
+        let mapped = MappedGraph::new(&graph, &cfg)?;
+        let _span =
+            tracing::info_span!("arm", label = %a.label, index = ai + 1, of = study.arms.len())
+                .entered();
+        let mut points = Vec::new();
+        for &rate in &study.fault_rates {
+            let chips = if rate == 0.0 { 1 } else { study.seeds };
+            let mut accs = Vec::with_capacity(chips);
+            for seed in 0..chips as u64 {
+                let chip = mapped.chip(
+                    &FaultModel::from_rate(rate),
+                    ctx.options.seed.wrapping_mul(1_000_003).wrapping_add(seed),
+                )?;
+                let mut prof = Vec::new();
+                let out = chip.run_profiled(std::slice::from_ref(&images), &mut prof)?;
+                mvms += prof.iter().map(|p| p.mvms).sum::<u64>();
+                accs.push(top1(&out[0], &labels));
+            }
+            points.push(summarize(rate, &accs));
+            tracing::info!(arm = %a.label, rate, mean = points.last().map_or(0.0, |p: &FaultPoint| p.mean), "fault rate done");
+        }
+        let clean_top1 = points.iter().find(|p| p.rate == 0.0).map_or(f64::NAN, |p| p.mean);
+        let tolerated_rate = tolerated(&points, clean_top1 - 0.01);
+        let censored = points.last().is_some_and(|p| p.mean >= clean_top1 - 0.01);
+        arms.push(ArmResult {
+            arm: a.clone(),
+            crossbars: mapped.crossbars(),
+            clean_top1,
+            points,
+            tolerated_rate,
+            censored,
+        });
+    }
+    let sweep_seconds = start.elapsed().as_secs_f64();
+    // A censored two-column rate would make any ratio meaningless.
+    let two = arms
+        .iter()
+        .find(|a| {
+            a.arm.mapping == Mapping::TwoColumn
+                && a.arm.pruned.is_none()
+                && a.arm.cell_bits.is_none()
+        })
+        .filter(|a| !a.censored)
+        .and_then(|a| a.tolerated_rate);
+    let best = arms
+        .iter()
+        .filter(|a| {
+            a.arm.mapping == Mapping::Differential
+                && a.arm.pruned.is_some()
+                && a.arm.cell_bits.is_none()
+        })
+        .filter(|a| a.tolerated_rate.is_some())
+        .max_by(|a, b| {
+            a.tolerated_rate.partial_cmp(&b.tolerated_rate).unwrap_or(std::cmp::Ordering::Equal)
+        });
+    let best_diff = best.and_then(|a| a.tolerated_rate);
+    let ratio_is_lower_bound = best.is_some_and(|a| a.censored);
+    let tolerance_ratio = match (best_diff, two) {
+        (Some(d), Some(t)) if t > 0.0 => Some(d / t),
+        _ => None,
+    };
+    let full = ctx.full_data(study.base.dataset);
+    Ok(FaultStudyResult {
+        name: study.base.name.clone(),
+        dense_top1: open.dense_top1,
+        pruned,
+        arms,
+        tolerance_ratio,
+        ratio_is_lower_bound,
+        target_met: if full {
+            tolerance_ratio
+                .and_then(|r| if r >= 5.0 || !ratio_is_lower_bound { Some(r >= 5.0) } else { None })
+        } else {
+            None
+        },
+        mvms_per_second: mvms as f64 / sweep_seconds.max(1e-9),
+        sweep_seconds,
+    })
+}
+
+/// Unstructured ADMM pruning (optionally with FORMS polarization) of a study's dense model,
+/// then masked retraining; cached as a cell, the model saved under `models/<study>/<id>/`.
+pub(crate) struct PruneJob<'a> {
+    study: &'a CrossbarStudy,
+    open: &'a OpenStudy,
+}
+
+impl PruneJob<'_> {
+    /// Prunes a fraction `rate` of the prunable weights, unstructured; `polarize` = fragment
+    /// height. Cached as a cell of the run.
+    pub(crate) fn run(
+        &self,
+        ctx: &RunContext,
+        rate: f64,
+        polarize: Option<usize>,
+    ) -> Result<PrunedModel> {
+        let id = match polarize {
+            None => format!("unstructured-{rate}"),
+            Some(m) => format!("polarized-{m}-unstructured-{rate}"),
+        };
+        let name = &self.study.name;
+        if let Some(done) = cached_cell::<PrunedModel>(ctx, name, &id) {
+            return Ok(done);
+        }
+        let _span = tracing::info_span!("prune", id = %id).entered();
+        let dir = ctx.dir.join("models").join(name).join(&id);
+        let spec = if name.starts_with("lenet") {
+            lenet_spec("unstructured")?
+        } else {
+            resnet_spec("unstructured")?
+        };
+        let compression = 1.0 / (1.0 - rate).max(1e-6);
+        let checkpoints = ctx.checkpoints(&format!("{name}/{id}"));
+        let top1 = self.prune_into(ctx, &spec, compression, polarize, &dir, checkpoints)?;
+        let done = PrunedModel { rate, polarized: polarize, top1, dir };
+        store_cell(ctx, name, &id, &done)?;
+        Ok(done)
+    }
+
+    /// ADMM-prunes the dense model with `spec` at whole-model `compression` (polarized with
+    /// fragments of `polarize` rows when set), retrains with the masks fixed, saves the model
+    /// in `dir` and returns its test top-1.
+    pub(crate) fn prune_into(
+        &self,
+        ctx: &RunContext,
+        spec: &SchemeSpec,
+        compression: f64,
+        polarize: Option<usize>,
+        dir: &Path,
+        checkpoints: tessera_models::train::Checkpoints,
+    ) -> Result<f64> {
+        tessera_models::saved::load(
+            &self.open.dense_dir,
+            &self.open.device,
+            PruneOne { ctx, job: self, spec, compression, polarize, dir, checkpoints },
+        )?
+    }
+}
+
+struct PruneOne<'a> {
+    ctx: &'a RunContext,
+    job: &'a PruneJob<'a>,
+    spec: &'a SchemeSpec,
+    compression: f64,
+    polarize: Option<usize>,
+    dir: &'a Path,
+    checkpoints: tessera_models::train::Checkpoints,
+}
+
+impl WithLoaded for PruneOne<'_> {
+    type Output = Result<f64>;
+
+    fn run<M: Classifier>(self, model: M, card: ModelCard, _: Masks) -> Result<f64> {
+        let PruneOne { ctx, job, spec, compression, polarize, dir, checkpoints } = self;
+        let study = job.study;
+        let mut sparsity = sparsity_for(
+            &model,
+            card.batch_of_one(),
+            compression,
+            spec,
+            &study.dense,
+            &study.caps,
+        )?;
+        if let Some(m) = polarize {
+            // Every crossbar layer is polarized (a FORMS crossbar stores magnitudes only),
+            // pruned layers together with their target.
+            for rule in &mut sparsity.rules {
+                let base = (rule.rule.target != tessera_sparsity::Target::DENSE)
+                    .then(|| Box::new(rule.rule.scheme.clone()));
+                rule.rule.scheme =
+                    tessera_sparsity::Scheme::Polarized(tessera_sparsity::PolarizedScheme {
+                        m,
+                        rule: tessera_sparsity::SignRule::Energy,
+                        base,
+                    });
+            }
+        }
+        let config = PruneConfig {
+            sparsity,
+            method: Method::Admm(study.admm.clone()),
+            train: study.admm_train.clone(),
+            retrain: study.retrain.clone(),
+            distill: None,
+        };
+        let outcome = prune(
+            model,
+            &config,
+            &job.open.train,
+            Some(&job.open.test),
+            &job.open.device,
+            Some(&checkpoints),
+        )?;
+        let card = ModelCard {
+            note: format!(
+                "{}: {} at {compression:.2}x (ADMM){}, seed {}",
+                study.name,
+                spec.scheme,
+                polarize.map_or(String::new(), |m| format!(", polarized m = {m}")),
+                ctx.options.seed
+            ),
+            ..card
+        };
+        save_outcome(dir, &card, &outcome)?;
+        Ok(outcome.final_eval.map_or(0.0, |e| e.1))
+    }
+}
+
+/// The first `n` test images as one NCHW tensor, and their labels.
+pub(crate) fn sim_inputs(test: &Dataset, n: usize) -> Result<(Tensor, Vec<u8>)> {
+    let n = n.min(test.len());
+    let s = test.sample_shape();
+    let per = s.channels * s.height * s.width;
+    let data = test.images()[..n * per].to_vec();
+    Ok((Tensor::new([n, s.channels, s.height, s.width], data), test.labels()[..n].to_vec()))
+}
+
+/// Fraction of rows of `logits` whose arg-max is the label.
+pub(crate) fn top1(logits: &Tensor, labels: &[u8]) -> f64 {
+    let classes = logits.len() / labels.len().max(1);
+    let right = logits
+        .data
+        .chunks(classes)
+        .zip(labels)
+        .filter(|(row, l)| {
+            let best = row
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+            best.0 == usize::from(**l)
+        })
+        .count();
+    right as f64 / labels.len().max(1) as f64
+}
+
+pub(crate) fn summarize(rate: f64, accs: &[f64]) -> FaultPoint {
+    let n = accs.len().max(1) as f64;
+    let mean = accs.iter().sum::<f64>() / n;
+    let var = if accs.len() > 1 {
+        accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    FaultPoint {
+        rate,
+        mean,
+        std: var.sqrt(),
+        ci95: 1.96 * (var / n).sqrt(),
+        min: accs.iter().copied().fold(f64::INFINITY, f64::min),
+        chips: accs.len(),
+    }
+}
+
+/// Largest rate with `mean >= floor` before the first failing point, interpolated linearly
+/// between the last passing and the first failing grid point.
+pub(crate) fn tolerated(points: &[FaultPoint], floor: f64) -> Option<f64> {
+    let mut last: Option<&FaultPoint> = None;
+    for p in points {
+        if p.mean >= floor {
+            last = Some(p);
+            continue;
+        }
+        return last.map(|l| {
+            let t = (l.mean - floor) / (l.mean - p.mean).max(1e-12);
+            l.rate + t * (p.rate - l.rate)
+        });
+    }
+    last.map(|l| l.rate)
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.2}", 100.0 * v)
+}
+
+fn report(results: &[FaultStudyResult]) -> String {
+    let mut md = String::from(
+        "Accuracy of simulated ReRAM chips under stuck-at faults (SA0 : SA1 = 1 : 5.2, \
+         i.i.d. per cell), 128x128 crossbars, 2-bit cells, 8-bit weights, 16-bit bit-serial inputs, \
+         lossless derived ADC. Each point: mean top-1 over chips (seeds) on the first test images, \
+         with a 95% confidence half-width. Tolerated rate: the largest fault rate whose mean stays \
+         within 1 point of the arm's own fault-free accuracy (linear interpolation).\n\n\
+         Paper claim (ISQED'21): differential mapping with pruning tolerates almost an order of \
+         magnitude higher fault rate than two-column; target here: at least 5x.\n\n",
+    );
+    for r in results {
+        md.push_str(&format!(
+            "## {}\n\nDense model top-1 (float): {}%. Pruned models (unstructured ADMM + masked retraining): {}.\n\n",
+            r.name,
+            pct(r.dense_top1),
+            r.pruned
+                .iter()
+                .map(|p| format!(
+                    "{} pruned{} -> {}%",
+                    p.rate,
+                    p.polarized.map_or(String::new(), |m| format!(" + polarized (m = {m})")),
+                    pct(p.top1)
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let mut header = vec!["arm".to_string(), "crossbars".into(), "fault-free".into()];
+        if let Some(a) = r.arms.first() {
+            header
+                .extend(a.points.iter().filter(|p| p.rate > 0.0).map(|p| format!("p={}", p.rate)));
+        }
+        header.push("tolerated p (1-pt drop)".into());
+        let hdr: Vec<&str> = header.iter().map(String::as_str).collect();
+        let mut t = Table::new(&hdr);
+        for a in &r.arms {
+            let mut row = vec![a.arm.label.clone(), a.crossbars.to_string(), pct(a.clean_top1)];
+            row.extend(
+                a.points
+                    .iter()
+                    .filter(|p| p.rate > 0.0)
+                    .map(|p| format!("{} ± {}", pct(p.mean), pct(p.ci95))),
+            );
+            row.push(match (a.tolerated_rate, a.censored) {
+                (None, _) => "< smallest".into(),
+                (Some(v), false) => format!("{v:.2e}"),
+                (Some(v), true) => format!(">= {v:.2e}"),
+            });
+            t.row(row);
+        }
+        md.push_str(&t.to_markdown());
+        md.push_str(&format!(
+            "\nTolerance ratio (best differential + pruning / two-column): {} — target >= 5x: {}.\n\n\
+             Sweep: {:.0} s, {:.2e} simulated MVMs/s.\n\n",
+            r.tolerance_ratio.map_or("not measurable".into(), |v| format!(
+                "{}{v:.2}x",
+                if r.ratio_is_lower_bound { ">= " } else { "" }
+            )),
+            match r.target_met {
+                Some(true) => "met",
+                Some(false) => "not met",
+                None => "not checked (fixtures or no ratio)",
+            },
+            r.sweep_seconds,
+            r.mvms_per_second
+        ));
+        md.push_str(&comparisons(r));
+    }
+    md
+}
+
+/// Ratios of tolerated rates that the table implies: the mapping alone, pruning on top of it,
+/// and the complement bit on the single-column FORMS design.
+fn comparisons(r: &FaultStudyResult) -> String {
+    let find = |f: &dyn Fn(&Arm) -> bool| r.arms.iter().find(|a| f(&a.arm));
+    let rate = |a: Option<&ArmResult>| a.filter(|a| !a.censored).and_then(|a| a.tolerated_rate);
+    let mut lines = Vec::new();
+    for cells in [None, Some(8)] {
+        let two = rate(find(&|a| {
+            a.mapping == Mapping::TwoColumn && a.pruned.is_none() && a.cell_bits == cells
+        }));
+        let diff = rate(find(&|a| {
+            a.mapping == Mapping::Differential && a.pruned.is_none() && a.cell_bits == cells
+        }));
+        if let (Some(d), Some(t)) = (diff, two) {
+            lines.push(format!(
+                "- Differential mapping alone (dense model{}): {:.2}x two-column's tolerated rate.",
+                if cells.is_some() { ", one cell per weight" } else { "" },
+                d / t
+            ));
+        }
+    }
+    let diff = rate(find(&|a| {
+        a.mapping == Mapping::Differential && a.pruned.is_none() && a.cell_bits.is_none()
+    }));
+    if let Some(d) = diff {
+        for a in r.arms.iter().filter(|a| {
+            a.arm.mapping == Mapping::Differential
+                && a.arm.pruned.is_some()
+                && a.arm.cell_bits.is_none()
+        }) {
+            if let (Some(p), Some(rate)) = (a.arm.pruned, a.tolerated_rate) {
+                lines.push(format!(
+                    "- Pruning {p} on top of differential: {:.2}x the dense differential's rate ({}).",
+                    rate / d,
+                    if rate > d { "pruning helps" } else { "pruning does not help here" }
+                ));
+            }
+        }
+    }
+    let forms = |encoding: SegmentEncoding| find(&|a| a.polarized && a.encoding == encoding);
+    if let (Some(plain), Some(comp)) =
+        (forms(SegmentEncoding::Plain), forms(SegmentEncoding::Complement))
+        && let (Some(p), Some(c)) = (rate(Some(plain)), comp.tolerated_rate)
+    {
+        let differential = find(&|a| {
+            a.mapping == Mapping::Differential && a.pruned.is_none() && a.cell_bits.is_none()
+        });
+        lines.push(format!(
+            "- FORMS with the per-fragment complement bit (beyond both papers): {:.2}x plain \
+             FORMS' tolerated rate, on {} crossbars{}.",
+            c / p,
+            comp.crossbars,
+            differential.map_or(String::new(), |d| format!(
+                " (the differential mapping needs {})",
+                d.crossbars
+            ))
+        ));
+    }
+    if lines.is_empty() { String::new() } else { format!("{}\n\n", lines.join("\n")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(rate: f64, mean: f64) -> FaultPoint {
+        FaultPoint { rate, mean, std: 0.0, ci95: 0.0, min: mean, chips: 1 }
+    }
+
+    #[test]
+    fn tolerated_rate_interpolates_between_the_last_pass_and_first_fail() {
+        let pts = [point(0.0, 0.99), point(1e-3, 0.985), point(2e-3, 0.97), point(5e-3, 0.9)];
+        // Floor 0.98: passes at 1e-3 (0.985), fails at 2e-3 (0.97): 1e-3 + 1/3 * 1e-3.
+        let t = tolerated(&pts, 0.98).unwrap();
+        assert!((t - (1e-3 + 1e-3 / 3.0)).abs() < 1e-12, "{t}");
+        assert_eq!(tolerated(&pts, 0.5), Some(5e-3));
+        assert_eq!(tolerated(&pts, 0.995), None);
+    }
+
+    #[test]
+    fn summary_statistics_match_a_hand_computation() {
+        let p = summarize(0.01, &[0.9, 0.8, 1.0]);
+        assert!((p.mean - 0.9).abs() < 1e-12);
+        assert!((p.std - 0.1).abs() < 1e-12);
+        assert!((p.ci95 - 1.96 * 0.1 / 3f64.sqrt()).abs() < 1e-12);
+        assert_eq!(p.min, 0.8);
+        let logits = Tensor::new([2, 3], vec![0.1, 0.7, 0.2, 0.9, 0.0, 0.1]);
+        assert_eq!(top1(&logits, &[1, 2]), 0.5);
+    }
+
+    #[test]
+    fn presets_name_the_paper_arms() {
+        for scale in Scale::ALL {
+            let v = ReramFaults.config(&RunOptions { scale, ..RunOptions::default() }).unwrap();
+            let cfg: ReramFaultsConfig = serde_json::from_value(v).unwrap();
+            assert_eq!(cfg.studies.len(), 2);
+            for s in &cfg.studies {
+                assert!(
+                    s.arms.iter().any(|a| a.mapping == Mapping::TwoColumn && a.pruned.is_none())
+                );
+                assert!(
+                    s.arms.iter().any(|a| a.mapping == Mapping::Differential && a.pruned.is_some())
+                );
+                assert!(s.arms.iter().filter_map(|a| a.pruned).all(|r| s.prune_rates.contains(&r)));
+                if scale == Scale::Default {
+                    assert!(s.seeds >= 20 && s.fault_rates.contains(&2e-2));
+                }
+            }
+        }
+    }
+}
