@@ -25,10 +25,10 @@ use tessera_reram::{
     CrossbarConfig, FaultModel, LayerProfile, MappedGraph, Mapping, SegmentEncoding,
 };
 
+use crate::crossbar_study::{CrossbarStudy, sim_inputs, top1};
 use crate::error::{ExperimentError, Result};
 use crate::plot::{Plot, bar_chart};
 use crate::report::Table;
-use crate::reram_faults::{CrossbarStudy, sim_inputs, top1};
 use crate::run::{Experiment, Outcome, RunContext, RunOptions, Scale};
 use crate::study::select;
 
@@ -73,6 +73,8 @@ pub struct DesignResult {
     pub top1: f64,
     /// Cost-model throughput (designs with an architecture).
     pub performance: Option<ModelPerformance>,
+    /// The same with zero-skipping off (designs that skip; the architecture alone).
+    pub performance_no_skip: Option<ModelPerformance>,
     /// Leading-zero cycles / full cycles, over all layers (1 = nothing skipped).
     pub leading_zero_fraction: f64,
     /// Non-zero bit-plane cycles / full cycles.
@@ -197,6 +199,12 @@ struct Design {
     architecture: Option<(Architecture, bool)>,
 }
 
+/// Positions in [`designs`]' list.
+const ISAAC_DENSE: usize = 0;
+const ISAAC_8BIT: usize = 1;
+const FORMS: usize = 3;
+
+/// The designs compared, in the order of the positions above.
 fn designs(m: usize) -> Vec<Design> {
     // Dead channels stay mapped everywhere: the polarized mapping cannot drop them (it would
     // shift fragments), so the others keep them too and crossbar counts compare like for like.
@@ -265,6 +273,11 @@ fn run_study(ctx: &RunContext, study: &FormsStudy) -> Result<FormsStudyResult> {
                 .architecture
                 .as_ref()
                 .map(|(a, skip)| a.evaluate(mapped.layers(), &prof, frames, *skip));
+            let performance_no_skip = d
+                .architecture
+                .as_ref()
+                .filter(|(_, skip)| *skip)
+                .map(|(a, _)| a.evaluate(mapped.layers(), &prof, frames, false));
             let full: u64 = prof.iter().map(|p| p.cycles_full).sum();
             let frac = |f: fn(&LayerProfile) -> u64| {
                 prof.iter().map(f).sum::<u64>() as f64 / full.max(1) as f64
@@ -276,38 +289,26 @@ fn run_study(ctx: &RunContext, study: &FormsStudy) -> Result<FormsStudyResult> {
                 crossbars: mapped.crossbars(),
                 top1: top1(&out[0], &labels),
                 performance,
+                performance_no_skip,
                 leading_zero_fraction: frac(|p| p.cycles_leading_zero),
                 nonzero_plane_fraction: frac(|p| p.cycles_nonzero_planes),
                 layers: prof,
             });
         }
-        let perf = |i: usize| results.get(i).and_then(|d| d.performance.clone());
-        let ratio = |f: &ModelPerformance, i: &ModelPerformance| {
-            (
+        let ratio = |f: Option<&ModelPerformance>, i: Option<&ModelPerformance>| {
+            let (f, i) = (f?, i?);
+            Some((
                 f.frames_per_s / i.frames_per_s,
                 f.gops_per_mm2 / i.gops_per_mm2,
                 f.gops_per_w / i.gops_per_w,
-            )
+            ))
         };
-        let forms_over_isaac = match (perf(3), perf(1)) {
-            (Some(f), Some(i)) => Some(ratio(&f, &i)),
-            _ => None,
-        };
-        // Without skipping: the FORMS profile evaluated with skipping off.
-        let forms_over_isaac_no_skip = match (results.get(3), perf(1)) {
-            (Some(f), Some(i)) => {
-                let mapped_layers = MappedGraph::new(&graph, &designs(study.m)[3].crossbar)?;
-                let no_skip = Architecture::forms(study.m).evaluate(
-                    mapped_layers.layers(),
-                    &f.layers,
-                    frames,
-                    false,
-                );
-                Some(ratio(&no_skip, &i))
-            }
-            _ => None,
-        };
-        let crossbar_reduction = results[0].crossbars as f64 / results[3].crossbars.max(1) as f64;
+        let (isaac, forms) = (&results[ISAAC_8BIT], &results[FORMS]);
+        let forms_over_isaac = ratio(forms.performance.as_ref(), isaac.performance.as_ref());
+        let forms_over_isaac_no_skip =
+            ratio(forms.performance_no_skip.as_ref(), isaac.performance.as_ref());
+        let crossbar_reduction =
+            results[ISAAC_DENSE].crossbars as f64 / forms.crossbars.max(1) as f64;
         models.push(FormsModelResult {
             prune_rate: rate,
             float_top1: pruned.top1,
@@ -441,7 +442,8 @@ mod tests {
             assert_eq!(cfg.studies.len(), 1);
         }
         let d = designs(8);
-        assert_eq!(d[3].crossbar.adc_bits(), Some(4));
-        assert_eq!(d[0].crossbar.adc_bits(), Some(8));
+        assert_eq!(d[FORMS].crossbar.adc_bits(), Some(4));
+        assert_eq!(d[ISAAC_DENSE].crossbar.adc_bits(), Some(8));
+        assert_eq!(d[ISAAC_8BIT].crossbar.mapping, Mapping::Offset);
     }
 }

@@ -22,11 +22,11 @@ use tessera_codegen::{CompileOptions, Plan};
 use tessera_ir::{Graph, Op};
 use tessera_reram::{CrossbarConfig, FaultModel, MappedGraph, Mapping};
 
+use crate::crossbar_study::{CrossbarStudy, FaultPoint, sim_inputs, summarize, tolerated, top1};
 use crate::error::{ExperimentError, Result};
 use crate::plot::{Band, Plot, band_chart, bar_chart};
 use crate::prune_schemes::lenet_spec;
 use crate::report::Table;
-use crate::reram_faults::{CrossbarStudy, FaultPoint, sim_inputs, summarize, tolerated, top1};
 use crate::run::{Experiment, Outcome, RunContext, RunOptions, Scale};
 use crate::study::{RateCap, load_splits, train_dense};
 

@@ -342,34 +342,42 @@ impl<'a> Chip<'a> {
             Kind::Conv { .. } => out_shape[2..].iter().product(),
             Kind::Linear => x.len() / layer.matrices[0].k() / n.max(1),
         };
-        let rows_per_sample = positions;
+        let rows = n * positions;
         let total_out: usize = self.matrices[li].iter().map(|m| m.matrix.out()).sum();
-        let mut cols = Vec::new();
+        let mut unfolded = Vec::new();
+        let mut prod = Vec::new();
         for (g, cm) in self.matrices[li].iter().enumerate() {
             let m = &cm.matrix;
             let (k, og) = (m.k(), m.out());
-            let rows = n * positions;
-            match layer.kind {
+            // MVM inputs, one row of `k` codes each: unfolded for a convolution, the codes
+            // themselves for a linear layer.
+            let cols: &[f32] = match layer.kind {
                 Kind::Conv { stride, padding, dilation, kernel, groups } => {
                     im2col(
-                        &codes, &x.shape, g, groups, kernel, stride, padding, dilation, out_shape,
-                        &mut cols,
+                        &codes,
+                        &x.shape,
+                        g,
+                        groups,
+                        kernel,
+                        stride,
+                        padding,
+                        dilation,
+                        out_shape,
+                        &mut unfolded,
                     );
+                    &unfolded
                 }
-                Kind::Linear => {
-                    cols.clear();
-                    cols.extend_from_slice(&codes);
-                }
-            }
-            let mut prod = vec![0.0f32; rows * og];
-            let sample_of = |row: usize| row / rows_per_sample;
+                Kind::Linear => &codes,
+            };
+            prod.clear();
+            prod.resize(rows * og, 0.0f32);
             match &cm.effective {
                 Some(w) => {
                     tessera_kernels::dense::sgemm(
                         rows,
                         k,
                         og,
-                        &cols,
+                        cols,
                         w,
                         &mut prod,
                         rayon::current_num_threads(),
@@ -383,7 +391,7 @@ impl<'a> Chip<'a> {
                             for (q, &c) in xq.iter_mut().zip(&cols[row * k..(row + 1) * k]) {
                                 *q = c as i32;
                             }
-                            m.mvm_bit_serial(xq, bits, signed[sample_of(row)], scratch, yr);
+                            m.mvm_bit_serial(xq, bits, signed[row / positions], scratch, yr);
                             for (o, v) in out.iter_mut().zip(yr.iter()) {
                                 *o = *v as f32;
                             }
@@ -395,11 +403,11 @@ impl<'a> Chip<'a> {
                 p.mvms += rows as u64;
                 p.bit_serial |= cm.effective.is_none();
                 p.segment_rows = m.segment_rows();
-                skip_stats(&cols, k, m.segment_rows(), cfg.input_bits, &signed, rows_per_sample, p);
+                skip_stats(cols, k, m.segment_rows(), cfg.input_bits, &signed, positions, p);
             }
             // Scatter to the output layout, rescale by the sample's input step, add the bias.
             for row in 0..rows {
-                let (s, pos) = (row / rows_per_sample, row % rows_per_sample);
+                let (s, pos) = (row / positions, row % positions);
                 let scale = scales[s];
                 for o in 0..og {
                     let oc = g * og + o;
@@ -429,10 +437,7 @@ fn quantize_inputs(x: &Tensor, bits: u32) -> (Vec<f32>, Vec<f32>, Vec<bool>) {
     let mut codes = vec![0.0f32; x.len()];
     let mut scales = Vec::with_capacity(n);
     let mut signed = Vec::with_capacity(n);
-    for (s, (src, dst)) in
-        x.data.chunks(per.max(1)).zip(codes.chunks_mut(per.max(1))).enumerate().take(n)
-    {
-        let _ = s;
+    for (src, dst) in x.data.chunks(per.max(1)).zip(codes.chunks_mut(per.max(1))).take(n) {
         let neg = src.iter().any(|&v| v < 0.0);
         let max_abs = src.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
         let qmax = if neg { (1i64 << (bits - 1)) - 1 } else { (1i64 << bits) - 1 } as f32;
