@@ -31,6 +31,7 @@ pub mod quickstart;
 pub mod report;
 pub mod reram_faults;
 mod run;
+pub mod sparse_training;
 mod study;
 
 pub use all::{IndexEntry, run_all};
@@ -48,6 +49,7 @@ pub fn registry() -> Vec<&'static dyn Experiment> {
         &privacy_prune::PrivacyPrune,
         &reram_faults::ReramFaults,
         &forms::Forms,
+        &sparse_training::SparseTraining,
     ]
 }
 

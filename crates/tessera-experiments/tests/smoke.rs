@@ -294,3 +294,43 @@ fn reram_faults_and_forms_smoke_report_every_arm_and_design() {
     assert!(forms["leading_zero_fraction"].as_f64().unwrap() <= 1.0);
     assert!(model["forms_over_isaac"].is_array());
 }
+
+#[test]
+fn sparse_training_smoke_trains_every_method_at_its_budget() {
+    let out = tempfile::tempdir().unwrap();
+    let done = run(find("sparse-training").unwrap(), &smoke(out.path())).unwrap();
+    let study = &done.record.figures["studies"][0];
+    let cells = study["cells"].as_array().unwrap();
+    // Dense, five methods, and the two data-efficiency cells.
+    assert_eq!(cells.len(), 8);
+    let cell = |m: &str, de: bool| {
+        cells.iter().find(|c| c["method"] == m && c["data_efficiency"] == de).unwrap()
+    };
+    for m in ["static", "set", "rigl", "mest-em", "mest-ems"] {
+        let c = cell(m, false);
+        let s = c["final_sparsity"].as_f64().unwrap();
+        assert!((0.9..0.91).contains(&s), "{m}: sparsity {s}");
+        assert!(c["sparse_bytes"].as_u64() < c["dense_bytes"].as_u64(), "{m}");
+        assert_eq!(c["iterations"], 6, "{m}");
+        assert_eq!(c["curve"].as_array().unwrap().len(), 2, "{m}");
+    }
+    assert_eq!(cell("static", false)["updates"], 0);
+    // The soft bound held 15% of the weights at its peak.
+    let peak = cell("mest-ems", false)["peak_density"].as_f64().unwrap();
+    assert!((0.149..0.151).contains(&peak), "{peak}");
+    let em_peak = cell("mest-em", false)["peak_density"].as_f64().unwrap();
+    assert!(em_peak < 0.101, "{em_peak}");
+    assert!(
+        cell("mest-ems", false)["peak_sparse_bytes"].as_u64()
+            > cell("mest-ems", false)["sparse_bytes"].as_u64()
+    );
+    for m in ["dense", "mest-ems"] {
+        let c = cell(m, true);
+        let n = c["examples"].as_u64().unwrap();
+        assert_eq!(c["removal"]["removed"].as_u64().unwrap(), (n as f64 * 0.24).floor() as u64);
+        assert_eq!(c["removal"]["epoch"], 1);
+    }
+    for c in study["checks"].as_array().unwrap() {
+        assert!(c["met"].is_null(), "fixtures claim nothing: {c}");
+    }
+}

@@ -198,7 +198,12 @@ impl MestConfig {
 
     /// The phase in force at training fraction `t`.
     pub fn phase_at(&self, t: f64) -> Option<&MestPhase> {
-        self.phases.iter().rev().find(|p| p.from_fraction <= t + 1e-12)
+        self.phase_index_at(t).map(|i| &self.phases[i])
+    }
+
+    /// The index of the phase in force at training fraction `t`.
+    pub fn phase_index_at(&self, t: f64) -> Option<usize> {
+        self.phases.iter().rposition(|p| p.from_fraction <= t + 1e-12)
     }
 
     /// The smallest grow-to sparsity: what the peak memory is sized by.

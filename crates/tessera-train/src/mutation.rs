@@ -159,6 +159,36 @@ impl SparseLayer {
         Ok(p.mask)
     }
 
+    /// The prune step of an update: the `keep` live units of `mask` with the highest `score`
+    /// (ranked by the unit's L2 norm, the scheme's group score; ties to the lower unit), each
+    /// keeping its current positions (a pattern kernel its pattern). For masked weights this is
+    /// the projection's choice restricted to live units, so a prune never adds positions even
+    /// when some live units score zero.
+    pub fn keep_top_live(&self, mask: &Mask, score: &[f32], keep: usize) -> Mask {
+        let mut live: Vec<(usize, f64)> = (0..self.units())
+            .filter(|&u| self.live(mask, u))
+            .map(|u| {
+                let e = self
+                    .unit_positions(u)
+                    .iter()
+                    .filter(|&&i| mask.get(i))
+                    .map(|&i| f64::from(score[i]).powi(2))
+                    .sum();
+                (u, e)
+            })
+            .collect();
+        live.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut out = Mask::zeros(self.len());
+        for &(u, _) in live.iter().take(keep) {
+            for i in self.unit_positions(u) {
+                if mask.get(i) {
+                    out.set(i, true);
+                }
+            }
+        }
+        out
+    }
+
     /// Grows `n` empty units of `mask` chosen uniformly at random; a pattern kernel gets a
     /// random library pattern. Returns how many were grown (fewer when fewer are empty).
     pub fn grow_random(&self, mask: &mut Mask, n: usize, rng: &mut impl Rng) -> usize {
@@ -366,6 +396,35 @@ mod tests {
         for (rank, &u) in empty.iter().enumerate() {
             assert_eq!(s.live(&m, u), rank < 5, "unit {u} at rank {rank}");
         }
+        Ok(())
+    }
+
+    /// The update's prune keeps a subset of the live units: the top ones by norm (brute
+    /// force), never a dead unit, even when live units score zero.
+    #[test]
+    fn keep_top_live_ranks_only_live_units() -> anyhow::Result<()> {
+        let layer = Layer::conv2d("c", 8, 4, 3, 3)?;
+        let s = SparseLayer::new("c", layer, "block:4x2".parse()?)?;
+        let w = weights(s.len(), 8);
+        let old = s.keep_top(&w, 10)?;
+        // Zero out the score of three live units: they still beat every dead unit.
+        let mut score: Vec<f32> =
+            w.iter().enumerate().map(|(i, x)| if old.get(i) { x.abs() } else { 0.0 }).collect();
+        let live: Vec<usize> = (0..s.units()).filter(|&u| s.live(&old, u)).collect();
+        for &u in &live[..3] {
+            for i in s.unit_positions(u) {
+                score[i] = 0.0;
+            }
+        }
+        let kept = s.keep_top_live(&old, &score, 9);
+        assert!(kept.is_subset_of(&old));
+        assert_eq!(s.live_units(&kept), 9);
+        s.check_structure(&kept)?;
+        // Dropped: exactly one of the zero-score units, the highest index (ties to the lower).
+        let dropped: Vec<usize> = live.iter().copied().filter(|&u| !s.live(&kept, u)).collect();
+        let mut zeros = live[..3].to_vec();
+        zeros.sort_unstable();
+        assert_eq!(dropped, vec![zeros[2]]);
         Ok(())
     }
 

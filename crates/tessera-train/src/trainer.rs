@@ -103,6 +103,8 @@ struct SavedState {
     next_event: u64,
     events: Vec<MutationEvent>,
     peak_live: usize,
+    peak_masks: Vec<Mask>,
+    phase: Option<usize>,
 }
 
 /// Static / SET / RigL / MEST on the training loop.
@@ -117,6 +119,9 @@ pub struct SparseTrainer {
     next_event: u64,
     events: Vec<MutationEvent>,
     peak_live: usize,
+    peak_masks: Vec<Mask>,
+    /// MEST: the phase of the last update (a new phase forces an update at its start).
+    phase: Option<usize>,
     last_grads: Option<BTreeMap<String, Vec<f32>>>,
 }
 
@@ -192,9 +197,12 @@ impl SparseTrainer {
             next_event: 0,
             events: Vec::new(),
             peak_live: 0,
+            peak_masks: Vec::new(),
+            phase: None,
             last_grads: None,
         };
         t.peak_live = t.live();
+        t.peak_masks = t.masks.clone();
         let mut model = weights::apply_masks(model, &t.model_masks());
         if matches!(t.cfg.method, Method::Mest(_)) {
             model = t.update(model, 0.0)?;
@@ -246,6 +254,11 @@ impl SparseTrainer {
         self.peak_live
     }
 
+    /// The masks when the most weights were kept (memory at the soft bound's peak).
+    pub fn peak_masks(&self) -> &[Mask] {
+        &self.peak_masks
+    }
+
     /// Weights of the sparse layers (dense count).
     pub fn sparse_weights(&self) -> usize {
         self.layers.iter().map(SparseLayer::len).sum()
@@ -253,6 +266,24 @@ impl SparseTrainer {
 
     fn paths(&self) -> Vec<String> {
         self.layers.iter().map(|l| l.path.clone()).collect()
+    }
+
+    fn interval(&self) -> Option<Interval> {
+        match &self.cfg.method {
+            Method::Set(c) | Method::Rigl(c) => Some(c.every),
+            Method::Mest(c) => Some(c.every),
+            Method::Static { .. } => None,
+        }
+    }
+
+    /// MEST: whether `fraction` lies in a later phase than the last update's, so the new
+    /// bounds apply from the phase's start even when no scheduled update falls there (MEST's
+    /// decay epochs 90 and 120 are update epochs, so its own schedule never needs this).
+    fn enters_new_phase(&self, fraction: f64) -> bool {
+        match &self.cfg.method {
+            Method::Mest(c) => c.phase_index_at(fraction) > self.phase,
+            _ => false,
+        }
     }
 
     fn needs_gradients(&self) -> bool {
@@ -268,6 +299,14 @@ impl SparseTrainer {
 
     /// Runs one mask update at training fraction `fraction`.
     fn update<M: Classifier>(&mut self, model: M, fraction: f64) -> Result<M> {
+        let active = match &self.cfg.method {
+            Method::Static { .. } => false,
+            Method::Mest(c) => c.phase_at(fraction).is_some(),
+            Method::Set(c) | Method::Rigl(c) => fraction < c.end_fraction,
+        };
+        if !active {
+            return Ok(model);
+        }
         let index = self.next_event;
         self.next_event += 1;
         let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed);
@@ -287,9 +326,12 @@ impl SparseTrainer {
                 .map(|(j, &x)| if old.get(j) { x.abs() } else { 0.0 })
                 .collect();
             let (keep, grow) = match &self.cfg.method {
-                Method::Static { .. } => return Ok(model),
+                Method::Static { .. } => (l.live_units(old), 0),
                 Method::Mest(c) => {
-                    let Some(phase) = c.phase_at(fraction) else { return Ok(model) };
+                    let Some(phase) = c.phase_at(fraction) else {
+                        return Err(TrainError::config("phases", "no phase at this fraction"));
+                    };
+                    self.phase = c.phase_index_at(fraction);
                     if let MestScore::MagnitudeGradient { lambda } = c.score
                         && let Some(g) = self.last_grads.as_ref().and_then(|g| g.get(&l.path))
                     {
@@ -307,15 +349,12 @@ impl SparseTrainer {
                     (keep, want.saturating_sub(keep))
                 }
                 Method::Set(c) | Method::Rigl(c) => {
-                    if fraction >= c.end_fraction {
-                        return Ok(model);
-                    }
                     let live = l.live_units(old);
                     let drop = (c.fraction_at(fraction) * live as f64).floor() as usize;
                     (live - drop, drop)
                 }
             };
-            let mut mask = l.keep_top(&score, keep)?;
+            let mut mask = l.keep_top_live(old, &score, keep);
             for (j, x) in w.iter_mut().enumerate() {
                 if !mask.get(j) {
                     *x = 0.0;
@@ -344,7 +383,10 @@ impl SparseTrainer {
         }
         let model = weights::set_weights(model, &values)?;
         let live = self.live();
-        self.peak_live = self.peak_live.max(live);
+        if live > self.peak_live {
+            self.peak_live = live;
+            self.peak_masks = self.masks.clone();
+        }
         let event = MutationEvent {
             index,
             step: self.taken,
@@ -391,36 +433,31 @@ impl<M: Classifier> Hooks<M> for SparseTrainer {
     fn after_step(&mut self, model: M, step: usize) -> tessera_models::Result<M> {
         self.taken += 1;
         let model = weights::apply_masks(model, &self.model_masks());
-        let every = match &self.cfg.method {
-            Method::Set(c) | Method::Rigl(c) => c.every,
-            Method::Mest(c) => c.every,
-            Method::Static { .. } => return Ok(model),
-        };
-        match every {
-            Interval::Steps(n) if self.taken.is_multiple_of(n) => {
-                let fraction = (step + 1) as f64 / self.run.total_steps().max(1) as f64;
-                if fraction < 1.0 {
-                    return Ok(self.update(model, fraction)?);
-                }
-                Ok(model)
-            }
-            _ => Ok(model),
+        let Some(every) = self.interval() else { return Ok(model) };
+        let fraction = (step + 1) as f64 / self.run.total_steps().max(1) as f64;
+        if fraction >= 1.0 {
+            return Ok(model);
         }
+        let Interval::Steps(n) = every else { return Ok(model) };
+        if self.taken.is_multiple_of(n) || self.enters_new_phase(fraction) {
+            return Ok(self.update(model, fraction)?);
+        }
+        Ok(model)
     }
 
     fn on_epoch_end(&mut self, model: M, metrics: &EpochMetrics) -> tessera_models::Result<M> {
-        let every = match &self.cfg.method {
-            Method::Set(c) | Method::Rigl(c) => c.every,
-            Method::Mest(c) => c.every,
-            Method::Static { .. } => return Ok(model),
-        };
+        let Some(every) = self.interval() else { return Ok(model) };
         let next = metrics.epoch + 1;
-        match every {
-            Interval::Epochs(n) if next.is_multiple_of(n) && next < self.run.epochs => {
-                Ok(self.update(model, next as f64 / self.run.epochs as f64)?)
-            }
-            _ => Ok(model),
+        if next >= self.run.epochs {
+            return Ok(model);
         }
+        let fraction = next as f64 / self.run.epochs as f64;
+        // Step-interval runs update (and check phase changes) after steps.
+        let Interval::Epochs(n) = every else { return Ok(model) };
+        if next.is_multiple_of(n) || self.enters_new_phase(fraction) {
+            return Ok(self.update(model, fraction)?);
+        }
+        Ok(model)
     }
 
     fn save_state(&self) -> tessera_models::Result<Option<Vec<u8>>> {
@@ -431,6 +468,8 @@ impl<M: Classifier> Hooks<M> for SparseTrainer {
             next_event: self.next_event,
             events: self.events.clone(),
             peak_live: self.peak_live,
+            peak_masks: self.peak_masks.clone(),
+            phase: self.phase,
         };
         serde_json::to_vec(&state)
             .map(Some)
@@ -466,6 +505,13 @@ impl<M: Classifier> Hooks<M> for SparseTrainer {
         self.next_event = state.next_event;
         self.events = state.events;
         self.peak_live = state.peak_live;
+        if state.peak_masks.len() != self.layers.len() {
+            return Err(
+                TrainError::State { reason: "peak masks do not match the layers".into() }.into()
+            );
+        }
+        self.peak_masks = state.peak_masks;
+        self.phase = state.phase;
         Ok(())
     }
 }

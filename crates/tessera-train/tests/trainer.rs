@@ -366,3 +366,150 @@ fn forgetting_removal_shrinks_later_epochs() -> Result<()> {
     assert!(f.presentations().iter().filter(|&&p| p == 2).count() == n - n / 2);
     Ok(())
 }
+
+/// With no scheduled update inside the later phases (every 100 steps in an 8-step run), the
+/// start of each phase still applies its bounds, so the run ends at the target, not above it.
+#[test]
+fn mest_applies_each_phase_at_its_start() -> Result<()> {
+    let device = Backend::Flex.train_device(9);
+    let mut method = short_mest(true);
+    if let Method::Mest(m) = &mut method {
+        m.every = Interval::Steps(100);
+    }
+    let (c, _) = run_checked(
+        9,
+        sparse(method, "unstructured", &["conv2.weight", "fc1.weight"], 4)?,
+        &cfg(2, 4),
+        &device,
+    )?;
+    let t = &c.trainer;
+    let fractions: Vec<f64> = t.events().iter().map(|e| e.fraction).collect();
+    // Epoch 0, then the first steps at or after 50% and 75%: steps 4 and 6 of 8.
+    assert_eq!(fractions, vec![0.0, 0.5, 0.75]);
+    assert_eq!(t.live(), budget(t, 0.9)?);
+    assert!(c.failures.is_empty(), "{:?}", c.failures);
+    Ok(())
+}
+
+/// Records the last gradient and the weights just before each update, to recompute MEST's
+/// `|w| + lambda |g|` prune independently.
+struct ScoreProbe {
+    trainer: SparseTrainer,
+    grad: Vec<f32>,
+    before: Vec<f32>,
+    mask_before: Mask,
+    /// (reference kept set, kept set the trainer produced, magnitude-only kept set) per update.
+    seen: Vec<(Vec<usize>, Vec<usize>, Vec<usize>)>,
+}
+
+const PROBED: &str = "fc1.weight";
+
+/// The `k` live positions with the highest score (ties to the lower index), sorted.
+fn top_k_live(score: &[f32], live: &Mask, k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = live.iter_ones().collect();
+    idx.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
+    let mut top = idx[..k].to_vec();
+    top.sort_unstable();
+    top
+}
+
+impl<M: Classifier> Hooks<M> for ScoreProbe {
+    fn on_gradients(
+        &mut self,
+        model: &M,
+        grads: &mut GradientsParams,
+        step: usize,
+    ) -> tessera_models::Result<()> {
+        self.grad = weights::read_gradients(model, grads, &[PROBED.to_string()])?
+            .remove(PROBED)
+            .unwrap_or_default();
+        self.trainer.on_gradients(model, grads, step)
+    }
+    fn after_step(&mut self, model: M, step: usize) -> tessera_models::Result<M> {
+        self.before = weights::read_weights(&model, &[PROBED.to_string()])?
+            .remove(PROBED)
+            .unwrap_or_default();
+        self.mask_before = self.trainer.masks()[0].clone();
+        let n = self.trainer.events().len();
+        let model = self.trainer.after_step(model, step)?;
+        if self.trainer.events().len() > n {
+            let e = self.trainer.events().last().cloned().ok_or_else(|| {
+                tessera_models::ModelError::Config { field: "probe", reason: "no event".into() }
+            })?;
+            let m = &self.mask_before;
+            let lambda = match &self.trainer.config().method {
+                Method::Mest(c) => match c.score {
+                    tessera_train::MestScore::MagnitudeGradient { lambda } => lambda,
+                    tessera_train::MestScore::Magnitude => 0.0,
+                },
+                _ => 0.0,
+            };
+            let masked = |v: &[f32], i: usize| if m.get(i) { v[i].abs() } else { 0.0 };
+            let score: Vec<f32> = (0..m.len())
+                .map(|i| masked(&self.before, i) + lambda * masked(&self.grad, i))
+                .collect();
+            let magnitude: Vec<f32> = (0..m.len()).map(|i| masked(&self.before, i)).collect();
+            // What the prune kept: the new mask when nothing grew; otherwise its non-zero
+            // weights (grown ones, even regrown just-pruned ones, are exactly zero).
+            let kept: Vec<usize> = if e.grown == 0 {
+                self.trainer.masks()[0].iter_ones().collect()
+            } else {
+                let after = weights::read_weights(&model, &[PROBED.to_string()])?
+                    .remove(PROBED)
+                    .unwrap_or_default();
+                (0..after.len()).filter(|&i| after[i] != 0.0).collect()
+            };
+            self.seen.push((
+                top_k_live(&score, m, e.live_after_prune),
+                kept,
+                top_k_live(&magnitude, m, e.live_after_prune),
+            ));
+        }
+        Ok(model)
+    }
+}
+
+/// The paper's score: the prune keeps the top of |w| + lambda |g| over the live weights, with
+/// g the last batch's masked gradient (recomputed here from the same gradient and weights);
+/// with a large lambda that differs from the magnitude-only choice.
+#[test]
+fn mest_gradient_score_prunes_by_weight_plus_gradient() -> Result<()> {
+    let data = mnist()?;
+    let device = Backend::Flex.train_device(10);
+    let model = with_seed(&device, 10, || Lenet5Config::default().init(&device))?;
+    let train_cfg = cfg(1, 4);
+    let method = Method::Mest(MestConfig {
+        every: Interval::Steps(2),
+        score: tessera_train::MestScore::MagnitudeGradient { lambda: 100.0 },
+        ..MestConfig::elastic_mutation(0.9)
+    });
+    let (model, trainer) = SparseTrainer::init(
+        model,
+        [1, 1, 28, 28],
+        sparse(method, "unstructured", &[PROBED], 10)?,
+        RunLength::of(data.len(), &train_cfg),
+    )?;
+    let mut probe = ScoreProbe {
+        trainer,
+        grad: Vec::new(),
+        before: Vec::new(),
+        mask_before: Mask::zeros(0),
+        seen: Vec::new(),
+    };
+    train(model, &data, None, &train_cfg, &device, &mut probe, None)?;
+    // Updates at step 2 (scheduled) and step 3 (the last phase starts at 75%).
+    assert_eq!(probe.seen.len(), 2);
+    for (i, (reference, kept, _)) in probe.seen.iter().enumerate() {
+        let missing = reference.iter().filter(|x| kept.binary_search(x).is_err()).count();
+        let extra = kept.iter().filter(|x| reference.binary_search(x).is_err()).count();
+        assert!(
+            missing == 0 && extra == 0,
+            "update {i}: {} kept, {} expected, {missing} missing, {extra} extra",
+            kept.len(),
+            reference.len()
+        );
+    }
+    let (_, kept, magnitude) = &probe.seen[0];
+    assert!(kept != magnitude, "lambda = 100 should change the choice");
+    Ok(())
+}
