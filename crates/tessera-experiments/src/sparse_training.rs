@@ -509,7 +509,7 @@ fn kib(b: usize) -> String {
 
 fn report(study: &SparseTrainingStudy, r: &StudyResult, full_data: bool) -> String {
     let mut s = format!(
-        "## {}\n\nResNet-{} (width {}) on {}, {} training images{}, top-1 on {} test images; {} epochs, batch {}, SGD momentum 0.9, lr {} cosine, wd 1e-4. Sparse layers: `{}` (stem, shortcuts, classifier dense). SET/MEST update {} times over the run, RigL every {} steps until 75%.\n\n",
+        "## {}\n\nResNet-{} (width {}) on {}, {} training images{}, top-1 on {} test images; {} epochs, batch {}, SGD momentum 0.9, lr {} cosine, wd 1e-4. Sparse layers: `{}` (stem, shortcuts, classifier dense). SET and MEST update every total/{} steps (MEST also at each phase start), RigL every {} steps until 75%; the data-efficiency cells schedule updates on the steps they take, so they may get one update fewer. The memory column counts sparse gradients; RigL's update steps also need the dense gradient of the sparse layers, transiently.\n\n",
         r.name,
         study.model.depth,
         study.model.width,

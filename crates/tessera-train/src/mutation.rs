@@ -70,6 +70,16 @@ impl SparseLayer {
                     ),
                 ));
             }
+            Scheme::Block { balanced: true, .. }
+            | Scheme::BlockPunched { balanced: true, .. }
+            | Scheme::Kgs { balanced: true, .. } => {
+                return Err(TrainError::layer(
+                    &path,
+                    format!(
+                        "scheme `{scheme}` is balanced (the same count per block row); prune and grow here work over the whole layer and would break the balance: use the unbalanced form"
+                    ),
+                ));
+            }
             _ => {
                 let groups = scheme.groups(&layer, Tiling::Pad)?;
                 let mut seen = Mask::zeros(layer.geometry.len());
@@ -431,7 +441,9 @@ mod tests {
     #[test]
     fn rejects_schemes_without_a_grow_unit() -> anyhow::Result<()> {
         let layer = Layer::conv2d("c", 8, 8, 3, 3)?;
-        for s in ["bcr:4x4", "nm:2:4", "pattern:8"] {
+        for s in
+            ["bcr:4x4", "nm:2:4", "pattern:8", "block-punched:4x4+balanced", "block:4x1+balanced"]
+        {
             let err = SparseLayer::new("c", layer.clone(), s.parse()?).map(|_| ()).unwrap_err();
             assert!(err.to_string().contains("layer `c`"), "{err}");
         }

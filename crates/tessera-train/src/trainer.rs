@@ -6,7 +6,10 @@
 //! At an update it reads the sparse layers' weights, prunes and grows in the scheme's units
 //! ([`SparseLayer`]), writes the weights back with every grown weight at exactly zero, and logs
 //! a [`MutationEvent`]. Momentum is not reset for grown weights (MEST's code does not either;
-//! a position masked for `k` steps has had its momentum multiplied by `0.9^k`).
+//! a position masked for `k` steps has had its momentum multiplied by `0.9^k`). Two known
+//! differences from RigL's code: a hook cannot reach the optimizer's slots, so RigL's momentum
+//! reset of new connections is not done (a unit dropped and regrown in the same update keeps
+//! its momentum), and such a unit restarts at zero where RigL keeps its old value.
 //! Every random choice draws from ChaCha8 seeded by the config's seed with one stream per
 //! update, so a resumed run (the state is saved with each checkpoint) repeats an
 //! uninterrupted one.
@@ -307,10 +310,13 @@ impl SparseTrainer {
         if !active {
             return Ok(model);
         }
+        // Everything is computed first and committed at the end, so a failed update leaves the
+        // masks, the weights and the RNG stream position as they were.
         let index = self.next_event;
-        self.next_event += 1;
         let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed);
         rng.set_stream(index);
+        let mut new_masks = Vec::with_capacity(self.layers.len());
+        let mut new_phase = self.phase;
         let paths = self.paths();
         let mut values = weights::read_weights(&model, &paths)?;
         let live_before = self.live();
@@ -331,7 +337,7 @@ impl SparseTrainer {
                     let Some(phase) = c.phase_at(fraction) else {
                         return Err(TrainError::config("phases", "no phase at this fraction"));
                     };
-                    self.phase = c.phase_index_at(fraction);
+                    new_phase = c.phase_index_at(fraction);
                     if let MestScore::MagnitudeGradient { lambda } = c.score
                         && let Some(g) = self.last_grads.as_ref().and_then(|g| g.get(&l.path))
                     {
@@ -346,7 +352,8 @@ impl SparseTrainer {
                     let scale = self.densities[i] / target_density;
                     let keep = l.units_at((1.0 - phase.prune_to) * scale)?;
                     let want = l.units_at((1.0 - phase.grow_to) * scale)?;
-                    (keep, want.saturating_sub(keep))
+                    // Grow from what the prune actually kept (fewer units may have been live).
+                    (keep, want.saturating_sub(keep.min(l.live_units(old))))
                 }
                 Method::Set(c) | Method::Rigl(c) => {
                     let live = l.live_units(old);
@@ -379,9 +386,14 @@ impl SparseTrainer {
                 }
             }
             grown += mask.count() - before_grow;
-            self.masks[i] = mask;
+            new_masks.push(mask);
         }
         let model = weights::set_weights(model, &values)?;
+        self.masks = new_masks;
+        self.phase = new_phase;
+        self.next_event += 1;
+        // The gradient served this update; the next one records its own.
+        self.last_grads = None;
         let live = self.live();
         if live > self.peak_live {
             self.peak_live = live;
@@ -497,19 +509,22 @@ impl<M: Classifier> Hooks<M> for SparseTrainer {
             }
             .into());
         }
-        for ((l, m), (_, saved)) in self.layers.iter().zip(&mut self.masks).zip(state.masks) {
-            l.check_structure(&saved)?;
+        if state.peak_masks.len() != self.layers.len() {
+            return Err(
+                TrainError::State { reason: "peak masks do not match the layers".into() }.into()
+            );
+        }
+        for ((l, (_, saved)), peak) in self.layers.iter().zip(&state.masks).zip(&state.peak_masks) {
+            l.check_structure(saved)?;
+            l.check_structure(peak)?;
+        }
+        for (m, (_, saved)) in self.masks.iter_mut().zip(state.masks) {
             *m = saved;
         }
         self.taken = state.taken;
         self.next_event = state.next_event;
         self.events = state.events;
         self.peak_live = state.peak_live;
-        if state.peak_masks.len() != self.layers.len() {
-            return Err(
-                TrainError::State { reason: "peak masks do not match the layers".into() }.into()
-            );
-        }
         self.peak_masks = state.peak_masks;
         self.phase = state.phase;
         Ok(())

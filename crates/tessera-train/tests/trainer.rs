@@ -252,6 +252,27 @@ fn same_seed_same_result_and_seed_matters() -> Result<()> {
         &device,
     )?;
     assert_ne!(a.0.trainer.masks(), c.0.trainer.masks());
+    // SET: same initial mask (magnitude), different update streams by seed.
+    let set = || {
+        Method::Set(DropGrowConfig {
+            init: InitMask::Magnitude,
+            every: Interval::Steps(2),
+            ..DropGrowConfig::set()
+        })
+    };
+    let runs = [11, 11, 12].map(|seed| {
+        run_checked(
+            3,
+            sparse(set(), "unstructured", &["conv2.weight"], seed).ok()?,
+            &cfg(1, 5),
+            &device,
+        )
+        .ok()
+    });
+    let [Some(x), Some(y), Some(z)] = runs else { return Err(anyhow!("a SET run failed")) };
+    assert_eq!(x.0.trainer.masks(), y.0.trainer.masks());
+    assert_eq!(x.1, y.1);
+    assert_ne!(x.0.trainer.masks(), z.0.trainer.masks(), "the update streams follow the seed");
     Ok(())
 }
 
@@ -307,7 +328,9 @@ fn pattern_masks_stay_library_patterns_on_resnet() -> Result<()> {
 #[test]
 fn resumed_run_matches_uninterrupted() -> Result<()> {
     let data = mnist()?;
-    let train_cfg = cfg(2, 4);
+    // Three epochs, stopped after the first: the update at the end of epoch 1 (and its RNG
+    // stream, step count and phase) happens after the resume.
+    let train_cfg = cfg(3, 4);
     let mut mest = MestConfig::elastic_mutation(0.9);
     mest.every = Interval::Epochs(1);
     let setup = |device: &Device| -> Result<_> {
@@ -341,6 +364,7 @@ fn resumed_run_matches_uninterrupted() -> Result<()> {
         &mut resumed,
         Some(&Checkpoints::new(dir.path(), true)),
     )?;
+    assert_eq!(whole.events().len(), 3, "epoch 0, then the ends of epochs 0 and 1");
     assert_eq!(resumed.masks(), whole.masks());
     assert_eq!(resumed.events(), whole.events());
     assert_eq!(weights::read_weights(&model, &["fc1.weight".to_string()])?, want);
