@@ -334,7 +334,9 @@ fn run_cell(
                 )
             }
             None => {
-                let dense = total_params * 4 * (2 + slots);
+                let dense = footprint(&[], &[], total_params, slots)
+                    .map_err(|e| ExperimentError::config(format!("cell {key}"), e))?
+                    .dense_bytes;
                 (0, 0.0, 1.0, dense, dense, dense)
             }
         };
@@ -519,7 +521,7 @@ fn report(study: &SparseTrainingStudy, r: &StudyResult, full_data: bool) -> Stri
         study.eval_limit.map_or("all".into(), |n| n.to_string()),
         study.train.epochs,
         study.train.batch_size,
-        study.train.optimizer_lr(),
+        study.train.optimizer.lr(),
         study.sparse_layers.join(", "),
         study.mutations,
         study.rigl_every,
@@ -629,19 +631,6 @@ fn report(study: &SparseTrainingStudy, r: &StudyResult, full_data: bool) -> Stri
     s.push_str("### Targets\n\n");
     s.push_str(&checks.to_markdown());
     s
-}
-
-trait Lr {
-    fn optimizer_lr(&self) -> f64;
-}
-
-impl Lr for TrainConfig {
-    fn optimizer_lr(&self) -> f64 {
-        match self.optimizer {
-            tessera_models::train::OptimizerConfig::Sgd { lr, .. }
-            | tessera_models::train::OptimizerConfig::Adam { lr, .. } => lr,
-        }
-    }
 }
 
 impl Experiment for SparseTraining {

@@ -53,7 +53,8 @@ pub enum OptimizerConfig {
 }
 
 impl OptimizerConfig {
-    fn lr(&self) -> f64 {
+    /// The peak learning rate.
+    pub fn lr(&self) -> f64 {
         match self {
             OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } => *lr,
         }

@@ -199,24 +199,33 @@ impl SparseLayer {
         out
     }
 
+    /// Adds unit `u` to `mask`: every position of a group, or the pattern `pick` chooses from
+    /// the library for a kernel.
+    fn add_unit(&self, mask: &mut Mask, u: usize, pick: impl FnOnce(&PatternLibrary) -> u16) {
+        match &self.units {
+            Units::Groups { groups } => {
+                for &i in groups.group(u) {
+                    mask.set(i as usize, true);
+                }
+            }
+            Units::Patterns { library, .. } => {
+                let pattern = pick(library);
+                for t in 0..9 {
+                    mask.set(u * 9 + t, pattern >> t & 1 == 1);
+                }
+            }
+        }
+    }
+
     /// Grows `n` empty units of `mask` chosen uniformly at random; a pattern kernel gets a
     /// random library pattern. Returns how many were grown (fewer when fewer are empty).
     pub fn grow_random(&self, mask: &mut Mask, n: usize, rng: &mut impl Rng) -> usize {
         let empty: Vec<usize> = (0..self.units()).filter(|&u| !self.live(mask, u)).collect();
         let n = n.min(empty.len());
         for pick in sample(rng, empty.len(), n) {
-            let u = empty[pick];
-            match &self.units {
-                Units::Groups { .. } => {
-                    for i in self.unit_positions(u) {
-                        mask.set(i, true);
-                    }
-                }
-                Units::Patterns { library, .. } => {
-                    let p = library.patterns()[rng.random_range(0..library.len())];
-                    set_pattern(mask, u, p);
-                }
-            }
+            self.add_unit(mask, empty[pick], |library| {
+                library.patterns()[rng.random_range(0..library.len())]
+            });
         }
         n
     }
@@ -240,17 +249,9 @@ impl SparseLayer {
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let n = n.min(ranked.len());
         for &(u, _) in &ranked[..n] {
-            match &self.units {
-                Units::Groups { .. } => {
-                    for i in self.unit_positions(u) {
-                        mask.set(i, true);
-                    }
-                }
-                Units::Patterns { library, .. } => {
-                    let (best, _) = library.best_for(&score[u * 9..u * 9 + 9]);
-                    set_pattern(mask, u, library.patterns()[best]);
-                }
-            }
+            self.add_unit(mask, u, |library| {
+                library.patterns()[library.best_for(&score[u * 9..u * 9 + 9]).0]
+            });
         }
         n
     }
@@ -295,12 +296,6 @@ impl SparseLayer {
             }
         }
         Ok(())
-    }
-}
-
-fn set_pattern(mask: &mut Mask, kernel: usize, pattern: u16) {
-    for t in 0..9 {
-        mask.set(kernel * 9 + t, pattern >> t & 1 == 1);
     }
 }
 

@@ -118,6 +118,9 @@ pub struct SparseTrainer {
     layers: Vec<SparseLayer>,
     densities: Vec<f64>,
     masks: Vec<Mask>,
+    /// `masks` keyed by weight path, as the loop's mask helpers take them; rebuilt only when
+    /// the masks change (every step reads it twice).
+    by_path: Masks,
     taken: usize,
     next_event: u64,
     events: Vec<MutationEvent>,
@@ -196,6 +199,7 @@ impl SparseTrainer {
             layers,
             densities,
             masks,
+            by_path: Masks::new(),
             taken: 0,
             next_event: 0,
             events: Vec::new(),
@@ -206,7 +210,8 @@ impl SparseTrainer {
         };
         t.peak_live = t.live();
         t.peak_masks = t.masks.clone();
-        let mut model = weights::apply_masks(model, &t.model_masks());
+        t.by_path = t.build_by_path();
+        let mut model = weights::apply_masks(model, &t.by_path);
         if matches!(t.cfg.method, Method::Mest(_)) {
             model = t.update(model, 0.0)?;
         }
@@ -235,6 +240,10 @@ impl SparseTrainer {
 
     /// The masks keyed by weight path (for export and masked fine-tuning).
     pub fn model_masks(&self) -> Masks {
+        self.by_path.clone()
+    }
+
+    fn build_by_path(&self) -> Masks {
         let mut m = Masks::new();
         for (l, mask) in self.layers.iter().zip(&self.masks) {
             m.insert(l.path.clone(), l.scheme.clone(), mask.clone());
@@ -390,6 +399,7 @@ impl SparseTrainer {
         }
         let model = weights::set_weights(model, &values)?;
         self.masks = new_masks;
+        self.by_path = self.build_by_path();
         self.phase = new_phase;
         self.next_event += 1;
         // The gradient served this update; the next one records its own.
@@ -411,7 +421,7 @@ impl SparseTrainer {
         };
         tracing::debug!(?event, "mask update");
         self.events.push(event);
-        Ok(weights::apply_masks(model, &self.model_masks()))
+        Ok(weights::apply_masks(model, &self.by_path))
     }
 }
 
@@ -438,13 +448,13 @@ impl<M: Classifier> Hooks<M> for SparseTrainer {
             }
             self.last_grads = Some(g);
         }
-        weights::mask_gradients(model, grads, &self.model_masks());
+        weights::mask_gradients(model, grads, &self.by_path);
         Ok(())
     }
 
     fn after_step(&mut self, model: M, step: usize) -> tessera_models::Result<M> {
         self.taken += 1;
-        let model = weights::apply_masks(model, &self.model_masks());
+        let model = weights::apply_masks(model, &self.by_path);
         let Some(every) = self.interval() else { return Ok(model) };
         let fraction = (step + 1) as f64 / self.run.total_steps().max(1) as f64;
         if fraction >= 1.0 {
@@ -521,6 +531,7 @@ impl<M: Classifier> Hooks<M> for SparseTrainer {
         for (m, (_, saved)) in self.masks.iter_mut().zip(state.masks) {
             *m = saved;
         }
+        self.by_path = self.build_by_path();
         self.taken = state.taken;
         self.next_event = state.next_event;
         self.events = state.events;

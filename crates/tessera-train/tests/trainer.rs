@@ -537,3 +537,33 @@ fn mest_gradient_score_prunes_by_weight_plus_gradient() -> Result<()> {
     assert!(kept != magnitude, "lambda = 100 should change the choice");
     Ok(())
 }
+
+/// Bad settings are typed errors that name what was wrong: layer patterns that match nothing,
+/// a scheme with no grow unit (naming the layer), MEST bounds that miss the target.
+#[test]
+fn bad_settings_are_named_errors() -> Result<()> {
+    let data = mnist()?;
+    let device = Backend::Flex.train_device(11);
+    let run = RunLength::of(data.len(), &cfg(1, 2));
+    let init = |cfg: SparseTrainingConfig| {
+        let model = with_seed(&device, 11, || Lenet5Config::default().init(&device))?;
+        SparseTrainer::init(model, [1, 1, 28, 28], cfg, run)
+            .map(|_| ())
+            .map_err(anyhow::Error::from)
+    };
+    let static_method = || Method::Static { init: InitMask::Random };
+    let e = init(sparse(static_method(), "unstructured", &["nope.*"], 1)?).unwrap_err().to_string();
+    assert!(e.contains("layers") && e.contains("nope.*"), "{e}");
+    let e = init(sparse(static_method(), "bcr:4x4", &["fc1.weight"], 1)?).unwrap_err().to_string();
+    assert!(e.contains("fc1.weight") && e.contains("bcr:4x4"), "{e}");
+    let mut wrong = sparse(
+        Method::Mest(MestConfig::elastic_mutation(0.9)),
+        "unstructured",
+        &["fc1.weight"],
+        1,
+    )?;
+    wrong.sparsity = 0.95;
+    let e = init(wrong).unwrap_err().to_string();
+    assert!(e.contains("phases") && e.contains("target sparsity"), "{e}");
+    Ok(())
+}
