@@ -16,6 +16,8 @@
 //!   (no data set is opened) and writes the pruned model with its mask file.
 //! * `cargo xtask prune client --model DIR --config FILE --out DIR [--data DIR]`: the client:
 //!   retrains the designer's model on its own data with the mask fixed.
+//! * `cargo xtask emit --model DIR --out FILE [--batch N] [--main] [--no-passes]`: an IR
+//!   model directory as one standalone Rust source file (tessera-codegen's emitter).
 //! * `cargo xtask experiment list`: the registered experiments.
 //! * `cargo xtask experiment <name> [--scale smoke|default|paper] [--seed N] [--data DIR]
 //!   [--out DIR] [--resume] [--backend flex|ndarray] [--only PREFIX]... [--dense-from DIR]`:
@@ -54,6 +56,24 @@ enum Command {
     Prune {
         #[command(subcommand)]
         command: PruneCommand,
+    },
+    /// Write an IR model (graph.json + weights.safetensors) as one standalone Rust file.
+    Emit {
+        /// The IR model directory (e.g. a pruned model's `ir/`).
+        #[arg(long)]
+        model: PathBuf,
+        /// Output `.rs` file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Samples per run, fixed in the source.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Add a `main` reading f32 inputs from stdin and writing outputs to stdout.
+        #[arg(long)]
+        main: bool,
+        /// Emit the graph as loaded, without the IR passes (batch-norm folding, fusion).
+        #[arg(long)]
+        no_passes: bool,
     },
     /// Benchmarks that write results/<name>/ (JSON + Markdown).
     Bench {
@@ -351,6 +371,30 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Experiment(args) => experiment(args)?,
         Command::Prune { command } => prune_command(command)?,
+        Command::Emit { model, out, batch, main, no_passes } => {
+            let mut graph = tessera_ir::io::load(&model)
+                .with_context(|| format!("loading the IR model {}", model.display()))?;
+            if !no_passes {
+                graph = tessera_ir::passes::Pipeline::standard().run(graph)?.0;
+            }
+            let emitted = tessera_codegen::write_rust(
+                &graph,
+                &tessera_codegen::EmitOptions { batch, main },
+                &out,
+            )?;
+            let stored: usize = emitted.layers.iter().map(|l| l.stored).sum();
+            let dense: usize = emitted.layers.iter().map(|l| l.dense).sum();
+            tracing::info!(
+                file = %out.display(),
+                bytes = emitted.source.len(),
+                stored,
+                dense,
+                "emitted {} ({} layers); build it with `rustc -O {}`",
+                graph.name,
+                emitted.layers.len(),
+                out.display()
+            );
+        }
         Command::Bench {
             command: BenchCommand::Kernels { only, threads, sparsities, min_time, out },
         } => {

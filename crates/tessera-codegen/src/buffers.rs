@@ -7,6 +7,12 @@
 //! boundary relative to the arena. Values that are views of another (flatten, reshape) share
 //! its range and extend its lifetime.
 
+use std::collections::HashMap;
+
+use tessera_ir::{Graph, Op, Shapes};
+
+use crate::error::{CodegenError, Result, unsupported};
+
 /// Floats per alignment unit (64 bytes).
 const ALIGN: usize = 16;
 
@@ -53,6 +59,79 @@ pub(crate) fn allocate(values: &[Interval]) -> (Vec<Slot>, usize) {
         slots.push(Slot { offset: at, len: v.len });
     }
     (slots, arena)
+}
+
+/// Where every value of a graph lives in the arena.
+#[derive(Debug, Clone)]
+pub(crate) struct ValueLayout {
+    /// Slot of every value (the input, each node's output; views share their source's slot).
+    pub slots: HashMap<String, Slot>,
+    /// Floats of the arena.
+    pub arena_len: usize,
+    /// The graph input's slot.
+    pub input: Slot,
+    /// The graph output's slot.
+    pub output: Slot,
+}
+
+impl ValueLayout {
+    /// The slot of value `name` (every value the graph computes has one).
+    pub(crate) fn slot(&self, name: &str) -> Slot {
+        self.slots.get(name).copied().unwrap_or(Slot { offset: 0, len: 0 })
+    }
+}
+
+/// Whether a node's output is a view of its input (same floats, new shape).
+pub(crate) fn is_view(op: &Op) -> bool {
+    matches!(op, Op::Flatten { .. } | Op::Reshape { .. })
+}
+
+/// Places every value of `graph` (one input named `input` of `input_len` floats, one
+/// output named `output`; `shapes` for the batch) in one arena by liveness: the input is
+/// defined at time 0, node i's output at time i + 1, and the output lives to the end.
+pub(crate) fn layout_values(
+    graph: &Graph,
+    shapes: &Shapes,
+    input: &str,
+    input_len: usize,
+    output: &str,
+) -> Result<ValueLayout> {
+    let n = graph.nodes.len();
+    let mut value_of: HashMap<&str, usize> = HashMap::new();
+    let mut intervals: Vec<Interval> = Vec::new();
+    value_of.insert(input, 0);
+    intervals.push(Interval { len: input_len, def: 0, last_use: 0 });
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let time = i + 1;
+        for x in &node.inputs {
+            let v = *value_of.get(x.as_str()).ok_or_else(|| {
+                unsupported(node, format!("reads `{x}`, which is not computed before it"))
+            })?;
+            intervals[v].last_use = intervals[v].last_use.max(time);
+        }
+        if is_view(&node.op) {
+            let v = value_of[node.inputs[0].as_str()];
+            value_of.insert(&node.output, v);
+        } else {
+            let shape = shapes
+                .get(&node.output)
+                .ok_or_else(|| unsupported(node, "output shape not inferred"))?;
+            value_of.insert(&node.output, intervals.len());
+            intervals.push(Interval { len: shape.iter().product(), def: time, last_use: time });
+        }
+    }
+    let out_value = *value_of.get(output).ok_or_else(|| CodegenError::Options {
+        field: "graph",
+        reason: format!("output `{output}` is never computed"),
+    })?;
+    intervals[out_value].last_use = n + 1;
+    let (slots, arena_len) = allocate(&intervals);
+    Ok(ValueLayout {
+        slots: value_of.iter().map(|(k, &v)| ((*k).to_string(), slots[v])).collect(),
+        arena_len,
+        input: slots[0],
+        output: slots[out_value],
+    })
 }
 
 #[cfg(test)]

@@ -45,6 +45,15 @@ pub enum CodegenError {
         /// Why.
         reason: String,
     },
+    /// A file cannot be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Bad compile options.
     #[error("compile option `{field}`: {reason}")]
     Options {

@@ -56,6 +56,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod buffers;
+pub mod emit;
 mod error;
 mod exec;
 pub mod latency;
@@ -63,6 +64,7 @@ mod lower;
 mod plan;
 mod tune;
 
+pub use emit::{EmitOptions, EmittedModel, emit_rust, write_rust};
 pub use error::{CodegenError, Result};
 pub use latency::{LatencyModel, LatencySample};
 pub use plan::{CompileOptions, LayerReport, Plan};

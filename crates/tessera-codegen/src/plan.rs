@@ -5,13 +5,11 @@
 //! value in the arena by liveness and allocates each kernel's scratch. [`Plan::run`] then only
 //! copies the input in, runs the steps and copies the output out: no allocation.
 
-use std::collections::HashMap;
-
 use serde::Serialize;
 use tessera_ir::{Graph, Node, Op};
 use tessera_kernels::Isa;
 
-use crate::buffers::{Interval, Slot, allocate};
+use crate::buffers::{Slot, is_view, layout_values};
 use crate::error::{CodegenError, Result, unsupported};
 use crate::exec::{Io, Pool2d, Step, conv_once, linear_once, run_step};
 use crate::lower::{self, Choice, shape_of};
@@ -139,43 +137,15 @@ impl Plan {
             }),
         };
 
-        // Values: the input (time 0), then node i's output (time i + 1). Views share their
-        // source's value.
-        let n = graph.nodes.len();
-        let mut value_of: HashMap<&str, usize> = HashMap::new();
-        let mut intervals: Vec<Interval> = Vec::new();
-        value_of.insert(&input.name, 0);
-        intervals.push(Interval { len: numel(&input_shape), def: 0, last_use: 0 });
-        for (i, node) in graph.nodes.iter().enumerate() {
-            let time = i + 1;
-            for x in &node.inputs {
-                let v = *value_of.get(x.as_str()).ok_or_else(|| {
-                    unsupported(node, format!("reads `{x}`, which is not computed before it"))
-                })?;
-                intervals[v].last_use = intervals[v].last_use.max(time);
-            }
-            if matches!(node.op, Op::Flatten { .. } | Op::Reshape { .. }) {
-                let v = value_of[node.inputs[0].as_str()];
-                value_of.insert(&node.output, v);
-            } else {
-                let len = numel(shape_of(&shapes, node, &node.output)?);
-                value_of.insert(&node.output, intervals.len());
-                intervals.push(Interval { len, def: time, last_use: time });
-            }
-        }
-        let out_value = *value_of.get(output.as_str()).ok_or_else(|| CodegenError::Options {
-            field: "graph",
-            reason: format!("output `{output}` is never computed"),
-        })?;
-        intervals[out_value].last_use = n + 1;
-        let (slots, arena_len) = allocate(&intervals);
-        let slot = |name: &str| slots[value_of[name]];
+        let values =
+            layout_values(graph, &shapes, &input.name, numel(&input_shape), output.as_str())?;
+        let slot = |name: &str| values.slot(name);
 
         let mut steps = Vec::new();
         let mut step_nodes = Vec::new();
         let mut layers = Vec::new();
         for node in &graph.nodes {
-            if !matches!(node.op, Op::Flatten { .. } | Op::Reshape { .. }) {
+            if !is_view(&node.op) {
                 step_nodes.push(node.name.clone());
             }
             let x_shape = shape_of(&shapes, node, &node.inputs[0])?;
@@ -332,9 +302,9 @@ impl Plan {
         Ok(Plan {
             steps,
             step_nodes,
-            arena: vec![0.0; arena_len],
-            input: slots[0],
-            output: slots[out_value],
+            arena: vec![0.0; values.arena_len],
+            input: values.input,
+            output: values.output,
             output_shape: shapes.get(output.as_str()).cloned().unwrap_or_default(),
             input_shape,
             isa,

@@ -92,6 +92,10 @@ pub struct QuickstartResult {
     pub pruned: ModelNumbers,
     /// Seconds: training + pruning (0 when cached), benchmark, ReRAM.
     pub seconds: (f64, f64, f64),
+    /// The pruned model emitted as standalone Rust source (file in the run directory, bytes,
+    /// weights stored).
+    #[serde(default)]
+    pub emitted: Option<(String, usize, usize)>,
 }
 
 impl QuickstartConfig {
@@ -268,6 +272,15 @@ fn run_quickstart(ctx: &RunContext, cfg: &QuickstartConfig) -> Result<Quickstart
     }
     let train_seconds = if cached { 0.0 } else { started.elapsed().as_secs_f64() };
     let pruned_graph = tessera_ir::io::load(&pruned_dir.join("ir"))?;
+    // The deployable form: one Rust file with the kept weights and a stdin -> stdout main.
+    let file = "lenet5-pruned.rs";
+    let emitted = tessera_codegen::write_rust(
+        &pruned_graph,
+        &tessera_codegen::EmitOptions { batch: 1, main: true },
+        &ctx.dir.join(file),
+    )
+    .map_err(|e| ExperimentError::config("emit", e))?;
+    let stored = emitted.layers.iter().map(|l| l.stored).sum();
 
     let bench_start = Instant::now();
     let mut dense = numbers(&dense_graph, &open.test, cfg)?;
@@ -284,6 +297,7 @@ fn run_quickstart(ctx: &RunContext, cfg: &QuickstartConfig) -> Result<Quickstart
         dense,
         pruned,
         seconds: (train_seconds, bench_seconds, reram_start.elapsed().as_secs_f64()),
+        emitted: Some((file.to_string(), emitted.source.len(), stored)),
     })
 }
 
@@ -441,6 +455,14 @@ fn report(cfg: &QuickstartConfig, r: &QuickstartResult) -> String {
         r.seconds.1,
         r.seconds.2
     ));
+    if let Some((file, bytes, stored)) = &r.emitted {
+        md.push_str(&format!(
+            "Standalone source of the pruned model: `{file}` ({:.0} KiB, {stored} weights, no \
+             dependencies); `rustc -O {file}` builds a program that reads f32 images from stdin \
+             and writes the 10 logits of each to stdout.\n\n",
+            *bytes as f64 / 1024.0
+        ));
+    }
     md
 }
 

@@ -74,6 +74,10 @@ fn quickstart_smoke_reports_one_screen_and_reuses_its_models() {
     for needle in ["test top-1", "latency", "ReRAM top-1", "block-punched:8x4", "trained now"] {
         assert!(report.contains(needle), "report lacks {needle}:\n{report}");
     }
+    // The pruned model as standalone source, with only its kept weights.
+    let source = std::fs::read_to_string(first.dir.join("lenet5-pruned.rs")).unwrap();
+    assert!(source.contains("fn main()") && source.contains("pub fn run("));
+    assert_eq!(f["emitted"][2].as_f64().unwrap(), kept(pruned), "{f}");
     let second = run(find("quickstart").unwrap(), &smoke(out.path())).unwrap();
     assert_eq!(second.record.figures["cached"], true);
     assert_eq!(second.record.figures["pruned"]["top1"], pruned["top1"]);
