@@ -43,6 +43,75 @@ pub struct ModelSuiteConfig {
     /// scheme's kernel on every thread).
     #[serde(default)]
     pub tune: bool,
+    /// Time ONNX Runtime on each dense model right after our dense plan (see [`OrtPeer`]).
+    #[serde(default)]
+    pub ort: Option<OrtPeer>,
+}
+
+/// ONNX Runtime as a peer: each dense model (after the IR passes) is saved as an IR directory
+/// with a seeded input and our plan's output, and `tools/ort_models.py` converts it to ONNX,
+/// checks ORT's output against ours and times it at the suite's thread counts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrtPeer {
+    /// A Python with numpy, onnx and onnxruntime.
+    pub python: String,
+    /// The converter and timer script (`tools/ort_models.py`).
+    pub script: std::path::PathBuf,
+    /// Where the IR directories and ORT's JSON go (one subdirectory per model).
+    pub dir: std::path::PathBuf,
+}
+
+#[derive(Deserialize)]
+struct OrtOutput {
+    onnxruntime: String,
+    models: Vec<OrtTime>,
+}
+
+#[derive(Deserialize)]
+struct OrtTime {
+    threads: usize,
+    median_ms: f64,
+}
+
+/// Saves `graph` for the ORT script with a seeded input and our plan's output on it, runs the
+/// script, and returns (threads, median ms) per thread count and ORT's version.
+fn time_ort(
+    peer: &OrtPeer,
+    name: &str,
+    graph: &Graph,
+    threads: &[usize],
+    min_time: f64,
+) -> anyhow::Result<(String, Vec<(usize, f64)>)> {
+    use anyhow::Context;
+    let dir = peer.dir.join(name);
+    tessera_ir::io::save(graph, &dir)?;
+    let mut plan = Plan::compile(graph, &CompileOptions::default())?;
+    let x = IrTensor::uniform(plan.input_shape().to_vec(), 1.0, 11).data;
+    let mut y = vec![0.0; plan.output_shape().iter().product()];
+    plan.run(&x, &mut y)?;
+    let bytes = |v: &[f32]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
+    std::fs::write(dir.join("input.bin"), bytes(&x))?;
+    std::fs::write(dir.join("reference.bin"), bytes(&y))?;
+    let out_file = dir.join("ort.json");
+    let list: Vec<String> = threads.iter().map(ToString::to_string).collect();
+    let status = std::process::Command::new(&peer.python)
+        .arg(&peer.script)
+        .arg("--ir")
+        .arg(&dir)
+        .arg("--out")
+        .arg(&out_file)
+        .args(["--threads", &list.join(","), "--min-time", &min_time.to_string()])
+        .status()
+        .with_context(|| format!("running {} {}", peer.python, peer.script.display()))?;
+    anyhow::ensure!(
+        status.success(),
+        "{} failed on {} ({status})",
+        peer.script.display(),
+        dir.display()
+    );
+    let out: OrtOutput = serde_json::from_slice(&std::fs::read(&out_file)?)
+        .with_context(|| format!("reading {}", out_file.display()))?;
+    Ok((out.onnxruntime, out.models.iter().map(|m| (m.threads, m.median_ms)).collect()))
 }
 
 impl Default for ModelSuiteConfig {
@@ -56,6 +125,7 @@ impl Default for ModelSuiteConfig {
                 .to_vec(),
             min_time: 0.3,
             tune: false,
+            ort: None,
         }
     }
 }
@@ -295,6 +365,22 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
             }
             dense.push((threads, macs(&dense_plan).0, t));
         }
+        if let Some(peer) = &cfg.ort {
+            let (version, times) = time_ort(peer, name, &dense_graph, &cfg.threads, cfg.min_time)?;
+            for (threads, ms) in times {
+                let ours = dense.iter().find(|d| d.0 == threads).map_or(f64::NAN, |d| d.2.ms);
+                tracing::info!(model = name, threads, ms, ours, "onnxruntime {version}");
+                out.models.push(ModelPoint {
+                    model: name.into(),
+                    scheme: format!("onnxruntime {version}"),
+                    rate: 1.0,
+                    threads,
+                    median_ms: ms,
+                    speedup: ours / ms,
+                    flop_reduction: 1.0,
+                });
+            }
+        }
         for scheme_text in &cfg.schemes {
             let scheme: Scheme = scheme_text.parse()?;
             let pattern = scheme_text.starts_with("pattern");
@@ -420,7 +506,9 @@ pub fn markdown(r: &ModelResults) -> String {
     let mut s = String::from(
         "# Whole-model benchmark\n\nBatch 1, f32. `speedup` = our dense plan / this plan, same \
          threads, same run; `FLOP red.` = dense / kept multiply-adds over the whole model. burn \
-         rows: its dense forward on the same model (threads: burn's own pool).\n\n",
+         rows: its dense forward on the same model (threads: burn's own pool). onnxruntime \
+         rows (with `--ort`): the same dense graph exported to ONNX, timed right after our \
+         dense plan; its speedup below 1 means ORT is slower than our dense plan.\n\n",
     );
     s.push_str("| model | scheme | rate | threads | ms | speedup | FLOP red. |\n|---|---|---|---|---|---|---|\n");
     for p in &r.models {

@@ -12,6 +12,7 @@ fn lenet_points_layers_and_latency_samples_are_consistent() {
         schemes: vec!["block-punched:8x4".into()],
         min_time: 0.0,
         tune: false,
+        ort: None,
     };
     let r = run_models(&cfg).unwrap();
     let names: Vec<&str> = r.models.iter().map(|p| p.scheme.as_str()).collect();

@@ -294,6 +294,10 @@ enum BenchCommand {
         /// Let the compiler's tuner choose each layer's kernel and thread count.
         #[arg(long)]
         tune: bool,
+        /// Also time ONNX Runtime on each dense model with this Python (needs numpy, onnx,
+        /// onnxruntime; e.g. the peers venv), via tools/ort_models.py.
+        #[arg(long)]
+        ort: Option<String>,
         /// Output directory.
         #[arg(long, default_value = "results/bench-models")]
         out: PathBuf,
@@ -404,8 +408,14 @@ fn main() -> Result<()> {
             )?;
         }
         Command::Bench {
-            command: BenchCommand::Models { only, threads, rates, schemes, min_time, tune, out },
+            command:
+                BenchCommand::Models { only, threads, rates, schemes, min_time, tune, ort, out },
         } => {
+            let ort = ort.map(|python| tessera_benches::models::OrtPeer {
+                python,
+                script: PathBuf::from("tools/ort_models.py"),
+                dir: out.join("onnx"),
+            });
             let cfg = tessera_benches::models::ModelSuiteConfig {
                 only,
                 threads,
@@ -413,6 +423,7 @@ fn main() -> Result<()> {
                 schemes,
                 min_time,
                 tune,
+                ort,
             };
             let results = tessera_benches::models::run_models(&cfg)?;
             let json = serde_json::to_vec_pretty(&serde_json::json!({

@@ -28,6 +28,12 @@ pub(crate) enum Step {
         bias: Option<Vec<f32>>,
         act: Option<Activation>,
         positions: usize,
+        /// Floats of each sample's output the kernel writes (`io.y_len` unless the output
+        /// is the next convolution's padded layout, whose slack it leaves alone).
+        y_used: usize,
+        /// The input is already in the kernel's packed layout (written by the previous
+        /// convolution): no packing.
+        prepacked: bool,
     },
     Linear {
         node: String,
@@ -56,6 +62,7 @@ pub(crate) enum Step {
         a: Slot,
         b: Slot,
         y: Slot,
+        act: Option<Activation>,
     },
     Pool {
         io: Io,
@@ -116,6 +123,16 @@ fn epilogue(y: &mut [f32], positions: usize, bias: Option<&[f32]>, act: Option<A
     }
 }
 
+/// The activation as a kernel epilogue, when it is one the kernels fuse.
+pub(crate) fn clamp_of(act: Option<Activation>) -> Option<Clamp> {
+    match act {
+        None => Some(Clamp::None),
+        Some(Activation::Relu) => Some(Clamp::Relu),
+        Some(Activation::Relu6) => Some(Clamp::Relu6),
+        Some(_) => None,
+    }
+}
+
 /// One sample of a convolution, bias and activation included (fused into the row-group
 /// kernels' stores when they can).
 #[allow(clippy::too_many_arguments)]
@@ -129,12 +146,7 @@ pub(crate) fn conv_once(
     act: Option<Activation>,
     positions: usize,
 ) -> std::result::Result<(), tessera_kernels::KernelError> {
-    let clamp = match act {
-        None => Some(Clamp::None),
-        Some(Activation::Relu) => Some(Clamp::Relu),
-        Some(Activation::Relu6) => Some(Clamp::Relu6),
-        Some(_) => None,
-    };
+    let clamp = clamp_of(act);
     if let (ConvKernel::Rows { conv, scratch }, Some(clamp)) = (&mut *kernel, clamp) {
         return conv.run_fused(isa, x, y, scratch, threads, Epilogue { bias, clamp });
     }
@@ -175,14 +187,25 @@ pub(crate) fn linear_once(
 
 pub(crate) fn run_step(step: &mut Step, arena: &mut [f32], batch: usize, isa: Isa) -> Result<()> {
     match step {
-        Step::Conv { node, io, threads, kernel, bias, act, positions } => {
+        Step::Conv { node, io, threads, kernel, bias, act, positions, y_used, prepacked } => {
             let (before, y_all, after) = split(arena, io.y);
             let x_all = read(before, after, io.y, io.x);
             for n in 0..batch {
                 let x = &x_all[n * io.x_len..(n + 1) * io.x_len];
-                let y = &mut y_all[n * io.y_len..(n + 1) * io.y_len];
-                conv_once(kernel, isa, x, y, *threads, bias.as_deref(), *act, *positions)
-                    .map_err(|source| CodegenError::Kernel { node: node.clone(), source })?;
+                let y = &mut y_all[n * io.y_len..n * io.y_len + *y_used];
+                let done = match (&*kernel, *prepacked) {
+                    (ConvKernel::Rows { conv, .. }, true) => {
+                        let clamp = clamp_of(*act).ok_or_else(|| CodegenError::Unsupported {
+                            node: node.clone(),
+                            op: "conv",
+                            reason: "a pre-packed input needs a fusable activation".into(),
+                        })?;
+                        let ep = Epilogue { bias: bias.as_deref(), clamp };
+                        conv.run_prepacked(isa, x, y, *threads, ep)
+                    }
+                    _ => conv_once(kernel, isa, x, y, *threads, bias.as_deref(), *act, *positions),
+                };
+                done.map_err(|source| CodegenError::Kernel { node: node.clone(), source })?;
             }
         }
         Step::Linear { node, io, threads, kernel, bias, act, rows, in_f, out_f } => {
@@ -210,10 +233,19 @@ pub(crate) fn run_step(step: &mut Step, arena: &mut [f32], batch: usize, isa: Is
             y.copy_from_slice(read(before, after, io.y, io.x));
             apply_act(y, *kind);
         }
-        Step::Add { a, b, y } => {
+        Step::Add { a, b, y, act } => {
             let (before, out, after) = split(arena, *y);
             let (xa, xb) = (read(before, after, *y, *a), read(before, after, *y, *b));
-            out.iter_mut().zip(xa.iter().zip(xb)).for_each(|(o, (p, q))| *o = p + q);
+            let pairs = out.iter_mut().zip(xa.iter().zip(xb));
+            // One pass for the sum and its activation.
+            match act {
+                None => pairs.for_each(|(o, (p, q))| *o = p + q),
+                Some(Activation::Relu) => pairs.for_each(|(o, (p, q))| *o = (p + q).max(0.0)),
+                Some(Activation::Relu6) => {
+                    pairs.for_each(|(o, (p, q))| *o = (p + q).clamp(0.0, 6.0));
+                }
+                Some(other) => pairs.for_each(|(o, (p, q))| *o = other.apply(p + q)),
+            }
         }
         Step::Pool { io, pool } => {
             let (before, y_all, after) = split(arena, io.y);

@@ -5,14 +5,16 @@
 //! value in the arena by liveness and allocates each kernel's scratch. [`Plan::run`] then only
 //! copies the input in, runs the steps and copies the output out: no allocation.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use tessera_ir::{Graph, Node, Op};
-use tessera_kernels::Isa;
+use tessera_kernels::{Isa, OutputTarget};
 
 use crate::buffers::{Slot, is_view, layout_values};
 use crate::error::{CodegenError, Result, unsupported};
-use crate::exec::{Io, Pool2d, Step, conv_once, linear_once, run_step};
-use crate::lower::{self, Choice, shape_of};
+use crate::exec::{Io, Pool2d, Step, clamp_of, conv_once, linear_once, run_step};
+use crate::lower::{self, Choice, ConvKernel, shape_of};
 use crate::tune::{Pick, TuneCache, Tuner, Tuning, cpu_name, time_ms};
 
 /// How to compile.
@@ -64,6 +66,9 @@ pub struct LayerReport {
     pub output_floats: u64,
     /// Register tiles per sample (groups of 8 filters x blocks of 32 positions).
     pub tiles: u64,
+    /// The layer stores its output straight into the next convolution's padded input
+    /// layout, which then skips packing.
+    pub stores_packed: bool,
 }
 
 impl LayerReport {
@@ -86,6 +91,8 @@ pub struct Plan {
     input_shape: Vec<usize>,
     isa: Isa,
     layers: Vec<LayerReport>,
+    /// Floats of the padded conv -> conv edge buffers at the end of the arena.
+    edge_len: usize,
 }
 
 fn numel(s: &[usize]) -> usize {
@@ -204,6 +211,8 @@ impl Plan {
                         bias,
                         act: *activation,
                         positions,
+                        y_used: io.y_len,
+                        prepacked: false,
                     });
                 }
                 Op::Linear { weight, bias, activation } => {
@@ -258,10 +267,11 @@ impl Plan {
                     steps.push(Step::Affine { io, scale, shift, positions });
                 }
                 Op::Act { kind } => steps.push(Step::Act { io, kind: *kind }),
-                Op::Add => steps.push(Step::Add {
+                Op::Add { activation } => steps.push(Step::Add {
                     a: slot(&node.inputs[0]),
                     b: slot(&node.inputs[1]),
                     y: slot(&node.output),
+                    act: *activation,
                 }),
                 Op::MaxPool { kernel, stride, padding }
                 | Op::AvgPool { kernel, stride, padding } => {
@@ -299,10 +309,19 @@ impl Plan {
         if let Some(Tuner { cache, path: Some(path), .. }) = &tuner {
             cache.save(path)?;
         }
+        let arena_len = fuse_conv_edges(
+            graph,
+            &mut steps,
+            &step_nodes,
+            &mut layers,
+            values.arena_len,
+            options.batch,
+        )?;
         Ok(Plan {
             steps,
             step_nodes,
-            arena: vec![0.0; values.arena_len],
+            arena: vec![0.0; arena_len],
+            edge_len: arena_len - values.arena_len.next_multiple_of(16).min(arena_len),
             input: values.input,
             output: values.output,
             output_shape: shapes.get(output.as_str()).cloned().unwrap_or_default(),
@@ -330,6 +349,13 @@ impl Plan {
     /// Floats of activation memory (the arena), for every value of the batch.
     pub fn arena_len(&self) -> usize {
         self.arena.len()
+    }
+
+    /// Floats of the arena taken by conv -> conv edges stored in the consumer's padded layout
+    /// (one buffer per distinct layout whose edges are live at once; see
+    /// [`LayerReport::stores_packed`]).
+    pub fn edge_buffer_len(&self) -> usize {
+        self.edge_len
     }
 
     /// The node each step runs, in execution order (views have no step).
@@ -397,6 +423,80 @@ impl Plan {
     }
 }
 
+/// Conv -> conv edges without packing: where a row-group convolution's output is read only
+/// by a row-group convolution with a stride-1 padded layout, the producer stores straight into
+/// that layout (its padding zero) and the consumer skips packing. The padded buffers live
+/// after the liveness arena, zeroed once and written only at their interiors, so their
+/// padding stays zero; edges of the same layout share one buffer when their lifetimes do not
+/// overlap. Returns the new arena length.
+fn fuse_conv_edges(
+    graph: &Graph,
+    steps: &mut [Step],
+    step_nodes: &[String],
+    layers: &mut [LayerReport],
+    arena_len: usize,
+    batch: usize,
+) -> Result<usize> {
+    let step_of: HashMap<&str, usize> =
+        step_nodes.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+    // (offset, floats, layout key, last step using it)
+    let mut regions: Vec<(usize, usize, (usize, OutputTarget), usize)> = Vec::new();
+    let mut end = arena_len.next_multiple_of(16);
+    for node in &graph.nodes {
+        let Some(&i) = step_of.get(node.name.as_str()) else { continue };
+        let consumers = graph.consumers(&node.output);
+        let ([c], false) = (consumers.as_slice(), graph.is_output(&node.output)) else { continue };
+        let consumer = &graph.nodes[*c];
+        if consumer.inputs.first() != Some(&node.output) {
+            continue;
+        }
+        let Some(&j) = step_of.get(consumer.name.as_str()) else { continue };
+        let target = match &steps[j] {
+            Step::Conv { kernel: ConvKernel::Rows { conv, .. }, .. } => {
+                conv.layout().as_target().map(|t| (t, conv.layout().packed_len()))
+            }
+            _ => None,
+        };
+        let Some((target, packed_len)) = target else { continue };
+        let Step::Conv { kernel: ConvKernel::Rows { conv, .. }, act, .. } = &mut steps[i] else {
+            continue;
+        };
+        if clamp_of(*act).is_none() || conv.set_output_target(target).is_err() {
+            continue;
+        }
+        let out_channels = conv.shape().out_channels;
+        let key = (packed_len, target);
+        let len = batch * packed_len;
+        let offset = match regions.iter_mut().find(|r| r.2 == key && r.3 < i) {
+            Some(r) => {
+                r.3 = j;
+                r.0
+            }
+            None => {
+                let at = end;
+                regions.push((at, len, key, j));
+                end = (at + len).next_multiple_of(16);
+                at
+            }
+        };
+        let slot = Slot { offset, len };
+        if let Step::Conv { io, y_used, .. } = &mut steps[i] {
+            io.y = slot;
+            io.y_len = packed_len;
+            *y_used = target.len(out_channels);
+        }
+        if let Step::Conv { io, prepacked, .. } = &mut steps[j] {
+            io.x = slot;
+            io.x_len = packed_len;
+            *prepacked = true;
+        }
+        if let Some(l) = layers.iter_mut().find(|l| l.node == node.name) {
+            l.stores_packed = true;
+        }
+    }
+    Ok(end)
+}
+
 fn bias_of(graph: &Graph, bias: Option<&str>) -> Result<Option<Vec<f32>>> {
     Ok(match bias {
         Some(b) => Some(graph.param(b)?.tensor.data.clone()),
@@ -429,5 +529,6 @@ fn report(
         input_floats: io.x_len as u64,
         output_floats: io.y_len as u64,
         tiles,
+        stores_packed: false,
     }
 }

@@ -27,7 +27,7 @@ pub fn dump(g: &Graph) -> String {
                 dims(dilation),
                 activation.map(|a| format!(" +{}", a.name())).unwrap_or_default()
             ),
-            Op::Linear { activation, .. } => {
+            Op::Linear { activation, .. } | Op::Add { activation } => {
                 activation.map(|a| format!("[+{}]", a.name())).unwrap_or_default()
             }
             Op::Act { kind } => format!("[{}]", kind.name()),

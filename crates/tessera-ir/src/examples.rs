@@ -113,7 +113,7 @@ pub fn resnet_block() -> Result<Graph> {
     let r1 = b.act("relu1", &n1, Activation::Relu);
     let c2 = conv(&mut b, "conv2", &r1, 16, 16, 3, 1, 27);
     let n2 = bn(&mut b, "bn2", &c2, 16, 29);
-    let s = b.node("add", Op::Add, &[&n2, &x]);
+    let s = b.node("add", Op::Add { activation: None }, &[&n2, &x]);
     let r2 = b.act("relu2", &s, Activation::Relu);
     let g = b.node("gap", Op::GlobalAvgPool, &[&r2]);
     let fc = linear(&mut b, "fc", &g, 16, 10, 31);
@@ -159,7 +159,7 @@ pub fn attention_block() -> Result<Graph> {
     let attn = b.node("attn", Op::Softmax { axis: 2 }, &[&scaled]);
     let ctx = b.node("ctx", Op::MatMul, &[&attn, &v]);
     let o = linear(&mut b, "o", &ctx, d, d, 67);
-    let res = b.node("res", Op::Add, &[&o, &x]);
+    let res = b.node("res", Op::Add { activation: None }, &[&o, &x]);
     b.param("ln.gamma", Tensor::new(vec![d], vec![1.0; d]));
     b.param("ln.beta", Tensor::zeros([d]));
     let ln = b.node(
@@ -195,7 +195,7 @@ pub fn mobilenet_block() -> Result<Graph> {
     let r2 = b.act("relu2", &n2, Activation::Relu6);
     let project = conv(&mut b, "project", &r2, e, c, 1, 0, 79);
     let n3 = bn(&mut b, "bn3", &project, c, 81);
-    let s = b.node("add", Op::Add, &[&n3, &x]);
+    let s = b.node("add", Op::Add { activation: None }, &[&n3, &x]);
     let g = b.node("gap", Op::GlobalAvgPool, &[&s]);
     let fc = linear(&mut b, "fc", &g, c, 10, 83);
     b.output(&fc);

@@ -134,7 +134,12 @@ pub fn eval_node(
                 .map(|c| (c.iter().map(|&v| f64::from(v)).sum::<f64>() / inner as f64) as f32)
                 .collect()
         }
-        Op::Add => ins[0].data.iter().zip(&ins[1].data).map(|(a, b)| a + b).collect(),
+        Op::Add { activation } => {
+            let mut y: Vec<f32> =
+                ins[0].data.iter().zip(&ins[1].data).map(|(a, b)| a + b).collect();
+            apply(&mut y, *activation);
+            y
+        }
         Op::Mul => ins[0].data.iter().zip(&ins[1].data).map(|(a, b)| a * b).collect(),
         Op::Concat { axis } => concat(ins, *axis),
         Op::Reshape { .. } | Op::Flatten { .. } => ins[0].data.clone(),

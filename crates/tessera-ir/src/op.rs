@@ -171,8 +171,13 @@ pub enum Op {
     },
     /// Mean over all spatial dimensions: `[N, C, ...] -> [N, C]`.
     GlobalAvgPool,
-    /// Element-wise sum of two tensors of the same shape.
-    Add,
+    /// Element-wise sum of two tensors of the same shape, with an optional fused activation
+    /// (a residual block's `relu(x + shortcut)` in one pass).
+    Add {
+        /// Activation applied to the sum (set by activation fusion).
+        #[serde(default)]
+        activation: Option<Activation>,
+    },
     /// Element-wise product of two tensors of the same shape.
     Mul,
     /// Concatenation along `axis`.
@@ -255,7 +260,7 @@ impl Op {
             Op::MaxPool { .. } => "max_pool",
             Op::AvgPool { .. } => "avg_pool",
             Op::GlobalAvgPool => "global_avg_pool",
-            Op::Add => "add",
+            Op::Add { .. } => "add",
             Op::Mul => "mul",
             Op::Concat { .. } => "concat",
             Op::Reshape { .. } => "reshape",
@@ -312,7 +317,7 @@ impl Op {
     /// Number of activation inputs the op takes.
     pub fn arity(&self) -> usize {
         match self {
-            Op::MatMul | Op::Add | Op::Mul => 2,
+            Op::MatMul | Op::Add { .. } | Op::Mul => 2,
             Op::Concat { .. } => usize::MAX,
             _ => 1,
         }
@@ -356,6 +361,6 @@ mod tests {
         for name in Op::NAMES {
             assert!(Op::NAMES.contains(&name));
         }
-        assert_eq!(Op::Add.arity(), 2);
+        assert_eq!(Op::Add { activation: None }.arity(), 2);
     }
 }

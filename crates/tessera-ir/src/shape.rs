@@ -201,7 +201,7 @@ pub(crate) fn infer(
             }
             Ok(vec![x[0], x[1]])
         }
-        Op::Add | Op::Mul => {
+        Op::Add { .. } | Op::Mul => {
             if x != ins[1] {
                 return Err(bad(node, format!("operands {x:?} and {:?} differ", ins[1])));
             }

@@ -118,15 +118,14 @@ fn resnet_block_round_trip_and_passes() {
     exercise(
         &resnet_block().unwrap(),
         expect![[r#"
-        graph resnet-block(%x [1x16x8x8])
-          %relu1 = conv[s1x1 p1x1 d1x1 g1 +relu](%x; conv1.weight[16x16x3x3], conv1.bias[16]) -> [1x16x8x8]
-          %bn2 = conv[s1x1 p1x1 d1x1 g1](%relu1; conv2.weight[16x16x3x3], conv2.bias[16]) -> [1x16x8x8]
-          %add = add(%bn2, %x) -> [1x16x8x8]
-          %relu2 = act[relu](%add) -> [1x16x8x8]
-          %gap = global_avg_pool(%relu2) -> [1x16]
-          %fc = linear(%gap; fc.weight[10x16], fc.bias[10]) -> [1x10]
-          return %fc
-    "#]],
+            graph resnet-block(%x [1x16x8x8])
+              %relu1 = conv[s1x1 p1x1 d1x1 g1 +relu](%x; conv1.weight[16x16x3x3], conv1.bias[16]) -> [1x16x8x8]
+              %bn2 = conv[s1x1 p1x1 d1x1 g1](%relu1; conv2.weight[16x16x3x3], conv2.bias[16]) -> [1x16x8x8]
+              %relu2 = add[+relu](%bn2, %x) -> [1x16x8x8]
+              %gap = global_avg_pool(%relu2) -> [1x16]
+              %fc = linear(%gap; fc.weight[10x16], fc.bias[10]) -> [1x10]
+              return %fc
+        "#]],
     );
 }
 

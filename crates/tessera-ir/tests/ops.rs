@@ -198,7 +198,11 @@ fn structure_ops() {
         &[1, 3, 2],
         &[1., 2., 3., 4., 5., 6.],
     );
-    check(&run1(Op::Add, &[a.clone(), a.clone()], &[]), &[1, 2, 2], &[2., 4., 6., 8.]);
+    check(
+        &run1(Op::Add { activation: None }, &[a.clone(), a.clone()], &[]),
+        &[1, 2, 2],
+        &[2., 4., 6., 8.],
+    );
     check(&run1(Op::Mul, &[a.clone(), a.clone()], &[]), &[1, 2, 2], &[1., 4., 9., 16.]);
     check(&run1(Op::Reshape { shape: vec![1, -1] }, &[a.clone()], &[]), &[1, 4], &[1., 2., 3., 4.]);
     check(&run1(Op::Flatten { start: 1 }, &[a.clone()], &[]), &[1, 4], &[1., 2., 3., 4.]);

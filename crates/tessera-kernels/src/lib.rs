@@ -57,5 +57,5 @@ mod threads;
 pub use conv::{ConvShape, InputLayout};
 pub use error::{KernelError, Result};
 pub use isa::Isa;
-pub use rowgroup::{Clamp, ConvScratch, Epilogue, RowGroupConv, RowGroupMatrix};
+pub use rowgroup::{Clamp, ConvScratch, Epilogue, OutputTarget, RowGroupConv, RowGroupMatrix};
 pub use threads::{MIN_MACS_PER_THREAD, recommended_threads};

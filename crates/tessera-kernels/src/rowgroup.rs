@@ -199,8 +199,52 @@ pub struct RowGroupConv {
     shape: ConvShape,
     layout: InputLayout,
     offsets: Vec<u32>,
+    /// Where outputs go (NCDHW unless retargeted).
+    target: OutputTarget,
     /// Tile plans for 8 and 16 lanes.
     plans: [TilePlan; 2],
+}
+
+/// Where a convolution stores output `(o, z, y, x)`:
+/// `o * channel_stride + base + (z * rows + y) * row_pitch + x`, for `[z, y, x]` inside
+/// `dims`. [`OutputTarget::dense`] is NCDHW; [`InputLayout::as_target`] is the padded input
+/// layout of a next convolution, which then skips its packing
+/// ([`RowGroupConv::run_prepacked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputTarget {
+    /// Output extent `[D, H, W]` per channel.
+    pub dims: [usize; 3],
+    /// Floats between channels.
+    pub channel_stride: usize,
+    /// Index of `(0, 0, 0)` within a channel.
+    pub base: usize,
+    /// Rows per depth slice.
+    pub rows: usize,
+    /// Floats between rows.
+    pub row_pitch: usize,
+}
+
+impl OutputTarget {
+    /// NCDHW: channels of `D * H * W` values, rows of `W`.
+    pub fn dense(dims: [usize; 3]) -> Self {
+        OutputTarget {
+            dims,
+            channel_stride: dims.iter().product(),
+            base: 0,
+            rows: dims[1],
+            row_pitch: dims[2],
+        }
+    }
+
+    /// Index of `[z, y, x]` within a channel.
+    pub fn index(&self, [z, y, x]: [usize; 3]) -> usize {
+        self.base + (z * self.rows + y) * self.row_pitch + x
+    }
+
+    /// Floats an output buffer of `channels` channels must hold.
+    pub fn len(&self, channels: usize) -> usize {
+        channels * self.channel_stride
+    }
 }
 
 /// A masked store of one vector of a tile: lanes `mask` go to `output + p + delta`.
@@ -227,8 +271,26 @@ impl TilePlan {
         Self::with_vectors(layout, lanes, TILE_V)
     }
 
+    /// A plan storing to `target` instead of NCDHW.
+    pub(crate) fn with_target(layout: &InputLayout, lanes: usize, target: &OutputTarget) -> Self {
+        Self::build(layout, lanes, TILE_V, &|p| {
+            layout.flat_coords(p).map(|c| target.index(c) as isize - p as isize)
+        })
+    }
+
     /// A plan whose tiles are `vectors` vectors of `lanes` wide.
     pub(crate) fn with_vectors(layout: &InputLayout, lanes: usize, vectors: usize) -> Self {
+        Self::build(layout, lanes, vectors, &|p| layout.output_delta(p))
+    }
+
+    /// Tiles and, per tile vector, masked stores to `p + delta(p)` for each kept flat
+    /// position `p`.
+    fn build(
+        layout: &InputLayout,
+        lanes: usize,
+        vectors: usize,
+        delta_of: &dyn Fn(usize) -> Option<isize>,
+    ) -> Self {
         let tiles = tiles(layout.runs(), vectors * lanes);
         let mut plan = TilePlan { tiles, seg_ptr: vec![0], segs: Vec::new() };
         for &(p0, n) in &plan.tiles {
@@ -236,7 +298,7 @@ impl TilePlan {
                 let mut current: Option<Seg> = None;
                 for i in 0..lanes {
                     let k = v * lanes + i;
-                    let delta = if k < n { layout.output_delta(p0 + k) } else { None };
+                    let delta = if k < n { delta_of(p0 + k) } else { None };
                     match (delta, current.as_mut()) {
                         (Some(d), Some(seg)) if seg.delta == d as i32 => seg.mask |= 1 << i,
                         (Some(d), _) => {
@@ -348,7 +410,40 @@ impl RowGroupConv {
             }
         }
         let plans = [TilePlan::new(&layout, 8), TilePlan::new(&layout, 16)];
-        Ok(RowGroupConv { matrix, shape, layout, offsets, plans })
+        let target = OutputTarget::dense(shape.output());
+        Ok(RowGroupConv { matrix, shape, layout, offsets, target, plans })
+    }
+
+    /// Stores outputs to `target` from now on (e.g. the next convolution's
+    /// [`InputLayout::as_target`]); its extent must be this convolution's output.
+    pub fn set_output_target(&mut self, target: OutputTarget) -> Result<()> {
+        if target.dims != self.shape.output() || target.row_pitch < target.dims[2] {
+            return Err(KernelError::InvalidShape {
+                reason: format!(
+                    "an output target of {:?} (row pitch {}) does not fit outputs of {:?}",
+                    target.dims,
+                    target.row_pitch,
+                    self.shape.output()
+                ),
+            });
+        }
+        self.plans = [
+            TilePlan::with_target(&self.layout, 8, &target),
+            TilePlan::with_target(&self.layout, 16, &target),
+        ];
+        self.target = target;
+        Ok(())
+    }
+
+    /// Where outputs are stored.
+    pub fn output_target(&self) -> &OutputTarget {
+        &self.target
+    }
+
+    /// The input layout (packed by [`RowGroupConv::run`], or written by a producer through
+    /// [`InputLayout::as_target`] for [`RowGroupConv::run_prepacked`]).
+    pub fn layout(&self) -> &InputLayout {
+        &self.layout
     }
 
     /// A GEMM `Y[rows, n] = W * X[cols, n]` (X and Y row-major, "feature-major" activations)
@@ -400,25 +495,56 @@ impl RowGroupConv {
     ) -> Result<()> {
         let s = &self.shape;
         check_len("input", s.in_channels * s.input_plane(), input.len())?;
-        check_len("output", s.out_channels * s.output_positions(), output.len())?;
         let (pl, fl) = self.scratch_len();
         let (packed, flat) = scratch.parts();
         check_len("packed-input scratch", pl, packed.len())?;
         check_len("flat-output scratch", fl, flat.len())?;
+        self.layout.pack(input, packed);
+        let x: &[f32] = if self.layout.in_place() { input } else { packed };
+        self.execute_on(isa, x, output, threads, epilogue)
+    }
+
+    /// [`RowGroupConv::run_fused`] on an input already in this convolution's packed layout
+    /// (`layout().packed_len()` floats, padding zero), as a producer retargeted to
+    /// `layout().as_target()` writes it: no packing.
+    pub fn run_prepacked(
+        &self,
+        isa: Isa,
+        packed: &[f32],
+        output: &mut [f32],
+        threads: usize,
+        epilogue: Epilogue<'_>,
+    ) -> Result<()> {
+        if self.layout.in_place() {
+            check_len("input", self.shape.in_channels * self.shape.input_plane(), packed.len())?;
+        } else {
+            check_len("packed input", self.layout.packed_len(), packed.len())?;
+        }
+        self.execute_on(isa, packed, output, threads, epilogue)
+    }
+
+    fn execute_on(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        output: &mut [f32],
+        threads: usize,
+        epilogue: Epilogue<'_>,
+    ) -> Result<()> {
+        let s = &self.shape;
+        check_len("output", self.target.len(s.out_channels), output.len())?;
         if let Some(b) = epilogue.bias {
             check_len("bias", s.out_channels, b.len())?;
         }
-        self.layout.pack(input, packed);
-        let x: &[f32] = if self.layout.in_place() { input } else { packed };
         let plan = &self.plans[usize::from(isa.lanes() == 16)];
         let job = Job {
             m: &self.matrix,
             offsets: &self.offsets,
             x: x.as_ptr(),
             y: SendPtr(output.as_mut_ptr()),
-            ystride: s.output_positions(),
+            ystride: self.target.channel_stride,
             plan,
-            direct: self.layout.flat_is_output(),
+            direct: self.layout.flat_is_output() && self.target == OutputTarget::dense(s.output()),
             epilogue,
         };
         execute(isa, &job, threads);

@@ -245,3 +245,75 @@ fn fused_epilogue_is_bias_then_activation_on_every_output() {
         }
     }
 }
+
+/// A convolution retargeted to write the next convolution's padded input layout, and the next
+/// one run on it without packing, give the same outputs as the two run plainly; the padding
+/// the producer never writes stays zero, and nothing outside its interior is touched.
+#[test]
+fn producer_writes_the_consumers_packed_layout() {
+    use tessera_kernels::{Clamp, Epilogue};
+    let cases = [
+        // (producer, consumer): same extent, consumer stride 1 with padding.
+        (
+            ConvShape::conv2d(5, 12, [9, 7], [3, 3], 1, 1).unwrap(),
+            ConvShape::conv2d(12, 8, [9, 7], [3, 3], 1, 1).unwrap(),
+        ),
+        (
+            ConvShape::conv2d(6, 16, [12, 12], [3, 3], 2, 1).unwrap(),
+            ConvShape::conv2d(16, 16, [6, 6], [5, 5], 1, 2).unwrap(),
+        ),
+        (
+            ConvShape::conv3d(3, 8, [4, 6, 6], [3, 3, 3], 1, 1).unwrap(),
+            ConvShape::conv3d(8, 4, [4, 6, 6], [3, 3, 3], 1, 1).unwrap(),
+        ),
+    ];
+    for (ci, (a, b)) in cases.into_iter().enumerate() {
+        let mut rng = ChaCha8Rng::seed_from_u64(70 + ci as u64);
+        let bind = |s: ConvShape, rng: &mut ChaCha8Rng| {
+            let mut w = random(s.out_channels * s.cols(), rng);
+            sparsify(&mut w, s.out_channels, 0.5, rng);
+            let groups = RowGroupMatrix::uniform_groups(s.out_channels, s.out_per_group(), 8);
+            let m = RowGroupMatrix::from_dense(s.out_channels, s.cols(), &w, None, &groups);
+            RowGroupConv::new(m.unwrap(), s).unwrap()
+        };
+        let (first, second) = (bind(a, &mut rng), bind(b, &mut rng));
+        let bias = random(a.out_channels, &mut rng);
+        let x = random(a.in_channels * a.input_plane(), &mut rng);
+        let ep = Epilogue { bias: Some(&bias), clamp: Clamp::Relu };
+        for isa in Isa::available() {
+            // Plain: NCHW in between, the consumer packs.
+            let mut mid = vec![0.0; a.out_channels * a.output_positions()];
+            let mut sa = ConvScratch::for_conv(&first);
+            first.run_fused(isa, &x, &mut mid, &mut sa, 1, ep).unwrap();
+            let mut want = vec![0.0; b.out_channels * b.output_positions()];
+            let mut sb = ConvScratch::for_conv(&second);
+            second.run(isa, &mid, &mut want, &mut sb, 1).unwrap();
+            // Fused edge: the producer stores into the consumer's packed layout.
+            let target = second.layout().as_target().unwrap();
+            let mut producer = first.clone();
+            producer.set_output_target(target).unwrap();
+            let mut packed = vec![0.0; second.layout().packed_len()];
+            let used = target.len(a.out_channels);
+            for threads in [1, 2] {
+                let ep = Epilogue { bias: Some(&bias), clamp: Clamp::Relu };
+                producer.run_fused(isa, &x, &mut packed[..used], &mut sa, threads, ep).unwrap();
+                // The producer's writes are exactly what packing its output would give.
+                let mut repacked = vec![0.0; second.layout().packed_len()];
+                second.layout().pack(&mid, &mut repacked);
+                assert_eq!(packed, repacked, "case {ci} {isa} {threads} threads: packed layout");
+                let mut got = vec![f32::NAN; want.len()];
+                let none = Epilogue::default();
+                second.run_prepacked(isa, &packed, &mut got, threads, none).unwrap();
+                assert_eq!(got, want, "case {ci} {isa} {threads} threads");
+            }
+        }
+        // A target of another extent is refused.
+        let mut wrong = first.clone();
+        let other = bind(ConvShape::conv2d(12, 8, [5, 5], [3, 3], 1, 1).unwrap(), &mut rng);
+        if let Some(t) = other.layout().as_target()
+            && t.dims != a.output()
+        {
+            assert!(wrong.set_output_target(t).is_err());
+        }
+    }
+}

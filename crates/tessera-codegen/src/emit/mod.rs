@@ -476,10 +476,18 @@ fn emit_node(
             src.close();
             Ok(None)
         }
-        Op::Add => {
-            src.line(format!("/// `{}`: element-wise sum.", node.name));
+        Op::Add { activation } => {
+            need(*activation);
+            src.line(format!(
+                "/// `{}`: element-wise sum{}.",
+                node.name,
+                activation.map_or(String::new(), |a| format!(", then {a:?}"))
+            ));
             src.open(format!("fn {name}(a: &[f32], b: &[f32], y: &mut [f32])"));
-            src.line("for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) { *y = a + b; }");
+            src.line(format!(
+                "for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {{ *y = {}; }}",
+                weighted::act_expr(*activation, "a + b")
+            ));
             src.close();
             Ok(None)
         }

@@ -1,13 +1,13 @@
-//! Activation fusion: an activation reading the output of a conv or linear layer (and nothing
-//! else reading it) becomes that layer's fused activation, so kernels apply it while the
-//! result is still in registers.
+//! Activation fusion: an activation reading the output of a conv, linear or add node (and
+//! nothing else reading it) becomes that node's fused activation, so kernels apply it while
+//! the result is still in registers (a residual block's `relu(x + shortcut)` is one pass).
 
 use crate::error::Result;
 use crate::graph::Graph;
 use crate::op::Op;
 use crate::passes::Pass;
 
-/// Fuses activations into the preceding conv or linear layer.
+/// Fuses activations into the preceding conv, linear or add node.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FuseActivation;
 
@@ -29,7 +29,9 @@ impl Pass for FuseActivation {
             let fusable = g.producer(&input).filter(|&p| {
                 matches!(
                     g.nodes[p].op,
-                    Op::Conv { activation: None, .. } | Op::Linear { activation: None, .. }
+                    Op::Conv { activation: None, .. }
+                        | Op::Linear { activation: None, .. }
+                        | Op::Add { activation: None }
                 ) && g.consumers(&input).len() == 1
                     && !g.is_output(&input)
             });
@@ -37,7 +39,9 @@ impl Pass for FuseActivation {
                 k += 1;
                 continue;
             };
-            if let Op::Conv { activation, .. } | Op::Linear { activation, .. } = &mut g.nodes[p].op
+            if let Op::Conv { activation, .. }
+            | Op::Linear { activation, .. }
+            | Op::Add { activation } = &mut g.nodes[p].op
             {
                 *activation = Some(kind);
             }

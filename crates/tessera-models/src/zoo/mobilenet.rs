@@ -78,7 +78,11 @@ impl InvertedResidual {
         let y = self.depthwise.export(e, &format!("{path}.depthwise"), &v)?;
         let y = e.act(&format!("{path}.dw_relu6"), Activation::Relu6, &y);
         let y = self.project.export(e, &format!("{path}.project"), &y)?;
-        Ok(if self.residual { e.node(&format!("{path}.add"), Op::Add, &[&y, x]) } else { y })
+        Ok(if self.residual {
+            e.node(&format!("{path}.add"), Op::Add { activation: None }, &[&y, x])
+        } else {
+            y
+        })
     }
 }
 

@@ -61,7 +61,7 @@ impl BasicBlock {
             Some(s) => s.export(e, &format!("{path}.shortcut"), x)?,
             None => x.to_string(),
         };
-        let sum = e.node(&format!("{path}.add"), Op::Add, &[&b, &skip]);
+        let sum = e.node(&format!("{path}.add"), Op::Add { activation: None }, &[&b, &skip]);
         Ok(e.act(&format!("{path}.relu2"), Activation::Relu, &sum))
     }
 }
