@@ -424,7 +424,8 @@ fn latency_samples(plan: &Plan, t: &Timed) -> Vec<LatencySample> {
             Some(LatencySample {
                 family: l.family(),
                 kept_macs: l.kept_macs as f64,
-                input_floats: l.input_floats as f64,
+                // A layer reading its input pre-packed by the previous one does no packing.
+                input_floats: if l.reads_packed { 0.0 } else { l.input_floats as f64 },
                 output_floats: l.output_floats as f64,
                 tiles: l.tiles as f64,
                 ms,

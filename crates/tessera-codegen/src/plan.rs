@@ -69,6 +69,8 @@ pub struct LayerReport {
     /// The layer stores its output straight into the next convolution's padded input
     /// layout, which then skips packing.
     pub stores_packed: bool,
+    /// The layer reads its input already packed by the previous convolution.
+    pub reads_packed: bool,
 }
 
 impl LayerReport {
@@ -493,6 +495,9 @@ fn fuse_conv_edges(
         if let Some(l) = layers.iter_mut().find(|l| l.node == node.name) {
             l.stores_packed = true;
         }
+        if let Some(l) = layers.iter_mut().find(|l| l.node == consumer.name) {
+            l.reads_packed = true;
+        }
     }
     Ok(end)
 }
@@ -530,5 +535,6 @@ fn report(
         output_floats: io.y_len as u64,
         tiles,
         stores_packed: false,
+        reads_packed: false,
     }
 }

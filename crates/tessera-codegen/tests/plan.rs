@@ -197,6 +197,8 @@ fn liveness_reuses_activation_memory() {
     let stored: Vec<&str> =
         plan.layers().iter().filter(|l| l.stores_packed).map(|l| l.node.as_str()).collect();
     assert_eq!(stored.len(), 2, "{stored:?}");
+    let readers = plan.layers().iter().filter(|l| l.reads_packed).count();
+    assert_eq!(readers, 2);
     // (each buffer starts on a 64-byte boundary)
     let rounded = |n: usize| n.next_multiple_of(16);
     assert_eq!(plan.edge_buffer_len(), rounded(padded(16, 32)) + rounded(padded(32, 16)));

@@ -1,7 +1,7 @@
 //! Splitting kernel work between threads.
 //!
-//! Kernels run on the global rayon pool: `run_parallel(n, f)` calls `f(0..n)` with `f(0)` on
-//! the calling thread. Work is divided up front into balanced contiguous ranges, so there is no
+//! `run_parallel(n, f)` calls `f(0..n)` with `f(0)` on the calling thread and the rest on a
+//! small pool of spinning workers (rayon's pool when that one is busy). Work is divided up front into balanced contiguous ranges, so there is no
 //! per-item scheduling cost inside the hot loops.
 
 /// A raw output pointer that kernels share between threads; each thread writes a disjoint part.
@@ -13,10 +13,12 @@ unsafe impl Send for SendPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SendPtr {}
 
-/// Multiply-accumulates below which a second thread costs more than it saves: waking a pool
-/// worker and joining it takes tens of microseconds on the 2-core machines we measure on
-/// (a 50 us kernel got slower with 2 threads). Kernels run exactly the threads they are given;
-/// planners use [`recommended_threads`] (or measure) to choose.
+/// Multiply-accumulates below which a second thread costs more than it saves. Set when kernels
+/// ran on rayon's pool, whose sleeping workers took tens of microseconds to wake on the 2-core
+/// machines we measure on (a 50 us kernel got slower with 2 threads); the spinning pool makes
+/// back-to-back dispatches cheap (ResNet-20's dense plan on 2 threads: 0.68 -> 0.27 ms), so
+/// this is conservative. Kernels run exactly the threads they are given; planners use
+/// [`recommended_threads`] (or measure) to choose.
 pub const MIN_MACS_PER_THREAD: usize = 12_000_000;
 
 /// The number of threads worth using for `macs` multiply-accumulates, at most `available`.
@@ -25,9 +27,17 @@ pub fn recommended_threads(available: usize, macs: usize) -> usize {
 }
 
 /// Runs `f(t)` for `t in 0..threads`, in parallel, and waits for all of them.
+///
+/// Work goes to [`SpinPool`]'s workers, which spin for a while after each job, so the
+/// consecutive layers of a model pay nanoseconds per dispatch instead of a sleeping pool's
+/// wake-up (tens of microseconds here). When another thread is dispatching already (tests,
+/// nested calls), the rayon pool runs the job instead.
 pub(crate) fn run_parallel(threads: usize, f: impl Fn(usize) + Sync) {
     if threads <= 1 {
         f(0);
+        return;
+    }
+    if SpinPool::global().try_run(threads, &f) {
         return;
     }
     rayon::scope(|s| {
@@ -39,7 +49,131 @@ pub(crate) fn run_parallel(threads: usize, f: impl Fn(usize) + Sync) {
     });
 }
 
-/// Most threads a kernel splits work for (more are clamped).
+/// How long an idle worker spins before it sleeps.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(300);
+
+type Job = *const (dyn Fn(usize) + Sync);
+
+/// Persistent workers for [`run_parallel`]: worker `i` (1-based) runs `f(i)` of each job with
+/// more than `i` threads. A job is published by writing it and bumping `generation`; workers
+/// spin on `generation` for [`SPIN`] after their last job, then wait on a condition variable.
+/// The dispatcher runs `f(0)` itself and spins until `pending` reaches zero, so `f` outlives
+/// every use (the scoped-thread argument).
+struct SpinPool {
+    dispatch: std::sync::Mutex<()>,
+    workers: std::sync::atomic::AtomicUsize,
+    generation: std::sync::atomic::AtomicU64,
+    job: std::cell::UnsafeCell<(Option<Job>, usize)>,
+    pending: std::sync::atomic::AtomicUsize,
+    panicked: std::sync::atomic::AtomicBool,
+    sleep: std::sync::Mutex<()>,
+    wake: std::sync::Condvar,
+}
+
+// SAFETY: `job` is written only by the dispatcher holding `dispatch`, before the `generation`
+// bump (release) that workers read (acquire) before reading it; it is cleared only after every
+// worker of the job has finished (`pending` zero).
+unsafe impl Sync for SpinPool {}
+// SAFETY: as above; the closure behind `job` is `Sync`, and only shared references to it are
+// used on other threads.
+unsafe impl Send for SpinPool {}
+
+impl SpinPool {
+    fn global() -> &'static SpinPool {
+        static POOL: std::sync::OnceLock<SpinPool> = std::sync::OnceLock::new();
+        POOL.get_or_init(|| SpinPool {
+            dispatch: std::sync::Mutex::new(()),
+            workers: std::sync::atomic::AtomicUsize::new(0),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            job: std::cell::UnsafeCell::new((None, 0)),
+            pending: std::sync::atomic::AtomicUsize::new(0),
+            panicked: std::sync::atomic::AtomicBool::new(false),
+            sleep: std::sync::Mutex::new(()),
+            wake: std::sync::Condvar::new(),
+        })
+    }
+
+    /// Runs the job on the pool; `false` (nothing run) when another dispatch is in progress
+    /// or a worker cannot be started.
+    fn try_run(&'static self, threads: usize, f: &(dyn Fn(usize) + Sync)) -> bool {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+        let Ok(_guard) = self.dispatch.try_lock() else { return false };
+        while self.workers.load(Relaxed) < threads - 1 {
+            let index = self.workers.load(Relaxed) + 1;
+            // The worker starts from the generation before this job's bump (it may first run
+            // after the bump, and must still see this job as new).
+            let seen = self.generation.load(Acquire);
+            let started = std::thread::Builder::new()
+                .name(format!("tessera-kernels-{index}"))
+                .spawn(move || self.work(index, seen));
+            if started.is_err() {
+                return false;
+            }
+            self.workers.store(index, Relaxed);
+        }
+        // SAFETY: erases the borrow's lifetime; the job is cleared below, after `pending`
+        // shows every worker done with it, before `f` can go out of scope.
+        let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(f) };
+        // SAFETY: only the dispatcher (holding `dispatch`) writes the slot, and no worker
+        // reads it until the generation bump below.
+        unsafe { *self.job.get() = (Some(job), threads) };
+        self.pending.store(threads - 1, Relaxed);
+        {
+            let _sleep = self.sleep.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.generation.fetch_add(1, AcqRel);
+            self.wake.notify_all();
+        }
+        f(0);
+        while self.pending.load(Acquire) != 0 {
+            std::hint::spin_loop();
+        }
+        // SAFETY: every worker of this job is done (pending zero).
+        unsafe { *self.job.get() = (None, 0) };
+        assert!(!self.panicked.swap(false, Release), "a kernel worker thread panicked");
+        true
+    }
+
+    fn work(&self, index: usize, mut seen: u64) {
+        use std::sync::atomic::Ordering::{Acquire, Release};
+        loop {
+            let start = std::time::Instant::now();
+            let mut spins = 0u32;
+            loop {
+                if self.generation.load(Acquire) != seen {
+                    break;
+                }
+                spins = spins.wrapping_add(1);
+                if spins.is_multiple_of(256) && start.elapsed() > SPIN {
+                    let mut guard =
+                        self.sleep.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    while self.generation.load(Acquire) == seen {
+                        guard = self
+                            .wake
+                            .wait(guard)
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    }
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            seen = self.generation.load(Acquire);
+            // SAFETY: read after the generation bump that published it; the dispatcher keeps
+            // it (and the closure it points to) alive until this worker decrements `pending`.
+            let (job, threads) = unsafe { *self.job.get() };
+            if let Some(job) = job
+                && index < threads
+            {
+                // SAFETY: as above: the closure is alive until `pending` reaches zero.
+                let f = unsafe { &*job };
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(index))).is_err() {
+                    self.panicked.store(true, Release);
+                }
+                self.pending.fetch_sub(1, Release);
+            }
+        }
+    }
+}
+
 pub(crate) const MAX_THREADS: usize = 64;
 
 /// Range boundaries of a split, on the stack: kernels must not allocate per call.
@@ -124,6 +258,36 @@ mod tests {
         let b = balanced_split(&[5; 7], 3);
         assert_eq!((b.len(), b[0], b[3]), (4, 0, 7));
         assert!(b.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn concurrent_and_spaced_dispatches_run_every_index_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // Several callers at once: one gets the spinning pool, the others rayon.
+        std::thread::scope(|s| {
+            for caller in 0..4usize {
+                s.spawn(move || {
+                    for round in 0..300usize {
+                        let threads = 2 + (caller + round) % 3;
+                        let hits: Vec<AtomicUsize> =
+                            (0..threads).map(|_| AtomicUsize::new(0)).collect();
+                        run_parallel(threads, |t| {
+                            hits[t].fetch_add(1, Ordering::Relaxed);
+                        });
+                        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+                    }
+                });
+            }
+        });
+        // Dispatches spaced beyond the spin time reach workers that went to sleep.
+        for _ in 0..5 {
+            std::thread::sleep(SPIN * 3);
+            let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+            run_parallel(3, |t| {
+                hits[t].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
     }
 
     #[test]
