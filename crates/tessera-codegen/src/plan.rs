@@ -453,8 +453,12 @@ fn fuse_conv_edges(
             continue;
         }
         let Some(&j) = step_of.get(consumer.name.as_str()) else { continue };
+        // The consumer applies its activation in the kernel's epilogue (a pre-packed input has
+        // no separate epilogue pass).
         let target = match &steps[j] {
-            Step::Conv { kernel: ConvKernel::Rows { conv, .. }, .. } => {
+            Step::Conv { kernel: ConvKernel::Rows { conv, .. }, act, .. }
+                if clamp_of(*act).is_some() =>
+            {
                 conv.layout().as_target().map(|t| (t, conv.layout().packed_len()))
             }
             _ => None,

@@ -303,3 +303,30 @@ fn the_latency_models_family_table_matches_the_compilers() {
         }
     }
 }
+
+/// A conv -> conv edge is stored pre-packed only when the consumer's activation can run in
+/// its kernel's epilogue: with a fused sigmoid the consumer packs its input itself, and the
+/// plan still matches the interpreter.
+#[test]
+fn pre_packed_edges_need_a_kernel_epilogue_on_the_consumer() {
+    use tessera_ir::{Activation, Conv2d, GraphBuilder};
+    for (act, packed) in [(Activation::Relu, true), (Activation::Sigmoid, false)] {
+        let mut b = GraphBuilder::new("two-convs");
+        let x = b.input("x", &[1, 4, 9, 9]);
+        let pad = Conv2d { padding: 1, ..Default::default() };
+        let c1 = b.conv2d("c1", &x, Tensor::uniform([8, 4, 3, 3], 0.3, 1), None, pad);
+        let r1 = b.act("r1", &c1, Activation::Relu);
+        let c2 = b.conv2d("c2", &r1, Tensor::uniform([8, 8, 3, 3], 0.3, 2), None, pad);
+        let a2 = b.act("a2", &c2, act);
+        b.output(&a2);
+        let (g, _) = Pipeline::standard().run(b.build().unwrap()).unwrap();
+        for o in [
+            CompileOptions::default(),
+            CompileOptions { batch: 2, threads: 2, ..Default::default() },
+        ] {
+            let plan = check(&g, &o, &format!("{act:?} {o:?}"));
+            let readers = plan.layers().iter().filter(|l| l.reads_packed).count();
+            assert_eq!(readers, usize::from(packed), "{act:?}");
+        }
+    }
+}

@@ -294,9 +294,10 @@ impl TilePlan {
         vectors: usize,
         delta_of: &dyn Fn(usize) -> Option<isize>,
     ) -> Self {
-        let tiles = tiles(layout.runs(), vectors * lanes);
-        let mut plan = TilePlan { vectors, tiles, seg_ptr: vec![0], segs: Vec::new() };
-        for &(p0, n) in &plan.tiles {
+        let all = tiles(layout.runs(), vectors * lanes);
+        let mut plan = TilePlan { vectors, tiles: Vec::new(), seg_ptr: vec![0], segs: Vec::new() };
+        for &(p0, n) in &all {
+            let first = plan.segs.len();
             for v in 0..vectors {
                 let mut current: Option<Seg> = None;
                 for i in 0..lanes {
@@ -317,6 +318,13 @@ impl TilePlan {
                     plan.segs.push(seg);
                 }
             }
+            // A tile of discarded positions only (the gap between output rows of a strongly
+            // dilated, padded convolution can span a whole tile) stores nothing: it is dropped,
+            // since an empty store list means plain stores to the kernels.
+            if plan.segs.len() == first {
+                continue;
+            }
+            plan.tiles.push((p0, n));
             plan.seg_ptr.push(plan.segs.len() as u32);
         }
         plan
@@ -422,12 +430,23 @@ impl RowGroupConv {
     /// Stores outputs to `target` from now on (e.g. the next convolution's
     /// [`InputLayout::as_target`]); its extent must be this convolution's output.
     pub fn set_output_target(&mut self, target: OutputTarget) -> Result<()> {
-        if target.dims != self.shape.output() || target.row_pitch < target.dims[2] {
+        let [d, h, w] = target.dims;
+        // Rows must not overlap and every channel's outputs must stay inside its stride, so
+        // channels (and threads' rows) write disjoint ranges of a buffer of `len` floats.
+        let fits = target.dims == self.shape.output()
+            && target.row_pitch >= w
+            && target.rows >= h
+            && (d * h * w == 0 || target.index([d - 1, h - 1, w - 1]) < target.channel_stride);
+        if !fits {
             return Err(KernelError::InvalidShape {
                 reason: format!(
-                    "an output target of {:?} (row pitch {}) does not fit outputs of {:?}",
+                    "an output target of {:?} (base {}, rows {}, row pitch {}, channel stride {}) \
+                     does not hold outputs of {:?} disjointly",
                     target.dims,
+                    target.base,
+                    target.rows,
                     target.row_pitch,
+                    target.channel_stride,
                     self.shape.output()
                 ),
             });

@@ -317,3 +317,40 @@ fn producer_writes_the_consumers_packed_layout() {
         }
     }
 }
+
+/// Tiles that hold only discarded positions (the gap between output rows of a strongly
+/// dilated, padded convolution spans whole tiles) store nothing: outputs match the reference
+/// on every instruction set, including the narrow-tile ones.
+#[test]
+fn tiles_of_discarded_positions_store_nothing() {
+    let shape =
+        ConvShape::conv2d(2, 8, [33, 33], [3, 3], 1, 24).unwrap().with_dilation(24).unwrap();
+    for (sparsity, seed) in [(0.0, 1), (0.5, 2)] {
+        check_conv(shape, sparsity, 8, seed, 1);
+        check_conv(shape, sparsity, 8, seed, 2);
+    }
+}
+
+/// An output target whose rows or channels would overlap (or overrun its channel stride) is
+/// refused.
+#[test]
+fn overlapping_output_targets_are_refused() {
+    use tessera_kernels::OutputTarget;
+    let shape = ConvShape::conv2d(4, 8, [6, 6], [3, 3], 1, 1).unwrap();
+    let w = vec![0.5f32; 8 * shape.cols()];
+    let groups = RowGroupMatrix::uniform_groups(8, 8, 8);
+    let m = RowGroupMatrix::from_dense(8, shape.cols(), &w, None, &groups).unwrap();
+    let mut conv = RowGroupConv::new(m, shape).unwrap();
+    let dims = shape.output();
+    let ok = OutputTarget { dims, channel_stride: 64, base: 9, rows: 7, row_pitch: 7 };
+    assert!(conv.set_output_target(ok).is_ok());
+    for bad in [
+        OutputTarget { channel_stride: 1, base: 0, rows: 0, ..ok },
+        OutputTarget { rows: 5, ..ok },
+        OutputTarget { row_pitch: 5, ..ok },
+        OutputTarget { channel_stride: 40, ..ok },
+        OutputTarget { dims: [1, 5, 6], ..ok },
+    ] {
+        assert!(conv.set_output_target(bad).is_err(), "{bad:?}");
+    }
+}

@@ -158,7 +158,11 @@ struct Patterns {
 
 fn patterns_of(param: &Param, shape: &ConvShape) -> Option<Patterns> {
     let sp = param.sparsity.as_ref()?;
-    if !matches!(sp.scheme, Scheme::Pattern(_)) || shape.groups != 1 || shape.kernel[0] != 1 {
+    if !matches!(sp.scheme, Scheme::Pattern(_))
+        || shape.groups != 1
+        || shape.kernel[0] != 1
+        || shape.input[0] != 1
+    {
         return None;
     }
     let taps = shape.kernel[1] * shape.kernel[2];
