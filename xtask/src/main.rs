@@ -434,6 +434,8 @@ fn main() -> Result<()> {
             tessera_data::file::write_atomic(&out.join("results.json"), &json)?;
             let md = tessera_benches::models::markdown(&results);
             tessera_data::file::write_atomic(&out.join("report.md"), md.as_bytes())?;
+            let (fallbacks, helped) = tessera_kernels::pool_counts();
+            tracing::info!(fallbacks, helped, "kernel thread pool");
             tracing::info!(points = results.models.len(), dir = %out.display(), "model benchmark written");
         }
         Command::Fixtures { out } => {

@@ -58,4 +58,4 @@ pub use conv::{ConvShape, InputLayout};
 pub use error::{KernelError, Result};
 pub use isa::Isa;
 pub use rowgroup::{Clamp, ConvScratch, Epilogue, OutputTarget, RowGroupConv, RowGroupMatrix};
-pub use threads::{MIN_MACS_PER_THREAD, recommended_threads};
+pub use threads::{MIN_MACS_PER_THREAD, pool_counts, recommended_threads};

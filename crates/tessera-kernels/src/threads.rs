@@ -30,8 +30,9 @@ pub fn recommended_threads(available: usize, macs: usize) -> usize {
 ///
 /// Work goes to [`SpinPool`]'s workers, which spin for a while after each job, so the
 /// consecutive layers of a model pay nanoseconds per dispatch instead of a sleeping pool's
-/// wake-up (tens of microseconds here). When another thread is dispatching already (tests,
-/// nested calls), the rayon pool runs the job instead.
+/// wake-up (tens of microseconds here); indices are claimed, so a worker that is late costs
+/// no waiting. When another thread is dispatching already (tests, nested calls), or the job
+/// is wider than the machine, the rayon pool runs it instead.
 pub(crate) fn run_parallel(threads: usize, f: impl Fn(usize) + Sync) {
     if threads <= 1 {
         f(0);
@@ -40,6 +41,7 @@ pub(crate) fn run_parallel(threads: usize, f: impl Fn(usize) + Sync) {
     if SpinPool::global().try_run(threads, &f) {
         return;
     }
+    FALLBACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     rayon::scope(|s| {
         for t in 1..threads {
             let f = &f;
@@ -49,31 +51,45 @@ pub(crate) fn run_parallel(threads: usize, f: impl Fn(usize) + Sync) {
     });
 }
 
+static FALLBACKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static HELPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many parallel jobs ran on rayon's pool instead of the spinning pool, and how many
+/// indices the pool's workers ran (the rest ran on the dispatching threads), since start.
+pub fn pool_counts() -> (usize, usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (FALLBACKS.load(Relaxed), HELPED.load(Relaxed))
+}
+
 /// How long an idle worker spins before it sleeps.
 const SPIN: std::time::Duration = std::time::Duration::from_micros(300);
 
 type Job = *const (dyn Fn(usize) + Sync);
 
-/// Bits of the published word that hold a job's thread count (the rest: its generation).
-const THREAD_BITS: u32 = 16;
-
-/// Persistent workers for [`run_parallel`]: worker `i` (1-based) runs `f(i)` of each job with
-/// more than `i` threads. A job is published by writing it to the slot and then storing one
-/// word, `generation << 16 | threads`; a worker acts on a generation only when its index is
-/// below that word's thread count, and only then reads the slot, which stays valid until every
-/// such worker has decremented `pending`. Workers spin on the word for [`SPIN`] after their
-/// last job, then wait on a condition variable. The dispatcher runs `f(0)` itself and waits for
-/// `pending` to reach zero before returning or unwinding, so `f` outlives every use (the
-/// scoped-thread argument). At most `available_parallelism - 1` workers exist; larger jobs go
-/// to rayon.
+/// Persistent workers for [`run_parallel`], sharing each job's indices by claiming them from a
+/// counter: the dispatcher runs `f(0)`, then claims indices like any worker, then waits only
+/// for indices already claimed by workers that are running them. A worker that is slow to wake
+/// (asleep, or its core taken by another process on a shared machine) therefore costs at most
+/// the serial time, never a wait for it to be scheduled.
+///
+/// Publishing a job: write the slot and the thread count, set `next` to 1 and `remaining` to
+/// the thread count (release), then bump `generation` to wake the workers, which spin on it for
+/// [`SPIN`] after their last job and then wait on a condition variable. A worker reads the
+/// slot only after claiming an index below the thread count (acquire on `next`), and the
+/// dispatcher rewrites it, or lets `f` go, only after `remaining` reached zero: every claimed
+/// index has finished. At most `available_parallelism - 1` workers exist; wider jobs go to
+/// rayon.
 struct SpinPool {
-    /// `generation << THREAD_BITS | threads` of the last job published (workers spin on it).
-    published: CacheLine<std::sync::atomic::AtomicU64>,
-    /// Workers of the current job still running (the dispatcher spins on it).
-    pending: CacheLine<std::sync::atomic::AtomicUsize>,
+    /// Next index to claim of the current job (workers and the dispatcher race on it).
+    next: CacheLine<std::sync::atomic::AtomicUsize>,
+    /// Indices of the current job not yet finished.
+    remaining: CacheLine<std::sync::atomic::AtomicUsize>,
+    /// Bumped per job: the workers' wake-up signal.
+    generation: CacheLine<std::sync::atomic::AtomicU64>,
     dispatch: std::sync::Mutex<()>,
     workers: std::sync::atomic::AtomicUsize,
     job: std::cell::UnsafeCell<Option<Job>>,
+    threads: std::sync::atomic::AtomicUsize,
     panicked: std::sync::atomic::AtomicBool,
     sleep: std::sync::Mutex<()>,
     wake: std::sync::Condvar,
@@ -82,17 +98,14 @@ struct SpinPool {
 }
 
 /// A value alone on its cache lines (128 bytes: adjacent-line prefetch pairs lines), so the
-/// words two threads spin on share a line with nothing else. Some builds of the unpadded pool
-/// ran ResNet-20 on 2 threads in 0.50 ms instead of 0.28 in every run (others never did);
-/// the padded build measured 0.28 in each of its runs. False sharing with whatever the linker
-/// placed beside the pool is the likely cause; it was not isolated further.
+/// counters threads spin on and update share a line with nothing else.
 #[repr(align(128))]
 struct CacheLine<T>(T);
 
-// SAFETY: `job` is written only by the dispatcher holding `dispatch`, before the release store
-// of `published` that participating workers read (acquire) before reading it; it is rewritten
-// only after every participant has decremented `pending` (release, read with acquire), and
-// non-participants never read it.
+// SAFETY: `job` is written only by the dispatcher holding `dispatch`, while no index of any
+// job is claimed or running (`remaining` zero, `next` past the thread count); a thread reads it
+// only after claiming an index below the thread count, which synchronizes (acquire) with the
+// release store of `next` that follows the write.
 unsafe impl Sync for SpinPool {}
 // SAFETY: as above; the closure behind `job` is `Sync`, and only shared references to it are
 // used on other threads.
@@ -100,14 +113,17 @@ unsafe impl Send for SpinPool {}
 
 impl SpinPool {
     fn global() -> &'static SpinPool {
+        use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
         static POOL: std::sync::OnceLock<SpinPool> = std::sync::OnceLock::new();
         POOL.get_or_init(|| SpinPool {
+            next: CacheLine(AtomicUsize::new(usize::MAX)),
+            remaining: CacheLine(AtomicUsize::new(0)),
+            generation: CacheLine(AtomicU64::new(0)),
             dispatch: std::sync::Mutex::new(()),
-            workers: std::sync::atomic::AtomicUsize::new(0),
-            published: CacheLine(std::sync::atomic::AtomicU64::new(0)),
+            workers: AtomicUsize::new(0),
             job: std::cell::UnsafeCell::new(None),
-            pending: CacheLine(std::sync::atomic::AtomicUsize::new(0)),
-            panicked: std::sync::atomic::AtomicBool::new(false),
+            threads: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
             sleep: std::sync::Mutex::new(()),
             wake: std::sync::Condvar::new(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -118,8 +134,8 @@ impl SpinPool {
     /// the job wants more threads than the machine runs at once, or a worker cannot start.
     fn try_run(&'static self, threads: usize, f: &(dyn Fn(usize) + Sync)) -> bool {
         use std::sync::TryLockError;
-        use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-        if threads > self.cpus || threads >= 1 << THREAD_BITS {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+        if threads > self.cpus {
             return false;
         }
         // A panic resumed below poisons the lock; the pool itself is still consistent then.
@@ -130,86 +146,104 @@ impl SpinPool {
         };
         while self.workers.load(Relaxed) < threads - 1 {
             let index = self.workers.load(Relaxed) + 1;
-            // The worker starts from the generation before this job's (it may first run after
-            // the job is published, and must still see it as new).
-            let seen = self.published.0.load(Acquire) >> THREAD_BITS;
+            let seen = self.generation.0.load(Acquire);
             let started = std::thread::Builder::new()
                 .name(format!("tessera-kernels-{index}"))
-                .spawn(move || self.work(index, seen));
+                .spawn(move || self.work(seen));
             if started.is_err() {
                 return false;
             }
             self.workers.store(index, Relaxed);
         }
-        // SAFETY: erases the borrow's lifetime; `f` is used by workers only until `pending`
-        // reaches zero, which this function waits for before it returns or unwinds.
+        // SAFETY: erases the borrow's lifetime; `f` is used only by claimed indices, all of
+        // which finish before this function returns or unwinds (`remaining` reaches zero).
         let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(f) };
-        // SAFETY: only the dispatcher (holding `dispatch`) writes the slot, and every
-        // participant of the previous job is done with it (`pending` was zero).
+        // SAFETY: no index is claimed or running (see the `Sync` impl).
         unsafe { *self.job.get() = Some(job) };
-        self.pending.0.store(threads - 1, Relaxed);
+        self.threads.store(threads, Relaxed);
+        self.remaining.0.store(threads, Relaxed);
+        self.next.0.store(1, Release);
         {
             let _sleep = self.sleep.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let generation = (self.published.0.load(Relaxed) >> THREAD_BITS) + 1;
-            self.published.0.store(generation << THREAD_BITS | threads as u64, Release);
+            self.generation.0.fetch_add(1, AcqRel);
             self.wake.notify_all();
         }
-        // A panic in `f(0)` is caught and resumed only after the workers are done with `f`.
-        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0)));
-        // Pure spinning: the workers are running on the other cores (jobs never ask for more
-        // threads than the machine runs), and yielding here measured bimodal: now and then the
-        // scheduler handed the core to another process's thread (ResNet-20 on 2 threads:
-        // 0.28 or 0.50 ms).
-        while self.pending.0.load(Acquire) != 0 {
+        // Index 0 here, then whatever the workers have not claimed. Every index counts as
+        // finished even when it panics; the first panic here is resumed only after every
+        // claimed index is done with `f`.
+        let mut first_panic = self.run_index(f, 0).err();
+        loop {
+            let i = self.next.0.fetch_add(1, Acquire);
+            if i >= threads {
+                break;
+            }
+            if let Err(p) = self.run_index(f, i) {
+                first_panic.get_or_insert(p);
+            }
+        }
+        while self.remaining.0.load(Acquire) != 0 {
             std::hint::spin_loop();
         }
-        if let Err(payload) = mine {
+        self.next.0.store(usize::MAX, Relaxed);
+        if let Some(payload) = first_panic {
             std::panic::resume_unwind(payload);
         }
         assert!(!self.panicked.swap(false, Relaxed), "a kernel worker thread panicked");
         true
     }
 
-    fn work(&self, index: usize, mut seen: u64) {
+    /// Runs index `i` of the current job and counts it finished, panic or not.
+    fn run_index(&self, f: &(dyn Fn(usize) + Sync), i: usize) -> std::thread::Result<()> {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(i)));
+        self.remaining.0.fetch_sub(1, std::sync::atomic::Ordering::Release);
+        r
+    }
+
+    fn work(&self, mut seen: u64) {
         use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-        let mask = (1u64 << THREAD_BITS) - 1;
         loop {
             let start = std::time::Instant::now();
             let mut spins = 0u32;
-            let word = loop {
-                let word = self.published.0.load(Acquire);
-                if word >> THREAD_BITS != seen {
-                    break word;
+            loop {
+                if self.generation.0.load(Acquire) != seen {
+                    break;
                 }
                 spins = spins.wrapping_add(1);
                 if spins.is_multiple_of(256) && start.elapsed() > SPIN {
                     let mut guard =
                         self.sleep.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    while self.published.0.load(Acquire) >> THREAD_BITS == seen {
+                    while self.generation.0.load(Acquire) == seen {
                         guard = self
                             .wake
                             .wait(guard)
                             .unwrap_or_else(std::sync::PoisonError::into_inner);
                     }
-                    continue;
+                    break;
                 }
                 std::hint::spin_loop();
-            };
-            seen = word >> THREAD_BITS;
-            if index >= (word & mask) as usize {
-                // Not part of this job: the slot may change under it, so it is not read.
-                continue;
             }
-            // SAFETY: this worker participates in generation `seen`, whose job was written
-            // before the release store read above; the dispatcher rewrites the slot and lets
-            // `f` go only after this worker's decrement of `pending` below.
-            let Some(job) = (unsafe { *self.job.get() }) else { continue };
-            // SAFETY: as above: the closure is alive until `pending` reaches zero.
-            let f = unsafe { &*job };
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(index))).is_err() {
-                self.panicked.store(true, Relaxed);
+            seen = self.generation.0.load(Acquire);
+            loop {
+                let i = self.next.0.fetch_add(1, Acquire);
+                // The thread count and slot are those of the job whose `next` this claim came
+                // from (both written before its release store of `next`).
+                let threads = self.threads.load(Relaxed);
+                if i >= threads {
+                    break;
+                }
+                // SAFETY: index `i` of the current job is claimed and unfinished, so the
+                // dispatcher keeps the slot and `f` alive until this decrement of `remaining`.
+                let Some(job) = (unsafe { *self.job.get() }) else { break };
+                // SAFETY: as above.
+                let f = unsafe { &*job };
+                HELPED.fetch_add(1, Relaxed);
+                // The flag is set before the index counts as finished, so the dispatcher sees
+                // it once `remaining` reaches zero.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(i))).is_err() {
+                    self.panicked.store(true, Relaxed);
+                }
+                self.remaining.0.fetch_sub(1, Release);
             }
-            self.pending.0.fetch_sub(1, Release);
         }
     }
 }
