@@ -12,6 +12,10 @@ use tessera_ir::passes::Pipeline;
 use tessera_ir::{Activation, Conv2d, Graph, GraphBuilder, Op, Tensor, examples, interp};
 use tessera_sparsity::{Scheme, Target};
 
+mod common;
+
+use common::prune_all;
+
 fn rustc() -> String {
     std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string())
 }
@@ -47,31 +51,6 @@ fn assert_close(got: &[f32], want: &[f32], what: &str) {
     let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
     for (i, (a, b)) in got.iter().zip(want).enumerate() {
         assert!((a - b).abs() <= 1e-4 * scale, "{what}: output {i}: emitted {a} vs interp {b}");
-    }
-}
-
-/// Every conv and linear weight pruned with `scheme` where it applies (pattern schemes only
-/// on 3x3 convolutions with more than one input channel).
-fn prune_all(g: &mut Graph, scheme: &str, target: f64) {
-    let s: Scheme = scheme.parse().unwrap();
-    let nodes: Vec<(String, String, bool)> = g
-        .nodes
-        .iter()
-        .filter_map(|n| match &n.op {
-            Op::Conv { weight, .. } => {
-                let shape = &g.params[weight].tensor.shape;
-                let three = shape.len() == 4 && shape[2] == 3 && shape[3] == 3 && shape[1] > 1;
-                Some((n.name.clone(), weight.clone(), three))
-            }
-            Op::Linear { weight, .. } => Some((n.name.clone(), weight.clone(), false)),
-            _ => None,
-        })
-        .collect();
-    for (node, weight, three) in nodes {
-        if scheme.starts_with("pattern") && !three {
-            continue;
-        }
-        g.prune(&node, &weight, &s, Target::Compression(target)).unwrap();
     }
 }
 

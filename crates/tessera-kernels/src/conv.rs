@@ -382,13 +382,13 @@ impl InputLayout {
     /// skipped: the interior of the padded planes (the padding stays zero if nothing else
     /// writes there). `None` for strided layouts (their phase split interleaves positions)
     /// and for inputs read in place.
-    pub fn as_target(&self) -> Option<crate::rowgroup::OutputTarget> {
+    pub fn as_target(&self) -> Option<OutputTarget> {
         let s = &self.shape;
         if self.in_place || s.stride != [1, 1, 1] {
             return None;
         }
         let [pd, ph, pw] = s.padding;
-        Some(crate::rowgroup::OutputTarget {
+        Some(OutputTarget {
             dims: s.input,
             channel_stride: self.channel_len,
             base: (pd * self.plane[1] + ph) * self.plane[2] + pw,
@@ -515,6 +515,48 @@ impl InputLayout {
                 out[dst..dst + ow].copy_from_slice(&flat[src..src + ow]);
             }
         }
+    }
+}
+
+/// Where a convolution stores output `(o, z, y, x)`:
+/// `o * channel_stride + base + (z * rows + y) * row_pitch + x`, for `[z, y, x]` inside
+/// `dims`. [`OutputTarget::dense`] is NCDHW; [`InputLayout::as_target`] is the padded input
+/// layout of a next convolution, which then skips its packing
+/// ([`crate::RowGroupConv::run_prepacked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputTarget {
+    /// Output extent `[D, H, W]` per channel.
+    pub dims: [usize; 3],
+    /// Floats between channels.
+    pub channel_stride: usize,
+    /// Index of `(0, 0, 0)` within a channel.
+    pub base: usize,
+    /// Rows per depth slice.
+    pub rows: usize,
+    /// Floats between rows.
+    pub row_pitch: usize,
+}
+
+impl OutputTarget {
+    /// NCDHW: channels of `D * H * W` values, rows of `W`.
+    pub fn dense(dims: [usize; 3]) -> Self {
+        OutputTarget {
+            dims,
+            channel_stride: dims.iter().product(),
+            base: 0,
+            rows: dims[1],
+            row_pitch: dims[2],
+        }
+    }
+
+    /// Index of `[z, y, x]` within a channel.
+    pub fn index(&self, [z, y, x]: [usize; 3]) -> usize {
+        self.base + (z * self.rows + y) * self.row_pitch + x
+    }
+
+    /// Floats an output buffer of `channels` channels must hold.
+    pub fn len(&self, channels: usize) -> usize {
+        channels * self.channel_stride
     }
 }
 

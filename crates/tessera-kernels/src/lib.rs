@@ -54,8 +54,8 @@ pub mod rowgroup;
 mod simd;
 mod threads;
 
-pub use conv::{ConvShape, InputLayout};
+pub use conv::{ConvShape, InputLayout, OutputTarget};
 pub use error::{KernelError, Result};
 pub use isa::Isa;
-pub use rowgroup::{Clamp, ConvScratch, Epilogue, OutputTarget, RowGroupConv, RowGroupMatrix};
+pub use rowgroup::{Clamp, ConvScratch, Epilogue, RowGroupConv, RowGroupMatrix};
 pub use threads::{MIN_MACS_PER_THREAD, pool_counts, recommended_threads};

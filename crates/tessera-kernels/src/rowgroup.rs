@@ -19,7 +19,7 @@
 
 use tessera_sparsity::Mask;
 
-use crate::conv::{ConvShape, InputLayout};
+use crate::conv::{ConvShape, InputLayout, OutputTarget};
 use crate::error::{KernelError, Result};
 use crate::isa::Isa;
 use crate::simd::{Simd, simd_entry};
@@ -203,48 +203,6 @@ pub struct RowGroupConv {
     target: OutputTarget,
     /// Tile plans for 8 and 16 lanes.
     plans: [TilePlan; 2],
-}
-
-/// Where a convolution stores output `(o, z, y, x)`:
-/// `o * channel_stride + base + (z * rows + y) * row_pitch + x`, for `[z, y, x]` inside
-/// `dims`. [`OutputTarget::dense`] is NCDHW; [`InputLayout::as_target`] is the padded input
-/// layout of a next convolution, which then skips its packing
-/// ([`RowGroupConv::run_prepacked`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OutputTarget {
-    /// Output extent `[D, H, W]` per channel.
-    pub dims: [usize; 3],
-    /// Floats between channels.
-    pub channel_stride: usize,
-    /// Index of `(0, 0, 0)` within a channel.
-    pub base: usize,
-    /// Rows per depth slice.
-    pub rows: usize,
-    /// Floats between rows.
-    pub row_pitch: usize,
-}
-
-impl OutputTarget {
-    /// NCDHW: channels of `D * H * W` values, rows of `W`.
-    pub fn dense(dims: [usize; 3]) -> Self {
-        OutputTarget {
-            dims,
-            channel_stride: dims.iter().product(),
-            base: 0,
-            rows: dims[1],
-            row_pitch: dims[2],
-        }
-    }
-
-    /// Index of `[z, y, x]` within a channel.
-    pub fn index(&self, [z, y, x]: [usize; 3]) -> usize {
-        self.base + (z * self.rows + y) * self.row_pitch + x
-    }
-
-    /// Floats an output buffer of `channels` channels must hold.
-    pub fn len(&self, channels: usize) -> usize {
-        channels * self.channel_stride
-    }
 }
 
 /// A masked store of one vector of a tile: lanes `mask` go to `output + p + delta`.

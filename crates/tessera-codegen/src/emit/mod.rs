@@ -205,17 +205,15 @@ pub fn emit_rust(graph: &Graph, options: &EmitOptions) -> Result<EmittedModel> {
 
     let mut src = Source::default();
     header(&mut src, graph, options, &input_shape, &output_shape, &values, &layers);
-    for l in calls.text.lines() {
-        src.text.push_str(l);
-        src.text.push('\n');
-    }
+    // `run`'s body: the calls (indented for it already), then the output copy.
+    src.text.push_str(&calls.text);
     src.line(format!(
-        "    output.copy_from_slice(&arena[{}..{}]);",
+        "output.copy_from_slice(&arena[{}..{}]);",
         values.output.offset,
         values.output.offset + values.output.len
     ));
-    src.line("    Ok(())");
-    src.line("}");
+    src.line("Ok(())");
+    src.close();
     src.line("");
     helpers(&mut src, &acts);
     src.text.push_str(&body.text);
@@ -244,6 +242,7 @@ pub fn write_rust(graph: &Graph, options: &EmitOptions, path: &Path) -> Result<E
     Ok(model)
 }
 
+/// The file header, the public API and the opening of `run` (left open for the calls).
 #[allow(clippy::too_many_arguments)] // the header states everything about the model
 fn header(
     src: &mut Source,
@@ -353,7 +352,6 @@ fn check(buffer: &'static str, expected: usize, found: usize) -> Result<(), Leng
         values.input.offset,
         values.input.offset + values.input.len
     ));
-    src.indent = 0;
 }
 
 /// The call of one step inside `run`: the arena split around the written range, each read

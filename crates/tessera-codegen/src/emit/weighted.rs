@@ -124,6 +124,13 @@ impl RowGroups {
         self.row_start.windows(2).all(|w| (w[1] - w[0]) as usize == first).then_some(first)
     }
 
+    /// Inside a `for g in 0..G` loop: group g's filters, columns and weights.
+    fn write_group_slices(src: &mut Source) {
+        src.line("let rows = &ROWS[ROW_START[g] as usize..ROW_START[g + 1] as usize];");
+        src.line("let cols = &COLS[COL_START[g] as usize..COL_START[g + 1] as usize];");
+        src.line("let vals = &VALS[VAL_START[g] as usize..VAL_START[g + 1] as usize];");
+    }
+
     fn write_tables(&self, src: &mut Source) {
         src.array("ROWS", "u32", &self.rows);
         src.array("ROW_START", "u32", &self.row_start);
@@ -283,9 +290,7 @@ pub(crate) fn emit_conv(
     src.line("let x = &x[n * C * D * H * W..(n + 1) * C * D * H * W];");
     src.line("let y = &mut y[n * O * OD * OH * OW..(n + 1) * O * OD * OH * OW];");
     src.open("for g in 0..G");
-    src.line("let rows = &ROWS[ROW_START[g] as usize..ROW_START[g + 1] as usize];");
-    src.line("let cols = &COLS[COL_START[g] as usize..COL_START[g + 1] as usize];");
-    src.line("let vals = &VALS[VAL_START[g] as usize..VAL_START[g + 1] as usize];");
+    RowGroups::write_group_slices(src);
     src.line("let base = rows[0] as usize / OPG * CPG;");
     // A constant filter count lets the compiler unroll the loop over the group's filters.
     let nr = match rows_const {
@@ -515,9 +520,7 @@ pub(crate) fn emit_linear(
             src.line("let x = &x[i * IN..(i + 1) * IN];");
             src.line("let y = &mut y[i * OUT..(i + 1) * OUT];");
             src.open("for g in 0..G");
-            src.line("let rows = &ROWS[ROW_START[g] as usize..ROW_START[g + 1] as usize];");
-            src.line("let cols = &COLS[COL_START[g] as usize..COL_START[g + 1] as usize];");
-            src.line("let vals = &VALS[VAL_START[g] as usize..VAL_START[g + 1] as usize];");
+            RowGroups::write_group_slices(src);
             src.open("for (r, &o) in rows.iter().enumerate()");
             src.line("let o = o as usize;");
             src.line("let w = &vals[r * cols.len()..(r + 1) * cols.len()];");
