@@ -1,0 +1,539 @@
+//! The searches: NPAS (Q-learning proposals, GP + Expected Improvement picks), random search,
+//! and fixed lists (uniform and rule-based baselines), all over one [`Evaluator`], one
+//! [`Reward`] and one resumable evaluation log.
+//!
+//! NPAS round: epsilon comes from the schedule by the number evaluated so far; the agent
+//! proposes a pool of distinct, not yet evaluated candidates; once `warmup` candidates are
+//! evaluated, a GP fitted on them (to accuracy when the evaluator can predict latency
+//! cheaply, else to the reward) scores every pooled candidate by EI on the reward, and the
+//! `per_round` best are evaluated; the agent learns from each reward (with replay).
+//!
+//! Resuming: every decision depends only on the seed and on the measurements, so a run
+//! replays itself. The log (one JSON file, rewritten atomically after each evaluation) holds
+//! a header naming the method, the space, the config and the reward; a run that finds a log
+//! with the same header takes the first measurements from it in order (checking each
+//! candidate matches) and calls the evaluator only for the rest. A log with another header is
+//! refused.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::rngs::ChaCha8Rng;
+use rand::{Rng, RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::acquisition::expected_improvement;
+use crate::error::{EvalError, Result, SearchError};
+use crate::gp::{Encoder, GaussianProcess, GpGrid};
+use crate::qlearn::{EpsilonSchedule, QAgent, QConfig};
+use crate::space::SearchSpace;
+
+/// What one evaluation measured.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    /// Accuracy proxy (top-1 after one-shot pruning and a short fine-tune), in [0, 1].
+    pub accuracy: f64,
+    /// Latency, milliseconds.
+    pub latency_ms: f64,
+    /// Training epochs spent (fractions for partial epochs).
+    pub epochs: f64,
+    /// Wall seconds spent.
+    pub seconds: f64,
+}
+
+/// The expensive evaluation of a candidate.
+pub trait Evaluator {
+    /// Measures `candidate` (one option index per layer of `space`).
+    fn evaluate(
+        &mut self,
+        space: &SearchSpace,
+        candidate: &[usize],
+    ) -> std::result::Result<Measurement, EvalError>;
+
+    /// A cheap latency prediction (a latency table or model), used to rank candidates before
+    /// they are evaluated; `None` when the evaluator has none.
+    fn predict_latency(&self, _space: &SearchSpace, _candidate: &[usize]) -> Option<f64> {
+        None
+    }
+}
+
+/// Reward: accuracy, penalized linearly in the relative overshoot above a latency target:
+/// `accuracy - penalty * max(0, latency / target - 1)`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Reward {
+    /// Latency target, ms.
+    pub latency_target_ms: f64,
+    /// Accuracy lost per 100% overshoot.
+    pub penalty: f64,
+}
+
+impl Reward {
+    /// The reward of an accuracy and a latency.
+    pub fn of(&self, accuracy: f64, latency_ms: f64) -> f64 {
+        accuracy - self.penalty * (latency_ms / self.latency_target_ms - 1.0).max(0.0)
+    }
+
+    fn check(&self) -> Result<()> {
+        if !(self.latency_target_ms > 0.0 && self.penalty >= 0.0 && self.penalty.is_finite()) {
+            return Err(SearchError::config("reward", "latency target > 0 and penalty >= 0"));
+        }
+        Ok(())
+    }
+}
+
+/// NPAS settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NpasConfig {
+    /// Evaluations (the budget).
+    pub evaluations: usize,
+    /// Candidates the agent proposes per round.
+    pub pool: usize,
+    /// Candidates of each pool evaluated (the best by EI).
+    pub per_round: usize,
+    /// Evaluations before the GP is used (picks follow the agent until then).
+    pub warmup: usize,
+    /// Epsilon schedule (`None`: [`EpsilonSchedule::metaqnn`] over the budget).
+    pub epsilon: Option<EpsilonSchedule>,
+    /// The agent.
+    pub q: QConfig,
+    /// GP hyper-parameter grid.
+    pub gp: GpGrid,
+    /// EI's exploration margin, in reward units.
+    pub xi: f64,
+    /// Per-layer kernel weights (`None`: uniform).
+    pub layer_weights: Option<Vec<f64>>,
+    /// Seed of every random choice.
+    pub seed: u64,
+}
+
+impl NpasConfig {
+    /// Defaults for a budget of `evaluations`: pools of 64, 2 picks a round, 20% warm-up.
+    pub fn new(evaluations: usize, seed: u64) -> Self {
+        NpasConfig {
+            evaluations,
+            pool: 64,
+            per_round: 2,
+            warmup: (evaluations / 5).max(2),
+            epsilon: None,
+            q: QConfig::default(),
+            gp: GpGrid::default(),
+            xi: 0.0,
+            layer_weights: None,
+            seed,
+        }
+    }
+}
+
+/// One evaluated candidate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluated {
+    /// Position in its search (0-based).
+    pub index: usize,
+    /// Label: the search method, or the baseline's name.
+    pub label: String,
+    /// The candidate's textual form ([`SearchSpace::key`]).
+    pub key: String,
+    /// Option per layer.
+    pub candidate: Vec<usize>,
+    /// What was measured.
+    pub measurement: Measurement,
+    /// Its reward.
+    pub reward: f64,
+    /// GP posterior (mean, sd) of the reward when the GP picked it.
+    pub predicted: Option<(f64, f64)>,
+    /// Its EI when the GP picked it.
+    pub ei: Option<f64>,
+    /// Epsilon when proposed (NPAS only).
+    pub epsilon: Option<f64>,
+}
+
+/// What a search produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchOutcome {
+    /// Every evaluation in order.
+    pub evaluations: Vec<Evaluated>,
+    /// How many came from the log (not re-evaluated).
+    pub from_log: usize,
+}
+
+impl SearchOutcome {
+    /// The evaluation with the highest reward (first on ties).
+    pub fn best(&self) -> Option<&Evaluated> {
+        self.evaluations.iter().fold(None, |b: Option<&Evaluated>, e| match b {
+            Some(x) if x.reward >= e.reward => b,
+            _ => Some(e),
+        })
+    }
+
+    /// Best reward after each evaluation.
+    pub fn best_so_far(&self) -> Vec<f64> {
+        let mut best = f64::NEG_INFINITY;
+        self.evaluations
+            .iter()
+            .map(|e| {
+                best = best.max(e.reward);
+                best
+            })
+            .collect()
+    }
+
+    /// Evaluations needed before the best reward reaches `threshold` (`None`: never).
+    pub fn evaluations_to_reach(&self, threshold: f64) -> Option<usize> {
+        self.best_so_far().iter().position(|&b| b >= threshold).map(|i| i + 1)
+    }
+
+    /// Total training epochs and wall seconds of the evaluations.
+    pub fn cost(&self) -> (f64, f64) {
+        self.evaluations
+            .iter()
+            .fold((0.0, 0.0), |(e, s), x| (e + x.measurement.epochs, s + x.measurement.seconds))
+    }
+}
+
+/// The log's header: a resumed run must match it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct LogHeader {
+    method: String,
+    /// FNV-1a hash of the space (layers and options).
+    space: String,
+    config: serde_json::Value,
+    reward: Reward,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct LogFile {
+    header: LogHeader,
+    evaluations: Vec<Evaluated>,
+}
+
+/// The evaluation log of one search (module docs).
+struct EvalLog {
+    path: Option<PathBuf>,
+    file: LogFile,
+    /// Entries found at open.
+    replay: Vec<Evaluated>,
+}
+
+fn fingerprint(space: &SearchSpace) -> Result<String> {
+    let text = serde_json::to_string(space).map_err(|e| SearchError::config("space", e))?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    Ok(format!("{h:016x}"))
+}
+
+impl EvalLog {
+    fn open(
+        path: Option<&Path>,
+        method: &str,
+        space: &SearchSpace,
+        config: serde_json::Value,
+        reward: Reward,
+    ) -> Result<Self> {
+        let header =
+            LogHeader { method: method.into(), space: fingerprint(space)?, config, reward };
+        let mut replay = Vec::new();
+        if let Some(p) = path
+            && p.exists()
+        {
+            let bytes = std::fs::read(p).map_err(|e| SearchError::log(p, e))?;
+            let old: LogFile = serde_json::from_slice(&bytes)
+                .map_err(|e| SearchError::log(p, format!("not an evaluation log: {e}")))?;
+            if old.header != header {
+                return Err(SearchError::log(
+                    p,
+                    format!(
+                        "written by another search (method `{}`, space {}, config or reward differ); \
+                         resume only with the same settings, or move the file away",
+                        old.header.method, old.header.space
+                    ),
+                ));
+            }
+            replay = old.evaluations;
+        }
+        Ok(EvalLog {
+            path: path.map(Path::to_path_buf),
+            file: LogFile { header, evaluations: Vec::new() },
+            replay,
+        })
+    }
+
+    fn record(&mut self, e: Evaluated) -> Result<()> {
+        self.file.evaluations.push(e);
+        let Some(path) = &self.path else { return Ok(()) };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| SearchError::log(path, e))?;
+        let bytes = serde_json::to_vec_pretty(&self.file).map_err(|e| SearchError::log(path, e))?;
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(&dir).map_err(|e| SearchError::log(path, e))?;
+        tmp.write_all(&bytes).map_err(|e| SearchError::log(path, e))?;
+        tmp.persist(path).map_err(|e| SearchError::log(path, e.error))?;
+        Ok(())
+    }
+}
+
+/// Runs evaluations for one search: the log first, then the evaluator.
+struct Runner<'a> {
+    space: &'a SearchSpace,
+    evaluator: &'a mut dyn Evaluator,
+    reward: Reward,
+    log: EvalLog,
+    from_log: usize,
+    budget: usize,
+}
+
+impl Runner<'_> {
+    fn measure(
+        &mut self,
+        label: &str,
+        candidate: Vec<usize>,
+        predicted: Option<(f64, f64)>,
+        ei: Option<f64>,
+        epsilon: Option<f64>,
+    ) -> Result<Evaluated> {
+        let index = self.log.file.evaluations.len();
+        let key = self.space.key(&candidate);
+        let e = if let Some(old) = self.log.replay.get(index) {
+            if old.key != key {
+                return Err(SearchError::log(
+                    self.log.path.as_deref().unwrap_or(Path::new("-")),
+                    format!("evaluation {index} was `{}`, this run proposes `{key}`", old.key),
+                ));
+            }
+            self.from_log += 1;
+            old.clone()
+        } else {
+            let t = Instant::now();
+            let mut m = self.evaluator.evaluate(self.space, &candidate).map_err(|source| {
+                SearchError::Evaluation { index, candidate: key.clone(), source }
+            })?;
+            if m.seconds == 0.0 {
+                m.seconds = t.elapsed().as_secs_f64();
+            }
+            Evaluated {
+                index,
+                label: label.into(),
+                key,
+                candidate,
+                measurement: m,
+                reward: self.reward.of(m.accuracy, m.latency_ms),
+                predicted,
+                ei,
+                epsilon,
+            }
+        };
+        let best = self.log.file.evaluations.iter().map(|x| x.reward).fold(e.reward, f64::max);
+        tracing::info!(
+            search = label,
+            evaluation = index + 1,
+            of = self.budget,
+            accuracy = e.measurement.accuracy,
+            latency_ms = e.measurement.latency_ms,
+            reward = e.reward,
+            best,
+            "evaluated"
+        );
+        self.log.record(e.clone())?;
+        Ok(e)
+    }
+
+    fn outcome(self) -> SearchOutcome {
+        SearchOutcome { evaluations: self.log.file.evaluations, from_log: self.from_log }
+    }
+}
+
+fn random_candidate(space: &SearchSpace, rng: &mut impl Rng) -> Vec<usize> {
+    (0..space.len()).map(|l| rng.random_range(0..space.options(l).len())).collect()
+}
+
+/// An unseen uniformly random candidate (`None` after many tries: the space is exhausted).
+fn fresh_random(
+    space: &SearchSpace,
+    rng: &mut impl Rng,
+    seen: &HashSet<Vec<usize>>,
+) -> Option<Vec<usize>> {
+    (0..10_000).map(|_| random_candidate(space, rng)).find(|c| !seen.contains(c))
+}
+
+/// NPAS over `space` (module docs); `log` makes it resumable.
+pub fn npas(
+    space: &SearchSpace,
+    evaluator: &mut dyn Evaluator,
+    reward: Reward,
+    cfg: &NpasConfig,
+    log: Option<&Path>,
+) -> Result<SearchOutcome> {
+    reward.check()?;
+    if cfg.evaluations == 0 || cfg.pool == 0 || cfg.per_round == 0 {
+        return Err(SearchError::config("npas", "evaluations, pool and per_round must be >= 1"));
+    }
+    let weights = match &cfg.layer_weights {
+        Some(w) if w.len() != space.len() || w.iter().any(|v| !(v.is_finite() && *v >= 0.0)) => {
+            return Err(SearchError::config("layer_weights", "one non-negative weight per layer"));
+        }
+        Some(w) => w.clone(),
+        None => vec![1.0 / space.len() as f64; space.len()],
+    };
+    let schedule = cfg.epsilon.clone().unwrap_or_else(|| EpsilonSchedule::metaqnn(cfg.evaluations));
+    schedule.check()?;
+    let config = serde_json::to_value(cfg).map_err(|e| SearchError::config("npas", e))?;
+    let _span =
+        tracing::info_span!("npas", budget = cfg.evaluations, layers = space.len()).entered();
+    let mut runner = Runner {
+        space,
+        evaluator,
+        reward,
+        log: EvalLog::open(log, "npas", space, config, reward)?,
+        from_log: 0,
+        budget: cfg.evaluations,
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut agent = QAgent::new(space, cfg.q.clone())?;
+    let encoder = Encoder::new(space);
+    let mut seen: HashSet<Vec<usize>> = HashSet::new();
+    let mut done: Vec<Evaluated> = Vec::new();
+    while done.len() < cfg.evaluations {
+        let epsilon = schedule.at(done.len());
+        let mut pool: Vec<Vec<usize>> = Vec::new();
+        for _ in 0..cfg.pool * 50 {
+            if pool.len() == cfg.pool {
+                break;
+            }
+            let c = agent.propose(&mut rng, epsilon);
+            if !seen.contains(&c) && !pool.contains(&c) {
+                pool.push(c);
+            }
+        }
+        if pool.is_empty() {
+            // The agent keeps proposing what it has seen: explore at random.
+            match fresh_random(space, &mut rng, &seen) {
+                Some(c) => pool.push(c),
+                None => break,
+            }
+        }
+        let picks = pick(space, &runner, &encoder, &weights, cfg, &done, pool)?;
+        for (c, predicted, ei) in picks {
+            if done.len() == cfg.evaluations {
+                break;
+            }
+            let e = runner.measure("npas", c, predicted, ei, Some(epsilon))?;
+            agent.learn(&e.candidate, e.reward, &mut rng);
+            seen.insert(e.candidate.clone());
+            done.push(e);
+        }
+    }
+    Ok(runner.outcome())
+}
+
+type Pick = (Vec<usize>, Option<(f64, f64)>, Option<f64>);
+
+/// The pooled candidates to evaluate this round: the first `per_round` during warm-up, else
+/// the best by EI.
+fn pick(
+    space: &SearchSpace,
+    runner: &Runner<'_>,
+    encoder: &Encoder,
+    weights: &[f64],
+    cfg: &NpasConfig,
+    done: &[Evaluated],
+    pool: Vec<Vec<usize>>,
+) -> Result<Vec<Pick>> {
+    if done.len() < cfg.warmup.max(2) {
+        return Ok(pool.into_iter().take(cfg.per_round).map(|c| (c, None, None)).collect());
+    }
+    let latency: Vec<Option<f64>> =
+        pool.iter().map(|c| runner.evaluator.predict_latency(space, c)).collect();
+    let with_latency = latency.iter().all(Option::is_some);
+    let x: Vec<_> = done.iter().map(|e| encoder.encode(&e.candidate)).collect();
+    let y: Vec<f64> =
+        done.iter().map(|e| if with_latency { e.measurement.accuracy } else { e.reward }).collect();
+    let gp = match GaussianProcess::fit_best(weights, &cfg.gp, &x, &y) {
+        Ok(gp) => gp,
+        Err(e) => {
+            tracing::warn!(error = %e, "GP fit failed; taking the agent's proposals in order");
+            return Ok(pool.into_iter().take(cfg.per_round).map(|c| (c, None, None)).collect());
+        }
+    };
+    let best = done.iter().map(|e| e.reward).fold(f64::NEG_INFINITY, f64::max);
+    let mut scored: Vec<(f64, Pick)> = pool
+        .into_iter()
+        .zip(latency)
+        .map(|(c, lat)| {
+            let (m, v) = gp.predict(&encoder.encode(&c));
+            let mean = match lat {
+                Some(l) if with_latency => runner.reward.of(m, l),
+                _ => m,
+            };
+            let sd = v.sqrt();
+            let ei = expected_improvement(mean, sd, best, cfg.xi);
+            (ei, (c, Some((mean, sd)), Some(ei)))
+        })
+        .collect();
+    // Highest EI first; the sort is stable, so ties keep the agent's order.
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    Ok(scored.into_iter().take(cfg.per_round).map(|s| s.1).collect())
+}
+
+/// Random search: `evaluations` distinct uniformly random candidates.
+pub fn random_search(
+    space: &SearchSpace,
+    evaluator: &mut dyn Evaluator,
+    reward: Reward,
+    evaluations: usize,
+    seed: u64,
+    log: Option<&Path>,
+) -> Result<SearchOutcome> {
+    reward.check()?;
+    let config = serde_json::json!({ "evaluations": evaluations, "seed": seed });
+    let _span = tracing::info_span!("random-search", budget = evaluations).entered();
+    let mut runner = Runner {
+        space,
+        evaluator,
+        reward,
+        log: EvalLog::open(log, "random", space, config, reward)?,
+        from_log: 0,
+        budget: evaluations,
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut seen = HashSet::new();
+    for _ in 0..evaluations {
+        let Some(c) = fresh_random(space, &mut rng, &seen) else { break };
+        seen.insert(c.clone());
+        runner.measure("random", c, None, None, None)?;
+    }
+    Ok(runner.outcome())
+}
+
+/// Evaluates a fixed list of labelled candidates (baselines), resumable like the searches.
+pub fn evaluate_list(
+    space: &SearchSpace,
+    evaluator: &mut dyn Evaluator,
+    reward: Reward,
+    candidates: &[(String, Vec<usize>)],
+    log: Option<&Path>,
+) -> Result<SearchOutcome> {
+    reward.check()?;
+    for (label, c) in candidates {
+        space.check(c).map_err(|e| SearchError::config(label.clone(), e))?;
+    }
+    let config = serde_json::json!(candidates.iter().map(|(l, _)| l).collect::<Vec<_>>());
+    let mut runner = Runner {
+        space,
+        evaluator,
+        reward,
+        log: EvalLog::open(log, "list", space, config, reward)?,
+        from_log: 0,
+        budget: candidates.len(),
+    };
+    for (label, c) in candidates {
+        runner.measure(label, c.clone(), None, None, None)?;
+    }
+    Ok(runner.outcome())
+}

@@ -1,0 +1,242 @@
+//! The searches against a synthetic problem with a brute-force optimum: NPAS beats random
+//! search at equal budgets, the rule-based mapper meets its latency target, and interrupted
+//! searches resume from their logs without re-evaluating anything.
+
+use std::cell::Cell;
+
+use anyhow::Result;
+use tessera_search::{
+    EvalError, Evaluator, LatencyTable, LayerRole, Measurement, NpasConfig, Reward, RuleConfig,
+    SearchLayer, SearchSpace, SpaceSpec, evaluate_list, npas, random_search, rule_rates,
+    rule_schemes,
+};
+use tessera_sparsity::Layer;
+
+/// Six 16x16 linear layers, unstructured and block-punched 4x4 at 2x/4x/8x: 7 options each,
+/// 117,649 candidates.
+fn space() -> SearchSpace {
+    SearchSpace::new(
+        (0..6)
+            .map(|i| SearchLayer {
+                layer: Layer::linear(format!("fc{i}.weight"), 16, 16).unwrap(),
+                role: LayerRole::Body,
+            })
+            .collect(),
+        &SpaceSpec {
+            schemes: vec!["unstructured".parse().unwrap(), "block-punched:4x4".parse().unwrap()],
+            rates: vec![2.0, 4.0, 8.0],
+            dense_roles: vec![],
+        },
+    )
+    .unwrap()
+}
+
+const SENSITIVITY: [f64; 6] = [0.08, 0.01, 0.03, 0.002, 0.05, 0.005];
+const DENSE_MS: [f64; 6] = [0.2, 1.0, 0.5, 2.0, 0.3, 1.5];
+
+/// Latency: block-punched runs at its FLOP reduction, unstructured at 40% of it.
+fn table(sp: &SearchSpace) -> LatencyTable {
+    LatencyTable {
+        other_ms: 0.5,
+        per_layer: (0..sp.len())
+            .map(|l| {
+                sp.options(l)
+                    .iter()
+                    .map(|c| match c.scheme_name().as_str() {
+                        "dense" => DENSE_MS[l],
+                        "unstructured" => DENSE_MS[l] * (0.6 + 0.4 / c.rate),
+                        _ => DENSE_MS[l] / c.rate,
+                    })
+                    .collect()
+            })
+            .collect(),
+    }
+}
+
+/// Accuracy: each layer loses `sensitivity * (1 - 1/rate)^2`, 1.5x more under blocks; an
+/// interaction term penalizes pruning the two most sensitive layers together.
+fn accuracy(sp: &SearchSpace, c: &[usize]) -> f64 {
+    let ch = sp.choices(c);
+    let mut acc = 0.92;
+    for (l, x) in ch.iter().enumerate() {
+        let f = 1.0 - 1.0 / x.rate;
+        let block = if x.scheme_name().starts_with("block") { 1.5 } else { 1.0 };
+        acc -= SENSITIVITY[l] * f * f * block;
+    }
+    if ch[0].rate > 2.0 && ch[4].rate > 2.0 {
+        acc -= 0.02;
+    }
+    acc
+}
+
+struct Synthetic {
+    table: LatencyTable,
+    calls: Cell<usize>,
+    fail_at: Option<usize>,
+}
+
+impl Synthetic {
+    fn new(sp: &SearchSpace) -> Self {
+        Synthetic { table: table(sp), calls: Cell::new(0), fail_at: None }
+    }
+}
+
+impl Evaluator for Synthetic {
+    fn evaluate(&mut self, sp: &SearchSpace, c: &[usize]) -> Result<Measurement, EvalError> {
+        let n = self.calls.get();
+        if self.fail_at == Some(n) {
+            return Err("simulated crash".into());
+        }
+        self.calls.set(n + 1);
+        Ok(Measurement {
+            accuracy: accuracy(sp, c),
+            latency_ms: self.table.total_ms(c),
+            epochs: 0.5,
+            seconds: 1.0,
+        })
+    }
+
+    fn predict_latency(&self, _: &SearchSpace, c: &[usize]) -> Option<f64> {
+        Some(self.table.total_ms(c))
+    }
+}
+
+const REWARD: Reward = Reward { latency_target_ms: 2.2, penalty: 1.0 };
+
+/// Brute force over all 117,649 candidates.
+fn optimum(sp: &SearchSpace) -> f64 {
+    let t = table(sp);
+    let n = sp.options(0).len();
+    let mut best = f64::NEG_INFINITY;
+    let mut c = vec![0usize; sp.len()];
+    loop {
+        best = best.max(REWARD.of(accuracy(sp, &c), t.total_ms(&c)));
+        let mut l = 0;
+        loop {
+            c[l] += 1;
+            if c[l] < n {
+                break;
+            }
+            c[l] = 0;
+            l += 1;
+            if l == c.len() {
+                return best;
+            }
+        }
+    }
+}
+
+#[test]
+fn npas_beats_random_search_at_equal_budget() -> Result<()> {
+    let sp = space();
+    let best = optimum(&sp);
+    let budget = 60;
+    let (mut npas_sum, mut random_sum, mut wins, mut reached) = (0.0, 0.0, 0, 0);
+    for seed in 0..5 {
+        let mut ev = Synthetic::new(&sp);
+        let cfg = NpasConfig::new(budget, seed);
+        let n = npas(&sp, &mut ev, REWARD, &cfg, None)?;
+        assert_eq!(n.evaluations.len(), budget);
+        assert_eq!(ev.calls.get(), budget, "every evaluation is a distinct candidate");
+        let mut ev = Synthetic::new(&sp);
+        let r = random_search(&sp, &mut ev, REWARD, budget, seed, None)?;
+        let (nb, rb) = (n.best().unwrap().reward, r.best().unwrap().reward);
+        assert!(nb <= best + 1e-12 && rb <= best + 1e-12);
+        npas_sum += nb;
+        random_sum += rb;
+        wins += usize::from(nb >= rb);
+        // NPAS reaches random search's best within a third of the budget.
+        if n.evaluations_to_reach(rb).is_some_and(|k| k * 3 <= budget) {
+            reached += 1;
+        }
+        // The GP picked candidates after the warm-up, with finite EI.
+        assert!(n.evaluations[cfg.warmup..].iter().any(|e| e.ei.is_some_and(f64::is_finite)));
+    }
+    let (gap_n, gap_r) = (best - npas_sum / 5.0, best - random_sum / 5.0);
+    assert!(
+        wins >= 4,
+        "NPAS won {wins} of 5 seeds (mean gaps to the optimum: npas {gap_n:.4}, random {gap_r:.4})"
+    );
+    assert!(gap_n < 0.5 * gap_r, "mean gap to the optimum: npas {gap_n:.4}, random {gap_r:.4}");
+    assert!(
+        reached >= 3,
+        "NPAS reached random search's best within 1/3 of the budget in {reached} of 5 seeds"
+    );
+    Ok(())
+}
+
+#[test]
+fn searches_resume_from_their_logs() -> Result<()> {
+    let sp = space();
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("npas.json");
+    let cfg = NpasConfig::new(16, 3);
+    // Uninterrupted reference.
+    let whole = npas(&sp, &mut Synthetic::new(&sp), REWARD, &cfg, None)?;
+    // Crash at the 7th evaluation: the 6 done are in the log.
+    let mut ev = Synthetic { fail_at: Some(6), ..Synthetic::new(&sp) };
+    let err = npas(&sp, &mut ev, REWARD, &cfg, Some(&log)).unwrap_err().to_string();
+    assert!(err.contains("evaluating candidate 6") && err.contains("simulated crash"), "{err}");
+    // Resume: only the remaining 10 are evaluated, and the run is the uninterrupted one.
+    let mut ev = Synthetic::new(&sp);
+    let resumed = npas(&sp, &mut ev, REWARD, &cfg, Some(&log))?;
+    assert_eq!((ev.calls.get(), resumed.from_log), (10, 6));
+    let keys = |o: &tessera_search::SearchOutcome| {
+        o.evaluations.iter().map(|e| (e.key.clone(), e.reward)).collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&resumed), keys(&whole));
+    // A finished log: nothing is evaluated again.
+    let mut ev = Synthetic::new(&sp);
+    let again = npas(&sp, &mut ev, REWARD, &cfg, Some(&log))?;
+    assert_eq!((ev.calls.get(), again.from_log), (0, 16));
+    // Another seed or reward is refused, naming the file.
+    let other = NpasConfig::new(16, 4);
+    let err =
+        npas(&sp, &mut Synthetic::new(&sp), REWARD, &other, Some(&log)).unwrap_err().to_string();
+    assert!(err.contains("npas.json") && err.contains("another search"), "{err}");
+    // Random search and fixed lists resume the same way.
+    let rlog = dir.path().join("random.json");
+    let mut ev = Synthetic { fail_at: Some(3), ..Synthetic::new(&sp) };
+    assert!(random_search(&sp, &mut ev, REWARD, 8, 1, Some(&rlog)).is_err());
+    let mut ev = Synthetic::new(&sp);
+    let r = random_search(&sp, &mut ev, REWARD, 8, 1, Some(&rlog))?;
+    assert_eq!((ev.calls.get(), r.evaluations.len()), (5, 8));
+    let list = vec![
+        ("dense".to_string(), sp.dense()),
+        ("bp8".to_string(), sp.uniform(&"block-punched:4x4".parse()?, 8.0)),
+    ];
+    let l = evaluate_list(
+        &sp,
+        &mut Synthetic::new(&sp),
+        REWARD,
+        &list,
+        Some(&dir.path().join("list.json")),
+    )?;
+    assert_eq!(l.evaluations[1].label, "bp8");
+    assert!(l.evaluations[1].measurement.latency_ms < l.evaluations[0].measurement.latency_ms);
+    // A corrupt log is a clear error.
+    std::fs::write(&log, b"{ not json")?;
+    let err =
+        npas(&sp, &mut Synthetic::new(&sp), REWARD, &cfg, Some(&log)).unwrap_err().to_string();
+    assert!(err.contains("not an evaluation log"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn rule_mapper_meets_the_target_and_prefers_fast_schemes() -> Result<()> {
+    let sp = space();
+    let t = table(&sp);
+    let schemes = rule_schemes(&sp, &t, &RuleConfig::default())?;
+    // Linear layers: the block scheme (unstructured is no block scheme).
+    assert!(schemes.iter().all(|s| s.scheme.as_ref().unwrap().to_string() == "block-punched:4x4"));
+    let m = rule_rates(&sp, &t, schemes, REWARD.latency_target_ms, Some(&SENSITIVITY))?;
+    assert!(m.met && m.predicted_ms <= 2.2);
+    // The cheapest accuracy per millisecond goes first: fc3 (2 ms, least sensitive) is pruned
+    // at least as hard as fc0 (0.2 ms, most sensitive).
+    let ch = sp.choices(&m.candidate);
+    assert!(ch[3].rate >= ch[0].rate, "{}", sp.key(&m.candidate));
+    // Its reward is within reach of the optimum but not above it.
+    let r = REWARD.of(accuracy(&sp, &m.candidate), m.predicted_ms);
+    assert!(r <= optimum(&sp) + 1e-12);
+    Ok(())
+}
