@@ -64,6 +64,10 @@ pub enum ExperimentError {
     /// The ReRAM simulator rejected a model or setting.
     #[error(transparent)]
     Reram(#[from] tessera_reram::ReramError),
+
+    /// A search failed (space, log, evaluation).
+    #[error(transparent)]
+    Search(#[from] tessera_search::SearchError),
 }
 
 impl ExperimentError {

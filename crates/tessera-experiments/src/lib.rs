@@ -24,6 +24,7 @@ pub mod dense_baselines;
 mod env;
 mod error;
 pub mod forms;
+pub mod npas;
 pub mod plot;
 pub mod privacy_prune;
 pub mod prune_schemes;
@@ -31,6 +32,8 @@ pub mod quickstart;
 pub mod report;
 pub mod reram_faults;
 mod run;
+pub mod scheme_mapping;
+pub mod scheme_search;
 pub mod sparse_training;
 mod study;
 
@@ -50,6 +53,8 @@ pub fn registry() -> Vec<&'static dyn Experiment> {
         &reram_faults::ReramFaults,
         &forms::Forms,
         &sparse_training::SparseTraining,
+        &scheme_mapping::SchemeMapping,
+        &npas::Npas,
     ]
 }
 

@@ -1,5 +1,6 @@
 //! SVG plots for reports (plotters' SVG backend): line charts of curves over epochs or
-//! steps, and bar charts comparing runs. Each function returns the SVG text; the runner
+//! steps, banded curves, scatter charts of accuracy-latency planes, and bar charts comparing
+//! runs. Each function returns the SVG text; the runner
 //! writes it atomically next to the report.
 
 use plotters::prelude::*;
@@ -45,14 +46,22 @@ fn padded_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - 0.05 * span, hi + 0.05 * span)
 }
 
-/// A line chart of `series` (with point markers), legend in the lower right.
-pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<String> {
+/// The chart area every x-y plot shares: white background, caption, mesh with axis labels,
+/// ranges padded around `xs` and `ys`; `draw` adds the series, then the legend goes at
+/// `legend`.
+fn xy_chart(
+    title: &str,
+    (x_label, y_label): (&str, &str),
+    (xs, ys): (Vec<f64>, Vec<f64>),
+    legend: SeriesLabelPosition,
+    draw: impl FnOnce(&mut Chart<'_, '_>) -> Result<()>,
+) -> Result<String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(|e| plot_err(title, e))?;
-        let (x0, x1) = padded_range(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
-        let (y0, y1) = padded_range(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
+        let (x0, x1) = padded_range(xs.into_iter());
+        let (y0, y1) = padded_range(ys.into_iter());
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))
             .margin(12)
@@ -66,6 +75,32 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
             .y_desc(y_label)
             .draw()
             .map_err(|e| plot_err(title, e))?;
+        draw(&mut chart)?;
+        chart
+            .configure_series_labels()
+            .position(legend)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| plot_err(title, e))?;
+        root.present().map_err(|e| plot_err(title, e))?;
+    }
+    Ok(svg)
+}
+
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+fn xs_ys(series: &[Series]) -> (Vec<f64>, Vec<f64>) {
+    series.iter().flat_map(|s| s.points.iter().copied()).unzip()
+}
+
+/// A line chart of `series` (with point markers), legend in the lower right.
+pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<String> {
+    xy_chart(title, (x_label, y_label), xs_ys(series), SeriesLabelPosition::LowerRight, |chart| {
         for (i, s) in series.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             chart
@@ -79,16 +114,33 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
                 .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
                 .map_err(|e| plot_err(title, e))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| plot_err(title, e))?;
-        root.present().map_err(|e| plot_err(title, e))?;
-    }
-    Ok(svg)
+        Ok(())
+    })
+}
+
+/// A scatter chart of `series` (markers only, no lines: points of a Pareto plane), legend in
+/// the lower right; series whose name starts with `(` are drawn small and hollow (context,
+/// e.g. every candidate a search evaluated).
+pub fn scatter_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<String> {
+    xy_chart(title, (x_label, y_label), xs_ys(series), SeriesLabelPosition::LowerRight, |chart| {
+        for (i, s) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let context = s.name.starts_with('(');
+            let style = if context { color.mix(0.6).stroke_width(1) } else { color.filled() };
+            let radius = if context { 3 } else { 5 };
+            chart
+                .draw_series(s.points.iter().map(|&p| Circle::new(p, radius, style)))
+                .map_err(|e| plot_err(title, e))?
+                .label(s.name.clone())
+                .legend(move |(x, y)| Circle::new((x + 9, y), radius, style));
+        }
+        Ok(())
+    })
 }
 
 /// One curve with an uncertainty band: `(x, mean, low, high)` points in x order.
@@ -102,26 +154,9 @@ pub struct Band {
 
 /// A line chart of band means with each band's `[low, high]` shaded, legend lower left.
 pub fn band_chart(title: &str, x_label: &str, y_label: &str, bands: &[Band]) -> Result<String> {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| plot_err(title, e))?;
-        let (x0, x1) = padded_range(bands.iter().flat_map(|b| b.points.iter().map(|p| p.0)));
-        let (y0, y1) =
-            padded_range(bands.iter().flat_map(|b| b.points.iter().flat_map(|p| [p.2, p.3, p.1])));
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(|e| plot_err(title, e))?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .draw()
-            .map_err(|e| plot_err(title, e))?;
+    let xs = bands.iter().flat_map(|b| b.points.iter().map(|p| p.0)).collect();
+    let ys = bands.iter().flat_map(|b| b.points.iter().flat_map(|p| [p.2, p.3, p.1])).collect();
+    xy_chart(title, (x_label, y_label), (xs, ys), SeriesLabelPosition::LowerLeft, |chart| {
         for (i, b) in bands.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             let outline: Vec<(f64, f64)> = b
@@ -144,16 +179,8 @@ pub fn band_chart(title: &str, x_label: &str, y_label: &str, bands: &[Band]) -> 
                     PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| plot_err(title, e))?;
-        root.present().map_err(|e| plot_err(title, e))?;
-    }
-    Ok(svg)
+        Ok(())
+    })
 }
 
 /// A bar chart, one bar per `(label, value)`, values printed above the bars.

@@ -10,24 +10,30 @@
 //! The trained models are cached under `<results>/quickstart/cache/<key>/`, keyed by the
 //! config, the data source and the seed, so a second run skips training and pruning.
 //!
-//! The rule-based mapper here is the design's rule (DESIGN §8): pattern for 3x3 convolutions,
-//! block-punched 8x4 for everything else (1x1 and larger convolutions, linear layers), the
-//! classifier kept dense. tessera-search will replace it with the measured block size.
+//! The mapping is tessera-search's rule-based mapper (DESIGN §8): the classifier stays dense,
+//! 3x3 convolutions would get patterns (LeNet-5 has none), every other layer gets the smallest
+//! block whose *measured* speedup on this CPU at the target rate is within 3% of the best
+//! (block-punched 4x4 / 8x4 / 16x4 here, one compiled plan per candidate block). The
+//! mapping is stored in the cache directory, so a rerun prunes with the same one; the pruned
+//! model's directory is keyed by the mapping.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tessera_codegen::{CompileOptions, Plan};
-use tessera_ir::{Graph, Op};
+use tessera_ir::Graph;
 use tessera_reram::{CrossbarConfig, FaultModel, MappedGraph, Mapping};
+use tessera_search::{LatencyTable, LayerRole, RuleConfig, SearchSpace, SpaceSpec, rule_schemes};
+use tessera_sparsity::{LayerGeometry, Scheme};
 
 use crate::crossbar_study::{CrossbarStudy, FaultPoint, sim_inputs, summarize, tolerated, top1};
 use crate::error::{ExperimentError, Result};
 use crate::plot::{Band, Plot, band_chart, bar_chart};
-use crate::prune_schemes::lenet_spec;
+use crate::prune_schemes::SchemeSpec;
 use crate::report::Table;
 use crate::run::{Experiment, Outcome, RunContext, RunOptions, Scale};
+use crate::scheme_search::{LayerNode, Timing, measure_table, search_layers, timing_input};
 use crate::study::{RateCap, load_splits, train_dense};
 
 /// The experiment.
@@ -47,6 +53,23 @@ pub struct QuickstartConfig {
     pub fault_rates: Vec<f64>,
     /// Chips per fault rate.
     pub seeds: usize,
+    /// Block schemes the mapper chooses among for the layers that are not 3x3.
+    #[serde(default = "default_mapping_schemes")]
+    pub mapping_schemes: Vec<Scheme>,
+    /// How the mapper times its candidate plans.
+    #[serde(default = "default_mapping_timing")]
+    pub mapping_timing: Timing,
+}
+
+fn default_mapping_schemes() -> Vec<Scheme> {
+    ["block-punched:4x4", "block-punched:8x4", "block-punched:16x4"]
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+fn default_mapping_timing() -> Timing {
+    Timing { threads: 1, seconds: 0.2, min_runs: 20 }
 }
 
 /// One mapped layer.
@@ -54,10 +77,16 @@ pub struct QuickstartConfig {
 pub struct MappedLayer {
     /// Node name.
     pub layer: String,
+    /// Weight path.
+    #[serde(default)]
+    pub weight: String,
     /// Kernel shape or "linear".
     pub shape: String,
     /// The scheme the rule picked (`dense` for the classifier).
     pub scheme: String,
+    /// Why (the mapper's reason).
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// One model's numbers.
@@ -115,30 +144,13 @@ impl QuickstartConfig {
             bench_seconds: if scale == Scale::Smoke { 0.05 } else { 1.0 },
             fault_rates: vec![0.0, 1e-2, 5e-2, 1e-1],
             seeds: if scale == Scale::Smoke { 2 } else { 5 },
+            mapping_schemes: default_mapping_schemes(),
+            mapping_timing: if scale == Scale::Smoke {
+                Timing { threads: 1, seconds: 0.005, min_runs: 3 }
+            } else {
+                default_mapping_timing()
+            },
         }
-    }
-}
-
-/// The rule-based mapper: the scheme of one weighted node, `None` for the classifier.
-pub fn rule_based_scheme(graph: &Graph, node: usize) -> Option<(String, String)> {
-    let n = &graph.nodes[node];
-    // The classifier: a linear layer with nothing weighted after it.
-    let is_classifier = matches!(n.op, Op::Linear { .. })
-        && graph.nodes[node + 1..]
-            .iter()
-            .all(|m| !matches!(m.op, Op::Conv { .. } | Op::Linear { .. }));
-    match &n.op {
-        Op::Conv { weight, .. } => {
-            let s = &graph.params.get(weight)?.tensor.shape;
-            let shape = format!("conv {}x{}", s.get(2)?, s.get(3)?);
-            let scheme = if s[2..] == [3, 3] { "pattern:8" } else { "block-punched:8x4" };
-            Some((shape, scheme.into()))
-        }
-        Op::Linear { .. } => Some((
-            "linear".into(),
-            if is_classifier { "dense".into() } else { "block-punched:8x4".into() },
-        )),
-        _ => None,
     }
 }
 
@@ -220,8 +232,20 @@ fn run_quickstart(ctx: &RunContext, cfg: &QuickstartConfig) -> Result<Quickstart
     });
     let key = tessera_data::checksum::sha256_hex(key_source.to_string().as_bytes());
     let cache = ctx.options.out_root.join("quickstart").join("cache").join(&key[..16]);
-    let (dense_dir, pruned_dir) = (cache.join("dense"), cache.join("pruned"));
-    let cached = pruned_dir.join("card.json").is_file() && dense_dir.join("card.json").is_file();
+    let dense_dir = cache.join("dense");
+    // The pruned model's directory is keyed by the mapping, known once the dense model is.
+    let mapping_path = cache.join("mapping.json");
+    let pruned_dir_of = |mapping: &[MappedLayer]| -> PathBuf {
+        let text: Vec<String> =
+            mapping.iter().map(|m| format!("{}={}", m.weight, m.scheme)).collect();
+        let h = tessera_data::checksum::sha256_hex(text.join(",").as_bytes());
+        cache.join(format!("pruned-{}", &h[..12]))
+    };
+    let cached = dense_dir.join("card.json").is_file()
+        && std::fs::read(&mapping_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Vec<MappedLayer>>(&b).ok())
+            .is_some_and(|m| pruned_dir_of(&m).join("card.json").is_file());
     let started = Instant::now();
     let checkpoints = |name: &str| {
         tessera_models::train::Checkpoints::new(cache.join("checkpoints").join(name), true)
@@ -246,29 +270,12 @@ fn run_quickstart(ctx: &RunContext, cfg: &QuickstartConfig) -> Result<Quickstart
         device,
     };
     let dense_graph = tessera_ir::io::load(&dense_dir.join("ir"))?;
-    let mapping = rule_mapping(&dense_graph);
-    let scheme = mapping
-        .iter()
-        .map(|m| m.scheme.as_str())
-        .find(|s| *s != "dense")
-        .ok_or_else(|| ExperimentError::config("mapping", "no prunable layer"))?
-        .to_string();
-    if mapping.iter().any(|m| m.scheme != "dense" && m.scheme != scheme) {
-        return Err(ExperimentError::config(
-            "mapping",
-            "the quickstart prunes with one scheme; the rule gave several",
-        ));
-    }
+    let mapping = map_layers(&dense_graph, cfg, &open.test, &cache)?;
+    let spec = spec_of(&mapping)?;
+    let pruned_dir = pruned_dir_of(&mapping);
     let job = study.prune_job(&open);
     if !pruned_dir.join("card.json").is_file() {
-        job.prune_into(
-            ctx,
-            &lenet_spec(&scheme)?,
-            cfg.compression,
-            None,
-            &pruned_dir,
-            checkpoints("pruned"),
-        )?;
+        job.prune_into(ctx, &spec, cfg.compression, None, &pruned_dir, checkpoints("pruned"))?;
     }
     let train_seconds = if cached { 0.0 } else { started.elapsed().as_secs_f64() };
     let pruned_graph = tessera_ir::io::load(&pruned_dir.join("ir"))?;
@@ -301,16 +308,89 @@ fn run_quickstart(ctx: &RunContext, cfg: &QuickstartConfig) -> Result<Quickstart
     })
 }
 
-fn rule_mapping(graph: &Graph) -> Vec<MappedLayer> {
-    (0..graph.nodes.len())
-        .filter_map(|i| {
-            rule_based_scheme(graph, i).map(|(shape, scheme)| MappedLayer {
-                layer: graph.nodes[i].name.clone(),
-                shape,
-                scheme,
-            })
+/// The rule-based mapping of `graph` (module docs): reloaded from `cache/mapping.json`, else
+/// measured and stored there.
+fn map_layers(
+    graph: &Graph,
+    cfg: &QuickstartConfig,
+    test: &tessera_data::Dataset,
+    cache: &std::path::Path,
+) -> Result<Vec<MappedLayer>> {
+    let path = cache.join("mapping.json");
+    if let Ok(bytes) = std::fs::read(&path)
+        && let Ok(m) = serde_json::from_slice::<Vec<MappedLayer>>(&bytes)
+    {
+        return Ok(m);
+    }
+    let (nodes, space) = mapping_space(graph, cfg)?;
+    let (_, table) =
+        measure_table(graph, &nodes, &space, &cfg.mapping_timing, timing_input(test)?)?;
+    let mapping = mapping_from(&nodes, &space, &table, cfg.compression)?;
+    let bytes = serde_json::to_vec_pretty(&mapping).map_err(|e| ExperimentError::io(&path, e))?;
+    tessera_data::file::write_atomic(&path, &bytes).map_err(|e| ExperimentError::io(&path, e))?;
+    Ok(mapping)
+}
+
+/// The mapper's space: the configured block schemes at the quickstart's rate, padded (Caffe
+/// LeNet-5's 20 / 50 / 500 rows are not multiples of 8), the classifier dense.
+fn mapping_space(graph: &Graph, cfg: &QuickstartConfig) -> Result<(Vec<LayerNode>, SearchSpace)> {
+    let (nodes, layers) = search_layers(graph)?;
+    let space = SearchSpace::new(
+        layers,
+        &SpaceSpec {
+            schemes: cfg.mapping_schemes.clone(),
+            rates: vec![cfg.compression],
+            dense_roles: vec![LayerRole::Classifier],
+            pad: true,
+        },
+    )?;
+    Ok((nodes, space))
+}
+
+/// The rule's scheme per layer, priced by `table`.
+fn mapping_from(
+    nodes: &[LayerNode],
+    space: &SearchSpace,
+    table: &LatencyTable,
+    rate: f64,
+) -> Result<Vec<MappedLayer>> {
+    let rules =
+        rule_schemes(space, table, &RuleConfig { reference_rate: rate, ..RuleConfig::default() })?;
+    Ok(nodes
+        .iter()
+        .zip(space.layers())
+        .zip(rules)
+        .map(|((n, l), r)| MappedLayer {
+            layer: n.node.clone(),
+            weight: n.weight.clone(),
+            shape: match l.layer.geometry {
+                LayerGeometry::Linear { .. } => "linear".into(),
+                LayerGeometry::Conv2d { kh, kw, .. } => format!("conv {kh}x{kw}"),
+                LayerGeometry::Conv3d { kt, kh, kw, .. } => format!("conv {kt}x{kh}x{kw}"),
+            },
+            scheme: r.scheme.as_ref().map_or("dense".into(), Scheme::to_string),
+            reason: r.reason,
         })
-        .collect()
+        .collect())
+}
+
+/// The pruning spec of a mapping: each mapped layer its scheme, the rest dense.
+fn spec_of(mapping: &[MappedLayer]) -> Result<SchemeSpec> {
+    let per_layer: Vec<(String, Scheme)> = mapping
+        .iter()
+        .filter(|m| m.scheme != "dense")
+        .map(|m| Ok((m.weight.clone(), crate::prune_schemes::scheme(&m.scheme)?)))
+        .collect::<Result<_>>()?;
+    let scheme = per_layer
+        .first()
+        .map(|p| p.1.clone())
+        .ok_or_else(|| ExperimentError::config("mapping", "no prunable layer"))?;
+    Ok(SchemeSpec {
+        scheme,
+        pad: true,
+        skip: mapping.iter().filter(|m| m.scheme == "dense").map(|m| m.weight.clone()).collect(),
+        per_layer,
+    })
 }
 
 /// Top-1 on the whole test split (the compiled plan), counts, and median single-image latency.
@@ -441,10 +521,10 @@ fn report(cfg: &QuickstartConfig, r: &QuickstartResult) -> String {
         tol(d, 1),
         tol(p, 1)
     ));
-    md.push_str("Schemes per layer (rule-based):\n\n");
-    let mut t = Table::new(&["layer", "shape", "scheme"]);
+    md.push_str("Schemes per layer (tessera-search's rule-based mapper, block sizes timed on this CPU):\n\n");
+    let mut t = Table::new(&["layer", "shape", "scheme", "why"]);
     for m in &r.mapping {
-        t.row(vec![m.layer.clone(), m.shape.clone(), m.scheme.clone()]);
+        t.row(vec![m.layer.clone(), m.shape.clone(), m.scheme.clone(), m.reason.clone()]);
     }
     md.push_str(&t.to_markdown());
     md.push_str(&format!(
@@ -471,13 +551,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_rule_maps_lenet_to_block_punched_and_keeps_the_classifier_dense() {
+    fn the_mapper_keeps_the_classifier_dense_and_takes_the_smallest_fast_block() {
         let g = tessera_ir::examples::lenet5().unwrap();
-        let m = rule_mapping(&g);
+        let cfg = QuickstartConfig::preset(Scale::Smoke, 0);
+        let (nodes, space) = mapping_space(&g, &cfg).unwrap();
+        // Hand-made times: 16x4 the fastest, 8x4 within 3% of it, 4x4 10% slower.
+        let table = LatencyTable {
+            other_ms: 0.01,
+            per_layer: (0..space.len())
+                .map(|l| {
+                    space
+                        .options(l)
+                        .iter()
+                        .map(|c| match c.scheme_name().as_str() {
+                            "dense" => 1.0,
+                            "block-punched:4x4" => 0.2,
+                            "block-punched:8x4" => 0.185,
+                            _ => 0.18,
+                        })
+                        .collect()
+                })
+                .collect(),
+        };
+        let m = mapping_from(&nodes, &space, &table, cfg.compression).unwrap();
         assert!(m.len() >= 3);
         assert_eq!(m.last().unwrap().scheme, "dense");
         assert!(m[..m.len() - 1].iter().all(|l| l.scheme == "block-punched:8x4"), "{m:?}");
-        let g = tessera_ir::examples::resnet_block().unwrap();
-        assert!(rule_mapping(&g).iter().any(|l| l.scheme == "pattern:8"));
+        let spec = spec_of(&m).unwrap();
+        assert_eq!(spec.skip, vec![m.last().unwrap().weight.clone()]);
+        assert_eq!(spec.per_layer.len(), m.len() - 1);
     }
 }

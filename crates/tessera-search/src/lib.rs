@@ -31,6 +31,6 @@ pub use qlearn::{EpsilonSchedule, QAgent, QConfig};
 pub use rule::{RuleConfig, RuleMapping, RuleScheme, rule_rates, rule_schemes};
 pub use search::{
     Evaluated, Evaluator, Measurement, NpasConfig, Reward, SearchOutcome, evaluate_list, npas,
-    random_search,
+    npas_with_prior, random_search,
 };
 pub use space::{Excluded, LayerChoice, LayerRole, SearchLayer, SearchSpace, SpaceSpec};

@@ -202,6 +202,7 @@ mod tests {
                 schemes: vec!["unstructured".parse().unwrap()],
                 rates: vec![2.0, 4.0, 8.0],
                 dense_roles: vec![],
+                pad: false,
             },
         )
         .unwrap()

@@ -22,7 +22,8 @@ use crate::space::SearchSpace;
 pub struct RuleConfig {
     /// Block sizes within this fraction of the best measured speedup count as equal (0.03).
     pub tolerance: f64,
-    /// Rate at which block sizes are compared.
+    /// Rate at which block sizes are compared (the nearest rate, on a log scale, that every
+    /// block scheme of the layer reaches).
     pub reference_rate: f64,
 }
 
@@ -114,16 +115,39 @@ pub fn rule_schemes(
                 continue;
             }
         }
-        // Measured speedup of each block scheme at the reference rate.
-        let speed = |s: &Scheme| -> Option<f64> {
-            let o = opts.iter().position(|c| {
-                c.scheme.as_ref() == Some(s) && (c.rate - cfg.reference_rate).abs() < 1e-9
-            })?;
+        // Measured speedup of each block scheme at the comparison rate: of the rates every
+        // block scheme reaches here, the one nearest the reference rate (log scale).
+        let rates_of = |s: &Scheme| -> Vec<f64> {
+            opts.iter().filter(|c| c.scheme.as_ref() == Some(s)).map(|c| c.rate).collect()
+        };
+        let speed = |s: &Scheme, rate: f64| -> Option<f64> {
+            let o = opts
+                .iter()
+                .position(|c| c.scheme.as_ref() == Some(s) && (c.rate - rate).abs() < 1e-9)?;
             let t = table.layer_ms(l, o);
             (t > 0.0).then(|| table.layer_ms(l, 0) / t)
         };
-        let blocks: Vec<(&Scheme, usize, f64)> =
-            schemes.iter().filter_map(|(s, _)| Some((*s, block_area(s)?, speed(s)?))).collect();
+        let nearest = |rates: &[f64]| -> Option<f64> {
+            rates.iter().copied().min_by(|a, b| {
+                let d = |r: f64| (r.ln() - cfg.reference_rate.ln()).abs();
+                d(*a).total_cmp(&d(*b))
+            })
+        };
+        let block_schemes: Vec<&Scheme> =
+            schemes.iter().map(|x| x.0).filter(|s| block_area(s).is_some()).collect();
+        let common: Vec<f64> = block_schemes.first().map_or(Vec::new(), |first| {
+            rates_of(first)
+                .into_iter()
+                .filter(|r| {
+                    block_schemes.iter().all(|s| rates_of(s).iter().any(|x| (x - r).abs() < 1e-9))
+                })
+                .collect()
+        });
+        let at = nearest(&common).unwrap_or(cfg.reference_rate);
+        let blocks: Vec<(&Scheme, usize, f64)> = block_schemes
+            .iter()
+            .filter_map(|s| Some((*s, block_area(s)?, speed(s, at)?)))
+            .collect();
         let best = blocks.iter().map(|b| b.2).fold(f64::NEG_INFINITY, f64::max);
         let pick = blocks.iter().filter(|b| b.2 >= (1.0 - cfg.tolerance) * best).fold(
             None::<&(&Scheme, usize, f64)>,
@@ -137,16 +161,18 @@ pub fn rule_schemes(
                 layer: name,
                 scheme: Some((*s).clone()),
                 reason: format!(
-                    "smallest block ({area} weights) within {:.0}% of the best measured speedup at {}x ({sp:.2}x vs {best:.2}x)",
-                    100.0 * cfg.tolerance,
-                    cfg.reference_rate
+                    "smallest block ({area} weights) within {:.0}% of the best measured speedup at {at}x ({sp:.2}x vs {best:.2}x)",
+                    100.0 * cfg.tolerance
                 ),
             }),
             None => {
                 // No block scheme here: the fastest scheme at the reference rate, if any.
                 let any = schemes
                     .iter()
-                    .filter_map(|(s, _)| Some((*s, speed(s)?)))
+                    .filter_map(|(s, _)| {
+                        let r = nearest(&rates_of(s))?;
+                        Some((*s, speed(s, r)?))
+                    })
                     .fold(None::<(&Scheme, f64)>, |b, x| match b {
                         Some(bb) if bb.1 >= x.1 => b,
                         _ => Some(x),
@@ -155,12 +181,15 @@ pub fn rule_schemes(
                     Some((s, sp)) => RuleScheme {
                         layer: name,
                         scheme: Some(s.clone()),
-                        reason: format!("no block scheme applies; fastest at {}x ({sp:.2}x)", cfg.reference_rate),
+                        reason: format!(
+                            "no block scheme applies; fastest near {}x ({sp:.2}x)",
+                            cfg.reference_rate
+                        ),
                     },
                     None => RuleScheme {
                         layer: name,
                         scheme: None,
-                        reason: "no scheme reaches the reference rate".into(),
+                        reason: "no scheme has a measured time here".into(),
                     },
                 });
             }
@@ -266,6 +295,7 @@ mod tests {
                 .collect(),
                 rates: vec![2.0, 4.0, 8.0],
                 dense_roles: vec![LayerRole::First],
+                pad: false,
             },
         )
         .unwrap()

@@ -3,8 +3,10 @@
 //! [`Reward`] and one resumable evaluation log.
 //!
 //! NPAS round: epsilon comes from the schedule by the number evaluated so far; the agent
-//! proposes a pool of distinct, not yet evaluated candidates; once `warmup` candidates are
-//! evaluated, a GP fitted on them (to accuracy when the evaluator can predict latency
+//! proposes a pool of distinct, not yet evaluated candidates, and mutations of the best
+//! candidates so far (one or two layers moved to a neighbouring rate or another option)
+//! join it, the local proposals BO-for-NAS methods use (BANANAS, NASBOT); once `warmup`
+//! candidates are observed, a GP fitted on them (to accuracy when the evaluator can predict latency
 //! cheaply, else to the reward) scores every pooled candidate by EI on the reward, and the
 //! `per_round` best are evaluated; the agent learns from each reward (with replay).
 //!
@@ -104,12 +106,27 @@ pub struct NpasConfig {
     pub xi: f64,
     /// Per-layer kernel weights (`None`: uniform).
     pub layer_weights: Option<Vec<f64>>,
+    /// Mutations of the best candidates added to each pool (local proposals beside the
+    /// agent's; 0 = the agent's only).
+    #[serde(default)]
+    pub mutations: usize,
+    /// Best candidates (by reward, prior observations included) the mutations start from.
+    #[serde(default = "one")]
+    pub elite: usize,
+    /// Most layers one mutation changes.
+    #[serde(default = "one")]
+    pub mutation_layers: usize,
     /// Seed of every random choice.
     pub seed: u64,
 }
 
+fn one() -> usize {
+    1
+}
+
 impl NpasConfig {
-    /// Defaults for a budget of `evaluations`: pools of 64, 2 picks a round, 20% warm-up.
+    /// Defaults for a budget of `evaluations`: pools of 64 agent proposals and 32 mutations
+    /// (1-2 layers) of the 4 best so far, 2 picks a round, 20% warm-up.
     pub fn new(evaluations: usize, seed: u64) -> Self {
         NpasConfig {
             evaluations,
@@ -121,6 +138,9 @@ impl NpasConfig {
             gp: GpGrid::default(),
             xi: 0.0,
             layer_weights: None,
+            mutations: 32,
+            elite: 4,
+            mutation_layers: 2,
             seed,
         }
     }
@@ -370,7 +390,26 @@ pub fn npas(
     cfg: &NpasConfig,
     log: Option<&Path>,
 ) -> Result<SearchOutcome> {
+    npas_with_prior(space, evaluator, reward, cfg, log, &[])
+}
+
+/// NPAS that starts from `prior` observations (candidates already measured elsewhere, e.g.
+/// the uniform baselines): the agent learns from them, the GP is fitted on them, EI's
+/// incumbent and the mutations' elite include them, and they are never proposed again. Their
+/// rewards are recomputed with `reward`. The outcome holds this search's own evaluations
+/// only, so its best is what the search found, not what it was given.
+pub fn npas_with_prior(
+    space: &SearchSpace,
+    evaluator: &mut dyn Evaluator,
+    reward: Reward,
+    cfg: &NpasConfig,
+    log: Option<&Path>,
+    prior: &[Evaluated],
+) -> Result<SearchOutcome> {
     reward.check()?;
+    for e in prior {
+        space.check(&e.candidate).map_err(|err| SearchError::config("prior", err))?;
+    }
     if cfg.evaluations == 0 || cfg.pool == 0 || cfg.per_round == 0 {
         return Err(SearchError::config("npas", "evaluations, pool and per_round must be >= 1"));
     }
@@ -383,9 +422,26 @@ pub fn npas(
     };
     let schedule = cfg.epsilon.clone().unwrap_or_else(|| EpsilonSchedule::metaqnn(cfg.evaluations));
     schedule.check()?;
-    let config = serde_json::to_value(cfg).map_err(|e| SearchError::config("npas", e))?;
-    let _span =
-        tracing::info_span!("npas", budget = cfg.evaluations, layers = space.len()).entered();
+    // The prior is part of what the log must match (a different prior, different decisions).
+    let prior: Vec<Evaluated> = prior
+        .iter()
+        .map(|e| Evaluated {
+            reward: reward.of(e.measurement.accuracy, e.measurement.latency_ms),
+            ..e.clone()
+        })
+        .collect();
+    let mut config = serde_json::to_value(cfg).map_err(|e| SearchError::config("npas", e))?;
+    if !prior.is_empty() {
+        let keys: Vec<(&str, f64)> = prior.iter().map(|e| (e.key.as_str(), e.reward)).collect();
+        config = serde_json::json!({ "npas": config, "prior": keys });
+    }
+    let _span = tracing::info_span!(
+        "npas",
+        budget = cfg.evaluations,
+        layers = space.len(),
+        prior = prior.len()
+    )
+    .entered();
     let mut runner = Runner {
         space,
         evaluator,
@@ -398,9 +454,15 @@ pub fn npas(
     let mut agent = QAgent::new(space, cfg.q.clone())?;
     let encoder = Encoder::new(space);
     let mut seen: HashSet<Vec<usize>> = HashSet::new();
-    let mut done: Vec<Evaluated> = Vec::new();
-    while done.len() < cfg.evaluations {
-        let epsilon = schedule.at(done.len());
+    for e in &prior {
+        agent.learn(&e.candidate, e.reward, &mut rng);
+        seen.insert(e.candidate.clone());
+    }
+    // Observations the GP and the mutations see: the prior, then this search's evaluations.
+    let mut observed: Vec<Evaluated> = prior;
+    let mut done = 0usize;
+    while done < cfg.evaluations {
+        let epsilon = schedule.at(done);
         let mut pool: Vec<Vec<usize>> = Vec::new();
         for _ in 0..cfg.pool * 50 {
             if pool.len() == cfg.pool {
@@ -411,6 +473,23 @@ pub fn npas(
                 pool.push(c);
             }
         }
+        if cfg.mutations > 0 && !observed.is_empty() {
+            let mut elite: Vec<&Evaluated> = observed.iter().collect();
+            elite.sort_by(|a, b| b.reward.total_cmp(&a.reward));
+            elite.truncate(cfg.elite.max(1));
+            let mut added = 0;
+            for _ in 0..cfg.mutations * 20 {
+                if added == cfg.mutations {
+                    break;
+                }
+                let parent = elite[rng.random_range(0..elite.len())];
+                let c = mutate(space, &parent.candidate, cfg.mutation_layers.max(1), &mut rng);
+                if !seen.contains(&c) && !pool.contains(&c) {
+                    pool.push(c);
+                    added += 1;
+                }
+            }
+        }
         if pool.is_empty() {
             // The agent keeps proposing what it has seen: explore at random.
             match fresh_random(space, &mut rng, &seen) {
@@ -418,18 +497,56 @@ pub fn npas(
                 None => break,
             }
         }
-        let picks = pick(space, &runner, &encoder, &weights, cfg, &done, pool)?;
+        let picks = pick(space, &runner, &encoder, &weights, cfg, &observed, pool)?;
         for (c, predicted, ei) in picks {
-            if done.len() == cfg.evaluations {
+            if done == cfg.evaluations {
                 break;
             }
             let e = runner.measure("npas", c, predicted, ei, Some(epsilon))?;
             agent.learn(&e.candidate, e.reward, &mut rng);
             seen.insert(e.candidate.clone());
-            done.push(e);
+            observed.push(e);
+            done += 1;
         }
     }
     Ok(runner.outcome())
+}
+
+/// `parent` with 1 to `layers` layers changed: half the time to the next rate up or down of
+/// the same scheme, else to a uniformly random option of that layer.
+fn mutate(space: &SearchSpace, parent: &[usize], layers: usize, rng: &mut impl Rng) -> Vec<usize> {
+    let mut c = parent.to_vec();
+    let n = rng.random_range(1..=layers.min(space.len()));
+    for _ in 0..n {
+        let l = rng.random_range(0..space.len());
+        let opts = space.options(l);
+        if opts.len() < 2 {
+            continue;
+        }
+        let now = &opts[c[l]];
+        let neighbours: Vec<usize> =
+            (0..opts.len()).filter(|&o| o != c[l] && opts[o].scheme == now.scheme).collect();
+        c[l] = if !neighbours.is_empty() && rng.random::<f64>() < 0.5 {
+            // The nearest rate above or below within the scheme.
+            let pick = |up: bool| {
+                neighbours.iter().copied().filter(|&o| (opts[o].rate > now.rate) == up).min_by(
+                    |&a, &b| {
+                        (opts[a].rate - now.rate).abs().total_cmp(&(opts[b].rate - now.rate).abs())
+                    },
+                )
+            };
+            let up = rng.random::<f64>() < 0.5;
+            pick(up).or_else(|| pick(!up)).unwrap_or(c[l])
+        } else {
+            loop {
+                let o = rng.random_range(0..opts.len());
+                if o != c[l] {
+                    break o;
+                }
+            }
+        };
+    }
+    c
 }
 
 type Pick = (Vec<usize>, Option<(f64, f64)>, Option<f64>);
@@ -445,6 +562,7 @@ fn pick(
     done: &[Evaluated],
     pool: Vec<Vec<usize>>,
 ) -> Result<Vec<Pick>> {
+    // `done`: every observation (prior included).
     if done.len() < cfg.warmup.max(2) {
         return Ok(pool.into_iter().take(cfg.per_round).map(|c| (c, None, None)).collect());
     }

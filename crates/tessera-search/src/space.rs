@@ -142,6 +142,17 @@ pub struct SpaceSpec {
     pub rates: Vec<f64>,
     /// Roles that stay dense.
     pub dense_roles: Vec<LayerRole>,
+    /// Let block schemes pad layers their blocks do not divide (edge blocks count at full
+    /// size, [`Tiling::Pad`]); by default such choices are excluded.
+    #[serde(default)]
+    pub pad: bool,
+}
+
+impl SpaceSpec {
+    /// The tiling the space's choices are checked (and must be applied) with.
+    pub fn tiling(&self) -> Tiling {
+        if self.pad { Tiling::Pad } else { Tiling::Exact }
+    }
 }
 
 /// A choice the space left out, and why.
@@ -158,6 +169,8 @@ pub struct Excluded {
 /// Per layer, the valid choices.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SearchSpace {
+    #[serde(default)]
+    pad: bool,
     layers: Vec<SearchLayer>,
     options: Vec<Vec<LayerChoice>>,
     excluded: Vec<Excluded>,
@@ -187,7 +200,7 @@ impl SearchSpace {
                 let probe: Vec<f32> =
                     (0..l.layer.geometry.len()).map(|i| 1.0 + (i % 7) as f32 * 0.1).collect();
                 for scheme in &spec.schemes {
-                    if let Err(e) = scheme.check_applicable(&l.layer, Tiling::Exact) {
+                    if let Err(e) = scheme.check_applicable(&l.layer, spec.tiling()) {
                         let reason = exclusion(e)?;
                         excluded.extend(spec.rates.iter().map(|&rate| Excluded {
                             layer: l.layer.name.clone(),
@@ -202,7 +215,7 @@ impl SearchSpace {
                             &l.layer,
                             &probe,
                             Target::Compression(rate),
-                            Tiling::Exact,
+                            spec.tiling(),
                         ) {
                             Ok(_) => opts.push(choice),
                             Err(e) => excluded.push(Excluded {
@@ -216,7 +229,13 @@ impl SearchSpace {
             }
             options.push(opts);
         }
-        Ok(SearchSpace { layers, options, excluded })
+        Ok(SearchSpace { pad: spec.pad, layers, options, excluded })
+    }
+
+    /// Whether choices pad layers their blocks do not divide (apply them with
+    /// `Tiling::Pad` / `pad: true`).
+    pub fn pads(&self) -> bool {
+        self.pad
     }
 
     /// The layers.
@@ -352,6 +371,7 @@ mod tests {
                 .collect(),
             rates: vec![2.0, 4.0, 8.0],
             dense_roles: vec![LayerRole::First, LayerRole::Classifier],
+            pad: false,
         }
     }
 
@@ -402,6 +422,14 @@ mod tests {
         // 10 rows: 8x4 blocks do not tile.
         assert!(names(3).iter().all(|c| !c.starts_with("block-punched")));
         assert!(space.excluded().iter().any(|e| e.layer == "odd" && e.reason.contains("8x4")));
+        // With padding allowed, 8x4 blocks cover the 10 rows.
+        let padded = SearchSpace::new(
+            vec![layer("odd", conv(10, 16, 1), LayerRole::Body)],
+            &SpaceSpec { pad: true, ..spec() },
+        )
+        .unwrap();
+        assert!(padded.pads());
+        assert!(padded.options(0).iter().any(|c| c.to_string() == "block-punched:8x4@8x"));
         // Candidates.
         let u = space.uniform(&"block-punched:8x4".parse().unwrap(), 8.0);
         assert_eq!(space.key(&u), "dense,block-punched:8x4@8x,block-punched:8x4@8x,dense,dense");

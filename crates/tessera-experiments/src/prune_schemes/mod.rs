@@ -52,6 +52,10 @@ pub struct SchemeSpec {
     /// delete classes). They count as kept in the compression.
     #[serde(default)]
     pub skip: Vec<String>,
+    /// Per-layer schemes (exact weight paths) that replace `scheme` on those layers: a
+    /// mapping from the rule-based mapper or a search.
+    #[serde(default)]
+    pub per_layer: Vec<(String, Scheme)>,
 }
 
 /// A method with its training phase.
@@ -188,6 +192,17 @@ pub struct CheckResult {
     pub detail: String,
 }
 
+impl CheckResult {
+    /// `**met**`, `**not met**` or `not judged`, for reports.
+    pub fn verdict(&self) -> &'static str {
+        match self.met {
+            Some(true) => "**met**",
+            Some(false) => "**not met**",
+            None => "not judged",
+        }
+    }
+}
+
 /// What one study measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StudyResult {
@@ -278,6 +293,7 @@ pub(crate) fn lenet_spec(scheme_text: &str) -> Result<SchemeSpec> {
         scheme: scheme(scheme_text)?,
         pad: true,
         skip: if scheme_text == "unstructured" { Vec::new() } else { vec!["fc2.*".into()] },
+        per_layer: Vec::new(),
     })
 }
 
@@ -292,6 +308,7 @@ pub(crate) fn resnet_spec(scheme_text: &str) -> Result<SchemeSpec> {
         } else {
             Vec::new()
         },
+        per_layer: Vec::new(),
     })
 }
 
@@ -650,9 +667,21 @@ pub(crate) fn sparsity_for<M: Classifier>(
         named.iter().map(|w| (w.path.clone(), w.values.clone())).collect();
     let total: usize = weights.iter().map(|w| w.1).sum();
     let dense: Vec<String> = dense.iter().chain(&spec.skip).cloned().collect();
+    let build = |ask: f64| -> Result<tessera_sparsity::SparsityConfig> {
+        let mut config =
+            per_layer_config(&allocate(&weights, ask, caps, &dense)?, &spec.scheme, spec.pad);
+        for rule in &mut config.rules {
+            let mapped = spec.per_layer.iter().find(|(path, _)| *path == rule.layers);
+            if let Some((_, scheme)) = mapped
+                && rule.rule.target != tessera_sparsity::Target::DENSE
+            {
+                rule.rule.scheme = scheme.clone();
+            }
+        }
+        Ok(config)
+    };
     let mut ask = rate;
-    let mut config =
-        per_layer_config(&allocate(&weights, ask, caps, &dense)?, &spec.scheme, spec.pad);
+    let mut config = build(ask)?;
     for _ in 0..4 {
         let plan = tessera_prune::PrunePlan::resolve(&config, &named)?;
         let pruned = plan.summary(&plan.masks(&values)?)?.pruned_total;
@@ -662,7 +691,7 @@ pub(crate) fn sparsity_for<M: Classifier>(
             break;
         }
         ask *= rate / measured;
-        config = per_layer_config(&allocate(&weights, ask, caps, &dense)?, &spec.scheme, spec.pad);
+        config = build(ask)?;
     }
     Ok(config)
 }

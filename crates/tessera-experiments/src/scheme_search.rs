@@ -1,0 +1,570 @@
+//! What `scheme-mapping` and `npas` share: a study (model, data, dense model), the search
+//! space built from the dense model's IR, the latency table measured on this CPU, and the
+//! evaluator the searches call.
+//!
+//! - Space: every conv / linear weight of the dense IR graph is a layer; the first layer, the
+//!   depthwise convolutions and the classifier stay dense; every scheme of the study is tried
+//!   at every rate of its ladder and kept where tessera-sparsity can apply it exactly.
+//! - Latency table: for each distinct (scheme, rate) of the space, the dense graph is pruned
+//!   with it on every layer where it is valid, compiled (1 thread by default) and timed;
+//!   each layer's step time is its table entry (so a table costs one compiled plan per
+//!   (scheme, rate), not one per layer); the rest of the dense plan's time is `other_ms`.
+//!   The table is stored in the run directory and reused on resume.
+//! - Evaluation (the searches' "fast evaluation"): load the dense model, prune it one-shot by
+//!   magnitude to the candidate's per-layer schemes and rates, fine-tune briefly with the
+//!   masks fixed, and take the top-1 on the study's test subset; the latency is *measured*:
+//!   the dense IR pruned to the same choices, compiled and timed end to end. The table's
+//!   prediction ranks candidates before they are evaluated.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tessera_codegen::{CompileOptions, Plan};
+use tessera_data::{Dataset, KnownSet};
+use tessera_ir::passes::Pipeline;
+use tessera_ir::{Graph, Op};
+use tessera_models::Classifier;
+use tessera_models::saved::{ModelCard, WithLoaded};
+use tessera_models::train::TrainConfig;
+use tessera_models::{Masks, ZooConfig};
+use tessera_prune::{Method, PruneConfig, prune};
+use tessera_search::{
+    EvalError, Evaluator, LatencyTable, LayerChoice, LayerRole, Measurement, SearchLayer,
+    SearchSpace, SpaceSpec,
+};
+use tessera_sparsity::{LayerRule, MatchRule, Scheme, SparsityConfig, Target};
+
+use crate::error::{ExperimentError, Result};
+use crate::run::RunContext;
+use crate::study::{OpenStudy, Pretrain, file_safe, open_study};
+
+/// How plans are timed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    /// Kernel threads.
+    pub threads: usize,
+    /// Seconds each plan runs for (at least `min_runs` runs); the median run counts.
+    pub seconds: f64,
+    /// Fewest timed runs.
+    pub min_runs: usize,
+}
+
+/// One model on one data set, searched.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchStudy {
+    /// Name (`resnet20-fashion`): also the dense model's name in a `dense-baselines` run.
+    pub name: String,
+    /// The model.
+    pub model: ZooConfig,
+    /// The data set.
+    pub dataset: KnownSet,
+    /// Train on a seeded random subset of this many images (`None` = all).
+    pub train_limit: Option<usize>,
+    /// Evaluate on the first this many test images (`None` = all).
+    pub eval_limit: Option<usize>,
+    /// Dense training when no `--dense-from` is given.
+    pub pretrain: Pretrain,
+    /// Schemes, rate ladder, roles kept dense.
+    pub space: SpaceSpec,
+    /// The fast evaluation's fine-tune (masks fixed) after one-shot magnitude pruning.
+    pub finetune: TrainConfig,
+    /// Plan timing.
+    pub timing: Timing,
+    /// Latency targets as fractions of the dense plan's measured latency.
+    pub targets: Vec<f64>,
+    /// Reward penalty: accuracy lost per 100% latency overshoot.
+    pub penalty: f64,
+}
+
+impl SearchStudy {
+    /// Seeds the study's training (dense pretraining and every fine-tune).
+    pub fn seed(&mut self, seed: u64) {
+        self.pretrain.train.seed = seed;
+        self.finetune.seed = seed;
+    }
+}
+
+/// A searched layer and the IR node that computes it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LayerNode {
+    /// Node name (the plan's step name).
+    pub node: String,
+    /// Weight parameter name (= the burn path).
+    pub weight: String,
+}
+
+/// A study ready to search.
+pub(crate) struct Prepared {
+    pub open: OpenStudy,
+    pub graph: Graph,
+    pub nodes: Vec<LayerNode>,
+    pub space: SearchSpace,
+    pub table: LatencyTable,
+    /// Measured dense latency, ms.
+    pub dense_ms: f64,
+    /// Seconds spent timing the table (0 when it was loaded).
+    pub table_seconds: f64,
+}
+
+/// The searchable layers of `graph`: every conv and linear weight in node order, with roles.
+pub(crate) fn search_layers(graph: &Graph) -> Result<(Vec<LayerNode>, Vec<SearchLayer>)> {
+    let shapes = graph.validate()?;
+    let weighted: Vec<usize> = (0..graph.nodes.len())
+        .filter(|&i| matches!(graph.nodes[i].op, Op::Conv { .. } | Op::Linear { .. }))
+        .collect();
+    let mut nodes = Vec::new();
+    let mut layers = Vec::new();
+    for (k, &i) in weighted.iter().enumerate() {
+        let n = &graph.nodes[i];
+        let (weight, groups) = match &n.op {
+            Op::Conv { weight, groups, .. } => (weight.clone(), *groups),
+            Op::Linear { weight, .. } => (weight.clone(), 1),
+            _ => continue,
+        };
+        let mut layer = graph.weight_layer(n, &weight, &shapes).ok_or_else(|| {
+            ExperimentError::config("graph", format!("node `{}`: no layer geometry", n.name))
+        })?;
+        layer.name = weight.clone();
+        let depthwise = groups > 1 && layer.geometry.in_per_group() == 1;
+        let role = if k == 0 {
+            LayerRole::First
+        } else if depthwise {
+            LayerRole::Depthwise
+        } else if k + 1 == weighted.len() && matches!(n.op, Op::Linear { .. }) {
+            LayerRole::Classifier
+        } else {
+            LayerRole::Body
+        };
+        nodes.push(LayerNode { node: n.name.clone(), weight });
+        layers.push(SearchLayer { layer, role });
+    }
+    Ok((nodes, layers))
+}
+
+/// The dense graph pruned to `candidate`'s choices (magnitude projection per layer).
+pub(crate) fn pruned_graph(p: &Prepared, candidate: &[usize]) -> Result<Graph> {
+    prune_to(&p.graph, &p.nodes, &p.space, candidate)
+}
+
+/// `graph` pruned to `candidate`'s choices of `space` (whose layers are `nodes`).
+fn prune_to(
+    graph: &Graph,
+    nodes: &[LayerNode],
+    space: &SearchSpace,
+    candidate: &[usize],
+) -> Result<Graph> {
+    let mut g = graph.clone();
+    for (l, c) in space.choices(candidate).into_iter().enumerate() {
+        if let Some(s) = &c.scheme {
+            g.prune(&nodes[l].node, &nodes[l].weight, s, c.target())?;
+        }
+    }
+    Ok(g)
+}
+
+/// A compiled plan's median end-to-end time and per-step median times, ms.
+fn time_plan(graph: Graph, timing: &Timing, input: &[f32]) -> Result<(f64, BTreeMap<String, f64>)> {
+    let codegen = |e: tessera_codegen::CodegenError| ExperimentError::config("codegen", e);
+    let (g, _) = Pipeline::standard().run(graph)?;
+    let mut plan =
+        Plan::compile(&g, &CompileOptions { threads: timing.threads, ..CompileOptions::default() })
+            .map_err(codegen)?;
+    let out_len: usize = plan.output_shape().iter().product();
+    let mut out = vec![0.0f32; out_len];
+    for _ in 0..3 {
+        plan.run(input, &mut out).map_err(codegen)?;
+    }
+    let steps = plan.step_nodes().to_vec();
+    let mut totals = Vec::new();
+    let mut per_step: Vec<Vec<f64>> = vec![Vec::new(); steps.len()];
+    let mut secs = vec![0.0; steps.len()];
+    let start = Instant::now();
+    while totals.len() < timing.min_runs.max(1) || start.elapsed().as_secs_f64() < timing.seconds {
+        secs.iter_mut().for_each(|s| *s = 0.0);
+        let t = Instant::now();
+        plan.run_timed(input, &mut out, &mut secs).map_err(codegen)?;
+        totals.push(t.elapsed().as_secs_f64() * 1e3);
+        for (v, s) in per_step.iter_mut().zip(&secs) {
+            v.push(s * 1e3);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let steps_ms =
+        steps.into_iter().zip(per_step.iter_mut()).map(|(n, v)| (n, median(v))).collect();
+    Ok((median(&mut totals), steps_ms))
+}
+
+/// The model's input for timing: the first test image (real values: no denormal surprises).
+pub(crate) fn timing_input(test: &Dataset) -> Result<&[f32]> {
+    if test.is_empty() {
+        return Err(ExperimentError::config("eval_limit", "the test split is empty"));
+    }
+    Ok(test.image(0))
+}
+
+/// Measured end-to-end latency of `candidate`, ms.
+pub(crate) fn measure(p: &Prepared, timing: &Timing, candidate: &[usize]) -> Result<f64> {
+    Ok(time_plan(pruned_graph(p, candidate)?, timing, timing_input(&p.open.test)?)?.0)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct StoredTable {
+    dense_ms: f64,
+    table: LatencyTable,
+}
+
+/// Opens the study, builds its space and measures (or reloads) its latency table.
+pub(crate) fn prepare(ctx: &RunContext, study: &SearchStudy) -> Result<Prepared> {
+    let _span = tracing::info_span!("prepare", study = %study.name).entered();
+    let open = open_study(
+        ctx,
+        &study.name,
+        &study.model,
+        study.dataset,
+        study.train_limit,
+        study.eval_limit,
+        &study.pretrain,
+    )?;
+    let graph = tessera_ir::io::load(&open.dense_dir.join("ir"))?;
+    let (nodes, layers) = search_layers(&graph)?;
+    let space = SearchSpace::new(layers, &study.space)?;
+    tracing::info!(
+        layers = space.len(),
+        log10_candidates = space.log10_size(),
+        excluded = space.excluded().len(),
+        "search space"
+    );
+    let path = ctx.dir.join("tables").join(format!("{}.json", file_safe(&study.name)));
+    let mut p = Prepared {
+        open,
+        graph,
+        nodes,
+        space,
+        table: LatencyTable { other_ms: 0.0, per_layer: Vec::new() },
+        dense_ms: 0.0,
+        table_seconds: 0.0,
+    };
+    if let Ok(bytes) = std::fs::read(&path)
+        && let Ok(stored) = serde_json::from_slice::<StoredTable>(&bytes)
+        && stored.table.check(&p.space).is_ok()
+    {
+        p.table = stored.table;
+        p.dense_ms = stored.dense_ms;
+        return Ok(p);
+    }
+    let t = Instant::now();
+    let (dense_ms, table) =
+        measure_table(&p.graph, &p.nodes, &p.space, &study.timing, timing_input(&p.open.test)?)?;
+    p.table = table;
+    p.dense_ms = dense_ms;
+    p.table_seconds = t.elapsed().as_secs_f64();
+    let bytes = serde_json::to_vec_pretty(&StoredTable { dense_ms, table: p.table.clone() })
+        .map_err(|e| ExperimentError::io(&path, e))?;
+    tessera_data::file::write_atomic(&path, &bytes).map_err(|e| ExperimentError::io(&path, e))?;
+    Ok(p)
+}
+
+/// The latency table of `space` over `graph` (module docs) and the dense plan's median
+/// latency, timed on `input`.
+pub(crate) fn measure_table(
+    graph: &Graph,
+    nodes: &[LayerNode],
+    space: &SearchSpace,
+    timing: &Timing,
+    input: &[f32],
+) -> Result<(f64, LatencyTable)> {
+    let step = |steps: &BTreeMap<String, f64>, l: usize| -> Result<f64> {
+        steps.get(&nodes[l].node).copied().ok_or_else(|| {
+            ExperimentError::config(
+                "latency table",
+                format!("the compiled plan has no step `{}`", nodes[l].node),
+            )
+        })
+    };
+    let (dense_ms, dense_steps) = time_plan(graph.clone(), timing, input)?;
+    let mut per_layer: Vec<Vec<f64>> =
+        (0..space.len()).map(|l| vec![f64::NAN; space.options(l).len()]).collect();
+    let mut layers_ms = 0.0;
+    for (l, row) in per_layer.iter_mut().enumerate() {
+        row[0] = step(&dense_steps, l)?;
+        layers_ms += row[0];
+    }
+    // Every distinct pruned choice, in first-seen order.
+    let mut choices: Vec<LayerChoice> = Vec::new();
+    for l in 0..space.len() {
+        for c in &space.options(l)[1..] {
+            if !choices.contains(c) {
+                choices.push(c.clone());
+            }
+        }
+    }
+    let _span = tracing::info_span!("latency table", plans = choices.len()).entered();
+    for (i, choice) in choices.iter().enumerate() {
+        let candidate: Vec<usize> = (0..space.len())
+            .map(|l| space.options(l).iter().position(|c| c == choice).unwrap_or(0))
+            .collect();
+        let (_, steps) = time_plan(prune_to(graph, nodes, space, &candidate)?, timing, input)?;
+        for (l, &o) in candidate.iter().enumerate() {
+            if o > 0 {
+                per_layer[l][o] = step(&steps, l)?;
+            }
+        }
+        tracing::info!(plan = i + 1, of = choices.len(), choice = %choice, "timed");
+    }
+    let table = LatencyTable { other_ms: (dense_ms - layers_ms).max(0.0), per_layer };
+    table.check(space)?;
+    Ok((dense_ms, table))
+}
+
+/// Per-layer sparsity rules of a candidate (exact paths; dense layers keep everything).
+pub(crate) fn sparsity_of(p: &Prepared, candidate: &[usize]) -> SparsityConfig {
+    SparsityConfig {
+        rules: p
+            .space
+            .choices(candidate)
+            .into_iter()
+            .enumerate()
+            .map(|(l, c)| MatchRule {
+                layers: p.nodes[l].weight.clone(),
+                rule: LayerRule {
+                    scheme: c.scheme.clone().unwrap_or(Scheme::Unstructured),
+                    target: if c.is_dense() { Target::DENSE } else { c.target() },
+                    pad: p.space.pads(),
+                },
+            })
+            .collect(),
+        default: None,
+    }
+}
+
+/// The fast evaluation (module docs).
+pub(crate) struct FastEval<'a> {
+    pub prepared: &'a Prepared,
+    pub finetune: &'a TrainConfig,
+    pub timing: &'a Timing,
+}
+
+struct OneShot<'a> {
+    config: PruneConfig,
+    train: &'a Dataset,
+    test: &'a Dataset,
+    device: &'a burn::prelude::Device,
+}
+
+impl WithLoaded for OneShot<'_> {
+    type Output = Result<f64>;
+
+    fn run<M: Classifier>(self, model: M, _: ModelCard, _: Masks) -> Result<f64> {
+        let missing = || ExperimentError::config("finetune", "no evaluation after the fine-tune");
+        if self.config.sparsity.rules.iter().all(|r| r.rule.target == Target::DENSE) {
+            // The dense arm: the same fine-tune, nothing pruned (the pruner refuses a config
+            // that prunes nothing).
+            let (_, history) = tessera_models::train::train(
+                model,
+                self.train,
+                Some(self.test),
+                &self.config.retrain,
+                self.device,
+                &mut tessera_models::train::NoHooks,
+                None,
+            )?;
+            return history.last().and_then(|h| h.eval).map(|e| e.1).ok_or_else(missing);
+        }
+        let out = prune(model, &self.config, self.train, Some(self.test), self.device, None)?;
+        out.final_eval.map(|e| e.1).ok_or_else(missing)
+    }
+}
+
+impl FastEval<'_> {
+    /// Top-1 of `candidate` after one-shot pruning and the fine-tune; training epochs spent.
+    pub(crate) fn accuracy(&self, candidate: &[usize]) -> Result<(f64, f64)> {
+        let p = self.prepared;
+        let config = PruneConfig {
+            sparsity: sparsity_of(p, candidate),
+            method: Method::OneShot,
+            train: self.finetune.clone(),
+            retrain: self.finetune.clone(),
+            distill: None,
+        };
+        let job =
+            OneShot { config, train: &p.open.train, test: &p.open.test, device: &p.open.device };
+        let top1 = tessera_models::saved::load(&p.open.dense_dir, &p.open.device, job)??;
+        let per_epoch = p.open.train.len().div_ceil(self.finetune.batch_size.max(1));
+        let steps = self.finetune.max_steps_per_epoch.map_or(per_epoch, |m| m.min(per_epoch));
+        let epochs = (steps * self.finetune.epochs) as f64 / per_epoch.max(1) as f64;
+        Ok((top1, epochs))
+    }
+}
+
+impl Evaluator for FastEval<'_> {
+    fn evaluate(
+        &mut self,
+        space: &SearchSpace,
+        candidate: &[usize],
+    ) -> std::result::Result<Measurement, EvalError> {
+        let t = Instant::now();
+        let _span = tracing::info_span!("evaluate", candidate = %space.key(candidate)).entered();
+        let (accuracy, epochs) = self.accuracy(candidate)?;
+        let latency_ms = measure(self.prepared, self.timing, candidate)?;
+        Ok(Measurement { accuracy, latency_ms, epochs, seconds: t.elapsed().as_secs_f64() })
+    }
+
+    fn predict_latency(&self, _: &SearchSpace, candidate: &[usize]) -> Option<f64> {
+        Some(self.prepared.table.total_ms(candidate))
+    }
+}
+
+/// Per-layer kernel weights: half uniform, half each layer's share of the dense MACs.
+pub(crate) fn layer_weights(space: &SearchSpace) -> Vec<f64> {
+    let total = space.dense_macs().max(1) as f64;
+    let n = space.len() as f64;
+    space.layers().iter().map(|l| 0.5 / n + 0.5 * l.dense_macs() as f64 / total).collect()
+}
+
+/// Where a study's search logs live.
+pub(crate) fn log_path(ctx: &RunContext, study: &str, name: &str) -> PathBuf {
+    ctx.dir.join("logs").join(file_safe(study)).join(format!("{}.json", file_safe(name)))
+}
+
+/// A point on the accuracy-latency plane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MappingPoint {
+    /// Arm (`dense`, `uniform block-punched:8x4 8x`, `rule @0.5`, `search @0.5`, ...).
+    pub arm: String,
+    /// The per-layer choices.
+    pub key: String,
+    /// Top-1 after the fast evaluation.
+    pub top1: f64,
+    /// Measured latency, ms.
+    pub latency_ms: f64,
+    /// Latency predicted by the table, ms.
+    pub predicted_ms: f64,
+    /// Kept MACs / dense MACs of the searched layers.
+    pub mac_fraction: f64,
+}
+
+/// The point of an evaluation.
+pub(crate) fn point(
+    p: &Prepared,
+    arm: impl Into<String>,
+    e: &tessera_search::Evaluated,
+) -> MappingPoint {
+    MappingPoint {
+        arm: arm.into(),
+        key: e.key.clone(),
+        top1: e.measurement.accuracy,
+        latency_ms: e.measurement.latency_ms,
+        predicted_ms: p.table.total_ms(&e.candidate),
+        mac_fraction: p.space.kept_macs(&e.candidate) / p.space.dense_macs().max(1) as f64,
+    }
+}
+
+/// Compact per-layer form of a key: `layer: choice` for the pruned layers.
+pub(crate) fn describe(p: &Prepared, candidate: &[usize]) -> String {
+    let parts: Vec<String> = p
+        .space
+        .choices(candidate)
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !c.is_dense())
+        .map(|(l, c)| format!("{} {c}", p.nodes[l].node))
+        .collect();
+    if parts.is_empty() { "all dense".into() } else { parts.join(", ") }
+}
+
+/// The scale's study of ResNet-20 on Fashion-MNIST.
+pub(crate) fn resnet_study(scale: crate::run::Scale) -> Result<SearchStudy> {
+    use crate::run::Scale;
+    use tessera_data::Augment;
+    use tessera_models::train::Schedule;
+    use tessera_models::zoo::ResNetConfig;
+    let aug = Augment { crop_padding: 2, horizontal_flip: true };
+    let smoke = scale == Scale::Smoke;
+    let (width, train_limit, eval_limit) = match scale {
+        Scale::Smoke => (0.25, None, Some(32)),
+        Scale::Default => (1.0, Some(10_000), Some(2_000)),
+        Scale::Paper => (1.0, None, None),
+    };
+    let pretrain = match scale {
+        Scale::Smoke => crate::study::sgd(1, 16, 0.05, 5e-4, Schedule::Constant),
+        Scale::Default => crate::study::sgd(15, 128, 0.1, 5e-4, Schedule::Cosine { min_lr: 0.0 }),
+        Scale::Paper => crate::study::sgd(60, 128, 0.1, 5e-4, Schedule::Cosine { min_lr: 0.0 }),
+    };
+    let steps = if smoke { Some(2) } else { None };
+    let finetune = TrainConfig {
+        max_steps_per_epoch: Some(match scale {
+            Scale::Smoke => 2,
+            Scale::Default => 40,
+            Scale::Paper => 200,
+        }),
+        augment: aug,
+        ..crate::study::sgd(1, if smoke { 16 } else { 64 }, 0.01, 5e-4, Schedule::Constant)
+    };
+    let schemes: &[&str] = if smoke {
+        &["unstructured", "pattern:8+connectivity", "block-punched:4x4"]
+    } else {
+        &[
+            "unstructured",
+            "filter",
+            "pattern:8+connectivity",
+            "block-punched:4x4",
+            "block-punched:8x4",
+            "block-punched:16x4",
+            "bcr:8x8",
+        ]
+    };
+    Ok(SearchStudy {
+        name: "resnet20-fashion".into(),
+        model: ZooConfig::Resnet(ResNetConfig { depth: 20, in_channels: 1, classes: 10, width }),
+        dataset: KnownSet::FashionMnist,
+        train_limit,
+        eval_limit,
+        pretrain: Pretrain {
+            train: TrainConfig { max_steps_per_epoch: steps, augment: aug, ..pretrain },
+        },
+        space: SpaceSpec {
+            schemes: schemes
+                .iter()
+                .map(|s| crate::prune_schemes::scheme(s))
+                .collect::<Result<_>>()?,
+            rates: if smoke { vec![2.0, 4.0] } else { vec![2.0, 4.0, 8.0, 16.0] },
+            dense_roles: vec![LayerRole::First, LayerRole::Depthwise, LayerRole::Classifier],
+            pad: false,
+        },
+        finetune,
+        timing: Timing {
+            threads: 1,
+            seconds: if smoke { 0.005 } else { 0.3 },
+            min_runs: if smoke { 3 } else { 20 },
+        },
+        targets: vec![0.5, 0.3],
+        penalty: 1.0,
+    })
+}
+
+/// The scale's study of MobileNetV2 (width 0.5) on Fashion-MNIST.
+pub(crate) fn mobilenet_study(scale: crate::run::Scale) -> Result<SearchStudy> {
+    use crate::run::Scale;
+    use tessera_models::zoo::MobileNetV2Config;
+    let mut s = resnet_study(scale)?;
+    s.name = "mobilenet_v2-fashion".into();
+    s.model = ZooConfig::MobileNetV2(MobileNetV2Config {
+        in_channels: 1,
+        classes: 10,
+        width: if scale == Scale::Smoke { 0.25 } else { 0.5 },
+    });
+    if scale == Scale::Default {
+        s.pretrain.train.epochs = 6;
+        s.train_limit = Some(10_000);
+        s.eval_limit = Some(1_000);
+        s.finetune.max_steps_per_epoch = Some(20);
+    }
+    // No 3x3 convolution without groups but the stem: patterns do not apply.
+    s.space.schemes.retain(|x| !matches!(x, Scheme::Pattern(_)));
+    Ok(s)
+}
