@@ -8,7 +8,8 @@
 //! - [`qlearn`]: the Q-learning meta-model (epsilon-greedy schedule, experience replay).
 //! - [`gp`] and [`acquisition`]: a Gaussian process with a per-layer categorical kernel, and
 //!   Expected Improvement.
-//! - [`search`]: NPAS (agent proposes, GP + EI picks, evaluator measures), random search and
+//! - [`search`]: NPAS (agent proposes, mutations of the best join the pool, GP + EI picks,
+//!   evaluator measures; optionally warm-started from measured baselines), random search and
 //!   fixed baselines, over an [`Evaluator`], with a resumable evaluation log.
 //!
 //! The crate is burn-free: the concrete evaluators (one-shot prune + short fine-tune for
