@@ -365,6 +365,9 @@ mod tests {
         assert_eq!(sp.choices(&m.candidate)[2].rate, 8.0);
         assert!((m.predicted_ms - (0.1 + 1.0 + 0.125 + 0.125)).abs() < 1e-12);
         // A sensitive layer is pruned last: with c3 100x more sensitive, c1 goes first.
+        // Bad sensitivities are a typed error naming the field.
+        let e = rule_rates(&sp, &t, s.clone(), 2.0, Some(&[1.0, -1.0, 1.0])).unwrap_err();
+        assert!(e.to_string().contains("sensitivity"), "{e}");
         let m = rule_rates(&sp, &t, s, 2.0, Some(&[1.0, 100.0, 1.0])).unwrap();
         assert!(m.met);
         assert!(

@@ -309,7 +309,22 @@ struct Runner<'a> {
     budget: usize,
 }
 
-impl Runner<'_> {
+impl<'a> Runner<'a> {
+    /// A runner over the log at `log` (checked against `method`, the space, `config` and
+    /// `reward`) for `budget` evaluations.
+    fn open(
+        space: &'a SearchSpace,
+        evaluator: &'a mut dyn Evaluator,
+        reward: Reward,
+        log: Option<&Path>,
+        method: &str,
+        config: serde_json::Value,
+        budget: usize,
+    ) -> Result<Self> {
+        let log = EvalLog::open(log, method, space, config, reward)?;
+        Ok(Runner { space, evaluator, reward, log, from_log: 0, budget })
+    }
+
     fn measure(
         &mut self,
         label: &str,
@@ -442,14 +457,7 @@ pub fn npas_with_prior(
         prior = prior.len()
     )
     .entered();
-    let mut runner = Runner {
-        space,
-        evaluator,
-        reward,
-        log: EvalLog::open(log, "npas", space, config, reward)?,
-        from_log: 0,
-        budget: cfg.evaluations,
-    };
+    let mut runner = Runner::open(space, evaluator, reward, log, "npas", config, cfg.evaluations)?;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut agent = QAgent::new(space, cfg.q.clone())?;
     let encoder = Encoder::new(space);
@@ -611,14 +619,7 @@ pub fn random_search(
     reward.check()?;
     let config = serde_json::json!({ "evaluations": evaluations, "seed": seed });
     let _span = tracing::info_span!("random-search", budget = evaluations).entered();
-    let mut runner = Runner {
-        space,
-        evaluator,
-        reward,
-        log: EvalLog::open(log, "random", space, config, reward)?,
-        from_log: 0,
-        budget: evaluations,
-    };
+    let mut runner = Runner::open(space, evaluator, reward, log, "random", config, evaluations)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut seen = HashSet::new();
     for _ in 0..evaluations {
@@ -642,14 +643,7 @@ pub fn evaluate_list(
         space.check(c).map_err(|e| SearchError::config(label.clone(), e))?;
     }
     let config = serde_json::json!(candidates.iter().map(|(l, _)| l).collect::<Vec<_>>());
-    let mut runner = Runner {
-        space,
-        evaluator,
-        reward,
-        log: EvalLog::open(log, "list", space, config, reward)?,
-        from_log: 0,
-        budget: candidates.len(),
-    };
+    let mut runner = Runner::open(space, evaluator, reward, log, "list", config, candidates.len())?;
     for (label, c) in candidates {
         runner.measure(label, c.clone(), None, None, None)?;
     }
