@@ -110,6 +110,7 @@ impl CrossbarStudy {
                 in_channels: 1,
                 classes: 10,
                 width,
+                skip_blocks: Vec::new(),
             }),
             dataset: KnownSet::FashionMnist,
             train_limit,

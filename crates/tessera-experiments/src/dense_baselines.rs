@@ -102,12 +102,23 @@ impl DenseBaselinesConfig {
     pub fn preset(scale: Scale) -> Self {
         let lenet = ZooConfig::Lenet5(Lenet5Config::caffe());
         let resnet = |width| {
-            ZooConfig::Resnet(ResNetConfig { depth: 20, in_channels: 1, classes: 10, width })
+            ZooConfig::Resnet(ResNetConfig {
+                depth: 20,
+                in_channels: 1,
+                classes: 10,
+                width,
+                skip_blocks: Vec::new(),
+            })
         };
         let vgg =
             |width| ZooConfig::Vgg(VggConfig { in_channels: 1, width, ..VggConfig::default() });
         let mobilenet = |width| {
-            ZooConfig::MobileNetV2(MobileNetV2Config { in_channels: 1, classes: 10, width })
+            ZooConfig::MobileNetV2(MobileNetV2Config {
+                in_channels: 1,
+                classes: 10,
+                width,
+                skip_blocks: Vec::new(),
+            })
         };
         let fashion_aug = Augment { crop_padding: 2, horizontal_flip: true };
         let run =

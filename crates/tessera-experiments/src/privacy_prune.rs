@@ -223,7 +223,13 @@ fn resnet(scale: Scale) -> Result<PrivacyStudy> {
     let batch = if smoke { 16 } else { 128 };
     Ok(PrivacyStudy {
         name: "resnet20-fashion".into(),
-        model: ZooConfig::Resnet(ResNetConfig { depth: 20, in_channels: 1, classes: 10, width }),
+        model: ZooConfig::Resnet(ResNetConfig {
+            depth: 20,
+            in_channels: 1,
+            classes: 10,
+            width,
+            skip_blocks: Vec::new(),
+        }),
         dataset: KnownSet::FashionMnist,
         train_limit,
         eval_limit: smoke.then_some(32),

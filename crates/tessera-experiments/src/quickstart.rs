@@ -342,6 +342,7 @@ fn mapping_space(graph: &Graph, cfg: &QuickstartConfig) -> Result<(Vec<LayerNode
             rates: vec![cfg.compression],
             dense_roles: vec![LayerRole::Classifier],
             pad: true,
+            skip: false,
         },
     )?;
     Ok((nodes, space))

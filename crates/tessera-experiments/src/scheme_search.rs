@@ -4,11 +4,15 @@
 //!
 //! - Space: every conv / linear weight of the dense IR graph is a layer; the first layer, the
 //!   depthwise convolutions and the classifier stay dense; every scheme of the study is tried
-//!   at every rate of its ladder and kept where tessera-sparsity can apply it exactly.
+//!   at every rate of its ladder and kept where tessera-sparsity can apply it exactly. With
+//!   the study's `space.skip`, the layers of every identity-shortcut residual branch of the
+//!   IR (`Graph::residual_branches`) form a removable unit: the operator choice `skip`
+//!   removes the block (the IR branch is cut, the burn model is loaded with `skip_blocks`).
 //! - Latency table: for each distinct (scheme, rate) of the space, the dense graph is pruned
 //!   with it on every layer where it is valid, compiled (1 thread by default) and timed;
 //!   each layer's step time is its table entry (so a table costs one compiled plan per
 //!   (scheme, rate), not one per layer); the rest of the dense plan's time is `other_ms`.
+//!   A skipped layer is priced at 0 ms (its block's add stays in `other_ms`).
 //!   The table is stored in the run directory and reused on resume.
 //! - Evaluation (the searches' "fast evaluation"): load the dense model, prune it one-shot by
 //!   magnitude to the candidate's per-layer schemes and rates, fine-tune briefly with the
@@ -114,6 +118,7 @@ pub(crate) fn search_layers(graph: &Graph) -> Result<(Vec<LayerNode>, Vec<Search
     let weighted: Vec<usize> = (0..graph.nodes.len())
         .filter(|&i| matches!(graph.nodes[i].op, Op::Conv { .. } | Op::Linear { .. }))
         .collect();
+    let branches = graph.residual_branches();
     let mut nodes = Vec::new();
     let mut layers = Vec::new();
     for (k, &i) in weighted.iter().enumerate() {
@@ -138,7 +143,11 @@ pub(crate) fn search_layers(graph: &Graph) -> Result<(Vec<LayerNode>, Vec<Search
             LayerRole::Body
         };
         nodes.push(LayerNode { node: n.name.clone(), weight });
-        layers.push(SearchLayer { layer, role });
+        let layer = SearchLayer::new(layer, role);
+        layers.push(match branches.iter().find(|b| b.nodes.contains(&n.name)) {
+            Some(b) => layer.in_unit(b.add.clone()),
+            None => layer,
+        });
     }
     Ok((nodes, layers))
 }
@@ -156,6 +165,9 @@ fn prune_to(
     candidate: &[usize],
 ) -> Result<Graph> {
     let mut g = graph.clone();
+    for unit in space.skipped_units(candidate) {
+        g.skip_residual(&unit)?;
+    }
     for (l, c) in space.choices(candidate).into_iter().enumerate() {
         if let Some(s) = &c.scheme {
             g.prune(&nodes[l].node, &nodes[l].weight, s, c.target())?;
@@ -298,7 +310,7 @@ pub(crate) fn measure_table(
     let mut choices: Vec<LayerChoice> = Vec::new();
     for l in 0..space.len() {
         for c in &space.options(l)[1..] {
-            if !choices.contains(c) {
+            if !c.skip && !choices.contains(c) {
                 choices.push(c.clone());
             }
         }
@@ -316,12 +328,20 @@ pub(crate) fn measure_table(
         }
         tracing::info!(plan = i + 1, of = choices.len(), choice = %choice, "timed");
     }
+    for (l, row) in per_layer.iter_mut().enumerate() {
+        for (o, c) in space.options(l).iter().enumerate() {
+            if c.skip {
+                row[o] = 0.0;
+            }
+        }
+    }
     let table = LatencyTable { other_ms: (dense_ms - layers_ms).max(0.0), per_layer };
     table.check(space)?;
     Ok((dense_ms, table))
 }
 
-/// Per-layer sparsity rules of a candidate (exact paths; dense layers keep everything).
+/// Per-layer sparsity rules of a candidate (exact paths; dense layers keep everything;
+/// skipped layers are not in the model).
 pub(crate) fn sparsity_of(p: &Prepared, candidate: &[usize]) -> SparsityConfig {
     SparsityConfig {
         rules: p
@@ -329,6 +349,7 @@ pub(crate) fn sparsity_of(p: &Prepared, candidate: &[usize]) -> SparsityConfig {
             .choices(candidate)
             .into_iter()
             .enumerate()
+            .filter(|(_, c)| !c.skip)
             .map(|(l, c)| MatchRule {
                 layers: p.nodes[l].weight.clone(),
                 rule: LayerRule {
@@ -393,7 +414,19 @@ impl FastEval<'_> {
         };
         let job =
             OneShot { config, train: &p.open.train, test: &p.open.test, device: &p.open.device };
-        let top1 = tessera_models::saved::load(&p.open.dense_dir, &p.open.device, job)??;
+        let units = p.space.skipped_units(candidate);
+        let model = if units.is_empty() {
+            None
+        } else {
+            let card = tessera_models::saved::load_card(&p.open.dense_dir)?;
+            Some(card.model.with_skip_blocks(block_indices(&units)?)?)
+        };
+        let top1 = tessera_models::saved::load_as(
+            &p.open.dense_dir,
+            model.as_ref(),
+            &p.open.device,
+            job,
+        )??;
         let per_epoch = p.open.train.len().div_ceil(self.finetune.batch_size.max(1));
         let steps = self.finetune.max_steps_per_epoch.map_or(per_epoch, |m| m.min(per_epoch));
         let epochs = (steps * self.finetune.epochs) as f64 / per_epoch.max(1) as f64;
@@ -417,6 +450,24 @@ impl Evaluator for FastEval<'_> {
     fn predict_latency(&self, _: &SearchSpace, candidate: &[usize]) -> Option<f64> {
         Some(self.prepared.table.total_ms(candidate))
     }
+}
+
+/// The zoo's block index of each unit (its add node, `blocks.<i>.add`).
+fn block_indices(units: &[String]) -> Result<Vec<usize>> {
+    units
+        .iter()
+        .map(|u| {
+            u.strip_prefix("blocks.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|i| i.parse().ok())
+                .ok_or_else(|| {
+                    ExperimentError::config(
+                        "skip",
+                        format!("unit `{u}` is not a zoo block (`blocks.<i>.add`)"),
+                    )
+                })
+        })
+        .collect()
 }
 
 /// Per-layer kernel weights: half uniform, half each layer's share of the dense MACs.
@@ -520,7 +571,13 @@ pub(crate) fn resnet_study(scale: crate::run::Scale) -> Result<SearchStudy> {
     };
     Ok(SearchStudy {
         name: "resnet20-fashion".into(),
-        model: ZooConfig::Resnet(ResNetConfig { depth: 20, in_channels: 1, classes: 10, width }),
+        model: ZooConfig::Resnet(ResNetConfig {
+            depth: 20,
+            in_channels: 1,
+            classes: 10,
+            width,
+            skip_blocks: Vec::new(),
+        }),
         dataset: KnownSet::FashionMnist,
         train_limit,
         eval_limit,
@@ -535,6 +592,7 @@ pub(crate) fn resnet_study(scale: crate::run::Scale) -> Result<SearchStudy> {
             rates: if smoke { vec![2.0, 4.0] } else { vec![2.0, 4.0, 8.0, 16.0] },
             dense_roles: vec![LayerRole::First, LayerRole::Depthwise, LayerRole::Classifier],
             pad: false,
+            skip: false,
         },
         finetune,
         timing: Timing {
@@ -557,12 +615,17 @@ pub(crate) fn mobilenet_study(scale: crate::run::Scale) -> Result<SearchStudy> {
         in_channels: 1,
         classes: 10,
         width: if scale == Scale::Smoke { 0.25 } else { 0.5 },
+        skip_blocks: Vec::new(),
     });
     if scale == Scale::Default {
         s.pretrain.train.epochs = 6;
         s.train_limit = Some(10_000);
         s.eval_limit = Some(1_000);
         s.finetune.max_steps_per_epoch = Some(20);
+        // Its 1x1 layers hold most of the weights and lose more to one-shot pruning: a lower
+        // ladder, and targets the dense depthwise layers leave reachable.
+        s.space.rates = vec![1.5, 2.0, 3.0, 4.0];
+        s.targets = vec![0.7, 0.5];
     }
     // No 3x3 convolution without groups but the stem: patterns do not apply.
     s.space.schemes.retain(|x| !matches!(x, Scheme::Pattern(_)));

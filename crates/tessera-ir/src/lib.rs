@@ -7,6 +7,8 @@
 //! * [`io`]: model files (JSON graph + safetensors weights), validated on load.
 //! * [`passes`]: rewrites (batch-norm folding, activation fusion, dead-channel removal, reshape
 //!   folding) and a pipeline runner.
+//! * [`Graph::residual_branches`] / [`Graph::skip_residual`]: identity-shortcut residual
+//!   branches, and removing one (a search's "skip" operator choice).
 //! * [`stats`]: parameters, FLOPs dense vs kept, bytes per format; [`dump`]: the textual form.
 //!
 //! ```
@@ -36,6 +38,7 @@ pub mod interp;
 pub mod io;
 mod op;
 pub mod passes;
+mod residual;
 mod shape;
 pub mod stats;
 mod tensor;
@@ -44,4 +47,5 @@ pub use dump::dump;
 pub use error::{IrError, Result};
 pub use graph::{Conv2d, Graph, GraphBuilder, Input, Node, Shapes};
 pub use op::{Activation, Op};
+pub use residual::ResidualBranch;
 pub use tensor::{Param, Sparsity, Tensor};

@@ -168,7 +168,22 @@ pub fn load_card(dir: &Path) -> Result<ModelCard> {
 
 /// Loads a model directory onto `device` and hands the model (with its masks) to `action`.
 pub fn load<A: WithLoaded>(dir: &Path, device: &Device, action: A) -> Result<A::Output> {
-    let card = load_card(dir)?;
+    load_as(dir, None, device, action)
+}
+
+/// [`load`], building `model` instead of the card's architecture: a variant with the same
+/// parameters, such as the card's model with `skip_blocks` set (the card handed to `action`
+/// then names `model`). Weights that do not fit `model` are an error naming the file.
+pub fn load_as<A: WithLoaded>(
+    dir: &Path,
+    model: Option<&ZooConfig>,
+    device: &Device,
+    action: A,
+) -> Result<A::Output> {
+    let mut card = load_card(dir)?;
+    if let Some(m) = model {
+        card.model = m.clone();
+    }
     let mask_path = dir.join("masks.safetensors");
     let masks = if mask_path.is_file() { load_masks(&mask_path)? } else { Masks::new() };
     let weights = dir.join("model.bpk");

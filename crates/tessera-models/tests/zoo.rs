@@ -188,17 +188,30 @@ fn vgg_exports_exactly() {
 #[test]
 fn resnet_exports_exactly() {
     let device = Backend::Flex.device();
-    let cfg = ResNetConfig { depth: 20, in_channels: 1, classes: 10, width: 0.5 };
+    let cfg = ResNetConfig {
+        depth: 20,
+        in_channels: 1,
+        classes: 10,
+        width: 0.5,
+        skip_blocks: Vec::new(),
+    };
     check_model(|| cfg.init(&device).unwrap(), [2, 1, 16, 16], "resnet20");
     // Three channels at CIFAR size, on the CIFAR-10 samples.
-    let cfg = ResNetConfig { depth: 20, in_channels: 3, classes: 10, width: 0.25 };
+    let cfg = ResNetConfig {
+        depth: 20,
+        in_channels: 3,
+        classes: 10,
+        width: 0.25,
+        skip_blocks: Vec::new(),
+    };
     check_model(|| cfg.init(&device).unwrap(), [2, 3, 32, 32], "resnet20 cifar");
 }
 
 #[test]
 fn mobilenet_v2_exports_exactly() {
     let device = Backend::Flex.device();
-    let cfg = MobileNetV2Config { in_channels: 1, classes: 10, width: 0.25 };
+    let cfg =
+        MobileNetV2Config { in_channels: 1, classes: 10, width: 0.25, skip_blocks: Vec::new() };
     check_model(|| cfg.init(&device).unwrap(), [1, 1, 16, 16], "mobilenet_v2");
 }
 
@@ -239,7 +252,13 @@ fn set_weights_round_trips_through_the_gemm_view() {
 #[test]
 fn seeded_init_is_deterministic_even_with_concurrent_inits() {
     let device = Backend::Flex.device();
-    let cfg = ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.25 };
+    let cfg = ResNetConfig {
+        depth: 8,
+        in_channels: 1,
+        classes: 10,
+        width: 0.25,
+        skip_blocks: Vec::new(),
+    };
     let weights_of = |seed| {
         let m = tessera_models::with_seed(&device, seed, || cfg.init(&device)).unwrap();
         weights::prunable_weights(&m, [1, 1, 16, 16])
@@ -301,7 +320,13 @@ fn seeded_init_draws_burns_default_distribution() {
 #[test]
 fn read_weights_agrees_with_the_export_view() {
     let device = Backend::Flex.device();
-    let cfg = ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.25 };
+    let cfg = ResNetConfig {
+        depth: 8,
+        in_channels: 1,
+        classes: 10,
+        width: 0.25,
+        skip_blocks: Vec::new(),
+    };
     let model = tessera_models::with_seed(&device, 1, || cfg.init(&device)).unwrap();
     let named = weights::prunable_weights(&model, [1, 1, 16, 16]).unwrap();
     let paths: Vec<String> = named.iter().map(|w| w.path.clone()).collect();
@@ -310,4 +335,48 @@ fn read_weights_agrees_with_the_export_view() {
         assert_eq!(read[&w.path], w.values, "{}", w.path);
     }
     assert!(weights::read_weights(&model, &["nope".to_string()]).is_err());
+}
+
+#[test]
+fn skipped_blocks_compute_the_identity_and_leave_the_export() {
+    let device = Backend::Flex.device();
+    let base =
+        ResNetConfig { depth: 20, in_channels: 1, classes: 10, width: 0.25, skip_blocks: vec![] };
+    let skipping = ResNetConfig { skip_blocks: vec![1, 4], ..base.clone() };
+    check_model(|| skipping.init(&device).unwrap(), [2, 1, 16, 16], "resnet20 skipping 1, 4");
+    // Same seed, same weights: the full model's graph with those residual branches removed by
+    // the IR computes what the skipping model exports.
+    let init =
+        |c: &ResNetConfig| tessera_models::with_seed(&device, 7, || c.init(&device)).unwrap();
+    let input = [1, 1, 16, 16];
+    let skipped = init(&skipping).export(input, &Masks::new()).unwrap();
+    assert!(
+        skipped
+            .nodes
+            .iter()
+            .all(|n| !n.name.starts_with("blocks.1.") && !n.name.starts_with("blocks.4.")),
+        "skipped blocks left the graph"
+    );
+    let mut surgery = init(&base).export(input, &Masks::new()).unwrap();
+    for add in ["blocks.1.add", "blocks.4.add"] {
+        surgery.skip_residual(add).unwrap();
+    }
+    let x = tessera_ir::Tensor::uniform(input, 1.0, 3);
+    assert_eq!(
+        interp::run(&surgery, std::slice::from_ref(&x)).unwrap(),
+        interp::run(&skipped, &[x]).unwrap()
+    );
+    // Only identity blocks: block 3 opens stage 2 with a projection; block 9 does not exist.
+    for bad in [3, 9] {
+        let e = ResNetConfig { skip_blocks: vec![bad], ..base.clone() }.init(&device).unwrap_err();
+        assert!(
+            e.to_string().contains("skip_blocks")
+                && e.to_string().contains(&format!("block {bad}")),
+            "{e}"
+        );
+    }
+    // MobileNetV2: block 2 (24 -> 24, stride 1) is residual, block 0 (32 -> 16) is not.
+    let m = MobileNetV2Config { in_channels: 1, classes: 10, width: 0.25, skip_blocks: vec![2] };
+    check_model(|| m.init(&device).unwrap(), [1, 1, 16, 16], "mobilenet_v2 skipping 2");
+    assert!(MobileNetV2Config { skip_blocks: vec![0], ..m }.init(&device).is_err());
 }

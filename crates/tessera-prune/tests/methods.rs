@@ -78,7 +78,8 @@ fn plans_skip_dense_layers_and_name_bad_ones() {
 fn pattern_plans_share_one_library_and_split_into_two_admm_sets() {
     let device = Backend::Flex.device();
     let m = with_seed(&device, 1, || {
-        ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.25 }.init(&device)
+        ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.25, skip_blocks: Vec::new() }
+            .init(&device)
     })
     .unwrap();
     let w = weights::prunable_weights(&m, [1, 1, 28, 28]).unwrap();

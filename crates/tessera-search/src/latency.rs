@@ -80,12 +80,14 @@ mod tests {
             vec![SearchLayer {
                 layer: Layer::linear("fc1.weight", 16, 16).unwrap(),
                 role: LayerRole::Body,
+                skip_unit: None,
             }],
             &SpaceSpec {
                 schemes: vec!["unstructured".parse().unwrap()],
                 rates: vec![2.0, 4.0],
                 dense_roles: vec![],
                 pad: false,
+                skip: false,
             },
         )
         .unwrap();

@@ -196,6 +196,7 @@ mod tests {
                 .map(|i| SearchLayer {
                     layer: Layer::linear(format!("fc{i}.weight"), 16, 16).unwrap(),
                     role: LayerRole::Body,
+                    skip_unit: None,
                 })
                 .collect(),
             &SpaceSpec {
@@ -203,6 +204,7 @@ mod tests {
                 rates: vec![2.0, 4.0, 8.0],
                 dense_roles: vec![],
                 pad: false,
+                skip: false,
             },
         )
         .unwrap()

@@ -276,6 +276,7 @@ mod tests {
             .unwrap()
             .with_output_positions(64),
             role,
+            skip_unit: None,
         };
         SearchSpace::new(
             vec![
@@ -296,6 +297,7 @@ mod tests {
                 rates: vec![2.0, 4.0, 8.0],
                 dense_roles: vec![LayerRole::First],
                 pad: false,
+                skip: false,
             },
         )
         .unwrap()

@@ -333,6 +333,7 @@ impl<'a> Runner<'a> {
         ei: Option<f64>,
         epsilon: Option<f64>,
     ) -> Result<Evaluated> {
+        self.space.check(&candidate)?;
         let index = self.log.file.evaluations.len();
         let key = self.space.key(&candidate);
         let e = if let Some(old) = self.log.replay.get(index) {
@@ -384,8 +385,11 @@ impl<'a> Runner<'a> {
     }
 }
 
+/// Uniform over each layer's options, then units skipped whole ([`SearchSpace::canonical`]).
 fn random_candidate(space: &SearchSpace, rng: &mut impl Rng) -> Vec<usize> {
-    (0..space.len()).map(|l| rng.random_range(0..space.options(l).len())).collect()
+    let c: Vec<usize> =
+        (0..space.len()).map(|l| rng.random_range(0..space.options(l).len())).collect();
+    space.canonical(&c)
 }
 
 /// An unseen uniformly random candidate (`None` after many tries: the space is exhausted).
@@ -476,7 +480,7 @@ pub fn npas_with_prior(
             if pool.len() == cfg.pool {
                 break;
             }
-            let c = agent.propose(&mut rng, epsilon);
+            let c = space.canonical(&agent.propose(&mut rng, epsilon));
             if !seen.contains(&c) && !pool.contains(&c) {
                 pool.push(c);
             }
@@ -521,7 +525,8 @@ pub fn npas_with_prior(
 }
 
 /// `parent` with 1 to `layers` layers changed: half the time to the next rate up or down of
-/// the same scheme, else to a uniformly random option of that layer.
+/// the same scheme, else to a uniformly random option of that layer (then units skipped
+/// whole).
 fn mutate(space: &SearchSpace, parent: &[usize], layers: usize, rng: &mut impl Rng) -> Vec<usize> {
     let mut c = parent.to_vec();
     let n = rng.random_range(1..=layers.min(space.len()));
@@ -532,8 +537,9 @@ fn mutate(space: &SearchSpace, parent: &[usize], layers: usize, rng: &mut impl R
             continue;
         }
         let now = &opts[c[l]];
-        let neighbours: Vec<usize> =
-            (0..opts.len()).filter(|&o| o != c[l] && opts[o].scheme == now.scheme).collect();
+        let neighbours: Vec<usize> = (0..opts.len())
+            .filter(|&o| o != c[l] && opts[o].scheme.is_some() && opts[o].scheme == now.scheme)
+            .collect();
         c[l] = if !neighbours.is_empty() && rng.random::<f64>() < 0.5 {
             // The nearest rate above or below within the scheme.
             let pick = |up: bool| {
@@ -554,7 +560,7 @@ fn mutate(space: &SearchSpace, parent: &[usize], layers: usize, rng: &mut impl R
             }
         };
     }
-    c
+    space.canonical(&c)
 }
 
 type Pick = (Vec<usize>, Option<(f64, f64)>, Option<f64>);

@@ -8,6 +8,12 @@
 //! stops at 9/k) is excluded and recorded with the reason. Roles the caller pins (the first
 //! layer, depthwise layers, the classifier) get the dense choice only. A *candidate* is one
 //! option index per layer.
+//!
+//! Operator choice: layers that belong to a removable unit (a residual branch, named by
+//! [`SearchLayer::skip_unit`]) also get the choice `skip` when [`SpaceSpec::skip`] is set
+//! (whatever their role). A unit is skipped as a whole: in a valid candidate either every
+//! layer of a unit is at `skip` or none is, and [`SearchSpace::canonical`] maps any option
+//! vector to that form (the unit's first layer decides).
 
 use std::fmt;
 use std::str::FromStr;
@@ -38,9 +44,23 @@ pub struct SearchLayer {
     pub layer: Layer,
     /// Its role.
     pub role: LayerRole,
+    /// The removable unit (a residual branch) the layer belongs to, if any: skipping the unit
+    /// removes all its layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_unit: Option<String>,
 }
 
 impl SearchLayer {
+    /// A layer outside any removable unit.
+    pub fn new(layer: Layer, role: LayerRole) -> Self {
+        SearchLayer { layer, role, skip_unit: None }
+    }
+
+    /// The layer as a member of the removable unit `unit`.
+    pub fn in_unit(self, unit: impl Into<String>) -> Self {
+        SearchLayer { skip_unit: Some(unit.into()), ..self }
+    }
+
     /// Whether the layer is a 2-D 3x3 convolution without channel groups (pattern territory).
     pub fn is_conv3x3(&self) -> bool {
         matches!(self.layer.geometry, LayerGeometry::Conv2d { kh: 3, kw: 3, groups: 1, .. })
@@ -52,45 +72,67 @@ impl SearchLayer {
     }
 }
 
-/// A layer's setting: dense, or a scheme at a compression rate (> 1).
+/// A layer's setting: dense, a scheme at a compression rate (> 1), or removed with its
+/// unit (`skip`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerChoice {
-    /// The scheme; `None` = dense.
+    /// The scheme; `None` = dense or skipped.
     pub scheme: Option<Scheme>,
-    /// Compression (dense weights / kept weights); 1 for dense.
+    /// Compression (dense weights / kept weights); 1 for dense and skipped.
     pub rate: f64,
+    /// The layer's unit is removed (the operator choice `skip`).
+    pub skip: bool,
 }
 
 impl LayerChoice {
     /// The dense choice.
     pub fn dense() -> Self {
-        LayerChoice { scheme: None, rate: 1.0 }
+        LayerChoice { scheme: None, rate: 1.0, skip: false }
     }
 
     /// `scheme` at `rate`.
     pub fn pruned(scheme: Scheme, rate: f64) -> Self {
-        LayerChoice { scheme: Some(scheme), rate }
+        LayerChoice { scheme: Some(scheme), rate, skip: false }
+    }
+
+    /// The layer removed with its unit.
+    pub fn skipped() -> Self {
+        LayerChoice { scheme: None, rate: 1.0, skip: true }
     }
 
     /// Whether this is the dense choice.
     pub fn is_dense(&self) -> bool {
-        self.scheme.is_none()
+        self.scheme.is_none() && !self.skip
     }
 
-    /// The sparsity target of the choice.
+    /// The sparsity target of the choice (dense for a skipped layer: it has no weights left
+    /// to prune).
     pub fn target(&self) -> Target {
-        if self.is_dense() { Target::DENSE } else { Target::Compression(self.rate) }
+        match self.scheme {
+            Some(_) => Target::Compression(self.rate),
+            None => Target::DENSE,
+        }
     }
 
-    /// The scheme's textual form, `dense` for the dense choice (the GP's category).
+    /// Multiply-adds kept per dense multiply-add: `1 / rate`, 0 when skipped.
+    pub fn mac_fraction(&self) -> f64 {
+        if self.skip { 0.0 } else { 1.0 / self.rate }
+    }
+
+    /// The scheme's textual form, `dense` / `skip` otherwise (the GP's category).
     pub fn scheme_name(&self) -> String {
-        self.scheme.as_ref().map_or_else(|| "dense".to_string(), Scheme::to_string)
+        match &self.scheme {
+            Some(s) => s.to_string(),
+            None if self.skip => "skip".to_string(),
+            None => "dense".to_string(),
+        }
     }
 }
 
 impl fmt::Display for LayerChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.scheme {
+            None if self.skip => f.write_str("skip"),
             None => f.write_str("dense"),
             Some(s) => write!(f, "{s}@{}x", self.rate),
         }
@@ -100,10 +142,13 @@ impl fmt::Display for LayerChoice {
 impl FromStr for LayerChoice {
     type Err = SearchError;
 
-    /// `dense` or `<scheme>@<rate>x` (`block-punched:8x4@8x`).
+    /// `dense`, `skip` or `<scheme>@<rate>x` (`block-punched:8x4@8x`).
     fn from_str(s: &str) -> Result<Self> {
         if s == "dense" {
             return Ok(LayerChoice::dense());
+        }
+        if s == "skip" {
+            return Ok(LayerChoice::skipped());
         }
         let bad = |why: String| SearchError::config("choice", format!("`{s}`: {why}"));
         let (scheme, rate) = s
@@ -146,6 +191,9 @@ pub struct SpaceSpec {
     /// size, [`Tiling::Pad`]); by default such choices are excluded.
     #[serde(default)]
     pub pad: bool,
+    /// Offer `skip` on the layers of removable units ([`SearchLayer::skip_unit`]).
+    #[serde(default)]
+    pub skip: bool,
 }
 
 impl SpaceSpec {
@@ -177,7 +225,8 @@ pub struct SearchSpace {
 }
 
 impl SearchSpace {
-    /// The space of `layers` under `spec`. Option 0 of every layer is dense.
+    /// The space of `layers` under `spec`. Option 0 of every layer is dense; option 1 is
+    /// `skip` on the layers of removable units when the spec offers it.
     pub fn new(layers: Vec<SearchLayer>, spec: &SpaceSpec) -> Result<Self> {
         if layers.is_empty() {
             return Err(SearchError::config("layers", "the space needs at least one layer"));
@@ -194,6 +243,9 @@ impl SearchSpace {
         let mut excluded = Vec::new();
         for l in &layers {
             let mut opts = vec![LayerChoice::dense()];
+            if spec.skip && l.skip_unit.is_some() {
+                opts.push(LayerChoice::skipped());
+            }
             if !spec.dense_roles.contains(&l.role) {
                 // Deterministic non-uniform weights: the feasibility probe must not depend on
                 // ties, and a projection's success depends only on the structure and budget.
@@ -268,7 +320,8 @@ impl SearchSpace {
         self.options.iter().map(|o| (o.len() as f64).log10()).sum()
     }
 
-    /// Checks that `candidate` has one valid option index per layer.
+    /// Checks that `candidate` has one valid option index per layer and skips whole units
+    /// ([`SearchSpace::canonical`] form).
     pub fn check(&self, candidate: &[usize]) -> Result<()> {
         if candidate.len() != self.len() {
             return Err(SearchError::Candidate(format!(
@@ -286,7 +339,68 @@ impl SearchSpace {
                 )));
             }
         }
+        if let Some(l) =
+            (0..self.len()).find(|&l| self.canonical_option(candidate, l) != candidate[l])
+        {
+            return Err(SearchError::Candidate(format!(
+                "layer `{}` is {} but its unit `{}` is {}: a unit is skipped as a whole",
+                self.layers[l].layer.name,
+                self.options[l][candidate[l]],
+                self.layers[l].skip_unit.as_deref().unwrap_or(""),
+                if self.unit_skipped(candidate, l) { "skipped" } else { "kept" },
+            )));
+        }
         Ok(())
+    }
+
+    /// Index of the `skip` option of layer `l`, if it has one.
+    fn skip_option(&self, l: usize) -> Option<usize> {
+        self.options[l].iter().position(|c| c.skip)
+    }
+
+    /// Whether the unit of layer `l` is skipped in `candidate`: its first layer is at `skip`.
+    fn unit_skipped(&self, candidate: &[usize], l: usize) -> bool {
+        let Some(unit) = &self.layers[l].skip_unit else { return false };
+        let head =
+            (0..self.len()).find(|&k| self.layers[k].skip_unit.as_ref() == Some(unit)).unwrap_or(l);
+        self.options[head].get(candidate[head]).is_some_and(|c| c.skip)
+    }
+
+    /// Layer `l`'s option in the canonical form of `candidate`.
+    fn canonical_option(&self, candidate: &[usize], l: usize) -> usize {
+        match (self.unit_skipped(candidate, l), self.skip_option(l)) {
+            (true, Some(skip)) => skip,
+            (false, Some(skip)) if candidate[l] == skip => 0,
+            _ => candidate[l],
+        }
+    }
+
+    /// `candidate` with units skipped as a whole: the layers of a unit whose first layer is at
+    /// `skip` are all set to `skip`, and a `skip` elsewhere becomes dense. Candidates of
+    /// spaces without units are returned unchanged.
+    pub fn canonical(&self, candidate: &[usize]) -> Vec<usize> {
+        (0..candidate.len().min(self.len()))
+            .map(|l| self.canonical_option(candidate, l))
+            .chain(candidate.iter().skip(self.len()).copied())
+            .collect()
+    }
+
+    /// Per layer, whether a (checked) candidate removes it.
+    pub fn removed(&self, candidate: &[usize]) -> Vec<bool> {
+        self.choices(candidate).iter().map(|c| c.skip).collect()
+    }
+
+    /// The removable units a (checked) candidate skips, in layer order.
+    pub fn skipped_units(&self, candidate: &[usize]) -> Vec<String> {
+        let mut units: Vec<String> = Vec::new();
+        for (l, c) in self.choices(candidate).iter().enumerate() {
+            if let Some(u) = self.layers[l].skip_unit.as_ref().filter(|_| c.skip)
+                && !units.contains(u)
+            {
+                units.push(u.clone());
+            }
+        }
+        units
     }
 
     /// The choices of a (checked) candidate.
@@ -334,12 +448,13 @@ impl SearchSpace {
         self.options.iter().map(|o| o.iter().position(|c| *c == want).unwrap_or(0)).collect()
     }
 
-    /// Kept multiply-adds of a candidate per inference (dense MACs / rate per layer).
+    /// Kept multiply-adds of a candidate per inference (dense MACs / rate per layer, none
+    /// for skipped layers).
     pub fn kept_macs(&self, candidate: &[usize]) -> f64 {
         self.layers
             .iter()
             .zip(self.choices(candidate))
-            .map(|(l, c)| l.dense_macs() as f64 / c.rate)
+            .map(|(l, c)| l.dense_macs() as f64 * c.mac_fraction())
             .sum()
     }
 
@@ -372,11 +487,12 @@ mod tests {
             rates: vec![2.0, 4.0, 8.0],
             dense_roles: vec![LayerRole::First, LayerRole::Classifier],
             pad: false,
+            skip: false,
         }
     }
 
     fn layer(name: &str, g: LayerGeometry, role: LayerRole) -> SearchLayer {
-        SearchLayer { layer: Layer::new(name, g).unwrap().with_output_positions(64), role }
+        SearchLayer::new(Layer::new(name, g).unwrap().with_output_positions(64), role)
     }
 
     #[test]
@@ -450,7 +566,9 @@ mod tests {
 
     #[test]
     fn choices_round_trip_through_text() {
-        for s in ["dense", "block-punched:8x4@8x", "pattern:8+connectivity@2.5x", "bcr:4x4@16x"] {
+        for s in
+            ["dense", "skip", "block-punched:8x4@8x", "pattern:8+connectivity@2.5x", "bcr:4x4@16x"]
+        {
             let c: LayerChoice = s.parse().unwrap();
             assert_eq!(c.to_string(), s);
             let j = serde_json::to_string(&c).unwrap();
@@ -459,5 +577,64 @@ mod tests {
         for bad in ["block-punched:8x4", "unstructured@1x", "unstructured@eightx", "nonsense@2x"] {
             assert!(bad.parse::<LayerChoice>().is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod skip_tests {
+    use super::*;
+
+    fn conv(name: &str, role: LayerRole) -> SearchLayer {
+        let g =
+            LayerGeometry::Conv2d { out_channels: 16, in_channels: 16, kh: 3, kw: 3, groups: 1 };
+        SearchLayer::new(Layer::new(name, g).unwrap().with_output_positions(64), role)
+    }
+
+    fn space(skip: bool) -> SearchSpace {
+        SearchSpace::new(
+            vec![
+                conv("stem", LayerRole::First),
+                conv("b0.conv1", LayerRole::Body).in_unit("b0"),
+                conv("b0.conv2", LayerRole::Depthwise).in_unit("b0"),
+                conv("b1.conv1", LayerRole::Body).in_unit("b1"),
+                conv("b1.conv2", LayerRole::Body).in_unit("b1"),
+            ],
+            &SpaceSpec {
+                schemes: vec!["block-punched:8x4".parse().unwrap()],
+                rates: vec![2.0, 4.0],
+                dense_roles: vec![LayerRole::First, LayerRole::Depthwise],
+                pad: false,
+                skip,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn units_are_skipped_whole_and_cost_nothing() {
+        let sp = space(true);
+        let names =
+            |l: usize| -> Vec<String> { sp.options(l).iter().map(|c| c.to_string()).collect() };
+        assert_eq!(names(0), ["dense"]);
+        // A pinned role still gets `skip` (the unit goes, not the layer's weights).
+        assert_eq!(names(2), ["dense", "skip"]);
+        assert_eq!(names(1), ["dense", "skip", "block-punched:8x4@2x", "block-punched:8x4@4x"]);
+        // The first layer of a unit decides.
+        let c = sp.canonical(&[0, 1, 0, 3, 1]);
+        assert_eq!(c, [0, 1, 1, 3, 0]);
+        assert_eq!(sp.key(&c), "dense,skip,skip,block-punched:8x4@4x,dense");
+        sp.check(&c).unwrap();
+        let e = sp.check(&[0, 1, 0, 3, 1]).unwrap_err().to_string();
+        assert!(e.contains("b0.conv2") && e.contains("as a whole"), "{e}");
+        assert_eq!(sp.removed(&c), [false, true, true, false, false]);
+        assert_eq!(sp.skipped_units(&c), ["b0"]);
+        // MACs: skipped layers none, b1.conv1 a quarter.
+        let per = 16.0 * 16.0 * 9.0 * 64.0;
+        assert!((sp.kept_macs(&c) - per * (1.0 + 0.25 + 1.0)).abs() < 1e-6);
+        assert_eq!(sp.canonical(&c), c, "canonical is idempotent");
+        // Without the spec's `skip`, units change nothing.
+        let plain = space(false);
+        assert!(plain.options(1).iter().all(|c| !c.skip));
+        assert_eq!(plain.canonical(&[0, 1, 0, 2, 1]), [0, 1, 0, 2, 1]);
     }
 }

@@ -15,11 +15,17 @@ use tessera_sparsity::Layer;
 /// Six 16x16 linear layers, unstructured and block-punched 4x4 at 2x/4x/8x: 7 options each,
 /// 117,649 candidates.
 fn space() -> SearchSpace {
+    six_layers(|_| None, false)
+}
+
+/// The six layers, in the removable units `unit(i)`, with `skip` offered or not.
+fn six_layers(unit: impl Fn(usize) -> Option<String>, skip: bool) -> SearchSpace {
     SearchSpace::new(
         (0..6)
             .map(|i| SearchLayer {
                 layer: Layer::linear(format!("fc{i}.weight"), 16, 16).unwrap(),
                 role: LayerRole::Body,
+                skip_unit: unit(i),
             })
             .collect(),
         &SpaceSpec {
@@ -27,6 +33,7 @@ fn space() -> SearchSpace {
             rates: vec![2.0, 4.0, 8.0],
             dense_roles: vec![],
             pad: false,
+            skip,
         },
     )
     .unwrap()
@@ -266,5 +273,108 @@ fn a_prior_informs_the_search_but_is_not_its_result() -> Result<()> {
     // The log belongs to this prior: without it, the log is refused.
     let err = npas(&sp, &mut Synthetic::new(&sp), REWARD, &cfg, Some(&log)).unwrap_err();
     assert!(err.to_string().contains("another search"), "{err}");
+    Ok(())
+}
+
+/// The six layers with `fc2`-`fc3` and `fc4`-`fc5` in removable units, `skip` offered.
+fn space_with_units() -> SearchSpace {
+    let unit = |i: usize| match i {
+        2 | 3 => Some("u1".to_string()),
+        4 | 5 => Some("u2".to_string()),
+        _ => None,
+    };
+    six_layers(unit, true)
+}
+
+/// Skipping `u1` costs 0.1 points, `u2` 6 points; a skipped layer takes no time.
+struct WithUnits(Synthetic);
+
+impl WithUnits {
+    fn accuracy(sp: &SearchSpace, c: &[usize]) -> f64 {
+        let units = sp.skipped_units(c);
+        accuracy(sp, c)
+            - if units.contains(&"u1".to_string()) { 0.001 } else { 0.0 }
+            - if units.contains(&"u2".to_string()) { 0.06 } else { 0.0 }
+    }
+}
+
+impl Evaluator for WithUnits {
+    fn evaluate(&mut self, sp: &SearchSpace, c: &[usize]) -> Result<Measurement, EvalError> {
+        self.0.calls.set(self.0.calls.get() + 1);
+        Ok(Measurement {
+            accuracy: Self::accuracy(sp, c),
+            latency_ms: self.0.table.total_ms(c),
+            epochs: 0.5,
+            seconds: 1.0,
+        })
+    }
+
+    fn predict_latency(&self, _: &SearchSpace, c: &[usize]) -> Option<f64> {
+        Some(self.0.table.total_ms(c))
+    }
+}
+
+#[test]
+fn searches_choose_skips_as_whole_units() -> Result<()> {
+    let sp = space_with_units();
+    let t = LatencyTable {
+        other_ms: 0.5,
+        per_layer: (0..sp.len())
+            .map(|l| {
+                sp.options(l)
+                    .iter()
+                    .map(|c| match c.scheme_name().as_str() {
+                        "dense" => DENSE_MS[l],
+                        "skip" => 0.0,
+                        "unstructured" => DENSE_MS[l] * (0.6 + 0.4 / c.rate),
+                        _ => DENSE_MS[l] / c.rate,
+                    })
+                    .collect()
+            })
+            .collect(),
+    };
+    t.check(&sp)?;
+    // Brute force over every option vector, in canonical form.
+    let sizes: Vec<usize> = (0..sp.len()).map(|l| sp.options(l).len()).collect();
+    let (mut best, mut best_c) = (f64::NEG_INFINITY, Vec::new());
+    let mut c = vec![0usize; sp.len()];
+    'all: loop {
+        let k = sp.canonical(&c);
+        let r = REWARD.of(WithUnits::accuracy(&sp, &k), t.total_ms(&k));
+        if r > best {
+            (best, best_c) = (r, k);
+        }
+        for l in 0..c.len() {
+            c[l] += 1;
+            if c[l] < sizes[l] {
+                continue 'all;
+            }
+            c[l] = 0;
+        }
+        break;
+    }
+    assert_eq!(sp.skipped_units(&best_c), ["u1"], "the optimum skips the cheap unit");
+    let budget = 60;
+    let (mut npas_sum, mut random_sum) = (0.0, 0.0);
+    for seed in 0..3 {
+        let mk = || WithUnits(Synthetic { table: t.clone(), calls: Cell::new(0), fail_at: None });
+        let n = npas(&sp, &mut mk(), REWARD, &NpasConfig::new(budget, seed), None)?;
+        let r = random_search(&sp, &mut mk(), REWARD, budget, seed, None)?;
+        for e in n.evaluations.iter().chain(&r.evaluations) {
+            sp.check(&e.candidate)?;
+            assert_eq!(sp.canonical(&e.candidate), e.candidate, "{}", e.key);
+            assert!(e.reward <= best + 1e-12);
+        }
+        npas_sum += n.best().unwrap().reward;
+        random_sum += r.best().unwrap().reward;
+    }
+    let (gap_n, gap_r) = (best - npas_sum / 3.0, best - random_sum / 3.0);
+    assert!(gap_n < 0.5 * gap_r, "mean gap to the optimum: npas {gap_n:.4}, random {gap_r:.4}");
+    // A fixed list with half a unit skipped is refused.
+    let mut half = sp.dense();
+    half[2] = 1;
+    let mut ev = WithUnits(Synthetic::new(&sp));
+    let e = evaluate_list(&sp, &mut ev, REWARD, &[("half".into(), half)], None).unwrap_err();
+    assert!(e.to_string().contains("as a whole"), "{e}");
     Ok(())
 }

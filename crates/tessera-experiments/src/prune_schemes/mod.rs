@@ -441,7 +441,13 @@ fn resnet_study(scale: Scale) -> Result<Study> {
     };
     Ok(Study {
         name: "resnet20-fashion".into(),
-        model: ZooConfig::Resnet(ResNetConfig { depth: 20, in_channels: 1, classes: 10, width }),
+        model: ZooConfig::Resnet(ResNetConfig {
+            depth: 20,
+            in_channels: 1,
+            classes: 10,
+            width,
+            skip_blocks: Vec::new(),
+        }),
         dataset: KnownSet::FashionMnist,
         train_limit,
         eval_limit,

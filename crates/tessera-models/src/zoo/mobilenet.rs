@@ -10,7 +10,7 @@ use tessera_ir::{Activation, Graph, Op};
 
 use crate::error::Result;
 use crate::export::{Exporter, Masks};
-use crate::zoo::{Classifier, ConvBn, check_width, global_avg_pool, scaled};
+use crate::zoo::{Classifier, ConvBn, check_width, global_avg_pool, mark_skipped, scaled};
 
 /// MobileNetV2 settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,11 +21,16 @@ pub struct MobileNetV2Config {
     pub classes: usize,
     /// Width multiplier.
     pub width: f32,
+    /// Indices of residual blocks (stride 1, same channels) that are skipped: their
+    /// parameters stay (the same checkpoint loads), they compute `y = x` and are left out of
+    /// the exported graph (the search's "skip" operator choice).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skip_blocks: Vec<usize>,
 }
 
 impl Default for MobileNetV2Config {
     fn default() -> Self {
-        MobileNetV2Config { in_channels: 3, classes: 10, width: 1.0 }
+        MobileNetV2Config { in_channels: 3, classes: 10, width: 1.0, skip_blocks: Vec::new() }
     }
 }
 
@@ -57,10 +62,16 @@ pub struct InvertedResidual {
     /// Residual connection (stride 1, same channels).
     #[module(skip)]
     pub residual: bool,
+    /// Skipped: `y = x` (only residual blocks).
+    #[module(skip)]
+    pub skipped: bool,
 }
 
 impl InvertedResidual {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        if self.skipped {
+            return x;
+        }
         let mut y = x.clone();
         if let Some(e) = &self.expand {
             y = relu6(e.forward(y));
@@ -70,6 +81,9 @@ impl InvertedResidual {
     }
 
     fn export(&self, e: &mut Exporter<'_>, path: &str, x: &str) -> Result<String> {
+        if self.skipped {
+            return Ok(x.to_string());
+        }
         let mut v = x.to_string();
         if let Some(ex) = &self.expand {
             let y = ex.export(e, &format!("{path}.expand"), &v)?;
@@ -117,10 +131,18 @@ impl MobileNetV2Config {
                     depthwise: ConvBn::new(hidden, hidden, 3, stride, hidden, device),
                     project: ConvBn::new(hidden, cout, 1, 1, 1, device),
                     residual: stride == 1 && cin == cout,
+                    skipped: false,
                 });
                 cin = cout;
             }
         }
+        mark_skipped(
+            &mut blocks,
+            &self.skip_blocks,
+            |b| b.residual,
+            |b| b.skipped = true,
+            "it has no residual connection; only residual blocks can be skipped",
+        )?;
         let head_c = scaled(1280, self.width.max(1.0));
         let head = ConvBn::new(cin, head_c, 1, 1, 1, device);
         Ok(MobileNetV2 {

@@ -33,6 +33,32 @@ pub trait Classifier: Module {
     fn export(&self, input: [usize; 4], masks: &Masks) -> Result<Graph>;
 }
 
+/// Marks blocks `skip` of `blocks` as skipped (`set`), refusing an index out of range or a
+/// block `can_skip` rejects (`why` says what a skippable block is).
+pub(crate) fn mark_skipped<B>(
+    blocks: &mut [B],
+    skip: &[usize],
+    can_skip: impl Fn(&B) -> bool,
+    set: impl Fn(&mut B),
+    why: &str,
+) -> Result<()> {
+    let count = blocks.len();
+    for &i in skip {
+        let b = blocks.get_mut(i).ok_or_else(|| ModelError::Config {
+            field: "skip_blocks",
+            reason: format!("block {i} does not exist ({count} blocks)"),
+        })?;
+        if !can_skip(b) {
+            return Err(ModelError::Config {
+                field: "skip_blocks",
+                reason: format!("block {i} cannot be skipped: {why}"),
+            });
+        }
+        set(b);
+    }
+    Ok(())
+}
+
 /// Any zoo model's configuration (what experiments and checkpoints record).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "model", rename_all = "snake_case")]
@@ -65,6 +91,28 @@ impl ZooConfig {
             ZooConfig::Resnet(c) => format!("resnet{}", c.depth),
             ZooConfig::MobileNetV2(_) => "mobilenet_v2".into(),
         }
+    }
+
+    /// The same architecture with the residual blocks `blocks` skipped (see
+    /// [`ResNetConfig::skip_blocks`], [`MobileNetV2Config::skip_blocks`]); the parameters are
+    /// unchanged, so the same weights load. Models without residual blocks accept only an
+    /// empty list.
+    pub fn with_skip_blocks(&self, blocks: Vec<usize>) -> Result<ZooConfig> {
+        Ok(match self {
+            ZooConfig::Resnet(c) => {
+                ZooConfig::Resnet(ResNetConfig { skip_blocks: blocks, ..c.clone() })
+            }
+            ZooConfig::MobileNetV2(c) => {
+                ZooConfig::MobileNetV2(MobileNetV2Config { skip_blocks: blocks, ..c.clone() })
+            }
+            other if blocks.is_empty() => other.clone(),
+            other => {
+                return Err(ModelError::Config {
+                    field: "skip_blocks",
+                    reason: format!("{} has no residual blocks to skip", other.name()),
+                });
+            }
+        })
     }
 
     /// Initializes the model on `device` from `seed` (see [`crate::with_seed`]) and runs

@@ -1,6 +1,10 @@
 //! CIFAR-style ResNet-20/32/56 (He et al. 2016): a 3x3 stem, three stages of `n` basic blocks
 //! (widths w, 2w, 4w; the 2nd and 3rd stages start with stride 2), depth = 6n + 2. Shortcuts
 //! that change shape use a 1x1 convolution + batch norm (option B of the paper).
+//!
+//! `skip_blocks` removes blocks with an identity shortcut (the search's "skip" operator
+//! choice): a skipped block keeps its parameters (the same checkpoint loads) but computes
+//! `y = x` and is left out of the exported graph.
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
@@ -11,7 +15,7 @@ use tessera_ir::{Activation, Graph, Op};
 
 use crate::error::{ModelError, Result};
 use crate::export::{Exporter, Masks};
-use crate::zoo::{Classifier, ConvBn, check_width, global_avg_pool, scaled};
+use crate::zoo::{Classifier, ConvBn, check_width, global_avg_pool, mark_skipped, scaled};
 
 /// ResNet settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,11 +28,14 @@ pub struct ResNetConfig {
     pub classes: usize,
     /// Width multiplier on the base widths 16, 32, 64.
     pub width: f32,
+    /// Indices (over all stages, from 0) of identity-shortcut blocks that are skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skip_blocks: Vec<usize>,
 }
 
 impl Default for ResNetConfig {
     fn default() -> Self {
-        ResNetConfig { depth: 20, in_channels: 3, classes: 10, width: 1.0 }
+        ResNetConfig { depth: 20, in_channels: 3, classes: 10, width: 1.0, skip_blocks: Vec::new() }
     }
 }
 
@@ -41,10 +48,16 @@ pub struct BasicBlock {
     pub conv2: ConvBn,
     /// 1x1 projection when the shape changes.
     pub shortcut: Option<ConvBn>,
+    /// Skipped: `y = x` (the input is a ReLU output, so `relu(x + 0) = x`).
+    #[module(skip)]
+    pub skipped: bool,
 }
 
 impl BasicBlock {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        if self.skipped {
+            return x;
+        }
         let skip = match &self.shortcut {
             Some(s) => s.forward(x.clone()),
             None => x.clone(),
@@ -54,6 +67,9 @@ impl BasicBlock {
     }
 
     fn export(&self, e: &mut Exporter<'_>, path: &str, x: &str) -> Result<String> {
+        if self.skipped {
+            return Ok(x.to_string());
+        }
         let a = self.conv1.export(e, &format!("{path}.conv1"), x)?;
         let a = e.act(&format!("{path}.relu1"), Activation::Relu, &a);
         let b = self.conv2.export(e, &format!("{path}.conv2"), &a)?;
@@ -101,10 +117,18 @@ impl ResNetConfig {
                     conv1: ConvBn::new(cin, cout, 3, stride, 1, device),
                     conv2: ConvBn::new(cout, cout, 3, 1, 1, device),
                     shortcut,
+                    skipped: false,
                 });
                 cin = cout;
             }
         }
+        mark_skipped(
+            &mut blocks,
+            &self.skip_blocks,
+            |b| b.shortcut.is_none(),
+            |b| b.skipped = true,
+            "it has a projection shortcut; only identity blocks can be skipped",
+        )?;
         Ok(ResNet { stem, blocks, fc: LinearConfig::new(cin, self.classes).init(device) })
     }
 }
