@@ -311,6 +311,7 @@ impl WithLoaded for PruneOne<'_> {
             train: study.admm_train.clone(),
             retrain: study.retrain.clone(),
             distill: None,
+            recalibrate: None,
         };
         let outcome = prune(
             model,

@@ -181,7 +181,7 @@ fn summary(
 fn run_study(ctx: &RunContext, s: &NpasStudy) -> Result<NpasResult> {
     let _span = tracing::info_span!("npas", study = %s.study.name).entered();
     let p = prepare(ctx, &s.study)?;
-    let mut eval = FastEval { prepared: &p, finetune: &s.study.finetune, timing: &s.study.timing };
+    let mut eval = FastEval { prepared: &p, study: &s.study };
     let mut targets = Vec::new();
     for &fraction in &s.study.targets {
         let target_ms = fraction * p.dense_ms;

@@ -421,6 +421,7 @@ impl WithLoaded for Compare<'_> {
                 train: study.admm_train.clone(),
                 retrain: study.retrain.clone(),
                 distill: None,
+                recalibrate: None,
             },
             train_set,
             Some(test),

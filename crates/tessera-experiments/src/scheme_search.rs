@@ -16,9 +16,11 @@
 //!   The table is stored in the run directory and reused on resume.
 //! - Evaluation (the searches' "fast evaluation"): load the dense model, prune it one-shot by
 //!   magnitude to the candidate's per-layer schemes and rates, fine-tune briefly with the
-//!   masks fixed, and take the top-1 on the study's test subset; the latency is *measured*:
-//!   the dense IR pruned to the same choices, compiled and timed end to end. The table's
-//!   prediction ranks candidates before they are evaluated.
+//!   masks fixed (with the study's `recalibrate`, batch-norm statistics re-estimated after
+//!   pruning and after the fine-tune), and take the top-1 on the study's test subset; the
+//!   latency is *measured*: the dense IR pruned to the same choices, compiled and timed end
+//!   to end. The table's prediction ranks candidates before they are evaluated. [`retime`]
+//!   times a set of plans again, interleaved, so compared arms share the machine's load.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,9 +33,9 @@ use tessera_ir::passes::Pipeline;
 use tessera_ir::{Graph, Op};
 use tessera_models::Classifier;
 use tessera_models::saved::{ModelCard, WithLoaded};
-use tessera_models::train::TrainConfig;
+use tessera_models::train::{TrainConfig, evaluate, recalibrate_batch_norm};
 use tessera_models::{Masks, ZooConfig};
-use tessera_prune::{Method, PruneConfig, prune};
+use tessera_prune::{Method, PruneConfig, Recalibration, prune};
 use tessera_search::{
     EvalError, Evaluator, LatencyTable, LayerChoice, LayerRole, Measurement, SearchLayer,
     SearchSpace, SpaceSpec,
@@ -74,6 +76,10 @@ pub struct SearchStudy {
     pub space: SpaceSpec,
     /// The fast evaluation's fine-tune (masks fixed) after one-shot magnitude pruning.
     pub finetune: TrainConfig,
+    /// Batch-norm recalibration after pruning and after the fine-tune (`None`: the running
+    /// statistics the fine-tune leaves).
+    #[serde(default)]
+    pub recalibrate: Option<Recalibration>,
     /// Plan timing.
     pub timing: Timing,
     /// Latency targets as fractions of the dense plan's measured latency.
@@ -176,9 +182,13 @@ fn prune_to(
     Ok(g)
 }
 
-/// A compiled plan's median end-to-end time and per-step median times, ms.
-fn time_plan(graph: Graph, timing: &Timing, input: &[f32]) -> Result<(f64, BTreeMap<String, f64>)> {
-    let codegen = |e: tessera_codegen::CodegenError| ExperimentError::config("codegen", e);
+fn codegen(e: tessera_codegen::CodegenError) -> ExperimentError {
+    ExperimentError::config("codegen", e)
+}
+
+/// `graph` through the standard passes, compiled for `timing.threads` and warmed up (three
+/// runs); with its output buffer.
+fn compile_warm(graph: Graph, timing: &Timing, input: &[f32]) -> Result<(Plan, Vec<f32>)> {
     let (g, _) = Pipeline::standard().run(graph)?;
     let mut plan =
         Plan::compile(&g, &CompileOptions { threads: timing.threads, ..CompileOptions::default() })
@@ -188,6 +198,17 @@ fn time_plan(graph: Graph, timing: &Timing, input: &[f32]) -> Result<(f64, BTree
     for _ in 0..3 {
         plan.run(input, &mut out).map_err(codegen)?;
     }
+    Ok((plan, out))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// A compiled plan's median end-to-end time and per-step median times, ms.
+fn time_plan(graph: Graph, timing: &Timing, input: &[f32]) -> Result<(f64, BTreeMap<String, f64>)> {
+    let (mut plan, mut out) = compile_warm(graph, timing, input)?;
     let steps = plan.step_nodes().to_vec();
     let mut totals = Vec::new();
     let mut per_step: Vec<Vec<f64>> = vec![Vec::new(); steps.len()];
@@ -202,13 +223,41 @@ fn time_plan(graph: Graph, timing: &Timing, input: &[f32]) -> Result<(f64, BTree
             v.push(s * 1e3);
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let steps_ms =
         steps.into_iter().zip(per_step.iter_mut()).map(|(n, v)| (n, median(v))).collect();
     Ok((median(&mut totals), steps_ms))
+}
+
+/// Times `graphs` again, interleaved: `rounds` rounds, each running every plan for
+/// `timing.seconds` (at least `timing.min_runs` runs); a plan's latency is the median of its
+/// round medians, ms. Plans timed minutes apart during a search see different load on this
+/// shared machine (other tenants' steal time moved one plan by 1.5x between runs);
+/// interleaving puts every compared plan under the same conditions.
+pub(crate) fn retime(
+    graphs: Vec<Graph>,
+    timing: &Timing,
+    input: &[f32],
+    rounds: usize,
+) -> Result<Vec<f64>> {
+    let _span = tracing::info_span!("retime", plans = graphs.len(), rounds).entered();
+    let mut plans =
+        graphs.into_iter().map(|g| compile_warm(g, timing, input)).collect::<Result<Vec<_>>>()?;
+    let mut per_round: Vec<Vec<f64>> = vec![Vec::new(); plans.len()];
+    for _ in 0..rounds.max(1) {
+        for ((plan, out), medians) in plans.iter_mut().zip(per_round.iter_mut()) {
+            let mut runs = Vec::new();
+            let start = Instant::now();
+            while runs.len() < timing.min_runs.max(1)
+                || start.elapsed().as_secs_f64() < timing.seconds
+            {
+                let t = Instant::now();
+                plan.run(input, out).map_err(codegen)?;
+                runs.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            medians.push(median(&mut runs));
+        }
+    }
+    Ok(per_round.iter_mut().map(|m| median(m)).collect())
 }
 
 /// The model's input for timing: the first test image (real values: no denormal surprises).
@@ -366,8 +415,7 @@ pub(crate) fn sparsity_of(p: &Prepared, candidate: &[usize]) -> SparsityConfig {
 /// The fast evaluation (module docs).
 pub(crate) struct FastEval<'a> {
     pub prepared: &'a Prepared,
-    pub finetune: &'a TrainConfig,
-    pub timing: &'a Timing,
+    pub study: &'a SearchStudy,
 }
 
 struct OneShot<'a> {
@@ -385,7 +433,7 @@ impl WithLoaded for OneShot<'_> {
         if self.config.sparsity.rules.iter().all(|r| r.rule.target == Target::DENSE) {
             // The dense arm: the same fine-tune, nothing pruned (the pruner refuses a config
             // that prunes nothing).
-            let (_, history) = tessera_models::train::train(
+            let (model, history) = tessera_models::train::train(
                 model,
                 self.train,
                 Some(self.test),
@@ -394,7 +442,19 @@ impl WithLoaded for OneShot<'_> {
                 &mut tessera_models::train::NoHooks,
                 None,
             )?;
-            return history.last().and_then(|h| h.eval).map(|e| e.1).ok_or_else(missing);
+            let Some(r) = self.config.recalibrate else {
+                return history.last().and_then(|h| h.eval).map(|e| e.1).ok_or_else(missing);
+            };
+            let model = recalibrate_batch_norm(
+                model,
+                self.train,
+                r.batches,
+                r.batch_size,
+                self.config.retrain.seed,
+                self.device,
+            )?;
+            let inference = self.device.clone().inner();
+            return Ok(evaluate(&model.valid(), self.test, 256, &inference)?.1);
         }
         let out = prune(model, &self.config, self.train, Some(self.test), self.device, None)?;
         out.final_eval.map(|e| e.1).ok_or_else(missing)
@@ -408,9 +468,10 @@ impl FastEval<'_> {
         let config = PruneConfig {
             sparsity: sparsity_of(p, candidate),
             method: Method::OneShot,
-            train: self.finetune.clone(),
-            retrain: self.finetune.clone(),
+            train: self.study.finetune.clone(),
+            retrain: self.study.finetune.clone(),
             distill: None,
+            recalibrate: self.study.recalibrate,
         };
         let job =
             OneShot { config, train: &p.open.train, test: &p.open.test, device: &p.open.device };
@@ -427,9 +488,10 @@ impl FastEval<'_> {
             &p.open.device,
             job,
         )??;
-        let per_epoch = p.open.train.len().div_ceil(self.finetune.batch_size.max(1));
-        let steps = self.finetune.max_steps_per_epoch.map_or(per_epoch, |m| m.min(per_epoch));
-        let epochs = (steps * self.finetune.epochs) as f64 / per_epoch.max(1) as f64;
+        let finetune = &self.study.finetune;
+        let per_epoch = p.open.train.len().div_ceil(finetune.batch_size.max(1));
+        let steps = finetune.max_steps_per_epoch.map_or(per_epoch, |m| m.min(per_epoch));
+        let epochs = (steps * finetune.epochs) as f64 / per_epoch.max(1) as f64;
         Ok((top1, epochs))
     }
 }
@@ -443,7 +505,7 @@ impl Evaluator for FastEval<'_> {
         let t = Instant::now();
         let _span = tracing::info_span!("evaluate", candidate = %space.key(candidate)).entered();
         let (accuracy, epochs) = self.accuracy(candidate)?;
-        let latency_ms = measure(self.prepared, self.timing, candidate)?;
+        let latency_ms = measure(self.prepared, &self.study.timing, candidate)?;
         Ok(Measurement { accuracy, latency_ms, epochs, seconds: t.elapsed().as_secs_f64() })
     }
 
@@ -491,8 +553,12 @@ pub struct MappingPoint {
     pub key: String,
     /// Top-1 after the fast evaluation.
     pub top1: f64,
-    /// Measured latency, ms.
+    /// Measured latency, ms: for the compared arms (baselines and each search's best) the
+    /// interleaved re-timing at the end of the run ([`retime`]), else the evaluation's.
     pub latency_ms: f64,
+    /// The latency measured when the arm was evaluated, ms.
+    #[serde(default)]
+    pub evaluated_ms: f64,
     /// Latency predicted by the table, ms.
     pub predicted_ms: f64,
     /// Kept MACs / dense MACs of the searched layers.
@@ -510,6 +576,7 @@ pub(crate) fn point(
         key: e.key.clone(),
         top1: e.measurement.accuracy,
         latency_ms: e.measurement.latency_ms,
+        evaluated_ms: e.measurement.latency_ms,
         predicted_ms: p.table.total_ms(&e.candidate),
         mac_fraction: p.space.kept_macs(&e.candidate) / p.space.dense_macs().max(1) as f64,
     }
@@ -595,6 +662,7 @@ pub(crate) fn resnet_study(scale: crate::run::Scale) -> Result<SearchStudy> {
             skip: false,
         },
         finetune,
+        recalibrate: None,
         timing: Timing {
             threads: 1,
             seconds: if smoke { 0.005 } else { 0.3 },
@@ -626,6 +694,8 @@ pub(crate) fn mobilenet_study(scale: crate::run::Scale) -> Result<SearchStudy> {
         // ladder, and targets the dense depthwise layers leave reachable.
         s.space.rates = vec![1.5, 2.0, 3.0, 4.0];
         s.targets = vec![0.7, 0.5];
+        // Its linear bottlenecks feed batch norms whose statistics pruning moves most.
+        s.recalibrate = Some(Recalibration::default());
     }
     // No 3x3 convolution without groups but the stem: patterns do not apply.
     s.space.schemes.retain(|x| !matches!(x, Scheme::Pattern(_)));

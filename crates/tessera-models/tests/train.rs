@@ -258,3 +258,87 @@ fn hook_state_is_checkpointed_and_restored() {
     .unwrap_err();
     assert!(err.to_string().contains("hook"), "{err}");
 }
+
+/// Per-channel `(mean, biased variance)` of `[N, C, H, W]` values.
+fn channel_stats(values: &[f32], dims: [usize; 4]) -> Vec<(f64, f64)> {
+    let [n, c, h, w] = dims;
+    (0..c)
+        .map(|ch| {
+            let xs: Vec<f64> = (0..n)
+                .flat_map(|i| {
+                    let start = (i * c + ch) * h * w;
+                    values[start..start + h * w].iter().map(|&v| f64::from(v))
+                })
+                .collect();
+            let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+            let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
+            (mean, var)
+        })
+        .collect()
+}
+
+#[test]
+fn batch_norm_recalibration_averages_the_batch_statistics() {
+    use tessera_models::Classifier;
+    use tessera_models::train::{batch_tensors, recalibrate_batch_norm};
+    use tessera_models::zoo::ResNetConfig;
+    let (_, te) = data();
+    let data = te.all().split_at(40).unwrap().0.to_dataset("first-40");
+    let device = Backend::Flex.train_device(1);
+    let config =
+        ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.5, skip_blocks: Vec::new() };
+    let model = tessera_models::with_seed(&device, 5, || config.init(&device)).unwrap();
+    let stem_weight = model.stem.conv.weight.val().into_data();
+    // Batches of 16, 16 and 8 cover the 40 images once.
+    let (seed, batch_size) = (11, 16);
+    let model = recalibrate_batch_norm(model, &data, 3, batch_size, seed, &device).unwrap();
+
+    // Reference: the stem convolution's outputs (batch norm reads them before any statistic),
+    // batch by batch in the same seeded order; means weighted by batch size average to the
+    // mean over all 40 images, variances are the size-weighted mean of batch variances.
+    let inference = device.clone().inner();
+    let stem = model.stem.conv.valid();
+    let order = data.all().shuffled(seed);
+    let mut batches = order.batches(batch_size, false).unwrap();
+    let mut batch = tessera_data::Batch::default();
+    let channels = model.stem.bn.running_mean.value().dims()[0];
+    let (mut mean, mut var, mut seen) = (vec![0.0; channels], vec![0.0; channels], 0usize);
+    while batches.next_into(&mut batch) {
+        let (x, _) = batch_tensors(&batch, &inference);
+        let y = stem.forward(x);
+        let dims = y.dims();
+        let values = y.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        for (ch, (m, v)) in channel_stats(&values, dims).into_iter().enumerate() {
+            mean[ch] += m * batch.len() as f64;
+            var[ch] += v * batch.len() as f64;
+        }
+        seen += batch.len();
+    }
+    assert_eq!(seen, 40);
+    let running = |t: Tensor<1>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let got_mean = running(model.stem.bn.running_mean.value());
+    let got_var = running(model.stem.bn.running_var.value());
+    for ch in 0..channels {
+        let (m, v) = (mean[ch] / 40.0, var[ch] / 40.0);
+        assert!(
+            (f64::from(got_mean[ch]) - m).abs() < 1e-4 * (1.0 + m.abs()),
+            "mean {ch}: {} vs {m}",
+            got_mean[ch]
+        );
+        assert!((f64::from(got_var[ch]) - v).abs() < 1e-4 * (1.0 + v), "var {ch}");
+    }
+    // A fresh model's statistics (0 and 1) are gone, no weight moved, momenta restored.
+    assert!(got_var.iter().any(|&v| (v - 1.0).abs() > 1e-3));
+    assert_eq!(model.stem.conv.weight.val().into_data(), stem_weight);
+    assert!(model.stem.conv.weight.is_require_grad(), "parameters must stay trainable");
+    let mut model = model;
+    assert!(model.batch_norms_mut().iter().all(|bn| bn.momentum == 0.1));
+    assert_eq!(model.batch_norms_mut().len(), 1 + 3 * 2 + 2);
+
+    // Deterministic; an inference device is refused.
+    let again = tessera_models::with_seed(&device, 5, || config.init(&device)).unwrap();
+    let again = recalibrate_batch_norm(again, &data, 3, batch_size, seed, &device).unwrap();
+    assert_eq!(running(again.stem.bn.running_var.value()), got_var);
+    let err = recalibrate_batch_norm(model.valid(), &data, 3, 16, seed, &inference).unwrap_err();
+    assert!(err.to_string().contains("autodiff"), "{err}");
+}

@@ -30,5 +30,5 @@ pub mod retrain;
 pub use admm::AdmmConfig;
 pub use error::{PruneError, Result};
 pub use lasso::GroupLassoConfig;
-pub use pipeline::{Method, PruneConfig, PruneOutcome, prune, save_outcome};
+pub use pipeline::{Method, PruneConfig, PruneOutcome, Recalibration, prune, save_outcome};
 pub use plan::{Constraint, LayerPlan, PrunePlan};

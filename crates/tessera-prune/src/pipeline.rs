@@ -8,7 +8,8 @@ use burn::prelude::Device;
 use serde::{Deserialize, Serialize};
 use tessera_data::Dataset;
 use tessera_models::train::{
-    Both, Checkpoints, EpochMetrics, Hooks, KeepMasks, TrainConfig, evaluate, train,
+    Both, Checkpoints, EpochMetrics, Hooks, KeepMasks, TrainConfig, evaluate,
+    recalibrate_batch_norm, train,
 };
 use tessera_models::weights::{apply_masks, prunable_weights};
 use tessera_models::{Classifier, Masks};
@@ -77,6 +78,27 @@ pub struct PruneConfig {
     /// Distill from the unpruned model during retraining.
     #[serde(default)]
     pub distill: Option<DistillConfig>,
+    /// Re-estimate the batch-norm statistics after hard pruning and again after retraining
+    /// (before each evaluation): see [`recalibrate_batch_norm`].
+    #[serde(default)]
+    pub recalibrate: Option<Recalibration>,
+}
+
+/// Batch-norm recalibration: `batches` batches of `batch_size` training images (seeded
+/// order from the retraining seed), forward only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recalibration {
+    /// Batches.
+    pub batches: usize,
+    /// Images per batch.
+    pub batch_size: usize,
+}
+
+impl Default for Recalibration {
+    /// 16 batches of 64: about 1000 images, what EagleEye found enough.
+    fn default() -> Self {
+        Recalibration { batches: 16, batch_size: 64 }
+    }
 }
 
 /// One training phase's record.
@@ -216,6 +238,20 @@ pub fn prune<M: Classifier>(
     };
     let masks = hard_prune_masks(&model, &plan)?;
     let model = apply_masks(model, &masks);
+    let recalibrate = |model: M| -> Result<M> {
+        match config.recalibrate {
+            Some(r) => Ok(recalibrate_batch_norm(
+                model,
+                train_set,
+                r.batches,
+                r.batch_size,
+                config.retrain.seed,
+                device,
+            )?),
+            None => Ok(model),
+        }
+    };
+    let model = recalibrate(model)?;
     let inference = device.clone().inner();
     let eval_batch = config.retrain.batch_size.max(256);
     let hard_pruned_eval =
@@ -231,9 +267,11 @@ pub fn prune<M: Classifier>(
             "retrain",
         )?
     };
+    let retrained = config.retrain.epochs > 0;
+    let model = if retrained { recalibrate(model)? } else { model };
     let phases = phases.records;
     let final_eval = match phases.last().and_then(|p| p.history.last()).and_then(|h| h.eval) {
-        Some(e) if config.retrain.epochs > 0 => Some(e),
+        Some(e) if retrained && config.recalibrate.is_none() => Some(e),
         _ => eval.map(|d| evaluate(&model.valid(), d, eval_batch, &inference)).transpose()?,
     };
     let summary = plan.summary(&masks)?;

@@ -343,6 +343,7 @@ fn every_method_prunes_to_the_scheme_and_keeps_pruned_weights_zero() {
             train: steps(2, 6),
             retrain: adam_steps(1, 30),
             distill: Some(Default::default()),
+            recalibrate: None,
         };
         let out = prune(model, &cfg, &tr, Some(&te), &device, None).unwrap();
         let name = method.name();
@@ -407,6 +408,7 @@ fn a_finished_pipeline_resumes_without_retraining() {
         train: steps(2, 4),
         retrain: steps(1, 4),
         distill: None,
+        recalibrate: None,
     };
     let device = Backend::Flex.train_device(8);
     let ck = Checkpoints::new(dir.path(), true);
@@ -434,6 +436,7 @@ fn polarization_with_pruning_gives_sign_consistent_fragments() {
         train: steps(2, 6),
         retrain: steps(1, 6),
         distill: None,
+        recalibrate: None,
     };
     let out = prune(model, &cfg, &tr, None, &device, None).unwrap();
     assert_eq!(out.plan.layers[0].constraints().len(), 2);
@@ -487,4 +490,64 @@ fn kd_loss_matches_the_definition() {
     let same: Vec<f32> = kd_loss(st.clone(), st, temp).into_data().try_to_vec().unwrap();
     assert!(same[0].abs() < 1e-6);
     let _ = Target::DENSE;
+}
+
+#[test]
+fn recalibration_reestimates_batch_norm_after_hard_pruning_and_after_retraining() {
+    use tessera_models::train::{evaluate, recalibrate_batch_norm};
+    use tessera_prune::Recalibration;
+    let (tr, te) = mnist();
+    let device = Backend::Flex.train_device(3);
+    let fresh = || {
+        with_seed(&device, 4, || {
+            ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.25, skip_blocks: vec![] }
+                .init(&device)
+        })
+        .unwrap()
+    };
+    // A fresh (deterministically trained) model per use: burn's running statistics are shared
+    // between clones of a module, so a clone would see another's recalibration.
+    let trained =
+        || train(fresh(), &tr, None, &steps(1, 6), &device, &mut NoHooks, None).unwrap().0;
+    let recal = Recalibration { batches: 3, batch_size: 16 };
+    let mut cfg = PruneConfig {
+        sparsity: config(
+            r#"{"rules": [{"layers": "blocks.*.conv*.conv.weight", "scheme": "filter", "target": "2x"}], "default": {"scheme": "unstructured", "target": "0"}}"#,
+        ),
+        method: Method::OneShot,
+        train: steps(1, 2),
+        retrain: steps(0, 2),
+        distill: None,
+        recalibrate: Some(recal),
+    };
+    let inference = device.clone().inner();
+    let stats = |m: &tessera_models::zoo::ResNet| {
+        let bn = &m.blocks[0].conv1.bn;
+        (bn.running_mean.value_sync().into_data(), bn.running_var.value_sync().into_data())
+    };
+    // Without retraining: the reference recalibrates the hard-pruned model itself.
+    let out = prune(trained(), &cfg, &tr, Some(&te), &device, None).unwrap();
+    let pruned = weights::apply_masks(trained(), &out.masks);
+    let reference = recalibrate_batch_norm(pruned, &tr, 3, 16, cfg.retrain.seed, &device).unwrap();
+    assert_eq!(stats(&out.model), stats(&reference));
+    let hard = evaluate(&reference.valid(), &te, 256, &inference).unwrap();
+    assert_eq!(out.hard_pruned_eval, Some(hard));
+    assert_eq!(out.final_eval, Some(hard));
+    // Without recalibration the statistics are the trained model's, untouched by pruning.
+    let plain = PruneConfig { recalibrate: None, ..cfg.clone() };
+    let out_plain = prune(trained(), &plain, &tr, Some(&te), &device, None).unwrap();
+    assert_eq!(stats(&out_plain.model), stats(&trained()));
+    assert_ne!(stats(&out_plain.model), stats(&out.model));
+    // With retraining: the final statistics are re-estimated from the retrained weights, and
+    // the final evaluation is of the recalibrated model.
+    cfg.retrain = steps(1, 2);
+    let out = prune(trained(), &cfg, &tr, Some(&te), &device, None).unwrap();
+    let fin = evaluate(&out.model.valid(), &te, 256, &inference).unwrap();
+    assert_eq!(out.final_eval, Some(fin));
+    let before = stats(&out.model);
+    let again = recalibrate_batch_norm(out.model, &tr, 3, 16, cfg.retrain.seed, &device).unwrap();
+    assert_eq!(before, stats(&again), "recalibrating again changes nothing");
+    let retrained_only = PruneConfig { recalibrate: None, ..cfg.clone() };
+    let out_plain = prune(trained(), &retrained_only, &tr, Some(&te), &device, None).unwrap();
+    assert_ne!(stats(&out_plain.model), before);
 }

@@ -716,6 +716,7 @@ impl WithLoaded for PruneCell<'_> {
             train: method.train.clone(),
             retrain: study.retrain.clone(),
             distill: None,
+            recalibrate: None,
         };
         let id = cell.id();
         let checkpoints = ctx.checkpoints(&format!("{}/{id}", study.name));

@@ -133,6 +133,10 @@ impl Lenet5Config {
 }
 
 impl Classifier for Lenet5 {
+    fn batch_norms_mut(&mut self) -> Vec<&mut burn::nn::BatchNorm> {
+        Vec::new()
+    }
+
     fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let x = self.pool.forward(relu(self.conv1.forward(x)));
         let x = self.pool.forward(relu(self.conv2.forward(x)));

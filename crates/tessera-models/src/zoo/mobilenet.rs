@@ -155,6 +155,19 @@ impl MobileNetV2Config {
 }
 
 impl Classifier for MobileNetV2 {
+    fn batch_norms_mut(&mut self) -> Vec<&mut burn::nn::BatchNorm> {
+        let mut out = vec![&mut self.stem.bn];
+        for b in &mut self.blocks {
+            if let Some(e) = &mut b.expand {
+                out.push(&mut e.bn);
+            }
+            out.push(&mut b.depthwise.bn);
+            out.push(&mut b.project.bn);
+        }
+        out.push(&mut self.head.bn);
+        out
+    }
+
     fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = relu6(self.stem.forward(x));
         for b in &self.blocks {

@@ -31,6 +31,11 @@ pub trait Classifier: Module {
 
     /// The model as an IR graph for inputs of `input` shape (NCHW), with `masks` attached.
     fn export(&self, input: [usize; 4], masks: &Masks) -> Result<Graph>;
+
+    /// Every batch norm of the model, in forward order (for
+    /// [`recalibrate_batch_norm`](crate::train::recalibrate_batch_norm)); empty for a model
+    /// without batch norm.
+    fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm>;
 }
 
 /// Marks blocks `skip` of `blocks` as skipped (`set`), refusing an index out of range or a

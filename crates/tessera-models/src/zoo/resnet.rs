@@ -134,6 +134,18 @@ impl ResNetConfig {
 }
 
 impl Classifier for ResNet {
+    fn batch_norms_mut(&mut self) -> Vec<&mut burn::nn::BatchNorm> {
+        let mut out = vec![&mut self.stem.bn];
+        for b in &mut self.blocks {
+            out.push(&mut b.conv1.bn);
+            out.push(&mut b.conv2.bn);
+            if let Some(s) = &mut b.shortcut {
+                out.push(&mut s.bn);
+            }
+        }
+        out
+    }
+
     fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = relu(self.stem.forward(x));
         for b in &self.blocks {

@@ -87,6 +87,10 @@ impl VggConfig {
 }
 
 impl Classifier for Vgg {
+    fn batch_norms_mut(&mut self) -> Vec<&mut burn::nn::BatchNorm> {
+        self.layers.iter_mut().map(|l| &mut l.bn).collect()
+    }
+
     fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = x;
         for (layer, &pool) in self.layers.iter().zip(&self.pool_after) {
