@@ -19,7 +19,7 @@
 //!   masks fixed (with the study's `recalibrate`, batch-norm statistics re-estimated after
 //!   pruning and after the fine-tune), and take the top-1 on the study's test subset; the
 //!   latency is *measured*: the dense IR pruned to the same choices, compiled and timed end
-//!   to end. The table's prediction ranks candidates before they are evaluated. [`retime`]
+//!   to end. The table's prediction ranks candidates before they are evaluated. `retime`
 //!   times a set of plans again, interleaved, so compared arms share the machine's load.
 
 use std::collections::BTreeMap;
@@ -554,7 +554,7 @@ pub struct MappingPoint {
     /// Top-1 after the fast evaluation.
     pub top1: f64,
     /// Measured latency, ms: for the compared arms (baselines and each search's best) the
-    /// interleaved re-timing at the end of the run ([`retime`]), else the evaluation's.
+    /// interleaved re-timing at the end of the run (`retime`), else the evaluation's.
     pub latency_ms: f64,
     /// The latency measured when the arm was evaluated, ms.
     #[serde(default)]
