@@ -33,7 +33,7 @@ use tessera_ir::passes::Pipeline;
 use tessera_ir::{Graph, Op};
 use tessera_models::Classifier;
 use tessera_models::saved::{ModelCard, WithLoaded};
-use tessera_models::train::{TrainConfig, evaluate, recalibrate_batch_norm};
+use tessera_models::train::{TrainConfig, evaluate};
 use tessera_models::{Masks, ZooConfig};
 use tessera_prune::{Method, PruneConfig, Recalibration, prune};
 use tessera_search::{
@@ -445,14 +445,7 @@ impl WithLoaded for OneShot<'_> {
             let Some(r) = self.config.recalibrate else {
                 return history.last().and_then(|h| h.eval).map(|e| e.1).ok_or_else(missing);
             };
-            let model = recalibrate_batch_norm(
-                model,
-                self.train,
-                r.batches,
-                r.batch_size,
-                self.config.retrain.seed,
-                self.device,
-            )?;
+            let model = r.apply(model, self.train, self.config.retrain.seed, self.device)?;
             let inference = self.device.clone().inner();
             return Ok(evaluate(&model.valid(), self.test, 256, &inference)?.1);
         }

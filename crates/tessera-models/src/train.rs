@@ -397,7 +397,8 @@ pub fn evaluate<M: Classifier>(
 
 /// Re-estimates the running mean and variance of every batch norm of `model` (on a training
 /// `device`, so batch norm takes its training path) from `batches` batches of `batch_size`
-/// images of `data` in a seeded random order, unaugmented, without touching a weight.
+/// images of `data` in a seeded random order (fewer when `data` runs out first),
+/// unaugmented, without touching a weight.
 ///
 /// The running statistics become the size-weighted average of the batches' statistics (each
 /// batch norm's momentum is set to `n_k / (n_1 + ... + n_k)` for batch `k`, then restored),

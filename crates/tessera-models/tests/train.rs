@@ -341,4 +341,6 @@ fn batch_norm_recalibration_averages_the_batch_statistics() {
     assert_eq!(running(again.stem.bn.running_var.value()), got_var);
     let err = recalibrate_batch_norm(model.valid(), &data, 3, 16, seed, &inference).unwrap_err();
     assert!(err.to_string().contains("autodiff"), "{err}");
+    let err = recalibrate_batch_norm(again, &data, 0, 16, seed, &device).unwrap_err();
+    assert!(err.to_string().contains("batches") && err.to_string().contains("0 x 16"), "{err}");
 }

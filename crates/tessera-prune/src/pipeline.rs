@@ -94,6 +94,20 @@ pub struct Recalibration {
     pub batch_size: usize,
 }
 
+impl Recalibration {
+    /// `model` (on the training `device`) with its batch-norm statistics re-estimated from
+    /// `data` in the order `seed` draws.
+    pub fn apply<M: Classifier>(
+        &self,
+        model: M,
+        data: &Dataset,
+        seed: u64,
+        device: &Device,
+    ) -> Result<M> {
+        Ok(recalibrate_batch_norm(model, data, self.batches, self.batch_size, seed, device)?)
+    }
+}
+
 impl Default for Recalibration {
     /// 16 batches of 64: about 1000 images, what EagleEye found enough.
     fn default() -> Self {
@@ -240,14 +254,7 @@ pub fn prune<M: Classifier>(
     let model = apply_masks(model, &masks);
     let recalibrate = |model: M| -> Result<M> {
         match config.recalibrate {
-            Some(r) => Ok(recalibrate_batch_norm(
-                model,
-                train_set,
-                r.batches,
-                r.batch_size,
-                config.retrain.seed,
-                device,
-            )?),
+            Some(r) => r.apply(model, train_set, config.retrain.seed, device),
             None => Ok(model),
         }
     };
