@@ -150,11 +150,21 @@ pub(crate) fn conv_once(
     if let (ConvKernel::Rows { conv, scratch }, Some(clamp)) = (&mut *kernel, clamp) {
         return conv.run_fused(isa, x, y, scratch, threads, Epilogue { bias, clamp });
     }
+    if let ConvKernel::Depthwise { conv, scratch } = &mut *kernel {
+        // Bias always, the activation too when it is a clamp; otherwise after the store.
+        let ep = Epilogue { bias, clamp: clamp.unwrap_or_default() };
+        conv.run(isa, x, y, scratch, threads, ep)?;
+        if clamp.is_none() {
+            epilogue(y, positions, None, act);
+        }
+        return Ok(());
+    }
     match kernel {
         ConvKernel::Rows { conv, scratch } => conv.run(isa, x, y, scratch, threads)?,
         // The pattern kernel's scratch holds one thread's tile buffer.
         ConvKernel::Fkw { conv, scratch } => conv.run(isa, x, y, scratch, 1)?,
         ConvKernel::Bcr { conv, scratch } => conv.run(isa, x, y, scratch, threads)?,
+        ConvKernel::Depthwise { .. } => {} // ran above
     }
     epilogue(y, positions, bias, act);
     Ok(())

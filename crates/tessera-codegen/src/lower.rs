@@ -3,7 +3,7 @@
 //!
 //! | scheme | format -> kernel |
 //! |---|---|
-//! | dense | row groups of 8 filters (direct convolution) |
+//! | dense | row groups of 8 filters (direct convolution); depthwise 2-D: the stencil kernel |
 //! | unstructured | CSR -> row-group engine |
 //! | block-punched | block-punched -> row-group engine (filters of a block share kept columns) |
 //! | KGS (conv3d) | KGS -> row-group engine |
@@ -21,7 +21,10 @@ use tessera_kernels::formats::block_punched::{BlockPunched, Kgs};
 use tessera_kernels::formats::bsr::Bsr;
 use tessera_kernels::formats::csr::Csr;
 use tessera_kernels::formats::fkw::{Fkw, FkwConv};
-use tessera_kernels::{ConvScratch, ConvShape, KernelError, RowGroupConv, RowGroupMatrix};
+use tessera_kernels::{
+    ConvScratch, ConvShape, DepthwiseConv, DepthwiseScratch, KernelError, RowGroupConv,
+    RowGroupMatrix,
+};
 use tessera_sparsity::{Mask, PatternLibrary, Scheme};
 
 use crate::error::{Result, kernel_error, unsupported};
@@ -40,6 +43,8 @@ pub(crate) enum ConvKernel {
     Fkw { conv: Box<FkwConv>, scratch: ConvScratch },
     /// The BCR block kernel.
     Bcr { conv: Box<BcrConv>, scratch: ConvScratch },
+    /// The depthwise stencil kernel (dense depthwise convolutions).
+    Depthwise { conv: Box<DepthwiseConv>, scratch: DepthwiseScratch },
 }
 
 /// A fully connected kernel (one vector at a time).
@@ -139,17 +144,24 @@ fn masked_linear(rows: usize, cols: usize, w: &[f32], mask: &Mask) -> KernelResu
 /// (conv3x3 256@8x8): the `gemm` crate allocates its packing buffers on every call, and a
 /// plan's run allocates nothing.
 fn dense_conv(node: &str, shape: ConvShape, w: &[f32]) -> Result<(ConvKernel, Choice)> {
-    // Depthwise: one filter per group, so every row group is a single filter (labelled apart
-    // for the latency model: an order of magnitude slower per MAC).
-    let kernel = if shape.in_per_group() == 1 && shape.groups > 1 { "depthwise" } else { "direct" };
-    Ok((
-        rows_kernel(node, masked_rows(&shape, w, None)?, shape)?,
-        Choice { kernel, format: "dense" },
-    ))
+    let choice = Choice { kernel: "direct", format: "dense" };
+    if shape.in_per_group() == 1 && shape.groups > 1 {
+        // Depthwise: one filter per group, which the row-group engine would run one filter
+        // at a time (labelled apart for the latency model either way).
+        let choice = Choice { kernel: "depthwise", format: "dense" };
+        if shape.is_2d() {
+            let conv = DepthwiseConv::new(shape, w).map_err(kernel_error(node))?;
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let scratch = conv.scratch(threads);
+            return Ok((ConvKernel::Depthwise { conv: Box::new(conv), scratch }, choice));
+        }
+        return Ok((rows_kernel(node, masked_rows(&shape, w, None)?, shape)?, choice));
+    }
+    Ok((rows_kernel(node, masked_rows(&shape, w, None)?, shape)?, choice))
 }
 
-/// Every kernel that can run this convolution, the table's choice first: then, for a pruned
-/// weight, masked row groups and the dense direct kernel on the pruned weights (at low
+/// Every kernel that can run this convolution, the table's choice first: then the row-group
+/// engine for a dense depthwise layer, and, for a pruned weight, masked row groups and the dense direct kernel on the pruned weights (at low
 /// sparsity the dense kernel can win), and BCR's row-group form. The tuner times them.
 pub(crate) fn conv_candidates(
     node: &Node,
@@ -159,6 +171,13 @@ pub(crate) fn conv_candidates(
     let name = node.name.as_str();
     let w = &param.tensor.data;
     let mut out = vec![conv_kernel(node, param, shape)?];
+    if matches!(out[0].0, ConvKernel::Depthwise { .. }) {
+        // The row-group engine also runs depthwise layers (one filter per group).
+        out.push((
+            rows_kernel(name, masked_rows(&shape, w, None)?, shape)?,
+            Choice { kernel: "depthwise", format: "row groups" },
+        ));
+    }
     if let Some(sp) = &param.sparsity {
         if out[0].1.format != "masked" {
             out.push((

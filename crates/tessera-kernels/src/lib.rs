@@ -11,6 +11,8 @@
 //!   BSR, KGS, CSR and dense all run on it), the BCR block kernel, and the channel-major
 //!   pattern kernel ([`formats::fkw`]). Convolutions are implicit GEMMs over a padded,
 //!   phase-split input ([`conv`]), so every load is a contiguous vector.
+//! * The depthwise kernel ([`depthwise`]): each channel a 2-D stencil over a padded,
+//!   phase-split plane, in register tiles of 4 rows x 2 vectors.
 //! * Dense baselines ([`dense`]): GEMM from the `gemm` crate, our GEMV, im2col + GEMM, and the
 //!   row-group engine with every weight kept (direct convolution).
 //! * Instruction sets ([`Isa`]): AVX-512, AVX2 + FMA or portable code, chosen at run time,
@@ -46,6 +48,7 @@
 
 pub mod conv;
 pub mod dense;
+pub mod depthwise;
 mod error;
 pub mod formats;
 mod isa;
@@ -55,6 +58,7 @@ mod simd;
 mod threads;
 
 pub use conv::{ConvShape, InputLayout, OutputTarget};
+pub use depthwise::{DepthwiseConv, DepthwiseScratch};
 pub use error::{KernelError, Result};
 pub use isa::Isa;
 pub use rowgroup::{Clamp, ConvScratch, Epilogue, RowGroupConv, RowGroupMatrix};
