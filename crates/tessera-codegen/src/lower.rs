@@ -144,25 +144,27 @@ fn masked_linear(rows: usize, cols: usize, w: &[f32], mask: &Mask) -> KernelResu
 /// (conv3x3 256@8x8): the `gemm` crate allocates its packing buffers on every call, and a
 /// plan's run allocates nothing.
 fn dense_conv(node: &str, shape: ConvShape, w: &[f32]) -> Result<(ConvKernel, Choice)> {
-    let choice = Choice { kernel: "direct", format: "dense" };
+    // Depthwise: one filter per group, labelled apart for the latency model. 2-D ones get the
+    // stencil kernel; the row-group engine would run them one filter at a time.
     if shape.in_per_group() == 1 && shape.groups > 1 {
-        // Depthwise: one filter per group, which the row-group engine would run one filter
-        // at a time (labelled apart for the latency model either way).
         let choice = Choice { kernel: "depthwise", format: "dense" };
         if shape.is_2d() {
             let conv = DepthwiseConv::new(shape, w).map_err(kernel_error(node))?;
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let scratch = conv.scratch(threads);
+            let scratch = conv.scratch(std::thread::available_parallelism().map_or(1, |n| n.get()));
             return Ok((ConvKernel::Depthwise { conv: Box::new(conv), scratch }, choice));
         }
         return Ok((rows_kernel(node, masked_rows(&shape, w, None)?, shape)?, choice));
     }
-    Ok((rows_kernel(node, masked_rows(&shape, w, None)?, shape)?, choice))
+    Ok((
+        rows_kernel(node, masked_rows(&shape, w, None)?, shape)?,
+        Choice { kernel: "direct", format: "dense" },
+    ))
 }
 
 /// Every kernel that can run this convolution, the table's choice first: then the row-group
-/// engine for a dense depthwise layer, and, for a pruned weight, masked row groups and the dense direct kernel on the pruned weights (at low
-/// sparsity the dense kernel can win), and BCR's row-group form. The tuner times them.
+/// engine for a dense depthwise layer, and, for a pruned weight, masked row groups and the
+/// dense direct kernel on the pruned weights (at low sparsity the dense kernel can win), and
+/// BCR's row-group form. The tuner times them.
 pub(crate) fn conv_candidates(
     node: &Node,
     param: &Param,
