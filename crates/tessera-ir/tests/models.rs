@@ -219,6 +219,88 @@ fn pruned_models_keep_their_masks_and_shrink_dead_channels() {
     assert_same(&interp::run(&opt, &[x]).unwrap(), &want, "filter-pruned LeNet");
 }
 
+/// Zeroes every weight of `param` (shape `[out, in, kh, kw]`) that reads input channel `ch`.
+fn zero_input_channel(g: &mut Graph, param: &str, ch: usize) {
+    let t = &mut g.params.get_mut(param).unwrap().tensor;
+    let (cin, k) = (t.shape[1], t.shape[2] * t.shape[3]);
+    for o in 0..t.shape[0] {
+        t.data[(o * cin + ch) * k..(o * cin + ch + 1) * k].fill(0.0);
+    }
+}
+
+/// Whether `mask` over `[out, in, kh, kw]` is block-punched with `rows x cols` blocks: in every
+/// block each kernel position is kept for all of its filters x channels or for none.
+fn is_block_punched(
+    mask: &tessera_sparsity::Mask,
+    shape: &[usize],
+    rows: usize,
+    cols: usize,
+) -> bool {
+    let (out, cin, k) = (shape[0], shape[1], shape[2] * shape[3]);
+    (0..out).step_by(rows).all(|r0| {
+        (0..cin).step_by(cols).all(|c0| {
+            (0..k).all(|pos| {
+                let bits: Vec<bool> = (r0..(r0 + rows).min(out))
+                    .flat_map(|o| (c0..(c0 + cols).min(cin)).map(move |c| (o, c)))
+                    .map(|(o, c)| mask.get((o * cin + c) * k + pos))
+                    .collect();
+                bits.iter().all(|&b| b == bits[0])
+            })
+        })
+    })
+}
+
+#[test]
+fn dead_channels_go_in_whole_blocks_of_a_block_structured_consumer() {
+    // conv2 reads conv1's 16 channels in block-punched blocks of 4 input channels. Channel 5
+    // dead on its own must stay (removing it would shift every later block by one channel and
+    // break the block structure the kernels need); channels 8..12, a whole block, go.
+    let bp: Scheme = "block-punched:8x4".parse().unwrap();
+    let mut g = vgg_cifar().unwrap();
+    g.prune("conv2", "conv2.weight", &bp, Target::Compression(2.0)).unwrap();
+    for ch in [5, 8, 9, 10, 11] {
+        zero_input_channel(&mut g, "conv2.weight", ch);
+    }
+    let x = input_for(&g, 7);
+    let want = interp::run(&g, &[x.clone()]).unwrap();
+    let (opt, _) = Pipeline::standard().run(g.clone()).unwrap();
+    assert_same(&interp::run(&opt, &[x.clone()]).unwrap(), &want, "block-punched VGG");
+    assert_eq!(opt.params["conv1.weight"].tensor.shape, vec![12, 16, 3, 3]);
+    let conv2 = &opt.params["conv2.weight"];
+    assert_eq!(conv2.tensor.shape, vec![32, 12, 3, 3]);
+    let mask = &conv2.sparsity.as_ref().unwrap().mask;
+    assert!(is_block_punched(mask, &conv2.tensor.shape, 8, 4), "blocks survive removal");
+
+    // With conv1 block-punched too (blocks of 8 filters), removal goes 8 channels at a time:
+    // 8..12 alone stay, 8..16 all dead go, and both masks stay block-punched.
+    let mut g2 = g.clone();
+    g2.prune("conv1", "conv1.weight", &bp, Target::Compression(2.0)).unwrap();
+    let (opt, _) = Pipeline::standard().run(g2.clone()).unwrap();
+    assert_eq!(opt.params["conv1.weight"].tensor.shape, vec![16, 16, 3, 3]);
+    for ch in 12..16 {
+        zero_input_channel(&mut g2, "conv2.weight", ch);
+    }
+    let want = interp::run(&g2, &[x.clone()]).unwrap();
+    let (opt, _) = Pipeline::standard().run(g2).unwrap();
+    assert_same(&interp::run(&opt, &[x.clone()]).unwrap(), &want, "two block-punched layers");
+    assert_eq!(opt.params["conv2.weight"].tensor.shape, vec![32, 8, 3, 3]);
+    for name in ["conv1.weight", "conv2.weight"] {
+        let p = &opt.params[name];
+        let mask = &p.sparsity.as_ref().unwrap().mask;
+        assert!(is_block_punched(mask, &p.tensor.shape, 8, 4), "{name} stays block-punched");
+    }
+
+    // The same dead channels under a dense consumer all go, the lone channel 5 included.
+    let mut g = vgg_cifar().unwrap();
+    for ch in [5, 8, 9, 10, 11] {
+        zero_input_channel(&mut g, "conv2.weight", ch);
+    }
+    let want = interp::run(&g, &[x.clone()]).unwrap();
+    let (opt, _) = Pipeline::standard().run(g).unwrap();
+    assert_same(&interp::run(&opt, &[x]).unwrap(), &want, "dense VGG");
+    assert_eq!(opt.params["conv2.weight"].tensor.shape, vec![32, 11, 3, 3]);
+}
+
 #[test]
 fn stats_count_params_and_flops() {
     let mut g = lenet5().unwrap();

@@ -275,6 +275,31 @@ impl Scheme {
         self.groups(layer, tiling).map(|_| ())
     }
 
+    /// The rows x columns one tile of this scheme spans in the GEMM view `[output channels,
+    /// input channels x kernel_volume]` (row-major, kernel positions innermost): a block for
+    /// block schemes, a kernel for kernel-level schemes, an M-run for N:M, a fragment for
+    /// polarization, 1 x 1 for schemes whose groups are whole rows or columns or single
+    /// weights. Removing whole aligned tiles (rows `[i*r, (i+1)*r)`, columns `[j*c, (j+1)*c)`)
+    /// keeps a conforming mask conforming; removing a single row or column from inside a tile
+    /// does not (dead-channel removal in tessera-ir relies on this).
+    pub fn gemm_tile(&self, kernel_volume: usize) -> (usize, usize) {
+        let k = kernel_volume.max(1);
+        match self {
+            Scheme::Unstructured | Scheme::Filter | Scheme::Column => (1, 1),
+            Scheme::Channel | Scheme::Connectivity | Scheme::Pattern(_) => (1, k),
+            Scheme::BlockPunched { block, .. } => (block.rows, block.cols * k),
+            Scheme::Kgs { group, .. } | Scheme::KgsVanilla { group } => {
+                (group.rows, group.cols * k)
+            }
+            Scheme::Block { block, .. } | Scheme::Bcr { block } => (block.rows, block.cols),
+            Scheme::NM { m, .. } => (1, (*m).max(1)),
+            Scheme::Polarized(p) => {
+                let (r, c) = p.base.as_deref().map_or((1, 1), |b| b.gemm_tile(k));
+                (r, lcm(c, p.m.max(1)))
+            }
+        }
+    }
+
     /// The "cannot tile" error for this scheme and layer.
     pub(crate) fn not_tileable(&self, layer: &Layer, reason: String) -> SparsityError {
         SparsityError::NotTileable { layer: layer.name.clone(), scheme: self.to_string(), reason }
@@ -480,6 +505,14 @@ impl<'de> Deserialize<'de> for Scheme {
     }
 }
 
+/// Least common multiple of two positive numbers.
+fn lcm(a: usize, b: usize) -> usize {
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    a / gcd(a, b) * b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,6 +551,59 @@ mod tests {
         ] {
             check(t);
         }
+    }
+
+    /// Every group a scheme prunes together lies inside one tile of `gemm_tile`, so removing
+    /// whole aligned tiles never splits a group (checked against the groups themselves).
+    #[test]
+    fn gemm_tiles_contain_every_group() {
+        let conv = Layer::conv2d("conv", 16, 8, 3, 3).unwrap();
+        let linear = Layer::linear("fc", 16, 32).unwrap();
+        for t in [
+            "unstructured",
+            "filter",
+            "channel",
+            "column",
+            "connectivity",
+            "pattern:8",
+            "block-punched:8x4",
+            "block-punched:4x2+balanced",
+            "bcr:4x8",
+            "block:4x8",
+            "kgs:4x4",
+            "kgs-vanilla:4x2",
+            "nm:2:4",
+            "polarized:8",
+            "polarized:8(block-punched:4x4)",
+        ] {
+            let s: Scheme = t.parse().unwrap();
+            for layer in [&conv, &linear] {
+                let Ok(groups) = s.groups(layer, Tiling::Exact) else { continue };
+                let k = layer.geometry.kernel_volume();
+                let cols = layer.geometry.cols();
+                let (r, c) = s.gemm_tile(k);
+                // Filter groups are whole rows, column and channel groups whole columns: a tile is a
+                // single row or column, which a group may span entirely.
+                let whole_rows = matches!(s, Scheme::Filter);
+                let whole_cols = matches!(s, Scheme::Column | Scheme::Channel);
+                for g in groups.iter() {
+                    let tile = |i: &u32| {
+                        let (row, col) = (*i as usize / cols, *i as usize % cols);
+                        (if whole_cols { 0 } else { row / r }, if whole_rows { 0 } else { col / c })
+                    };
+                    let first = tile(&g[0]);
+                    assert!(
+                        g.iter().all(|i| tile(i) == first),
+                        "{t} on {}: group crosses tiles",
+                        layer.name
+                    );
+                }
+            }
+        }
+        let bp: Scheme = "block-punched:8x4".parse().unwrap();
+        assert_eq!(bp.gemm_tile(9), (8, 36));
+        let pol: Scheme = "polarized:8(nm:2:4)".parse().unwrap();
+        assert_eq!(pol.gemm_tile(1), (1, 8));
     }
 
     #[test]

@@ -11,6 +11,13 @@
 //! Dead channels are removed from `A`'s weight, bias and mask and from `B`'s input columns (a
 //! block of `spatial` columns per channel after a flatten); every value on the chain loses the
 //! channel too, since shapes are inferred. At least one channel always remains.
+//!
+//! Block-structured schemes constrain which channels may go: removal works on aligned groups
+//! of channels that are whole row tiles of `A`'s scheme and whole column tiles of `B`'s
+//! ([`tessera_sparsity::Scheme::gemm_tile`]), and a group goes only when all of its channels
+//! are dead. Removing one dead filter from inside a block-punched block would shift every
+//! later block, the mask would no longer be block-punched, and codegen would have to fall back
+//! from the block format to masked row groups.
 
 use std::collections::BTreeSet;
 
@@ -18,7 +25,7 @@ use crate::error::Result;
 use crate::graph::Graph;
 use crate::op::Op;
 use crate::passes::{Pass, param_users};
-use crate::tensor::Param;
+use crate::tensor::{Param, Sparsity};
 
 /// Removes channels that filter or channel pruning left dead.
 #[derive(Debug, Clone, Copy, Default)]
@@ -111,20 +118,35 @@ fn shrink(g: &mut Graph, a: usize) -> Result<bool> {
         return Ok(false);
     }
     let bias = a_b.as_ref().map(|p| g.params[p].tensor.data.clone());
-    let mut dead: BTreeSet<usize> = BTreeSet::new();
-    for c in 0..channels {
+    let is_dead = |c: usize| {
         let filter_dead = aw.data[c * per_out..(c + 1) * per_out].iter().all(|&v| v == 0.0)
             && bias.as_ref().is_none_or(|b| b[c] == 0.0);
         let unused = (0..b_rows).all(|r| {
             bw.data[r * b_cols + c * span..r * b_cols + (c + 1) * span].iter().all(|&v| v == 0.0)
         });
-        if filter_dead || unused {
-            dead.insert(c);
+        filter_dead || unused
+    };
+    // Channels go in aligned groups that are whole tiles of both sparsity schemes, so a
+    // block-structured mask stays block-structured (and its block format still encodes it).
+    let period = channel_period(
+        g.params[&a_w].sparsity.as_ref(),
+        g.params[&b_w].sparsity.as_ref(),
+        &bw.shape,
+        span,
+    );
+    let mut dead: BTreeSet<usize> = BTreeSet::new();
+    for start in (0..channels).step_by(period) {
+        let group = start..(start + period).min(channels);
+        if group.clone().all(is_dead) {
+            dead.extend(group);
         }
     }
     if dead.len() == channels {
-        // Keep one channel so no tensor becomes empty.
-        dead.pop_first();
+        // Keep one group so no tensor becomes empty.
+        let keep = dead.iter().take(period).copied().collect::<Vec<_>>();
+        for c in keep {
+            dead.remove(&c);
+        }
     }
     if dead.is_empty() {
         return Ok(false);
@@ -152,6 +174,28 @@ fn shrink(g: &mut Graph, a: usize) -> Result<bool> {
     );
     tracing::debug!(node = %g.nodes[a].name, removed = dead.len(), "dead channels");
     Ok(true)
+}
+
+/// The channel granularity of removal: the least number of `A`'s output channels that is a
+/// whole number of `A`'s row tiles and, read by `B` as `span` GEMM columns each, a whole
+/// number of `B`'s column tiles ([`tessera_sparsity::Scheme::gemm_tile`]); 1 without schemes.
+fn channel_period(
+    a: Option<&Sparsity>,
+    b: Option<&Sparsity>,
+    b_shape: &[usize],
+    span: usize,
+) -> usize {
+    let b_kernel_volume = b_shape.iter().skip(2).product::<usize>();
+    let a_rows = a.map_or(1, |s| s.scheme.gemm_tile(1).0).max(1);
+    let b_cols = b.map_or(1, |s| s.scheme.gemm_tile(b_kernel_volume).1).max(1);
+    // The fewest channels whose `span` columns each fill whole tiles of `b_cols` columns.
+    let b_channels = b_cols / gcd(b_cols, span.max(1));
+    a_rows / gcd(a_rows, b_channels) * b_channels
+}
+
+/// Greatest common divisor.
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// Keeps the values (and mask positions) at indices where `keep` holds, then fixes the shape.
