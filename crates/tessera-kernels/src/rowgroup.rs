@@ -791,7 +791,8 @@ unsafe fn micro<S: Simd, const RT: usize, const V: usize, const FULL: bool>(
                 a[v] = S::fma(wv, xv[v], a[v]);
             }
         }
-        wp = wp.add(wstride);
+        // Wrapping: after the last entry this points past the weights and is never read.
+        wp = wp.wrapping_add(wstride);
     }
     for (rr, a) in acc.iter_mut().enumerate() {
         ep.apply::<S, V>(rr, a);

@@ -72,16 +72,21 @@ type Job = *const (dyn Fn(usize) + Sync);
 /// (asleep, or its core taken by another process on a shared machine) therefore costs at most
 /// the serial time, never a wait for it to be scheduled.
 ///
-/// Publishing a job: write the slot and the thread count, set `next` to 1 and `remaining` to
-/// the thread count (release), then bump `generation` to wake the workers, which spin on it for
-/// [`SPIN`] after their last job and then wait on a condition variable. A worker reads the
-/// slot only after claiming an index below the thread count (acquire on `next`), and the
-/// dispatcher rewrites it, or lets `f` go, only after `remaining` reached zero: every claimed
-/// index has finished. At most `available_parallelism - 1` workers exist; wider jobs go to
-/// rayon.
+/// Publishing a job: write the slot, set `remaining` to the thread count and the claim word to
+/// (thread count, next index 1) with a release store, then bump `generation` to wake the
+/// workers, which spin on it for [`SPIN`] after their last job and then wait on a condition
+/// variable. An index is claimed by a compare-exchange that only ever moves the word from
+/// `next < threads` to `next + 1`, so once a job is fully claimed no late worker can claim
+/// anything until the next job is published, and a successful claim is always of the job
+/// whose word it read (acquire: its slot is visible). The dispatcher rewrites the slot, or lets
+/// `f` go, only after `remaining` reached zero: every claimed index has finished. (The pool
+/// used to reset a `fetch_add` counter to `usize::MAX` after each job; a worker preempted
+/// between reading the generation and its `fetch_add` wrapped it to 0 and then ran index 0 of
+/// a job whose closure had already returned — the intermittent SIGSEGV of `bench models`.)
+/// At most `available_parallelism - 1` workers exist; wider jobs go to rayon.
 struct SpinPool {
-    /// Next index to claim of the current job (workers and the dispatcher race on it).
-    next: CacheLine<std::sync::atomic::AtomicUsize>,
+    /// The current job's claim word ([`Claim`]; workers and the dispatcher race on it).
+    claim: CacheLine<std::sync::atomic::AtomicU64>,
     /// Indices of the current job not yet finished.
     remaining: CacheLine<std::sync::atomic::AtomicUsize>,
     /// Bumped per job: the workers' wake-up signal.
@@ -89,7 +94,6 @@ struct SpinPool {
     dispatch: std::sync::Mutex<()>,
     workers: std::sync::atomic::AtomicUsize,
     job: std::cell::UnsafeCell<Option<Job>>,
-    threads: std::sync::atomic::AtomicUsize,
     panicked: std::sync::atomic::AtomicBool,
     sleep: std::sync::Mutex<()>,
     wake: std::sync::Condvar,
@@ -103,9 +107,9 @@ struct SpinPool {
 struct CacheLine<T>(T);
 
 // SAFETY: `job` is written only by the dispatcher holding `dispatch`, while no index of any
-// job is claimed or running (`remaining` zero, `next` past the thread count); a thread reads it
+// job is claimed or running (`remaining` zero, the claim word fully claimed); a thread reads it
 // only after claiming an index below the thread count, which synchronizes (acquire) with the
-// release store of `next` that follows the write.
+// release store of the claim word that follows the write.
 unsafe impl Sync for SpinPool {}
 // SAFETY: as above; the closure behind `job` is `Sync`, and only shared references to it are
 // used on other threads.
@@ -116,13 +120,12 @@ impl SpinPool {
         use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
         static POOL: std::sync::OnceLock<SpinPool> = std::sync::OnceLock::new();
         POOL.get_or_init(|| SpinPool {
-            next: CacheLine(AtomicUsize::new(usize::MAX)),
+            claim: CacheLine(AtomicU64::new(Claim { threads: 0, next: 0 }.pack())),
             remaining: CacheLine(AtomicUsize::new(0)),
             generation: CacheLine(AtomicU64::new(0)),
             dispatch: std::sync::Mutex::new(()),
             workers: AtomicUsize::new(0),
             job: std::cell::UnsafeCell::new(None),
-            threads: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             sleep: std::sync::Mutex::new(()),
             wake: std::sync::Condvar::new(),
@@ -135,7 +138,7 @@ impl SpinPool {
     fn try_run(&'static self, threads: usize, f: &(dyn Fn(usize) + Sync)) -> bool {
         use std::sync::TryLockError;
         use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
-        if threads > self.cpus {
+        if threads > self.cpus || u32::try_from(threads).is_err() {
             return false;
         }
         // A panic resumed below poisons the lock; the pool itself is still consistent then.
@@ -160,9 +163,9 @@ impl SpinPool {
         let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(f) };
         // SAFETY: no index is claimed or running (see the `Sync` impl).
         unsafe { *self.job.get() = Some(job) };
-        self.threads.store(threads, Relaxed);
         self.remaining.0.store(threads, Relaxed);
-        self.next.0.store(1, Release);
+        // `threads` fits in u32 (checked above).
+        self.claim.0.store(Claim { threads: threads as u32, next: 1 }.pack(), Release);
         {
             let _sleep = self.sleep.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             self.generation.0.fetch_add(1, AcqRel);
@@ -172,11 +175,7 @@ impl SpinPool {
         // finished even when it panics; the first panic here is resumed only after every
         // claimed index is done with `f`.
         let mut first_panic = self.run_index(f, 0).err();
-        loop {
-            let i = self.next.0.fetch_add(1, Acquire);
-            if i >= threads {
-                break;
-            }
+        while let Some(i) = self.claim_index() {
             if let Err(p) = self.run_index(f, i) {
                 first_panic.get_or_insert(p);
             }
@@ -184,12 +183,24 @@ impl SpinPool {
         while self.remaining.0.load(Acquire) != 0 {
             std::hint::spin_loop();
         }
-        self.next.0.store(usize::MAX, Relaxed);
         if let Some(payload) = first_panic {
             std::panic::resume_unwind(payload);
         }
         assert!(!self.panicked.swap(false, Relaxed), "a kernel worker thread panicked");
         true
+    }
+
+    /// Claims the next unclaimed index of the current job; `None` once all are claimed.
+    fn claim_index(&self) -> Option<usize> {
+        use std::sync::atomic::Ordering::Acquire;
+        let mut word = self.claim.0.load(Acquire);
+        loop {
+            let (index, claimed) = Claim::unpack(word).claim_next()?;
+            match self.claim.0.compare_exchange_weak(word, claimed.pack(), Acquire, Acquire) {
+                Ok(_) => return Some(index),
+                Err(actual) => word = actual,
+            }
+        }
     }
 
     /// Runs index `i` of the current job and counts it finished, panic or not.
@@ -223,14 +234,13 @@ impl SpinPool {
                 std::hint::spin_loop();
             }
             seen = self.generation.0.load(Acquire);
-            loop {
-                let i = self.next.0.fetch_add(1, Acquire);
-                // The thread count and slot are those of the job whose `next` this claim came
-                // from (both written before its release store of `next`).
-                let threads = self.threads.load(Relaxed);
-                if i >= threads {
-                    break;
-                }
+            // Tests stretch the window between waking and claiming, where a worker preempted
+            // on a busy machine arrives after its job is over.
+            #[cfg(test)]
+            tests::late_worker_delay();
+            // A claim is of the job whose word it read; its slot was written before the
+            // release store of that word.
+            while let Some(i) = self.claim_index() {
                 // SAFETY: index `i` of the current job is claimed and unfinished, so the
                 // dispatcher keeps the slot and `f` alive until this decrement of `remaining`.
                 let Some(job) = (unsafe { *self.job.get() }) else { break };
@@ -245,6 +255,31 @@ impl SpinPool {
                 self.remaining.0.fetch_sub(1, Release);
             }
         }
+    }
+}
+
+/// The claim word of the current job: its thread count and the next index to claim, packed
+/// into one `u64` so a claim is a single compare-exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Claim {
+    threads: u32,
+    next: u32,
+}
+
+impl Claim {
+    fn pack(self) -> u64 {
+        (u64::from(self.threads) << 32) | u64::from(self.next)
+    }
+
+    fn unpack(word: u64) -> Self {
+        Claim { threads: (word >> 32) as u32, next: word as u32 }
+    }
+
+    /// The index this claim takes and the word after it; `None` when every index is claimed
+    /// (the word then stays put: it never wraps into a valid index).
+    fn claim_next(self) -> Option<(usize, Claim)> {
+        (self.next < self.threads)
+            .then(|| (self.next as usize, Claim { next: self.next + 1, ..self }))
     }
 }
 
@@ -307,6 +342,19 @@ pub(crate) fn balanced_split(costs: &[usize], parts: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    static LATE_WORKER_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    /// Spins for the injected delay (zero outside the test that sets it).
+    pub(super) fn late_worker_delay() {
+        let ns = LATE_WORKER_NS.load(std::sync::atomic::Ordering::Relaxed);
+        if ns > 0 {
+            let start = std::time::Instant::now();
+            while start.elapsed().as_nanos() < u128::from(ns) {
+                std::hint::spin_loop();
+            }
+        }
+    }
 
     #[test]
     fn stack_split_matches_the_vector_split() {
@@ -387,6 +435,68 @@ mod tests {
             });
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
         }
+    }
+
+    #[test]
+    fn a_fully_claimed_word_stays_fully_claimed() {
+        let mut c = Claim { threads: 3, next: 1 };
+        let mut taken = Vec::new();
+        while let Some((i, next)) = c.claim_next() {
+            taken.push(i);
+            c = next;
+        }
+        assert_eq!(taken, vec![1, 2]);
+        // No number of late claims moves a finished job's word back to a valid index.
+        for _ in 0..1000 {
+            assert_eq!(c.claim_next(), None);
+        }
+        assert_eq!(Claim::unpack(c.pack()), c);
+        let idle = Claim { threads: 0, next: 0 };
+        assert_eq!(idle.claim_next(), None);
+        assert_eq!(Claim::unpack(Claim { threads: u32::MAX, next: 7 }.pack()).threads, u32::MAX);
+    }
+
+    /// Back-to-back 2-thread jobs whose counters live in the dispatching stack frame, with
+    /// workers made late (an injected delay between waking and claiming, and another thread
+    /// competing for the cores). A late
+    /// worker running a finished job's closure would bump the counters of the next job, whose
+    /// frame sits at the same address (what the old `fetch_add` counter allowed).
+    #[test]
+    fn preempted_workers_never_run_a_finished_job() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    std::hint::black_box(x);
+                }
+            });
+            #[inline(never)]
+            fn one_job(round: usize) {
+                let hits = [AtomicUsize::new(0), AtomicUsize::new(0)];
+                let owner = AtomicUsize::new(round);
+                run_parallel(2, |t| {
+                    hits[t].fetch_add(1, Ordering::Relaxed);
+                    assert_eq!(
+                        owner.load(Ordering::Relaxed),
+                        round,
+                        "a finished job's closure ran"
+                    );
+                });
+                let counts = [hits[0].load(Ordering::Relaxed), hits[1].load(Ordering::Relaxed)];
+                assert_eq!(counts, [1, 1], "round {round}");
+                owner.store(usize::MAX, Ordering::Relaxed);
+            }
+            // Workers wait a few microseconds between waking and claiming: most arrive late.
+            LATE_WORKER_NS.store(3_000, Ordering::Relaxed);
+            for round in 0..200_000 {
+                one_job(round);
+            }
+            LATE_WORKER_NS.store(0, Ordering::Relaxed);
+            stop.store(true, Ordering::Relaxed);
+        });
     }
 
     #[test]

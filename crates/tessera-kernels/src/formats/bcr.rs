@@ -565,7 +565,8 @@ unsafe fn rmw<S: Simd, const RT: usize, const FULL: bool>(
                 *av = S::fma(wv, xx, *av);
             }
         }
-        wp = wp.add(wstride);
+        // Wrapping: after the last entry this points past the weights and is never read.
+        wp = wp.wrapping_add(wstride);
     }
     for (rr, a) in acc.iter().enumerate() {
         let yp = y.add(rows[rr] * ystride);
