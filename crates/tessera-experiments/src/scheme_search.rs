@@ -686,9 +686,10 @@ pub(crate) fn mobilenet_study(scale: crate::run::Scale) -> Result<SearchStudy> {
         s.eval_limit = Some(1_000);
         s.finetune.max_steps_per_epoch = Some(20);
         // Its 1x1 layers hold most of the weights and lose more to one-shot pruning: a lower
-        // ladder, and targets the dense depthwise layers leave reachable.
+        // ladder, and targets the dense depthwise layers leave reachable (every prunable layer
+        // at its fastest option measured ~0.63x of dense with the depthwise stencil kernel).
         s.space.rates = vec![1.5, 2.0, 3.0, 4.0];
-        s.targets = vec![0.7, 0.5];
+        s.targets = vec![0.85, 0.7];
     }
     // No 3x3 convolution without groups but the stem: patterns do not apply.
     s.space.schemes.retain(|x| !matches!(x, Scheme::Pattern(_)));
