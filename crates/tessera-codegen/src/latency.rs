@@ -147,7 +147,13 @@ pub fn conv_sample(
 /// `scheme`.
 pub fn family_of(scheme: Option<&Scheme>, shape: &ConvShape) -> String {
     let (kernel, format) = match scheme {
-        None if shape.in_per_group() == 1 && shape.groups > 1 => ("depthwise", "dense"),
+        None if shape.in_per_group() == 1 && shape.groups > 1 => {
+            if crate::lower::stencil_first(shape) {
+                ("depthwise", "dense")
+            } else {
+                ("depthwise", "row groups")
+            }
+        }
         None => ("direct", "dense"),
         Some(Scheme::Unstructured) => ("row-groups", "CSR"),
         Some(Scheme::BlockPunched { .. }) => ("row-groups", "block-punched"),

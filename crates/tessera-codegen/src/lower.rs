@@ -3,7 +3,7 @@
 //!
 //! | scheme | format -> kernel |
 //! |---|---|
-//! | dense | row groups of 8 filters (direct convolution); depthwise 2-D: the stencil kernel |
+//! | dense | row groups of 8 filters (direct convolution); depthwise 2-D: the stencil kernel when strided or on maps of >= 1024 positions, else row groups (one filter per group) |
 //! | unstructured | CSR -> row-group engine |
 //! | block-punched | block-punched -> row-group engine (filters of a block share kept columns) |
 //! | KGS (conv3d) | KGS -> row-group engine |
@@ -144,20 +144,46 @@ fn masked_linear(rows: usize, cols: usize, w: &[f32], mask: &Mask) -> KernelResu
 /// (conv3x3 256@8x8): the `gemm` crate allocates its packing buffers on every call, and a
 /// plan's run allocates nothing.
 fn dense_conv(node: &str, shape: ConvShape, w: &[f32]) -> Result<(ConvKernel, Choice)> {
-    // Depthwise: one filter per group, labelled apart for the latency model. 2-D ones get the
-    // stencil kernel; the row-group engine would run them one filter at a time.
+    // Depthwise: one filter per group, labelled apart for the latency model.
     if shape.in_per_group() == 1 && shape.groups > 1 {
-        let choice = Choice { kernel: "depthwise", format: "dense" };
-        if shape.is_2d() {
-            let conv = DepthwiseConv::new(shape, w).map_err(kernel_error(node))?;
-            let scratch = conv.scratch(std::thread::available_parallelism().map_or(1, |n| n.get()));
-            return Ok((ConvKernel::Depthwise { conv: Box::new(conv), scratch }, choice));
+        if stencil_first(&shape) {
+            return stencil(node, shape, w);
         }
-        return Ok((rows_kernel(node, masked_rows(&shape, w, None)?, shape)?, choice));
+        return Ok((
+            rows_kernel(node, masked_rows(&shape, w, None)?, shape)?,
+            Choice { kernel: "depthwise", format: "row groups" },
+        ));
     }
     Ok((
         rows_kernel(node, masked_rows(&shape, w, None)?, shape)?,
         Choice { kernel: "direct", format: "dense" },
+    ))
+}
+
+/// Output positions from which a stride-1 depthwise layer gets the stencil kernel.
+const STENCIL_MIN_POSITIONS: usize = 1024;
+
+/// Whether a dense depthwise layer gets the stencil kernel rather than the row-group engine
+/// when nothing is timed. The stencil wins on strided layers and large maps
+/// (`examples/depthwise_crossover`: 0.70-0.94x of the row-group time at stride 2, ~0.8x on
+/// 28x28 and larger maps; MobileNetV2's dense plan on 32x32 inputs 2.66 -> 2.06 ms); on small
+/// stride-1 maps the row-group engine reads its input pre-packed by the producer and won in a
+/// MobileNetV2 plan on 28x28 inputs (7x7 maps: 7.2 vs 12.8 us; 28x28: equal). The tuner
+/// times both either way.
+pub(crate) fn stencil_first(shape: &ConvShape) -> bool {
+    shape.is_2d()
+        && (shape.stride[1] > 1
+            || shape.stride[2] > 1
+            || shape.output_positions() >= STENCIL_MIN_POSITIONS)
+}
+
+/// The depthwise stencil kernel of a 2-D depthwise layer.
+fn stencil(node: &str, shape: ConvShape, w: &[f32]) -> Result<(ConvKernel, Choice)> {
+    let conv = DepthwiseConv::new(shape, w).map_err(kernel_error(node))?;
+    let scratch = conv.scratch(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    Ok((
+        ConvKernel::Depthwise { conv: Box::new(conv), scratch },
+        Choice { kernel: "depthwise", format: "dense" },
     ))
 }
 
@@ -173,12 +199,16 @@ pub(crate) fn conv_candidates(
     let name = node.name.as_str();
     let w = &param.tensor.data;
     let mut out = vec![conv_kernel(node, param, shape)?];
-    if matches!(out[0].0, ConvKernel::Depthwise { .. }) {
-        // The row-group engine also runs depthwise layers (one filter per group).
-        out.push((
-            rows_kernel(name, masked_rows(&shape, w, None)?, shape)?,
-            Choice { kernel: "depthwise", format: "row groups" },
-        ));
+    if param.sparsity.is_none() && shape.in_per_group() == 1 && shape.groups > 1 && shape.is_2d() {
+        // Both depthwise engines, whichever the table put first.
+        if matches!(out[0].0, ConvKernel::Depthwise { .. }) {
+            out.push((
+                rows_kernel(name, masked_rows(&shape, w, None)?, shape)?,
+                Choice { kernel: "depthwise", format: "row groups" },
+            ));
+        } else {
+            out.push(stencil(name, shape, w)?);
+        }
     }
     if let Some(sp) = &param.sparsity {
         if out[0].1.format != "masked" {
