@@ -268,9 +268,18 @@ pub(crate) fn timing_input(test: &Dataset) -> Result<&[f32]> {
     Ok(test.image(0))
 }
 
-/// Measured end-to-end latency of `candidate`, ms.
+/// Rounds of the dense / candidate interleaving in [`measure`].
+const MEASURE_ROUNDS: usize = 3;
+
+/// Measured end-to-end latency of `candidate`, ms, as a ratio to the dense plan timed beside
+/// it ([`MEASURE_ROUNDS`] interleaved rounds), scaled by the dense time of the latency table.
+/// On a shared machine the whole machine drifts (the same dense plan measured 0.37-0.43 ms
+/// within one run, and a search's evaluations up to 1.6x apart); the ratio cancels the drift,
+/// so the reward's latency penalty ranks candidates by their plans, not by when they ran.
 pub(crate) fn measure(p: &Prepared, timing: &Timing, candidate: &[usize]) -> Result<f64> {
-    Ok(time_plan(pruned_graph(p, candidate)?, timing, timing_input(&p.open.test)?)?.0)
+    let graphs = vec![p.graph.clone(), pruned_graph(p, candidate)?];
+    let times = retime(graphs, timing, timing_input(&p.open.test)?, MEASURE_ROUNDS)?;
+    Ok(times[1] / times[0] * p.dense_ms)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -549,7 +558,8 @@ pub struct MappingPoint {
     /// Measured latency, ms: for the compared arms (baselines and each search's best) the
     /// interleaved re-timing at the end of the run (`retime`), else the evaluation's.
     pub latency_ms: f64,
-    /// The latency measured when the arm was evaluated, ms.
+    /// The latency measured when the arm was evaluated ([`measure`]: relative to the dense
+    /// plan timed beside it), ms.
     #[serde(default)]
     pub evaluated_ms: f64,
     /// Latency predicted by the table, ms.
