@@ -672,8 +672,10 @@ fn tile_group<S: Simd>(job: &Job<'_>, ti: usize, g: usize) {
     let m = job.m;
     let plan = job.plan;
     let width = plan.vectors * S::LANES;
-    let vectors = plan.vectors;
     let (p0, n) = plan.tiles[ti];
+    // A run's short last tile computes one vector, not the plan's width (an 8x8 map with
+    // shared row padding is 71 positions: 32 + 32 + 7).
+    let vectors = if n <= S::LANES { 1 } else { plan.vectors };
     let segs: &[Seg] = if job.direct {
         &[]
     } else {

@@ -298,3 +298,39 @@ fn structured_formats_need_less_index_than_csr() {
     let csr = Csr::encode(64, 576, &p.values, &p.mask).unwrap().bytes();
     assert!(fkw.index * 3 < csr.index, "FKW index {} vs CSR {}", fkw.index, csr.index);
 }
+
+/// BCR's block kernel instantiates its micro-kernel per kept-row count (1..=6 per pass) and
+/// per tile width (1..=5 vectors, the last one partial or not): 8x16 blocks at low sparsity
+/// keep up to 8 rows, and GEMMs of n positions from 5 to 150 give every width and tail.
+#[test]
+fn bcr_kernel_covers_every_row_count_and_tile_width() {
+    let (rows, cols) = (24, 48);
+    let layer = Layer::linear("fc", rows, cols).unwrap();
+    let w = weights(rows * cols, 77);
+    for sparsity in [0.1, 0.4, 0.7, 0.9] {
+        let p = project("bcr:8x16", &layer, &w, sparsity);
+        let m = BcrCompact::encode(&layer, &p.values, &p.mask, 8, 16).unwrap();
+        assert_eq!(m.decode(), p.values);
+        for n in [5, 16, 17, 40, 64, 71, 80, 81, 150] {
+            let shape = ConvShape::conv2d(cols, rows, [1, n], [1, 1], 1, 0).unwrap();
+            check_conv(
+                shape,
+                &p.values,
+                Encoded::Bcr(m.clone()),
+                &format!("BCR 8x16 at {sparsity}, n {n}"),
+            );
+        }
+    }
+    // Kept-row counts seen (a test of the test: the sweep must reach 5..=8).
+    let p = project("bcr:8x16", &layer, &w, 0.1);
+    let most = (0..rows / 8)
+        .flat_map(|br| (0..cols / 16).map(move |bc| (br, bc)))
+        .map(|(br, bc)| {
+            (0..8)
+                .filter(|r| (0..16).any(|c| p.mask.get((br * 8 + r) * cols + bc * 16 + c)))
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(most >= 7, "most kept rows {most}");
+}

@@ -11,7 +11,7 @@
 //! Kernel: binding merges, inside each block row, the blocks that keep the same rows into one
 //! sub-matrix (their kept columns concatenated: GRIM's "same rows, same register tile"). For a
 //! tile of output positions and a block row, zero the rows' tile, then for every merged
-//! sub-matrix accumulate its product in registers (`RT` kept rows x `BCR_V * LANES` positions;
+//! sub-matrix accumulate its product in registers (`RT` kept rows x up to `BCR_V` vectors;
 //! every gathered input vector reused by all kept rows) and add it into the kept rows. Merging
 //! matters: at 8x an 8x8 block keeps about 2 rows x 4 columns, so per-block accumulation paid
 //! one read-modify-write of the output tile per 4 columns; merged, the 28 possible 2-row sets
@@ -233,9 +233,31 @@ impl BcrCompact {
     }
 }
 
-/// Vectors per tile row of the block kernel: each broadcast weight serves this many vectors,
-/// which is what amortizes BCR's one-broadcast-per-kept-weight cost.
-const BCR_V: usize = 4;
+/// Most vectors per tile row of the block kernel with 8 and 16 lanes: each broadcast weight
+/// serves this many vectors, which is what amortizes BCR's one-broadcast-per-kept-weight cost.
+/// AVX-512 takes 5 (up to 5 rows x 5 = 25 accumulators, 5 input vectors and a broadcast in 32
+/// registers), AVX2 4 (2 rows x 4 + 4 + 1 of 16).
+const BCR_V: [usize; 2] = [4, 5];
+
+/// Tiles of each run of flat positions with at most `vmax` vectors of `lanes`, the run's
+/// vectors dealt evenly: an 8x8 map with shared row padding is 71 positions, one tile of 5
+/// vectors instead of 64 + 7, whose second tile paid a whole tile's broadcasts and dispatch
+/// for 7 positions (a quarter of the kernel's time on conv3x3 256@8x8).
+fn balanced_tiles(runs: &[(usize, usize)], lanes: usize, vmax: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for &(start, len) in runs {
+        let vectors = len.div_ceil(lanes);
+        let count = vectors.div_ceil(vmax);
+        let mut p = 0;
+        for t in 0..count {
+            let v = vectors / count + usize::from(t < vectors % count);
+            let n = (v * lanes).min(len - p);
+            out.push((start + p, n));
+            p += n;
+        }
+    }
+    out
+}
 
 /// Most threads with a precomputed block-row schedule; more threads split contiguously.
 const SCHEDULED_THREADS: usize = 8;
@@ -297,6 +319,9 @@ impl Merged {
                     None => sets.push((kr, vec![b])),
                 }
             }
+            // Fewest kept rows first: the kernel's dispatch on the row count then repeats
+            // in runs instead of jumping per sub-matrix.
+            sets.sort_by_key(|(kr, _)| kr.len());
             for (kr, blocks) in sets {
                 out.rows.extend(kr.iter().map(|&r| (r0 + r as usize) as u32));
                 for b in blocks {
@@ -363,8 +388,8 @@ impl BcrConv {
         let layout = shape.layout();
         let merged = Merged::new(&m, &layout, shape.out_per_group())?;
         let tiles = [
-            crate::rowgroup::tiles(layout.runs(), 8 * BCR_V),
-            crate::rowgroup::tiles(layout.runs(), 16 * BCR_V),
+            balanced_tiles(layout.runs(), 8, BCR_V[0]),
+            balanced_tiles(layout.runs(), 16, BCR_V[1]),
         ];
         let schedule = (1..=SCHEDULED_THREADS).map(|t| lpt(&m, t)).collect();
         let all_rows = (0..m.block_ptr.len() as u32 - 1).collect();
@@ -476,9 +501,9 @@ simd_entry! {
 fn bcr_tiles_generic<S: Simd>(job: &BcrJob<'_>, tiles: &[(usize, usize)], block_rows: &[u32]) {
     let m = &job.c.m;
     let merged = &job.c.merged;
-    let width = BCR_V * S::LANES;
     for &(p0, n) in tiles {
-        let full = n == width;
+        let vectors = n.div_ceil(S::LANES).clamp(1, BCR_V[usize::from(S::LANES == 16)]);
+        let full = n == vectors * S::LANES;
         for &brow in block_rows {
             let brow = brow as usize;
             let (r0, r1) = (m.block_row_start[brow] as usize, m.block_row_start[brow + 1] as usize);
@@ -494,9 +519,14 @@ fn bcr_tiles_generic<S: Simd>(job: &BcrJob<'_>, tiles: &[(usize, usize)], block_
                 let mut i = 0;
                 while i < kr.len() {
                     let left = kr.len() - i;
-                    // RT x BCR_V accumulators: up to 6 x 4 on AVX-512 (24 of 32 registers, so a
-                    // sub-matrix of up to 6 kept rows gathers its columns once), 2 x 4 on AVX2.
-                    let rt = if S::LANES == 16 { left.min(6) } else { left.min(2) };
+                    // RT x V accumulators: up to 6 x 4 or 5 x 5 on AVX-512 (at most 25 of 32
+                    // registers, so a sub-matrix of up to 5-6 kept rows gathers its columns
+                    // once), 2 x 4 on AVX2.
+                    let rt = match (S::LANES, vectors) {
+                        (16, 5) => left.min(5),
+                        (16, _) => left.min(6),
+                        _ => left.min(2),
+                    };
                     // SAFETY: offsets stay inside the input for valid positions (layout); the
                     // kept rows are rows of this block row; weights hold one column of stride
                     // kr per offset.
@@ -507,17 +537,23 @@ fn bcr_tiles_generic<S: Simd>(job: &BcrJob<'_>, tiles: &[(usize, usize)], block_
                         let xp = job.x.add(p0);
                         let y = job.y.0.add(p0);
                         macro_rules! call {
-                            ($($r:literal)*) => {
-                                match (rt, full) {
+                            ($(($r:literal, $v:literal))*) => {
+                                match (rt, vectors, full) {
                                     $(
-                                        ($r, true) => rmw::<S, $r, true>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
-                                        ($r, false) => rmw::<S, $r, false>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
+                                        ($r, $v, true) => rmw::<S, $r, $v, true>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
+                                        ($r, $v, false) => rmw::<S, $r, $v, false>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
                                     )*
                                     _ => {}
                                 }
                             };
                         }
-                        call!(1 2 3 4 5 6);
+                        call!((1, 1)(2, 1)(3, 1)(4, 1)(5, 1)(6, 1)(1, 2)(2, 2)(3, 2)(4, 2)(5, 2)(
+                            6, 2
+                        )(1, 3)(2, 3)(3, 3)(4, 3)(5, 3)(6, 3)(1, 4)(
+                            2, 4
+                        )(3, 4)(4, 4)(5, 4)(6, 4)(1, 5)(2, 5)(3, 5)(
+                            4, 5
+                        )(5, 5));
                     }
                     i += rt;
                 }
@@ -526,14 +562,16 @@ fn bcr_tiles_generic<S: Simd>(job: &BcrJob<'_>, tiles: &[(usize, usize)], block_
     }
 }
 
-/// Accumulates `RT` kept rows of one block over its kept columns and adds into the output.
+/// Accumulates `RT` kept rows of one block over its kept columns, `V` vectors of positions
+/// (all full when `FULL`), and adds into the output. `n` must be in `(V - 1) * lanes + 1 ..=
+/// V * lanes`.
 ///
 /// # Safety
 /// As the row-group micro-kernel; `rows[..RT]` are output rows, `w` holds `offs.len()` columns
 /// of stride `wstride >= RT`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rmw<S: Simd, const RT: usize, const FULL: bool>(
+unsafe fn rmw<S: Simd, const RT: usize, const V: usize, const FULL: bool>(
     offs: &[u32],
     w: *const f32,
     wstride: usize,
@@ -544,19 +582,28 @@ unsafe fn rmw<S: Simd, const RT: usize, const FULL: bool>(
     n: usize,
 ) {
     let l = S::LANES;
-    let mut acc = [[S::zero(); BCR_V]; RT];
+    // Only the last vector may be partial (the caller picks V = ceil(n / lanes)): a
+    // loop-invariant count, not a per-vector test inside the column loop.
+    let tail = n - (V - 1) * l;
+    let mut acc = [[S::zero(); V]; RT];
     let mut wp = w;
-    for &off in offs {
+    for (j, &off) in offs.iter().enumerate() {
         let xp = x.add(off as usize);
-        let mut xv = [S::zero(); BCR_V];
+        #[cfg(target_arch = "x86_64")]
+        if let Some(&next) = offs.get(j + 3) {
+            let np = x.add(next as usize);
+            for v in 0..V {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    np.add(v * l) as *const i8,
+                );
+            }
+        }
+        let mut xv = [S::zero(); V];
         for (v, xvv) in xv.iter_mut().enumerate() {
-            let rem = n.saturating_sub(v * l);
-            *xvv = if FULL || rem >= l {
+            *xvv = if FULL || v + 1 < V {
                 S::load(xp.add(v * l))
-            } else if rem > 0 {
-                S::load_partial(xp.add(v * l), rem)
             } else {
-                S::zero()
+                S::load_partial(xp.add(v * l), tail)
             };
         }
         for (rr, a) in acc.iter_mut().enumerate() {
@@ -571,14 +618,13 @@ unsafe fn rmw<S: Simd, const RT: usize, const FULL: bool>(
     for (rr, a) in acc.iter().enumerate() {
         let yp = y.add(rows[rr] * ystride);
         for (v, &av) in a.iter().enumerate() {
-            let rem = n.saturating_sub(v * l);
-            if FULL || rem >= l {
+            if FULL || v + 1 < V {
                 S::store(yp.add(v * l), S::add(S::load(yp.add(v * l)), av));
-            } else if rem > 0 {
+            } else {
                 S::store_partial(
                     yp.add(v * l),
-                    S::add(S::load_partial(yp.add(v * l), rem), av),
-                    rem,
+                    S::add(S::load_partial(yp.add(v * l), tail), av),
+                    tail,
                 );
             }
         }
@@ -630,6 +676,42 @@ fn bcr_gemv_generic<S: Simd>(m: &BcrCompact, x: &[f32], y: SendPtr, block_rows: 
         for (i, &v) in acc.iter().enumerate() {
             // SAFETY: rows r0..r1 belong to this thread's block rows.
             unsafe { *y.0.add(r0 + i) = v };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::balanced_tiles;
+
+    /// Tiles cover every position of every run once, in order, never cross a run, hold at
+    /// most `vmax` vectors, are as few as that allows, and differ by at most one vector.
+    #[test]
+    fn balanced_tiles_cover_runs_with_fewest_even_tiles() {
+        for lanes in [8, 16] {
+            for vmax in 1..=5 {
+                for len in [1, 7, 15, 16, 17, 64, 71, 80, 81, 271, 3191] {
+                    let runs = [(0, len), (len + 9, len)];
+                    let tiles = balanced_tiles(&runs, lanes, vmax);
+                    let mut covered = Vec::new();
+                    for &(start, rl) in &runs {
+                        let mine: Vec<_> =
+                            tiles.iter().filter(|t| t.0 >= start && t.0 < start + rl).collect();
+                        let vectors: Vec<usize> =
+                            mine.iter().map(|t| t.1.div_ceil(lanes)).collect();
+                        assert_eq!(mine.len(), len.div_ceil(lanes).div_ceil(vmax), "{len}");
+                        assert!(vectors.iter().all(|&v| (1..=vmax).contains(&v)));
+                        let (lo, hi) = (vectors.iter().min(), vectors.iter().max());
+                        assert!(hi.zip(lo).is_some_and(|(h, l)| h - l <= 1), "{vectors:?}");
+                        for t in mine {
+                            assert!(t.0 + t.1 <= start + rl);
+                            covered.extend(t.0..t.0 + t.1);
+                        }
+                    }
+                    let want: Vec<usize> = runs.iter().flat_map(|&(s, l)| s..s + l).collect();
+                    assert_eq!(covered, want, "lanes {lanes} vmax {vmax} len {len}");
+                }
+            }
         }
     }
 }

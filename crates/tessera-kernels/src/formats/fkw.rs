@@ -442,14 +442,28 @@ macro_rules! dispatch_pattern {
 
 #[inline(always)]
 fn fkw_tiles_v<S: Simd, const V: usize>(job: &FkwJob<'_>, thread: usize, t0: usize, t1: usize) {
+    // SAFETY: thread `thread` owns acc[thread * rows * 32 ..][.. rows * 32] (checked in run).
+    let acc = unsafe { job.acc.0.add(thread * job.c.acc_len()) };
+    for ti in t0..t1 {
+        // A run's short last tile computes one vector, not V (an 8x8 map with shared row
+        // padding is 71 positions: 32 + 32 + 7).
+        if V > 1 && job.plan.tiles[ti].1 <= S::LANES {
+            fkw_tile::<S, 1>(job, acc, ti);
+        } else {
+            fkw_tile::<S, V>(job, acc, ti);
+        }
+    }
+}
+
+/// Tile `ti`, `V` vectors wide (the tile's positions fit them), accumulated in `acc`.
+#[inline(always)]
+fn fkw_tile<S: Simd, const V: usize>(job: &FkwJob<'_>, acc: *mut f32, ti: usize) {
     let c = job.c;
     let l = S::LANES;
     let width = V * l;
     let rows = c.f.rows;
     let plan = job.plan;
-    // SAFETY: thread `thread` owns acc[thread * rows * 32 ..][.. rows * 32] (checked in run).
-    let acc = unsafe { job.acc.0.add(thread * c.acc_len()) };
-    for ti in t0..t1 {
+    {
         let (p0, n) = plan.tiles[ti];
         let segs: &[Seg] = if job.direct {
             &[]

@@ -1,0 +1,90 @@
+//! The structured 3x3 kernels at 8x (BCR 8x32, block-punched 8x4, pattern + connectivity)
+//! against the faster of the two dense kernels, on the three 3x3 shapes, 1 thread,
+//! batch 1. Each time is the **minimum** over many runs, not the median: on a shared machine
+//! whose speed drifts by 10-30% within minutes, the minimum is what stays put between
+//! repeated invocations, so two builds can be compared by running this alternately (the
+//! criterion suite and `cargo xtask bench kernels` report medians).
+//! `cargo run --release -p tessera-kernels --example structured_conv_min`
+
+#![allow(clippy::print_stdout, clippy::unwrap_used)] // a command-line table
+
+use std::time::Instant;
+
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+use tessera_kernels::formats::bcr::BcrCompact;
+use tessera_kernels::formats::block_punched::BlockPunched;
+use tessera_kernels::formats::fkw::{Fkw, FkwConv};
+use tessera_kernels::{ConvScratch, ConvShape, Isa, RowGroupConv, RowGroupMatrix, dense};
+use tessera_sparsity::{Layer, PatternLibrary, Scheme, Target, Tiling};
+
+fn min_us(mut f: impl FnMut()) -> f64 {
+    for _ in 0..20 {
+        f();
+    }
+    let mut best = f64::INFINITY;
+    let (start, mut runs) = (Instant::now(), 0);
+    while runs < 50 || start.elapsed().as_secs_f64() < 0.5 {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed().as_secs_f64() * 1e6);
+        runs += 1;
+    }
+    best
+}
+
+fn main() {
+    let isa = Isa::detect();
+    println!("| shape | dense us | BCR 8x32 8x | block-punched 8x4 8x | pattern+conn. 8x |");
+    println!("|---|---|---|---|---|");
+    for (c, hw) in [(256usize, 8usize), (128, 16), (64, 56)] {
+        let layer = Layer::conv2d("conv", c, c, 3, 3).unwrap();
+        let shape = ConvShape::conv2d(c, c, [hw, hw], [3, 3], 1, 1).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let w: Vec<f32> = (0..c * c * 9).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let x: Vec<f32> = (0..c * hw * hw).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let mut y = vec![0.0f32; c * hw * hw];
+        let project = |scheme: &str| {
+            let s: Scheme = scheme.parse().unwrap();
+            s.project_with(&layer, &w, Target::Sparsity(0.875), Tiling::Pad).unwrap()
+        };
+
+        let mut col = vec![0.0; dense::im2col_len(&shape)];
+        let im2col = min_us(|| dense::conv_im2col(&shape, &w, &x, &mut y, &mut col, 1).unwrap());
+        let groups = RowGroupMatrix::uniform_groups(c, c, 8);
+        let direct = RowGroupConv::new(
+            RowGroupMatrix::from_dense(c, c * 9, &w, None, &groups).unwrap(),
+            shape,
+        )
+        .unwrap();
+        let mut s = ConvScratch::for_conv(&direct);
+        let dense_us = im2col.min(min_us(|| direct.run(isa, &x, &mut y, &mut s, 1).unwrap()));
+
+        let p = project("bcr:8x32");
+        let bcr =
+            BcrCompact::encode(&layer, &p.values, &p.mask, 8, 32).unwrap().bind(shape).unwrap();
+        let mut s = bcr.scratch();
+        let bcr_us = min_us(|| bcr.run(isa, &x, &mut y, &mut s, 1).unwrap());
+
+        let p = project("block-punched:8x4");
+        let bp = BlockPunched::encode(&layer, &p.values, &p.mask, 8, 4).unwrap();
+        let bp = RowGroupConv::new(bp.to_row_groups(), shape).unwrap();
+        let mut s = ConvScratch::for_conv(&bp);
+        let bp_us = min_us(|| bp.run(isa, &x, &mut y, &mut s, 1).unwrap());
+
+        let lib = PatternLibrary::extract(8, [(&layer, &w[..])]).unwrap();
+        let p = project(&format!("pattern:8+connectivity@{lib}"));
+        let pat =
+            FkwConv::new(Fkw::encode(&layer, &p.values, &p.mask, &lib).unwrap(), shape).unwrap();
+        let mut s = pat.scratch();
+        let pat_us = min_us(|| pat.run(isa, &x, &mut y, &mut s, 1).unwrap());
+
+        let cell = |us: f64| format!("{us:.1} us ({:.2}x)", dense_us / us);
+        println!(
+            "| conv3x3 {c}@{hw}x{hw} | {dense_us:.1} | {} | {} | {} |",
+            cell(bcr_us),
+            cell(bp_us),
+            cell(pat_us)
+        );
+    }
+}
