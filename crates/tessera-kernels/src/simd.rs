@@ -50,6 +50,44 @@ pub(crate) trait Simd: Copy + 'static {
         std::ptr::copy_nonoverlapping(buf.as_ptr(), p, n.min(Self::LANES));
     }
 
+    /// Expand-load: the set bits of `mask` (lanes below `LANES`), in order, take consecutive
+    /// values from `p`; other lanes are zero. `n` must be `mask`'s popcount (the reads).
+    #[inline(always)]
+    unsafe fn expand_load(p: *const f32, mask: u16, n: usize) -> Self::V {
+        let _ = n;
+        let mut buf = [0.0f32; 16];
+        let (mut m, mut k) = (mask, 0);
+        while m != 0 {
+            let i = m.trailing_zeros() as usize;
+            if i < Self::LANES {
+                buf[i] = *p.add(k);
+                k += 1;
+            }
+            m &= m - 1;
+        }
+        Self::load(buf.as_ptr())
+    }
+
+    /// `a` in the low half of the lanes, `b` in the high half.
+    #[inline(always)]
+    unsafe fn splat_halves(a: f32, b: f32) -> Self::V {
+        let mut buf = [b; 16];
+        buf[..Self::LANES / 2].fill(a);
+        Self::load(buf.as_ptr())
+    }
+
+    /// The high half of the lanes added into the low half (the high half is unspecified).
+    #[inline(always)]
+    unsafe fn fold_halves(v: Self::V) -> Self::V {
+        let mut buf = [0.0f32; 16];
+        Self::store(buf.as_mut_ptr(), v);
+        let h = Self::LANES / 2;
+        for i in 0..h {
+            buf[i] += buf[i + h];
+        }
+        Self::load(buf.as_ptr())
+    }
+
     /// Stores lane `i` to `p + i` for every set bit `i` of `mask`; other addresses are not
     /// touched (and need not be valid).
     #[inline(always)]
@@ -231,6 +269,21 @@ mod x86 {
         #[inline(always)]
         unsafe fn store_masked(p: *mut f32, v: Self::V, mask: u16) {
             _mm512_mask_storeu_ps(p, mask, v)
+        }
+        #[inline(always)]
+        unsafe fn expand_load(p: *const f32, mask: u16, n: usize) -> Self::V {
+            // A masked load of the n values, then the register form of vexpandps: the memory
+            // form is microcoded on Zen (3x slower in BCR's GEMV).
+            let low = ((1u32 << n) - 1) as __mmask16;
+            _mm512_maskz_expand_ps(mask, _mm512_maskz_loadu_ps(low, p))
+        }
+        #[inline(always)]
+        unsafe fn splat_halves(a: f32, b: f32) -> Self::V {
+            _mm512_mask_broadcastss_ps(_mm512_set1_ps(a), 0xff00, _mm_set_ss(b))
+        }
+        #[inline(always)]
+        unsafe fn fold_halves(v: Self::V) -> Self::V {
+            _mm512_add_ps(v, _mm512_shuffle_f32x4::<0b01_00_11_10>(v, v))
         }
     }
 }

@@ -321,6 +321,18 @@ fn bcr_kernel_covers_every_row_count_and_tile_width() {
             );
         }
     }
+    // GEMV: blocks of at most half a vector of rows take the two-columns-per-vector
+    // expand-load kernel, of at most a vector the one-column one, taller blocks the general
+    // one (which of 8x16 and 16x8 takes which depends on the instruction set's lanes).
+    for (scheme, br, bc) in
+        [("bcr:4x8", 4, 8), ("bcr:8x16", 8, 16), ("bcr:16x8", 16, 8), ("bcr:24x8", 24, 8)]
+    {
+        for sparsity in [0.3, 0.9] {
+            let p = project(scheme, &layer, &w, sparsity);
+            let m = BcrCompact::encode(&layer, &p.values, &p.mask, br, bc).unwrap();
+            check_gemv(rows, cols, &p.values, &Encoded::Bcr(m), &format!("{scheme} at {sparsity}"));
+        }
+    }
     // Kept-row counts seen (a test of the test: the sweep must reach 5..=8).
     let p = project("bcr:8x16", &layer, &w, 0.1);
     let most = (0..rows / 8)

@@ -17,6 +17,11 @@
 //! one read-modify-write of the output tile per 4 columns; merged, the 28 possible 2-row sets
 //! of a block row each gather tens of columns.
 
+//!
+//! GEMV (batch 1 FC and LSTM gates, memory bound): a block row's outputs live in one register
+//! and each kept column's weights are expand-loaded into its kept rows' lanes, two columns
+//! per AVX-512 vector when blocks have at most 8 rows, so the compact weights stream once.
+
 #![allow(unsafe_op_in_unsafe_fn)] // micro-kernels are unsafe fns made of pointer arithmetic
 
 use tessera_sparsity::{Layer, Mask};
@@ -146,6 +151,7 @@ impl BcrCompact {
     }
 
     /// Kept rows and columns of stored block `b`.
+    #[inline(always)]
     fn block(&self, b: usize) -> (&[u8], &[u8], &[f32]) {
         (
             &self.kept_rows[self.row_ptr[b] as usize..self.row_ptr[b + 1] as usize],
@@ -278,6 +284,9 @@ pub struct BcrConv {
     schedule: Vec<Vec<Vec<u32>>>,
     /// Every block row in order (one thread).
     all_rows: Vec<u32>,
+    /// Per block, its kept rows as a bit mask (GEMV's expand-loads; empty when blocks have
+    /// more than 16 rows).
+    row_masks: Vec<u16>,
 }
 
 /// The sub-matrices of a [`BcrCompact`] bound to a convolution, with the blocks of a block row
@@ -393,7 +402,12 @@ impl BcrConv {
         ];
         let schedule = (1..=SCHEDULED_THREADS).map(|t| lpt(&m, t)).collect();
         let all_rows = (0..m.block_ptr.len() as u32 - 1).collect();
-        Ok(BcrConv { m, shape, layout, merged, tiles, schedule, all_rows })
+        let row_masks = if m.br <= 16 {
+            (0..m.blocks()).map(|b| m.block(b).0.iter().fold(0u16, |a, &r| a | 1 << r)).collect()
+        } else {
+            Vec::new()
+        };
+        Ok(BcrConv { m, shape, layout, merged, tiles, schedule, all_rows, row_masks })
     }
 
     /// `Y[rows, n] = W X[cols, n]` as a 1x1 convolution over `n` positions.
@@ -478,7 +492,12 @@ impl BcrConv {
         let threads = threads.clamp(1, SCHEDULED_THREADS);
         let mine = &self.schedule[threads - 1];
         let yp = SendPtr(y.as_mut_ptr());
-        run_parallel(threads, |t| bcr_gemv(isa, &self.m, x, yp, &mine[t]));
+        if self.m.br <= isa.lanes() {
+            let masks = &self.row_masks;
+            run_parallel(threads, |t| bcr_gemv_expand(isa, &self.m, masks, x, yp, &mine[t]));
+        } else {
+            run_parallel(threads, |t| bcr_gemv(isa, &self.m, x, yp, &mine[t]));
+        }
         Ok(())
     }
 }
@@ -626,6 +645,100 @@ unsafe fn rmw<S: Simd, const RT: usize, const V: usize, const FULL: bool>(
                     S::add(S::load_partial(yp.add(v * l), tail), av),
                     tail,
                 );
+            }
+        }
+    }
+}
+
+simd_entry! {
+    fn bcr_gemv_expand(m: &BcrCompact, masks: &[u16], x: &[f32], y: SendPtr, block_rows: &[u32]) => bcr_gemv_expand_generic;
+}
+
+/// GEMV for blocks of at most `LANES` rows: a block row's outputs are one register (four, to
+/// hide the FMA latency), and each kept column's `kr` weights are expand-loaded into the lanes
+/// of the block's kept rows (AVX-512 `vexpandps`; a scalar loop elsewhere), times the
+/// broadcast input. The weights stream once, compact, which is what a memory-bound GEMV needs;
+/// the general kernel below pays a scalar product per kept weight when `kr` is under a vector.
+#[inline(always)]
+fn bcr_gemv_expand_generic<S: Simd>(
+    m: &BcrCompact,
+    masks: &[u16],
+    x: &[f32],
+    y: SendPtr,
+    block_rows: &[u32],
+) {
+    for &brow in block_rows {
+        let brow = brow as usize;
+        let (r0, r1) = (m.block_row_start[brow] as usize, m.block_row_start[brow + 1] as usize);
+        // SAFETY: four accumulators of one vector; `expand_load` reads `kr` weights per column
+        // (the column's stored weights), `x` is read at the block's kept columns (< cols =
+        // x.len(), checked by the caller), and rows r0..r1 (<= LANES) of `y` belong to this
+        // thread's block rows.
+        unsafe {
+            // Four named accumulators: an array of them is kept on the stack.
+            let (mut a0, mut a1, mut a2, mut a3) = (S::zero(), S::zero(), S::zero(), S::zero());
+            let blocks = m.block_ptr[brow] as usize..m.block_ptr[brow + 1] as usize;
+            if 2 * m.br <= S::LANES {
+                // Two columns per vector: the low half of the lanes holds a block row's outputs
+                // for one kept column, the high half for the next (consecutive columns'
+                // weights are contiguous, so one expand-load takes both).
+                for b in blocks {
+                    let (kr, kc, w) = m.block(b);
+                    let half = masks[b];
+                    let mask = half | half << (S::LANES / 2);
+                    let nr = kr.len();
+                    let xb = x.as_ptr().add(m.block_col0[b] as usize);
+                    let mut wp = w.as_ptr();
+                    let mut pairs = kc.chunks_exact(4);
+                    for c in pairs.by_ref() {
+                        let col = |k: usize| *xb.add(c[k] as usize);
+                        let x01 = S::splat_halves(col(0), col(1));
+                        let x23 = S::splat_halves(col(2), col(3));
+                        a0 = S::fma(S::expand_load(wp, mask, 2 * nr), x01, a0);
+                        a1 = S::fma(S::expand_load(wp.add(2 * nr), mask, 2 * nr), x23, a1);
+                        wp = wp.add(4 * nr);
+                    }
+                    let mut rest = pairs.remainder().chunks_exact(2);
+                    for c in rest.by_ref() {
+                        let x01 = S::splat_halves(*xb.add(c[0] as usize), *xb.add(c[1] as usize));
+                        a2 = S::fma(S::expand_load(wp, mask, 2 * nr), x01, a2);
+                        wp = wp.add(2 * nr);
+                    }
+                    for &c in rest.remainder() {
+                        let x0 = S::splat_halves(*xb.add(c as usize), 0.0);
+                        a3 = S::fma(S::expand_load(wp, half, nr), x0, a3);
+                    }
+                }
+                let sum = S::fold_halves(S::add(S::add(a0, a1), S::add(a2, a3)));
+                S::store_partial(y.0.add(r0), sum, r1 - r0);
+                continue;
+            }
+            for b in blocks {
+                let (kr, kc, w) = m.block(b);
+                let mask = masks[b];
+                let nr = kr.len();
+                let xb = x.as_ptr().add(m.block_col0[b] as usize);
+                let mut wp = w.as_ptr();
+                let mut cols = kc.chunks_exact(4);
+                for c in cols.by_ref() {
+                    let col = |k: usize| S::splat(*xb.add(c[k] as usize));
+                    a0 = S::fma(S::expand_load(wp, mask, nr), col(0), a0);
+                    a1 = S::fma(S::expand_load(wp.add(nr), mask, nr), col(1), a1);
+                    a2 = S::fma(S::expand_load(wp.add(2 * nr), mask, nr), col(2), a2);
+                    a3 = S::fma(S::expand_load(wp.add(3 * nr), mask, nr), col(3), a3);
+                    wp = wp.add(4 * nr);
+                }
+                for &c in cols.remainder() {
+                    a0 = S::fma(S::expand_load(wp, mask, nr), S::splat(*xb.add(c as usize)), a0);
+                    wp = wp.add(nr);
+                }
+            }
+            let sum = S::add(S::add(a0, a1), S::add(a2, a3));
+            let yp = y.0.add(r0);
+            if r1 - r0 == S::LANES {
+                S::store(yp, sum);
+            } else {
+                S::store_partial(yp, sum, r1 - r0);
             }
         }
     }
