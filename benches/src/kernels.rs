@@ -100,13 +100,41 @@ fn shapes() -> Vec<Shape> {
     ]
 }
 
-fn median_ms(min_time: f64, mut f: impl FnMut()) -> f64 {
+fn median_ms(min_time: f64, f: impl FnMut()) -> f64 {
+    median_ms_of(min_time, 10, f)
+}
+
+/// Rounds of [`paired_speedup`].
+const ROUNDS: usize = 5;
+
+/// Times `sparse` and `dense` in [`ROUNDS`] interleaved rounds (each kernel's median over at
+/// least `min_time / ROUNDS` seconds per round) and returns the sparse kernel's median over
+/// the rounds and the median of the per-round ratios dense / sparse. On a shared machine whose
+/// speed drifts within a run, a ratio of two times taken seconds apart drifts with it; the
+/// rounds put both kernels under the same conditions.
+fn paired_speedup(min_time: f64, mut sparse: impl FnMut(), mut dense: impl FnMut()) -> (f64, f64) {
+    let per_round = min_time / ROUNDS as f64;
+    let mut ms = Vec::with_capacity(ROUNDS);
+    let mut ratios = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let d = median_ms_of(per_round, 3, &mut dense);
+        let s = median_ms_of(per_round, 3, &mut sparse);
+        ms.push(s);
+        ratios.push(d / s);
+    }
+    ms.sort_by(f64::total_cmp);
+    ratios.sort_by(f64::total_cmp);
+    (ms[ROUNDS / 2], ratios[ROUNDS / 2])
+}
+
+fn median_ms_of(min_time: f64, min_runs: usize, mut f: impl FnMut()) -> f64 {
     for _ in 0..3 {
         f();
     }
     let start = Instant::now();
     let mut times = Vec::new();
-    while times.len() < 10 || (start.elapsed().as_secs_f64() < min_time && times.len() < 5000) {
+    while times.len() < min_runs || (start.elapsed().as_secs_f64() < min_time && times.len() < 5000)
+    {
         let t = Instant::now();
         f();
         times.push(t.elapsed().as_secs_f64() * 1e3);
@@ -325,6 +353,31 @@ impl Dense {
         out
     }
 
+    /// Runs the dense variant named `variant` (as [`Dense::time`] names them) once.
+    fn run(
+        &mut self,
+        variant: &str,
+        isa: Isa,
+        w: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        threads: usize,
+    ) {
+        let (m, k) = (self.conv.out_channels, self.conv.in_channels);
+        let r = match variant {
+            "sgemv" => dense::sgemv(isa, m, k, w, x, y, threads),
+            "gemm-crate" => dense::sgemm(m, k, 1, w, x, y, threads),
+            "direct" => match &mut self.direct {
+                Some((c, s)) => c.run(isa, x, y, s, threads),
+                None => panic!("no direct dense kernel for a GEMV"),
+            },
+            _ => dense::conv_im2col(&self.conv, w, x, y, &mut self.col, threads),
+        };
+        if let Err(e) = r {
+            panic!("dense {variant}: {e}");
+        }
+    }
+
     fn output(&mut self, w: &[f32], x: &[f32]) -> Vec<f32> {
         let mut y = vec![0.0f32; self.conv.out_channels * self.conv.output_positions()];
         let mut col = vec![0.0; dense::im2col_len(&self.conv)];
@@ -374,11 +427,13 @@ pub fn run_suite(
         let x = random(conv.in_channels * conv.input_plane(), 200 + si as u64);
         let flops = conv.flops() as f64;
         let mut dense = Dense::new(conv, is_gemv, &w);
-        let mut dense_ms = std::collections::BTreeMap::new();
+        let mut dense_best = std::collections::BTreeMap::new();
         for &t in &cfg.threads {
             let variants = dense.time(isa, &w, &x, t, cfg.min_time);
             let best = variants.iter().map(|v| v.1).fold(f64::INFINITY, f64::min);
-            dense_ms.insert(t, best);
+            if let Some(v) = variants.iter().find(|v| v.1 == best) {
+                dense_best.insert(t, v.0.clone());
+            }
             for (kernel, ms) in variants {
                 points.push(Point {
                     shape: name.into(),
@@ -406,7 +461,12 @@ pub fn run_suite(
                 runner.run(isa, &x, &mut y, 1);
                 let err = rel_error(&y, &want);
                 for &t in &cfg.threads {
-                    let ms = median_ms(cfg.min_time, || runner.run(isa, &x, &mut y, t));
+                    let mut yd = vec![0.0f32; want.len()];
+                    let (ms, speedup) = paired_speedup(
+                        cfg.min_time,
+                        || runner.run(isa, &x, &mut y, t),
+                        || dense.run(&dense_best[&t], isa, &w, &x, &mut yd, t),
+                    );
                     points.push(Point {
                         shape: name.into(),
                         scheme: scheme.into(),
@@ -416,7 +476,7 @@ pub fn run_suite(
                         threads: t,
                         median_ms: ms,
                         effective_gflops: flops / ms / 1e6,
-                        speedup: dense_ms[&t] / ms,
+                        speedup,
                         flop_reduction: 1.0 / density.max(1e-12),
                         max_rel_error: err,
                     });
@@ -488,7 +548,7 @@ pub fn markdown(points: &[Point], isa: Isa, cfg: &SuiteConfig) -> String {
     md.push_str(&summary_markdown(points));
     md.push('\n');
     md.push_str(&format!(
-        "Batch 1, f32, instruction set `{isa}`, median of >= 10 runs and >= {} s per point. `speedup` = fastest dense kernel at the same thread count (same run) / this kernel; `FLOP red.` = dense FLOPs / kept FLOPs, the ideal speed-up. `err` = max |sparse - dense on the same pruned weights| / max |output|.\n\n",
+        "Batch 1, f32, instruction set `{isa}`, median of >= 10 runs and >= {} s per point (dense); a sparse point is timed in 5 rounds interleaved with the fastest dense kernel at the same thread count, its `ms` the median over the rounds and its `speedup` the median of the rounds' dense / sparse ratios (the machine's speed drifts within a run; each ratio compares two kernels timed side by side); `FLOP red.` = dense FLOPs / kept FLOPs, the ideal speed-up. `err` = max |sparse - dense on the same pruned weights| / max |output|.\n\n",
         cfg.min_time
     ));
     let mut shapes: Vec<&str> = points.iter().map(|p| p.shape.as_str()).collect();
