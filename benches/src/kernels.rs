@@ -6,8 +6,6 @@
 //! Masks come from tessera-sparsity's projections of deterministic pseudo-random weights (the
 //! kernels' speed depends on the structure, not on the values), formats from tessera-kernels.
 
-use std::time::Instant;
-
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -101,46 +99,7 @@ fn shapes() -> Vec<Shape> {
 }
 
 fn median_ms(min_time: f64, f: impl FnMut()) -> f64 {
-    median_ms_of(min_time, 10, f)
-}
-
-/// Rounds of [`paired_speedup`].
-const ROUNDS: usize = 5;
-
-/// Times `sparse` and `dense` in [`ROUNDS`] interleaved rounds (each kernel's median over at
-/// least `min_time / ROUNDS` seconds per round) and returns the sparse kernel's median over
-/// the rounds and the median of the per-round ratios dense / sparse. On a shared machine whose
-/// speed drifts within a run, a ratio of two times taken seconds apart drifts with it; the
-/// rounds put both kernels under the same conditions.
-fn paired_speedup(min_time: f64, mut sparse: impl FnMut(), mut dense: impl FnMut()) -> (f64, f64) {
-    let per_round = min_time / ROUNDS as f64;
-    let mut ms = Vec::with_capacity(ROUNDS);
-    let mut ratios = Vec::with_capacity(ROUNDS);
-    for _ in 0..ROUNDS {
-        let d = median_ms_of(per_round, 3, &mut dense);
-        let s = median_ms_of(per_round, 3, &mut sparse);
-        ms.push(s);
-        ratios.push(d / s);
-    }
-    ms.sort_by(f64::total_cmp);
-    ratios.sort_by(f64::total_cmp);
-    (ms[ROUNDS / 2], ratios[ROUNDS / 2])
-}
-
-fn median_ms_of(min_time: f64, min_runs: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..3 {
-        f();
-    }
-    let start = Instant::now();
-    let mut times = Vec::new();
-    while times.len() < min_runs || (start.elapsed().as_secs_f64() < min_time && times.len() < 5000)
-    {
-        let t = Instant::now();
-        f();
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+    crate::timing::median_ms(min_time, 10, 5000, f)
 }
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -462,7 +421,7 @@ pub fn run_suite(
                 let err = rel_error(&y, &want);
                 for &t in &cfg.threads {
                     let mut yd = vec![0.0f32; want.len()];
-                    let (ms, speedup) = paired_speedup(
+                    let (ms, speedup) = crate::timing::paired_speedup(
                         cfg.min_time,
                         || runner.run(isa, &x, &mut y, t),
                         || dense.run(&dense_best[&t], isa, &w, &x, &mut yd, t),

@@ -4,6 +4,7 @@
 
 pub mod kernels;
 pub mod models;
+pub mod timing;
 
 /// Describes where a benchmark's data came from, for its printed header.
 pub fn describe_source(source: &tessera_data::Source) -> String {

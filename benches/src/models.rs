@@ -9,8 +9,6 @@
 //! convolutions (one input channel per group has nothing to share); pattern schemes prune the
 //! 3x3 ones. Fully connected layers stay dense (under 1% of these models' FLOPs).
 
-use std::time::Instant;
-
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
@@ -235,19 +233,8 @@ impl WithModel for ExportAndTime {
     }
 }
 
-fn median_ms(min_time: f64, mut f: impl FnMut()) -> f64 {
-    for _ in 0..3 {
-        f();
-    }
-    let start = Instant::now();
-    let mut times = Vec::new();
-    while times.len() < 10 || (start.elapsed().as_secs_f64() < min_time && times.len() < 2000) {
-        let t = Instant::now();
-        f();
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+fn median_ms(min_time: f64, f: impl FnMut()) -> f64 {
+    crate::timing::median_ms(min_time, 10, 2000, f)
 }
 
 /// Prunes the convolutions of `g` as described in the module docs; returns how many.
@@ -363,7 +350,7 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
             if threads == 1 {
                 samples.extend(latency_samples(&dense_plan, &t));
             }
-            dense.push((threads, macs(&dense_plan).0, t));
+            dense.push((threads, macs(&dense_plan).0, t, dense_plan));
         }
         if let Some(peer) = &cfg.ort {
             let (version, times) = time_ort(peer, name, &dense_graph, &cfg.threads, cfg.min_time)?;
@@ -388,17 +375,34 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
                 let mut g = graph.clone();
                 prune_convs(&mut g, &scheme, pattern, rate)?;
                 let (g, _) = Pipeline::standard().run(g)?;
-                for (threads, dense_macs, d) in &dense {
+                for (threads, dense_macs, d, dense_plan) in &mut dense {
                     let threads = *threads;
-                    let (plan, t) = time_plan(&g, threads, cfg.min_time, threads == 1, cfg.tune)?;
+                    let (mut plan, t) =
+                        time_plan(&g, threads, cfg.min_time, threads == 1, cfg.tune)?;
                     let (_, kept) = macs(&plan);
+                    // The speed-up from rounds interleaved with the dense plan (see
+                    // `timing::paired_speedup`), not from two medians taken apart.
+                    let x = IrTensor::uniform(plan.input_shape().to_vec(), 1.0, 7).data;
+                    let (mut y, mut yd) = (
+                        vec![0.0; plan.output_shape().iter().product()],
+                        vec![0.0; dense_plan.output_shape().iter().product()],
+                    );
+                    let (_, speedup) = crate::timing::paired_speedup(
+                        cfg.min_time,
+                        || {
+                            let _ = plan.run(&x, &mut y);
+                        },
+                        || {
+                            let _ = dense_plan.run(&x, &mut yd);
+                        },
+                    );
                     let point = ModelPoint {
                         model: name.into(),
                         scheme: scheme_text.clone(),
                         rate,
                         threads,
                         median_ms: t.ms,
-                        speedup: d.ms / t.ms,
+                        speedup,
                         flop_reduction: *dense_macs as f64 / kept.max(1) as f64,
                     };
                     tracing::info!(model = name, scheme = %scheme_text, rate, threads, ms = t.ms, speedup = point.speedup, "pruned plan");
@@ -506,7 +510,8 @@ fn layer_points(
 pub fn markdown(r: &ModelResults) -> String {
     let mut s = String::from(
         "# Whole-model benchmark\n\nBatch 1, f32. `speedup` = our dense plan / this plan, same \
-         threads, same run; `FLOP red.` = dense / kept multiply-adds over the whole model. burn \
+         threads, same run, the median ratio over 5 rounds that time the two plans side by side \
+         (`ms` is the plan's own median); `FLOP red.` = dense / kept multiply-adds over the whole model. burn \
          rows: its dense forward on the same model (threads: burn's own pool). onnxruntime \
          rows (with `--ort`): the same dense graph exported to ONNX, timed right after our \
          dense plan; its speedup below 1 means ORT is slower than our dense plan.\n\n",
