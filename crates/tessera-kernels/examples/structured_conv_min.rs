@@ -1,5 +1,5 @@
-//! The structured 3x3 kernels at 8x (BCR 8x32, block-punched 8x4, pattern + connectivity)
-//! against the faster of the two dense kernels, on the three 3x3 shapes, 1 thread,
+//! The structured kernels at 8x (BCR 8x32, block-punched 8x4, pattern + connectivity on 3x3)
+//! against the faster of the two dense kernels, on the 3x3 and 1x1 shapes, 1 thread,
 //! batch 1. Each time is the **minimum** over many runs, not the median: on a shared machine
 //! whose speed drifts by 10-30% within minutes, the minimum is what stays put between
 //! repeated invocations, so two builds can be compared by running this alternately (the
@@ -37,13 +37,15 @@ fn main() {
     let isa = Isa::detect();
     println!("| shape | dense us | BCR 8x32 8x | block-punched 8x4 8x | pattern+conn. 8x |");
     println!("|---|---|---|---|---|");
-    for (c, hw) in [(256usize, 8usize), (128, 16), (64, 56)] {
-        let layer = Layer::conv2d("conv", c, c, 3, 3).unwrap();
-        let shape = ConvShape::conv2d(c, c, [hw, hw], [3, 3], 1, 1).unwrap();
+    for (c, hw, out, k) in
+        [(256usize, 8usize, 256usize, 3usize), (128, 16, 128, 3), (64, 56, 64, 3), (256, 56, 64, 1)]
+    {
+        let layer = Layer::conv2d("conv", out, c, k, k).unwrap();
+        let shape = ConvShape::conv2d(c, out, [hw, hw], [k, k], 1, k / 2).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let w: Vec<f32> = (0..c * c * 9).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let w: Vec<f32> = (0..out * c * k * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         let x: Vec<f32> = (0..c * hw * hw).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        let mut y = vec![0.0f32; c * hw * hw];
+        let mut y = vec![0.0f32; out * hw * hw];
         let project = |scheme: &str| {
             let s: Scheme = scheme.parse().unwrap();
             s.project_with(&layer, &w, Target::Sparsity(0.875), Tiling::Pad).unwrap()
@@ -51,9 +53,9 @@ fn main() {
 
         let mut col = vec![0.0; dense::im2col_len(&shape)];
         let im2col = min_us(|| dense::conv_im2col(&shape, &w, &x, &mut y, &mut col, 1).unwrap());
-        let groups = RowGroupMatrix::uniform_groups(c, c, 8);
+        let groups = RowGroupMatrix::uniform_groups(out, out, 8);
         let direct = RowGroupConv::new(
-            RowGroupMatrix::from_dense(c, c * 9, &w, None, &groups).unwrap(),
+            RowGroupMatrix::from_dense(out, c * k * k, &w, None, &groups).unwrap(),
             shape,
         )
         .unwrap();
@@ -72,16 +74,20 @@ fn main() {
         let mut s = ConvScratch::for_conv(&bp);
         let bp_us = min_us(|| bp.run(isa, &x, &mut y, &mut s, 1).unwrap());
 
-        let lib = PatternLibrary::extract(8, [(&layer, &w[..])]).unwrap();
-        let p = project(&format!("pattern:8+connectivity@{lib}"));
-        let pat =
-            FkwConv::new(Fkw::encode(&layer, &p.values, &p.mask, &lib).unwrap(), shape).unwrap();
-        let mut s = pat.scratch();
-        let pat_us = min_us(|| pat.run(isa, &x, &mut y, &mut s, 1).unwrap());
+        let pat_us = if k == 3 {
+            let lib = PatternLibrary::extract(8, [(&layer, &w[..])]).unwrap();
+            let p = project(&format!("pattern:8+connectivity@{lib}"));
+            let pat = FkwConv::new(Fkw::encode(&layer, &p.values, &p.mask, &lib).unwrap(), shape)
+                .unwrap();
+            let mut s = pat.scratch();
+            min_us(|| pat.run(isa, &x, &mut y, &mut s, 1).unwrap())
+        } else {
+            f64::NAN
+        };
 
         let cell = |us: f64| format!("{us:.1} us ({:.2}x)", dense_us / us);
         println!(
-            "| conv3x3 {c}@{hw}x{hw} | {dense_us:.1} | {} | {} | {} |",
+            "| conv{k}x{k} {c}->{out}@{hw}x{hw} | {dense_us:.1} | {} | {} | {} |",
             cell(bcr_us),
             cell(bp_us),
             cell(pat_us)

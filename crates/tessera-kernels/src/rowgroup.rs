@@ -598,10 +598,21 @@ pub(crate) fn tiles(runs: &[(usize, usize)], width: usize) -> Vec<Tile> {
     out
 }
 
-/// Vectors per tile row: 3 x 8 rows = 24 accumulators fit AVX-512's 32 registers with the
-/// three input vectors and a broadcast; AVX2's 16 registers would spill them, which is why
-/// row chunks are at most 4 rows there (4 x 3 = 12 accumulators).
+/// Vectors per tile row: 8 rows x 2 = 16 accumulators (AVX2: row chunks of at most 4 rows,
+/// 8 accumulators of its 16 registers).
 pub(crate) const TILE_V: usize = 2;
+
+/// Vectors per tile row on AVX-512 for long runs of positions: 8 rows x 3 = 24 accumulators
+/// with three input vectors and a broadcast in 32 registers. Each entry of a row group costs 8
+/// broadcasts and `8 V` FMAs, so at 2 vectors the load ports (2 x-loads + 8 broadcasts per
+/// 16 FMAs) bind before the FMA units and at 3 they do not; the price is the last tile of each
+/// run, computed 3 vectors wide. Measured (min of runs, block-punched 8x, 1 thread): conv1x1
+/// 256->64 at 56x56 109 -> 94-101 us and conv3x3 64@56x56 190 -> 179-182 us, but 8x8 and
+/// 16x16 maps (71 and 271 positions) 3-8% slower, hence only runs of >= [`WIDE_RUN`] positions.
+const WIDE_TILE_V: usize = 3;
+
+/// Shortest run of flat positions given [`WIDE_TILE_V`] tiles (32 AVX-512 vectors).
+const WIDE_RUN: usize = 512;
 
 /// Vectors per tile for a layout:
 /// * one when every run of positions fits one vector (a 4x4 map of a 1x1 convolution is 16
@@ -610,14 +621,18 @@ pub(crate) const TILE_V: usize = 2;
 /// * with one filter per group (`single`: depthwise, unstructured rows), up to 8 (AVX-512) or
 ///   4 (AVX2) vectors: a one-row tile of two vectors is two chains of dependent FMAs, bound
 ///   by their latency (a 144-channel depthwise 3x3 at 32x32: 80 us for 1.3 M MACs);
+/// * [`WIDE_TILE_V`] on AVX-512 when every run is at least [`WIDE_RUN`] positions;
 /// * else [`TILE_V`].
 pub(crate) fn tile_vectors(layout: &InputLayout, lanes: usize, single: bool) -> usize {
     let longest = layout.runs().iter().map(|&(_, len)| len).max().unwrap_or(0);
+    let shortest = layout.runs().iter().map(|&(_, len)| len).min().unwrap_or(0);
     if longest <= lanes {
         1
     } else if single {
         let cap = if lanes >= 16 { 8 } else { 4 };
         longest.div_ceil(lanes).next_power_of_two().clamp(TILE_V, cap)
+    } else if lanes >= 16 && shortest >= WIDE_RUN {
+        WIDE_TILE_V
     } else {
         TILE_V
     }
@@ -732,6 +747,30 @@ fn tile_group<S: Simd>(job: &Job<'_>, ti: usize, g: usize) {
                 (2, false, 1) => micro::<S, 2, 1, false>(offs, wp, r, xp, &out, &ep),
                 (_, true, 1) => micro::<S, 1, 1, true>(offs, wp, r, xp, &out, &ep),
                 (_, false, 1) => micro::<S, 1, 1, false>(offs, wp, r, xp, &out, &ep),
+                (8, true, WIDE_TILE_V) => {
+                    micro::<S, 8, WIDE_TILE_V, true>(offs, wp, r, xp, &out, &ep)
+                }
+                (8, false, WIDE_TILE_V) => {
+                    micro::<S, 8, WIDE_TILE_V, false>(offs, wp, r, xp, &out, &ep)
+                }
+                (4, true, WIDE_TILE_V) => {
+                    micro::<S, 4, WIDE_TILE_V, true>(offs, wp, r, xp, &out, &ep)
+                }
+                (4, false, WIDE_TILE_V) => {
+                    micro::<S, 4, WIDE_TILE_V, false>(offs, wp, r, xp, &out, &ep)
+                }
+                (2, true, WIDE_TILE_V) => {
+                    micro::<S, 2, WIDE_TILE_V, true>(offs, wp, r, xp, &out, &ep)
+                }
+                (2, false, WIDE_TILE_V) => {
+                    micro::<S, 2, WIDE_TILE_V, false>(offs, wp, r, xp, &out, &ep)
+                }
+                (_, true, WIDE_TILE_V) => {
+                    micro::<S, 1, WIDE_TILE_V, true>(offs, wp, r, xp, &out, &ep)
+                }
+                (_, false, WIDE_TILE_V) => {
+                    micro::<S, 1, WIDE_TILE_V, false>(offs, wp, r, xp, &out, &ep)
+                }
                 (8, true, _) => micro::<S, 8, TILE_V, true>(offs, wp, r, xp, &out, &ep),
                 (8, false, _) => micro::<S, 8, TILE_V, false>(offs, wp, r, xp, &out, &ep),
                 (4, true, _) => micro::<S, 4, TILE_V, true>(offs, wp, r, xp, &out, &ep),

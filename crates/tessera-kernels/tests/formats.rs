@@ -346,3 +346,29 @@ fn bcr_kernel_covers_every_row_count_and_tile_width() {
         .unwrap();
     assert!(most >= 7, "most kept rows {most}");
 }
+
+/// Runs of at least 512 flat positions take 3-vector tiles on AVX-512 (`WIDE_TILE_V`): 15
+/// filters give row chunks of 8, 4, 2 and 1, a 24x24 map with padding 599-position runs (last
+/// tile partial), a 1x1 convolution on 32x32 a 1024-position run read in place.
+#[test]
+fn wide_tiles_on_long_runs_match_the_reference() {
+    for (shape, scheme, br, bc) in [
+        (ConvShape::conv2d(6, 15, [24, 24], [3, 3], 1, 1).unwrap(), "block-punched:8x2", 8, 2),
+        (ConvShape::conv2d(16, 15, [32, 32], [1, 1], 1, 0).unwrap(), "block-punched:8x4", 8, 4),
+        (ConvShape::conv2d(6, 15, [24, 24], [3, 3], 1, 1).unwrap(), "unstructured", 1, 1),
+    ] {
+        let layer = shape.layer("conv").unwrap();
+        let w = weights(layer.geometry.len(), 21);
+        for sparsity in [0.0, 0.75] {
+            let p = project(scheme, &layer, &w, sparsity);
+            let m = if scheme == "unstructured" {
+                Csr::encode(layer.geometry.rows(), layer.geometry.cols(), &p.values, &p.mask)
+                    .unwrap()
+                    .to_row_groups()
+            } else {
+                BlockPunched::encode(&layer, &p.values, &p.mask, br, bc).unwrap().to_row_groups()
+            };
+            check_conv(shape, &p.values, Encoded::Groups(m), &format!("{scheme} at {sparsity}"));
+        }
+    }
+}
