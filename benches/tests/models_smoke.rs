@@ -23,9 +23,15 @@ fn lenet_points_layers_and_latency_samples_are_consistent() {
     // conv2 pruned, conv1 (the stem) and the fully connected layers dense: the model's MACs
     // fall, by less than the pruned layer's.
     assert!(pruned.flop_reduction > 1.2, "{pruned:?}");
+    // The speed-up comes from rounds timed side by side with the dense plan, not from the two
+    // medians, but it measures the same plans: within 3x of the medians' ratio even on a
+    // loaded machine.
+    let of_medians = dense.median_ms / pruned.median_ms;
+    assert!(pruned.median_ms > 0.0 && pruned.speedup.is_finite(), "{pruned:?}");
     assert!(
-        pruned.median_ms > 0.0
-            && (pruned.speedup - dense.median_ms / pruned.median_ms).abs() < 1e-12
+        pruned.speedup > of_medians / 3.0 && pruned.speedup < of_medians * 3.0,
+        "{} vs {of_medians}",
+        pruned.speedup
     );
     // One per-layer row, for the pruned conv.
     assert_eq!(r.layers.len(), 1, "{:?}", r.layers);
