@@ -16,7 +16,6 @@
 //! matters: at 8x an 8x8 block keeps about 2 rows x 4 columns, so per-block accumulation paid
 //! one read-modify-write of the output tile per 4 columns; merged, the 28 possible 2-row sets
 //! of a block row each gather tens of columns.
-
 //!
 //! GEMV (batch 1 FC and LSTM gates, memory bound): a block row's outputs live in one register
 //! and each kept column's weights are expand-loaded into its kept rows' lanes, two columns
