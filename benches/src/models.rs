@@ -271,12 +271,15 @@ fn time_plan(
     min_time: f64,
     per_layer: bool,
     tune: bool,
+    whole: bool,
 ) -> anyhow::Result<(Plan, Timed)> {
     let tuning = if tune { Tuning::Measure { cache: None } } else { Tuning::Default };
     let mut plan = Plan::compile(graph, &CompileOptions { batch: 1, threads, isa: None, tuning })?;
     let x = IrTensor::uniform(plan.input_shape().to_vec(), 1.0, 7).data;
     let mut y = vec![0.0; plan.output_shape().iter().product()];
-    let ms = median_ms(min_time, || {
+    // Without `whole`, the caller times the plan itself (beside its baseline); 10 runs here
+    // only size the per-layer repetitions.
+    let ms = median_ms(if whole { min_time } else { 0.0 }, || {
         let _ = plan.run(&x, &mut y);
     });
     let mut per_step = Vec::new();
@@ -336,7 +339,7 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
         let mut dense = Vec::new();
         for &threads in &cfg.threads {
             let (dense_plan, t) =
-                time_plan(&dense_graph, threads, cfg.min_time, threads == 1, cfg.tune)?;
+                time_plan(&dense_graph, threads, cfg.min_time, threads == 1, cfg.tune, true)?;
             tracing::info!(model = name, threads, ms = t.ms, "dense plan");
             out.models.push(ModelPoint {
                 model: name.into(),
@@ -378,7 +381,7 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
                 for (threads, dense_macs, d, dense_plan) in &mut dense {
                     let threads = *threads;
                     let (mut plan, t) =
-                        time_plan(&g, threads, cfg.min_time, threads == 1, cfg.tune)?;
+                        time_plan(&g, threads, cfg.min_time, threads == 1, cfg.tune, false)?;
                     let (_, kept) = macs(&plan);
                     // The speed-up from rounds interleaved with the dense plan (see
                     // `timing::paired_speedup`), not from two medians taken apart.
@@ -387,7 +390,7 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
                         vec![0.0; plan.output_shape().iter().product()],
                         vec![0.0; dense_plan.output_shape().iter().product()],
                     );
-                    let (_, speedup) = crate::timing::paired_speedup(
+                    let (ms, speedup) = crate::timing::paired_speedup(
                         cfg.min_time,
                         || {
                             let _ = plan.run(&x, &mut y);
@@ -401,11 +404,11 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
                         scheme: scheme_text.clone(),
                         rate,
                         threads,
-                        median_ms: t.ms,
+                        median_ms: ms,
                         speedup,
                         flop_reduction: *dense_macs as f64 / kept.max(1) as f64,
                     };
-                    tracing::info!(model = name, scheme = %scheme_text, rate, threads, ms = t.ms, speedup = point.speedup, "pruned plan");
+                    tracing::info!(model = name, scheme = %scheme_text, rate, threads, ms, speedup = point.speedup, "pruned plan");
                     out.models.push(point);
                     if threads == 1 {
                         out.layers.extend(layer_points(name, scheme_text, rate, &g, &plan, d, &t));
@@ -511,7 +514,7 @@ pub fn markdown(r: &ModelResults) -> String {
     let mut s = String::from(
         "# Whole-model benchmark\n\nBatch 1, f32. `speedup` = our dense plan / this plan, same \
          threads, same run, the median ratio over 5 rounds that time the two plans side by side \
-         (`ms` is the plan's own median); `FLOP red.` = dense / kept multiply-adds over the whole model. burn \
+         (a pruned plan's `ms` is its median over those rounds); `FLOP red.` = dense / kept multiply-adds over the whole model. burn \
          rows: its dense forward on the same model (threads: burn's own pool). onnxruntime \
          rows (with `--ort`): the same dense graph exported to ONNX, timed right after our \
          dense plan; its speedup below 1 means ORT is slower than our dense plan.\n\n",

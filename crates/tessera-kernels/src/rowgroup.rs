@@ -734,54 +734,48 @@ fn tile_group<S: Simd>(job: &Job<'_>, ti: usize, g: usize) {
                 bias: job.epilogue.bias.map(|b| b.as_ptr().add(r0 + i)),
                 clamp: job.epilogue.clamp,
             };
-            match (rt, full, vectors) {
-                (_, true, 8) => micro::<S, 1, 8, true>(offs, wp, r, xp, &out, &ep),
-                (_, false, 8) => micro::<S, 1, 8, false>(offs, wp, r, xp, &out, &ep),
-                (_, true, 4) => micro::<S, 1, 4, true>(offs, wp, r, xp, &out, &ep),
-                (_, false, 4) => micro::<S, 1, 4, false>(offs, wp, r, xp, &out, &ep),
-                (8, true, 1) => micro::<S, 8, 1, true>(offs, wp, r, xp, &out, &ep),
-                (8, false, 1) => micro::<S, 8, 1, false>(offs, wp, r, xp, &out, &ep),
-                (4, true, 1) => micro::<S, 4, 1, true>(offs, wp, r, xp, &out, &ep),
-                (4, false, 1) => micro::<S, 4, 1, false>(offs, wp, r, xp, &out, &ep),
-                (2, true, 1) => micro::<S, 2, 1, true>(offs, wp, r, xp, &out, &ep),
-                (2, false, 1) => micro::<S, 2, 1, false>(offs, wp, r, xp, &out, &ep),
-                (_, true, 1) => micro::<S, 1, 1, true>(offs, wp, r, xp, &out, &ep),
-                (_, false, 1) => micro::<S, 1, 1, false>(offs, wp, r, xp, &out, &ep),
-                (8, true, WIDE_TILE_V) => {
-                    micro::<S, 8, WIDE_TILE_V, true>(offs, wp, r, xp, &out, &ep)
+            match (vectors, full) {
+                // Wide tiles: one row at a time (`rt` is 1).
+                (8, true) => micro::<S, 1, 8, true>(offs, wp, r, xp, &out, &ep),
+                (8, false) => micro::<S, 1, 8, false>(offs, wp, r, xp, &out, &ep),
+                (4, true) => micro::<S, 1, 4, true>(offs, wp, r, xp, &out, &ep),
+                (4, false) => micro::<S, 1, 4, false>(offs, wp, r, xp, &out, &ep),
+                (1, _) => micro_rows::<S, 1>(rt, full, offs, wp, r, xp, &out, &ep),
+                (WIDE_TILE_V, _) => {
+                    micro_rows::<S, WIDE_TILE_V>(rt, full, offs, wp, r, xp, &out, &ep)
                 }
-                (8, false, WIDE_TILE_V) => {
-                    micro::<S, 8, WIDE_TILE_V, false>(offs, wp, r, xp, &out, &ep)
-                }
-                (4, true, WIDE_TILE_V) => {
-                    micro::<S, 4, WIDE_TILE_V, true>(offs, wp, r, xp, &out, &ep)
-                }
-                (4, false, WIDE_TILE_V) => {
-                    micro::<S, 4, WIDE_TILE_V, false>(offs, wp, r, xp, &out, &ep)
-                }
-                (2, true, WIDE_TILE_V) => {
-                    micro::<S, 2, WIDE_TILE_V, true>(offs, wp, r, xp, &out, &ep)
-                }
-                (2, false, WIDE_TILE_V) => {
-                    micro::<S, 2, WIDE_TILE_V, false>(offs, wp, r, xp, &out, &ep)
-                }
-                (_, true, WIDE_TILE_V) => {
-                    micro::<S, 1, WIDE_TILE_V, true>(offs, wp, r, xp, &out, &ep)
-                }
-                (_, false, WIDE_TILE_V) => {
-                    micro::<S, 1, WIDE_TILE_V, false>(offs, wp, r, xp, &out, &ep)
-                }
-                (8, true, _) => micro::<S, 8, TILE_V, true>(offs, wp, r, xp, &out, &ep),
-                (8, false, _) => micro::<S, 8, TILE_V, false>(offs, wp, r, xp, &out, &ep),
-                (4, true, _) => micro::<S, 4, TILE_V, true>(offs, wp, r, xp, &out, &ep),
-                (4, false, _) => micro::<S, 4, TILE_V, false>(offs, wp, r, xp, &out, &ep),
-                (2, true, _) => micro::<S, 2, TILE_V, true>(offs, wp, r, xp, &out, &ep),
-                (2, false, _) => micro::<S, 2, TILE_V, false>(offs, wp, r, xp, &out, &ep),
-                (_, true, _) => micro::<S, 1, TILE_V, true>(offs, wp, r, xp, &out, &ep),
-                (_, false, _) => micro::<S, 1, TILE_V, false>(offs, wp, r, xp, &out, &ep),
+                _ => micro_rows::<S, TILE_V>(rt, full, offs, wp, r, xp, &out, &ep),
             }
         }
         i += rt;
+    }
+}
+
+/// [`micro`] for a chunk of `rt` rows (8, 4, 2 or 1) of a `V`-vector tile.
+///
+/// # Safety
+/// As [`micro`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_rows<S: Simd, const V: usize>(
+    rt: usize,
+    full: bool,
+    offs: &[u32],
+    w: *const f32,
+    wstride: usize,
+    x: *const f32,
+    out: &Out<'_>,
+    ep: &RowEpilogue,
+) {
+    match (rt, full) {
+        (8, true) => micro::<S, 8, V, true>(offs, w, wstride, x, out, ep),
+        (8, false) => micro::<S, 8, V, false>(offs, w, wstride, x, out, ep),
+        (4, true) => micro::<S, 4, V, true>(offs, w, wstride, x, out, ep),
+        (4, false) => micro::<S, 4, V, false>(offs, w, wstride, x, out, ep),
+        (2, true) => micro::<S, 2, V, true>(offs, w, wstride, x, out, ep),
+        (2, false) => micro::<S, 2, V, false>(offs, w, wstride, x, out, ep),
+        (_, true) => micro::<S, 1, V, true>(offs, w, wstride, x, out, ep),
+        (_, false) => micro::<S, 1, V, false>(offs, w, wstride, x, out, ep),
     }
 }
 

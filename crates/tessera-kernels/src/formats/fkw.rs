@@ -463,60 +463,57 @@ fn fkw_tile<S: Simd, const V: usize>(job: &FkwJob<'_>, acc: *mut f32, ti: usize)
     let width = V * l;
     let rows = c.f.rows;
     let plan = job.plan;
-    {
-        let (p0, n) = plan.tiles[ti];
-        let segs: &[Seg] = if job.direct {
-            &[]
-        } else {
-            &plan.segs[plan.seg_ptr[ti] as usize..plan.seg_ptr[ti + 1] as usize]
-        };
-        let full = n == width;
-        // SAFETY: the tile buffer holds rows x width floats; loads stay inside the input for
-        // valid positions (layout); stores follow the tile plan.
-        unsafe {
-            std::ptr::write_bytes(acc, 0, rows * width);
-            for ch in 0..c.shape.in_channels {
-                let (r0, r1) = (c.chan_run_ptr[ch] as usize, c.chan_run_ptr[ch + 1] as usize);
-                if r0 == r1 {
-                    continue;
-                }
-                let base = job.x.add(ch * c.channel_stride + p0);
-                // Plain loops, not `array::from_fn`: closures are separate functions without
-                // the caller's target features, and their intrinsics would not inline.
-                let mut xs = [[S::zero(); V]; 9];
-                for (t, xt) in xs.iter_mut().enumerate() {
-                    let p = base.add(c.tap_offsets[t]);
-                    for (v, xv) in xt.iter_mut().enumerate() {
-                        let rem = n.saturating_sub(v * l);
-                        *xv = if full || rem >= l {
-                            S::load(p.add(v * l))
-                        } else if rem > 0 {
-                            S::load_partial(p.add(v * l), rem)
-                        } else {
-                            S::zero()
-                        };
-                    }
-                }
-                for run in &c.runs[r0..r1] {
-                    let (k0, k1) = (run.start as usize, run.end as usize);
-                    let (krows, kw) = (&c.k_row[k0..k1], &c.k_w[k0..k1]);
-                    dispatch_pattern!(run.pattern, pattern_run, S, V, (&xs, krows, kw, acc, width);
-                        0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27
-                        28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55);
+    let (p0, n) = plan.tiles[ti];
+    let segs: &[Seg] = if job.direct {
+        &[]
+    } else {
+        &plan.segs[plan.seg_ptr[ti] as usize..plan.seg_ptr[ti + 1] as usize]
+    };
+    let full = n == width;
+    // SAFETY: the tile buffer holds rows x width floats; loads stay inside the input for
+    // valid positions (layout); stores follow the tile plan.
+    unsafe {
+        std::ptr::write_bytes(acc, 0, rows * width);
+        for ch in 0..c.shape.in_channels {
+            let (r0, r1) = (c.chan_run_ptr[ch] as usize, c.chan_run_ptr[ch + 1] as usize);
+            if r0 == r1 {
+                continue;
+            }
+            let base = job.x.add(ch * c.channel_stride + p0);
+            // Plain loops, not `array::from_fn`: closures are separate functions without
+            // the caller's target features, and their intrinsics would not inline.
+            let mut xs = [[S::zero(); V]; 9];
+            for (t, xt) in xs.iter_mut().enumerate() {
+                let p = base.add(c.tap_offsets[t]);
+                for (v, xv) in xt.iter_mut().enumerate() {
+                    let rem = n.saturating_sub(v * l);
+                    *xv = if full || rem >= l {
+                        S::load(p.add(v * l))
+                    } else if rem > 0 {
+                        S::load_partial(p.add(v * l), rem)
+                    } else {
+                        S::zero()
+                    };
                 }
             }
-            for r in 0..rows {
-                let mut a = [S::zero(); V];
-                for (v, av) in a.iter_mut().enumerate() {
-                    *av = S::load(acc.add(r * width + v * l));
-                }
-                let out =
-                    Out { y: job.y.0.add(r * job.ystride).wrapping_add(p0), stride: 0, n, segs };
-                if full {
-                    store_row::<S, V, true>(&out, 0, &a);
-                } else {
-                    store_row::<S, V, false>(&out, 0, &a);
-                }
+            for run in &c.runs[r0..r1] {
+                let (k0, k1) = (run.start as usize, run.end as usize);
+                let (krows, kw) = (&c.k_row[k0..k1], &c.k_w[k0..k1]);
+                dispatch_pattern!(run.pattern, pattern_run, S, V, (&xs, krows, kw, acc, width);
+                    0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27
+                    28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55);
+            }
+        }
+        for r in 0..rows {
+            let mut a = [S::zero(); V];
+            for (v, av) in a.iter_mut().enumerate() {
+                *av = S::load(acc.add(r * width + v * l));
+            }
+            let out = Out { y: job.y.0.add(r * job.ystride).wrapping_add(p0), stride: 0, n, segs };
+            if full {
+                store_row::<S, V, true>(&out, 0, &a);
+            } else {
+                store_row::<S, V, false>(&out, 0, &a);
             }
         }
     }
