@@ -172,6 +172,19 @@ pub struct LayerPoint {
     pub flop_reduction: f64,
 }
 
+/// One step of a dense plan (1 thread).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DenseStep {
+    /// Model.
+    pub model: String,
+    /// Node.
+    pub node: String,
+    /// Kernel and format of a weighted layer (empty for other steps).
+    pub kernel: String,
+    /// Milliseconds per sample.
+    pub ms: f64,
+}
+
 /// The latency model calibrated on this run's 1-thread layer times.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LatencyReport {
@@ -192,6 +205,9 @@ pub struct ModelResults {
     pub models: Vec<ModelPoint>,
     /// Per-layer points.
     pub layers: Vec<LayerPoint>,
+    /// Every step of each dense plan on 1 thread: node, kernel / format, ms.
+    #[serde(default)]
+    pub dense_steps: Vec<DenseStep>,
     /// The latency model and its error.
     pub latency: LatencyReport,
 }
@@ -352,6 +368,19 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
             });
             if threads == 1 {
                 samples.extend(latency_samples(&dense_plan, &t));
+                out.dense_steps.extend(t.per_step.iter().map(|(node, ms)| {
+                    DenseStep {
+                        model: name.into(),
+                        node: node.clone(),
+                        kernel: dense_plan
+                            .layers()
+                            .iter()
+                            .find(|l| &l.node == node)
+                            .map(|l| format!("{} / {}", l.kernel, l.format))
+                            .unwrap_or_default(),
+                        ms: *ms,
+                    }
+                }));
             }
             dense.push((threads, macs(&dense_plan).0, t, dense_plan));
         }
@@ -546,6 +575,10 @@ pub fn markdown(r: &ModelResults) -> String {
             c.samples,
             100.0 * e
         ));
+    }
+    s.push_str("\n## Dense plans per step (1 thread)\n\n| model | step | kernel | ms |\n|---|---|---|---|\n");
+    for d in &r.dense_steps {
+        s.push_str(&format!("| {} | {} | {} | {:.4} |\n", d.model, d.node, d.kernel, d.ms));
     }
     s.push_str(
         "\n## Per layer (1 thread): speed-up over the same layer dense vs its FLOP reduction\n\n",

@@ -150,10 +150,20 @@ pub(crate) fn conv_once(
     if let (ConvKernel::Rows { conv, scratch }, Some(clamp)) = (&mut *kernel, clamp) {
         return conv.run_fused(isa, x, y, scratch, threads, Epilogue { bias, clamp });
     }
-    if let ConvKernel::Depthwise { conv, scratch } = &mut *kernel {
-        // Bias always, the activation too when it is a clamp; otherwise after the store.
-        let ep = Epilogue { bias, clamp: clamp.unwrap_or_default() };
-        conv.run(isa, x, y, scratch, threads, ep)?;
+    // Bias always, the activation too when it is a clamp; otherwise after the store.
+    let ep = Epilogue { bias, clamp: clamp.unwrap_or_default() };
+    let fused = match &mut *kernel {
+        ConvKernel::Depthwise { conv, scratch } => {
+            conv.run(isa, x, y, scratch, threads, ep)?;
+            true
+        }
+        ConvKernel::ChannelVector { conv, scratch } => {
+            conv.run(isa, x, y, scratch, threads, ep)?;
+            true
+        }
+        _ => false,
+    };
+    if fused {
         if clamp.is_none() {
             epilogue(y, positions, None, act);
         }
@@ -164,7 +174,7 @@ pub(crate) fn conv_once(
         // The pattern kernel's scratch holds one thread's tile buffer.
         ConvKernel::Fkw { conv, scratch } => conv.run(isa, x, y, scratch, 1)?,
         ConvKernel::Bcr { conv, scratch } => conv.run(isa, x, y, scratch, threads)?,
-        ConvKernel::Depthwise { .. } => {} // ran above
+        ConvKernel::Depthwise { .. } | ConvKernel::ChannelVector { .. } => {} // ran above
     }
     epilogue(y, positions, bias, act);
     Ok(())
@@ -283,28 +293,49 @@ pub(crate) fn run_step(step: &mut Step, arena: &mut [f32], batch: usize, isa: Is
 fn pool2d(p: &Pool2d, x: &[f32], y: &mut [f32]) {
     let [h, w] = p.in_hw;
     let [oh, ow] = p.out_hw;
-    let area = (p.kernel[0] * p.kernel[1]) as f32;
-    for c in 0..p.channels {
-        let xc = &x[c * h * w..(c + 1) * h * w];
-        let yc = &mut y[c * oh * ow..(c + 1) * oh * ow];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut acc = if p.max { f32::NEG_INFINITY } else { 0.0 };
-                for ky in 0..p.kernel[0] {
-                    let iy = (oy * p.stride[0] + ky).wrapping_sub(p.padding[0]);
-                    if iy >= h {
+    let ([kh, kw], [sh, sw], [ph, pw]) = (p.kernel, p.stride, p.padding);
+    let area = (kh * kw) as f32;
+    let plain_2x2 = p.max
+        && p.kernel == [2, 2]
+        && p.stride == [2, 2]
+        && p.padding == [0, 0]
+        && 2 * oh <= h
+        && 2 * ow <= w;
+    for (xc, yc) in x.chunks_exact(h * w).zip(y.chunks_exact_mut(oh * ow)).take(p.channels) {
+        for (oy, yr) in yc.chunks_exact_mut(ow).enumerate() {
+            if plain_2x2 {
+                // The common case (VGG, LeNet): two rows, pairs of columns, no bounds.
+                let r0 = &xc[2 * oy * w..2 * oy * w + w];
+                let r1 = &xc[(2 * oy + 1) * w..(2 * oy + 1) * w + w];
+                for (o, (a, b)) in yr.iter_mut().zip(r0.chunks_exact(2).zip(r1.chunks_exact(2))) {
+                    *o = a[0].max(a[1]).max(b[0].max(b[1]));
+                }
+                continue;
+            }
+            yr.fill(if p.max { f32::NEG_INFINITY } else { 0.0 });
+            for ky in 0..kh {
+                let Some(iy) = (oy * sh + ky).checked_sub(ph).filter(|&iy| iy < h) else {
+                    continue;
+                };
+                let row = &xc[iy * w..(iy + 1) * w];
+                for kx in 0..kw {
+                    // Output columns whose input column ox * sw + kx - pw lies inside the row.
+                    let lo = pw.saturating_sub(kx).div_ceil(sw);
+                    let hi = ((w + pw).saturating_sub(kx)).div_ceil(sw).min(ow);
+                    if lo >= hi {
                         continue;
                     }
-                    for kx in 0..p.kernel[1] {
-                        let ix = (ox * p.stride[1] + kx).wrapping_sub(p.padding[1]);
-                        if ix >= w {
-                            continue;
-                        }
-                        let v = xc[iy * w + ix];
-                        acc = if p.max { acc.max(v) } else { acc + v };
+                    let first = lo * sw + kx - pw;
+                    let taps = row[first..].iter().step_by(sw);
+                    if p.max {
+                        yr[lo..hi].iter_mut().zip(taps).for_each(|(o, &v)| *o = o.max(v));
+                    } else {
+                        yr[lo..hi].iter_mut().zip(taps).for_each(|(o, &v)| *o += v);
                     }
                 }
-                yc[oy * ow + ox] = if p.max { acc } else { acc / area };
+            }
+            if !p.max {
+                yr.iter_mut().for_each(|o| *o /= area);
             }
         }
     }

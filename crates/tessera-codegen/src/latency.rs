@@ -154,6 +154,7 @@ pub fn family_of(scheme: Option<&Scheme>, shape: &ConvShape) -> String {
                 ("depthwise", "row groups")
             }
         }
+        None if crate::lower::channel_vector_first(shape) => ("channel-vector", "dense"),
         None => ("direct", "dense"),
         Some(Scheme::Unstructured) => ("row-groups", "CSR"),
         Some(Scheme::BlockPunched { .. }) => ("row-groups", "block-punched"),

@@ -3,7 +3,7 @@
 //!
 //! | scheme | format -> kernel |
 //! |---|---|
-//! | dense | row groups of 8 filters (direct convolution); depthwise 2-D: the stencil kernel when strided or on maps of >= 1024 positions, else row groups (one filter per group) |
+//! | dense | row groups of 8 filters (direct convolution); ungrouped on small maps (<= 16 output positions, or <= 64 with a kernel larger than 1x1): the channel-vector kernel; depthwise 2-D: the stencil kernel when strided or on maps of >= 1024 positions, else row groups (one filter per group) |
 //! | unstructured | CSR -> row-group engine |
 //! | block-punched | block-punched -> row-group engine (filters of a block share kept columns) |
 //! | KGS (conv3d) | KGS -> row-group engine |
@@ -22,8 +22,8 @@ use tessera_kernels::formats::bsr::Bsr;
 use tessera_kernels::formats::csr::Csr;
 use tessera_kernels::formats::fkw::{Fkw, FkwConv};
 use tessera_kernels::{
-    ConvScratch, ConvShape, DepthwiseConv, DepthwiseScratch, KernelError, RowGroupConv,
-    RowGroupMatrix,
+    ChannelVectorConv, ConvScratch, ConvShape, DepthwiseConv, DepthwiseScratch, KernelError,
+    RowGroupConv, RowGroupMatrix,
 };
 use tessera_sparsity::{Mask, PatternLibrary, Scheme};
 
@@ -45,6 +45,8 @@ pub(crate) enum ConvKernel {
     Bcr { conv: Box<BcrConv>, scratch: ConvScratch },
     /// The depthwise stencil kernel (dense depthwise convolutions).
     Depthwise { conv: Box<DepthwiseConv>, scratch: DepthwiseScratch },
+    /// The channel-vector kernel (dense convolutions on small maps).
+    ChannelVector { conv: Box<ChannelVectorConv>, scratch: ConvScratch },
 }
 
 /// A fully connected kernel (one vector at a time).
@@ -154,9 +156,37 @@ fn dense_conv(node: &str, shape: ConvShape, w: &[f32]) -> Result<(ConvKernel, Ch
             Choice { kernel: "depthwise", format: "row groups" },
         ));
     }
+    if channel_vector_first(&shape) {
+        return channel_vector(node, shape, w);
+    }
     Ok((
         rows_kernel(node, masked_rows(&shape, w, None)?, shape)?,
         Choice { kernel: "direct", format: "dense" },
+    ))
+}
+
+/// Whether a dense convolution gets the channel-vector kernel rather than the row-group
+/// engine when nothing is timed: ungrouped, on maps of at most 16 output positions, or 64
+/// with a kernel larger than 1x1. Measured (`examples/channel_vector_crossover`, 1 thread,
+/// channel-vector / row-group time): 0.26-0.30 on 2x2 maps, 0.51-0.58 on VGG's 3x3 layers at
+/// 4x4, 0.71-0.85 on 3x3 layers at 8x8 (64-256 channels) and LeNet-5's 5x5 conv2, 0.77-0.91 on
+/// MobileNetV2's 1x1 layers at 4x4; 0.95-1.14 on 1x1 at 7x7, 1.32 on 1x1 at 8x8, 0.95-1.00 on
+/// 3x3 at 16x16 and 1.67 at 32x32 with 16 channels. The tuner times both either way.
+pub(crate) fn channel_vector_first(shape: &ConvShape) -> bool {
+    let p = shape.output_positions();
+    shape.groups == 1 && (p <= 16 || (p <= 64 && shape.kernel_volume() > 1))
+}
+
+/// Largest map (output positions) on which the tuner also times the channel-vector kernel.
+const CHANNEL_VECTOR_MAX_POSITIONS: usize = 256;
+
+/// The channel-vector kernel of an ungrouped convolution (`w` dense, zeros included).
+fn channel_vector(node: &str, shape: ConvShape, w: &[f32]) -> Result<(ConvKernel, Choice)> {
+    let conv = ChannelVectorConv::new(shape, w).map_err(kernel_error(node))?;
+    let scratch = conv.scratch(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    Ok((
+        ConvKernel::ChannelVector { conv: Box::new(conv), scratch },
+        Choice { kernel: "channel-vector", format: "dense" },
     ))
 }
 
@@ -188,9 +218,11 @@ fn stencil(node: &str, shape: ConvShape, w: &[f32]) -> Result<(ConvKernel, Choic
 }
 
 /// Every kernel that can run this convolution, the table's choice first: then the row-group
-/// engine for a dense depthwise layer, and, for a pruned weight, masked row groups and the
-/// dense direct kernel on the pruned weights (at low sparsity the dense kernel can win), and
-/// BCR's row-group form. The tuner times them.
+/// engine for a dense depthwise layer, the channel-vector kernel or the direct one for a dense
+/// ungrouped layer on a map of at most 256 positions (whichever the table did not pick), and,
+/// for a pruned weight, masked row groups and the dense direct kernel on the pruned weights
+/// (at low sparsity the dense kernel can win), and BCR's row-group form. The tuner times
+/// them.
 pub(crate) fn conv_candidates(
     node: &Node,
     param: &Param,
@@ -208,6 +240,19 @@ pub(crate) fn conv_candidates(
             ));
         } else {
             out.push(stencil(name, shape, w)?);
+        }
+    }
+    if param.sparsity.is_none()
+        && shape.groups == 1
+        && shape.output_positions() <= CHANNEL_VECTOR_MAX_POSITIONS
+    {
+        if matches!(out[0].0, ConvKernel::ChannelVector { .. }) {
+            out.push((
+                rows_kernel(name, masked_rows(&shape, w, None)?, shape)?,
+                Choice { kernel: "direct", format: "dense" },
+            ));
+        } else {
+            out.push(channel_vector(name, shape, w)?);
         }
     }
     if let Some(sp) = &param.sparsity {

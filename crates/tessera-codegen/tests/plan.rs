@@ -95,6 +95,28 @@ fn every_example_graph_matches_the_interpreter() {
     }
 }
 
+/// Dense convolutions on small maps get the channel-vector kernel (the ResNet block's 3x3
+/// layers at 8x8), larger maps (the small VGG's 32x32 and 16x16) the direct row-group one,
+/// and those plans match the interpreter (`every_example_graph_matches_the_interpreter`
+/// runs them on every instruction set, batch and thread count).
+#[test]
+fn small_dense_maps_get_the_channel_vector_kernel() {
+    for g in [examples::resnet_block().unwrap(), examples::vgg_cifar().unwrap()] {
+        let plan = check(&g, &CompileOptions::default(), &g.name);
+        let shapes = g.validate().unwrap();
+        let mut seen = 0;
+        for l in plan.layers().iter().filter(|l| l.op == "conv") {
+            let node = g.nodes.iter().find(|n| n.name == l.node).unwrap();
+            let out = &shapes[&node.output];
+            let positions: usize = out[2..].iter().product();
+            let small = positions <= 64;
+            assert_eq!(l.kernel == "channel-vector", small, "{} {}: {l:?}", g.name, l.node);
+            seen += usize::from(small);
+        }
+        assert_eq!(seen > 0, g.name == "resnet-block", "{}", g.name);
+    }
+}
+
 #[test]
 fn every_scheme_matches_the_interpreter_and_gets_its_format() {
     let cases = [
@@ -303,6 +325,43 @@ fn pre_packed_edges_need_a_kernel_epilogue_on_the_consumer() {
             let plan = check(&g, &o, &format!("{act:?} {o:?}"));
             let readers = plan.layers().iter().filter(|l| l.reads_packed).count();
             assert_eq!(readers, usize::from(packed), "{act:?}");
+        }
+    }
+}
+
+/// Pooling steps against the interpreter: max and average, padded, strided, rectangular
+/// windows and odd sizes (the plan's 2x2 stride-2 fast path and its general path).
+#[test]
+fn pooling_matches_the_interpreter() {
+    use tessera_ir::GraphBuilder;
+    // (max, kernel, stride, padding, input h x w)
+    type Case = (bool, [usize; 2], [usize; 2], [usize; 2], [usize; 2]);
+    let cases: [Case; 7] = [
+        (true, [2, 2], [2, 2], [0, 0], [8, 8]),
+        (true, [2, 2], [2, 2], [0, 0], [7, 9]),
+        (true, [3, 3], [2, 2], [1, 1], [9, 9]),
+        (true, [3, 2], [1, 2], [1, 0], [6, 7]),
+        (false, [2, 2], [2, 2], [0, 0], [8, 8]),
+        (false, [3, 3], [1, 1], [1, 1], [5, 6]),
+        (false, [3, 3], [3, 2], [1, 1], [10, 7]),
+    ];
+    for (max, kernel, stride, padding, [h, w]) in cases {
+        let mut b = GraphBuilder::new("pool");
+        let x = b.input("x", &[1, 3, h, w]);
+        let (kernel, stride, padding) = (kernel.to_vec(), stride.to_vec(), padding.to_vec());
+        let op = if max {
+            Op::MaxPool { kernel, stride, padding }
+        } else {
+            Op::AvgPool { kernel, stride, padding }
+        };
+        let y = b.node("pool", op, &[&x]);
+        b.output(&y);
+        let g = b.build().unwrap();
+        for o in [
+            CompileOptions::default(),
+            CompileOptions { batch: 2, threads: 2, ..Default::default() },
+        ] {
+            check(&g, &o, &format!("{:?} {o:?}", g.nodes[0].op));
         }
     }
 }

@@ -13,6 +13,8 @@
 //!   phase-split input ([`conv`]), so every load is a contiguous vector.
 //! * The depthwise kernel ([`depthwise`]): each channel a 2-D stencil over a padded,
 //!   phase-split plane, in register tiles of 4 rows x 2 vectors.
+//! * The channel-vector kernel ([`channel_vector`]): dense convolutions on small maps,
+//!   vectorized over output channels (4 vectors x 6 positions per register tile).
 //! * Dense baselines ([`dense`]): GEMM from the `gemm` crate, our GEMV, im2col + GEMM, and the
 //!   row-group engine with every weight kept (direct convolution).
 //! * Instruction sets ([`Isa`]): AVX-512, AVX2 + FMA or portable code, chosen at run time,
@@ -46,6 +48,7 @@
 //! ```
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod channel_vector;
 pub mod conv;
 pub mod dense;
 pub mod depthwise;
@@ -57,6 +60,7 @@ pub mod rowgroup;
 mod simd;
 mod threads;
 
+pub use channel_vector::ChannelVectorConv;
 pub use conv::{ConvShape, InputLayout, OutputTarget};
 pub use depthwise::{DepthwiseConv, DepthwiseScratch};
 pub use error::{KernelError, Result};
