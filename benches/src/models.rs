@@ -172,11 +172,15 @@ pub struct LayerPoint {
     pub flop_reduction: f64,
 }
 
-/// One step of a dense plan (1 thread).
+/// One step of a plan (1 thread).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DenseStep {
+pub struct PlanStep {
     /// Model.
     pub model: String,
+    /// Scheme (`dense` for the dense plan).
+    pub scheme: String,
+    /// Rate (1 for the dense plan).
+    pub rate: f64,
     /// Node.
     pub node: String,
     /// Kernel and format of a weighted layer (empty for other steps).
@@ -205,9 +209,9 @@ pub struct ModelResults {
     pub models: Vec<ModelPoint>,
     /// Per-layer points.
     pub layers: Vec<LayerPoint>,
-    /// Every step of each dense plan on 1 thread: node, kernel / format, ms.
+    /// Every step of each plan on 1 thread (dense and pruned): node, kernel / format, ms.
     #[serde(default)]
-    pub dense_steps: Vec<DenseStep>,
+    pub steps: Vec<PlanStep>,
     /// The latency model and its error.
     pub latency: LatencyReport,
 }
@@ -368,19 +372,7 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
             });
             if threads == 1 {
                 samples.extend(latency_samples(&dense_plan, &t));
-                out.dense_steps.extend(t.per_step.iter().map(|(node, ms)| {
-                    DenseStep {
-                        model: name.into(),
-                        node: node.clone(),
-                        kernel: dense_plan
-                            .layers()
-                            .iter()
-                            .find(|l| &l.node == node)
-                            .map(|l| format!("{} / {}", l.kernel, l.format))
-                            .unwrap_or_default(),
-                        ms: *ms,
-                    }
-                }));
+                out.steps.extend(plan_steps(name, "dense", 1.0, &dense_plan, &t));
             }
             dense.push((threads, macs(&dense_plan).0, t, dense_plan));
         }
@@ -441,6 +433,7 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
                     out.models.push(point);
                     if threads == 1 {
                         out.layers.extend(layer_points(name, scheme_text, rate, &g, &plan, d, &t));
+                        out.steps.extend(plan_steps(name, scheme_text, rate, &plan, &t));
                         samples.extend(latency_samples(&plan, &t));
                     }
                 }
@@ -492,6 +485,26 @@ fn calibrate(mut samples: Vec<LatencySample>) -> LatencyReport {
     let held_out_median_error = median(&model.errors(&test));
     tracing::info!(samples = samples.len(), held_out_median_error, "latency model");
     LatencyReport { model, held_out_median_error, per_family, samples }
+}
+
+/// Every timed step of `plan` with its kernel.
+fn plan_steps(model: &str, scheme: &str, rate: f64, plan: &Plan, t: &Timed) -> Vec<PlanStep> {
+    t.per_step
+        .iter()
+        .map(|(node, ms)| PlanStep {
+            model: model.into(),
+            scheme: scheme.into(),
+            rate,
+            node: node.clone(),
+            kernel: plan
+                .layers()
+                .iter()
+                .find(|l| &l.node == node)
+                .map(|l| format!("{} / {}", l.kernel, l.format))
+                .unwrap_or_default(),
+            ms: *ms,
+        })
+        .collect()
 }
 
 /// Per-layer points of a pruned plan against the dense plan's times.
@@ -576,8 +589,8 @@ pub fn markdown(r: &ModelResults) -> String {
             100.0 * e
         ));
     }
-    s.push_str("\n## Dense plans per step (1 thread)\n\n| model | step | kernel | ms |\n|---|---|---|---|\n");
-    for d in &r.dense_steps {
+    s.push_str("\n## Dense plans per step (1 thread; every plan's steps are in results.json)\n\n| model | step | kernel | ms |\n|---|---|---|---|\n");
+    for d in r.steps.iter().filter(|d| d.scheme == "dense") {
         s.push_str(&format!("| {} | {} | {} | {:.4} |\n", d.model, d.node, d.kernel, d.ms));
     }
     s.push_str(

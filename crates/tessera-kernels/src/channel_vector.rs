@@ -166,7 +166,7 @@ impl ChannelVectorConv {
                 found: acc.len(),
             });
         }
-        self.layout.pack(input, packed);
+        self.layout.pack_with(isa, input, packed);
         let x = if self.layout.in_place() { input.as_ptr() } else { packed.as_ptr() };
         let blocks = &self.blocks[usize::from(isa.lanes() == 16)];
         let threads = threads.clamp(1, buffers).min(blocks.len());

@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use tessera_sparsity::{Layer, LayerGeometry};
 
 use crate::error::{KernelError, Result};
+use crate::isa::Isa;
+use crate::simd::{Simd, simd_entry};
 
 /// Shapes of one convolution. 2-D convolutions have depth 1 (kernel, stride, padding too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -397,8 +399,14 @@ impl InputLayout {
         })
     }
 
-    /// Writes the padded, phase-split copy of `input` (NCDHW, one sample) into `packed`.
+    /// Writes the padded, phase-split copy of `input` (NCDHW, one sample) into `packed`, with
+    /// the instruction set [`Isa::detect`] chooses.
     pub fn pack(&self, input: &[f32], packed: &mut [f32]) {
+        self.pack_with(Isa::detect(), input, packed);
+    }
+
+    /// [`InputLayout::pack`] at instruction-set level `isa`.
+    pub fn pack_with(&self, isa: Isa, input: &[f32], packed: &mut [f32]) {
         let s = &self.shape;
         if self.in_place {
             return;
@@ -408,33 +416,49 @@ impl InputLayout {
         let [pd, ph, pw] = s.padding;
         if s.stride == [1, 1, 1] {
             // One plane per channel: write every padded row whole (zeros and data), so each
-            // float is written once and nothing else needs clearing.
+            // float is written once and nothing else needs clearing. Vector copies and
+            // stores: rows are 8-32 floats, and `copy_from_slice` / `fill` on run-time
+            // lengths are `memcpy` / `memset` calls whose overhead was most of the time
+            // (64 channels of 8 x 8: 3.9 us).
             let [_, hq, wq] = self.plane;
-            for c in 0..s.in_channels {
-                let src = &input[c * d * h * w..(c + 1) * d * h * w];
-                let dst = &mut packed[c * self.channel_len..(c + 1) * self.channel_len];
-                for (zq, slice) in dst.chunks_exact_mut(hq * wq).enumerate() {
-                    if zq < pd || zq >= pd + d {
-                        slice.fill(0.0);
-                        continue;
-                    }
-                    let z = zq - pd;
-                    slice[..ph * wq].fill(0.0);
-                    slice[(ph + h) * wq..].fill(0.0);
-                    for y in 0..h {
-                        // [pw zeros][W values][pw zeros, unless shared with the next row]
-                        let row = &mut slice[(ph + y) * wq..(ph + y + 1) * wq];
-                        row[..pw].fill(0.0);
-                        row[pw..pw + w].copy_from_slice(&src[(z * h + y) * w..(z * h + y + 1) * w]);
-                        row[pw + w..].fill(0.0);
-                    }
-                }
+            let channel = d * h * w;
+            let (needed, found) = (s.in_channels * channel, input.len());
+            if found < needed || packed.len() < s.in_channels * self.channel_len {
+                // The kernels check their buffers before packing; keep this safe anyway.
+                return;
             }
+            let geometry = Stride1 {
+                channels: s.in_channels,
+                dims: [d, h, w],
+                pad: [pd, ph, pw],
+                plane: [hq, wq],
+                channel_len: self.channel_len,
+                planes: self.plane[0],
+            };
+            pack_stride1(isa, &geometry, input, packed);
+            return;
+        }
+        let [_, p1, p2] = self.plane;
+        if s.is_2d()
+            && sh == 2
+            && sw == 2
+            && input.len() >= s.in_channels * h * w
+            && packed.len() >= s.in_channels * self.channel_len + 16
+        {
+            let g = Stride2 {
+                channels: s.in_channels,
+                dims: [h, w],
+                pad: [ph, pw],
+                plane: [p1, p2],
+                plane_len: self.plane_len,
+                channel_len: self.channel_len,
+                read: [self.read_phases[1], self.read_phases[2]],
+            };
+            pack_stride2(isa, &g, input, packed);
             return;
         }
         packed[..self.packed_len].fill(0.0);
         let read = |dim: usize, p: usize| self.read_phases[dim] >> p.min(63) & 1 == 1;
-        let [_, p1, p2] = self.plane;
         // Divisions hoisted out of the row loops (a division per row or value measured most of
         // a strided convolution's time: rows here are 8-32 floats long). Phases no kernel tap
         // reads are skipped.
@@ -469,7 +493,7 @@ impl InputLayout {
                             } else {
                                 (&mut hi[..even.3], &mut lo[o..o + odd.3])
                             };
-                            deinterleave(row, e_out, o_out);
+                            deinterleave(isa, row, e_out, o_out);
                             yph += 1;
                             if yph == sh {
                                 yph = 0;
@@ -560,15 +584,289 @@ impl OutputTarget {
     }
 }
 
-/// `even[i] = row[2 i]`, `odd[i] = row[2 i + 1]` (`even` holds `ceil(len / 2)` values, `odd`
-/// `floor(len / 2)`).
+/// The geometry of a stride-1 pack.
+struct Stride1 {
+    channels: usize,
+    dims: [usize; 3],
+    pad: [usize; 3],
+    /// Padded rows and row length of a plane.
+    plane: [usize; 2],
+    channel_len: usize,
+    /// Planes (padded depth) per channel.
+    planes: usize,
+}
+
+simd_entry! {
+    fn pack_stride1(g: &Stride1, input: &[f32], packed: &mut [f32]) => pack_stride1_generic;
+}
+
 #[inline(always)]
-fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+fn pack_stride1_generic<S: Simd>(g: &Stride1, input: &[f32], packed: &mut [f32]) {
+    // Whole-vector stores may run up to a vector past what they mean to write: every such
+    // overrun lands on floats written later in this same pass (the next row, the bottom
+    // padding, the next plane or channel) or in the slack after the last channel. Without
+    // that slack, every store is masked instead.
+    let slack = packed.len() >= g.channels * g.channel_len + S::LANES;
+    // SAFETY: `pack_with` checked that `input` holds `channels` channels of d x h x w and
+    // `packed` `channels` channels of `channel_len` floats (planes x hq x wq); `slack` was
+    // checked above; every offset below stays inside the current channel's plane or source
+    // (plus the overrun described above).
+    unsafe {
+        if slack {
+            pack_planes::<S, true>(g, input.as_ptr(), packed.as_mut_ptr());
+        } else {
+            pack_planes::<S, false>(g, input.as_ptr(), packed.as_mut_ptr());
+        }
+    }
+}
+
+/// The planes of every channel; `OVER`: whole-vector stores (see `pack_stride1_generic`).
+///
+/// # Safety
+/// As checked by `pack_stride1_generic`.
+#[inline(always)]
+unsafe fn pack_planes<S: Simd, const OVER: bool>(g: &Stride1, input: *const f32, packed: *mut f32) {
+    let [d, h, w] = g.dims;
+    let [pd, ph, pw] = g.pad;
+    let [hq, wq] = g.plane;
+    let plane = hq * wq;
+    let zero = |p: *mut f32, n: usize| {
+        // SAFETY: the caller's bounds (plus the overrun for OVER).
+        unsafe { if OVER { zero_over::<S>(p, n) } else { zero_run::<S>(p, n) } }
+    };
+    // SAFETY: as above.
+    unsafe {
+        for c in 0..g.channels {
+            let src = input.add(c * d * h * w);
+            let dst = packed.add(c * g.channel_len);
+            for zq in 0..g.planes {
+                let slice = dst.add(zq * plane);
+                if zq < pd || zq >= pd + d {
+                    zero(slice, plane);
+                    continue;
+                }
+                let z = zq - pd;
+                // Top padding rows and row 0's left padding; then per row its values and the
+                // zeros up to the next row's values; then the bottom padding.
+                zero(slice, ph * wq + pw);
+                // The zeros after each row's values up to the next row's (none when the last
+                // row ends the plane).
+                let gap = wq - w;
+                let mut at = slice.add(ph * wq + pw);
+                let mut from = src.add(z * h * w);
+                for y in 0..h {
+                    if OVER {
+                        copy_over::<S>(at, from, w);
+                    } else {
+                        copy_run::<S>(at, from, w);
+                    }
+                    let end = (ph + y + 1) * wq + pw;
+                    zero(at.add(w), if end <= plane { gap } else { gap - (end - plane) });
+                    at = at.add(wq);
+                    from = from.add(w);
+                }
+                let bottom = (ph + h) * wq + pw;
+                if bottom < plane {
+                    zero(slice.add(bottom), plane - bottom);
+                }
+            }
+        }
+    }
+}
+
+/// Zeroes `n` floats at `p` in whole vectors (up to `LANES - 1` floats past `n`).
+///
+/// # Safety
+/// `p` must be valid for `n.next_multiple_of(LANES)` writes.
+#[inline(always)]
+unsafe fn zero_over<S: Simd>(p: *mut f32, n: usize) {
+    let mut i = 0;
+    // SAFETY: caller's contract.
+    unsafe {
+        while i < n {
+            S::store(p.add(i), S::zero());
+            i += S::LANES;
+        }
+    }
+}
+
+/// Copies `n` floats from `src` to `dst` in whole-vector stores (up to `LANES - 1` floats
+/// past `n` at `dst`); the last load is masked.
+///
+/// # Safety
+/// `src` valid for `n` reads, `dst` for `n.next_multiple_of(LANES)` writes, not overlapping.
+#[inline(always)]
+unsafe fn copy_over<S: Simd>(dst: *mut f32, src: *const f32, n: usize) {
+    let l = S::LANES;
+    let mut i = 0;
+    // SAFETY: caller's contract.
+    unsafe {
+        while i + l <= n {
+            S::store(dst.add(i), S::load(src.add(i)));
+            i += l;
+        }
+        if i < n {
+            S::store(dst.add(i), S::load_partial(src.add(i), n - i));
+        }
+    }
+}
+
+/// Zeroes `n` floats at `p` with vector stores.
+///
+/// # Safety
+/// `p` must be valid for `n` writes.
+#[inline(always)]
+unsafe fn zero_run<S: Simd>(p: *mut f32, n: usize) {
+    let l = S::LANES;
+    let mut i = 0;
+    // SAFETY: the stores cover p[0..n] (caller's contract).
+    unsafe {
+        while i + l <= n {
+            S::store(p.add(i), S::zero());
+            i += l;
+        }
+        if i < n {
+            S::store_partial(p.add(i), S::zero(), n - i);
+        }
+    }
+}
+
+/// Copies `n` floats from `src` to `dst` with vector loads and stores.
+///
+/// # Safety
+/// `src` valid for `n` reads, `dst` for `n` writes, not overlapping.
+#[inline(always)]
+unsafe fn copy_run<S: Simd>(dst: *mut f32, src: *const f32, n: usize) {
+    let l = S::LANES;
+    let mut i = 0;
+    // SAFETY: the loads cover src[0..n], the stores dst[0..n] (caller's contract).
+    unsafe {
+        while i + l <= n {
+            S::store(dst.add(i), S::load(src.add(i)));
+            i += l;
+        }
+        if i < n {
+            S::store_partial(dst.add(i), S::load_partial(src.add(i), n - i), n - i);
+        }
+    }
+}
+
+/// The geometry of a 2-D stride-2 pack.
+struct Stride2 {
+    channels: usize,
+    dims: [usize; 2],
+    pad: [usize; 2],
+    /// Rows and columns of a phase plane.
+    plane: [usize; 2],
+    plane_len: usize,
+    channel_len: usize,
+    /// Bit `p` set when some tap reads row (column) phase `p`.
+    read: [u64; 2],
+}
+
+simd_entry! {
+    fn pack_stride2(g: &Stride2, input: &[f32], packed: &mut [f32]) => pack_stride2_generic;
+}
+
+/// Phase plane `(py, px)` row `yq` holds padded row `2 yq + py`, column `xq` padded column
+/// `2 xq + px`: every other value of a source row, from two vector loads and one permute per
+/// `LANES` values. Phases no tap reads are not written.
+#[inline(always)]
+fn pack_stride2_generic<S: Simd>(g: &Stride2, input: &[f32], packed: &mut [f32]) {
+    let [h, w] = g.dims;
+    let [ph, pw] = g.pad;
+    let [p1, p2] = g.plane;
+    let l = S::LANES;
+    // SAFETY: `pack_with` checked the input (channels x h x w) and that `packed` holds every
+    // channel plus a vector of slack; rows are zeroed in whole vectors whose overrun lands on
+    // later rows, planes or channels (written after) or the slack; loads stay inside the
+    // source row (partial loads at its end).
+    unsafe {
+        for c in 0..g.channels {
+            let src = input.as_ptr().add(c * h * w);
+            let dst = packed.as_mut_ptr().add(c * g.channel_len);
+            for py in 0..2 {
+                if g.read[0] >> py & 1 == 0 {
+                    continue;
+                }
+                for px in 0..2 {
+                    if g.read[1] >> px & 1 == 0 {
+                        continue;
+                    }
+                    let phase = dst.add((py * 2 + px) * g.plane_len);
+                    // Columns whose source x = 2 xq + px - pw lies in 0..w.
+                    let xq0 = pw.saturating_sub(px).div_ceil(2);
+                    let xq1 = (w + pw).saturating_sub(px).div_ceil(2).min(p2);
+                    for yq in 0..p1 {
+                        let row = phase.add(yq * p2);
+                        zero_over::<S>(row, p2);
+                        let Some(y) = (2 * yq + py).checked_sub(ph).filter(|&y| y < h) else {
+                            continue;
+                        };
+                        if xq0 >= xq1 {
+                            continue;
+                        }
+                        let x0 = 2 * xq0 + px - pw;
+                        let from = src.add(y * w + x0);
+                        let to = row.add(xq0);
+                        let n = xq1 - xq0;
+                        let mut i = 0;
+                        while i < n {
+                            // Source values this chunk needs (every other one of them is
+                            // kept); lanes past them load as zeros, so a short last chunk
+                            // stores zeros over the right padding (and past the row, into
+                            // floats written later).
+                            let need = (2 * (n - i).min(l) - 1).min(w - x0 - 2 * i);
+                            let a = if need >= l {
+                                S::load(from.add(2 * i))
+                            } else {
+                                S::load_partial(from.add(2 * i), need)
+                            };
+                            let b = if need >= 2 * l {
+                                S::load(from.add(2 * i + l))
+                            } else if need > l {
+                                S::load_partial(from.add(2 * i + l), need - l)
+                            } else {
+                                S::zero()
+                            };
+                            S::store(to.add(i), S::deinterleave(a, b).0);
+                            i += l;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+simd_entry! {
+    /// `even[i] = row[2 i]`, `odd[i] = row[2 i + 1]` (`even` holds `ceil(len / 2)` values,
+    /// `odd` `floor(len / 2)`): two vector loads, two permutes and two stores per `2 LANES`
+    /// values.
+    fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) => deinterleave_generic;
+}
+
+#[inline(always)]
+fn deinterleave_generic<S: Simd>(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
     let pairs = row.len() / 2;
     let (e, o, r) = (&mut even[..pairs], &mut odd[..pairs], &row[..2 * pairs]);
-    for i in 0..pairs {
-        e[i] = r[2 * i];
-        o[i] = r[2 * i + 1];
+    let l = S::LANES;
+    let mut i = 0;
+    // SAFETY: each iteration reads r[2i .. 2i + 2l] and writes e[i .. i + l], o[i .. i + l],
+    // all inside the slices (i + l <= pairs).
+    unsafe {
+        while i + l <= pairs {
+            let a = S::load(r.as_ptr().add(2 * i));
+            let b = S::load(r.as_ptr().add(2 * i + l));
+            let (ev, od) = S::deinterleave(a, b);
+            S::store(e.as_mut_ptr().add(i), ev);
+            S::store(o.as_mut_ptr().add(i), od);
+            i += l;
+        }
+    }
+    for j in i..pairs {
+        e[j] = r[2 * j];
+        o[j] = r[2 * j + 1];
     }
     if row.len() % 2 == 1 {
         even[pairs] = row[2 * pairs];
@@ -595,12 +893,16 @@ mod tests {
 
     #[test]
     fn deinterleave_splits_even_and_odd() {
-        for len in 1..12usize {
-            let row: Vec<f32> = (0..len).map(|i| i as f32).collect();
-            let (mut e, mut o) = (vec![0.0; len.div_ceil(2)], vec![0.0; len / 2]);
-            deinterleave(&row, &mut e, &mut o);
-            assert_eq!(e, row.iter().step_by(2).copied().collect::<Vec<_>>());
-            assert_eq!(o, row.iter().skip(1).step_by(2).copied().collect::<Vec<_>>());
+        // Lengths around one and two vector pairs of every instruction set.
+        for isa in Isa::available() {
+            for len in (1..40usize).chain([63, 64, 65, 97]) {
+                let row: Vec<f32> = (0..len).map(|i| i as f32).collect();
+                let (mut e, mut o) = (vec![0.0; len.div_ceil(2)], vec![0.0; len / 2]);
+                deinterleave(isa, &row, &mut e, &mut o);
+                assert_eq!(e, row.iter().step_by(2).copied().collect::<Vec<_>>(), "{isa:?}");
+                let odd: Vec<f32> = row.iter().skip(1).step_by(2).copied().collect();
+                assert_eq!(o, odd, "{isa:?}");
+            }
         }
     }
 
@@ -641,13 +943,22 @@ mod tests {
             ConvShape::conv2d(1, 1, [8, 8], [3, 3], 1, 2).unwrap().with_dilation(2).unwrap(),
             ConvShape::conv3d(2, 1, [4, 5, 5], [3, 3, 3], 1, 1).unwrap(),
             ConvShape::conv3d(1, 1, [5, 6, 5], [3, 3, 3], 2, 1).unwrap(),
+            // Rows of whole vectors plus a partial one, 5x5 padding 2.
+            ConvShape::conv2d(3, 1, [4, 37], [3, 3], 1, 1).unwrap(),
+            ConvShape::conv2d(2, 1, [6, 16], [5, 5], 1, 2).unwrap(),
+            // Stride 2 over rows of more than two vectors; 1x1 stride 2 reads one phase.
+            ConvShape::conv2d(2, 1, [5, 41], [3, 3], 2, 1).unwrap(),
+            ConvShape::conv2d(2, 1, [6, 35], [1, 1], 2, 0).unwrap(),
+            ConvShape::conv2d(3, 1, [8, 8], [3, 3], 2, 1).unwrap(),
         ];
-        for s in shapes {
+        for (s, isa) in
+            shapes.iter().flat_map(|&s| Isa::available().into_iter().map(move |i| (s, i)))
+        {
             let l = s.layout();
             let input: Vec<f32> =
                 (0..s.in_channels * s.input_plane()).map(|i| i as f32 + 1.0).collect();
             let mut packed = vec![f32::NAN; l.packed_len().max(1)];
-            l.pack(&input, &mut packed);
+            l.pack_with(isa, &input, &mut packed);
             let src: &[f32] = if l.in_place() { &input } else { &packed };
             let out = s.output();
             for c in 0..s.in_channels {
@@ -662,7 +973,7 @@ mod tests {
                                         assert_eq!(
                                             src[off + p],
                                             direct(&s, &input, c, [o0, o1, o2], [t0, t1, t2]),
-                                            "{s:?}"
+                                            "{s:?} {isa:?}"
                                         );
                                     }
                                 }

@@ -481,7 +481,7 @@ impl RowGroupConv {
         let (packed, flat) = scratch.parts();
         check_len("packed-input scratch", pl, packed.len())?;
         check_len("flat-output scratch", fl, flat.len())?;
-        self.layout.pack(input, packed);
+        self.layout.pack_with(isa, input, packed);
         let x: &[f32] = if self.layout.in_place() { input } else { packed };
         self.execute_on(isa, x, output, threads, epilogue)
     }

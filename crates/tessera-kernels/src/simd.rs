@@ -88,6 +88,22 @@ pub(crate) trait Simd: Copy + 'static {
         Self::load(buf.as_ptr())
     }
 
+    /// The even lanes of the concatenation `a:b` and its odd lanes: `(a0 a2 .. b0 b2 ..,
+    /// a1 a3 .. b1 b3 ..)`.
+    #[inline(always)]
+    unsafe fn deinterleave(a: Self::V, b: Self::V) -> (Self::V, Self::V) {
+        let mut buf = [0.0f32; 32];
+        let l = Self::LANES;
+        Self::store(buf.as_mut_ptr(), a);
+        Self::store(buf.as_mut_ptr().add(l), b);
+        let (mut even, mut odd) = ([0.0f32; 16], [0.0f32; 16]);
+        for i in 0..l {
+            even[i] = buf[2 * i];
+            odd[i] = buf[2 * i + 1];
+        }
+        (Self::load(even.as_ptr()), Self::load(odd.as_ptr()))
+    }
+
     /// Stores lane `i` to `p + i` for every set bit `i` of `mask`; other addresses are not
     /// touched (and need not be valid).
     #[inline(always)]
@@ -166,6 +182,17 @@ mod x86 {
         type V = __m256;
 
         #[inline(always)]
+        unsafe fn deinterleave(a: Self::V, b: Self::V) -> (Self::V, Self::V) {
+            // [a0 a2 b0 b2 | a4 a6 b4 b6], then the 64-bit quarters reordered 0 2 1 3.
+            let even = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+            let odd = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
+            (
+                _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(even))),
+                _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(odd))),
+            )
+        }
+
+        #[inline(always)]
         unsafe fn zero() -> Self::V {
             _mm256_setzero_ps()
         }
@@ -221,6 +248,13 @@ mod x86 {
     impl Simd for Avx512 {
         const LANES: usize = 16;
         type V = __m512;
+
+        #[inline(always)]
+        unsafe fn deinterleave(a: Self::V, b: Self::V) -> (Self::V, Self::V) {
+            let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+            let odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+            (_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b))
+        }
 
         #[inline(always)]
         unsafe fn zero() -> Self::V {

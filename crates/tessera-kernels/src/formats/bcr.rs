@@ -441,7 +441,7 @@ impl BcrConv {
         let (pl, fl) = crate::rowgroup::scratch_len(&self.layout, self.m.rows);
         check_len("packed-input scratch", pl, packed.len())?;
         check_len("flat-output scratch", fl, flat.len())?;
-        self.layout.pack(input, packed);
+        self.layout.pack_with(isa, input, packed);
         let x = if self.layout.in_place() { input.as_ptr() } else { packed.as_ptr() };
         let (y, ystride) = if self.layout.flat_is_output() {
             (SendPtr(output.as_mut_ptr()), s.output_positions())

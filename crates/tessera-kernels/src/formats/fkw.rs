@@ -383,7 +383,7 @@ impl FkwConv {
                 found: acc.len(),
             });
         }
-        self.layout.pack(input, packed);
+        self.layout.pack_with(isa, input, packed);
         let x = if self.layout.in_place() { input.as_ptr() } else { packed.as_ptr() };
         let plan = &self.plans[usize::from(isa.lanes() == 16)];
         let job = FkwJob {
