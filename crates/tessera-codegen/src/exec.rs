@@ -34,6 +34,8 @@ pub(crate) enum Step {
         /// The input is already in the kernel's packed layout (written by the previous
         /// convolution): no packing.
         prepacked: bool,
+        /// A residual added before the activation (a fused `Add`), laid out as the output.
+        residual: Option<Slot>,
     },
     Linear {
         node: String,
@@ -111,12 +113,21 @@ fn apply_act(y: &mut [f32], act: Activation) {
     }
 }
 
-/// Bias per channel, then the activation, over `[channels, positions]`.
-fn epilogue(y: &mut [f32], positions: usize, bias: Option<&[f32]>, act: Option<Activation>) {
+/// Bias per channel, the residual, then the activation, over `[channels, positions]`.
+fn epilogue(
+    y: &mut [f32],
+    positions: usize,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    act: Option<Activation>,
+) {
     if let Some(b) = bias {
         for (row, &bv) in y.chunks_exact_mut(positions.max(1)).zip(b) {
             row.iter_mut().for_each(|v| *v += bv);
         }
+    }
+    if let Some(r) = residual {
+        y.iter_mut().zip(r).for_each(|(v, r)| *v += r);
     }
     if let Some(a) = act {
         apply_act(y, a);
@@ -145,38 +156,47 @@ pub(crate) fn conv_once(
     bias: Option<&[f32]>,
     act: Option<Activation>,
     positions: usize,
+    residual: Option<&[f32]>,
 ) -> std::result::Result<(), tessera_kernels::KernelError> {
     let clamp = clamp_of(act);
-    if let (ConvKernel::Rows { conv, scratch }, Some(clamp)) = (&mut *kernel, clamp) {
-        return conv.run_fused(isa, x, y, scratch, threads, Epilogue { bias, clamp });
-    }
-    // Bias always, the activation too when it is a clamp; otherwise after the store.
-    let ep = Epilogue { bias, clamp: clamp.unwrap_or_default() };
-    let fused = match &mut *kernel {
-        ConvKernel::Depthwise { conv, scratch } => {
-            conv.run(isa, x, y, scratch, threads, ep)?;
-            true
+    // What the kernel fuses: the row-group and channel-vector kernels take bias, residual
+    // and a clamp activation; the depthwise kernel bias and a clamp (not a residual); the
+    // pattern and BCR kernels nothing. The rest runs after the store.
+    let ep = Epilogue { bias, clamp: clamp.unwrap_or_default(), residual };
+    let (bias_done, residual_done, act_done) = match kernel {
+        ConvKernel::Rows { conv, scratch } => {
+            conv.run_fused(isa, x, y, scratch, threads, ep)?;
+            (true, true, clamp.is_some())
         }
         ConvKernel::ChannelVector { conv, scratch } => {
             conv.run(isa, x, y, scratch, threads, ep)?;
-            true
+            (true, true, clamp.is_some())
         }
-        _ => false,
-    };
-    if fused {
-        if clamp.is_none() {
-            epilogue(y, positions, None, act);
+        ConvKernel::Depthwise { conv, scratch } => {
+            let clamp = if residual.is_none() { clamp } else { None };
+            let ep = Epilogue { bias, clamp: clamp.unwrap_or_default(), residual: None };
+            conv.run(isa, x, y, scratch, threads, ep)?;
+            (true, false, clamp.is_some())
         }
-        return Ok(());
-    }
-    match kernel {
-        ConvKernel::Rows { conv, scratch } => conv.run(isa, x, y, scratch, threads)?,
         // The pattern kernel's scratch holds one thread's tile buffer.
-        ConvKernel::Fkw { conv, scratch } => conv.run(isa, x, y, scratch, 1)?,
-        ConvKernel::Bcr { conv, scratch } => conv.run(isa, x, y, scratch, threads)?,
-        ConvKernel::Depthwise { .. } | ConvKernel::ChannelVector { .. } => {} // ran above
+        ConvKernel::Fkw { conv, scratch } => {
+            conv.run(isa, x, y, scratch, 1)?;
+            (false, false, false)
+        }
+        ConvKernel::Bcr { conv, scratch } => {
+            conv.run(isa, x, y, scratch, threads)?;
+            (false, false, false)
+        }
+    };
+    if !(bias_done && residual_done && act_done) {
+        epilogue(
+            y,
+            positions,
+            bias.filter(|_| !bias_done),
+            residual.filter(|_| !residual_done),
+            act.filter(|_| !act_done),
+        );
     }
-    epilogue(y, positions, bias, act);
     Ok(())
 }
 
@@ -207,12 +227,25 @@ pub(crate) fn linear_once(
 
 pub(crate) fn run_step(step: &mut Step, arena: &mut [f32], batch: usize, isa: Isa) -> Result<()> {
     match step {
-        Step::Conv { node, io, threads, kernel, bias, act, positions, y_used, prepacked } => {
+        Step::Conv {
+            node,
+            io,
+            threads,
+            kernel,
+            bias,
+            act,
+            positions,
+            y_used,
+            prepacked,
+            residual,
+        } => {
             let (before, y_all, after) = split(arena, io.y);
             let x_all = read(before, after, io.y, io.x);
+            let r_all = residual.map(|r| read(before, after, io.y, r));
             for n in 0..batch {
                 let x = &x_all[n * io.x_len..(n + 1) * io.x_len];
                 let y = &mut y_all[n * io.y_len..n * io.y_len + *y_used];
+                let res = r_all.map(|r| &r[n * io.y_len..(n + 1) * io.y_len]);
                 let done = match (&*kernel, *prepacked) {
                     (ConvKernel::Rows { conv, .. }, true) => {
                         let clamp = clamp_of(*act).ok_or_else(|| CodegenError::Unsupported {
@@ -220,10 +253,20 @@ pub(crate) fn run_step(step: &mut Step, arena: &mut [f32], batch: usize, isa: Is
                             op: "conv",
                             reason: "a pre-packed input needs a fusable activation".into(),
                         })?;
-                        let ep = Epilogue { bias: bias.as_deref(), clamp };
+                        let ep = Epilogue { bias: bias.as_deref(), clamp, residual: res };
                         conv.run_prepacked(isa, x, y, *threads, ep)
                     }
-                    _ => conv_once(kernel, isa, x, y, *threads, bias.as_deref(), *act, *positions),
+                    _ => conv_once(
+                        kernel,
+                        isa,
+                        x,
+                        y,
+                        *threads,
+                        bias.as_deref(),
+                        *act,
+                        *positions,
+                        res,
+                    ),
                 };
                 done.map_err(|source| CodegenError::Kernel { node: node.clone(), source })?;
             }

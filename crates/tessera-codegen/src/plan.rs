@@ -146,14 +146,17 @@ impl Plan {
             }),
         };
 
+        // The plan's structure: the graph's nodes with residual adds fused into the
+        // convolutions that feed them (parameters stay in `graph`).
+        let structure = fuse_residual_adds(graph);
         let values =
-            layout_values(graph, &shapes, &input.name, numel(&input_shape), output.as_str())?;
+            layout_values(&structure, &shapes, &input.name, numel(&input_shape), output.as_str())?;
         let slot = |name: &str| values.slot(name);
 
         let mut steps = Vec::new();
         let mut step_nodes = Vec::new();
         let mut layers = Vec::new();
-        for node in &graph.nodes {
+        for node in &structure.nodes {
             if !is_view(&node.op) {
                 step_nodes.push(node.name.clone());
             }
@@ -195,6 +198,7 @@ impl Plan {
                                         bias.as_deref(),
                                         act,
                                         positions,
+                                        None,
                                     )
                                     .map_err(|source| {
                                         CodegenError::Kernel { node: node.name.clone(), source }
@@ -215,6 +219,7 @@ impl Plan {
                         positions,
                         y_used: io.y_len,
                         prepacked: false,
+                        residual: node.inputs.get(1).map(|r| slot(r)),
                     });
                 }
                 Op::Linear { weight, bias, activation } => {
@@ -312,7 +317,7 @@ impl Plan {
             cache.save(path)?;
         }
         let arena_len = fuse_conv_edges(
-            graph,
+            &structure,
             &mut steps,
             &step_nodes,
             &mut layers,
@@ -425,6 +430,54 @@ impl Plan {
     }
 }
 
+/// Residual adds fused into convolutions: where an `Add` reads the output of a convolution
+/// that has no activation and no other reader, and its other operand is computed before that
+/// convolution, the convolution takes the other operand as a second input (added in the
+/// kernel's epilogue, before the add's activation, which becomes the convolution's), writes
+/// the add's output, and the add disappears. ResNet's `conv2 -> add -> relu` becomes one
+/// step: the add's pass over three tensors (1.6 us of a 32x32 block's ~14 us at 8x) is gone.
+/// Returns the nodes of the rewritten graph (no parameters: they stay in `graph`).
+fn fuse_residual_adds(graph: &Graph) -> Graph {
+    let mut nodes = graph.nodes.clone();
+    let producer: HashMap<&str, usize> =
+        graph.nodes.iter().enumerate().map(|(i, n)| (n.output.as_str(), i)).collect();
+    let mut removed = vec![false; nodes.len()];
+    for (a, add) in graph.nodes.iter().enumerate() {
+        let Op::Add { activation } = &add.op else { continue };
+        let [p, q] = add.inputs.as_slice() else { continue };
+        for (conv_out, other) in [(p, q), (q, p)] {
+            let Some(&c) = producer.get(conv_out.as_str()) else { continue };
+            let conv = &graph.nodes[c];
+            let Op::Conv { activation: None, .. } = conv.op else { continue };
+            // The other operand exists when the convolution runs (the graph input, or an
+            // earlier node's output), the convolution has no other reader, and both are
+            // different values.
+            let ready = producer.get(other.as_str()).is_none_or(|&o| o < c);
+            let only = graph.consumers(conv_out) == [a] && !graph.is_output(conv_out);
+            if !ready || !only || removed[c] || conv_out == other || conv.inputs.len() != 1 {
+                continue;
+            }
+            let fused = &mut nodes[c];
+            fused.inputs.push(other.clone());
+            fused.output = add.output.clone();
+            if let Op::Conv { activation: act, .. } = &mut fused.op {
+                *act = *activation;
+            }
+            removed[a] = true;
+            break;
+        }
+    }
+    let mut keep = removed.iter().map(|r| !r);
+    nodes.retain(|_| keep.next().unwrap_or(true));
+    Graph {
+        name: graph.name.clone(),
+        inputs: graph.inputs.clone(),
+        nodes,
+        outputs: graph.outputs.clone(),
+        params: Default::default(),
+    }
+}
+
 /// Conv -> conv edges without packing: where a row-group convolution's output is read only
 /// by a row-group convolution with a stride-1 padded layout, the producer stores straight into
 /// that layout (its padding zero) and the consumer skips packing. The padded buffers live
@@ -464,7 +517,10 @@ fn fuse_conv_edges(
             _ => None,
         };
         let Some((target, packed_len)) = target else { continue };
-        let Step::Conv { kernel: ConvKernel::Rows { conv, .. }, act, .. } = &mut steps[i] else {
+        // A fused residual is laid out as the plain output: such a producer keeps it.
+        let Step::Conv { kernel: ConvKernel::Rows { conv, .. }, act, residual: None, .. } =
+            &mut steps[i]
+        else {
             continue;
         };
         if clamp_of(*act).is_none() || conv.set_output_target(target).is_err() {

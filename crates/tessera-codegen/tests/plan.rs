@@ -365,3 +365,43 @@ fn pooling_matches_the_interpreter() {
         }
     }
 }
+
+/// A convolution feeding only a residual add takes the add over: ResNet's block after the
+/// passes (batch norm folded) has no add step, for the dense plan (channel-vector kernel on
+/// its 8x8 map) and for the row-group, pattern and BCR kernels of pruned plans, and every
+/// plan matches the interpreter on every instruction set. A convolution whose output has
+/// another reader keeps its add.
+#[test]
+fn residual_adds_fuse_into_the_convolution_before_them() {
+    use tessera_ir::{Conv2d, GraphBuilder};
+    let (block, _) = Pipeline::standard().run(examples::resnet_block().unwrap()).unwrap();
+    for scheme in [None, Some("block-punched:8x4"), Some("pattern:8+connectivity"), Some("bcr:4x8")]
+    {
+        let mut g = block.clone();
+        if let Some(s) = scheme {
+            prune_all(&mut g, s, 4.0);
+        }
+        for isa in Isa::available() {
+            for (batch, threads) in [(1, 1), (2, 2)] {
+                let o = CompileOptions { batch, threads, isa: Some(isa), ..Default::default() };
+                let plan = check(&g, &o, &format!("{scheme:?} {o:?}"));
+                assert!(
+                    !plan.step_nodes().iter().any(|n| n == "add"),
+                    "{scheme:?}: {:?}",
+                    plan.step_nodes()
+                );
+            }
+        }
+    }
+    // c = conv(x); a = add(c, x); b = add(a, c): c has two readers, neither add fuses.
+    let mut b = GraphBuilder::new("shared");
+    let x = b.input("x", &[1, 4, 6, 6]);
+    let pad = Conv2d { padding: 1, ..Default::default() };
+    let c = b.conv2d("c", &x, Tensor::uniform([4, 4, 3, 3], 0.3, 3), None, pad);
+    let a = b.node("a", Op::Add { activation: None }, &[&c, &x]);
+    let y = b.node("b", Op::Add { activation: None }, &[&a, &c]);
+    b.output(&y);
+    let g = b.build().unwrap();
+    let plan = check(&g, &CompileOptions::default(), "shared");
+    assert_eq!(plan.step_nodes(), ["c", "a", "b"]);
+}

@@ -37,9 +37,16 @@ fn main() {
     let isa = Isa::detect();
     println!("| shape | dense us | BCR 8x32 8x | block-punched 8x4 8x | pattern+conn. 8x |");
     println!("|---|---|---|---|---|");
-    for (c, hw, out, k) in
-        [(256usize, 8usize, 256usize, 3usize), (128, 16, 128, 3), (64, 56, 64, 3), (256, 56, 64, 1)]
-    {
+    for (c, hw, out, k) in [
+        (256usize, 8usize, 256usize, 3usize),
+        (128, 16, 128, 3),
+        (64, 56, 64, 3),
+        (256, 56, 64, 1),
+        // ResNet-20's 3x3 layers.
+        (16, 32, 16, 3),
+        (32, 16, 32, 3),
+        (64, 8, 64, 3),
+    ] {
         let layer = Layer::conv2d("conv", out, c, k, k).unwrap();
         let shape = ConvShape::conv2d(c, out, [hw, hw], [k, k], 1, k / 2).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(1);

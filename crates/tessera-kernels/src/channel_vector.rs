@@ -156,6 +156,9 @@ impl ChannelVectorConv {
         if let Some(b) = epilogue.bias {
             check_len("bias", s.out_channels, b.len())?;
         }
+        if let Some(r) = epilogue.residual {
+            check_len("residual", output.len(), r.len())?;
+        }
         let (packed, acc) = scratch.parts();
         check_len("packed-input scratch", self.layout.packed_len(), packed.len())?;
         let buffers = acc.len() / self.acc_len().max(1);
@@ -179,6 +182,7 @@ impl ChannelVectorConv {
             blocks,
             bias: epilogue.bias,
             clamp: epilogue.clamp,
+            residual: epilogue.residual,
         };
         run_parallel(threads, |t| {
             let lo = (t * chunk).min(blocks.len());
@@ -226,6 +230,8 @@ struct Job<'a> {
     blocks: &'a [Block],
     bias: Option<&'a [f32]>,
     clamp: Clamp,
+    /// Added before the clamp, `[out, positions]`.
+    residual: Option<&'a [f32]>,
 }
 
 // SAFETY: `x` is only read; each thread writes its own channels of `y` and its own buffer.
@@ -277,8 +283,9 @@ unsafe fn block<S: Simd>(job: &Job<'_>, b: Block, acc: *mut f32) {
         let o = first_channel + j;
         let bias = job.bias.map_or(0.0, |bs| bs[o]);
         let y = job.y.0.add(o * p);
+        let res = job.residual.map(|r| &r[o * p..(o + 1) * p]);
         for q in 0..p {
-            let v = *acc.add(q * PANEL + j) + bias;
+            let v = *acc.add(q * PANEL + j) + bias + res.map_or(0.0, |r| r[q]);
             *y.add(q) = match job.clamp {
                 Clamp::None => v,
                 Clamp::Relu => v.max(0.0),
@@ -381,12 +388,13 @@ mod tests {
         let w = seeded(shape.out_channels * shape.cols(), 1);
         let x = seeded(shape.in_channels * shape.input_plane(), 2);
         let bias = seeded(shape.out_channels, 3);
+        let residual = seeded(shape.out_channels * shape.output_positions(), 4);
         let conv = ChannelVectorConv::new(shape, &w).expect("bind");
         let mut want = reference::conv(&shape, &w, &x);
         let p = shape.output_positions();
         for (o, row) in want.chunks_exact_mut(p).enumerate() {
-            for v in row {
-                *v += bias[o];
+            for (q, v) in row.iter_mut().enumerate() {
+                *v += bias[o] + residual[o * p + q];
                 *v = match clamp {
                     Clamp::None => *v,
                     Clamp::Relu => v.max(0.0),
@@ -397,8 +405,8 @@ mod tests {
         for isa in Isa::available() {
             let mut scratch = conv.scratch(threads);
             let mut y = vec![f32::NAN; shape.out_channels * p];
-            conv.run(isa, &x, &mut y, &mut scratch, threads, Epilogue { bias: Some(&bias), clamp })
-                .expect("run");
+            let ep = Epilogue { bias: Some(&bias), clamp, residual: Some(&residual) };
+            conv.run(isa, &x, &mut y, &mut scratch, threads, ep).expect("run");
             for (i, (a, b)) in y.iter().zip(&want).enumerate() {
                 assert!(
                     (a - b).abs() <= 1e-4 * (1.0 + b.abs()),

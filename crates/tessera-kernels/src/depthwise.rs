@@ -178,6 +178,12 @@ impl DepthwiseConv {
         if let Some(b) = epilogue.bias {
             check_len("bias", s.out_channels, b.len())?;
         }
+        if epilogue.residual.is_some() {
+            return Err(KernelError::UnsupportedEpilogue {
+                kernel: "depthwise",
+                what: "a residual",
+            });
+        }
         let plane_len = g.plane_len();
         let planes = scratch.planes.len() / plane_len.max(1);
         if planes == 0 {
@@ -407,7 +413,7 @@ mod tests {
                 for clamp in [Clamp::None, Clamp::Relu, Clamp::Relu6] {
                     let mut scratch = conv.scratch(threads);
                     let mut y = vec![f32::NAN; plain.len()];
-                    let ep = Epilogue { bias: Some(&bias), clamp };
+                    let ep = Epilogue { bias: Some(&bias), clamp, residual: None };
                     conv.run(isa, &x, &mut y, &mut scratch, threads, ep).unwrap();
                     for (i, (&got, &want)) in y.iter().zip(&plain).enumerate() {
                         let want = want + bias[i / positions];
@@ -482,7 +488,7 @@ mod tests {
         let small_conv = DepthwiseConv::new(small, &values(18, 1)).unwrap();
         let mut scratch = big_conv.scratch(1);
         let mut yb = vec![0.0; 2 * 256];
-        let ep = Epilogue { bias: None, clamp: Clamp::None };
+        let ep = Epilogue::default();
         big_conv.run(Isa::detect(), &values(512, 2), &mut yb, &mut scratch, 1, ep).unwrap();
         let x = values(2 * 14 * 15, 4);
         let mut y = vec![0.0; 2 * 14 * 15];
@@ -506,7 +512,7 @@ mod tests {
         ));
         let conv = DepthwiseConv::new(dw, &[0.0; 36]).unwrap();
         let mut y = vec![0.0; 4 * 64];
-        let ep = Epilogue { bias: None, clamp: Clamp::None };
+        let ep = Epilogue::default();
         let err = conv.run(Isa::detect(), &[0.0; 255], &mut y, &mut conv.scratch(1), 1, ep);
         assert!(matches!(err, Err(KernelError::BufferLength { what: "input", .. })));
         let err =

@@ -36,6 +36,15 @@ pub enum KernelError {
         reason: String,
     },
 
+    /// An epilogue asked a kernel for something it does not fuse.
+    #[error("the {kernel} kernel does not fuse {what}")]
+    UnsupportedEpilogue {
+        /// The kernel.
+        kernel: &'static str,
+        /// What it was asked to fuse.
+        what: &'static str,
+    },
+
     /// An instruction set was requested that this CPU lacks (or that does not exist).
     #[error("instruction set `{name}`: {reason}")]
     UnsupportedIsa {

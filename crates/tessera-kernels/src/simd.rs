@@ -117,6 +117,22 @@ pub(crate) trait Simd: Copy + 'static {
             m &= m - 1;
         }
     }
+
+    /// Loads lane `i` from `p + i` for every set bit `i` of `mask`, zero elsewhere; other
+    /// addresses are not touched (and need not be valid).
+    #[inline(always)]
+    unsafe fn load_masked(p: *const f32, mask: u16) -> Self::V {
+        let mut buf = [0.0f32; 16];
+        let mut m = mask;
+        while m != 0 {
+            let i = m.trailing_zeros() as usize;
+            if i < Self::LANES {
+                buf[i] = *p.wrapping_add(i);
+            }
+            m &= m - 1;
+        }
+        Self::load(buf.as_ptr())
+    }
 }
 
 /// Plain Rust over 8 lanes; LLVM vectorizes it for the baseline target.
@@ -303,6 +319,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn store_masked(p: *mut f32, v: Self::V, mask: u16) {
             _mm512_mask_storeu_ps(p, mask, v)
+        }
+        #[inline(always)]
+        unsafe fn load_masked(p: *const f32, mask: u16) -> Self::V {
+            _mm512_maskz_loadu_ps(mask, p)
         }
         #[inline(always)]
         unsafe fn expand_load(p: *const f32, mask: u16, n: usize) -> Self::V {

@@ -192,6 +192,9 @@ fn wrong_buffer_lengths_are_errors() {
     assert!(RowGroupMatrix::from_dense(2, 18, &[0.5; 36], None, &[1]).is_err());
 }
 
+/// Bias, residual (optional) and activation, fused, on every output: plain stores (1x1), the
+/// tile plan's masked stores (padded and strided maps, where the residual is read under the
+/// same masks) and 1-2 threads.
 #[test]
 fn fused_epilogue_is_bias_then_activation_on_every_output() {
     use tessera_kernels::{Clamp, Epilogue};
@@ -210,6 +213,7 @@ fn fused_epilogue_is_bias_then_activation_on_every_output() {
             .map(|v| 4.0 * v)
             .collect();
         let bias: Vec<f32> = random(shape.out_channels, &mut rng).iter().map(|v| 3.0 * v).collect();
+        let residual = random(shape.out_channels * shape.output_positions(), &mut rng);
         let groups = RowGroupMatrix::uniform_groups(shape.out_channels, shape.out_per_group(), 8);
         let m = RowGroupMatrix::from_dense(shape.out_channels, shape.cols(), &w, None, &groups)
             .unwrap();
@@ -225,23 +229,34 @@ fn fused_epilogue_is_bias_then_activation_on_every_output() {
                 (Clamp::Relu, |v: f32| v.max(0.0)),
                 (Clamp::Relu6, |v: f32| v.clamp(0.0, 6.0)),
             ] {
-                for threads in [1, 2] {
+                for (threads, res) in
+                    [(1, None), (2, None), (1, Some(&residual)), (2, Some(&residual))]
+                {
                     let mut fused = vec![f32::NAN; n];
-                    let ep = Epilogue { bias: Some(&bias), clamp };
+                    let residual = res.map(Vec::as_slice);
+                    let ep = Epilogue { bias: Some(&bias), clamp, residual };
                     conv.run_fused(isa, &x, &mut fused, &mut scratch, threads, ep).unwrap();
                     for (i, (&got, &p)) in fused.iter().zip(&plain).enumerate() {
-                        let want = f(p + bias[i / positions]);
+                        let r = residual.map_or(0.0, |r| r[i]);
+                        let want = f(p + bias[i / positions] + r);
                         assert!(
                             (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                            "{shape:?} {isa:?} {clamp:?} {threads}: output {i}: {got} vs {want}"
+                            "{shape:?} {isa:?} {clamp:?} {threads} {}: output {i}: {got} vs {want}",
+                            res.is_some()
                         );
                     }
                 }
             }
             // A bias of the wrong length is refused.
             let mut y = vec![0.0; n];
-            let short = Epilogue { bias: Some(&bias[1..]), clamp: Clamp::None };
+            let short = Epilogue { bias: Some(&bias[1..]), ..Default::default() };
             assert!(conv.run_fused(isa, &x, &mut y, &mut scratch, 1, short).is_err());
+            // So is a residual of the wrong length.
+            let short = Epilogue { residual: Some(&residual[1..]), ..Default::default() };
+            assert!(matches!(
+                conv.run_fused(isa, &x, &mut y, &mut scratch, 1, short),
+                Err(tessera_kernels::KernelError::BufferLength { what: "residual", .. })
+            ));
         }
     }
 }
@@ -279,7 +294,7 @@ fn producer_writes_the_consumers_packed_layout() {
         let (first, second) = (bind(a, &mut rng), bind(b, &mut rng));
         let bias = random(a.out_channels, &mut rng);
         let x = random(a.in_channels * a.input_plane(), &mut rng);
-        let ep = Epilogue { bias: Some(&bias), clamp: Clamp::Relu };
+        let ep = Epilogue { bias: Some(&bias), clamp: Clamp::Relu, residual: None };
         for isa in Isa::available() {
             // Plain: NCHW in between, the consumer packs.
             let mut mid = vec![0.0; a.out_channels * a.output_positions()];
@@ -295,7 +310,7 @@ fn producer_writes_the_consumers_packed_layout() {
             let mut packed = vec![0.0; second.layout().packed_len()];
             let used = target.len(a.out_channels);
             for threads in [1, 2] {
-                let ep = Epilogue { bias: Some(&bias), clamp: Clamp::Relu };
+                let ep = Epilogue { bias: Some(&bias), clamp: Clamp::Relu, residual: None };
                 producer.run_fused(isa, &x, &mut packed[..used], &mut sa, threads, ep).unwrap();
                 // The producer's writes are exactly what packing its output would give.
                 let mut repacked = vec![0.0; second.layout().packed_len()];
