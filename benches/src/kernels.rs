@@ -1,7 +1,9 @@
 //! The kernel benchmark suite behind `cargo xtask bench kernels`: named layer shapes from real
 //! models, every applicable scheme at 50-95% sparsity, 1 and 2 threads, each sparse kernel
-//! timed against the fastest dense kernel *in the same run* and its output checked against the
-//! dense result of the same pruned weights.
+//! timed against the fastest dense kernel *in the same run* (im2col + GEMM, the direct
+//! row-group kernel, and on maps of at most 256 positions the channel-vector kernel; GEMV and
+//! the GEMM crate for matrix-vector shapes) and its output checked against the dense result of
+//! the same pruned weights.
 //!
 //! Masks come from tessera-sparsity's projections of deterministic pseudo-random weights (the
 //! kernels' speed depends on the structure, not on the values), formats from tessera-kernels.
@@ -14,7 +16,9 @@ use tessera_kernels::formats::block_punched::{BlockPunched, Kgs};
 use tessera_kernels::formats::bsr::Bsr;
 use tessera_kernels::formats::csr::Csr;
 use tessera_kernels::formats::fkw::{Fkw, FkwConv};
-use tessera_kernels::{ConvScratch, ConvShape, Isa, RowGroupConv, RowGroupMatrix, dense};
+use tessera_kernels::{
+    ChannelVectorConv, ConvScratch, ConvShape, Epilogue, Isa, RowGroupConv, RowGroupMatrix, dense,
+};
 use tessera_sparsity::{Layer, PatternLibrary, Scheme, Target, Tiling};
 
 /// What the suite runs.
@@ -250,6 +254,8 @@ struct Dense {
     is_gemv: bool,
     col: Vec<f32>,
     direct: Option<(RowGroupConv, ConvScratch)>,
+    /// The channel-vector kernel, on ungrouped maps of at most 256 positions.
+    channel_vector: Option<(ChannelVectorConv, ConvScratch)>,
 }
 
 impl Dense {
@@ -262,7 +268,13 @@ impl Dense {
             let s = ConvScratch::for_conv(&c);
             (c, s)
         });
-        Dense { conv, is_gemv, col: vec![0.0; dense::im2col_len(&conv)], direct }
+        let channel_vector =
+            (!is_gemv && conv.groups == 1 && conv.output_positions() <= 256).then(|| {
+                let c = ChannelVectorConv::new(conv, w).unwrap_or_else(|e| panic!("{e}"));
+                let s = c.scratch(16);
+                (c, s)
+            });
+        Dense { conv, is_gemv, col: vec![0.0; dense::im2col_len(&conv)], direct, channel_vector }
     }
 
     /// Every dense variant's (name, median ms).
@@ -309,6 +321,15 @@ impl Dense {
                 }),
             ));
         }
+        if let Some((c, s)) = &mut self.channel_vector {
+            out.push((
+                "channel-vector".into(),
+                median_ms(min_time, || {
+                    c.run(isa, x, &mut y, s, threads, Epilogue::default())
+                        .unwrap_or_else(|e| panic!("{e}"))
+                }),
+            ));
+        }
         out
     }
 
@@ -329,6 +350,10 @@ impl Dense {
             "direct" => match &mut self.direct {
                 Some((c, s)) => c.run(isa, x, y, s, threads),
                 None => panic!("no direct dense kernel for a GEMV"),
+            },
+            "channel-vector" => match &mut self.channel_vector {
+                Some((c, s)) => c.run(isa, x, y, s, threads, Epilogue::default()),
+                None => panic!("no channel-vector kernel for this shape"),
             },
             _ => dense::conv_im2col(&self.conv, w, x, y, &mut self.col, threads),
         };
