@@ -3,7 +3,7 @@
 //!
 //! | scheme | format -> kernel |
 //! |---|---|
-//! | dense | row groups of 8 filters (direct convolution); ungrouped on small maps (<= 16 output positions, or <= 64 with a kernel larger than 1x1): the channel-vector kernel; depthwise 2-D: the stencil kernel when strided or on maps of >= 1024 positions, else row groups (one filter per group) |
+//! | dense | row groups of 8 filters (direct convolution); ungrouped on small maps (<= 16 output positions, or <= 64 with a kernel larger than 1x1): the channel-vector kernel; depthwise 2-D: the depthwise kernel when strided, on maps of >= 1024 positions or on maps it holds in registers (stride 1, <= 8x8), else row groups (one filter per group) |
 //! | unstructured | CSR -> row-group engine |
 //! | block-punched | block-punched -> row-group engine (filters of a block share kept columns) |
 //! | KGS (conv3d) | KGS -> row-group engine |
@@ -198,13 +198,16 @@ const STENCIL_MIN_POSITIONS: usize = 1024;
 /// (`examples/depthwise_crossover`: 0.70-0.94x of the row-group time at stride 2, ~0.8x on
 /// 28x28 and larger maps; MobileNetV2's dense plan on 32x32 inputs 2.66 -> 2.06 ms); on small
 /// stride-1 maps the row-group engine reads its input pre-packed by the producer and won in a
-/// MobileNetV2 plan on 28x28 inputs (7x7 maps: 7.2 vs 12.8 us; 28x28: equal). The tuner
-/// times both either way.
+/// MobileNetV2 plan on 28x28 inputs (7x7 maps: 7.2 vs 12.8 us; 28x28: equal). Maps of at most
+/// 8x8 (stride 1) go to the depthwise kernel too: on AVX-512 it keeps whole planes in
+/// registers (`examples/depthwise_crossover`: 0.22-0.36 of the row-group time at 4x4, 0.48-0.87
+/// at 7x7, 0.29-0.44 at 2x2). The tuner times both either way.
 pub(crate) fn stencil_first(shape: &ConvShape) -> bool {
     shape.is_2d()
         && (shape.stride[1] > 1
             || shape.stride[2] > 1
-            || shape.output_positions() >= STENCIL_MIN_POSITIONS)
+            || shape.output_positions() >= STENCIL_MIN_POSITIONS
+            || DepthwiseConv::in_registers(shape))
 }
 
 /// The depthwise stencil kernel of a 2-D depthwise layer.

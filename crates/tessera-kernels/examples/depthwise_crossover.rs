@@ -1,5 +1,6 @@
-//! Depthwise 3x3 convolutions: the stencil kernel against the row-group engine (one filter per
-//! group) over channel counts, map sizes and strides, 1 thread, batch 1. Prints the median
+//! Depthwise 3x3 convolutions: the depthwise kernel (a stencil over padded planes, or whole
+//! planes in registers on AVX-512 for stride-1 maps of at most 8x8) against the row-group
+//! engine (one filter per group) over channel counts, map sizes and strides, 1 thread, batch 1. Prints the median
 //! microseconds of each and their ratio; the codegen lowering's choice between the two is
 //! read from this table. `cargo run --release -p tessera-kernels --example depthwise_crossover`
 
@@ -34,8 +35,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "isa {isa}\n| channels | map | stride | stencil us | row groups us | stencil / rows |"
     );
     println!("|---|---|---|---|---|---|");
-    for &c in &[48usize, 96, 144, 288, 480] {
-        for &hw in &[28usize, 14, 7, 4, 2] {
+    for &c in &[48usize, 96, 144, 288, 480, 960] {
+        for &hw in &[28usize, 14, 8, 7, 4, 2] {
             for &stride in &[1usize, 2] {
                 if hw < 4 && stride == 2 {
                     continue;

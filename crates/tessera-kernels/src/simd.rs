@@ -118,6 +118,23 @@ pub(crate) trait Simd: Copy + 'static {
         }
     }
 
+    /// Lane `i` is lane `idx[i]` of the concatenation `a:b` (`idx[i] < 2 LANES`) where bit `i`
+    /// of `mask` is set, zero elsewhere.
+    #[inline(always)]
+    unsafe fn permute2_maskz(a: Self::V, b: Self::V, idx: &[u32; 16], mask: u16) -> Self::V {
+        let mut buf = [0.0f32; 32];
+        let l = Self::LANES;
+        Self::store(buf.as_mut_ptr(), a);
+        Self::store(buf.as_mut_ptr().add(l), b);
+        let mut out = [0.0f32; 16];
+        for i in 0..l {
+            if mask >> i & 1 == 1 {
+                out[i] = buf[idx[i] as usize % (2 * l)];
+            }
+        }
+        Self::load(out.as_ptr())
+    }
+
     /// Loads lane `i` from `p + i` for every set bit `i` of `mask`, zero elsewhere; other
     /// addresses are not touched (and need not be valid).
     #[inline(always)]
@@ -323,6 +340,11 @@ mod x86 {
         #[inline(always)]
         unsafe fn load_masked(p: *const f32, mask: u16) -> Self::V {
             _mm512_maskz_loadu_ps(mask, p)
+        }
+        #[inline(always)]
+        unsafe fn permute2_maskz(a: Self::V, b: Self::V, idx: &[u32; 16], mask: u16) -> Self::V {
+            let i = _mm512_loadu_si512(idx.as_ptr().cast());
+            _mm512_maskz_permutex2var_ps(mask, a, i, b)
         }
         #[inline(always)]
         unsafe fn expand_load(p: *const f32, mask: u16, n: usize) -> Self::V {
