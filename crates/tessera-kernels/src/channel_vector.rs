@@ -13,7 +13,7 @@
 //!   accumulators): per column, 4 weight loads, one broadcast input value per position and
 //!   24 FMAs. The input values come straight from the padded, phase-split input copy of
 //!   [`crate::conv`] (a column's offset plus a position's offset), so nothing is unfolded.
-//! * Columns are taken in blocks of [`K_BLOCK`] (32 KiB of a panel's weights) so that maps of
+//! * Columns are taken in blocks of 128 (32 KiB of a panel's weights) so that maps of
 //!   more than 6 positions re-read them from L1, not from memory; partial sums wait in a
 //!   per-thread buffer between blocks.
 //! * The epilogue adds the bias, clamps (ReLU / ReLU6) and writes the `[channel][position]`
