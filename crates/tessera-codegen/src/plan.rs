@@ -502,7 +502,11 @@ fn fuse_conv_edges(
         let consumers = graph.consumers(&node.output);
         let ([c], false) = (consumers.as_slice(), graph.is_output(&node.output)) else { continue };
         let consumer = &graph.nodes[*c];
-        if consumer.inputs.first() != Some(&node.output) {
+        // The consumer must read the value only as its convolution input: a fused residual
+        // that is the same value reads the plain layout, which nothing would write any more.
+        if consumer.inputs.first() != Some(&node.output)
+            || consumer.inputs[1..].contains(&node.output)
+        {
             continue;
         }
         let Some(&j) = step_of.get(consumer.name.as_str()) else { continue };

@@ -405,3 +405,28 @@ fn residual_adds_fuse_into_the_convolution_before_them() {
     let plan = check(&g, &CompileOptions::default(), "shared");
     assert_eq!(plan.step_nodes(), ["c", "a", "b"]);
 }
+
+/// `z = relu(conv_b(y) + y)` with `y = relu(conv_a(x))`: the add fuses into `conv_b`, whose
+/// residual is its own input. That input must stay in the plain layout (no pre-packed edge
+/// from `conv_a`, which would leave the residual's buffer unwritten); the plan matches the
+/// interpreter.
+#[test]
+fn a_residual_that_is_the_convolutions_own_input_stays_plain() {
+    use tessera_ir::{Activation, Conv2d, GraphBuilder};
+    let mut b = GraphBuilder::new("self-residual");
+    let x = b.input("x", &[1, 8, 16, 16]);
+    let pad = Conv2d { padding: 1, ..Default::default() };
+    let ca = b.conv2d("conv_a", &x, Tensor::uniform([8, 8, 3, 3], 0.3, 5), None, pad);
+    let y = b.act("relu_a", &ca, Activation::Relu);
+    let c = b.conv2d("conv_b", &y, Tensor::uniform([8, 8, 3, 3], 0.3, 6), None, pad);
+    let z = b.node("add", Op::Add { activation: Some(Activation::Relu) }, &[&c, &y]);
+    b.output(&z);
+    let (g, _) = Pipeline::standard().run(b.build().unwrap()).unwrap();
+    for o in
+        [CompileOptions::default(), CompileOptions { batch: 2, threads: 2, ..Default::default() }]
+    {
+        let plan = check(&g, &o, &format!("{o:?}"));
+        assert!(!plan.step_nodes().iter().any(|n| n == "add"), "{:?}", plan.step_nodes());
+        assert!(plan.layers().iter().all(|l| !l.reads_packed), "{:?}", plan.layers());
+    }
+}
