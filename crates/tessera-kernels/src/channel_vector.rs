@@ -286,11 +286,7 @@ unsafe fn block<S: Simd>(job: &Job<'_>, b: Block, acc: *mut f32) {
         let res = job.residual.map(|r| &r[o * p..(o + 1) * p]);
         for q in 0..p {
             let v = *acc.add(q * PANEL + j) + bias + res.map_or(0.0, |r| r[q]);
-            *y.add(q) = match job.clamp {
-                Clamp::None => v,
-                Clamp::Relu => v.max(0.0),
-                Clamp::Relu6 => v.clamp(0.0, 6.0),
-            };
+            *y.add(q) = job.clamp.apply(v);
         }
     }
 }

@@ -630,10 +630,6 @@ unsafe fn pack_planes<S: Simd, const OVER: bool>(g: &Stride1, input: *const f32,
     let [pd, ph, pw] = g.pad;
     let [hq, wq] = g.plane;
     let plane = hq * wq;
-    let zero = |p: *mut f32, n: usize| {
-        // SAFETY: the caller's bounds (plus the overrun for OVER).
-        unsafe { if OVER { zero_over::<S>(p, n) } else { zero_run::<S>(p, n) } }
-    };
     // SAFETY: as above.
     unsafe {
         for c in 0..g.channels {
@@ -642,85 +638,55 @@ unsafe fn pack_planes<S: Simd, const OVER: bool>(g: &Stride1, input: *const f32,
             for zq in 0..g.planes {
                 let slice = dst.add(zq * plane);
                 if zq < pd || zq >= pd + d {
-                    zero(slice, plane);
+                    zero_run::<S, OVER>(slice, plane);
                     continue;
                 }
                 let z = zq - pd;
                 // Top padding rows and row 0's left padding; then per row its values and the
                 // zeros up to the next row's values; then the bottom padding.
-                zero(slice, ph * wq + pw);
+                zero_run::<S, OVER>(slice, ph * wq + pw);
                 // The zeros after each row's values up to the next row's (none when the last
                 // row ends the plane).
                 let gap = wq - w;
                 let mut at = slice.add(ph * wq + pw);
                 let mut from = src.add(z * h * w);
                 for y in 0..h {
-                    if OVER {
-                        copy_over::<S>(at, from, w);
-                    } else {
-                        copy_run::<S>(at, from, w);
-                    }
+                    copy_run::<S, OVER>(at, from, w);
                     let end = (ph + y + 1) * wq + pw;
-                    zero(at.add(w), if end <= plane { gap } else { gap - (end - plane) });
+                    zero_run::<S, OVER>(
+                        at.add(w),
+                        if end <= plane { gap } else { gap - (end - plane) },
+                    );
                     at = at.add(wq);
                     from = from.add(w);
                 }
                 let bottom = (ph + h) * wq + pw;
                 if bottom < plane {
-                    zero(slice.add(bottom), plane - bottom);
+                    zero_run::<S, OVER>(slice.add(bottom), plane - bottom);
                 }
             }
         }
     }
 }
 
-/// Zeroes `n` floats at `p` in whole vectors (up to `LANES - 1` floats past `n`).
+/// Zeroes `n` floats at `p` with vector stores: whole vectors with `OVER` (up to
+/// `LANES - 1` floats past `n`), the last one masked without.
 ///
 /// # Safety
-/// `p` must be valid for `n.next_multiple_of(LANES)` writes.
+/// `p` must be valid for `n` writes (`n.next_multiple_of(LANES)` with `OVER`).
 #[inline(always)]
-unsafe fn zero_over<S: Simd>(p: *mut f32, n: usize) {
-    let mut i = 0;
-    // SAFETY: caller's contract.
-    unsafe {
-        while i < n {
-            S::store(p.add(i), S::zero());
-            i += S::LANES;
-        }
-    }
-}
-
-/// Copies `n` floats from `src` to `dst` in whole-vector stores (up to `LANES - 1` floats
-/// past `n` at `dst`); the last load is masked.
-///
-/// # Safety
-/// `src` valid for `n` reads, `dst` for `n.next_multiple_of(LANES)` writes, not overlapping.
-#[inline(always)]
-unsafe fn copy_over<S: Simd>(dst: *mut f32, src: *const f32, n: usize) {
+unsafe fn zero_run<S: Simd, const OVER: bool>(p: *mut f32, n: usize) {
     let l = S::LANES;
     let mut i = 0;
     // SAFETY: caller's contract.
     unsafe {
-        while i + l <= n {
-            S::store(dst.add(i), S::load(src.add(i)));
-            i += l;
+        if OVER {
+            while i < n {
+                S::store(p.add(i), S::zero());
+                i += l;
+            }
+            return;
         }
-        if i < n {
-            S::store(dst.add(i), S::load_partial(src.add(i), n - i));
-        }
-    }
-}
-
-/// Zeroes `n` floats at `p` with vector stores.
-///
-/// # Safety
-/// `p` must be valid for `n` writes.
-#[inline(always)]
-unsafe fn zero_run<S: Simd>(p: *mut f32, n: usize) {
-    let l = S::LANES;
-    let mut i = 0;
-    // SAFETY: the stores cover p[0..n] (caller's contract).
-    unsafe {
         while i + l <= n {
             S::store(p.add(i), S::zero());
             i += l;
@@ -731,22 +697,29 @@ unsafe fn zero_run<S: Simd>(p: *mut f32, n: usize) {
     }
 }
 
-/// Copies `n` floats from `src` to `dst` with vector loads and stores.
+/// Copies `n` floats from `src` to `dst` with vector loads and stores (the last load masked);
+/// with `OVER` the last store is a whole vector (up to `LANES - 1` floats past `n` at `dst`).
 ///
 /// # Safety
-/// `src` valid for `n` reads, `dst` for `n` writes, not overlapping.
+/// `src` valid for `n` reads, `dst` for `n` writes (`n.next_multiple_of(LANES)` with `OVER`),
+/// not overlapping.
 #[inline(always)]
-unsafe fn copy_run<S: Simd>(dst: *mut f32, src: *const f32, n: usize) {
+unsafe fn copy_run<S: Simd, const OVER: bool>(dst: *mut f32, src: *const f32, n: usize) {
     let l = S::LANES;
     let mut i = 0;
-    // SAFETY: the loads cover src[0..n], the stores dst[0..n] (caller's contract).
+    // SAFETY: caller's contract.
     unsafe {
         while i + l <= n {
             S::store(dst.add(i), S::load(src.add(i)));
             i += l;
         }
         if i < n {
-            S::store_partial(dst.add(i), S::load_partial(src.add(i), n - i), n - i);
+            let v = S::load_partial(src.add(i), n - i);
+            if OVER {
+                S::store(dst.add(i), v);
+            } else {
+                S::store_partial(dst.add(i), v, n - i);
+            }
         }
     }
 }
@@ -799,7 +772,7 @@ fn pack_stride2_generic<S: Simd>(g: &Stride2, input: &[f32], packed: &mut [f32])
                     let xq1 = (w + pw).saturating_sub(px).div_ceil(2).min(p2);
                     for yq in 0..p1 {
                         let row = phase.add(yq * p2);
-                        zero_over::<S>(row, p2);
+                        zero_run::<S, true>(row, p2);
                         let Some(y) = (2 * yq + py).checked_sub(ph).filter(|&y| y < h) else {
                             continue;
                         };

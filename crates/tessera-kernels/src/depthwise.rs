@@ -436,7 +436,6 @@ unsafe fn plane_run<S: Simd, const NI: usize, const NO: usize>(
     let (l, taps) = (S::LANES, c.shape.kernel_volume());
     let [_, h, w] = c.shape.input;
     let (n_in, n_out) = (h * w, c.shape.output_positions());
-    let (zero, six) = (S::zero(), S::splat(6.0));
     for o in lo..hi {
         let src = job.x.as_ptr().add((o / c.multiplier) * n_in);
         // One vector past the plane (zero) so `src + 1` always exists.
@@ -471,11 +470,7 @@ unsafe fn plane_run<S: Simd, const NI: usize, const NO: usize>(
         }
         let dst = job.y.0.add(o * n_out);
         for j in 0..NO {
-            let v = match job.clamp {
-                Clamp::None => acc[j],
-                Clamp::Relu => S::max(acc[j], zero),
-                Clamp::Relu6 => S::min(S::max(acc[j], zero), six),
-            };
+            let v = job.clamp.apply_vec::<S>(acc[j]);
             let rem = n_out - j * l;
             if rem >= l {
                 S::store(dst.add(j * l), v);
@@ -556,14 +551,9 @@ impl Tile<'_> {
                 }
             }
         }
-        let (zero, six) = (S::zero(), S::splat(6.0));
         for (r, acc_row) in acc.iter().enumerate() {
             for (v, &a) in acc_row.iter().enumerate() {
-                let a = match self.clamp {
-                    Clamp::None => a,
-                    Clamp::Relu => S::max(a, zero),
-                    Clamp::Relu6 => S::min(S::max(a, zero), six),
-                };
+                let a = self.clamp.apply_vec::<S>(a);
                 let x = self.x0 + v * S::LANES;
                 let dst = self.y.add((self.oy + r) * g.wo + x);
                 let n = g.wo - x;

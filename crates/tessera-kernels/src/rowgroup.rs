@@ -589,6 +589,31 @@ pub enum Clamp {
     Relu6,
 }
 
+impl Clamp {
+    /// The activation of one value.
+    pub fn apply(self, v: f32) -> f32 {
+        match self {
+            Clamp::None => v,
+            Clamp::Relu => v.max(0.0),
+            Clamp::Relu6 => v.clamp(0.0, 6.0),
+        }
+    }
+
+    /// The activation of a vector (a plain function of the kernels' instruction set, so it
+    /// inlines into their loops).
+    #[inline(always)]
+    pub(crate) unsafe fn apply_vec<S: Simd>(self, v: S::V) -> S::V {
+        // SAFETY: register arithmetic at the caller's instruction set.
+        unsafe {
+            match self {
+                Clamp::None => v,
+                Clamp::Relu => S::max(v, S::zero()),
+                Clamp::Relu6 => S::min(S::max(v, S::zero()), S::splat(6.0)),
+            }
+        }
+    }
+}
+
 // SAFETY: the raw pointers are only read (x) or written at disjoint positions per thread (y).
 unsafe impl Sync for Job<'_> {}
 
@@ -813,20 +838,6 @@ unsafe fn micro<S: Simd, const RT: usize, const V: usize, const FULL: bool>(
 ) {
     let n = out.n;
     let l = S::LANES;
-    // The residual is read at the end, after the entry loop: fetch its lines now, so the
-    // epilogue does not wait on L2 (measured: without this, fusing ResNet-20's adds was
-    // slower than the separate add step).
-    #[cfg(target_arch = "x86_64")]
-    if let Some(res) = ep.residual {
-        for rr in 0..RT {
-            let rp = res.wrapping_add(rr * out.stride);
-            for v in 0..=V {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    rp.wrapping_add(v * l) as *const i8,
-                );
-            }
-        }
-    }
     let mut acc = [[S::zero(); V]; RT];
     let mut wp = w;
     for &off in offs {
@@ -892,19 +903,8 @@ impl RowEpilogue {
         if self.residual.is_some() {
             return;
         }
-        match self.clamp {
-            Clamp::None => {}
-            Clamp::Relu => {
-                for av in a.iter_mut() {
-                    *av = S::max(*av, S::zero());
-                }
-            }
-            Clamp::Relu6 => {
-                let six = S::splat(6.0);
-                for av in a.iter_mut() {
-                    *av = S::min(S::max(*av, S::zero()), six);
-                }
-            }
+        for av in a.iter_mut() {
+            *av = self.clamp.apply_vec::<S>(*av);
         }
     }
 }
@@ -971,12 +971,16 @@ unsafe fn store_row_residual<S: Simd, const V: usize, const FULL: bool>(
     if out.segs.is_empty() {
         for (v, &av) in a.iter().enumerate() {
             if FULL {
-                S::store(yp.add(v * l), add_clamp::<S>(av, S::load(rp.add(v * l)), clamp));
+                S::store(yp.add(v * l), clamp.apply_vec::<S>(S::add(av, S::load(rp.add(v * l)))));
             } else {
                 let rem = n.saturating_sub(v * l);
                 if rem > 0 {
                     let r = S::load_partial(rp.add(v * l), rem.min(l));
-                    S::store_partial(yp.add(v * l), add_clamp::<S>(av, r, clamp), rem.min(l));
+                    S::store_partial(
+                        yp.add(v * l),
+                        clamp.apply_vec::<S>(S::add(av, r)),
+                        rem.min(l),
+                    );
                 }
             }
         }
@@ -987,24 +991,9 @@ unsafe fn store_row_residual<S: Simd, const V: usize, const FULL: bool>(
                 let off = (seg.delta as isize, v * l);
                 let p = yp.wrapping_offset(off.0).wrapping_add(off.1);
                 let r = S::load_masked(rp.wrapping_offset(off.0).wrapping_add(off.1), seg.mask);
-                S::store_masked(p, add_clamp::<S>(av, r, clamp), seg.mask);
+                S::store_masked(p, clamp.apply_vec::<S>(S::add(av, r)), seg.mask);
                 k += 1;
             }
-        }
-    }
-}
-
-/// `clamp(v + r)` (a plain function, not a closure: closures lose the caller's target
-/// features and their intrinsics would not inline).
-#[inline(always)]
-unsafe fn add_clamp<S: Simd>(v: S::V, r: S::V, clamp: Clamp) -> S::V {
-    // SAFETY: register arithmetic at the caller's instruction set.
-    unsafe {
-        let s = S::add(v, r);
-        match clamp {
-            Clamp::None => s,
-            Clamp::Relu => S::max(s, S::zero()),
-            Clamp::Relu6 => S::min(S::max(s, S::zero()), S::splat(6.0)),
         }
     }
 }
