@@ -468,5 +468,11 @@ mod tests {
         let mut y = vec![0.0; 16];
         let err = conv.run(Isa::detect(), &[0.0; 15], &mut y, &mut scratch, 1, Epilogue::default());
         assert!(matches!(err, Err(KernelError::BufferLength { what: "input", .. })));
+        let short = Epilogue { residual: Some(&[0.0; 15]), ..Default::default() };
+        let err = conv.run(Isa::detect(), &[0.0; 16], &mut y, &mut scratch, 1, short);
+        assert!(matches!(err, Err(KernelError::BufferLength { what: "residual", .. })));
+        let short = Epilogue { bias: Some(&[0.0; 3]), ..Default::default() };
+        let err = conv.run(Isa::detect(), &[0.0; 16], &mut y, &mut scratch, 1, short);
+        assert!(matches!(err, Err(KernelError::BufferLength { what: "bias", .. })));
     }
 }

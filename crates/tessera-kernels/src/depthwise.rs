@@ -627,6 +627,20 @@ mod tests {
     }
 
     #[test]
+    fn a_residual_is_refused_with_a_typed_error() {
+        let shape = ConvShape::conv2d(4, 4, [4, 4], [3, 3], 1, 1).unwrap().with_groups(4).unwrap();
+        let conv = DepthwiseConv::new(shape, &[0.5; 36]).unwrap();
+        let (x, res) = (vec![1.0; 64], vec![1.0; 64]);
+        let mut y = vec![0.0; 64];
+        let ep = Epilogue { residual: Some(&res), ..Default::default() };
+        let err = conv.run(Isa::detect(), &x, &mut y, &mut conv.scratch(1), 1, ep);
+        assert_eq!(
+            err,
+            Err(KernelError::UnsupportedEpilogue { kernel: "depthwise", what: "a residual" })
+        );
+    }
+
+    #[test]
     fn small_maps_run_in_registers_and_match_the_reference() {
         // (channels, multiplier, h, w, kernel, stride, padding, dilation, in registers)
         let cases = [
