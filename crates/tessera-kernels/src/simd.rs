@@ -258,11 +258,31 @@ mod x86 {
             _mm256_min_ps(a, b)
         }
         #[inline(always)]
+        unsafe fn load_partial(p: *const f32, n: usize) -> Self::V {
+            // `vmaskmovps` loads are cheap (unlike its stores) and never touch masked lanes.
+            _mm256_maskload_ps(p, lane_mask(((1u32 << n.min(8)) - 1) as u16))
+        }
+        #[inline(always)]
+        unsafe fn store_partial(p: *mut f32, v: Self::V, n: usize) {
+            Self::store_masked(p, v, ((1u32 << n.min(8)) - 1) as u16)
+        }
+        #[inline(always)]
+        unsafe fn load_masked(p: *const f32, mask: u16) -> Self::V {
+            _mm256_maskload_ps(p, lane_mask(mask))
+        }
+        #[inline(always)]
         unsafe fn store_masked(p: *mut f32, v: Self::V, mask: u16) {
-            let bits = _mm256_set1_epi32(i32::from(mask));
-            let sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-            let m = _mm256_cmpeq_epi32(_mm256_and_si256(bits, sel), sel);
-            _mm256_maskstore_ps(p, m, v)
+            // Not `vmaskmovps`: its store form is microcoded on AMD Zen. A full mask is one
+            // plain store, a full half one 128-bit store, the rest 64- and 32-bit stores.
+            // Measured on Zen 3 (block-punched 8x, 1 thread, min of runs): 3x3 16@32x32
+            // 34.9 -> 19.5 us, 64@8x8 26.3 -> 13.8 us, 128@16x16 211 -> 153 us.
+            let m = mask & 0xFF;
+            if m == 0xFF {
+                _mm256_storeu_ps(p, v);
+                return;
+            }
+            store_quarter_masked(p, _mm256_castps256_ps128(v), m & 0xF);
+            store_quarter_masked(p.wrapping_add(4), _mm256_extractf128_ps::<1>(v), m >> 4);
         }
         #[inline(always)]
         unsafe fn hsum(v: Self::V) -> f32 {
@@ -271,6 +291,40 @@ mod x86 {
             let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
             let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
             _mm_cvtss_f32(s)
+        }
+    }
+
+    /// AVX2 lane mask: lane `i` all ones where bit `i` of `mask` is set.
+    #[inline(always)]
+    unsafe fn lane_mask(mask: u16) -> __m256i {
+        let bits = _mm256_set1_epi32(i32::from(mask));
+        let sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+        _mm256_cmpeq_epi32(_mm256_and_si256(bits, sel), sel)
+    }
+
+    /// Stores the lanes of `v` selected by the low four bits of `mask` to `p..p + 4`.
+    #[inline(always)]
+    unsafe fn store_quarter_masked(p: *mut f32, v: __m128, mask: u16) {
+        match mask & 0xF {
+            0 => {}
+            0xF => _mm_storeu_ps(p, v),
+            m => {
+                if m & 3 == 3 {
+                    _mm_storel_pd(p.cast::<f64>(), _mm_castps_pd(v));
+                } else if m & 1 != 0 {
+                    _mm_store_ss(p, v);
+                } else if m & 2 != 0 {
+                    _mm_store_ss(p.add(1), _mm_movehdup_ps(v));
+                }
+                let h = _mm_movehl_ps(v, v);
+                if m & 0xC == 0xC {
+                    _mm_storel_pd(p.add(2).cast::<f64>(), _mm_castps_pd(h));
+                } else if m & 4 != 0 {
+                    _mm_store_ss(p.add(2), h);
+                } else if m & 8 != 0 {
+                    _mm_store_ss(p.add(3), _mm_movehdup_ps(h));
+                }
+            }
         }
     }
 
@@ -397,3 +451,68 @@ macro_rules! simd_entry {
     };
 }
 pub(crate) use simd_entry;
+
+#[cfg(test)]
+mod tests {
+    use super::{Simd, simd_entry};
+    use crate::isa::Isa;
+
+    /// Every mask of one vector against a scalar reference: a masked store writes the selected
+    /// lanes and nothing else (guard values on both sides stay), a masked load reads the
+    /// selected lanes and zeroes the rest, and the partial forms equal their prefix masks.
+    #[inline(always)]
+    fn masked_ops_generic<S: Simd>() -> Result<(), String> {
+        let l = S::LANES;
+        let src: Vec<f32> = (0..l).map(|i| i as f32 + 1.0).collect();
+        let mut lanes = vec![0.0f32; l];
+        for mask in 0..(1u32 << l) {
+            let mask = mask as u16;
+            let selected = |i: usize| mask & (1 << i) != 0;
+            let mut buf = vec![-1.0f32; l + 2];
+            // SAFETY: `src` holds one vector; `buf[1..]` holds one vector plus a guard.
+            unsafe { S::store_masked(buf.as_mut_ptr().add(1), S::load(src.as_ptr()), mask) };
+            let want: Vec<f32> = (0..l + 2)
+                .map(|k| if k >= 1 && k <= l && selected(k - 1) { src[k - 1] } else { -1.0 })
+                .collect();
+            if buf != want {
+                return Err(format!("store_masked {mask:#x}: {buf:?}, expected {want:?}"));
+            }
+            // SAFETY: `src` and `lanes` hold one vector each.
+            unsafe { S::store(lanes.as_mut_ptr(), S::load_masked(src.as_ptr(), mask)) };
+            let want: Vec<f32> = (0..l).map(|i| if selected(i) { src[i] } else { 0.0 }).collect();
+            if lanes != want {
+                return Err(format!("load_masked {mask:#x}: {lanes:?}, expected {want:?}"));
+            }
+        }
+        for n in 0..l {
+            let mut buf = vec![-1.0f32; l + 1];
+            // SAFETY: as above; the partial forms touch the first `n` lanes only.
+            unsafe {
+                S::store_partial(buf.as_mut_ptr(), S::load(src.as_ptr()), n);
+                S::store(lanes.as_mut_ptr(), S::load_partial(src.as_ptr(), n));
+            }
+            let want: Vec<f32> = (0..=l).map(|k| if k < n { src[k] } else { -1.0 }).collect();
+            if buf != want {
+                return Err(format!("store_partial {n}: {buf:?}, expected {want:?}"));
+            }
+            let want: Vec<f32> = (0..l).map(|k| if k < n { src[k] } else { 0.0 }).collect();
+            if lanes != want {
+                return Err(format!("load_partial {n}: {lanes:?}, expected {want:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    simd_entry! {
+        fn masked_ops() -> Result<(), String> => masked_ops_generic;
+    }
+
+    #[test]
+    fn masked_and_partial_loads_and_stores_match_the_scalar_reference_on_every_level() {
+        for isa in Isa::available() {
+            if let Err(e) = masked_ops(isa) {
+                panic!("{isa}: {e}");
+            }
+        }
+    }
+}

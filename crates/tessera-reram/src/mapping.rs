@@ -18,6 +18,10 @@
 //! the offset mapping spends one of its B bits on the sign. The differential mapping is, cell
 //! by cell, the complement of two-column (`L` = top level): so a stuck-on cell under one is a
 //! stuck-off cell under the other, and the two give identical outputs under swapped faults.
+//! One consequence: at a stuck-off : stuck-on split of 1 : r, the fault rate differential
+//! tolerates is at most r times two-column's. Differential at total rate r*p is two-column
+//! with two-column-at-p's stuck-on rate plus r^2 times its stuck-off rate, and a two-column
+//! stuck-off cell only pulls a weight toward zero. The README's ReRAM section works it out.
 
 use std::fmt;
 use std::str::FromStr;
