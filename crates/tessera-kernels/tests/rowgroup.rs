@@ -281,6 +281,15 @@ fn producer_writes_the_consumers_packed_layout() {
             ConvShape::conv3d(3, 8, [4, 6, 6], [3, 3, 3], 1, 1).unwrap(),
             ConvShape::conv3d(8, 4, [4, 6, 6], [3, 3, 3], 1, 1).unwrap(),
         ),
+        // Output rows of two vectors and more: 8-lane tiles are cut at row ends.
+        (
+            ConvShape::conv2d(4, 12, [5, 20], [3, 3], 1, 1).unwrap(),
+            ConvShape::conv2d(12, 8, [5, 20], [3, 3], 1, 1).unwrap(),
+        ),
+        (
+            ConvShape::conv2d(3, 8, [8, 34], [3, 3], 2, 1).unwrap(),
+            ConvShape::conv2d(8, 8, [4, 17], [3, 3], 1, 1).unwrap(),
+        ),
     ];
     for (ci, (a, b)) in cases.into_iter().enumerate() {
         let mut rng = ChaCha8Rng::seed_from_u64(70 + ci as u64);
@@ -367,5 +376,29 @@ fn overlapping_output_targets_are_refused() {
         OutputTarget { dims: [1, 5, 6], ..ok },
     ] {
         assert!(conv.set_output_target(bad).is_err(), "{bad:?}");
+    }
+}
+
+/// Maps whose output rows hold two 8-lane vectors or more: on 8 lanes the tiles are cut at
+/// output row ends (no vector straddles two rows) and the padding columns are skipped.
+/// Widths 16, 17, 18, 20, 28 and 40, with padding, stride 2, dilation, 1x1 and 3-D, row
+/// groups of 1 and 8, on 1 and 2 threads.
+#[test]
+fn row_aligned_tiles_on_wide_maps_match_the_reference() {
+    let shapes = [
+        ConvShape::conv2d(3, 9, [4, 16], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(2, 8, [3, 17], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(4, 16, [6, 28], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(3, 8, [7, 36], [3, 3], 2, 1).unwrap(),
+        ConvShape::conv2d(2, 8, [6, 20], [3, 3], 1, 2).unwrap().with_dilation(2).unwrap(),
+        ConvShape::conv2d(5, 8, [3, 40], [1, 1], 1, 0).unwrap(),
+        ConvShape::conv3d(2, 5, [3, 4, 18], [3, 3, 3], 1, 1).unwrap(),
+    ];
+    for (i, shape) in shapes.into_iter().enumerate() {
+        for group_size in [1, 8] {
+            for threads in [1, 2] {
+                check_conv(shape, 0.5, group_size, 90 + i as u64, threads);
+            }
+        }
     }
 }
