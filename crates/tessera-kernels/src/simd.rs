@@ -454,7 +454,7 @@ pub(crate) use simd_entry;
 
 #[cfg(test)]
 mod tests {
-    use super::{Simd, simd_entry};
+    use super::Simd;
     use crate::isa::Isa;
 
     /// Every mask of one vector against a scalar reference: a masked store writes the selected
