@@ -22,7 +22,7 @@ use tessera_kernels::formats::bsr::Bsr;
 use tessera_kernels::formats::csr::Csr;
 use tessera_kernels::formats::fkw::{Fkw, FkwConv};
 use tessera_kernels::{
-    ChannelVectorConv, ConvScratch, ConvShape, DepthwiseConv, DepthwiseScratch, KernelError,
+    ChannelVectorConv, ConvScratch, ConvShape, DepthwiseConv, DepthwiseScratch, Isa, KernelError,
     RowGroupConv, RowGroupMatrix,
 };
 use tessera_sparsity::{Mask, PatternLibrary, Scheme};
@@ -201,10 +201,14 @@ const STENCIL_MIN_POSITIONS: usize = 1024;
 /// MobileNetV2 plan on 28x28 inputs (7x7 maps: 7.2 vs 12.8 us; 28x28: equal). Maps of at most
 /// 8x8 (stride 1) go to the depthwise kernel too: on AVX-512 it keeps whole planes in
 /// registers (`examples/depthwise_crossover`: 0.22-0.36 of the row-group time at 4x4, 0.48-0.87
-/// at 7x7, 0.29-0.44 at 2x2). The tuner times both either way.
+/// at 7x7, 0.29-0.44 at 2x2). Those crossovers are AVX-512's: with 8-lane vectors (AVX2) the
+/// stencil kernel wins on every 2-D depthwise layer (`examples/depthwise_crossover` on Zen 3:
+/// 0.53-0.60 of the row-group time at stride 1 on 14x14 and 28x28, 0.56-0.93 on 2x2-8x8), so
+/// without AVX-512 on this CPU the table gives it all of them. The tuner times both either way.
 pub(crate) fn stencil_first(shape: &ConvShape) -> bool {
     shape.is_2d()
-        && (shape.stride[1] > 1
+        && (Isa::detect().lanes() < 16
+            || shape.stride[1] > 1
             || shape.stride[2] > 1
             || shape.output_positions() >= STENCIL_MIN_POSITIONS
             || DepthwiseConv::in_registers(shape))
