@@ -290,6 +290,12 @@ fn producer_writes_the_consumers_packed_layout() {
             ConvShape::conv2d(3, 8, [8, 34], [3, 3], 2, 1).unwrap(),
             ConvShape::conv2d(8, 8, [4, 17], [3, 3], 1, 1).unwrap(),
         ),
+        // A 1x1 consumer whose planes are a multiple of 1 KiB: its input is packed with a
+        // gap after each channel (not read in place), and the producer writes that layout.
+        (
+            ConvShape::conv2d(4, 12, [16, 16], [3, 3], 1, 1).unwrap(),
+            ConvShape::conv2d(12, 8, [16, 16], [1, 1], 1, 0).unwrap(),
+        ),
     ];
     for (ci, (a, b)) in cases.into_iter().enumerate() {
         let mut rng = ChaCha8Rng::seed_from_u64(70 + ci as u64);
@@ -392,6 +398,9 @@ fn row_aligned_tiles_on_wide_maps_match_the_reference() {
         ConvShape::conv2d(3, 8, [7, 36], [3, 3], 2, 1).unwrap(),
         ConvShape::conv2d(2, 8, [6, 20], [3, 3], 1, 2).unwrap().with_dilation(2).unwrap(),
         ConvShape::conv2d(5, 8, [3, 40], [1, 1], 1, 0).unwrap(),
+        // Planes of 1 KiB and 4 KiB: packed with a gap after each channel.
+        ConvShape::conv2d(12, 8, [16, 16], [1, 1], 1, 0).unwrap(),
+        ConvShape::conv2d(9, 16, [32, 32], [1, 1], 1, 0).unwrap(),
         ConvShape::conv3d(2, 5, [3, 4, 18], [3, 3, 3], 1, 1).unwrap(),
     ];
     for (i, shape) in shapes.into_iter().enumerate() {
