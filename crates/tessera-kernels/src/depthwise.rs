@@ -496,14 +496,23 @@ unsafe fn channel<S: Simd>(
     y: *mut f32,
 ) {
     let vectors = g.wo.div_ceil(S::LANES);
+    // Rows of one vector take tiles of up to 8 rows: 8 independent accumulator chains, where
+    // 4 rows of one vector leave the FMA units waiting on their latency. Measured on Zen 3
+    // (AVX2, 1 thread, `examples/depthwise_crossover`, two runs): 96 channels 7x7 stride 1
+    // 16.7 -> 12.4 us, 8x8 stride 2 12.0 -> 10.0 us, 48 channels 8x8 stride 1 7.3 -> 5.7-6.6 us.
+    let tile_rows = if vectors == 1 { 2 * TILE_ROWS } else { TILE_ROWS };
     let mut oy = 0;
     while oy < g.ho {
-        let rows = (g.ho - oy).min(TILE_ROWS);
+        let rows = (g.ho - oy).min(tile_rows);
         let mut v = 0;
         while v < vectors {
             let n = (vectors - v).min(TILE_VECTORS);
             let t = Tile { g, plane, w, bias, clamp, y, oy, x0: v * S::LANES };
             match (rows, n) {
+                (8, _) => t.run::<S, 8, 1>(),
+                (7, _) => t.run::<S, 7, 1>(),
+                (6, _) => t.run::<S, 6, 1>(),
+                (5, _) => t.run::<S, 5, 1>(),
                 (4, 2) => t.run::<S, 4, 2>(),
                 (4, _) => t.run::<S, 4, 1>(),
                 (3, 2) => t.run::<S, 3, 2>(),
@@ -693,6 +702,18 @@ mod tests {
         check(ConvShape::conv2d(5, 5, [33, 40], [5, 5], 2, 2).unwrap().with_groups(5).unwrap());
         check(ConvShape::conv2d(3, 3, [9, 37], [3, 3], 3, 0).unwrap().with_groups(3).unwrap());
         check(ConvShape::conv2d(2, 2, [1, 1], [3, 3], 1, 1).unwrap().with_groups(2).unwrap());
+    }
+
+    /// Output rows of one vector take tiles of up to 8 rows: heights 5 to 13 (one tile of 5-8
+    /// rows, or 8 + 5) on widths of at most 8, stride 1 and 2.
+    #[test]
+    fn one_vector_rows_in_tiles_of_up_to_eight_match_the_reference() {
+        for (h, w, stride) in [(5, 8, 1), (6, 5, 1), (7, 7, 1), (8, 8, 1), (13, 7, 1), (15, 15, 2)]
+        {
+            check(
+                ConvShape::conv2d(3, 3, [h, w], [3, 3], stride, 1).unwrap().with_groups(3).unwrap(),
+            );
+        }
     }
 
     #[test]
