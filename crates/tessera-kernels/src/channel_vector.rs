@@ -6,9 +6,11 @@
 //! FMA costs a weight broadcast: VGG-11's 512-channel 3x3 layer at 2x2 ran in 0.62 ms here
 //! against ONNX Runtime's 0.30. This kernel vectorizes over output *channels* instead:
 //!
-//! * Weights are packed once into panels of 64 output channels, `[panel][column][64]`
-//!   (zero past the last channel), so for every GEMM column (input channel x tap) a panel's
-//!   weights are 4 AVX-512 vectors, read as one contiguous stream.
+//! * Weights are packed once into panels of 64 output channels, each stored as four
+//!   sub-panels of 16 channels, `[panel][sub-panel][column][16]` (zero past the last
+//!   channel): for every GEMM column (input channel x tap) a panel's weights are 4 AVX-512
+//!   vectors, one from each sub-panel's contiguous stream, and an AVX2 block of 16 channels
+//!   reads a single stream.
 //! * A register tile is up to 4 vectors of channels x up to 6 output positions (24
 //!   accumulators): per column, 4 weight loads, one broadcast input value per position and
 //!   24 FMAs. The input values come straight from the padded, phase-split input copy of
@@ -36,6 +38,16 @@ use crate::threads::{SendPtr, run_parallel};
 /// Output channels per packed weight panel (4 AVX-512 vectors).
 pub const PANEL: usize = 64;
 
+/// Output channels per sub-panel: a panel stores its channels 16 at a time, each sub-panel
+/// column after column, so a block of 16 channels (two AVX2 vectors) reads one contiguous
+/// stream of weights and a 64-channel AVX-512 block reads four. With `[column][64]` rows, an
+/// AVX2 block read one line of every 256-byte row, a stride the hardware prefetchers followed
+/// poorly (VGG's 512-channel layers stream 9.4 MB of weights per run). Measured on Zen 3 (AVX2,
+/// 1 thread, min of 300 runs, alternating binaries): 512->512 3x3 at 4x4 1050 -> 822 us, at 2x2
+/// 403 -> 225 us, 256->512 at 4x4 487 -> 408 us (the row layout with a software prefetch 16
+/// columns ahead, which the sub-panels made a loss: 867 and 296 us with it).
+const SUB: usize = 16;
+
 /// Most output positions per register tile.
 const TILE_POSITIONS: usize = 6;
 
@@ -54,7 +66,7 @@ pub struct ChannelVectorConv {
     col_offsets: Vec<u32>,
     /// Offset in the packed input of every output position (column 0).
     pos_offsets: Vec<u32>,
-    /// `[panel][column][PANEL]`, zero past the last output channel.
+    /// `[panel][sub-panel][column][SUB]`, zero past the last output channel.
     weights: Vec<f32>,
     /// Channel blocks at 8 and 16 lanes per vector (made once: a run allocates nothing).
     blocks: [Vec<Block>; 2],
@@ -99,7 +111,7 @@ impl ChannelVectorConv {
         for (o, row) in weights.chunks_exact(cols).enumerate() {
             let (panel, lane) = (o / PANEL, o % PANEL);
             for (j, &w) in row.iter().enumerate() {
-                packed[(panel * cols + j) * PANEL + lane] = w;
+                packed[panel * cols * PANEL + (lane / SUB) * cols * SUB + j * SUB + lane % SUB] = w;
             }
         }
         let blocks = [blocks(shape.out_channels, 8), blocks(shape.out_channels, 16)];
@@ -193,27 +205,6 @@ impl ChannelVectorConv {
     }
 }
 
-/// How many columns ahead the first position tile prefetches its weights. A layer's weights
-/// stream from memory once per run (VGG-11's 512-channel layers: 9.4 MB each), and with 8
-/// lanes a block reads one line of every 256-byte panel row, a stride the hardware
-/// prefetchers follow poorly. Measured on Zen 3 (AVX2, 1 thread, min of 200 alternating runs,
-/// none -> 16 columns ahead): 512->512 3x3 at 4x4 1570 -> 1349 us, at 2x2 560 -> 442 us,
-/// 256->512 at 4x4 547 -> 515 us; 32 and 64 columns ahead gained less.
-const PREFETCH_COLUMNS: usize = 16;
-
-/// Asks for the cache line at `p` (a hint: no fault, no effect on results; `p` need not be
-/// valid).
-#[inline(always)]
-fn prefetch_line(p: *const f32) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
 /// A block of output channels one register tile covers: its panel, first lane in the panel
 /// and vectors (`lanes` each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,7 +272,7 @@ unsafe fn block<S: Simd>(job: &Job<'_>, b: Block, acc: *mut f32) {
     let c = job.c;
     let p = c.positions();
     let tiles = p.div_ceil(TILE_POSITIONS);
-    let panel = c.weights.as_ptr().add(b.panel * c.cols * PANEL + b.lane);
+    let panel = c.weights.as_ptr().add(b.panel * c.cols * PANEL);
     let mut k0 = 0;
     while k0 < c.cols {
         let k1 = (k0 + K_BLOCK).min(c.cols);
@@ -290,8 +281,7 @@ unsafe fn block<S: Simd>(job: &Job<'_>, b: Block, acc: *mut f32) {
         for t in 0..tiles {
             // Balanced tiles: 16 positions are 6 + 5 + 5, not 6 + 6 + 4.
             let n = (p - p0).div_ceil(tiles - t);
-            let prefetch = t == 0;
-            let tile = Tile { c, x: job.x, w: panel, acc, p0, k0, k1, first, prefetch };
+            let tile = Tile { c, x: job.x, w: panel, lane: b.lane, acc, p0, k0, k1, first };
             dispatch::<S>(&tile, b.vectors, n);
             p0 += n;
         }
@@ -317,17 +307,16 @@ unsafe fn block<S: Simd>(job: &Job<'_>, b: Block, acc: *mut f32) {
 struct Tile<'a> {
     c: &'a ChannelVectorConv,
     x: *const f32,
-    /// The block's first weight of column 0.
+    /// The block's panel.
     w: *const f32,
+    /// The block's first channel in its panel.
+    lane: usize,
     acc: *mut f32,
     p0: usize,
     k0: usize,
     k1: usize,
     /// Whether this is the first column block (start from zero, not from `acc`).
     first: bool,
-    /// Whether to prefetch weights [`PREFETCH_COLUMNS`] ahead (the first position tile of a
-    /// column block, which brings the block's weights in from memory).
-    prefetch: bool,
 }
 
 macro_rules! dispatch_tile {
@@ -367,19 +356,18 @@ impl Tile<'_> {
             offs[q] = self.c.pos_offsets[self.p0 + q] as usize;
         }
         let cols = &self.c.col_offsets[self.k0..self.k1];
-        let mut w = self.w.add(self.k0 * PANEL);
+        // Vector v's weights of column k0: its sub-panel's stream, at its offset in it.
+        let mut woff = [0usize; NV];
+        for v in 0..NV {
+            let lane = self.lane + v * l;
+            woff[v] = (lane / SUB) * self.c.cols * SUB + lane % SUB;
+        }
+        let mut w = self.w.add(self.k0 * SUB);
         for &col in cols {
-            if self.prefetch {
-                // Lines of a panel row that this block reads (one per 16 floats).
-                let ahead = w.wrapping_add(PREFETCH_COLUMNS * PANEL);
-                for v in (0..NV * l).step_by(16) {
-                    prefetch_line(ahead.wrapping_add(v));
-                }
-            }
             let base = self.x.add(col as usize);
             let mut wv = [S::zero(); NV];
             for v in 0..NV {
-                wv[v] = S::load(w.add(v * l));
+                wv[v] = S::load(w.add(woff[v]));
             }
             for q in 0..PT {
                 let xq = S::splat(*base.add(offs[q]));
@@ -387,7 +375,7 @@ impl Tile<'_> {
                     acc[v][q] = S::fma(wv[v], xq, acc[v][q]);
                 }
             }
-            w = w.add(PANEL);
+            w = w.add(SUB);
         }
         for q in 0..PT {
             for v in 0..NV {
