@@ -665,7 +665,8 @@ mod tests {
     #[test]
     fn strided_packing_handles_every_padding_parity_and_odd_widths() {
         // Stride 2 (the even/odd split) and 3 (one strided copy per phase), padding 0-2 (odd
-        // and even: which phase the first column lands in), odd and even widths, rows of 16+ values (vector deinterleave).
+        // and even: which phase the first column lands in), odd and even widths, and rows of
+        // 16 values or more (split by vector deinterleaves).
         for (hw, stride, pad) in [
             (7, 2, 0),
             (7, 2, 2),
