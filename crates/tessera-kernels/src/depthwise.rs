@@ -405,6 +405,32 @@ unsafe fn pack_stride2<S: Simd>(g: &Geometry, x: &[f32], c: usize, plane: *mut f
     }
 }
 
+/// [`pack`] for stride 1: each row copied with vector loads and stores, the last vector
+/// partial (a `memcpy` call per row cost more than the copy on small planes). Measured on Zen 3
+/// (AVX2, 1 thread, min of 300 runs, alternating binaries): 96 channels at 32x32 102 -> 94 us,
+/// 192 at 16x16 57.4 -> 50.9 us, 384 at 8x8 34 -> 30 us.
+///
+/// # Safety
+/// As [`pack`]; `S`'s instruction set must be available and `g.stride[1] == 1`.
+#[inline(always)]
+unsafe fn pack_stride1<S: Simd>(g: &Geometry, x: &[f32], c: usize, plane: *mut f32) {
+    let src = x.as_ptr().add(c * g.h * g.w);
+    let l = S::LANES;
+    for r in 0..g.h {
+        let from = src.add(r * g.w);
+        let to = plane.add(g.row_offset(r + g.pad[0], 0) + g.pad[1]);
+        let mut i = 0;
+        while i + l <= g.w {
+            S::store(to.add(i), S::load(from.add(i)));
+            i += l;
+        }
+        if i < g.w {
+            let n = g.w - i;
+            S::store_partial(to.add(i), S::load_partial(from.add(i), n), n);
+        }
+    }
+}
+
 /// Output channels `lo..hi` on thread `thread`'s plane.
 #[inline(always)]
 fn depthwise_channels_generic<S: Simd>(job: &Job<'_>, thread: usize, lo: usize, hi: usize) {
@@ -426,6 +452,8 @@ unsafe fn channels<S: Simd>(job: &Job<'_>, plane: *mut f32, lo: usize, hi: usize
         if ci != packed {
             if g.stride[1] == 2 && g.w >= 2 * S::LANES {
                 pack_stride2::<S>(g, job.x, ci, plane);
+            } else if g.stride[1] == 1 {
+                pack_stride1::<S>(g, job.x, ci, plane);
             } else {
                 pack(g, job.x, ci, plane);
             }
