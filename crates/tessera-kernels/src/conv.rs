@@ -14,12 +14,13 @@
 //!
 //! Without padding and with stride 1 the input already has this layout and is used in place;
 //! for a 1x1 convolution the flat grid *is* the output, so nothing is copied at all. The
-//! exception is planes of a multiple of 1 KiB with more than 8 channels (a 32x32 map, a GEMM
-//! of 1024 columns): the same position of every channel then falls in one or a few L1 sets,
-//! so such inputs are copied with a 64-byte gap after each channel. Measured on Zen 3 (AVX2, 1
-//! thread, min of runs): 1x1 16->96 at 32x32 131 -> 76 us, 24->144 243 -> 137 us, GEMM
-//! 1024^3 at 8x (BSR 8x4) 11.4 -> 4.7 ms. A producer can write that layout directly
-//! ([`InputLayout::as_target`]).
+//! exception is planes of a multiple of 512 bytes with more than 8 channels (a 32x32 map, a
+//! GEMM of 1024 or 128 columns): the same position of every channel then falls in one or a
+//! few L1 sets, so such inputs are copied with a 64-byte gap after each channel. Measured on
+//! Zen 3 (AVX2, 1 thread, min of runs): 1x1 16->96 at 32x32 131 -> 76 us, 24->144 243 -> 137
+//! us, GEMM 1024^3 at 8x (BSR 8x4) 11.4 -> 4.7 ms; with 512-byte planes too (the 1 KiB rule
+//! before), BERT's FC 3072x768 by 768x128 at 8x 1.51 -> 1.06 ms. A producer can write that
+//! layout directly ([`InputLayout::as_target`]).
 
 use serde::{Deserialize, Serialize};
 use tessera_sparsity::{Layer, LayerGeometry};
@@ -220,7 +221,7 @@ impl ConvShape {
     }
 }
 
-/// Floats after each channel of a packed input whose planes are a multiple of 1 KiB.
+/// Floats after each channel of a packed input whose planes are a multiple of 512 bytes.
 const CHANNEL_GAP: usize = 16;
 
 /// Where the packed input puts every value, and how flat output positions map back.
@@ -269,12 +270,12 @@ impl InputLayout {
         }
         let plane_len = plane.iter().product::<usize>();
         let phases = s.stride.iter().product::<usize>();
-        // A channel stride that is a multiple of 1 KiB puts the same position of many channels
-        // in a few L1 sets (4 KiB apart: all in one set, whose 8 ways hold 8 channels), and a
-        // kernel reads one position of every channel per step: read in place, a 1x1 layer with
-        // 16 input channels on a 32x32 map missed L1 on most loads. Such an input is copied
-        // with a 64-byte gap after each channel instead.
-        let aliased = in_place && plane_len % 256 == 0 && s.in_channels > 8;
+        // A channel stride that is a multiple of 512 bytes puts the same position of many
+        // channels in a few L1 sets (4 KiB apart: all in one set, whose 8 ways hold 8
+        // channels), and a kernel reads one position of every channel per step: read in place,
+        // a 1x1 layer with 16 input channels on a 32x32 map missed L1 on most loads. Such an
+        // input is copied with a 64-byte gap after each channel instead.
+        let aliased = in_place && plane_len % 128 == 0 && s.in_channels > 8;
         let in_place = in_place && !aliased;
         let channel_len = plane_len * phases + if aliased { CHANNEL_GAP } else { 0 };
         let out = s.output();

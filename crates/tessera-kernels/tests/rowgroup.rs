@@ -398,7 +398,8 @@ fn row_aligned_tiles_on_wide_maps_match_the_reference() {
         ConvShape::conv2d(3, 8, [7, 36], [3, 3], 2, 1).unwrap(),
         ConvShape::conv2d(2, 8, [6, 20], [3, 3], 1, 2).unwrap().with_dilation(2).unwrap(),
         ConvShape::conv2d(5, 8, [3, 40], [1, 1], 1, 0).unwrap(),
-        // Planes of 1 KiB and 4 KiB: packed with a gap after each channel.
+        // Planes of 512 bytes, 1 KiB and 4 KiB: packed with a gap after each channel.
+        ConvShape::conv2d(10, 8, [8, 16], [1, 1], 1, 0).unwrap(),
         ConvShape::conv2d(12, 8, [16, 16], [1, 1], 1, 0).unwrap(),
         ConvShape::conv2d(9, 16, [32, 32], [1, 1], 1, 0).unwrap(),
         ConvShape::conv3d(2, 5, [3, 4, 18], [3, 3, 3], 1, 1).unwrap(),
