@@ -721,7 +721,7 @@ unsafe fn zero_run<S: Simd, const OVER: bool>(p: *mut f32, n: usize) {
 /// `src` valid for `n` reads, `dst` for `n` writes (`n.next_multiple_of(LANES)` with `OVER`),
 /// not overlapping.
 #[inline(always)]
-unsafe fn copy_run<S: Simd, const OVER: bool>(dst: *mut f32, src: *const f32, n: usize) {
+pub(crate) unsafe fn copy_run<S: Simd, const OVER: bool>(dst: *mut f32, src: *const f32, n: usize) {
     let l = S::LANES;
     let mut i = 0;
     // SAFETY: caller's contract.
@@ -837,7 +837,7 @@ simd_entry! {
 }
 
 #[inline(always)]
-fn deinterleave_generic<S: Simd>(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+pub(crate) fn deinterleave_generic<S: Simd>(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
     let pairs = row.len() / 2;
     let (e, o, r) = (&mut even[..pairs], &mut odd[..pairs], &row[..2 * pairs]);
     let l = S::LANES;

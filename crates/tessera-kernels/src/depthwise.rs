@@ -366,8 +366,8 @@ unsafe fn pack(g: &Geometry, x: &[f32], c: usize, plane: *mut f32) {
     }
 }
 
-/// [`pack`] for stride 2 with rows of at least `2 * LANES` values: whole vectors of pairs
-/// split by `deinterleave`, then the last pairs one by one. [`pack`]'s scalar loop, compiled
+/// [`pack`] for stride 2 with rows of at least `2 * LANES` values, by the packing's vector
+/// even/odd split (`conv::deinterleave_generic`). [`pack`]'s scalar loop, compiled
 /// without the kernel's target features, was a third of a stride-2 layer's time (on AVX2, min
 /// of runs: 144 channels at 32x32 84.5 -> 54.6 us, 192 at 16x16 34.6 -> 25.6 us); on narrower
 /// rows it stays, since this one inlined into the kernel measured slower there (576 channels
@@ -379,29 +379,18 @@ unsafe fn pack(g: &Geometry, x: &[f32], c: usize, plane: *mut f32) {
 #[inline(always)]
 unsafe fn pack_stride2<S: Simd>(g: &Geometry, x: &[f32], c: usize, plane: *mut f32) {
     let src = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-    let (p, l) = (g.pad[1], S::LANES);
-    let pairs = g.w / 2;
+    let p = g.pad[1];
     for (r, row) in src.chunks_exact(g.w).enumerate() {
         let pr = r + g.pad[0];
-        // Source column j lands in phase (j + pad) % 2 at index (j + pad) / 2.
+        // Source column j lands in phase (j + pad) % 2 at index (j + pad) / 2. The two
+        // phases' rows are disjoint ranges of the plane.
         let even = plane.add(g.row_offset(pr, p % 2) + p / 2);
         let odd = plane.add(g.row_offset(pr, (p + 1) % 2) + p.div_ceil(2));
-        let mut i = 0;
-        while i + l <= pairs {
-            let a = S::load(row.as_ptr().add(2 * i));
-            let b = S::load(row.as_ptr().add(2 * i + l));
-            let (e, o) = S::deinterleave(a, b);
-            S::store(even.add(i), e);
-            S::store(odd.add(i), o);
-            i += l;
-        }
-        for i in i..pairs {
-            *even.add(i) = row[2 * i];
-            *odd.add(i) = row[2 * i + 1];
-        }
-        if g.w % 2 == 1 {
-            *even.add(pairs) = row[g.w - 1];
-        }
+        crate::conv::deinterleave_generic::<S>(
+            row,
+            std::slice::from_raw_parts_mut(even, g.w.div_ceil(2)),
+            std::slice::from_raw_parts_mut(odd, g.w / 2),
+        );
     }
 }
 
@@ -415,19 +404,9 @@ unsafe fn pack_stride2<S: Simd>(g: &Geometry, x: &[f32], c: usize, plane: *mut f
 #[inline(always)]
 unsafe fn pack_stride1<S: Simd>(g: &Geometry, x: &[f32], c: usize, plane: *mut f32) {
     let src = x.as_ptr().add(c * g.h * g.w);
-    let l = S::LANES;
     for r in 0..g.h {
-        let from = src.add(r * g.w);
         let to = plane.add(g.row_offset(r + g.pad[0], 0) + g.pad[1]);
-        let mut i = 0;
-        while i + l <= g.w {
-            S::store(to.add(i), S::load(from.add(i)));
-            i += l;
-        }
-        if i < g.w {
-            let n = g.w - i;
-            S::store_partial(to.add(i), S::load_partial(from.add(i), n), n);
-        }
+        crate::conv::copy_run::<S, false>(to, src.add(r * g.w), g.w);
     }
 }
 

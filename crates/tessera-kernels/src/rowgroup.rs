@@ -199,6 +199,8 @@ pub struct RowGroupConv {
     shape: ConvShape,
     layout: InputLayout,
     offsets: Vec<u32>,
+    /// The largest of `offsets` (how far past a position an entry reads).
+    max_offset: usize,
     /// Where outputs go (NCDHW unless retargeted).
     target: OutputTarget,
     /// Tile plans for 8 and 16 lanes.
@@ -424,7 +426,8 @@ impl RowGroupConv {
         let plans =
             [8, 16].map(|l| TilePlan::with_vectors(&layout, l, tile_vectors(&layout, l, single)));
         let target = OutputTarget::dense(shape.output());
-        Ok(RowGroupConv { matrix, shape, layout, offsets, target, plans })
+        let max_offset = offsets.iter().max().map_or(0, |&o| o as usize);
+        Ok(RowGroupConv { matrix, shape, layout, offsets, max_offset, target, plans })
     }
 
     /// Stores outputs to `target` from now on (e.g. the next convolution's
@@ -569,7 +572,7 @@ impl RowGroupConv {
             offsets: &self.offsets,
             x: x.as_ptr(),
             x_len: x.len(),
-            max_offset: self.offsets.iter().max().map_or(0, |&o| o as usize),
+            max_offset: self.max_offset,
             y: SendPtr(output.as_mut_ptr()),
             ystride: self.target.channel_stride,
             plan,
