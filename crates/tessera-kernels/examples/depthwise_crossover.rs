@@ -1,15 +1,18 @@
-//! Depthwise 3x3 convolutions: the depthwise kernel (a stencil over padded planes, or whole
-//! planes in registers on AVX-512 for stride-1 maps of at most 8x8) against the row-group
-//! engine (one filter per group) over channel counts, map sizes and strides, 1 thread, batch 1. Prints the median
-//! microseconds of each and their ratio; the codegen lowering's choice between the two is
-//! read from this table. `cargo run --release -p tessera-kernels --example depthwise_crossover`
+//! Depthwise 3x3 convolutions: the depthwise kernel by the method it picks on this CPU (whole
+//! planes in AVX-512 registers for stride-1 maps of at most 8x8, channel-interleaved on 8-lane
+//! instruction sets) and by padded planes, against the row-group engine (one filter per group),
+//! over channel counts, map sizes and strides, 1 thread, batch 1. Prints the median
+//! microseconds of each and the ratios; the codegen lowering's choice between the depthwise
+//! kernel and the row groups, and `DepthwiseConv::method`, are read from this table.
+//! `cargo run --release -p tessera-kernels --example depthwise_crossover`
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)] // a command-line table
 
 use std::time::Instant;
 
 use tessera_kernels::{
-    ConvScratch, ConvShape, DepthwiseConv, Epilogue, Isa, RowGroupConv, RowGroupMatrix,
+    ConvScratch, ConvShape, DepthwiseConv, DepthwiseMethod, Epilogue, Isa, RowGroupConv,
+    RowGroupMatrix,
 };
 
 fn median_us(mut f: impl FnMut()) -> f64 {
@@ -32,10 +35,10 @@ fn median_us(mut f: impl FnMut()) -> f64 {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let isa = Isa::detect();
     println!(
-        "isa {isa}\n| channels | map | stride | stencil us | row groups us | stencil / rows |"
+        "isa {isa}\n| channels | map | stride | method | us | padded planes us | row groups us | method / planes | method / rows |"
     );
-    println!("|---|---|---|---|---|---|");
-    for &c in &[48usize, 96, 144, 288, 480, 960] {
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &c in &[3usize, 12, 48, 96, 144, 288, 480, 960] {
         for &hw in &[28usize, 14, 8, 7, 4, 2] {
             for &stride in &[1usize, 2] {
                 if hw < 4 && stride == 2 {
@@ -52,10 +55,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let rows =
                     RowGroupConv::new(RowGroupMatrix::from_dense(c, 9, &w, None, &groups)?, shape)?;
                 let mut rs = ConvScratch::for_conv(&rows);
+                let method = dw.method(isa);
                 let a =
                     median_us(|| dw.run(isa, &x, &mut y, &mut ds, 1, Epilogue::default()).unwrap());
+                let p = median_us(|| {
+                    let ep = Epilogue::default();
+                    let planes = DepthwiseMethod::PaddedPlanes;
+                    dw.run_with(planes, isa, &x, &mut y, &mut ds, 1, ep).unwrap()
+                });
                 let b = median_us(|| rows.run(isa, &x, &mut y, &mut rs, 1).unwrap());
-                println!("| {c} | {hw}x{hw} | {stride} | {a:.2} | {b:.2} | {:.2} |", a / b);
+                println!(
+                    "| {c} | {hw}x{hw} | {stride} | {method:?} | {a:.2} | {p:.2} | {b:.2} | {:.2} | {:.2} |",
+                    a / p,
+                    a / b
+                );
             }
         }
     }

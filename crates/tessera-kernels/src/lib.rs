@@ -62,7 +62,7 @@ mod threads;
 
 pub use channel_vector::ChannelVectorConv;
 pub use conv::{ConvShape, InputLayout, OutputTarget};
-pub use depthwise::{DepthwiseConv, DepthwiseScratch};
+pub use depthwise::{DepthwiseConv, DepthwiseMethod, DepthwiseScratch};
 pub use error::{KernelError, Result};
 pub use isa::Isa;
 pub use rowgroup::{Clamp, ConvScratch, Epilogue, RowGroupConv, RowGroupMatrix};

@@ -135,6 +135,26 @@ pub(crate) trait Simd: Copy + 'static {
         Self::load(out.as_ptr())
     }
 
+    /// Transposes the square of `LANES` vectors `rows[..LANES]` in place: afterwards lane `i`
+    /// of `rows[j]` is what lane `j` of `rows[i]` was. `rows` must hold at least `LANES`.
+    #[inline(always)]
+    unsafe fn transpose(rows: &mut [Self::V]) {
+        let l = Self::LANES;
+        let mut buf = [0.0f32; 256];
+        for (i, &r) in rows[..l].iter().enumerate() {
+            Self::store(buf.as_mut_ptr().add(i * l), r);
+        }
+        let mut out = [0.0f32; 256];
+        for i in 0..l {
+            for j in 0..l {
+                out[j * l + i] = buf[i * l + j];
+            }
+        }
+        for (j, r) in rows[..l].iter_mut().enumerate() {
+            *r = Self::load(out.as_ptr().add(j * l));
+        }
+    }
+
     /// Loads lane `i` from `p + i` for every set bit `i` of `mask`, zero elsewhere; other
     /// addresses are not touched (and need not be valid).
     #[inline(always)]
@@ -223,6 +243,40 @@ mod x86 {
                 _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(even))),
                 _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(odd))),
             )
+        }
+
+        #[inline(always)]
+        unsafe fn transpose(rows: &mut [Self::V]) {
+            let r: &mut [Self::V; 8] = match rows.first_chunk_mut() {
+                Some(r) => r,
+                None => return,
+            };
+            // Pairs of rows interleaved, then 64-bit pairs picked, then 128-bit halves
+            // exchanged: 24 shuffles for the 8 x 8 square.
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            let s0 = _mm256_shuffle_ps::<0b01_00_01_00>(t0, t2);
+            let s1 = _mm256_shuffle_ps::<0b11_10_11_10>(t0, t2);
+            let s2 = _mm256_shuffle_ps::<0b01_00_01_00>(t1, t3);
+            let s3 = _mm256_shuffle_ps::<0b11_10_11_10>(t1, t3);
+            let s4 = _mm256_shuffle_ps::<0b01_00_01_00>(t4, t6);
+            let s5 = _mm256_shuffle_ps::<0b11_10_11_10>(t4, t6);
+            let s6 = _mm256_shuffle_ps::<0b01_00_01_00>(t5, t7);
+            let s7 = _mm256_shuffle_ps::<0b11_10_11_10>(t5, t7);
+            r[0] = _mm256_permute2f128_ps::<0x20>(s0, s4);
+            r[1] = _mm256_permute2f128_ps::<0x20>(s1, s5);
+            r[2] = _mm256_permute2f128_ps::<0x20>(s2, s6);
+            r[3] = _mm256_permute2f128_ps::<0x20>(s3, s7);
+            r[4] = _mm256_permute2f128_ps::<0x31>(s0, s4);
+            r[5] = _mm256_permute2f128_ps::<0x31>(s1, s5);
+            r[6] = _mm256_permute2f128_ps::<0x31>(s2, s6);
+            r[7] = _mm256_permute2f128_ps::<0x31>(s3, s7);
         }
 
         #[inline(always)]
@@ -511,6 +565,46 @@ mod tests {
     fn masked_and_partial_loads_and_stores_match_the_scalar_reference_on_every_level() {
         for isa in Isa::available() {
             if let Err(e) = masked_ops(isa) {
+                panic!("{isa}: {e}");
+            }
+        }
+    }
+
+    /// The square transpose against index arithmetic: every value distinct.
+    #[inline(always)]
+    fn transpose_generic<S: Simd>() -> Result<(), String> {
+        let l = S::LANES;
+        let src: Vec<f32> = (0..l * l).map(|i| i as f32).collect();
+        let mut got = vec![0.0f32; l * l];
+        // SAFETY: `src` and `got` hold `l` vectors each; `rows` holds 16 >= `l`.
+        unsafe {
+            let mut rows = [S::zero(); 16];
+            for (i, r) in rows[..l].iter_mut().enumerate() {
+                *r = S::load(src.as_ptr().add(i * l));
+            }
+            S::transpose(&mut rows);
+            for (j, &r) in rows[..l].iter().enumerate() {
+                S::store(got.as_mut_ptr().add(j * l), r);
+            }
+        }
+        for i in 0..l {
+            for j in 0..l {
+                if got[j * l + i] != src[i * l + j] {
+                    return Err(format!("lane {i} of row {j}: {}", got[j * l + i]));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    simd_entry! {
+        fn transpose_check() -> Result<(), String> => transpose_generic;
+    }
+
+    #[test]
+    fn the_square_transpose_matches_index_arithmetic_on_every_level() {
+        for isa in Isa::available() {
+            if let Err(e) = transpose_check(isa) {
                 panic!("{isa}: {e}");
             }
         }
