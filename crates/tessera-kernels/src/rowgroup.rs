@@ -226,6 +226,9 @@ pub(crate) struct TilePlan {
     pub(crate) tiles: Vec<Tile>,
     pub(crate) seg_ptr: Vec<u32>,
     pub(crate) segs: Vec<Seg>,
+    /// Per tile, the one store shift of a tile whose every lane is stored with it (one
+    /// whole-vector segment per vector): such tiles take plain stores at `p + shift`.
+    pub(crate) uniform: Vec<Option<i32>>,
 }
 
 impl TilePlan {
@@ -258,7 +261,14 @@ impl TilePlan {
             Some(rows) => tiles(&rows, vectors * lanes),
             None => tiles(layout.runs(), vectors * lanes),
         };
-        let mut plan = TilePlan { vectors, tiles: Vec::new(), seg_ptr: vec![0], segs: Vec::new() };
+        let mut plan = TilePlan {
+            vectors,
+            tiles: Vec::new(),
+            seg_ptr: vec![0],
+            segs: Vec::new(),
+            uniform: Vec::new(),
+        };
+        let whole = ((1u32 << lanes) - 1) as u16;
         for &(p0, n) in &all {
             let first = plan.segs.len();
             for v in 0..vectors {
@@ -287,6 +297,15 @@ impl TilePlan {
             if plan.segs.len() == first {
                 continue;
             }
+            let segs = &plan.segs[first..];
+            // A tile of at most one vector is computed one vector wide (`tile_group`).
+            let computed = if n <= lanes { 1 } else { vectors };
+            let uniform = (segs.len() == computed
+                && segs.iter().enumerate().all(|(v, s)| {
+                    s.v as usize == v && s.mask == whole && s.delta == segs[0].delta
+                }))
+            .then_some(segs[0].delta);
+            plan.uniform.push(uniform);
             plan.tiles.push((p0, n));
             plan.seg_ptr.push(plan.segs.len() as u32);
         }
@@ -776,10 +795,11 @@ fn tile_group<S: Simd>(job: &Job<'_>, ti: usize, g: usize) {
     // A run's short last tile computes one vector, not the plan's width (an 8x8 map with
     // shared row padding is 71 positions: 32 + 32 + 7).
     let vectors = if n <= S::LANES { 1 } else { plan.vectors };
-    let segs: &[Seg] = if job.direct {
-        &[]
-    } else {
-        &plan.segs[plan.seg_ptr[ti] as usize..plan.seg_ptr[ti + 1] as usize]
+    // Tiles stored whole at one shift take the flat output's plain stores, shifted.
+    let (segs, shift): (&[Seg], isize) = match (job.direct, plan.uniform[ti]) {
+        (true, _) => (&[], 0),
+        (false, Some(d)) => (&[], d as isize),
+        (false, None) => (&plan.segs[plan.seg_ptr[ti] as usize..plan.seg_ptr[ti + 1] as usize], 0),
     };
     // A full tile lies inside one run, so its loads and stores stay in bounds; the last
     // tile of a run touches only its valid positions (no store may spill into the next
@@ -802,6 +822,7 @@ fn tile_group<S: Simd>(job: &Job<'_>, ti: usize, g: usize) {
         p0,
         n,
         segs,
+        shift,
     };
     // One row loop per variant (not one loop dispatching per chunk): the partial variants'
     // loop-invariant store masks are then computed in their own loops' preheaders, not
@@ -837,7 +858,9 @@ struct GroupRows<'a> {
     /// The tile's first position and valid positions.
     p0: usize,
     n: usize,
+    /// The tile's masked stores, or none for plain stores shifted by `shift`.
     segs: &'a [Seg],
+    shift: isize,
 }
 
 impl GroupRows<'_> {
@@ -870,17 +893,20 @@ impl GroupRows<'_> {
             };
             let (r0, p0) = (self.r0, self.p0);
             let wp = self.w.as_ptr().add(i);
-            let yp = job.y.0.add((r0 + i) * job.ystride).wrapping_add(p0);
+            let yp =
+                job.y.0.add((r0 + i) * job.ystride).wrapping_add(p0).wrapping_offset(self.shift);
             let xp = job.x.add(p0);
             let out = Out { y: yp, stride: job.ystride, n: self.n, segs: self.segs };
             let ep = RowEpilogue {
                 bias: job.epilogue.bias.map(|b| b.as_ptr().add(r0 + i)),
                 clamp: job.epilogue.clamp,
                 // Same offset as `yp`: the residual has the output's layout.
-                residual: job
-                    .epilogue
-                    .residual
-                    .map(|r| r.as_ptr().add((r0 + i) * job.ystride).wrapping_add(p0)),
+                residual: job.epilogue.residual.map(|r| {
+                    r.as_ptr()
+                        .add((r0 + i) * job.ystride)
+                        .wrapping_add(p0)
+                        .wrapping_offset(self.shift)
+                }),
             };
             let (offs, r) = (self.offs, self.r);
             match rt {

@@ -202,6 +202,9 @@ fn fused_epilogue_is_bias_then_activation_on_every_output() {
         ConvShape::conv2d(6, 11, [7, 9], [3, 3], 1, 1).unwrap(),
         ConvShape::conv2d(8, 16, [10, 10], [3, 3], 2, 1).unwrap(),
         ConvShape::conv2d(4, 8, [6, 6], [1, 1], 1, 0).unwrap(),
+        // Rows of 32 and 16 outputs: 8-lane tiles within rows, stored whole at one shift.
+        ConvShape::conv2d(8, 8, [4, 32], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(5, 12, [5, 16], [3, 3], 1, 1).unwrap(),
     ];
     for (si, shape) in shapes.into_iter().enumerate() {
         let mut rng = ChaCha8Rng::seed_from_u64(40 + si as u64);
