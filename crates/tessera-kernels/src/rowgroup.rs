@@ -229,6 +229,9 @@ pub(crate) struct TilePlan {
     /// Per tile, the one store shift of a tile whose every lane is stored with it (one
     /// whole-vector segment per vector): such tiles take plain stores at `p + shift`.
     pub(crate) uniform: Vec<Option<i32>>,
+    /// Per tile, the flat distance between its vectors and, for a uniform tile, the output
+    /// distance: `(lanes, lanes)` but for stacked rows (see [`stacked_rows`]).
+    pub(crate) steps: Vec<(u32, i32)>,
 }
 
 impl TilePlan {
@@ -239,14 +242,42 @@ impl TilePlan {
         vectors: usize,
         target: &OutputTarget,
     ) -> Self {
-        Self::build(layout, lanes, vectors, &|p| {
-            layout.flat_coords(p).map(|c| target.index(c) as isize - p as isize)
-        })
+        let delta_of = |p| layout.flat_coords(p).map(|c| target.index(c) as isize - p as isize);
+        Self::stacked(layout, lanes, vectors, &delta_of)
+            .unwrap_or_else(|| Self::build(layout, lanes, vectors, &delta_of))
     }
 
-    /// A plan whose tiles are `vectors` vectors of `lanes` wide.
+    /// A plan whose tiles are `vectors` vectors of `lanes` wide (contiguous: for kernels
+    /// that do not read [`steps`](Self::steps)).
     pub(crate) fn with_vectors(layout: &InputLayout, lanes: usize, vectors: usize) -> Self {
         Self::build(layout, lanes, vectors, &|p| layout.output_delta(p))
+    }
+
+    /// [`with_vectors`](Self::with_vectors), stacking rows of one vector (see
+    /// [`stacked_rows`]) where they fit.
+    pub(crate) fn with_vectors_stacked(layout: &InputLayout, lanes: usize, vectors: usize) -> Self {
+        let delta_of = |p| layout.output_delta(p);
+        Self::stacked(layout, lanes, vectors, &delta_of)
+            .unwrap_or_else(|| Self::build(layout, lanes, vectors, &delta_of))
+    }
+
+    /// A plan of stacked rows, when [`stacked_rows`] finds them.
+    fn stacked(
+        layout: &InputLayout,
+        lanes: usize,
+        vectors: usize,
+        delta_of: &dyn Fn(usize) -> Option<isize>,
+    ) -> Option<Self> {
+        let tiles = stacked_rows(layout, lanes, vectors, delta_of)?;
+        let count = tiles.len();
+        Some(TilePlan {
+            vectors,
+            tiles: tiles.iter().map(|t| (t.first, t.rows * lanes)).collect(),
+            seg_ptr: vec![0; count + 1],
+            segs: Vec::new(),
+            uniform: tiles.iter().map(|t| Some(t.shift)).collect(),
+            steps: tiles.iter().map(|t| (t.x_step, t.y_step)).collect(),
+        })
     }
 
     /// Tiles and, per tile vector, masked stores to `p + delta(p)` for each kept flat
@@ -267,6 +298,7 @@ impl TilePlan {
             seg_ptr: vec![0],
             segs: Vec::new(),
             uniform: Vec::new(),
+            steps: Vec::new(),
         };
         let whole = ((1u32 << lanes) - 1) as u16;
         for &(p0, n) in &all {
@@ -306,11 +338,90 @@ impl TilePlan {
                 }))
             .then_some(segs[0].delta);
             plan.uniform.push(uniform);
+            plan.steps.push((lanes as u32, lanes as i32));
             plan.tiles.push((p0, n));
             plan.seg_ptr.push(plan.segs.len() as u32);
         }
         plan
     }
+}
+
+/// Rows of a stacked tile: `rows` output rows of exactly one vector, the first at flat
+/// position `first` stored at `first + shift`, each next one `x_step` further in the flat grid
+/// and `y_step` further in the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StackedTile {
+    first: usize,
+    rows: usize,
+    x_step: u32,
+    y_step: i32,
+    shift: i32,
+}
+
+/// With 8 lanes, when every output row is exactly one vector (8x8 maps) apart from padding
+/// columns in the flat grid: tiles of `vectors` such rows, each vector one whole row. Flat
+/// tiles there straddle row ends (rows of 8 in a grid of 9), so every vector is stored in
+/// masked parts, which AVX2 has no instruction for; stacked rows store whole vectors with
+/// plain stores and compute no padding column. `None` when rows are not all one vector, or
+/// a step does not fit.
+fn stacked_rows(
+    layout: &InputLayout,
+    lanes: usize,
+    vectors: usize,
+    delta_of: &dyn Fn(usize) -> Option<isize>,
+) -> Option<Vec<StackedTile>> {
+    if lanes != 8 || vectors < 2 {
+        return None;
+    }
+    // Maximal runs of kept positions with one shift: (first, length, shift).
+    let mut rows = Vec::new();
+    for &(start, len) in layout.runs() {
+        let end = start + len;
+        let mut p = start;
+        while p < end {
+            let Some(d) = delta_of(p) else {
+                p += 1;
+                continue;
+            };
+            let first = p;
+            while p < end && delta_of(p) == Some(d) {
+                p += 1;
+            }
+            rows.push((first, p - first, d));
+        }
+    }
+    if rows.is_empty() || rows.iter().any(|&(_, len, _)| len != lanes) {
+        return None;
+    }
+    let mut tiles: Vec<StackedTile> = Vec::new();
+    for &(first, _, d) in &rows {
+        let shift = i32::try_from(d).ok()?;
+        let out = first as i64 + i64::from(shift);
+        if let Some(t) = tiles.last_mut().filter(|t| t.rows < vectors) {
+            // A tile's rows are evenly spaced in the grid and in the output.
+            let last = t.first + (t.rows - 1) * t.x_step as usize;
+            let last_out =
+                t.first as i64 + i64::from(t.shift) + (t.rows as i64 - 1) * i64::from(t.y_step);
+            let x_step = first.checked_sub(last).and_then(|x| u32::try_from(x).ok());
+            let y_step = i32::try_from(out - last_out).ok();
+            if let (Some(x_step), Some(y_step)) = (x_step, y_step)
+                && (t.rows == 1 || (x_step == t.x_step && y_step == t.y_step))
+            {
+                t.x_step = x_step;
+                t.y_step = y_step;
+                t.rows += 1;
+                continue;
+            }
+        }
+        tiles.push(StackedTile {
+            first,
+            rows: 1,
+            x_step: lanes as u32,
+            y_step: lanes as i32,
+            shift,
+        });
+    }
+    Some(tiles)
 }
 
 /// With 8 lanes, the runs of flat positions cut at output row ends (maximal runs of positions
@@ -442,8 +553,8 @@ impl RowGroupConv {
             }
         }
         let single = matrix.groups() == matrix.rows;
-        let plans =
-            [8, 16].map(|l| TilePlan::with_vectors(&layout, l, tile_vectors(&layout, l, single)));
+        let plans = [8, 16]
+            .map(|l| TilePlan::with_vectors_stacked(&layout, l, tile_vectors(&layout, l, single)));
         let target = OutputTarget::dense(shape.output());
         let max_offset = offsets.iter().max().map_or(0, |&o| o as usize);
         Ok(RowGroupConv { matrix, shape, layout, offsets, max_offset, target, plans })
@@ -796,6 +907,7 @@ fn tile_group<S: Simd>(job: &Job<'_>, ti: usize, g: usize) {
     // shared row padding is 71 positions: 32 + 32 + 7).
     let vectors = if n <= S::LANES { 1 } else { plan.vectors };
     // Tiles stored whole at one shift take the flat output's plain stores, shifted.
+    let (x_step, y_step) = plan.steps[ti];
     let (segs, shift): (&[Seg], isize) = match (job.direct, plan.uniform[ti]) {
         (true, _) => (&[], 0),
         (false, Some(d)) => (&[], d as isize),
@@ -823,6 +935,9 @@ fn tile_group<S: Simd>(job: &Job<'_>, ti: usize, g: usize) {
         n,
         segs,
         shift,
+        x_step: x_step as usize,
+        // The flat output is the grid: its vectors are as far apart as the grid's.
+        y_step: if job.direct { x_step as isize } else { y_step as isize },
     };
     // One row loop per variant (not one loop dispatching per chunk): the partial variants'
     // loop-invariant store masks are then computed in their own loops' preheaders, not
@@ -861,6 +976,10 @@ struct GroupRows<'a> {
     /// The tile's masked stores, or none for plain stores shifted by `shift`.
     segs: &'a [Seg],
     shift: isize,
+    /// Distance between the tile's vectors in the grid and in the output (`LANES` but for
+    /// stacked rows).
+    x_step: usize,
+    y_step: isize,
 }
 
 impl GroupRows<'_> {
@@ -896,7 +1015,8 @@ impl GroupRows<'_> {
             let yp =
                 job.y.0.add((r0 + i) * job.ystride).wrapping_add(p0).wrapping_offset(self.shift);
             let xp = job.x.add(p0);
-            let out = Out { y: yp, stride: job.ystride, n: self.n, segs: self.segs };
+            let out =
+                Out { y: yp, stride: job.ystride, n: self.n, segs: self.segs, step: self.y_step };
             let ep = RowEpilogue {
                 bias: job.epilogue.bias.map(|b| b.as_ptr().add(r0 + i)),
                 clamp: job.epilogue.clamp,
@@ -909,11 +1029,12 @@ impl GroupRows<'_> {
                 }),
             };
             let (offs, r) = (self.offs, self.r);
+            let xs = self.x_step;
             match rt {
-                8 => micro::<S, 8, V, FULL>(offs, wp, r, xp, &out, &ep),
-                4 => micro::<S, 4, V, FULL>(offs, wp, r, xp, &out, &ep),
-                2 => micro::<S, 2, V, FULL>(offs, wp, r, xp, &out, &ep),
-                _ => micro::<S, 1, V, FULL>(offs, wp, r, xp, &out, &ep),
+                8 => micro::<S, 8, V, FULL>(offs, wp, r, xp, xs, &out, &ep),
+                4 => micro::<S, 4, V, FULL>(offs, wp, r, xp, xs, &out, &ep),
+                2 => micro::<S, 2, V, FULL>(offs, wp, r, xp, xs, &out, &ep),
+                _ => micro::<S, 1, V, FULL>(offs, wp, r, xp, xs, &out, &ep),
             }
             i += rt;
         }
@@ -936,6 +1057,7 @@ unsafe fn micro<S: Simd, const RT: usize, const V: usize, const FULL: bool>(
     w: *const f32,
     wstride: usize,
     x: *const f32,
+    xs: usize,
     out: &Out<'_>,
     ep: &RowEpilogue,
 ) {
@@ -950,13 +1072,13 @@ unsafe fn micro<S: Simd, const RT: usize, const V: usize, const FULL: bool>(
         let mut xv = [S::zero(); V];
         for (v, xvv) in xv.iter_mut().enumerate() {
             *xvv = if FULL {
-                S::load(xp.add(v * l))
+                S::load(xp.add(v * xs))
             } else {
                 let rem = n.saturating_sub(v * l);
                 if rem >= l {
-                    S::load(xp.add(v * l))
+                    S::load(xp.add(v * xs))
                 } else if rem > 0 {
-                    S::load_partial(xp.add(v * l), rem)
+                    S::load_partial(xp.add(v * xs), rem)
                 } else {
                     S::zero()
                 }
@@ -978,7 +1100,7 @@ unsafe fn micro<S: Simd, const RT: usize, const V: usize, const FULL: bool>(
             ep.apply::<S, V>(rr, a);
             let yp = out.y.add(rr * out.stride);
             for (v, &av) in a.iter().enumerate() {
-                S::store(yp.add(v * l), av);
+                S::store(yp.offset(v as isize * out.step), av);
             }
         }
         return;
@@ -1040,12 +1162,13 @@ pub(crate) unsafe fn store_row<S: Simd, const V: usize, const FULL: bool>(
     let yp = out.y.wrapping_add(rr * out.stride);
     if out.segs.is_empty() {
         for (v, &av) in a.iter().enumerate() {
+            let at = yp.offset(v as isize * out.step);
             if FULL {
-                S::store(yp.add(v * l), av);
+                S::store(at, av);
             } else {
                 let rem = n.saturating_sub(v * l);
                 if rem > 0 {
-                    S::store_partial(yp.add(v * l), av, rem.min(l));
+                    S::store_partial(at, av, rem.min(l));
                 }
             }
         }
@@ -1085,17 +1208,14 @@ unsafe fn store_row_residual<S: Simd, const V: usize, const FULL: bool>(
     let rp = res.wrapping_add(rr * out.stride);
     if out.segs.is_empty() {
         for (v, &av) in a.iter().enumerate() {
+            let (at, rat) = (yp.offset(v as isize * out.step), rp.offset(v as isize * out.step));
             if FULL {
-                S::store(yp.add(v * l), clamp.apply_vec::<S>(S::add(av, S::load(rp.add(v * l)))));
+                S::store(at, clamp.apply_vec::<S>(S::add(av, S::load(rat))));
             } else {
                 let rem = n.saturating_sub(v * l);
                 if rem > 0 {
-                    let r = S::load_partial(rp.add(v * l), rem.min(l));
-                    S::store_partial(
-                        yp.add(v * l),
-                        clamp.apply_vec::<S>(S::add(av, r)),
-                        rem.min(l),
-                    );
+                    let r = S::load_partial(rat, rem.min(l));
+                    S::store_partial(at, clamp.apply_vec::<S>(S::add(av, r)), rem.min(l));
                 }
             }
         }
@@ -1120,6 +1240,9 @@ pub(crate) struct Out<'a> {
     pub(crate) stride: usize,
     pub(crate) n: usize,
     pub(crate) segs: &'a [Seg],
+    /// Distance between the tile's vectors in the output when `segs` is empty (`LANES` but
+    /// for stacked rows).
+    pub(crate) step: isize,
 }
 
 /// `y = W x` for one vector `x` (length `cols`): vectorized across the rows of each group.
@@ -1200,5 +1323,38 @@ fn gemv_groups_generic<S: Simd>(m: &RowGroupMatrix, x: &[f32], y: SendPtr, g0: u
             }
             i += n;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An 8x8 map padded by 1 is a grid of rows 9 apart (one padding column shared between
+    /// neighbours) holding 8 outputs each: 8-lane plans stack them two per tile (vectors 9
+    /// apart in the grid, 8 in the output); a 7-row map
+    /// ends on a one-row tile; rows of 9 are not stacked, nor are 16-lane plans.
+    #[test]
+    fn rows_of_one_vector_are_stacked_two_per_tile() {
+        let shape = ConvShape::conv2d(4, 8, [8, 8], [3, 3], 1, 1).unwrap();
+        let layout = shape.layout();
+        let plan = TilePlan::with_vectors_stacked(&layout, 8, 2);
+        assert_eq!(plan.tiles.len(), 4);
+        assert!(plan.tiles.iter().all(|&(_, n)| n == 16));
+        assert!(plan.steps.iter().all(|&s| s == (9, 8)), "{:?}", plan.steps);
+        assert!(plan.segs.is_empty() && plan.uniform.iter().all(Option::is_some));
+        // Tile t's first row is output row 2t: flat `p + shift` is its first output.
+        for (t, (&(p0, _), &shift)) in plan.tiles.iter().zip(&plan.uniform).enumerate() {
+            assert_eq!(p0 as i64 + i64::from(shift.unwrap()), 16 * t as i64);
+        }
+
+        let odd = ConvShape::conv2d(4, 8, [7, 8], [3, 3], 1, 1).unwrap().layout();
+        let plan = TilePlan::with_vectors_stacked(&odd, 8, 2);
+        let rows: Vec<usize> = plan.tiles.iter().map(|&(_, n)| n / 8).collect();
+        assert_eq!(rows, [2, 2, 2, 1]);
+
+        let wide = ConvShape::conv2d(4, 8, [8, 9], [3, 3], 1, 1).unwrap().layout();
+        assert!(stacked_rows(&wide, 8, 2, &|p| wide.output_delta(p)).is_none());
+        assert!(stacked_rows(&layout, 16, 2, &|p| layout.output_delta(p)).is_none());
     }
 }

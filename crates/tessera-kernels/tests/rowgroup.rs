@@ -205,6 +205,8 @@ fn fused_epilogue_is_bias_then_activation_on_every_output() {
         // Rows of 32 and 16 outputs: 8-lane tiles within rows, stored whole at one shift.
         ConvShape::conv2d(8, 8, [4, 32], [3, 3], 1, 1).unwrap(),
         ConvShape::conv2d(5, 12, [5, 16], [3, 3], 1, 1).unwrap(),
+        // Output rows of exactly one 8-lane vector: stacked-row tiles.
+        ConvShape::conv2d(6, 16, [7, 8], [3, 3], 1, 1).unwrap(),
     ];
     for (si, shape) in shapes.into_iter().enumerate() {
         let mut rng = ChaCha8Rng::seed_from_u64(40 + si as u64);
@@ -292,6 +294,16 @@ fn producer_writes_the_consumers_packed_layout() {
         (
             ConvShape::conv2d(3, 8, [8, 34], [3, 3], 2, 1).unwrap(),
             ConvShape::conv2d(8, 8, [4, 17], [3, 3], 1, 1).unwrap(),
+        ),
+        // Output rows of one 8-lane vector, into a padded consumer: stacked rows stored
+        // at the consumer's row pitch.
+        (
+            ConvShape::conv2d(4, 16, [8, 8], [3, 3], 1, 1).unwrap(),
+            ConvShape::conv2d(16, 8, [8, 8], [3, 3], 1, 1).unwrap(),
+        ),
+        (
+            ConvShape::conv2d(3, 8, [15, 16], [3, 3], 2, 1).unwrap(),
+            ConvShape::conv2d(8, 8, [8, 8], [5, 5], 1, 2).unwrap(),
         ),
         // A 1x1 consumer whose planes are a multiple of 1 KiB: its input is packed with a
         // gap after each channel (not read in place), and the producer writes that layout.
@@ -411,6 +423,28 @@ fn row_aligned_tiles_on_wide_maps_match_the_reference() {
         for group_size in [1, 8] {
             for threads in [1, 2] {
                 check_conv(shape, 0.5, group_size, 90 + i as u64, threads);
+            }
+        }
+    }
+}
+
+/// Output rows of exactly one 8-lane vector between padding columns (8x8 maps; strided from
+/// 16 wide; 5x5 kernels; an odd number of rows, so the last stacked tile has one row) with one
+/// and 8 filters per group, on 1 and 2 threads.
+#[test]
+fn stacked_rows_on_eight_wide_maps_match_the_reference() {
+    let shapes = [
+        ConvShape::conv2d(16, 16, [8, 8], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(8, 24, [16, 16], [3, 3], 2, 1).unwrap(),
+        ConvShape::conv2d(4, 8, [8, 8], [5, 5], 1, 2).unwrap(),
+        ConvShape::conv2d(5, 9, [7, 8], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(3, 8, [9, 10], [3, 3], 1, 0).unwrap(),
+        ConvShape::conv3d(2, 8, [3, 5, 8], [3, 3, 3], 1, 1).unwrap(),
+    ];
+    for (i, shape) in shapes.into_iter().enumerate() {
+        for group_size in [1, 8] {
+            for threads in [1, 2] {
+                check_conv(shape, 0.6, group_size, 120 + i as u64, threads);
             }
         }
     }

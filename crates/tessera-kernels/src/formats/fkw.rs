@@ -509,7 +509,8 @@ fn fkw_tile<S: Simd, const V: usize>(job: &FkwJob<'_>, acc: *mut f32, ti: usize)
             for (v, av) in a.iter_mut().enumerate() {
                 *av = S::load(acc.add(r * width + v * l));
             }
-            let out = Out { y: job.y.0.add(r * job.ystride).wrapping_add(p0), stride: 0, n, segs };
+            let y = job.y.0.add(r * job.ystride).wrapping_add(p0);
+            let out = Out { y, stride: 0, n, segs, step: S::LANES as isize };
             if full {
                 store_row::<S, V, true>(&out, 0, &a);
             } else {
