@@ -945,18 +945,24 @@ fn tile_group<S: Simd>(job: &Job<'_>, ti: usize, g: usize) {
     // with 16 columns on AVX2).
     // SAFETY: as in `GroupRows::run`.
     unsafe {
-        match (vectors, load_whole) {
+        // Stacked rows get their own instances: a run-time vector step in every tile's loads
+        // measured slower in whole plans (an address computation per entry).
+        let stacked = x_step as usize != S::LANES;
+        match (vectors, load_whole, stacked) {
             // Wide tiles: one row at a time.
-            (8, true) => rows.run::<S, 8, true>(),
-            (8, false) => rows.run::<S, 8, false>(),
-            (4, true) => rows.run::<S, 4, true>(),
-            (4, false) => rows.run::<S, 4, false>(),
-            (1, true) => rows.run::<S, 1, true>(),
-            (1, false) => rows.run::<S, 1, false>(),
-            (WIDE_TILE_V, true) => rows.run::<S, WIDE_TILE_V, true>(),
-            (WIDE_TILE_V, false) => rows.run::<S, WIDE_TILE_V, false>(),
-            (_, true) => rows.run::<S, TILE_V, true>(),
-            (_, false) => rows.run::<S, TILE_V, false>(),
+            (8, true, _) => rows.run::<S, 8, true, false>(),
+            (8, false, _) => rows.run::<S, 8, false, false>(),
+            (4, true, false) => rows.run::<S, 4, true, false>(),
+            (4, false, false) => rows.run::<S, 4, false, false>(),
+            (4, true, true) => rows.run::<S, 4, true, true>(),
+            (4, false, true) => rows.run::<S, 4, false, true>(),
+            (1, true, _) => rows.run::<S, 1, true, false>(),
+            (1, false, _) => rows.run::<S, 1, false, false>(),
+            (WIDE_TILE_V, true, _) => rows.run::<S, WIDE_TILE_V, true, false>(),
+            (WIDE_TILE_V, false, _) => rows.run::<S, WIDE_TILE_V, false, false>(),
+            (_, true, true) => rows.run::<S, TILE_V, true, true>(),
+            (_, true, false) => rows.run::<S, TILE_V, true, false>(),
+            (_, false, _) => rows.run::<S, TILE_V, false, false>(),
         }
     }
 }
@@ -994,7 +1000,7 @@ impl GroupRows<'_> {
     /// only (plain stores when the flat grid is the output, the tile plan's masked stores
     /// otherwise).
     #[inline(always)]
-    unsafe fn run<S: Simd, const V: usize, const FULL: bool>(&self) {
+    unsafe fn run<S: Simd, const V: usize, const FULL: bool, const STACKED: bool>(&self) {
         let job = self.job;
         let mut i = 0;
         while i < self.r {
@@ -1031,10 +1037,10 @@ impl GroupRows<'_> {
             let (offs, r) = (self.offs, self.r);
             let xs = self.x_step;
             match rt {
-                8 => micro::<S, 8, V, FULL>(offs, wp, r, xp, xs, &out, &ep),
-                4 => micro::<S, 4, V, FULL>(offs, wp, r, xp, xs, &out, &ep),
-                2 => micro::<S, 2, V, FULL>(offs, wp, r, xp, xs, &out, &ep),
-                _ => micro::<S, 1, V, FULL>(offs, wp, r, xp, xs, &out, &ep),
+                8 => micro::<S, 8, V, FULL, STACKED>(offs, wp, r, xp, xs, &out, &ep),
+                4 => micro::<S, 4, V, FULL, STACKED>(offs, wp, r, xp, xs, &out, &ep),
+                2 => micro::<S, 2, V, FULL, STACKED>(offs, wp, r, xp, xs, &out, &ep),
+                _ => micro::<S, 1, V, FULL, STACKED>(offs, wp, r, xp, xs, &out, &ep),
             }
             i += rt;
         }
@@ -1044,7 +1050,8 @@ impl GroupRows<'_> {
 /// `RT` rows x `V * LANES` positions. With `FULL`, every lane is loaded whole (all positions
 /// are valid, or the lanes past `n` are readable and `out` has segments, which store only
 /// valid positions); otherwise only the first `n` are loaded. Stores follow `out` (plain when it
-/// has no segments, masked per segment otherwise).
+/// has no segments, masked per segment otherwise). With `STACKED`, vector `v` is read at
+/// `v * xs` and stored at `v * out.step` (stacked rows); otherwise both are `v * LANES`.
 ///
 /// # Safety
 /// For every entry `e`, `x + offs[e]` must be readable for the touched positions; `w` must hold
@@ -1052,7 +1059,7 @@ impl GroupRows<'_> {
 /// must be writable.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro<S: Simd, const RT: usize, const V: usize, const FULL: bool>(
+unsafe fn micro<S: Simd, const RT: usize, const V: usize, const FULL: bool, const STACKED: bool>(
     offs: &[u32],
     w: *const f32,
     wstride: usize,
@@ -1063,6 +1070,8 @@ unsafe fn micro<S: Simd, const RT: usize, const V: usize, const FULL: bool>(
 ) {
     let n = out.n;
     let l = S::LANES;
+    // Contiguous vectors but in stacked tiles: a constant step, folded into the addressing.
+    let (xs, ys) = if STACKED { (xs, out.step) } else { (l, l as isize) };
     let mut acc = [[S::zero(); V]; RT];
     let mut wp = w;
     for &off in offs {
@@ -1100,7 +1109,7 @@ unsafe fn micro<S: Simd, const RT: usize, const V: usize, const FULL: bool>(
             ep.apply::<S, V>(rr, a);
             let yp = out.y.add(rr * out.stride);
             for (v, &av) in a.iter().enumerate() {
-                S::store(yp.offset(v as isize * out.step), av);
+                S::store(yp.offset(v as isize * ys), av);
             }
         }
         return;
