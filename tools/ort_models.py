@@ -1,6 +1,6 @@
 """ONNX Runtime on tessera IR models: the peer measurement behind `cargo xtask bench models --ort PYTHON`.
 
-usage: PYTHON tools/ort_models.py --ir DIR --out FILE [--threads 1,2] [--min-time 0.3]
+usage: PYTHON tools/ort_models.py --ir DIR --out FILE [--threads 1,2] [--min-time 0.3] [--serve]
 
 DIR is one tessera IR model (graph.json + weights.safetensors, written by `bench models` after
 the IR passes) or holds one per subdirectory. Each is converted to an ONNX graph (opset 13) op for op,
@@ -8,7 +8,9 @@ checked against the reference output `reference.bin` beside it (our plan's outpu
 `input.bin`; f32 little-endian), and timed in ONNX Runtime at batch 1 with intra-op threads
 from --threads (inter-op 1, sequential execution, all graph optimizations on). Writes FILE
 (JSON): per model and thread count the median ms, the max abs difference to our output, and
-the versions. Needs numpy, onnx and onnxruntime (`pip install numpy onnx onnxruntime`; the
+the versions. With --serve (one model), it prints `ready VERSION` after the check instead and
+answers stdin lines `time THREADS SECONDS` with the median ms of such a window, so that
+`bench models` can time ORT and its own plan in interleaved rounds. Needs numpy, onnx and onnxruntime (`pip install numpy onnx onnxruntime`; the
 peers venv `../shared/tools/peers` has them).
 """
 import argparse
@@ -168,12 +170,32 @@ def median_ms(run, min_time):
     return times[len(times) // 2]
 
 
+def serve(sessions):
+    """Answers 'time THREADS SECONDS' lines with one median-ms line each, until 'quit' or EOF."""
+    print(f"ready {ort.__version__}", flush=True)
+    for line in sys.stdin:
+        parts = line.split()
+        if not parts or parts[0] == "quit":
+            break
+        if parts[0] != "time" or len(parts) != 3 or int(parts[1]) not in sessions:
+            print(f"error: expected 'time THREADS SECONDS' for threads {sorted(sessions)}, got {line!r}", flush=True)
+            continue
+        sess, feed = sessions[int(parts[1])]
+        print(f"{median_ms(lambda: sess.run(None, feed), float(parts[2])):.6f}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ir", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--min-time", type=float, default=0.3)
+    ap.add_argument(
+        "--serve",
+        action="store_true",
+        help="after checking, print 'ready' and answer stdin lines 'time THREADS SECONDS' with "
+        "the median ms of that window (one model), so that a caller can interleave rounds",
+    )
     args = ap.parse_args()
     results = {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "models": []}
     if os.path.isfile(os.path.join(args.ir, "graph.json")):
@@ -186,6 +208,7 @@ def main():
         ref = np.fromfile(os.path.join(d, "reference.bin"), dtype="<f4")
         model, shape = to_onnx(d, ref.size)
         x = np.fromfile(os.path.join(d, "input.bin"), dtype="<f4").reshape(shape)
+        sessions = {}
         for threads in [int(t) for t in args.threads.split(",")]:
             so = ort.SessionOptions()
             so.intra_op_num_threads = threads
@@ -200,9 +223,15 @@ def main():
             if not diff <= 1e-3 * scale:
                 print(f"{name}: ONNX Runtime output differs from tessera's by {diff} (scale {scale})", file=sys.stderr)
                 sys.exit(1)
+            sessions[threads] = (sess, feed)
+            if args.serve:
+                continue
             ms = median_ms(lambda: sess.run(None, feed), args.min_time)
             print(f"{name} threads {threads}: {ms:.3f} ms (max |diff| {diff:.2e})", file=sys.stderr)
             results["models"].append({"model": name, "threads": threads, "median_ms": ms, "max_abs_diff": diff})
+        if args.serve:
+            serve(sessions)
+            return
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(results, f, indent=1)

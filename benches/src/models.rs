@@ -41,7 +41,8 @@ pub struct ModelSuiteConfig {
     /// scheme's kernel on every thread).
     #[serde(default)]
     pub tune: bool,
-    /// Time ONNX Runtime on each dense model right after our dense plan (see [`OrtPeer`]).
+    /// Time ONNX Runtime on each dense model in rounds interleaved with our dense plan (see
+    /// [`OrtPeer`]).
     #[serde(default)]
     pub ort: Option<OrtPeer>,
 }
@@ -59,28 +60,34 @@ pub struct OrtPeer {
     pub dir: std::path::PathBuf,
 }
 
-#[derive(Deserialize)]
-struct OrtOutput {
-    onnxruntime: String,
-    models: Vec<OrtTime>,
-}
+/// Rounds in which ONNX Runtime and our dense plan are timed side by side.
+const ORT_ROUNDS: usize = 5;
 
-#[derive(Deserialize)]
-struct OrtTime {
+/// ONNX Runtime against our dense plans at one thread count: medians over [`ORT_ROUNDS`]
+/// rounds that time the two back to back.
+struct OrtTiming {
     threads: usize,
-    median_ms: f64,
+    /// ORT's ms and ours (medians of the rounds' medians).
+    ort_ms: f64,
+    ours_ms: f64,
+    /// Median of the rounds' ours / ORT ratios (below 1: ORT is slower).
+    ratio: f64,
 }
 
-/// Saves `graph` for the ORT script with a seeded input and our plan's output on it, runs the
-/// script, and returns (threads, median ms) per thread count and ORT's version.
+/// Saves `graph` for the ORT script with a seeded input and our plan's output on it, starts
+/// the script as a server (it converts the model, checks ORT's output against ours and builds
+/// one session per thread count), then times ORT and each of our `dense` plans (threads, plan)
+/// in interleaved rounds: this machine's speed drifts by tens of percent within seconds, and
+/// two medians taken a minute apart drifted with it. Returns ORT's version and the timings.
 fn time_ort(
     peer: &OrtPeer,
     name: &str,
     graph: &Graph,
-    threads: &[usize],
+    dense: &mut [(usize, &mut Plan)],
     min_time: f64,
-) -> anyhow::Result<(String, Vec<(usize, f64)>)> {
+) -> anyhow::Result<(String, Vec<OrtTiming>)> {
     use anyhow::Context;
+    use std::io::{BufRead, Write};
     let dir = peer.dir.join(name);
     tessera_ir::io::save(graph, &dir)?;
     let mut plan = Plan::compile(graph, &CompileOptions::default())?;
@@ -90,26 +97,74 @@ fn time_ort(
     let bytes = |v: &[f32]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
     std::fs::write(dir.join("input.bin"), bytes(&x))?;
     std::fs::write(dir.join("reference.bin"), bytes(&y))?;
-    let out_file = dir.join("ort.json");
-    let list: Vec<String> = threads.iter().map(ToString::to_string).collect();
-    let status = std::process::Command::new(&peer.python)
+    let list: Vec<String> = dense.iter().map(|(t, _)| t.to_string()).collect();
+    let mut child = std::process::Command::new(&peer.python)
         .arg(&peer.script)
         .arg("--ir")
         .arg(&dir)
         .arg("--out")
-        .arg(&out_file)
-        .args(["--threads", &list.join(","), "--min-time", &min_time.to_string()])
-        .status()
+        .arg(dir.join("ort.json"))
+        .args(["--threads", &list.join(","), "--serve"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
         .with_context(|| format!("running {} {}", peer.python, peer.script.display()))?;
+    let (Some(mut to), Some(from)) = (child.stdin.take(), child.stdout.take()) else {
+        anyhow::bail!("{}: no pipes to the ORT script", peer.script.display());
+    };
+    let mut from = std::io::BufReader::new(from);
+    let mut line = String::new();
+    let mut reply = |line: &mut String| -> anyhow::Result<String> {
+        line.clear();
+        from.read_line(line)?;
+        Ok(line.trim().to_string())
+    };
+    let ready = reply(&mut line)?;
+    let Some(version) = ready.strip_prefix("ready ") else {
+        let status = child.wait()?;
+        anyhow::bail!(
+            "{} on {}: expected 'ready', got {ready:?} ({status})",
+            peer.script.display(),
+            dir.display()
+        );
+    };
+    let version = version.to_string();
+    let window = min_time / ORT_ROUNDS as f64;
+    let mut rounds = vec![Vec::new(); dense.len()];
+    for _ in 0..ORT_ROUNDS {
+        for ((threads, plan), r) in dense.iter_mut().zip(&mut rounds) {
+            let ours = median_ms(window, || {
+                let _ = plan.run(&x, &mut y);
+            });
+            writeln!(to, "time {threads} {window}")?;
+            to.flush()?;
+            let text = reply(&mut line)?;
+            let ort: f64 = text
+                .parse()
+                .with_context(|| format!("{}: expected ms, got {text:?}", peer.script.display()))?;
+            r.push((ort, ours));
+        }
+    }
+    writeln!(to, "quit")?;
+    drop(to);
+    let status = child.wait()?;
     anyhow::ensure!(
         status.success(),
         "{} failed on {} ({status})",
         peer.script.display(),
         dir.display()
     );
-    let out: OrtOutput = serde_json::from_slice(&std::fs::read(&out_file)?)
-        .with_context(|| format!("reading {}", out_file.display()))?;
-    Ok((out.onnxruntime, out.models.iter().map(|m| (m.threads, m.median_ms)).collect()))
+    let timings = dense
+        .iter()
+        .zip(&rounds)
+        .map(|((threads, _), r)| OrtTiming {
+            threads: *threads,
+            ort_ms: median(&r.iter().map(|p| p.0).collect::<Vec<_>>()),
+            ours_ms: median(&r.iter().map(|p| p.1).collect::<Vec<_>>()),
+            ratio: median(&r.iter().map(|p| p.1 / p.0).collect::<Vec<_>>()),
+        })
+        .collect();
+    Ok((version, timings))
 }
 
 impl Default for ModelSuiteConfig {
@@ -377,17 +432,26 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
             dense.push((threads, macs(&dense_plan).0, t, dense_plan));
         }
         if let Some(peer) = &cfg.ort {
-            let (version, times) = time_ort(peer, name, &dense_graph, &cfg.threads, cfg.min_time)?;
-            for (threads, ms) in times {
-                let ours = dense.iter().find(|d| d.0 == threads).map_or(f64::NAN, |d| d.2.ms);
-                tracing::info!(model = name, threads, ms, ours, "onnxruntime {version}");
+            let mut plans: Vec<(usize, &mut Plan)> =
+                dense.iter_mut().map(|d| (d.0, &mut d.3)).collect();
+            let (version, times) = time_ort(peer, name, &dense_graph, &mut plans, cfg.min_time)?;
+            for t in times {
+                let (threads, ms, ours) = (t.threads, t.ort_ms, t.ours_ms);
+                tracing::info!(
+                    model = name,
+                    threads,
+                    ms,
+                    ours,
+                    ours_over_ort = t.ratio,
+                    "onnxruntime {version}"
+                );
                 out.models.push(ModelPoint {
                     model: name.into(),
                     scheme: format!("onnxruntime {version}"),
                     rate: 1.0,
                     threads,
                     median_ms: ms,
-                    speedup: ours / ms,
+                    speedup: t.ratio,
                     flop_reduction: 1.0,
                 });
             }
@@ -558,8 +622,9 @@ pub fn markdown(r: &ModelResults) -> String {
          threads, same run, the median ratio over 5 rounds that time the two plans side by side \
          (a pruned plan's `ms` is its median over those rounds); `FLOP red.` = dense / kept multiply-adds over the whole model. burn \
          rows: its dense forward on the same model (threads: burn's own pool). onnxruntime \
-         rows (with `--ort`): the same dense graph exported to ONNX, timed right after our \
-         dense plan; its speedup below 1 means ORT is slower than our dense plan.\n\n",
+         rows (with `--ort`): the same dense graph exported to ONNX, timed in 5 rounds \
+         interleaved with our dense plan (`ms`: ORT's median over the rounds); its speedup is \
+         the median of the rounds' ours / ORT ratios, below 1 when ORT is slower.\n\n",
     );
     s.push_str("| model | scheme | rate | threads | ms | speedup | FLOP red. |\n|---|---|---|---|---|---|---|\n");
     for p in &r.models {

@@ -172,9 +172,16 @@ fn dense_conv(node: &str, shape: ConvShape, w: &[f32]) -> Result<(ConvKernel, Ch
 /// 4x4, 0.71-0.85 on 3x3 layers at 8x8 (64-256 channels) and LeNet-5's 5x5 conv2, 0.77-0.91 on
 /// MobileNetV2's 1x1 layers at 4x4; 0.95-1.14 on 1x1 at 7x7, 1.32 on 1x1 at 8x8, 0.95-1.00 on
 /// 3x3 at 16x16 and 1.67 at 32x32 with 16 channels. The tuner times both either way.
+///
+/// With 8-lane vectors (AVX2), output rows of exactly 8 positions are stacked two per
+/// row-group tile (plain stores, no padding columns computed), and there the row-group engine
+/// caught up: on Zen 3, channel-vector / row-group time 1.01-1.10 on 3x3 layers at 8x8
+/// (ResNet-20's 64@8x8, VGG's 128->256 and 256->256), while 4x4 and 2x2 stay 0.29-0.52. Those
+/// layers go to the row-group engine there.
 pub(crate) fn channel_vector_first(shape: &ConvShape) -> bool {
     let p = shape.output_positions();
-    shape.groups == 1 && (p <= 16 || (p <= 64 && shape.kernel_volume() > 1))
+    let stacked_rows = Isa::detect().lanes() == 8 && shape.output()[2] == 8;
+    shape.groups == 1 && (p <= 16 || (p <= 64 && shape.kernel_volume() > 1 && !stacked_rows))
 }
 
 /// Largest map (output positions) on which the tuner also times the channel-vector kernel.
