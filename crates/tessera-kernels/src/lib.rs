@@ -12,7 +12,9 @@
 //!   pattern kernel ([`formats::fkw`]). Convolutions are implicit GEMMs over a padded,
 //!   phase-split input ([`conv`]), so every load is a contiguous vector.
 //! * The depthwise kernel ([`depthwise`]): each channel a 2-D stencil over a padded,
-//!   phase-split plane, in register tiles of 4 rows x 2 vectors.
+//!   phase-split plane, in register tiles of 4 rows x 2 vectors; whole small planes in
+//!   AVX-512 registers; on 8-lane instruction sets, 8 channels at a time transposed into one
+//!   plane of 8-channel vectors (channel-interleaved).
 //! * The channel-vector kernel ([`channel_vector`]): dense convolutions on small maps,
 //!   vectorized over output channels (4 vectors x 6 positions per register tile).
 //! * Dense baselines ([`dense`]): GEMM from the `gemm` crate, our GEMV, im2col + GEMM, and the
