@@ -346,6 +346,31 @@ impl TilePlan {
     }
 }
 
+/// Maximal runs of the layout's flat positions kept with one store shift: (first, length,
+/// shift). Output rows, when the flat grid has padding columns.
+fn shifted_runs(
+    layout: &InputLayout,
+    delta_of: &dyn Fn(usize) -> Option<isize>,
+) -> Vec<(usize, usize, isize)> {
+    let mut rows = Vec::new();
+    for &(start, len) in layout.runs() {
+        let end = start + len;
+        let mut p = start;
+        while p < end {
+            let Some(d) = delta_of(p) else {
+                p += 1;
+                continue;
+            };
+            let first = p;
+            while p < end && delta_of(p) == Some(d) {
+                p += 1;
+            }
+            rows.push((first, p - first, d));
+        }
+    }
+    rows
+}
+
 /// Rows of a stacked tile: `rows` output rows of exactly one vector, the first at flat
 /// position `first` stored at `first + shift`, each next one `x_step` further in the flat grid
 /// and `y_step` further in the output.
@@ -373,23 +398,7 @@ fn stacked_rows(
     if lanes != 8 || vectors < 2 {
         return None;
     }
-    // Maximal runs of kept positions with one shift: (first, length, shift).
-    let mut rows = Vec::new();
-    for &(start, len) in layout.runs() {
-        let end = start + len;
-        let mut p = start;
-        while p < end {
-            let Some(d) = delta_of(p) else {
-                p += 1;
-                continue;
-            };
-            let first = p;
-            while p < end && delta_of(p) == Some(d) {
-                p += 1;
-            }
-            rows.push((first, p - first, d));
-        }
-    }
+    let rows = shifted_runs(layout, delta_of);
     if rows.is_empty() || rows.iter().any(|&(_, len, _)| len != lanes) {
         return None;
     }
@@ -443,22 +452,8 @@ fn output_rows(
     if lanes != 8 {
         return None;
     }
-    let mut rows = Vec::new();
-    for &(start, len) in layout.runs() {
-        let end = start + len;
-        let mut p = start;
-        while p < end {
-            let Some(d) = delta_of(p) else {
-                p += 1;
-                continue;
-            };
-            let first = p;
-            while p < end && delta_of(p) == Some(d) {
-                p += 1;
-            }
-            rows.push((first, p - first));
-        }
-    }
+    let rows: Vec<(usize, usize)> =
+        shifted_runs(layout, delta_of).into_iter().map(|(first, len, _)| (first, len)).collect();
     let kept: usize = rows.iter().map(|&(_, len)| len).sum();
     (!rows.is_empty() && kept >= 2 * lanes * rows.len()).then_some(rows)
 }
