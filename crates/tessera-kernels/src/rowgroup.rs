@@ -957,7 +957,10 @@ fn tile_group<S: Simd>(job: &Job<'_>, ti: usize, g: usize) {
             (WIDE_TILE_V, false, _) => rows.run::<S, WIDE_TILE_V, false, false>(),
             (_, true, true) => rows.run::<S, TILE_V, true, true>(),
             (_, true, false) => rows.run::<S, TILE_V, true, false>(),
-            (_, false, _) => rows.run::<S, TILE_V, false, false>(),
+            // Unreached (a stacked tile short of `TILE_V` rows is one vector wide), but kept
+            // so that no stacked tile can run with contiguous vector offsets.
+            (_, false, true) => rows.run::<S, TILE_V, false, true>(),
+            (_, false, false) => rows.run::<S, TILE_V, false, false>(),
         }
     }
 }
