@@ -20,7 +20,7 @@ use tessera_kernels::formats::bcr::{BcrCompact, BcrConv};
 use tessera_kernels::formats::block_punched::{BlockPunched, Kgs};
 use tessera_kernels::formats::bsr::Bsr;
 use tessera_kernels::formats::csr::Csr;
-use tessera_kernels::formats::fkw::{Fkw, FkwConv};
+use tessera_kernels::formats::fkw::{Fkw, FkwConv, FkwOrder};
 use tessera_kernels::{
     ChannelVectorConv, ConvScratch, ConvShape, DepthwiseConv, DepthwiseScratch, Isa, KernelError,
     RowGroupConv, RowGroupMatrix,
@@ -237,8 +237,8 @@ fn stencil(node: &str, shape: ConvShape, w: &[f32]) -> Result<(ConvKernel, Choic
 /// engine for a dense depthwise layer, the channel-vector kernel or the direct one for a dense
 /// ungrouped layer on a map of at most 256 positions (whichever the table did not pick), and,
 /// for a pruned weight, masked row groups and the dense direct kernel on the pruned weights
-/// (at low sparsity the dense kernel can win), and BCR's row-group form. The tuner times
-/// them.
+/// (at low sparsity the dense kernel can win), BCR's row-group form and the pattern kernel's
+/// other order. The tuner times them.
 pub(crate) fn conv_candidates(
     node: &Node,
     param: &Param,
@@ -270,6 +270,20 @@ pub(crate) fn conv_candidates(
         } else {
             out.push(channel_vector(name, shape, w)?);
         }
+    }
+    if let ConvKernel::Fkw { conv, .. } = &out[0].0 {
+        // The pattern kernel's other order (the table's is picked by mean run length).
+        let (order, format) = match conv.order() {
+            FkwOrder::ChannelMajor => (FkwOrder::FilterMajor, "FKW, filter-major"),
+            FkwOrder::FilterMajor => (FkwOrder::ChannelMajor, "FKW, channel-major"),
+        };
+        let other = FkwConv::with_order(conv.weights().clone(), shape, Some(order))
+            .map_err(kernel_error(name))?;
+        let scratch = other.scratch_for(1);
+        out.push((
+            ConvKernel::Fkw { conv: Box::new(other), scratch },
+            Choice { kernel: "pattern", format },
+        ));
     }
     if let Some(sp) = &param.sparsity {
         if out[0].1.format != "masked" {

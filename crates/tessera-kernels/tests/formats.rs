@@ -10,7 +10,7 @@ use tessera_kernels::formats::bcr::{BcrCompact, BcrConv};
 use tessera_kernels::formats::block_punched::{BlockPunched, Kgs};
 use tessera_kernels::formats::bsr::Bsr;
 use tessera_kernels::formats::csr::Csr;
-use tessera_kernels::formats::fkw::{Fkw, FkwConv};
+use tessera_kernels::formats::fkw::{Fkw, FkwConv, FkwOrder};
 use tessera_kernels::{ConvScratch, ConvShape, Isa, RowGroupConv, RowGroupMatrix, reference};
 use tessera_sparsity::{Layer, Mask, Projection, Scheme, Target, Tiling};
 
@@ -61,9 +61,23 @@ fn check_conv(shape: ConvShape, values: &[f32], encoded: Encoded, what: &str) {
                     conv.run(isa, &x, &mut y, &mut s, threads).unwrap();
                 }
                 Encoded::Fkw(f) => {
-                    let conv = FkwConv::new(f.clone(), shape).unwrap();
-                    let mut s = conv.scratch();
-                    conv.run(isa, &x, &mut y, &mut s, threads).unwrap();
+                    // Both orders, each checked below (the channel-major one here; the
+                    // filter-major one against the same reference next).
+                    for order in [FkwOrder::FilterMajor, FkwOrder::ChannelMajor] {
+                        let conv = FkwConv::with_order(f.clone(), shape, Some(order)).unwrap();
+                        assert_eq!(conv.order(), order);
+                        let mut s = conv.scratch();
+                        y.fill(f32::NAN);
+                        conv.run(isa, &x, &mut y, &mut s, threads).unwrap();
+                        if order == FkwOrder::FilterMajor {
+                            for (i, (g, w)) in y.iter().zip(&want).enumerate() {
+                                assert!(
+                                    (g - w).abs() <= tol,
+                                    "{what} filter-major {isa} {threads}t {shape:?}: output {i}: {g} vs {w}"
+                                );
+                            }
+                        }
+                    }
                 }
             }
             for (i, (g, w)) in y.iter().zip(&want).enumerate() {
@@ -201,6 +215,37 @@ fn every_format_runs_gemv_and_gemm() {
     }
 }
 
+fn scheme_projection(
+    layer: &Layer,
+    w: &[f32],
+    library: &tessera_sparsity::PatternLibrary,
+) -> Projection {
+    let scheme: Scheme = format!("pattern:8+connectivity@{library}").parse().unwrap();
+    scheme.project(layer, w, Target::Sparsity(0.875)).unwrap()
+}
+
+/// The automatic order: channel-major for long runs of same-pattern kernels per channel (many
+/// filters) or when the filter-major order would need several channel blocks; filter-major
+/// for few filters on a map whose channels fit one block.
+#[test]
+fn fkw_order_follows_run_length_and_blocks() {
+    for (filters, channels, hw, want) in [
+        (256, 256, 8, FkwOrder::ChannelMajor),
+        (16, 16, 32, FkwOrder::FilterMajor),
+        (32, 32, 16, FkwOrder::FilterMajor),
+        (64, 64, 56, FkwOrder::ChannelMajor),
+    ] {
+        let shape = ConvShape::conv2d(channels, filters, [hw, hw], [3, 3], 1, 1).unwrap();
+        let layer = shape.layer("conv").unwrap();
+        let w = weights(layer.geometry.len(), 3);
+        let library = tessera_sparsity::PatternLibrary::extract(8, [(&layer, &w[..])]).unwrap();
+        let p = scheme_projection(&layer, &w, &library);
+        let conv = FkwConv::new(Fkw::encode(&layer, &p.values, &p.mask, &library).unwrap(), shape)
+            .unwrap();
+        assert_eq!(conv.order(), want, "{filters} filters, {channels} channels on {hw}x{hw}");
+    }
+}
+
 #[test]
 fn fkw_round_trips_and_runs_pattern_convs() {
     let shapes = [
@@ -209,6 +254,8 @@ fn fkw_round_trips_and_runs_pattern_convs() {
         ConvShape::conv2d(16, 16, [8, 8], [3, 3], 1, 1).unwrap().with_groups(4).unwrap(),
         ConvShape::conv2d(4, 4, [12, 12], [3, 3], 1, 2).unwrap().with_dilation(2).unwrap(),
         ConvShape::conv2d(4, 5, [6, 7], [3, 3], 1, 0).unwrap(),
+        // Long rows: the filter-major order splits the 20 channels into 3 blocks.
+        ConvShape::conv2d(20, 8, [3, 200], [3, 3], 1, 1).unwrap(),
     ];
     for (si, shape) in shapes.into_iter().enumerate() {
         let layer = shape.layer("conv").unwrap();
@@ -224,6 +271,12 @@ fn fkw_round_trips_and_runs_pattern_convs() {
             let f = Fkw::encode(&layer, &p.values, &p.mask, &library).unwrap();
             assert_eq!(f.decode(), p.values, "FKW decode {text} at {sparsity}");
             check_conv(shape, &p.values, Encoded::Fkw(f), &format!("FKW {text} at {sparsity}"));
+        }
+        if si == 5 {
+            let p = scheme_projection(&layer, &w, &library);
+            let f = Fkw::encode(&layer, &p.values, &p.mask, &library).unwrap();
+            let conv = FkwConv::with_order(f, shape, Some(FkwOrder::FilterMajor)).unwrap();
+            assert_eq!(conv.channel_blocks(), Some(3));
         }
         // A mask that is not a library pattern is rejected.
         let bad = project("unstructured", &layer, &w, 0.5);

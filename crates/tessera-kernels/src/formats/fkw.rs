@@ -13,23 +13,33 @@
 //!
 //! Index cost: 2 bytes per kernel (4 weights) against CSR's 4 bytes per weight.
 //!
-//! Kernel (channel-major, register-level load reuse): binding transposes the kernels to input-
-//! channel order, grouped by pattern. For an output tile, each input channel's 9 tap vectors
-//! (x 2 vectors wide on AVX-512) are loaded into registers **once**, and every kept kernel on
-//! that channel, whatever its filter, is computed from those registers: 4 broadcasts and 8
-//! FMAs, plus a read-modify-write of its filter's partial sums in an L1-resident tile buffer.
-//! The per-pattern specialized loop is real: the kernel body is instantiated for each of the
-//! 56 possible 4-tap patterns (a const generic), so the 4 register selections are compile-time
-//! constants, and a run of same-pattern kernels dispatches once. The tile buffer starts on a
-//! 64-byte boundary (see [`ConvScratch`]) so each read-modify-write touches whole cache lines:
-//! that alone measured 1.15-1.3x faster at 8x. Measured and rejected (conv3x3 at 8x, 1
-//! thread): the filter-major loop (one filter at a time), which reloads each input vector for
-//! every filter that uses it, about 2x slower; a pattern-major order (one dispatch per pattern
-//! per tile, 4 tap rows in registers, 4 vectors wide), 2.6-4.1x against 3.2-4.4x, because each
-//! channel's taps were reloaded once per pattern; staging the 9 tap rows in L1 and reading
-//! each kernel's taps by index instead of dispatching, 1.9-2.3x (load-bound); a fixed
-//! per-channel pattern order so the dispatch jumps repeat periodically, and weight broadcasts
-//! by register shuffles instead of loads, both within noise.
+//! Kernel: binding sorts the kernels into one of two execution orders ([`FkwOrder`]) and
+//! precomputes, per kernel or per run, the packed-input offsets of its pattern's 4 taps (the
+//! pattern specialization: a pattern is 4 offsets fixed at bind time, so one loop serves every
+//! pattern with no per-pattern dispatch). Output tiles are up to 3 vectors (24 positions) on
+//! AVX2 and 2 (32) on AVX-512.
+//! * **Channel-major** (register-level load reuse): kernels in input-channel order, grouped by
+//!   pattern. A run of same-pattern kernels on one channel loads the pattern's 4 tap vectors
+//!   (x 3) into registers once, and every kernel of the run, whatever its filter, is 4
+//!   broadcasts and 12 FMAs plus a read-modify-write of its filter's partial sums in an
+//!   L1-resident tile buffer (rows on 128-byte boundaries: aligning that buffer alone measured
+//!   1.15-1.3x faster at 8x).
+//! * **Filter-major**: per block of input channels whose taps fit L1, every filter in turn
+//!   with 4 accumulators per vector in registers, each kernel's taps read as FMA memory
+//!   operands: one load per FMA but no partial-sum traffic and no per-run loop, which wins when
+//!   runs are short (few filters per channel and pattern).
+//!
+//! Measured (conv3x3 at 8x, 1 thread, min of runs on Zen 3 AVX2, us): 256 channels on 8x8 307
+//! with the previous kernel (all 9 taps of a channel in registers, one vector wide, and the
+//! run body instantiated per each of the 56 4-tap patterns with a jump table per run) -> 171
+//! channel-major; 128 on 16x16 282 -> 188; 64 on 56x56 1030 -> 806; 16 on 32x32 39-58 -> 23
+//! filter-major. Measured and rejected: the per-pattern instantiation on top of the 3-vector
+//! runs (equal: the jump per run costs what the loaded offsets do); a filter-major order
+//! everywhere (load-bound: 258 us on 256@8x8); splitting each row's vectors evenly over its
+//! tiles (3 + 2 + 2 instead of 3 + 3 + 1 on 56-wide rows: equal). Earlier, one vector wide: the
+//! filter-major loop about 2x slower; a pattern-major order (one dispatch per pattern per
+//! tile), 2.6-4.1x against 3.2-4.4x; staging tap rows in L1 and reading each kernel's taps by
+//! index, 1.9-2.3x; weight broadcasts by register shuffles, within noise.
 
 #![allow(unsafe_op_in_unsafe_fn)]
 
@@ -191,70 +201,89 @@ impl Fkw {
     }
 }
 
-/// The 56 candidate patterns in increasing mask order (as `tessera_sparsity::all_pattern_candidates`).
-const CANDIDATES: [u16; 56] = candidates();
-
-const fn candidates() -> [u16; 56] {
-    let mut out = [0u16; 56];
-    let (mut m, mut k) = (0u16, 0usize);
-    while m < 512 {
-        if m.count_ones() == 4 && m & 16 != 0 {
-            out[k] = m;
-            k += 1;
-        }
-        m += 1;
-    }
-    out
+/// How [`FkwConv`] orders its work on a tile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FkwOrder {
+    /// Input channel by input channel: every run of same-pattern kernels on a channel loads
+    /// the pattern's 4 tap vectors once and adds each kernel into its filter's partial sums
+    /// (an L1 buffer, one read-modify-write per vector). Best when runs are long (many
+    /// filters per channel and pattern).
+    ChannelMajor,
+    /// Filter by filter over blocks of input channels whose taps stay in L1: 4 accumulators
+    /// per vector stay in registers and each kernel's taps are FMA memory operands. No
+    /// partial-sum traffic and one loop per filter, but one load per FMA: best when runs are
+    /// short.
+    FilterMajor,
 }
 
-const fn taps_of(m: u16) -> [usize; 4] {
-    let mut out = [0usize; 4];
-    let (mut t, mut k) = (0, 0);
-    while t < 9 {
-        if m >> t & 1 == 1 && k < 4 {
-            out[k] = t;
-            k += 1;
-        }
-        t += 1;
-    }
-    out
-}
+/// Shortest mean run (kept kernels per input channel and pattern) that takes
+/// [`FkwOrder::ChannelMajor`] even when the filter-major order would need one channel block
+/// only (with more blocks, its per-filter-and-block overhead loses anyway). Measured at 8x on
+/// Zen 3 (1 thread, min of runs, us, channel-major / filter-major): 256 filters on 8x8 (mean
+/// run 9) 171 / 258; 128 on 16x16 (4.5) 188 / 248; 64 on 56x56 (2.2, 3 blocks) 806 / 919; 64
+/// on 32x32 (2 blocks) 273 / 285; 64 on 16x16 (2 blocks) 64 / 67; 64 on 8x8 (1 block) 24.6 /
+/// 18.3; 48 on 16x16 (1.7) 41 / 37; 32 on 32x32 (1.1) 94 / 74; 32 on 16x16 23 / 18; 16 on
+/// 32x32 (0.6) 28.5 / 23.
+const CHANNEL_MAJOR_RUN: f64 = 3.0;
 
-/// A run of kernels on one input channel sharing a pattern (index into [`CANDIDATES`]).
-#[derive(Debug, Clone, Copy)]
+/// Bytes of input one channel block may span at the widest tile: the block's taps stay in L1
+/// (32 KiB on Zen 3) beside the kernel stream while every filter of the block reads them.
+/// (8 and 64 KiB measured 0-10% slower or the same.)
+const BLOCK_INPUT_BYTES: usize = 16 * 1024;
+
+/// Floats per row of the partial-sum buffer (a tile is at most 32 positions wide; rows start
+/// on cache-line boundaries).
+const ACC_STRIDE: usize = 32;
+
+/// A run of kernels on one input channel sharing a pattern: its 4 tap offsets in the packed
+/// input (channel included) and its kernels.
+#[derive(Debug, Clone)]
 struct Run {
-    pattern: u8,
+    off: [u32; 4],
     start: u32,
     end: u32,
 }
 
-/// An [`Fkw`] bound to a convolution, in channel-major execution order.
+/// The kernels in execution order.
+#[derive(Debug, Clone)]
+enum Schedule {
+    /// Runs in channel order; per kernel its output row and 4 weights.
+    ChannelMajor { runs: Vec<Run>, k_row: Vec<u32>, k_w: Vec<[f32; 4]> },
+    /// Kernels of channel block `b` and output row `r` are `ptr[b * rows + r] ..
+    /// ptr[b * rows + r + 1]`; per kernel its 4 tap offsets (channel included) and weights.
+    FilterMajor { blocks: usize, ptr: Vec<u32>, k_off: Vec<[u32; 4]>, k_w: Vec<[f32; 4]> },
+}
+
+/// An [`Fkw`] bound to a convolution, in the execution order of its [`FkwOrder`].
 #[derive(Debug, Clone)]
 pub struct FkwConv {
     f: Fkw,
     shape: ConvShape,
     layout: InputLayout,
-    /// Offset of each of the 9 taps (channel 0).
-    tap_offsets: [usize; 9],
-    channel_stride: usize,
-    /// Per input channel (all groups): first run.
-    chan_run_ptr: Vec<u32>,
-    runs: Vec<Run>,
-    /// Output row and 4 weights of each kernel, in execution order.
-    k_row: Vec<u32>,
-    k_w: Vec<[f32; 4]>,
-    /// Tiles of 1 x 8 lanes and 2 x 16 lanes.
+    schedule: Schedule,
+    /// Tiles of up to 3 x 8 lanes and 2 x 16 lanes.
     plans: [TilePlan; 2],
 }
 
-/// Vectors per tile row at `lanes` (9 tap vectors each must stay in registers).
-fn vectors(lanes: usize) -> usize {
-    if lanes == 16 { 2 } else { 1 }
+/// Most vectors per tile at `lanes`: 4 tap registers per vector in the channel-major order
+/// (12 of 16 AVX2 registers at 3), 4 accumulators per vector in the filter-major one.
+fn max_vectors(lanes: usize) -> usize {
+    if lanes == 16 { 2 } else { 3 }
 }
 
+/// Every kernel of `f` as (channel over all groups, pattern, output row, tap offsets,
+/// weights), in the FKW order.
+type Item = (usize, usize, u32, [u32; 4], [f32; 4]);
+
 impl FkwConv {
-    /// Binds `f` to `shape`, which must be a 3x3 2-D convolution of matching channels.
+    /// Binds `f` to `shape`, which must be a 3x3 2-D convolution of matching channels, in the
+    /// order its mean run length favours (see [`FkwOrder`]).
     pub fn new(f: Fkw, shape: ConvShape) -> Result<Self> {
+        Self::with_order(f, shape, None)
+    }
+
+    /// [`FkwConv::new`] in a given order (`None`: chosen by mean run length).
+    pub fn with_order(f: Fkw, shape: ConvShape, order: Option<FkwOrder>) -> Result<Self> {
         if shape.kernel != [1, 3, 3]
             || !shape.is_2d()
             || f.rows != shape.out_channels
@@ -267,75 +296,91 @@ impl FkwConv {
                 ),
             });
         }
+        if let Some(p) = f.patterns.iter().find(|p| p.count_ones() != 4) {
+            return Err(KernelError::InvalidShape {
+                reason: format!("FKW pattern {p:#05x} does not keep 4 taps"),
+            });
+        }
         let layout = shape.layout();
         let tap_offsets: [usize; 9] = std::array::from_fn(|t| layout.offset(0, [0, t / 3, t % 3]));
         let channel_stride = layout.channel_stride();
-        // Transpose: (global channel, candidate pattern, filter) for every kernel.
+        if shape.in_channels * channel_stride + tap_offsets[8] > u32::MAX as usize {
+            return Err(KernelError::InvalidShape {
+                reason: format!("{shape:?}: packed input exceeds u32 offsets"),
+            });
+        }
         let np = f.patterns.len();
-        let cand: Vec<u8> = f
-            .patterns
-            .iter()
-            .map(|p| CANDIDATES.iter().position(|c| c == p).map(|i| i as u8))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| KernelError::InvalidShape {
-                reason: "pattern outside the 56 4-tap candidates".into(),
-            })?;
-        let mut items: Vec<(usize, u8, u32, [f32; 4])> = Vec::with_capacity(f.index.len());
+        let pattern_taps: Vec<[usize; 4]> = f.patterns.iter().map(|&p| taps(p)).collect();
+        let mut items: Vec<Item> = Vec::with_capacity(f.index.len());
         for (fi, &row) in f.reorder.iter().enumerate() {
             let group_base = (row as usize / f.out_per_group) * f.in_per_group;
             let k0 = f.offset[fi] as usize;
-            for (p, &cp) in cand.iter().enumerate() {
+            for (p, t) in pattern_taps.iter().enumerate() {
                 for k in k0 + f.stride[fi * (np + 1) + p] as usize
                     ..k0 + f.stride[fi * (np + 1) + p + 1] as usize
                 {
-                    let w = [
-                        f.weights[4 * k],
-                        f.weights[4 * k + 1],
-                        f.weights[4 * k + 2],
-                        f.weights[4 * k + 3],
-                    ];
-                    items.push((group_base + f.index[k] as usize, cp, row, w));
+                    let ch = group_base + f.index[k] as usize;
+                    let off = t.map(|t| (ch * channel_stride + tap_offsets[t]) as u32);
+                    let w = std::array::from_fn(|j| f.weights[4 * k + j]);
+                    items.push((ch, p, row, off, w));
                 }
             }
         }
         items.sort_by_key(|it| (it.0, it.1, it.2));
-        let mut chan_run_ptr = vec![0u32; shape.in_channels + 1];
-        let mut runs: Vec<Run> = Vec::new();
-        let mut k_row = Vec::with_capacity(items.len());
-        let mut k_w = Vec::with_capacity(items.len());
-        let mut c_prev = 0usize;
-        for (i, &(c, p, row, w)) in items.iter().enumerate() {
-            while c_prev < c {
-                c_prev += 1;
-                chan_run_ptr[c_prev] = runs.len() as u32;
+        let run_count = items.windows(2).filter(|w| (w[0].0, w[0].1) != (w[1].0, w[1].1)).count()
+            + usize::from(!items.is_empty());
+        // Channel blocks of the filter-major order: as many channels as keep the widest
+        // tile's taps within budget, balanced.
+        let span = 4 * (tap_offsets[8] + ACC_STRIDE);
+        let per_block = (BLOCK_INPUT_BYTES / span).max(1);
+        let blocks = shape.in_channels.div_ceil(per_block).max(1);
+        let per_block = shape.in_channels.div_ceil(blocks);
+        let long_runs = items.len() as f64 >= CHANNEL_MAJOR_RUN * run_count.max(1) as f64;
+        let order = order.unwrap_or(if long_runs || blocks > 1 {
+            FkwOrder::ChannelMajor
+        } else {
+            FkwOrder::FilterMajor
+        });
+        let schedule = match order {
+            FkwOrder::ChannelMajor => {
+                let mut runs: Vec<Run> = Vec::with_capacity(run_count);
+                for (i, it) in items.iter().enumerate() {
+                    match runs.last_mut() {
+                        Some(r) if i > 0 && (items[i - 1].0, items[i - 1].1) == (it.0, it.1) => {
+                            r.end += 1
+                        }
+                        _ => runs.push(Run { off: it.3, start: i as u32, end: i as u32 + 1 }),
+                    }
+                }
+                Schedule::ChannelMajor {
+                    runs,
+                    k_row: items.iter().map(|it| it.2).collect(),
+                    k_w: items.iter().map(|it| it.4).collect(),
+                }
             }
-            match runs.last_mut() {
-                Some(r) if r.pattern == p && i > 0 && items[i - 1].0 == c => r.end += 1,
-                _ => runs.push(Run { pattern: p, start: i as u32, end: i as u32 + 1 }),
+            FkwOrder::FilterMajor => {
+                items.sort_by_key(|it| (it.0 / per_block, it.2, it.0));
+                let rows = f.rows;
+                let mut ptr = vec![0u32; blocks * rows + 1];
+                for it in &items {
+                    ptr[it.0 / per_block * rows + it.2 as usize + 1] += 1;
+                }
+                for i in 0..blocks * rows {
+                    ptr[i + 1] += ptr[i];
+                }
+                Schedule::FilterMajor {
+                    blocks,
+                    ptr,
+                    k_off: items.iter().map(|it| it.3).collect(),
+                    k_w: items.iter().map(|it| it.4).collect(),
+                }
             }
-            k_row.push(row);
-            k_w.push(w);
-        }
-        while c_prev < shape.in_channels {
-            c_prev += 1;
-            chan_run_ptr[c_prev] = runs.len() as u32;
-        }
+        };
         let plans = [
-            TilePlan::with_vectors(&layout, 8, vectors(8)),
-            TilePlan::with_vectors(&layout, 16, vectors(16)),
+            TilePlan::with_vectors(&layout, 8, max_vectors(8)),
+            TilePlan::with_vectors(&layout, 16, max_vectors(16)),
         ];
-        Ok(FkwConv {
-            f,
-            shape,
-            layout,
-            tap_offsets,
-            channel_stride,
-            chan_run_ptr,
-            runs,
-            k_row,
-            k_w,
-            plans,
-        })
+        Ok(FkwConv { f, shape, layout, schedule, plans })
     }
 
     /// The weights.
@@ -343,13 +388,33 @@ impl FkwConv {
         &self.f
     }
 
-    /// Floats of partial-sum tile buffer one thread needs.
+    /// The execution order.
+    pub fn order(&self) -> FkwOrder {
+        match self.schedule {
+            Schedule::ChannelMajor { .. } => FkwOrder::ChannelMajor,
+            Schedule::FilterMajor { .. } => FkwOrder::FilterMajor,
+        }
+    }
+
+    /// Input-channel blocks of the filter-major order (None for channel-major): each tile
+    /// computes every filter on one block before the next, so the block's input stays in L1.
+    pub fn channel_blocks(&self) -> Option<usize> {
+        match self.schedule {
+            Schedule::FilterMajor { blocks, .. } => Some(blocks),
+            Schedule::ChannelMajor { .. } => None,
+        }
+    }
+
+    /// Floats of partial-sum buffer one thread needs (none for one filter-major block).
     fn acc_len(&self) -> usize {
-        self.f.rows * 32
+        match self.schedule {
+            Schedule::FilterMajor { blocks: 1, .. } => 0,
+            _ => self.f.rows * ACC_STRIDE,
+        }
     }
 
     /// Scratch for [`FkwConv::run`] with up to `threads` threads: the packed input and one
-    /// partial-sum tile buffer per thread.
+    /// partial-sum buffer per thread.
     pub fn scratch_for(&self, threads: usize) -> ConvScratch {
         ConvScratch::with_lengths((self.layout.packed_len(), threads.max(1) * self.acc_len()))
     }
@@ -378,7 +443,7 @@ impl FkwConv {
         // read-modify-write of a partial-sum row touches whole cache lines.
         if acc.len() < threads * self.acc_len() {
             return Err(KernelError::BufferLength {
-                what: "FKW tile scratch",
+                what: "FKW partial-sum scratch",
                 expected: threads * self.acc_len(),
                 found: acc.len(),
             });
@@ -422,45 +487,44 @@ simd_entry! {
     fn fkw_tiles(job: &FkwJob<'_>, thread: usize, t0: usize, t1: usize) => fkw_tiles_generic;
 }
 
+/// Tiles `t0..t1`, each at the fewest vectors that hold its positions.
 #[inline(always)]
 fn fkw_tiles_generic<S: Simd>(job: &FkwJob<'_>, thread: usize, t0: usize, t1: usize) {
-    if S::LANES == 16 {
-        fkw_tiles_v::<S, 2>(job, thread, t0, t1)
-    } else {
-        fkw_tiles_v::<S, 1>(job, thread, t0, t1)
-    }
-}
-
-macro_rules! dispatch_pattern {
-    ($pattern:expr, $f:ident, $s:ty, $v:expr, $args:tt; $($n:literal)*) => {
-        match $pattern {
-            $($n => $f::<$s, $n, $v> $args,)*
+    // SAFETY: thread `thread` owns acc[thread * acc_len ..][.. acc_len] (checked in run).
+    let acc = unsafe { job.acc.0.add(thread * job.c.acc_len()) };
+    let l = S::LANES;
+    // A packed input has slack after its last channel, so a partial tile may load whole
+    // vectors (its discarded lanes are never stored); an input read in place may not.
+    let over_read = !job.c.layout.in_place();
+    for ti in t0..t1 {
+        let n = job.plan.tiles[ti].1;
+        let (vectors, full) = (n.div_ceil(l), n.is_multiple_of(l));
+        match (vectors.min(3), full, over_read) {
+            (1, true, _) => fkw_tile::<S, 1, true, true>(job, acc, ti),
+            (1, false, true) => fkw_tile::<S, 1, true, false>(job, acc, ti),
+            (1, false, false) => fkw_tile::<S, 1, false, false>(job, acc, ti),
+            (2, true, _) => fkw_tile::<S, 2, true, true>(job, acc, ti),
+            (2, false, true) => fkw_tile::<S, 2, true, false>(job, acc, ti),
+            (2, false, false) => fkw_tile::<S, 2, false, false>(job, acc, ti),
+            // Only 8-lane plans have 3-vector tiles.
+            (_, true, _) if l == 8 => fkw_tile::<S, 3, true, true>(job, acc, ti),
+            (_, false, true) if l == 8 => fkw_tile::<S, 3, true, false>(job, acc, ti),
+            (_, false, false) if l == 8 => fkw_tile::<S, 3, false, false>(job, acc, ti),
             _ => {}
         }
-    };
-}
-
-#[inline(always)]
-fn fkw_tiles_v<S: Simd, const V: usize>(job: &FkwJob<'_>, thread: usize, t0: usize, t1: usize) {
-    // SAFETY: thread `thread` owns acc[thread * rows * 32 ..][.. rows * 32] (checked in run).
-    let acc = unsafe { job.acc.0.add(thread * job.c.acc_len()) };
-    for ti in t0..t1 {
-        // A run's short last tile computes one vector, not V (an 8x8 map with shared row
-        // padding is 71 positions: 32 + 32 + 7).
-        if V > 1 && job.plan.tiles[ti].1 <= S::LANES {
-            fkw_tile::<S, 1>(job, acc, ti);
-        } else {
-            fkw_tile::<S, V>(job, acc, ti);
-        }
     }
 }
 
-/// Tile `ti`, `V` vectors wide (the tile's positions fit them), accumulated in `acc`.
+/// Tile `ti`, `V` vectors wide (`FULL`: every lane a position; `LOAD_FULL`: whole vectors
+/// may be loaded), in the conv's order.
 #[inline(always)]
-fn fkw_tile<S: Simd, const V: usize>(job: &FkwJob<'_>, acc: *mut f32, ti: usize) {
+fn fkw_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
+    job: &FkwJob<'_>,
+    acc: *mut f32,
+    ti: usize,
+) {
     let c = job.c;
     let l = S::LANES;
-    let width = V * l;
     let rows = c.f.rows;
     let plan = job.plan;
     let (p0, n) = plan.tiles[ti];
@@ -469,85 +533,156 @@ fn fkw_tile<S: Simd, const V: usize>(job: &FkwJob<'_>, acc: *mut f32, ti: usize)
     } else {
         &plan.segs[plan.seg_ptr[ti] as usize..plan.seg_ptr[ti + 1] as usize]
     };
-    let full = n == width;
-    // SAFETY: the tile buffer holds rows x width floats; loads stay inside the input for
-    // valid positions (layout); stores follow the tile plan.
+    let store = |r: usize, s: &[S::V; V]| {
+        let y = job.y.0.wrapping_add(r * job.ystride + p0);
+        let out = Out { y, stride: 0, n, segs, step: l as isize };
+        // SAFETY: the tile plan stores only row `r`'s output positions of this tile.
+        unsafe { store_row::<S, V, FULL>(&out, 0, s) }
+    };
+    // SAFETY: tap offsets address the packed input of the tile's positions (whole vectors
+    // when LOAD_FULL: the packed input has slack after its last channel); `acc` holds rows x
+    // ACC_STRIDE floats unless the schedule is one filter-major block.
     unsafe {
-        std::ptr::write_bytes(acc, 0, rows * width);
-        for ch in 0..c.shape.in_channels {
-            let (r0, r1) = (c.chan_run_ptr[ch] as usize, c.chan_run_ptr[ch + 1] as usize);
-            if r0 == r1 {
-                continue;
-            }
-            let base = job.x.add(ch * c.channel_stride + p0);
-            // Plain loops, not `array::from_fn`: closures are separate functions without
-            // the caller's target features, and their intrinsics would not inline.
-            let mut xs = [[S::zero(); V]; 9];
-            for (t, xt) in xs.iter_mut().enumerate() {
-                let p = base.add(c.tap_offsets[t]);
-                for (v, xv) in xt.iter_mut().enumerate() {
-                    let rem = n.saturating_sub(v * l);
-                    *xv = if full || rem >= l {
-                        S::load(p.add(v * l))
-                    } else if rem > 0 {
-                        S::load_partial(p.add(v * l), rem)
-                    } else {
-                        S::zero()
-                    };
+        let x = job.x.add(p0);
+        match &c.schedule {
+            Schedule::ChannelMajor { runs, k_row, k_w } => {
+                std::ptr::write_bytes(acc, 0, rows * ACC_STRIDE);
+                for run in runs {
+                    let (k0, k1) = (run.start as usize, run.end as usize);
+                    let taps = load_taps::<S, V, LOAD_FULL>(x, n, &run.off);
+                    add_run::<S, V>(&taps, &k_row[k0..k1], &k_w[k0..k1], acc);
+                }
+                for r in 0..rows {
+                    let mut s = [S::zero(); V];
+                    for (v, sv) in s.iter_mut().enumerate() {
+                        *sv = S::load(acc.add(r * ACC_STRIDE + v * l));
+                    }
+                    store(r, &s);
                 }
             }
-            for run in &c.runs[r0..r1] {
-                let (k0, k1) = (run.start as usize, run.end as usize);
-                let (krows, kw) = (&c.k_row[k0..k1], &c.k_w[k0..k1]);
-                dispatch_pattern!(run.pattern, pattern_run, S, V, (&xs, krows, kw, acc, width);
-                    0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27
-                    28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55);
-            }
-        }
-        for r in 0..rows {
-            let mut a = [S::zero(); V];
-            for (v, av) in a.iter_mut().enumerate() {
-                *av = S::load(acc.add(r * width + v * l));
-            }
-            let y = job.y.0.add(r * job.ystride).wrapping_add(p0);
-            let out = Out { y, stride: 0, n, segs, step: S::LANES as isize };
-            if full {
-                store_row::<S, V, true>(&out, 0, &a);
-            } else {
-                store_row::<S, V, false>(&out, 0, &a);
+            Schedule::FilterMajor { blocks, ptr, k_off, k_w } => {
+                for b in 0..*blocks {
+                    let last = b + 1 == *blocks;
+                    for r in 0..rows {
+                        let (k0, k1) = (ptr[b * rows + r] as usize, ptr[b * rows + r + 1] as usize);
+                        let mut s =
+                            filter_block::<S, V, LOAD_FULL>(x, n, &k_off[k0..k1], &k_w[k0..k1]);
+                        let a = acc.add(r * ACC_STRIDE);
+                        if b > 0 {
+                            for (v, sv) in s.iter_mut().enumerate() {
+                                *sv = S::add(*sv, S::load(a.add(v * l)));
+                            }
+                        }
+                        if last {
+                            store(r, &s);
+                        } else {
+                            for (v, &sv) in s.iter().enumerate() {
+                                S::store(a.add(v * l), sv);
+                            }
+                        }
+                    }
+                }
             }
         }
     }
 }
 
-/// Adds every kernel of a same-pattern run into its filter's partial sums. `P` is the
-/// pattern's index among the 56 candidates, so the 4 tap registers are compile-time choices.
+/// One vector of `n` positions at `p` (`n >= LANES` or `LOAD_FULL`: a whole vector).
 ///
 /// # Safety
-/// `acc` holds `width`-float rows for every row in `rows`.
+/// `p` is readable for `min(n, LANES)` floats (`LANES` when `LOAD_FULL`).
+#[inline(always)]
+unsafe fn load_tile_vector<S: Simd, const LOAD_FULL: bool>(p: *const f32, n: usize) -> S::V {
+    if LOAD_FULL || n >= S::LANES { S::load(p) } else { S::load_partial(p, n) }
+}
+
+/// The 4 tap vectors (x `V`) of a run at tile input `x`.
+///
+/// # Safety
+/// As [`load_tile_vector`] for each tap and vector.
+#[inline(always)]
+unsafe fn load_taps<S: Simd, const V: usize, const LOAD_FULL: bool>(
+    x: *const f32,
+    n: usize,
+    off: &[u32; 4],
+) -> [[S::V; V]; 4] {
+    let l = S::LANES;
+    let mut taps = [[S::zero(); V]; 4];
+    // Plain loops, not `array::from_fn`: closures are separate functions without the
+    // caller's target features, and their intrinsics would not inline.
+    for (j, tj) in taps.iter_mut().enumerate() {
+        let p = x.add(off[j] as usize);
+        for (v, tv) in tj.iter_mut().enumerate() {
+            *tv = load_tile_vector::<S, LOAD_FULL>(p.add(v * l), n - v * l);
+        }
+    }
+    taps
+}
+
+/// Adds every kernel of a same-pattern run into its filter's partial sums: 4 broadcasts and
+/// 4 chained FMAs per vector into the loaded sums (every FP op a useful MAC; the tree form,
+/// two products and three adds, measured the same or slower).
+///
+/// # Safety
+/// `acc` holds `ACC_STRIDE`-float rows for every row in `rows`.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // `v` indexes four arrays at once
-unsafe fn pattern_run<S: Simd, const P: usize, const V: usize>(
-    xs: &[[S::V; V]; 9],
+unsafe fn add_run<S: Simd, const V: usize>(
+    taps: &[[S::V; V]; 4],
     rows: &[u32],
     ws: &[[f32; 4]],
     acc: *mut f32,
-    width: usize,
 ) {
-    let t = const { taps_of(CANDIDATES[P]) };
     let l = S::LANES;
     for (&row, w) in rows.iter().zip(ws) {
-        let a = acc.add(row as usize * width);
-        let (w0, w1, w2, w3) = (S::splat(w[0]), S::splat(w[1]), S::splat(w[2]), S::splat(w[3]));
-        // Four chained FMAs into the loaded partial sums: every FP op is a useful MAC. (The
-        // tree form, two products and three adds, measured the same or slower.)
+        let a = acc.add(row as usize * ACC_STRIDE);
+        // One weight broadcast live at a time: 12 tap registers, 3 sums and a weight fill
+        // AVX2's 16 (four live broadcasts spilled a tap).
+        let mut s = [S::zero(); V];
         for v in 0..V {
-            let mut s = S::load(a.add(v * l));
-            s = S::fma(w0, xs[t[0]][v], s);
-            s = S::fma(w1, xs[t[1]][v], s);
-            s = S::fma(w2, xs[t[2]][v], s);
-            s = S::fma(w3, xs[t[3]][v], s);
-            S::store(a.add(v * l), s);
+            s[v] = S::load(a.add(v * l));
+        }
+        for j in 0..4 {
+            let wj = S::splat(w[j]);
+            for v in 0..V {
+                s[v] = S::fma(wj, taps[j][v], s[v]);
+            }
+        }
+        for v in 0..V {
+            S::store(a.add(v * l), s[v]);
         }
     }
+}
+
+/// One filter's kernels of one channel block on a tile of `V` vectors (`n` positions): each
+/// kernel's 4 taps are read straight from the input (FMA memory operands, L1 hits within the
+/// block) into 4 accumulators per vector, so no FMA waits on another of the same kernel.
+///
+/// # Safety
+/// `x` + every offset is readable for `n` floats (`V * LANES` when `LOAD_FULL`).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // `j` and `v` index several arrays at once
+unsafe fn filter_block<S: Simd, const V: usize, const LOAD_FULL: bool>(
+    x: *const f32,
+    n: usize,
+    offs: &[[u32; 4]],
+    ws: &[[f32; 4]],
+) -> [S::V; V] {
+    let l = S::LANES;
+    let mut a = [[S::zero(); V]; 4];
+    for (o, w) in offs.iter().zip(ws) {
+        for j in 0..4 {
+            let wj = S::splat(w[j]);
+            let p = x.add(o[j] as usize);
+            for v in 0..V {
+                let xv = load_tile_vector::<S, LOAD_FULL>(p.add(v * l), n - v * l);
+                a[j][v] = S::fma(wj, xv, a[j][v]);
+            }
+        }
+    }
+    let mut s = [S::zero(); V];
+    for v in 0..V {
+        s[v] = S::add(S::add(a[0][v], a[1][v]), S::add(a[2][v], a[3][v]));
+    }
+    s
 }
