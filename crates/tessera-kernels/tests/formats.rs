@@ -352,8 +352,8 @@ fn structured_formats_need_less_index_than_csr() {
     assert!(fkw.index * 3 < csr.index, "FKW index {} vs CSR {}", fkw.index, csr.index);
 }
 
-/// BCR's block kernel instantiates its micro-kernel per kept-row count (1..=6 per pass) and
-/// per tile width (1..=5 vectors, the last one partial or not): 8x16 blocks at low sparsity
+/// BCR's block kernel instantiates its micro-kernel per kept-row count (1..=4 per chunk) and
+/// per tile width (1..=2 vectors on AVX2, 1..=5 on AVX-512, the last one partial or not): 8x16 blocks at low sparsity
 /// keep up to 8 rows, and GEMMs of n positions from 5 to 150 give every width and tail.
 #[test]
 fn bcr_kernel_covers_every_row_count_and_tile_width() {

@@ -8,14 +8,21 @@
 //! listed heaviest first (`order`, GRIM's reorder pass), which is the order threads take them in
 //! when work is split by block rows.
 //!
-//! Kernel: binding merges, inside each block row, the blocks that keep the same rows into one
-//! sub-matrix (their kept columns concatenated: GRIM's "same rows, same register tile"). For a
-//! tile of output positions and a block row, zero the rows' tile, then for every merged
-//! sub-matrix accumulate its product in registers (`RT` kept rows x up to `BCR_V` vectors;
-//! every gathered input vector reused by all kept rows) and add it into the kept rows. Merging
-//! matters: at 8x an 8x8 block keeps about 2 rows x 4 columns, so per-block accumulation paid
-//! one read-modify-write of the output tile per 4 columns; merged, the 28 possible 2-row sets
-//! of a block row each gather tens of columns.
+//! Kernel (column-block-major): binding lists every block's chunks of up to 4 kept rows in
+//! column-block order, with the input offset of each kept column. A tile of output positions
+//! (up to 2 vectors on AVX2, 5 on AVX-512) zeroes its rows, then runs every block row on one
+//! column block before the next, so the few input channels a column block gathers from stay
+//! in L1 while all block rows read them (block-row-major order streamed the whole input from
+//! L2 once per block row). A chunk accumulates its `kr x V` sub-product in registers, every
+//! gathered input vector reused by all its kept rows, and adds it into the output tile.
+//! Measured at 8x (bcr:8x32 keeps 4 rows x 8 columns per block), 1 thread, min of runs on Zen
+//! 3, us: the previous block-row-major kernel with blocks of equal kept rows merged and 2-row
+//! x 3-vector register tiles -> column-block-major 4-row x 2-vector: conv3x3 256@8x8 283 ->
+//! 232, 128@16x16 255 -> 193, 64@56x56 872 -> 598, conv1x1 256->64@56x56 412 -> 351. Rejected:
+//! 4 rows x 3 vectors (LLVM rotates the 12 accumulators through a stack slot every column:
+//! 250 us on 256@8x8); accumulators starting from the output tile instead of zero (the same
+//! or slower); the block-row-major order with 4-row tiles (slower than 2-row ones there,
+//! the input streamed from L2 was the bound).
 //!
 //! GEMV (batch 1 FC and LSTM gates, memory bound): a block row's outputs live in one register
 //! and each kept column's weights are expand-loaded into its kept rows' lanes, two columns
@@ -238,11 +245,14 @@ impl BcrCompact {
     }
 }
 
-/// Most vectors per tile row of the block kernel with 8 and 16 lanes: each broadcast weight
-/// serves this many vectors, which is what amortizes BCR's one-broadcast-per-kept-weight cost.
-/// AVX-512 takes 5 (up to 5 rows x 5 = 25 accumulators, 5 input vectors and a broadcast in 32
-/// registers), AVX2 4 (2 rows x 4 + 4 + 1 of 16).
-const BCR_V: [usize; 2] = [4, 5];
+/// Most vectors per tile of the block kernel with 8 and 16 lanes: up to [`BCR_RT`] kept rows
+/// x this many vectors of accumulators, the input vectors and a broadcast: 4 x 3 + 3 + 1 of
+/// AVX2's 16 registers, 4 x 5 + 5 + 1 of AVX-512's 32.
+const BCR_V: [usize; 2] = [2, 5];
+
+/// Most kept rows of a block computed together (a block keeping more is split into chunks,
+/// each gathering the block's columns again).
+const BCR_RT: usize = 4;
 
 /// Tiles of each run of flat positions with at most `vmax` vectors of `lanes`, the run's
 /// vectors dealt evenly: an 8x8 map with shared row padding is 71 positions, one tile of 5
@@ -267,100 +277,103 @@ fn balanced_tiles(runs: &[(usize, usize)], lanes: usize, vmax: usize) -> Vec<(us
 /// Most threads with a precomputed block-row schedule; more threads split contiguously.
 const SCHEDULED_THREADS: usize = 8;
 
-/// A [`BcrCompact`] bound to a convolution: input offsets of every kept column, the tiles for
-/// each vector width, and the block-row schedules, all computed once so runs never allocate.
+/// A [`BcrCompact`] bound to a convolution: input offsets of every kept column, the blocks in
+/// column-block-major order, the tiles for each vector width, and the block-row schedules for
+/// GEMV, all computed once so runs never allocate.
 #[derive(Debug, Clone)]
 pub struct BcrConv {
     m: BcrCompact,
     shape: ConvShape,
     layout: InputLayout,
-    /// Execution form: the blocks of each block row merged by kept-row set.
-    merged: Merged,
+    /// Execution form: every block's chunks of kept rows, column block by column block.
+    chunks: Chunks,
     /// Tiles for 8 and 16 lanes.
     tiles: [Vec<(usize, usize)>; 2],
-    /// `schedule[t - 1][i]`: block rows of thread `i` when running `t` threads, dealt
+    /// `schedule[t - 1][i]`: block rows of thread `i` when running `t` threads (GEMV), dealt
     /// heaviest-first to the least-loaded thread (GRIM's reorder, used for load balance).
     schedule: Vec<Vec<Vec<u32>>>,
-    /// Every block row in order (one thread).
-    all_rows: Vec<u32>,
     /// Per block, its kept rows as a bit mask (GEMV's expand-loads; empty when blocks have
     /// more than 16 rows).
     row_masks: Vec<u16>,
 }
 
-/// The sub-matrices of a [`BcrCompact`] bound to a convolution, with the blocks of a block row
-/// that keep the same rows merged into one (kept columns concatenated in column order).
-#[derive(Debug, Clone, Default)]
-struct Merged {
-    /// Per block row: first merged sub-matrix.
-    brow_ptr: Vec<u32>,
-    /// Per sub-matrix: first kept row / input offset / weight.
-    row_ptr: Vec<u32>,
-    col_ptr: Vec<u32>,
-    w_ptr: Vec<usize>,
-    /// Kept rows (absolute output rows).
-    rows: Vec<u32>,
-    /// Input offset of each kept column.
-    offsets: Vec<u32>,
-    /// Weights, column-major per sub-matrix (each column's kept rows contiguous).
-    weights: Vec<f32>,
+/// Up to [`BCR_RT`] kept rows of one block: a register tile over the block's kept columns.
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    /// First of its rows in [`Chunks::rows`] and their count.
+    rows_at: u32,
+    rt: u32,
+    /// The block's kept columns in [`Chunks::offsets`].
+    cols_at: u32,
+    kc: u32,
+    /// Its first weight in the block values (column-major, stride `wstride` = the block's
+    /// kept rows).
+    w_at: u32,
+    wstride: u32,
 }
 
-impl Merged {
+/// The blocks of a [`BcrCompact`] bound to a convolution, in column-block-major order: a
+/// tile runs every block row on one column block (a few input channels, whose gathered
+/// vectors then stay in L1) before the next, adding each block into its kept rows of the
+/// output tile (L1 too).
+#[derive(Debug, Clone, Default)]
+struct Chunks {
+    /// Block rows.
+    brows: usize,
+    /// Chunks of column block `cb` and block row `br`: `ptr[cb * brows + br] ..
+    /// ptr[cb * brows + br + 1]`.
+    ptr: Vec<u32>,
+    chunks: Vec<Chunk>,
+    /// Kept rows (absolute output rows) of every chunk.
+    rows: Vec<u32>,
+    /// Input offset of every block's kept columns.
+    offsets: Vec<u32>,
+}
+
+impl Chunks {
     fn new(m: &BcrCompact, layout: &InputLayout, out_per_group: usize) -> Result<Self> {
-        let mut out = Merged {
-            brow_ptr: vec![0],
-            row_ptr: vec![0],
-            col_ptr: vec![0],
-            w_ptr: vec![0],
-            ..Merged::default()
-        };
-        for brow in 0..m.block_ptr.len() - 1 {
+        let brows = m.block_ptr.len() - 1;
+        let col_blocks = m.cols.div_ceil(m.bc).max(1);
+        let too_large =
+            || KernelError::InvalidShape { reason: "input too large for 32-bit offsets".into() };
+        let u32_of = |v: usize| u32::try_from(v).map_err(|_| too_large());
+        let mut out = Chunks { brows, ptr: vec![0; col_blocks * brows + 1], ..Chunks::default() };
+        // Per block: (column block, block row, block).
+        let mut order: Vec<(usize, usize, usize)> = Vec::with_capacity(m.blocks());
+        for brow in 0..brows {
+            for b in m.block_ptr[brow] as usize..m.block_ptr[brow + 1] as usize {
+                order.push((m.block_col0[b] as usize / m.bc, brow, b));
+            }
+        }
+        order.sort_unstable();
+        for &(cb, brow, b) in &order {
             let r0 = m.block_row_start[brow] as usize;
             let group = r0 / out_per_group;
-            // Blocks by kept-row set, in order of first appearance (deterministic).
-            let mut sets: Vec<(&[u8], Vec<usize>)> = Vec::new();
-            for b in m.block_ptr[brow] as usize..m.block_ptr[brow + 1] as usize {
-                let kr = m.block(b).0;
-                match sets.iter_mut().find(|(k, _)| *k == kr) {
-                    Some((_, blocks)) => blocks.push(b),
-                    None => sets.push((kr, vec![b])),
-                }
+            let c0 = m.block_col0[b] as usize;
+            let (kr, kc, _) = m.block(b);
+            let cols_at = u32_of(out.offsets.len())?;
+            for &c in kc {
+                out.offsets.push(u32_of(layout.col_offset(group, c0 + c as usize))?);
             }
-            // Fewest kept rows first: the kernel's dispatch on the row count then repeats
-            // in runs instead of jumping per sub-matrix.
-            sets.sort_by_key(|(kr, _)| kr.len());
-            for (kr, blocks) in sets {
-                out.rows.extend(kr.iter().map(|&r| (r0 + r as usize) as u32));
-                for b in blocks {
-                    let c0 = m.block_col0[b] as usize;
-                    let (_, kc, w) = m.block(b);
-                    for &c in kc {
-                        let off = layout.col_offset(group, c0 + c as usize);
-                        out.offsets.push(u32::try_from(off).map_err(|_| {
-                            KernelError::InvalidShape {
-                                reason: "input too large for 32-bit offsets".into(),
-                            }
-                        })?);
-                    }
-                    out.weights.extend_from_slice(w);
-                }
-                out.row_ptr.push(out.rows.len() as u32);
-                out.col_ptr.push(out.offsets.len() as u32);
-                out.w_ptr.push(out.weights.len());
+            for i in (0..kr.len()).step_by(BCR_RT) {
+                let rt = (kr.len() - i).min(BCR_RT);
+                out.chunks.push(Chunk {
+                    rows_at: u32_of(out.rows.len())?,
+                    rt: rt as u32,
+                    cols_at,
+                    kc: kc.len() as u32,
+                    w_at: u32_of(m.value_ptr[b] + i)?,
+                    wstride: kr.len() as u32,
+                });
+                out.rows.extend(kr[i..i + rt].iter().map(|&r| (r0 + r as usize) as u32));
             }
-            out.brow_ptr.push(out.row_ptr.len() as u32 - 1);
+            out.ptr[cb * brows + brow + 1] = out.chunks.len() as u32;
+        }
+        // Empty (column block, block row) pairs end where the previous pair ended.
+        for i in 1..out.ptr.len() {
+            out.ptr[i] = out.ptr[i].max(out.ptr[i - 1]);
         }
         Ok(out)
-    }
-
-    /// Sub-matrix `g`: kept rows, input offsets, weights.
-    fn sub(&self, g: usize) -> (&[u32], &[u32], &[f32]) {
-        (
-            &self.rows[self.row_ptr[g] as usize..self.row_ptr[g + 1] as usize],
-            &self.offsets[self.col_ptr[g] as usize..self.col_ptr[g + 1] as usize],
-            &self.weights[self.w_ptr[g]..self.w_ptr[g + 1]],
-        )
     }
 }
 
@@ -394,19 +407,18 @@ impl BcrConv {
             });
         }
         let layout = shape.layout();
-        let merged = Merged::new(&m, &layout, shape.out_per_group())?;
+        let chunks = Chunks::new(&m, &layout, shape.out_per_group())?;
         let tiles = [
             balanced_tiles(layout.runs(), 8, BCR_V[0]),
             balanced_tiles(layout.runs(), 16, BCR_V[1]),
         ];
         let schedule = (1..=SCHEDULED_THREADS).map(|t| lpt(&m, t)).collect();
-        let all_rows = (0..m.block_ptr.len() as u32 - 1).collect();
         let row_masks = if m.br <= 16 {
             (0..m.blocks()).map(|b| m.block(b).0.iter().fold(0u16, |a, &r| a | 1 << r)).collect()
         } else {
             Vec::new()
         };
-        Ok(BcrConv { m, shape, layout, merged, tiles, schedule, all_rows, row_masks })
+        Ok(BcrConv { m, shape, layout, chunks, tiles, schedule, row_masks })
     }
 
     /// `Y[rows, n] = W X[cols, n]` as a 1x1 convolution over `n` positions.
@@ -450,27 +462,23 @@ impl BcrConv {
         };
         let tiles = &self.tiles[usize::from(isa.lanes() == 16)];
         let job = BcrJob { c: self, x, y, ystride };
-        let threads = threads.max(1);
+        let threads = threads.clamp(1, crate::threads::MAX_THREADS);
+        let brows = self.chunks.brows;
         if threads == 1 || tiles.len() >= 4 * threads {
             let chunk = tiles.len().div_ceil(threads);
             run_parallel(threads, |t| {
                 let lo = (t * chunk).min(tiles.len());
                 let hi = ((t + 1) * chunk).min(tiles.len());
-                bcr_tiles(isa, &job, &tiles[lo..hi], &self.all_rows);
+                bcr_tiles(isa, &job, &tiles[lo..hi], 0, brows);
             });
-        } else if threads <= SCHEDULED_THREADS {
-            // Few positions: every thread runs all tiles on its scheduled block rows.
-            let mine = &self.schedule[threads - 1];
-            run_parallel(threads, |t| bcr_tiles(isa, &job, tiles, &mine[t]));
         } else {
-            let threads = threads.min(crate::threads::MAX_THREADS);
+            // Few positions: every thread runs all tiles on a contiguous share of block rows,
+            // balanced by kept weights.
             let m = &self.m;
-            let bounds = crate::threads::split_by_cost(self.all_rows.len(), threads, |b| {
+            let bounds = crate::threads::split_by_cost(brows, threads, |b| {
                 m.value_ptr[m.block_ptr[b + 1] as usize] - m.value_ptr[m.block_ptr[b] as usize] + 8
             });
-            run_parallel(threads, |t| {
-                bcr_tiles(isa, &job, tiles, &self.all_rows[bounds[t]..bounds[t + 1]])
-            });
+            run_parallel(threads, |t| bcr_tiles(isa, &job, tiles, bounds[t], bounds[t + 1]));
         }
         if !self.layout.flat_is_output() {
             let opos = s.output_positions();
@@ -512,68 +520,71 @@ struct BcrJob<'a> {
 unsafe impl Sync for BcrJob<'_> {}
 
 simd_entry! {
-    fn bcr_tiles(job: &BcrJob<'_>, tiles: &[(usize, usize)], block_rows: &[u32]) => bcr_tiles_generic;
+    fn bcr_tiles(job: &BcrJob<'_>, tiles: &[(usize, usize)], b0: usize, b1: usize) => bcr_tiles_generic;
 }
 
+/// Tiles `tiles` on block rows `b0..b1`, each at the fewest vectors that hold its positions.
 #[inline(always)]
-fn bcr_tiles_generic<S: Simd>(job: &BcrJob<'_>, tiles: &[(usize, usize)], block_rows: &[u32]) {
-    let m = &job.c.m;
-    let merged = &job.c.merged;
+fn bcr_tiles_generic<S: Simd>(job: &BcrJob<'_>, tiles: &[(usize, usize)], b0: usize, b1: usize) {
+    let vmax = BCR_V[usize::from(S::LANES == 16)];
+    // A packed input has slack after its last channel, so a partial tile may load whole
+    // vectors (its discarded lanes are never stored); an input read in place may not.
+    let over_read = !job.c.layout.in_place();
     for &(p0, n) in tiles {
-        let vectors = n.div_ceil(S::LANES).clamp(1, BCR_V[usize::from(S::LANES == 16)]);
+        let vectors = n.div_ceil(S::LANES).clamp(1, vmax);
         let full = n == vectors * S::LANES;
-        for &brow in block_rows {
-            let brow = brow as usize;
-            let (r0, r1) = (m.block_row_start[brow] as usize, m.block_row_start[brow + 1] as usize);
-            // SAFETY: rows r0..r1 and positions p0..p0+n are inside the output (stride ystride).
-            unsafe {
-                for r in r0..r1 {
-                    let yp = job.y.0.add(r * job.ystride + p0);
-                    std::ptr::write_bytes(yp, 0, n);
+        macro_rules! tile {
+            ($($v:literal)*) => {
+                match (vectors, full, over_read) {
+                    $(
+                        ($v, true, _) => bcr_tile::<S, $v, true, true>(job, p0, n, b0, b1),
+                        ($v, false, true) => bcr_tile::<S, $v, true, false>(job, p0, n, b0, b1),
+                        ($v, false, false) => bcr_tile::<S, $v, false, false>(job, p0, n, b0, b1),
+                    )*
+                    _ => {}
                 }
-            }
-            for g in merged.brow_ptr[brow] as usize..merged.brow_ptr[brow + 1] as usize {
-                let (kr, offs, w) = merged.sub(g);
-                let mut i = 0;
-                while i < kr.len() {
-                    let left = kr.len() - i;
-                    // RT x V accumulators: up to 6 x 4 or 5 x 5 on AVX-512 (at most 25 of 32
-                    // registers, so a sub-matrix of up to 5-6 kept rows gathers its columns
-                    // once), 2 x 4 on AVX2.
-                    let rt = match (S::LANES, vectors) {
-                        (16, 5) => left.min(5),
-                        (16, _) => left.min(6),
-                        _ => left.min(2),
-                    };
-                    // SAFETY: offsets stay inside the input for valid positions (layout); the
-                    // kept rows are rows of this block row; weights hold one column of stride
-                    // kr per offset.
-                    unsafe {
-                        let rows: [usize; 8] =
-                            std::array::from_fn(|k| kr[i + k.min(rt - 1)] as usize);
-                        let wp = w.as_ptr().add(i);
-                        let xp = job.x.add(p0);
-                        let y = job.y.0.add(p0);
-                        macro_rules! call {
-                            ($(($r:literal, $v:literal))*) => {
-                                match (rt, vectors, full) {
-                                    $(
-                                        ($r, $v, true) => rmw::<S, $r, $v, true>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
-                                        ($r, $v, false) => rmw::<S, $r, $v, false>(offs, wp, kr.len(), xp, y, job.ystride, &rows, n),
-                                    )*
-                                    _ => {}
-                                }
-                            };
-                        }
-                        call!((1, 1)(2, 1)(3, 1)(4, 1)(5, 1)(6, 1)(1, 2)(2, 2)(3, 2)(4, 2)(5, 2)(
-                            6, 2
-                        )(1, 3)(2, 3)(3, 3)(4, 3)(5, 3)(6, 3)(1, 4)(
-                            2, 4
-                        )(3, 4)(4, 4)(5, 4)(6, 4)(1, 5)(2, 5)(3, 5)(
-                            4, 5
-                        )(5, 5));
-                    }
-                    i += rt;
+            };
+        }
+        tile!(1 2 3 4 5);
+    }
+}
+
+/// One tile of `n` positions at flat position `p0`, `V` vectors wide, on block rows `b0..b1`:
+/// zero their output rows' tile, then every column block's chunks add into it.
+#[inline(always)]
+fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
+    job: &BcrJob<'_>,
+    p0: usize,
+    n: usize,
+    b0: usize,
+    b1: usize,
+) {
+    let m = &job.c.m;
+    let ch = &job.c.chunks;
+    let (r0, r1) = (m.block_row_start[b0] as usize, m.block_row_start[b1] as usize);
+    let col_blocks = (ch.ptr.len() - 1) / ch.brows.max(1);
+    // SAFETY: rows r0..r1 and positions p0..p0+n are inside the output (stride ystride);
+    // offsets stay inside the input for valid positions (layout); chunk rows are rows of
+    // these block rows; weights hold `kc` columns of stride `wstride >= rt` from `w_at`.
+    unsafe {
+        for r in r0..r1 {
+            std::ptr::write_bytes(job.y.0.add(r * job.ystride + p0), 0, n);
+        }
+        let xp = job.x.add(p0);
+        let y = job.y.0.add(p0);
+        for cb in 0..col_blocks {
+            let (c0, c1) =
+                (ch.ptr[cb * ch.brows + b0] as usize, ch.ptr[cb * ch.brows + b1] as usize);
+            for c in &ch.chunks[c0..c1] {
+                let offs = &ch.offsets[c.cols_at as usize..(c.cols_at + c.kc) as usize];
+                let rows = ch.rows.as_ptr().add(c.rows_at as usize);
+                let w = m.values.as_ptr().add(c.w_at as usize);
+                let ws = c.wstride as usize;
+                match c.rt {
+                    1 => rmw::<S, 1, V, LOAD_FULL, FULL>(offs, w, ws, xp, y, job.ystride, rows, n),
+                    2 => rmw::<S, 2, V, LOAD_FULL, FULL>(offs, w, ws, xp, y, job.ystride, rows, n),
+                    3 => rmw::<S, 3, V, LOAD_FULL, FULL>(offs, w, ws, xp, y, job.ystride, rows, n),
+                    _ => rmw::<S, 4, V, LOAD_FULL, FULL>(offs, w, ws, xp, y, job.ystride, rows, n),
                 }
             }
         }
@@ -581,22 +592,23 @@ fn bcr_tiles_generic<S: Simd>(job: &BcrJob<'_>, tiles: &[(usize, usize)], block_
 }
 
 /// Accumulates `RT` kept rows of one block over its kept columns, `V` vectors of positions
-/// (all full when `FULL`), and adds into the output. `n` must be in `(V - 1) * lanes + 1 ..=
+/// (all full when `FULL`; loaded whole when `LOAD_FULL`, which the packed input's slack
+/// allows), and adds into the output. `n` must be in `(V - 1) * lanes + 1 ..=
 /// V * lanes`.
 ///
 /// # Safety
-/// As the row-group micro-kernel; `rows[..RT]` are output rows, `w` holds `offs.len()` columns
-/// of stride `wstride >= RT`.
+/// As the row-group micro-kernel; `rows` holds `RT` output rows, `w` holds `offs.len()`
+/// columns of stride `wstride >= RT`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rmw<S: Simd, const RT: usize, const V: usize, const FULL: bool>(
+unsafe fn rmw<S: Simd, const RT: usize, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
     offs: &[u32],
     w: *const f32,
     wstride: usize,
     x: *const f32,
     y: *mut f32,
     ystride: usize,
-    rows: &[usize; 8],
+    rows: *const u32,
     n: usize,
 ) {
     let l = S::LANES;
@@ -605,20 +617,11 @@ unsafe fn rmw<S: Simd, const RT: usize, const V: usize, const FULL: bool>(
     let tail = n - (V - 1) * l;
     let mut acc = [[S::zero(); V]; RT];
     let mut wp = w;
-    for (j, &off) in offs.iter().enumerate() {
+    for &off in offs {
         let xp = x.add(off as usize);
-        #[cfg(target_arch = "x86_64")]
-        if let Some(&next) = offs.get(j + 3) {
-            let np = x.add(next as usize);
-            for v in 0..V {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    np.add(v * l) as *const i8,
-                );
-            }
-        }
         let mut xv = [S::zero(); V];
         for (v, xvv) in xv.iter_mut().enumerate() {
-            *xvv = if FULL || v + 1 < V {
+            *xvv = if LOAD_FULL || v + 1 < V {
                 S::load(xp.add(v * l))
             } else {
                 S::load_partial(xp.add(v * l), tail)
@@ -634,7 +637,7 @@ unsafe fn rmw<S: Simd, const RT: usize, const V: usize, const FULL: bool>(
         wp = wp.wrapping_add(wstride);
     }
     for (rr, a) in acc.iter().enumerate() {
-        let yp = y.add(rows[rr] * ystride);
+        let yp = y.add(*rows.add(rr) as usize * ystride);
         for (v, &av) in a.iter().enumerate() {
             if FULL || v + 1 < V {
                 S::store(yp.add(v * l), S::add(S::load(yp.add(v * l)), av));
