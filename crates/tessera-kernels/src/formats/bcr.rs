@@ -8,21 +8,23 @@
 //! listed heaviest first (`order`, GRIM's reorder pass), which is the order threads take them in
 //! when work is split by block rows.
 //!
-//! Kernel (column-block-major): binding lists every block's chunks of up to 4 kept rows in
-//! column-block order, with the input offset of each kept column. A tile of output positions
-//! (up to 2 vectors on AVX2, 5 on AVX-512) zeroes its rows, then runs every block row on one
-//! column block before the next, so the few input channels a column block gathers from stay
-//! in L1 while all block rows read them (block-row-major order streamed the whole input from
-//! L2 once per block row). A chunk accumulates its `kr x V` sub-product in registers, every
-//! gathered input vector reused by all its kept rows, and adds it into the output tile.
+//! Kernel (column-block-major in bands): binding lists every block's chunks of up to 4 kept
+//! rows in column-block order, with the input offset of each kept column. A tile of output
+//! positions (up to 2 vectors on AVX2, 5 on AVX-512) runs, band of block rows by band (16 KiB
+//! of output tile), every block row of the band on one column block before the next, so the
+//! few input channels a column block gathers from stay in L1 while all those block rows read
+//! them (block-row-major order streamed the whole input from L2 once per block row). A chunk
+//! accumulates its `kr x V` sub-product in registers, every gathered input vector reused by
+//! all its kept rows, and adds it into the band's tile: a contiguous buffer on the thread's
+//! stack, stored to the output once per band (output rows 4 KiB apart, as in a GEMM of 1,024
+//! positions, all fall in one L1 set: accumulating in place there ran 2.0x instead of 2.4x).
 //! Measured at 8x (bcr:8x32 keeps 4 rows x 8 columns per block), 1 thread, min of runs on Zen
-//! 3, us: the previous block-row-major kernel with blocks of equal kept rows merged and 2-row
-//! x 3-vector register tiles -> column-block-major 4-row x 2-vector: conv3x3 256@8x8 283 ->
-//! 232, 128@16x16 255 -> 193, 64@56x56 872 -> 598, conv1x1 256->64@56x56 412 -> 351. Rejected:
-//! 4 rows x 3 vectors (LLVM rotates the 12 accumulators through a stack slot every column:
-//! 250 us on 256@8x8); accumulators starting from the output tile instead of zero (the same
-//! or slower); the block-row-major order with 4-row tiles (slower than 2-row ones there,
-//! the input streamed from L2 was the bound).
+//! 3, us: the previous block-row-major kernel with the blocks of equal kept rows merged and
+//! 2-row x 3-vector register tiles -> this one: conv3x3 256@8x8 283 -> 201, 128@16x16 255 ->
+//! 169, 64@56x56 844-891 -> 566-588, conv1x1 256->64@56x56 412-446 -> 310, GEMM 1024^3
+//! 9060-9840 -> 8400. Rejected: 4 rows x 3 vectors (LLVM rotates the 12 accumulators through
+//! a stack slot every column: 250 against 232 us on 256@8x8); accumulators starting from the
+//! output tile instead of zero (the same or slower).
 //!
 //! GEMV (batch 1 FC and LSTM gates, memory bound): a block row's outputs live in one register
 //! and each kept column's weights are expand-loaded into its kept rows' lanes, two columns
@@ -249,6 +251,10 @@ impl BcrCompact {
 /// x this many vectors of accumulators, the input vectors and a broadcast: 4 x 3 + 3 + 1 of
 /// AVX2's 16 registers, 4 x 5 + 5 + 1 of AVX-512's 32.
 const BCR_V: [usize; 2] = [2, 5];
+
+/// Bytes of output tile one band of block rows may hold ([`BandTile`], on the stack of each
+/// thread; L1 is 32 KiB on Zen 3).
+const BAND_BYTES: usize = 16 * 1024;
 
 /// Most kept rows of a block computed together (a block keeping more is split into chunks,
 /// each gathering the block's columns again).
@@ -527,6 +533,7 @@ simd_entry! {
 #[inline(always)]
 fn bcr_tiles_generic<S: Simd>(job: &BcrJob<'_>, tiles: &[(usize, usize)], b0: usize, b1: usize) {
     let vmax = BCR_V[usize::from(S::LANES == 16)];
+    let mut tile = std::mem::MaybeUninit::<BandTile>::uninit();
     // A packed input has slack after its last channel, so a partial tile may load whole
     // vectors (its discarded lanes are never stored); an input read in place may not.
     let over_read = !job.c.layout.in_place();
@@ -537,9 +544,9 @@ fn bcr_tiles_generic<S: Simd>(job: &BcrJob<'_>, tiles: &[(usize, usize)], b0: us
             ($($v:literal)*) => {
                 match (vectors, full, over_read) {
                     $(
-                        ($v, true, _) => bcr_tile::<S, $v, true, true>(job, p0, n, b0, b1),
-                        ($v, false, true) => bcr_tile::<S, $v, true, false>(job, p0, n, b0, b1),
-                        ($v, false, false) => bcr_tile::<S, $v, false, false>(job, p0, n, b0, b1),
+                        ($v, true, _) => bcr_tile::<S, $v, true, true>(job, &mut tile, p0, n, b0, b1),
+                        ($v, false, true) => bcr_tile::<S, $v, true, false>(job, &mut tile, p0, n, b0, b1),
+                        ($v, false, false) => bcr_tile::<S, $v, false, false>(job, &mut tile, p0, n, b0, b1),
                     )*
                     _ => {}
                 }
@@ -549,11 +556,25 @@ fn bcr_tiles_generic<S: Simd>(job: &BcrJob<'_>, tiles: &[(usize, usize)], b0: us
     }
 }
 
-/// One tile of `n` positions at flat position `p0`, `V` vectors wide, on block rows `b0..b1`:
-/// zero their output rows' tile, then every column block's chunks add into it.
+/// A band's output tile, contiguous: output rows are often a multiple of 4 KiB apart (a GEMM
+/// of 1,024 positions), so a tile kept in place puts every row in one L1 set, and a band of
+/// 256 rows thrashed it (GEMM 1024^3 2.0x against 2.4x block row by block row).
+/// Sized for the tallest block row (256 rows) at the widest tile (5 AVX-512 vectors), so
+/// every band fits it; bands hold [`BAND_BYTES`] but for such block rows. Left uninitialized:
+/// each band zeroes the rows it uses.
+#[repr(C, align(64))]
+struct BandTile([f32; BAND_TILE_FLOATS]);
+
+/// Floats of a [`BandTile`].
+const BAND_TILE_FLOATS: usize = 256 * 80;
+
+/// One tile of `n` positions at flat position `p0`, `V` vectors wide, on block rows `b0..b1`,
+/// band of block rows by band (a band's tile fits [`BandTile`], in L1): zero the band's tile,
+/// add every column block's chunks into it, store it.
 #[inline(always)]
 fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
     job: &BcrJob<'_>,
+    tile: &mut std::mem::MaybeUninit<BandTile>,
     p0: usize,
     n: usize,
     b0: usize,
@@ -561,30 +582,50 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
 ) {
     let m = &job.c.m;
     let ch = &job.c.chunks;
-    let (r0, r1) = (m.block_row_start[b0] as usize, m.block_row_start[b1] as usize);
+    let l = S::LANES;
     let col_blocks = (ch.ptr.len() - 1) / ch.brows.max(1);
-    // SAFETY: rows r0..r1 and positions p0..p0+n are inside the output (stride ystride);
-    // offsets stay inside the input for valid positions (layout); chunk rows are rows of
-    // these block rows; weights hold `kc` columns of stride `wstride >= rt` from `w_at`.
+    let astride = V * l;
+    let band = (BAND_BYTES / (4 * astride * m.br)).max(1);
+    let tail = n - (V - 1) * l;
+    // SAFETY: rows of b0..b1 and positions p0..p0+n are inside the output (stride ystride);
+    // a band's rows fit the tile (astride floats each; a band is one block row, at most 256
+    // rows x 80 floats, when several would exceed BAND_BYTES); offsets stay inside the input for
+    // valid positions (layout); chunk rows are rows of these block rows; weights hold `kc`
+    // columns of stride `wstride >= rt` from `w_at`.
     unsafe {
-        for r in r0..r1 {
-            std::ptr::write_bytes(job.y.0.add(r * job.ystride + p0), 0, n);
-        }
         let xp = job.x.add(p0);
-        let y = job.y.0.add(p0);
-        for cb in 0..col_blocks {
-            let (c0, c1) =
-                (ch.ptr[cb * ch.brows + b0] as usize, ch.ptr[cb * ch.brows + b1] as usize);
-            for c in &ch.chunks[c0..c1] {
-                let offs = &ch.offsets[c.cols_at as usize..(c.cols_at + c.kc) as usize];
-                let rows = ch.rows.as_ptr().add(c.rows_at as usize);
-                let w = m.values.as_ptr().add(c.w_at as usize);
-                let ws = c.wstride as usize;
-                match c.rt {
-                    1 => rmw::<S, 1, V, LOAD_FULL, FULL>(offs, w, ws, xp, y, job.ystride, rows, n),
-                    2 => rmw::<S, 2, V, LOAD_FULL, FULL>(offs, w, ws, xp, y, job.ystride, rows, n),
-                    3 => rmw::<S, 3, V, LOAD_FULL, FULL>(offs, w, ws, xp, y, job.ystride, rows, n),
-                    _ => rmw::<S, 4, V, LOAD_FULL, FULL>(offs, w, ws, xp, y, job.ystride, rows, n),
+        for s0 in (b0..b1).step_by(band) {
+            let s1 = (s0 + band).min(b1);
+            let (r0, r1) = (m.block_row_start[s0] as usize, m.block_row_start[s1] as usize);
+            let t = tile.as_mut_ptr().cast::<f32>();
+            std::ptr::write_bytes(t, 0, (r1 - r0) * astride);
+            let y = t.wrapping_sub(r0 * astride);
+            for cb in 0..col_blocks {
+                let (c0, c1) =
+                    (ch.ptr[cb * ch.brows + s0] as usize, ch.ptr[cb * ch.brows + s1] as usize);
+                for c in &ch.chunks[c0..c1] {
+                    let offs = &ch.offsets[c.cols_at as usize..(c.cols_at + c.kc) as usize];
+                    let rows = ch.rows.as_ptr().add(c.rows_at as usize);
+                    let w = m.values.as_ptr().add(c.w_at as usize);
+                    let ws = c.wstride as usize;
+                    match c.rt {
+                        1 => rmw::<S, 1, V, LOAD_FULL>(offs, w, ws, xp, y, astride, rows, n),
+                        2 => rmw::<S, 2, V, LOAD_FULL>(offs, w, ws, xp, y, astride, rows, n),
+                        3 => rmw::<S, 3, V, LOAD_FULL>(offs, w, ws, xp, y, astride, rows, n),
+                        _ => rmw::<S, 4, V, LOAD_FULL>(offs, w, ws, xp, y, astride, rows, n),
+                    }
+                }
+            }
+            for r in r0..r1 {
+                let src = t.add((r - r0) * astride);
+                let dst = job.y.0.add(r * job.ystride + p0);
+                for v in 0..V {
+                    let a = S::load(src.add(v * l));
+                    if FULL || v + 1 < V {
+                        S::store(dst.add(v * l), a);
+                    } else {
+                        S::store_partial(dst.add(v * l), a, tail);
+                    }
                 }
             }
         }
@@ -592,16 +633,16 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
 }
 
 /// Accumulates `RT` kept rows of one block over its kept columns, `V` vectors of positions
-/// (all full when `FULL`; loaded whole when `LOAD_FULL`, which the packed input's slack
-/// allows), and adds into the output. `n` must be in `(V - 1) * lanes + 1 ..=
-/// V * lanes`.
+/// (loaded whole when `LOAD_FULL`, which the packed input's slack allows; else the last
+/// vector's first `n - (V - 1) * lanes` lanes), and adds into whole vectors of `y`'s rows.
+/// `n` must be in `(V - 1) * lanes + 1 ..= V * lanes`.
 ///
 /// # Safety
-/// As the row-group micro-kernel; `rows` holds `RT` output rows, `w` holds `offs.len()`
-/// columns of stride `wstride >= RT`.
+/// As the row-group micro-kernel; `rows` holds `RT` rows of `y` (stride `ystride`, `V`
+/// vectors writable each), `w` holds `offs.len()` columns of stride `wstride >= RT`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rmw<S: Simd, const RT: usize, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
+unsafe fn rmw<S: Simd, const RT: usize, const V: usize, const LOAD_FULL: bool>(
     offs: &[u32],
     w: *const f32,
     wstride: usize,
@@ -639,15 +680,7 @@ unsafe fn rmw<S: Simd, const RT: usize, const V: usize, const LOAD_FULL: bool, c
     for (rr, a) in acc.iter().enumerate() {
         let yp = y.add(*rows.add(rr) as usize * ystride);
         for (v, &av) in a.iter().enumerate() {
-            if FULL || v + 1 < V {
-                S::store(yp.add(v * l), S::add(S::load(yp.add(v * l)), av));
-            } else {
-                S::store_partial(
-                    yp.add(v * l),
-                    S::add(S::load_partial(yp.add(v * l), tail), av),
-                    tail,
-                );
-            }
+            S::store(yp.add(v * l), S::add(S::load(yp.add(v * l)), av));
         }
     }
 }
