@@ -295,6 +295,7 @@ mod x86 {
         unsafe fn store(p: *mut f32, v: Self::V) {
             _mm256_storeu_ps(p, v)
         }
+
         #[inline(always)]
         unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
             _mm256_fmadd_ps(a, b, c)
@@ -413,6 +414,7 @@ mod x86 {
         unsafe fn store(p: *mut f32, v: Self::V) {
             _mm512_storeu_ps(p, v)
         }
+
         #[inline(always)]
         unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
             _mm512_fmadd_ps(a, b, c)
@@ -505,6 +507,20 @@ macro_rules! simd_entry {
     };
 }
 pub(crate) use simd_entry;
+
+/// Hints the CPU to bring the cache line holding `p` into L1. Any address is allowed: a
+/// prefetch never faults and never changes memory (a no-op off x86-64).
+#[inline(always)]
+pub(crate) fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `prefetcht0` reads nothing architecturally and cannot fault, whatever `p` is;
+    // SSE is part of the x86-64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
 
 #[cfg(test)]
 mod tests {

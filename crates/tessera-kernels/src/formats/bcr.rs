@@ -312,10 +312,8 @@ struct Chunk {
     /// The block's kept columns in [`Chunks::offsets`].
     cols_at: u32,
     kc: u32,
-    /// Its first weight in the block values (column-major, stride `wstride` = the block's
-    /// kept rows).
+    /// Its first weight in [`Chunks::weights`]: `kc` columns of `rt` weights each.
     w_at: u32,
-    wstride: u32,
 }
 
 /// The blocks of a [`BcrCompact`] bound to a convolution, in column-block-major order: a
@@ -334,6 +332,13 @@ struct Chunks {
     rows: Vec<u32>,
     /// Input offset of every block's kept columns.
     offsets: Vec<u32>,
+    /// Per column block, the input offsets (one per 64-byte line, relative to a tile's first
+    /// position) its blocks read: `prefetch[prefetch_ptr[cb] .. prefetch_ptr[cb + 1]]`.
+    prefetch_ptr: Vec<u32>,
+    prefetch: Vec<u32>,
+    /// Every chunk's weights, in chunk order: a tile streams them front to back, where the
+    /// block values (block-row-major) were read with a jump per chunk.
+    weights: Vec<f32>,
 }
 
 impl Chunks {
@@ -343,7 +348,12 @@ impl Chunks {
         let too_large =
             || KernelError::InvalidShape { reason: "input too large for 32-bit offsets".into() };
         let u32_of = |v: usize| u32::try_from(v).map_err(|_| too_large());
-        let mut out = Chunks { brows, ptr: vec![0; col_blocks * brows + 1], ..Chunks::default() };
+        let mut out = Chunks {
+            brows,
+            ptr: vec![0; col_blocks * brows + 1],
+            prefetch_ptr: vec![0],
+            ..Chunks::default()
+        };
         // Per block: (column block, block row, block).
         let mut order: Vec<(usize, usize, usize)> = Vec::with_capacity(m.blocks());
         for brow in 0..brows {
@@ -352,7 +362,8 @@ impl Chunks {
             }
         }
         order.sort_unstable();
-        for &(cb, brow, b) in &order {
+        let mut lines: Vec<u32> = Vec::new();
+        for (i, &(cb, brow, b)) in order.iter().enumerate() {
             let r0 = m.block_row_start[brow] as usize;
             let group = r0 / out_per_group;
             let c0 = m.block_col0[b] as usize;
@@ -368,13 +379,27 @@ impl Chunks {
                     rt: rt as u32,
                     cols_at,
                     kc: kc.len() as u32,
-                    w_at: u32_of(m.value_ptr[b] + i)?,
-                    wstride: kr.len() as u32,
+                    w_at: u32_of(out.weights.len())?,
                 });
+                let v = m.value_ptr[b];
+                for j in 0..kc.len() {
+                    let col = &m.values[v + j * kr.len()..v + (j + 1) * kr.len()];
+                    out.weights.extend_from_slice(&col[i..i + rt]);
+                }
                 out.rows.extend(kr[i..i + rt].iter().map(|&r| (r0 + r as usize) as u32));
             }
             out.ptr[cb * brows + brow + 1] = out.chunks.len() as u32;
+            lines.extend(&out.offsets[cols_at as usize..]);
+            if order.get(i + 1).is_none_or(|next| next.0 != cb) {
+                // The column block's last block: its distinct input lines.
+                lines.sort_unstable();
+                lines.dedup_by_key(|o| *o / 16);
+                out.prefetch.append(&mut lines);
+                out.prefetch_ptr.resize(cb + 2, out.prefetch_ptr[out.prefetch_ptr.len() - 1]);
+                out.prefetch_ptr[cb + 1] = u32_of(out.prefetch.len())?;
+            }
         }
+        out.prefetch_ptr.resize(col_blocks + 1, out.prefetch_ptr[out.prefetch_ptr.len() - 1]);
         // Empty (column block, block row) pairs end where the previous pair ended.
         for i in 1..out.ptr.len() {
             out.ptr[i] = out.ptr[i].max(out.ptr[i - 1]);
@@ -591,7 +616,7 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
     // a band's rows fit the tile (astride floats each; a band is one block row, at most 256
     // rows x 80 floats, when several would exceed BAND_BYTES); offsets stay inside the input for
     // valid positions (layout); chunk rows are rows of these block rows; weights hold `kc`
-    // columns of stride `wstride >= rt` from `w_at`.
+    // columns of `rt` weights from `w_at`.
     unsafe {
         let xp = job.x.add(p0);
         for s0 in (b0..b1).step_by(band) {
@@ -601,18 +626,27 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
             std::ptr::write_bytes(t, 0, (r1 - r0) * astride);
             let y = t.wrapping_sub(r0 * astride);
             for cb in 0..col_blocks {
+                if s0 == b0 && cb + 1 < ch.prefetch_ptr.len() {
+                    // The next tile's input lines of this column block, while this one
+                    // computes (rows of a large input, channels apart, missed L2 each).
+                    let lines = &ch.prefetch
+                        [ch.prefetch_ptr[cb] as usize..ch.prefetch_ptr[cb + 1] as usize];
+                    let next = job.x.wrapping_add(p0 + n);
+                    for &o in lines {
+                        crate::simd::prefetch(next.wrapping_add(o as usize));
+                    }
+                }
                 let (c0, c1) =
                     (ch.ptr[cb * ch.brows + s0] as usize, ch.ptr[cb * ch.brows + s1] as usize);
                 for c in &ch.chunks[c0..c1] {
                     let offs = &ch.offsets[c.cols_at as usize..(c.cols_at + c.kc) as usize];
                     let rows = ch.rows.as_ptr().add(c.rows_at as usize);
-                    let w = m.values.as_ptr().add(c.w_at as usize);
-                    let ws = c.wstride as usize;
+                    let w = ch.weights.as_ptr().add(c.w_at as usize);
                     match c.rt {
-                        1 => rmw::<S, 1, V, LOAD_FULL>(offs, w, ws, xp, y, astride, rows, n),
-                        2 => rmw::<S, 2, V, LOAD_FULL>(offs, w, ws, xp, y, astride, rows, n),
-                        3 => rmw::<S, 3, V, LOAD_FULL>(offs, w, ws, xp, y, astride, rows, n),
-                        _ => rmw::<S, 4, V, LOAD_FULL>(offs, w, ws, xp, y, astride, rows, n),
+                        1 => rmw::<S, 1, V, LOAD_FULL>(offs, w, xp, y, astride, rows, n),
+                        2 => rmw::<S, 2, V, LOAD_FULL>(offs, w, xp, y, astride, rows, n),
+                        3 => rmw::<S, 3, V, LOAD_FULL>(offs, w, xp, y, astride, rows, n),
+                        _ => rmw::<S, 4, V, LOAD_FULL>(offs, w, xp, y, astride, rows, n),
                     }
                 }
             }
@@ -639,13 +673,12 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
 ///
 /// # Safety
 /// As the row-group micro-kernel; `rows` holds `RT` rows of `y` (stride `ystride`, `V`
-/// vectors writable each), `w` holds `offs.len()` columns of stride `wstride >= RT`.
+/// vectors writable each), `w` holds `offs.len()` columns of `RT` weights.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn rmw<S: Simd, const RT: usize, const V: usize, const LOAD_FULL: bool>(
     offs: &[u32],
     w: *const f32,
-    wstride: usize,
     x: *const f32,
     y: *mut f32,
     ystride: usize,
@@ -675,7 +708,7 @@ unsafe fn rmw<S: Simd, const RT: usize, const V: usize, const LOAD_FULL: bool>(
             }
         }
         // Wrapping: after the last entry this points past the weights and is never read.
-        wp = wp.wrapping_add(wstride);
+        wp = wp.wrapping_add(RT);
     }
     for (rr, a) in acc.iter().enumerate() {
         let yp = y.add(*rows.add(rr) as usize * ystride);
