@@ -178,9 +178,9 @@ pub(crate) fn conv_once(
             conv.run(isa, x, y, scratch, threads, ep)?;
             (true, false, clamp.is_some())
         }
-        // The pattern kernel's scratch holds one thread's tile buffer.
+        // The pattern kernel's scratch holds a tile buffer per thread of the plan.
         ConvKernel::Fkw { conv, scratch } => {
-            conv.run(isa, x, y, scratch, 1)?;
+            conv.run(isa, x, y, scratch, threads)?;
             (false, false, false)
         }
         ConvKernel::Bcr { conv, scratch } => {

@@ -243,10 +243,11 @@ pub(crate) fn conv_candidates(
     node: &Node,
     param: &Param,
     shape: ConvShape,
+    threads: usize,
 ) -> Result<Vec<(ConvKernel, Choice)>> {
     let name = node.name.as_str();
     let w = &param.tensor.data;
-    let mut out = vec![conv_kernel(node, param, shape)?];
+    let mut out = vec![conv_kernel(node, param, shape, threads)?];
     if param.sparsity.is_none() && shape.in_per_group() == 1 && shape.groups > 1 && shape.is_2d() {
         // Both depthwise engines, whichever the table put first.
         if matches!(out[0].0, ConvKernel::Depthwise { .. }) {
@@ -279,7 +280,7 @@ pub(crate) fn conv_candidates(
         };
         let other = FkwConv::with_order(conv.weights().clone(), shape, Some(order))
             .map_err(kernel_error(name))?;
-        let scratch = other.scratch_for(1);
+        let scratch = other.scratch_for(threads);
         out.push((
             ConvKernel::Fkw { conv: Box::new(other), scratch },
             Choice { kernel: "pattern", format },
@@ -333,6 +334,7 @@ pub(crate) fn conv_kernel(
     node: &Node,
     param: &Param,
     shape: ConvShape,
+    threads: usize,
 ) -> Result<(ConvKernel, Choice)> {
     let name = node.name.as_str();
     let w = &param.tensor.data;
@@ -379,7 +381,7 @@ pub(crate) fn conv_kernel(
                     });
                 };
                 let conv = FkwConv::new(Fkw::encode(&layer, w, mask, &lib)?, shape)?;
-                let scratch = conv.scratch_for(1);
+                let scratch = conv.scratch_for(threads);
                 Ok(Some((
                     ConvKernel::Fkw { conv: Box::new(conv), scratch },
                     Choice { kernel: "pattern", format: "FKW" },

@@ -177,12 +177,13 @@ impl Plan {
                     let macs = shape.flops() / 2;
                     let (kernel, choice, pick) = match tuner.as_mut() {
                         None => {
-                            let (k, c) = lower::conv_kernel(node, param, shape)?;
+                            let (k, c) = lower::conv_kernel(node, param, shape, options.threads)?;
                             (k, c, Pick { threads: options.threads, ms: None, cached: false })
                         }
                         Some(t) => {
                             let key = t.key(param, &format!("conv {shape:?}"));
-                            let candidates = lower::conv_candidates(node, param, shape)?;
+                            let candidates =
+                                lower::conv_candidates(node, param, shape, options.threads)?;
                             let (x_len, y_len) = (io.x_len, io.y_len);
                             let act = *activation;
                             t.choose(key, candidates, options.threads, |k, threads| {
