@@ -1,7 +1,10 @@
 //! The kernel benchmark suite behind `cargo xtask bench kernels`: named layer shapes from real
 //! models, every applicable scheme at 50-95% sparsity, 1 and 2 threads, each sparse kernel
 //! timed against the fastest dense kernel *in the same run* (im2col + GEMM, the direct
-//! row-group kernel, and on maps of at most 256 positions the channel-vector kernel; GEMV and
+//! row-group kernel, and the channel-vector kernel on maps of at most 256 positions and on every
+//! layer with a kernel larger than 1x1 (on AVX2 it is the fastest dense kernel of 3x3 layers
+//! with 64 or more input channels at 16x16 and larger, 0.73-0.94 of the direct kernel's
+//! time, `examples/channel_vector_crossover`); GEMV and
 //! the GEMM crate for matrix-vector shapes) and its output checked against the dense result of
 //! the same pruned weights.
 //!
@@ -254,7 +257,8 @@ struct Dense {
     is_gemv: bool,
     col: Vec<f32>,
     direct: Option<(RowGroupConv, ConvScratch)>,
-    /// The channel-vector kernel, on ungrouped maps of at most 256 positions.
+    /// The channel-vector kernel, on ungrouped maps of at most 256 positions and on ungrouped
+    /// layers with a kernel larger than 1x1.
     channel_vector: Option<(ChannelVectorConv, ConvScratch)>,
 }
 
@@ -268,12 +272,12 @@ impl Dense {
             let s = ConvScratch::for_conv(&c);
             (c, s)
         });
-        let channel_vector =
-            (!is_gemv && conv.groups == 1 && conv.output_positions() <= 256).then(|| {
-                let c = ChannelVectorConv::new(conv, w).unwrap_or_else(|e| panic!("{e}"));
-                let s = c.scratch(16);
-                (c, s)
-            });
+        let small_or_spatial = conv.output_positions() <= 256 || conv.kernel_volume() > 1;
+        let channel_vector = (!is_gemv && conv.groups == 1 && small_or_spatial).then(|| {
+            let c = ChannelVectorConv::new(conv, w).unwrap_or_else(|e| panic!("{e}"));
+            let s = c.scratch(16);
+            (c, s)
+        });
         Dense { conv, is_gemv, col: vec![0.0; dense::im2col_len(&conv)], direct, channel_vector }
     }
 

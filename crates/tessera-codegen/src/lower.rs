@@ -177,14 +177,28 @@ fn dense_conv(node: &str, shape: ConvShape, w: &[f32]) -> Result<(ConvKernel, Ch
 /// row-group tile (plain stores, no padding columns computed), and there the row-group engine
 /// caught up: on Zen 3, channel-vector / row-group time 1.01-1.10 on 3x3 layers at 8x8
 /// (ResNet-20's 64@8x8, VGG's 128->256 and 256->256), while 4x4 and 2x2 stay 0.29-0.52. Those
-/// layers go to the row-group engine there.
+/// layers go to the row-group engine there. On larger maps with 8-lane vectors the
+/// channel-vector kernel wins on layers of [`CHANNEL_VECTOR_WIDE_INPUTS`] or more input
+/// channels with a kernel larger than 1x1 (Zen 3, `examples/channel_vector_crossover`:
+/// 0.89-0.94 at 16x16, 0.85 on 64 channels at 32x32, 0.73-0.75 at 28x28 and 56x56, 0.98 at
+/// 112x112; 1.00-1.13 with 16 or 32 channels at 16x16 and 32x32), so there it gets them.
 pub(crate) fn channel_vector_first(shape: &ConvShape) -> bool {
     let p = shape.output_positions();
-    let stacked_rows = Isa::detect().lanes() == 8 && shape.output()[2] == 8;
-    shape.groups == 1 && (p <= 16 || (p <= 64 && shape.kernel_volume() > 1 && !stacked_rows))
+    let eight_lanes = Isa::detect().lanes() == 8;
+    let stacked_rows = eight_lanes && shape.output()[2] == 8;
+    let spatial = shape.kernel_volume() > 1;
+    let wide_inputs = eight_lanes && spatial && shape.in_per_group() >= CHANNEL_VECTOR_WIDE_INPUTS;
+    shape.groups == 1
+        && (p <= 16 || (p <= 64 && spatial && !stacked_rows) || (wide_inputs && !stacked_rows))
 }
 
-/// Largest map (output positions) on which the tuner also times the channel-vector kernel.
+/// Input channels from which an 8-lane CPU gives the channel-vector kernel every dense
+/// ungrouped layer with a kernel larger than 1x1 (see [`channel_vector_first`]).
+const CHANNEL_VECTOR_WIDE_INPUTS: usize = 64;
+
+/// Largest map (output positions) on which the tuner also times the channel-vector kernel
+/// (layers that [`channel_vector_first`] gives it, whatever their map, time the direct kernel
+/// beside it).
 const CHANNEL_VECTOR_MAX_POSITIONS: usize = 256;
 
 /// The channel-vector kernel of an ungrouped convolution (`w` dense, zeros included).
@@ -259,11 +273,12 @@ pub(crate) fn conv_candidates(
             out.push(stencil(name, shape, w)?);
         }
     }
+    let first_is_channel_vector = matches!(out[0].0, ConvKernel::ChannelVector { .. });
     if param.sparsity.is_none()
         && shape.groups == 1
-        && shape.output_positions() <= CHANNEL_VECTOR_MAX_POSITIONS
+        && (shape.output_positions() <= CHANNEL_VECTOR_MAX_POSITIONS || first_is_channel_vector)
     {
-        if matches!(out[0].0, ConvKernel::ChannelVector { .. }) {
+        if first_is_channel_vector {
             out.push((
                 rows_kernel(name, masked_rows(&shape, w, None)?, shape)?,
                 Choice { kernel: "direct", format: "dense" },

@@ -235,6 +235,12 @@ const BLOCK_INPUT_BYTES: usize = 16 * 1024;
 /// on cache-line boundaries).
 const ACC_STRIDE: usize = 32;
 
+/// Tiles of positions per thread below which [`FkwConv::run`] uses fewer threads: every
+/// thread streams all the weights for its share of tiles, and on Zen 3 (1 -> 2 threads, 8x)
+/// 64@32x32 went 266 -> 165 us and 128@16x16 185 -> 109 (16 tiles), but 256@8x8 (8 tiles)
+/// 163 -> 191, and 4x4 / 2x2 maps (1-2 tiles) gained nothing.
+pub const MIN_TILES_PER_THREAD: usize = 8;
+
 /// A run of kernels on one input channel sharing a pattern: its 4 tap offsets in the packed
 /// input (channel included) and its kernels.
 #[derive(Debug, Clone)]
@@ -424,7 +430,8 @@ impl FkwConv {
         self.scratch_for(2)
     }
 
-    /// Runs the convolution on one sample.
+    /// Runs the convolution on one sample, on up to `threads` threads: one per
+    /// [`MIN_TILES_PER_THREAD`] tiles of positions.
     pub fn run(
         &self,
         isa: Isa,
@@ -461,6 +468,7 @@ impl FkwConv {
             acc: SendPtr(acc.as_mut_ptr()),
         };
         let n_tiles = plan.tiles.len();
+        let threads = threads.min((n_tiles / MIN_TILES_PER_THREAD).max(1));
         let chunk = n_tiles.div_ceil(threads);
         run_parallel(threads, |t| {
             fkw_tiles(isa, &job, t, (t * chunk).min(n_tiles), ((t + 1) * chunk).min(n_tiles))
