@@ -295,7 +295,6 @@ mod x86 {
         unsafe fn store(p: *mut f32, v: Self::V) {
             _mm256_storeu_ps(p, v)
         }
-
         #[inline(always)]
         unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
             _mm256_fmadd_ps(a, b, c)
@@ -414,7 +413,6 @@ mod x86 {
         unsafe fn store(p: *mut f32, v: Self::V) {
             _mm512_storeu_ps(p, v)
         }
-
         #[inline(always)]
         unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
             _mm512_fmadd_ps(a, b, c)

@@ -27,7 +27,8 @@
 //! output tile instead of zero (the same or slower).
 //!
 //! Binding also copies every chunk's weights into chunk order (a tile then streams them front
-//! to back instead of jumping between blocks stored block-row-major), and lists per column
+//! to back instead of jumping between blocks stored block-row-major; the bound kernel keeps
+//! the compact values too, for GEMV and [`BcrConv::matrix`]), and lists per column
 //! block the input lines its blocks read, which a tile prefetches for the next tile during its
 //! first band: GEMM 1024^3 7620 -> 6700-6850 us, 256@8x8 201 -> 179, conv1x1 316 -> 278-288.
 //! Rejected: non-temporal output stores (GEMM 6% faster, a 4 MB output with 128 input
@@ -403,8 +404,9 @@ impl Chunks {
                 lines.sort_unstable();
                 lines.dedup_by_key(|o| *o / 16);
                 out.prefetch.append(&mut lines);
-                out.prefetch_ptr.resize(cb + 2, out.prefetch_ptr[out.prefetch_ptr.len() - 1]);
-                out.prefetch_ptr[cb + 1] = u32_of(out.prefetch.len())?;
+                // Column blocks without blocks before this one prefetch nothing.
+                out.prefetch_ptr.resize(cb + 1, out.prefetch_ptr[out.prefetch_ptr.len() - 1]);
+                out.prefetch_ptr.push(u32_of(out.prefetch.len())?);
             }
         }
         out.prefetch_ptr.resize(col_blocks + 1, out.prefetch_ptr[out.prefetch_ptr.len() - 1]);
@@ -634,7 +636,7 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
             std::ptr::write_bytes(t, 0, (r1 - r0) * astride);
             let y = t.wrapping_sub(r0 * astride);
             for cb in 0..col_blocks {
-                if s0 == b0 && cb + 1 < ch.prefetch_ptr.len() {
+                if s0 == b0 {
                     // The next tile's input lines of this column block, while this one
                     // computes (rows of a large input, channels apart, missed L2 each).
                     let lines = &ch.prefetch
