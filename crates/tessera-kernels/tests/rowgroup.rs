@@ -176,6 +176,20 @@ fn named_shapes_at_high_sparsity() {
     }
 }
 
+/// One-row groups (unstructured CSR rows) on inputs larger than L2 walk their tiles in
+/// chunks, group by group within a chunk, on one thread and on two (each thread chunks its own
+/// share of the tiles); a 1x1 layer read by few rows per channel walks them whole.
+#[test]
+fn csr_rows_on_inputs_larger_than_l2_match_the_reference() {
+    let big = ConvShape::conv2d(32, 16, [64, 64], [3, 3], 1, 1).unwrap();
+    let pointwise = ConvShape::conv2d(40, 12, [60, 60], [1, 1], 1, 0).unwrap();
+    for (shape, sparsity) in [(big, 0.9), (big, 0.5), (pointwise, 0.9)] {
+        for threads in [1, 2] {
+            check_conv(shape, sparsity, 1, 11, threads);
+        }
+    }
+}
+
 #[test]
 fn wrong_buffer_lengths_are_errors() {
     let shape = ConvShape::conv2d(2, 2, [4, 4], [3, 3], 1, 1).unwrap();
