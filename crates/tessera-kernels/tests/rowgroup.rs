@@ -248,19 +248,23 @@ fn fused_epilogue_is_bias_then_activation_on_every_output() {
                 (Clamp::Relu, |v: f32| v.max(0.0)),
                 (Clamp::Relu6, |v: f32| v.clamp(0.0, 6.0)),
             ] {
-                for (threads, res) in
+                for ((threads, res), with_bias) in
                     [(1, None), (2, None), (1, Some(&residual)), (2, Some(&residual))]
+                        .into_iter()
+                        .flat_map(|t| [(t, true), (t, false)])
                 {
                     let mut fused = vec![f32::NAN; n];
                     let residual = res.map(Vec::as_slice);
-                    let ep = Epilogue { bias: Some(&bias), clamp, residual };
+                    let b = with_bias.then_some(bias.as_slice());
+                    let ep = Epilogue { bias: b, clamp, residual };
                     conv.run_fused(isa, &x, &mut fused, &mut scratch, threads, ep).unwrap();
                     for (i, (&got, &p)) in fused.iter().zip(&plain).enumerate() {
                         let r = residual.map_or(0.0, |r| r[i]);
-                        let want = f(p + bias[i / positions] + r);
+                        let want = f(p + b.map_or(0.0, |b| b[i / positions]) + r);
                         assert!(
                             (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                            "{shape:?} {isa:?} {clamp:?} {threads} {}: output {i}: {got} vs {want}",
+                            "{shape:?} {isa:?} {clamp:?} {threads} res {} bias {with_bias}: \
+                             output {i}: {got} vs {want}",
                             res.is_some()
                         );
                     }
