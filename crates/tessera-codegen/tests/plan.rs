@@ -203,11 +203,12 @@ fn liveness_reuses_activation_memory() {
     let shapes = opt.validate().unwrap();
     let sum: usize = shapes.values().map(|s| s.iter().product::<usize>()).sum();
     // The two largest values (16x32x32, a conv's input and output) must coexist; first fit
-    // may leave a gap the size of the input image, no more.
+    // may leave a gap the size of the input image, no more, besides the 64 bytes that stagger
+    // each value of a multiple of 4 KiB (at most 4 live at once here).
     let peak = 2 * 16 * 32 * 32;
     let values = plan.arena_len() - plan.edge_buffer_len();
     assert!(values >= peak);
-    assert!(values <= peak + 3 * 32 * 32, "{values} of {sum}");
+    assert!(values <= peak + 3 * 32 * 32 + 4 * 16, "{values} of {sum}");
     // Two conv -> conv edges store into the next conv's padded layout (conv0 -> conv1 at
     // 16@32x32, conv2 -> conv3 at 32@16x16): one buffer each, padding included.
     let padded = |c: usize, hw: usize| {
