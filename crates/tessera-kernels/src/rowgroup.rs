@@ -14,6 +14,12 @@
 //! between threads by output positions (every thread runs every row group on its own
 //! positions, so the split is balanced whatever the sparsity of each group), or, when there are
 //! too few positions, by row groups balanced on their stored weights.
+//!
+//! Groups of several rows walk tiles first (every group on a tile, then the next tile: the
+//! tile's input stays in L1). One-row groups (CSR rows, depthwise filters) walk a group's tiles
+//! before the next group's, in chunks of tiles covering 128 KiB of input when the input is
+//! larger than L2 and its channels feed several rows (`tiles_per_chunk`). The epilogue (bias,
+//! fused residual, ReLU/ReLU6) is applied in registers before the store.
 
 #![allow(unsafe_op_in_unsafe_fn)] // micro-kernels are unsafe fns made of pointer arithmetic
 
