@@ -6,28 +6,14 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)] // a command-line table
 
-use std::time::Instant;
+#[path = "common/timing.rs"]
+mod timing;
 
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 use tessera_kernels::formats::csr::Csr;
 use tessera_kernels::{ConvScratch, ConvShape, Isa, RowGroupConv, rowgroup};
 use tessera_sparsity::{Layer, Scheme, Target, Tiling};
-
-fn min_ms(mut f: impl FnMut()) -> f64 {
-    for _ in 0..5 {
-        f();
-    }
-    let mut best = f64::INFINITY;
-    let (start, mut runs) = (Instant::now(), 0);
-    while runs < 20 || start.elapsed().as_secs_f64() < 0.5 {
-        let t = Instant::now();
-        f();
-        best = best.min(t.elapsed().as_secs_f64() * 1e3);
-        runs += 1;
-    }
-    best
-}
 
 fn main() {
     let isa = Isa::detect();
@@ -56,7 +42,10 @@ fn main() {
             let m = Csr::encode(g.rows(), g.cols(), &p.values, &p.mask).unwrap().to_row_groups();
             let conv = RowGroupConv::new(m, shape).unwrap();
             let mut s = ConvScratch::for_conv(&conv);
-            row += &format!(" {:.3} |", min_ms(|| conv.run(isa, &x, &mut y, &mut s, 1).unwrap()));
+            row += &format!(
+                " {:.3} |",
+                1e-3 * timing::min_us(0.5, || conv.run(isa, &x, &mut y, &mut s, 1).unwrap())
+            );
         }
         println!("{row}");
     }
@@ -77,11 +66,11 @@ fn main() {
                 .unwrap();
             let m = Csr::encode(rows, cols, &p.values, &p.mask).unwrap().to_row_groups();
             let ms = if n == 1 {
-                min_ms(|| rowgroup::gemv(isa, &m, &x, &mut y, 1).unwrap())
+                1e-3 * timing::min_us(0.5, || rowgroup::gemv(isa, &m, &x, &mut y, 1).unwrap())
             } else {
                 let conv = RowGroupConv::gemm(m, n).unwrap();
                 let mut s = ConvScratch::for_conv(&conv);
-                min_ms(|| conv.run(isa, &x, &mut y, &mut s, 1).unwrap())
+                1e-3 * timing::min_us(0.5, || conv.run(isa, &x, &mut y, &mut s, 1).unwrap())
             };
             row += &format!(" {ms:.3} |");
         }

@@ -5,28 +5,14 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)] // a command-line table
 
-use std::time::Instant;
+#[path = "common/timing.rs"]
+mod timing;
 
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 use tessera_kernels::formats::block_punched::BlockPunched;
 use tessera_kernels::{Clamp, ConvScratch, ConvShape, Epilogue, Isa, RowGroupConv};
 use tessera_sparsity::{Layer, Scheme, Target, Tiling};
-
-fn min_us(mut f: impl FnMut()) -> f64 {
-    for _ in 0..20 {
-        f();
-    }
-    let mut best = f64::INFINITY;
-    let (start, mut runs) = (Instant::now(), 0);
-    while runs < 50 || start.elapsed().as_secs_f64() < 0.3 {
-        let t = Instant::now();
-        f();
-        best = best.min(t.elapsed().as_secs_f64() * 1e6);
-        runs += 1;
-    }
-    best
-}
 
 fn main() {
     let isa = Isa::detect();
@@ -48,11 +34,11 @@ fn main() {
         let bp = RowGroupConv::new(bp.to_row_groups(), shape).unwrap();
         let mut s = ConvScratch::for_conv(&bp);
         let ep = Epilogue { bias: Some(&bias), clamp: Clamp::Relu, residual: None };
-        let plain = min_us(|| bp.run_fused(isa, &x, &mut y, &mut s, 1, ep).unwrap());
+        let plain = timing::min_us(0.3, || bp.run_fused(isa, &x, &mut y, &mut s, 1, ep).unwrap());
         let epr = Epilogue { bias: Some(&bias), clamp: Clamp::Relu, residual: Some(&res) };
-        let fused = min_us(|| bp.run_fused(isa, &x, &mut y, &mut s, 1, epr).unwrap());
+        let fused = timing::min_us(0.3, || bp.run_fused(isa, &x, &mut y, &mut s, 1, epr).unwrap());
         let epn = Epilogue { bias: Some(&bias), clamp: Clamp::None, residual: None };
-        let separate = min_us(|| {
+        let separate = timing::min_us(0.3, || {
             bp.run_fused(isa, &x, &mut y, &mut s, 1, epn).unwrap();
             for ((o, a), b) in z.iter_mut().zip(&y).zip(&res) {
                 *o = (a + b).max(0.0);

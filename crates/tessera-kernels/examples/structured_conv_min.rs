@@ -8,7 +8,8 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)] // a command-line table
 
-use std::time::Instant;
+#[path = "common/timing.rs"]
+mod timing;
 
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
@@ -17,21 +18,6 @@ use tessera_kernels::formats::block_punched::BlockPunched;
 use tessera_kernels::formats::fkw::{Fkw, FkwConv};
 use tessera_kernels::{ConvScratch, ConvShape, Isa, RowGroupConv, RowGroupMatrix, dense};
 use tessera_sparsity::{Layer, PatternLibrary, Scheme, Target, Tiling};
-
-fn min_us(mut f: impl FnMut()) -> f64 {
-    for _ in 0..20 {
-        f();
-    }
-    let mut best = f64::INFINITY;
-    let (start, mut runs) = (Instant::now(), 0);
-    while runs < 50 || start.elapsed().as_secs_f64() < 0.5 {
-        let t = Instant::now();
-        f();
-        best = best.min(t.elapsed().as_secs_f64() * 1e6);
-        runs += 1;
-    }
-    best
-}
 
 fn main() {
     let isa = Isa::detect();
@@ -59,7 +45,9 @@ fn main() {
         };
 
         let mut col = vec![0.0; dense::im2col_len(&shape)];
-        let im2col = min_us(|| dense::conv_im2col(&shape, &w, &x, &mut y, &mut col, 1).unwrap());
+        let im2col = timing::min_us(0.5, || {
+            dense::conv_im2col(&shape, &w, &x, &mut y, &mut col, 1).unwrap()
+        });
         let groups = RowGroupMatrix::uniform_groups(out, out, 8);
         let direct = RowGroupConv::new(
             RowGroupMatrix::from_dense(out, c * k * k, &w, None, &groups).unwrap(),
@@ -67,19 +55,20 @@ fn main() {
         )
         .unwrap();
         let mut s = ConvScratch::for_conv(&direct);
-        let dense_us = im2col.min(min_us(|| direct.run(isa, &x, &mut y, &mut s, 1).unwrap()));
+        let dense_us =
+            im2col.min(timing::min_us(0.5, || direct.run(isa, &x, &mut y, &mut s, 1).unwrap()));
 
         let p = project("bcr:8x32");
         let bcr =
             BcrCompact::encode(&layer, &p.values, &p.mask, 8, 32).unwrap().bind(shape).unwrap();
         let mut s = bcr.scratch();
-        let bcr_us = min_us(|| bcr.run(isa, &x, &mut y, &mut s, 1).unwrap());
+        let bcr_us = timing::min_us(0.5, || bcr.run(isa, &x, &mut y, &mut s, 1).unwrap());
 
         let p = project("block-punched:8x4");
         let bp = BlockPunched::encode(&layer, &p.values, &p.mask, 8, 4).unwrap();
         let bp = RowGroupConv::new(bp.to_row_groups(), shape).unwrap();
         let mut s = ConvScratch::for_conv(&bp);
-        let bp_us = min_us(|| bp.run(isa, &x, &mut y, &mut s, 1).unwrap());
+        let bp_us = timing::min_us(0.5, || bp.run(isa, &x, &mut y, &mut s, 1).unwrap());
 
         let pat_us = if k == 3 {
             let lib = PatternLibrary::extract(8, [(&layer, &w[..])]).unwrap();
@@ -87,7 +76,7 @@ fn main() {
             let pat = FkwConv::new(Fkw::encode(&layer, &p.values, &p.mask, &lib).unwrap(), shape)
                 .unwrap();
             let mut s = pat.scratch();
-            min_us(|| pat.run(isa, &x, &mut y, &mut s, 1).unwrap())
+            timing::min_us(0.5, || pat.run(isa, &x, &mut y, &mut s, 1).unwrap())
         } else {
             f64::NAN
         };
