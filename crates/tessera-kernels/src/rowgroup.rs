@@ -714,10 +714,10 @@ impl RowGroupConv {
             chunk_tiles: self.chunk_tiles[wide],
             // A 1x1 layer (or GEMM) over an input larger than L2 reads it from L3 or memory
             // once, a line per channel per tile: more streams than the hardware prefetcher
-            // follows (block-punched 8x4 8x, 256->64@56x56: 258 -> 243 us on Zen 3). Where
+            // follows (block-punched 8x4 8x, 256->64@56x56: 258-262 -> 245-249 us on Zen 3). Where
             // taps of one channel share lines (3x3), the prefetches are redundant and
             // measured 5% slower.
-            prefetch_ahead: s.kernel_volume() == 1 && 4 * x.len() > CHUNK_ABOVE_BYTES,
+            prefetch_ahead: s.kernel_volume() == 1 && 4 * x.len() > L2_BYTES,
             direct: self.layout.flat_is_output() && self.target == OutputTarget::dense(s.output()),
             epilogue,
         };
@@ -882,10 +882,11 @@ pub(crate) fn tile_vectors(layout: &InputLayout, lanes: usize, single: bool) -> 
     }
 }
 
-/// Input bytes above which one-row groups walk their tiles in chunks: about this machine's L2
-/// (512 KiB on Zen 3; 1-2 MiB on newer cores, where chunking costs little).
-const CHUNK_ABOVE_BYTES: usize = 512 << 10;
-/// A chunk's share of the input: a quarter of that L2, leaving room for the output rows and
+/// About the L2 cache of one core (512 KiB on Zen 3; 1-2 MiB on newer cores, where the
+/// measures that take it as their threshold cost little): inputs larger than this are walked
+/// in chunks by one-row groups and prefetched a tile ahead by 1x1 layers.
+const L2_BYTES: usize = 512 << 10;
+/// A chunk's share of the input: a quarter of the L2, leaving room for the output rows and
 /// the weights.
 const CHUNK_BYTES: usize = 128 << 10;
 /// Groups reading an input channel, on average, for chunking to pay.
@@ -906,7 +907,7 @@ fn tiles_per_chunk(
 ) -> usize {
     let n_tiles = plan.tiles.len();
     let input_bytes = 4 * shape.in_channels * layout.channel_stride();
-    if m.groups() != m.rows || input_bytes <= CHUNK_ABOVE_BYTES {
+    if m.groups() != m.rows || input_bytes <= L2_BYTES {
         return n_tiles;
     }
     let k = shape.kernel_volume();
@@ -1204,10 +1205,10 @@ unsafe fn micro<S: Simd, const RT: usize, const V: usize, const FULL: bool, cons
         // residual and clamp chosen once per tile, not per vector: a branch per vector kept
         // the accumulators on the stack (ResNet-20's 16@32x32 layer at 8x with bias and
         // ReLU: 11.7 -> 9.4 us).
-        let clamp = !matches!(ep.clamp, Clamp::None);
+        let clamps = !matches!(ep.clamp, Clamp::None);
         let r = ep.residual.unwrap_or(std::ptr::null());
         let (b, c) = (ep.bias.unwrap_or(std::ptr::null()), ep.clamp);
-        match (ep.bias.is_some(), ep.residual.is_some(), clamp) {
+        match (ep.bias.is_some(), ep.residual.is_some(), clamps) {
             (false, false, false) => {
                 store_whole::<S, RT, V, false, false, false>(&acc, out, ys, b, r, c)
             }
