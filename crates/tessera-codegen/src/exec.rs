@@ -159,9 +159,9 @@ pub(crate) fn conv_once(
     residual: Option<&[f32]>,
 ) -> std::result::Result<(), tessera_kernels::KernelError> {
     let clamp = clamp_of(act);
-    // What the kernel fuses: the row-group and channel-vector kernels take bias, residual
-    // and a clamp activation; the depthwise kernel bias and a clamp (not a residual); the
-    // pattern and BCR kernels nothing. The rest runs after the store.
+    // What the kernel fuses: the row-group, BCR and channel-vector kernels take bias,
+    // residual and a clamp activation; the depthwise kernel bias and a clamp (not a
+    // residual); the pattern kernel nothing. The rest runs after the store.
     let ep = Epilogue { bias, clamp: clamp.unwrap_or_default(), residual };
     let (bias_done, residual_done, act_done) = match kernel {
         ConvKernel::Rows { conv, scratch } => {
@@ -184,8 +184,8 @@ pub(crate) fn conv_once(
             (false, false, false)
         }
         ConvKernel::Bcr { conv, scratch } => {
-            conv.run(isa, x, y, scratch, threads)?;
-            (false, false, false)
+            conv.run_fused(isa, x, y, scratch, threads, ep)?;
+            (true, true, clamp.is_some())
         }
     };
     if !(bias_done && residual_done && act_done) {
@@ -247,14 +247,14 @@ pub(crate) fn run_step(step: &mut Step, arena: &mut [f32], batch: usize, isa: Is
                 let y = &mut y_all[n * io.y_len..n * io.y_len + *y_used];
                 let res = r_all.map(|r| &r[n * io.y_len..(n + 1) * io.y_len]);
                 let done = match (&*kernel, *prepacked) {
-                    (ConvKernel::Rows { conv, .. }, true) => {
+                    (kernel, true) => {
                         let clamp = clamp_of(*act).ok_or_else(|| CodegenError::Unsupported {
                             node: node.clone(),
                             op: "conv",
                             reason: "a pre-packed input needs a fusable activation".into(),
                         })?;
                         let ep = Epilogue { bias: bias.as_deref(), clamp, residual: res };
-                        conv.run_prepacked(isa, x, y, *threads, ep)
+                        kernel.run_prepacked(isa, x, y, *threads, ep)
                     }
                     _ => conv_once(
                         kernel,

@@ -22,8 +22,8 @@ use tessera_kernels::formats::bsr::Bsr;
 use tessera_kernels::formats::csr::Csr;
 use tessera_kernels::formats::fkw::{Fkw, FkwConv, FkwOrder};
 use tessera_kernels::{
-    ChannelVectorConv, ConvScratch, ConvShape, DepthwiseConv, DepthwiseScratch, Isa, KernelError,
-    RowGroupConv, RowGroupMatrix,
+    ChannelVectorConv, ConvScratch, ConvShape, DepthwiseConv, DepthwiseScratch, Epilogue,
+    InputLayout, Isa, KernelError, OutputTarget, RowGroupConv, RowGroupMatrix,
 };
 use tessera_sparsity::{Mask, PatternLibrary, Scheme};
 
@@ -47,6 +47,58 @@ pub(crate) enum ConvKernel {
     Depthwise { conv: Box<DepthwiseConv>, scratch: DepthwiseScratch },
     /// The channel-vector kernel (dense convolutions on small maps).
     ChannelVector { conv: Box<ChannelVectorConv>, scratch: ConvScratch },
+}
+
+impl ConvKernel {
+    /// The input layout of a kernel that can run on an input a producer wrote pre-packed (see
+    /// [`ConvKernel::run_prepacked`]); `None` for the others.
+    pub(crate) fn prepackable_layout(&self) -> Option<&InputLayout> {
+        match self {
+            ConvKernel::Rows { conv, .. } => Some(conv.layout()),
+            ConvKernel::Bcr { conv, .. } => Some(conv.layout()),
+            _ => None,
+        }
+    }
+
+    /// Stores this kernel's outputs to `target` from now on and returns the floats they span
+    /// there; `None` (nothing changed) for kernels that always store NCDHW, or a target that
+    /// does not fit the output.
+    pub(crate) fn retarget(&mut self, target: OutputTarget) -> Option<usize> {
+        let channels = match self {
+            ConvKernel::Rows { conv, .. } => {
+                conv.set_output_target(target).ok()?;
+                conv.shape().out_channels
+            }
+            ConvKernel::Bcr { conv, .. } => {
+                conv.set_output_target(target).ok()?;
+                conv.shape().out_channels
+            }
+            _ => return None,
+        };
+        Some(target.len(channels))
+    }
+
+    /// Runs on an input in [`ConvKernel::prepackable_layout`] (no packing), the epilogue fused.
+    pub(crate) fn run_prepacked(
+        &self,
+        isa: Isa,
+        packed: &[f32],
+        output: &mut [f32],
+        threads: usize,
+        epilogue: Epilogue<'_>,
+    ) -> KernelResult<()> {
+        match self {
+            ConvKernel::Rows { conv, .. } => {
+                conv.run_prepacked(isa, packed, output, threads, epilogue)
+            }
+            ConvKernel::Bcr { conv, .. } => {
+                conv.run_prepacked(isa, packed, output, threads, epilogue)
+            }
+            _ => {
+                Err(KernelError::InvalidShape { reason: "this kernel packs its own input".into() })
+            }
+        }
+    }
 }
 
 /// A fully connected kernel (one vector at a time).

@@ -14,7 +14,7 @@ use tessera_kernels::{Isa, OutputTarget};
 use crate::buffers::{Slot, is_view, layout_values};
 use crate::error::{CodegenError, Result, unsupported};
 use crate::exec::{Io, Pool2d, Step, clamp_of, conv_once, linear_once, run_step};
-use crate::lower::{self, Choice, ConvKernel, shape_of};
+use crate::lower::{self, Choice, shape_of};
 use crate::tune::{Pick, TuneCache, Tuner, Tuning, cpu_name, time_ms};
 
 /// How to compile.
@@ -479,8 +479,8 @@ fn fuse_residual_adds(graph: &Graph) -> Graph {
     }
 }
 
-/// Conv -> conv edges without packing: where a row-group convolution's output is read only
-/// by a row-group convolution with a stride-1 padded layout, the producer stores straight into
+/// Conv -> conv edges without packing: where a row-group or BCR convolution's output is read
+/// only by one of them with a stride-1 padded layout, the producer stores straight into
 /// that layout (its padding zero) and the consumer skips packing. The padded buffers live
 /// after the liveness arena, zeroed once and written only at their interiors, so their
 /// padding stays zero; edges of the same layout share one buffer when their lifetimes do not
@@ -514,24 +514,20 @@ fn fuse_conv_edges(
         // The consumer applies its activation in the kernel's epilogue (a pre-packed input has
         // no separate epilogue pass).
         let target = match &steps[j] {
-            Step::Conv { kernel: ConvKernel::Rows { conv, .. }, act, .. }
-                if clamp_of(*act).is_some() =>
-            {
-                conv.layout().as_target().map(|t| (t, conv.layout().packed_len()))
+            Step::Conv { kernel, act, .. } if clamp_of(*act).is_some() => {
+                kernel.prepackable_layout().and_then(|l| l.as_target().map(|t| (t, l.packed_len())))
             }
             _ => None,
         };
         let Some((target, packed_len)) = target else { continue };
         // A fused residual is laid out as the plain output: such a producer keeps it.
-        let Step::Conv { kernel: ConvKernel::Rows { conv, .. }, act, residual: None, .. } =
-            &mut steps[i]
-        else {
+        let Step::Conv { kernel, act, residual: None, .. } = &mut steps[i] else {
             continue;
         };
-        if clamp_of(*act).is_none() || conv.set_output_target(target).is_err() {
+        if clamp_of(*act).is_none() {
             continue;
         }
-        let out_channels = conv.shape().out_channels;
+        let Some(used) = kernel.retarget(target) else { continue };
         let key = (packed_len, target);
         let len = batch * packed_len;
         let offset = match regions.iter_mut().find(|r| r.2 == key && r.3 < i) {
@@ -550,7 +546,7 @@ fn fuse_conv_edges(
         if let Step::Conv { io, y_used, .. } = &mut steps[i] {
             io.y = slot;
             io.y_len = packed_len;
-            *y_used = target.len(out_channels);
+            *y_used = used;
         }
         if let Step::Conv { io, prepacked, .. } = &mut steps[j] {
             io.x = slot;

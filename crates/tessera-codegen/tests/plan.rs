@@ -354,6 +354,25 @@ fn pre_packed_edges_need_a_kernel_epilogue_on_the_consumer() {
     }
 }
 
+/// BCR convolutions take part in pre-packed edges like row-group ones: on the VGG pruned with
+/// BCR, conv -> conv edges between BCR layers are stored into the consumer's padded layout
+/// (bias and ReLU fused in both kernels), and the plan still matches the interpreter.
+#[test]
+fn bcr_layers_store_and_read_pre_packed_edges() {
+    let mut g = examples::vgg_cifar().unwrap();
+    assert!(prune_all(&mut g, "bcr:4x8", 4.0) > 0);
+    let (opt, _) = Pipeline::standard().run(g).unwrap();
+    for o in
+        [CompileOptions::default(), CompileOptions { batch: 2, threads: 2, ..Default::default() }]
+    {
+        let plan = check(&opt, &o, &format!("vgg bcr {o:?}"));
+        let bcr = |l: &&tessera_codegen::LayerReport| l.format == "BCR-compact";
+        let stores = plan.layers().iter().filter(bcr).filter(|l| l.stores_packed).count();
+        let reads = plan.layers().iter().filter(bcr).filter(|l| l.reads_packed).count();
+        assert!(stores > 0 && reads > 0, "{:?}", plan.layers());
+    }
+}
+
 /// Pooling steps against the interpreter: max and average, padded, strided, rectangular
 /// windows and odd sizes (the plan's 2x2 stride-2 fast path and its general path).
 #[test]

@@ -300,57 +300,82 @@ impl TilePlan {
             Some(rows) => tiles(&rows, vectors * lanes),
             None => tiles(layout.runs(), vectors * lanes),
         };
-        let mut plan = TilePlan {
-            vectors,
-            tiles: Vec::new(),
-            seg_ptr: vec![0],
-            segs: Vec::new(),
-            uniform: Vec::new(),
-            steps: Vec::new(),
-        };
-        let whole = ((1u32 << lanes) - 1) as u16;
+        let mut plan = TilePlan { vectors, seg_ptr: vec![0], ..TilePlan::default() };
         for &(p0, n) in &all {
-            let first = plan.segs.len();
-            for v in 0..vectors {
-                let mut current: Option<Seg> = None;
-                for i in 0..lanes {
-                    let k = v * lanes + i;
-                    let delta = if k < n { delta_of(p0 + k) } else { None };
-                    match (delta, current.as_mut()) {
-                        (Some(d), Some(seg)) if seg.delta == d as i32 => seg.mask |= 1 << i,
-                        (Some(d), _) => {
-                            if let Some(seg) = current.take() {
-                                plan.segs.push(seg);
-                            }
-                            current = Some(Seg { v: v as u8, mask: 1 << i, delta: d as i32 });
-                        }
-                        (None, _) => {}
-                    }
-                }
-                if let Some(seg) = current {
-                    plan.segs.push(seg);
-                }
-            }
-            // A tile of discarded positions only (the gap between output rows of a strongly
-            // dilated, padded convolution can span a whole tile) stores nothing: it is dropped,
-            // since an empty store list means plain stores to the kernels.
-            if plan.segs.len() == first {
-                continue;
-            }
-            let segs = &plan.segs[first..];
             // A tile of at most one vector is computed one vector wide (`tile_group`).
             let computed = if n <= lanes { 1 } else { vectors };
-            let uniform = (segs.len() == computed
-                && segs.iter().enumerate().all(|(v, s)| {
-                    s.v as usize == v && s.mask == whole && s.delta == segs[0].delta
-                }))
-            .then_some(segs[0].delta);
-            plan.uniform.push(uniform);
-            plan.steps.push((lanes as u32, lanes as i32));
-            plan.tiles.push((p0, n));
-            plan.seg_ptr.push(plan.segs.len() as u32);
+            plan.push_tile(p0, n, lanes, vectors, computed, delta_of);
         }
         plan
+    }
+
+    /// A plan of the given tiles (each at most `vectors` vectors, computed `ceil(n / lanes)`
+    /// wide) storing to `target`: the BCR kernel's tiles, dealt evenly over the runs.
+    pub(crate) fn from_tiles(
+        layout: &InputLayout,
+        lanes: usize,
+        vectors: usize,
+        tiles: &[Tile],
+        target: &OutputTarget,
+    ) -> Self {
+        let delta_of = |p| layout.flat_coords(p).map(|c| target.index(c) as isize - p as isize);
+        let mut plan = TilePlan { vectors, seg_ptr: vec![0], ..TilePlan::default() };
+        for &(p0, n) in tiles {
+            plan.push_tile(p0, n, lanes, vectors, n.div_ceil(lanes), &delta_of);
+        }
+        plan
+    }
+
+    /// Appends tile `(p0, n)`: per vector, masked stores to `p + delta(p)` for each kept flat
+    /// position `p`; uniform when its `computed` vectors are stored whole at one shift. A tile
+    /// of discarded positions only (the gap between output rows of a strongly dilated, padded
+    /// convolution can span a whole tile) stores nothing: it is dropped, since an empty store
+    /// list means plain stores to the kernels.
+    fn push_tile(
+        &mut self,
+        p0: usize,
+        n: usize,
+        lanes: usize,
+        vectors: usize,
+        computed: usize,
+        delta_of: &dyn Fn(usize) -> Option<isize>,
+    ) {
+        let whole = ((1u32 << lanes) - 1) as u16;
+        let first = self.segs.len();
+        for v in 0..vectors {
+            let mut current: Option<Seg> = None;
+            for i in 0..lanes {
+                let k = v * lanes + i;
+                let delta = if k < n { delta_of(p0 + k) } else { None };
+                match (delta, current.as_mut()) {
+                    (Some(d), Some(seg)) if seg.delta == d as i32 => seg.mask |= 1 << i,
+                    (Some(d), _) => {
+                        if let Some(seg) = current.take() {
+                            self.segs.push(seg);
+                        }
+                        current = Some(Seg { v: v as u8, mask: 1 << i, delta: d as i32 });
+                    }
+                    (None, _) => {}
+                }
+            }
+            if let Some(seg) = current {
+                self.segs.push(seg);
+            }
+        }
+        if self.segs.len() == first {
+            return;
+        }
+        let segs = &self.segs[first..];
+        let uniform = (segs.len() == computed
+            && segs
+                .iter()
+                .enumerate()
+                .all(|(v, s)| s.v as usize == v && s.mask == whole && s.delta == segs[0].delta))
+        .then_some(segs[0].delta);
+        self.uniform.push(uniform);
+        self.steps.push((lanes as u32, lanes as i32));
+        self.tiles.push((p0, n));
+        self.seg_ptr.push(self.segs.len() as u32);
     }
 }
 
@@ -510,17 +535,6 @@ impl ConvScratch {
     }
 }
 
-pub(crate) fn scratch_len(layout: &InputLayout, rows: usize) -> (usize, usize) {
-    let flat = if layout.flat_is_output() { 0 } else { rows * flat_stride(layout) };
-    (layout.packed_len(), flat)
-}
-
-/// Row stride of the flat output grid: one tile of slack for full-width stores, rounded to
-/// whole cache lines so every row starts aligned.
-pub(crate) fn flat_stride(layout: &InputLayout) -> usize {
-    (layout.flat_len() + 64).next_multiple_of(16)
-}
-
 impl RowGroupConv {
     /// Binds `matrix` (rows = output channels, cols = in_per_group x kernel volume) to `shape`.
     /// Row groups must not cross channel-group boundaries.
@@ -567,27 +581,7 @@ impl RowGroupConv {
     /// Stores outputs to `target` from now on (e.g. the next convolution's
     /// [`InputLayout::as_target`]); its extent must be this convolution's output.
     pub fn set_output_target(&mut self, target: OutputTarget) -> Result<()> {
-        let [d, h, w] = target.dims;
-        // Rows must not overlap and every channel's outputs must stay inside its stride, so
-        // channels (and threads' rows) write disjoint ranges of a buffer of `len` floats.
-        let fits = target.dims == self.shape.output()
-            && target.row_pitch >= w
-            && target.rows >= h
-            && (d * h * w == 0 || target.index([d - 1, h - 1, w - 1]) < target.channel_stride);
-        if !fits {
-            return Err(KernelError::InvalidShape {
-                reason: format!(
-                    "an output target of {:?} (base {}, rows {}, row pitch {}, channel stride {}) \
-                     does not hold outputs of {:?} disjointly",
-                    target.dims,
-                    target.base,
-                    target.rows,
-                    target.row_pitch,
-                    target.channel_stride,
-                    self.shape.output()
-                ),
-            });
-        }
+        check_output_target(&target, self.shape.output())?;
         let single = self.matrix.groups() == self.matrix.rows;
         self.plans = [8, 16].map(|l| {
             TilePlan::with_target(&self.layout, l, tile_vectors(&self.layout, l, single), &target)
@@ -724,6 +718,27 @@ impl RowGroupConv {
         execute(isa, &job, threads);
         Ok(())
     }
+}
+
+/// Refuses an output target that does not hold outputs of extent `output` disjointly: rows
+/// must not overlap and every channel's outputs must stay inside its stride, so channels (and
+/// threads' rows) write disjoint ranges of a buffer of `target.len(channels)` floats.
+pub(crate) fn check_output_target(target: &OutputTarget, output: [usize; 3]) -> Result<()> {
+    let [d, h, w] = target.dims;
+    let fits = target.dims == output
+        && target.row_pitch >= w
+        && target.rows >= h
+        && (d * h * w == 0 || target.index([d - 1, h - 1, w - 1]) < target.channel_stride);
+    if fits {
+        return Ok(());
+    }
+    Err(KernelError::InvalidShape {
+        reason: format!(
+            "an output target of {:?} (base {}, rows {}, row pitch {}, channel stride {}) does \
+             not hold outputs of {output:?} disjointly",
+            target.dims, target.base, target.rows, target.row_pitch, target.channel_stride,
+        ),
+    })
 }
 
 pub(crate) fn check_len(what: &'static str, expected: usize, found: usize) -> Result<()> {
@@ -1288,11 +1303,11 @@ unsafe fn store_whole<
 }
 
 /// An [`Epilogue`] positioned at a tile's first row.
-struct RowEpilogue {
-    bias: Option<*const f32>,
-    clamp: Clamp,
+pub(crate) struct RowEpilogue {
+    pub(crate) bias: Option<*const f32>,
+    pub(crate) clamp: Clamp,
     /// The residual at the tile's first row and position (addressed like `Out::y`).
-    residual: Option<*const f32>,
+    pub(crate) residual: Option<*const f32>,
 }
 
 impl RowEpilogue {
@@ -1302,7 +1317,7 @@ impl RowEpilogue {
     /// # Safety
     /// `bias` (when present) must hold a value for row `rr`.
     #[inline(always)]
-    unsafe fn apply<S: Simd, const V: usize>(&self, rr: usize, a: &mut [S::V; V]) {
+    pub(crate) unsafe fn apply<S: Simd, const V: usize>(&self, rr: usize, a: &mut [S::V; V]) {
         if let Some(b) = self.bias {
             let bv = S::splat(*b.add(rr));
             for av in a.iter_mut() {
@@ -1367,7 +1382,7 @@ pub(crate) unsafe fn store_row<S: Simd, const V: usize, const FULL: bool>(
 /// # Safety
 /// As [`store_row`]; the residual must be readable wherever `out` writes row `rr`.
 #[inline(always)]
-unsafe fn store_row_residual<S: Simd, const V: usize, const FULL: bool>(
+pub(crate) unsafe fn store_row_residual<S: Simd, const V: usize, const FULL: bool>(
     out: &Out<'_>,
     rr: usize,
     a: &[S::V; V],

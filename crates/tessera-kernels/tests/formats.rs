@@ -425,3 +425,103 @@ fn wide_tiles_on_long_runs_match_the_reference() {
         }
     }
 }
+
+/// BCR's fused epilogue (bias, residual, activation) gives what its plain run followed by the
+/// epilogue gives, and its stores into the next convolution's packed layout are exactly what
+/// packing its output gives, a BCR consumer run on them matching its plain run: tiles within
+/// 32-wide output rows, stacked rows (8-wide maps), flat tiles with masked stores (stride 2,
+/// 5-wide maps) and a 1x1 read in place, on 1 and 2 threads.
+#[test]
+fn bcr_epilogue_and_packed_output_match_the_plain_run() {
+    use tessera_kernels::{Clamp, Epilogue};
+    let shapes = [
+        ConvShape::conv2d(16, 16, [4, 32], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(8, 24, [8, 8], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(6, 16, [10, 10], [3, 3], 2, 1).unwrap(),
+        ConvShape::conv2d(12, 8, [5, 5], [1, 1], 1, 0).unwrap(),
+    ];
+    let bind = |shape: ConvShape, seed: u64| {
+        let layer = shape.layer("conv").unwrap();
+        let p = project("bcr:8x16", &layer, &weights(layer.geometry.len(), seed), 0.75);
+        let m = BcrCompact::encode(&layer, &p.values, &p.mask, 8, 16).unwrap();
+        BcrConv::new(m, shape).unwrap()
+    };
+    for (si, shape) in shapes.into_iter().enumerate() {
+        let conv = bind(shape, 30 + si as u64);
+        let x: Vec<f32> = weights(shape.in_channels * shape.input_plane(), 31 + si as u64)
+            .iter()
+            .map(|v| 4.0 * v)
+            .collect();
+        let bias: Vec<f32> = weights(shape.out_channels, 32).iter().map(|v| 3.0 * v).collect();
+        let positions = shape.output_positions();
+        let n = shape.out_channels * positions;
+        let residual = weights(n, 33);
+        // The consumer: a padded stride-1 3x3 BCR convolution on this one's output.
+        let [_, oh, ow] = shape.output();
+        let next =
+            bind(ConvShape::conv2d(shape.out_channels, 8, [oh, ow], [3, 3], 1, 1).unwrap(), 34);
+        let target = next.layout().as_target().unwrap();
+        for isa in Isa::available() {
+            let mut scratch = conv.scratch();
+            let mut plain = vec![0.0; n];
+            conv.run(isa, &x, &mut plain, &mut scratch, 1).unwrap();
+            for (clamp, f) in [
+                (Clamp::None, (|v: f32| v) as fn(f32) -> f32),
+                (Clamp::Relu, |v: f32| v.max(0.0)),
+                (Clamp::Relu6, |v: f32| v.clamp(0.0, 6.0)),
+            ] {
+                for (threads, res, with_bias) in
+                    [(1, false, true), (2, false, true), (1, true, true), (2, true, false)]
+                {
+                    let residual = res.then_some(residual.as_slice());
+                    let b = with_bias.then_some(bias.as_slice());
+                    let mut fused = vec![f32::NAN; n];
+                    let ep = Epilogue { bias: b, clamp, residual };
+                    conv.run_fused(isa, &x, &mut fused, &mut scratch, threads, ep).unwrap();
+                    for (i, (&got, &p)) in fused.iter().zip(&plain).enumerate() {
+                        let r = residual.map_or(0.0, |r| r[i]);
+                        let want = f(p + b.map_or(0.0, |b| b[i / positions]) + r);
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{shape:?} {isa:?} {clamp:?} {threads}t res {res} bias {with_bias}: \
+                             output {i}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+            // Stores into the consumer's packed layout.
+            let ep = Epilogue { bias: Some(&bias), clamp: Clamp::Relu, residual: None };
+            let mut mid = vec![0.0; n];
+            conv.run_fused(isa, &x, &mut mid, &mut scratch, 1, ep).unwrap();
+            let mut want = vec![0.0; 8 * positions];
+            next.run(isa, &mid, &mut want, &mut next.scratch(), 1).unwrap();
+            let mut repacked = vec![0.0; next.layout().packed_len()];
+            next.layout().pack(&mid, &mut repacked);
+            let mut producer = conv.clone();
+            producer.set_output_target(target).unwrap();
+            for threads in [1, 2] {
+                let mut packed = vec![0.0; next.layout().packed_len()];
+                let used = target.len(shape.out_channels);
+                producer
+                    .run_fused(isa, &x, &mut packed[..used], &mut scratch, threads, ep)
+                    .unwrap();
+                assert_eq!(packed, repacked, "{shape:?} {isa:?} {threads}t: packed layout");
+                let mut got = vec![f32::NAN; want.len()];
+                next.run_prepacked(isa, &packed, &mut got, threads, Epilogue::default()).unwrap();
+                assert_eq!(got, want, "{shape:?} {isa:?} {threads}t: consumer on packed input");
+            }
+        }
+        // Wrong lengths and a target of another extent are typed errors.
+        let mut y = vec![0.0; n];
+        let short = Epilogue { bias: Some(&bias[1..]), ..Default::default() };
+        let isa = Isa::detect();
+        assert!(conv.run_fused(isa, &x, &mut y, &mut conv.scratch(), 1, short).is_err());
+        let short = Epilogue { residual: Some(&residual[1..]), ..Default::default() };
+        assert!(matches!(
+            conv.run_fused(isa, &x, &mut y, &mut conv.scratch(), 1, short),
+            Err(tessera_kernels::KernelError::BufferLength { what: "residual", .. })
+        ));
+        let other = ConvShape::conv2d(4, 4, [oh + 1, ow], [3, 3], 1, 1).unwrap().layout();
+        assert!(conv.clone().set_output_target(other.as_target().unwrap()).is_err());
+    }
+}

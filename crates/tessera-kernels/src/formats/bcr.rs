@@ -10,7 +10,7 @@
 //!
 //! Kernel (column-block-major in bands): binding lists every block's chunks of up to 4 kept
 //! rows in column-block order, with the input offset of each kept column. A tile of output
-//! positions (up to 2 vectors on AVX2, 5 on AVX-512) runs, band of block rows by band (16 KiB
+//! positions (up to 2 vectors on AVX2, 5 on AVX-512; see the stores below) runs, band of block rows by band (16 KiB
 //! of output tile), every block row of the band on one column block before the next, so the
 //! few input channels a column block gathers from stay in L1 while all those block rows read
 //! them (block-row-major order streamed the whole input from L2 once per block row). A chunk
@@ -35,6 +35,19 @@
 //! channels 40% slower); bands outermost with tiles inside (GEMM 12% faster, BERT FC and
 //! 1024 x 1024 x 256 3-8% slower).
 //!
+//! Stores: a band's tile goes to the output through the row-group engine's tile plans
+//! (`TilePlan`: on AVX2 tiles within output rows, stacked rows on 8-wide maps, masked
+//! stores where a tile straddles row ends; on AVX-512 the runs dealt evenly into tiles of up
+//! to 5 vectors with masked stores), bias, residual and activation applied on the way
+//! ([`BcrConv::run_fused`]), to NCDHW or to another layout ([`BcrConv::set_output_target`],
+//! e.g. the next convolution's padded input, which then runs [`BcrConv::run_prepacked`]).
+//! Before, tiles ran over the flat grid (padding columns included) into a flat buffer that a
+//! second pass compacted, and the plan's epilogue was a third pass. Measured on the kernel
+//! alone (bcr:8x32 at 8x, 1 thread, min of runs alternating the two builds, us): 3x3 16@32x32
+//! 17.9 -> 17.3, 32@16x16 14.2 -> 12.7, 64@8x8 15.1 -> 11.2, 256@8x8 185 -> 147, 128@16x16
+//! 170 -> 155; 64@56x56 560-598 -> 587-679 (rows of 56 end in a one-vector tile). In whole
+//! plans (`bench models`, 1 thread): VGG-11 4.33x -> 4.88x, ResNet-20 2.77x -> 3.69x.
+//!
 //! GEMV (batch 1 FC and LSTM gates, memory bound): a block row's outputs live in one register
 //! and each kept column's weights are expand-loaded into its kept rows' lanes, two columns
 //! per AVX-512 vector when blocks have at most 8 rows, so the compact weights stream once.
@@ -43,11 +56,15 @@
 
 use tessera_sparsity::{Layer, Mask};
 
+use crate::conv::OutputTarget;
 use crate::conv::{ConvShape, InputLayout};
 use crate::error::{KernelError, Result};
 use crate::formats::{ByteSize, check_lengths, structure_error};
 use crate::isa::Isa;
-use crate::rowgroup::{ConvScratch, RowGroupMatrix, check_len};
+use crate::rowgroup::{
+    ConvScratch, Epilogue, Out, RowEpilogue, RowGroupMatrix, Seg, TILE_V, TilePlan, check_len,
+    check_output_target, store_row, store_row_residual,
+};
 use crate::simd::{Simd, simd_entry};
 use crate::threads::{SendPtr, run_parallel};
 
@@ -257,9 +274,10 @@ impl BcrCompact {
 }
 
 /// Most vectors per tile of the block kernel with 8 and 16 lanes: up to [`BCR_RT`] kept rows
-/// x this many vectors of accumulators, the input vectors and a broadcast: 4 x 3 + 3 + 1 of
-/// AVX2's 16 registers, 4 x 5 + 5 + 1 of AVX-512's 32.
-const BCR_V: [usize; 2] = [2, 5];
+/// x this many vectors of accumulators, the input vectors and a broadcast: 4 x 2 + 2 + 1 of
+/// AVX2's 16 registers (the row-group engine's [`TILE_V`], whose tile plans it shares), 4 x 5
+/// + 5 + 1 of AVX-512's 32.
+const BCR_V: [usize; 2] = [TILE_V, 5];
 
 /// Bytes of output tile one band of block rows may hold ([`BandTile`], on the stack of each
 /// thread; L1 is 32 KiB on Zen 3).
@@ -293,8 +311,8 @@ fn balanced_tiles(runs: &[(usize, usize)], lanes: usize, vmax: usize) -> Vec<(us
 const SCHEDULED_THREADS: usize = 8;
 
 /// A [`BcrCompact`] bound to a convolution: input offsets of every kept column, the blocks in
-/// column-block-major order, the tiles for each vector width, and the block-row schedules for
-/// GEMV, all computed once so runs never allocate.
+/// column-block-major order, the tiles for each vector width with their store plans, and the
+/// block-row schedules for GEMV, all computed once so runs never allocate.
 #[derive(Debug, Clone)]
 pub struct BcrConv {
     m: BcrCompact,
@@ -302,8 +320,12 @@ pub struct BcrConv {
     layout: InputLayout,
     /// Execution form: every block's chunks of kept rows, column block by column block.
     chunks: Chunks,
-    /// Tiles for 8 and 16 lanes.
-    tiles: [Vec<(usize, usize)>; 2],
+    /// The largest input offset of a kept column (how far past a position a tile reads).
+    max_offset: usize,
+    /// Where outputs go (NCDHW unless retargeted).
+    target: OutputTarget,
+    /// Tiles for 8 and 16 lanes and where each tile's lanes are stored.
+    plans: [TilePlan; 2],
     /// `schedule[t - 1][i]`: block rows of thread `i` when running `t` threads (GEMV), dealt
     /// heaviest-first to the least-loaded thread (GRIM's reorder, used for load balance).
     schedule: Vec<Vec<Vec<u32>>>,
@@ -449,17 +471,41 @@ impl BcrConv {
         }
         let layout = shape.layout();
         let chunks = Chunks::new(&m, &layout, shape.out_per_group())?;
-        let tiles = [
-            balanced_tiles(layout.runs(), 8, BCR_V[0]),
-            balanced_tiles(layout.runs(), 16, BCR_V[1]),
-        ];
+        let target = OutputTarget::dense(shape.output());
+        let plans = tile_plans(&layout, &target);
+        let max_offset = chunks.offsets.iter().max().map_or(0, |&o| o as usize);
         let schedule = (1..=SCHEDULED_THREADS).map(|t| lpt(&m, t)).collect();
         let row_masks = if m.br <= 16 {
             (0..m.blocks()).map(|b| m.block(b).0.iter().fold(0u16, |a, &r| a | 1 << r)).collect()
         } else {
             Vec::new()
         };
-        Ok(BcrConv { m, shape, layout, chunks, tiles, schedule, row_masks })
+        Ok(BcrConv { m, shape, layout, chunks, max_offset, target, plans, schedule, row_masks })
+    }
+
+    /// Stores outputs to `target` from now on (e.g. the next convolution's
+    /// [`InputLayout::as_target`]); its extent must be this convolution's output.
+    pub fn set_output_target(&mut self, target: OutputTarget) -> Result<()> {
+        check_output_target(&target, self.shape.output())?;
+        self.plans = tile_plans(&self.layout, &target);
+        self.target = target;
+        Ok(())
+    }
+
+    /// Where outputs are stored.
+    pub fn output_target(&self) -> &OutputTarget {
+        &self.target
+    }
+
+    /// The input layout (packed by [`BcrConv::run`], or written by a producer through
+    /// [`InputLayout::as_target`] for [`BcrConv::run_prepacked`]).
+    pub fn layout(&self) -> &InputLayout {
+        &self.layout
+    }
+
+    /// The convolution.
+    pub fn shape(&self) -> &ConvShape {
+        &self.shape
     }
 
     /// `Y[rows, n] = W X[cols, n]` as a 1x1 convolution over `n` positions.
@@ -473,9 +519,9 @@ impl BcrConv {
         &self.m
     }
 
-    /// Scratch for [`BcrConv::run`].
+    /// Scratch for [`BcrConv::run`]: the packed input (outputs are stored in place).
     pub fn scratch(&self) -> ConvScratch {
-        ConvScratch::with_lengths(crate::rowgroup::scratch_len(&self.layout, self.m.rows))
+        ConvScratch::with_lengths((self.layout.packed_len(), 0))
     }
 
     /// Runs the convolution on one sample (same buffers as [`crate::RowGroupConv::run`]).
@@ -487,30 +533,83 @@ impl BcrConv {
         scratch: &mut ConvScratch,
         threads: usize,
     ) -> Result<()> {
+        self.run_fused(isa, input, output, scratch, threads, Epilogue::default())
+    }
+
+    /// [`BcrConv::run`], applying `epilogue` (bias, residual, activation) to each output as
+    /// its band of the tile is stored: no pass over the output after the kernel.
+    pub fn run_fused(
+        &self,
+        isa: Isa,
+        input: &[f32],
+        output: &mut [f32],
+        scratch: &mut ConvScratch,
+        threads: usize,
+        epilogue: Epilogue<'_>,
+    ) -> Result<()> {
         let s = &self.shape;
         check_len("input", s.in_channels * s.input_plane(), input.len())?;
-        check_len("output", s.out_channels * s.output_positions(), output.len())?;
-        let (packed, flat) = scratch.parts();
-        let (pl, fl) = crate::rowgroup::scratch_len(&self.layout, self.m.rows);
-        check_len("packed-input scratch", pl, packed.len())?;
-        check_len("flat-output scratch", fl, flat.len())?;
+        let (packed, _) = scratch.parts();
+        check_len("packed-input scratch", self.layout.packed_len(), packed.len())?;
         self.layout.pack_with(isa, input, packed);
-        let x = if self.layout.in_place() { input.as_ptr() } else { packed.as_ptr() };
-        let (y, ystride) = if self.layout.flat_is_output() {
-            (SendPtr(output.as_mut_ptr()), s.output_positions())
+        let x: &[f32] = if self.layout.in_place() { input } else { packed };
+        self.execute_on(isa, x, output, threads, epilogue)
+    }
+
+    /// [`BcrConv::run_fused`] on an input already in this convolution's packed layout
+    /// (`layout().packed_len()` floats, padding zero), as a producer retargeted to
+    /// `layout().as_target()` writes it: no packing.
+    pub fn run_prepacked(
+        &self,
+        isa: Isa,
+        packed: &[f32],
+        output: &mut [f32],
+        threads: usize,
+        epilogue: Epilogue<'_>,
+    ) -> Result<()> {
+        if self.layout.in_place() {
+            check_len("input", self.shape.in_channels * self.shape.input_plane(), packed.len())?;
         } else {
-            (SendPtr(flat.as_mut_ptr()), crate::rowgroup::flat_stride(&self.layout))
+            check_len("packed input", self.layout.packed_len(), packed.len())?;
+        }
+        self.execute_on(isa, packed, output, threads, epilogue)
+    }
+
+    fn execute_on(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        output: &mut [f32],
+        threads: usize,
+        epilogue: Epilogue<'_>,
+    ) -> Result<()> {
+        let s = &self.shape;
+        check_len("output", self.target.len(s.out_channels), output.len())?;
+        if let Some(b) = epilogue.bias {
+            check_len("bias", s.out_channels, b.len())?;
+        }
+        if let Some(r) = epilogue.residual {
+            check_len("residual", output.len(), r.len())?;
+        }
+        let plan = &self.plans[usize::from(isa.lanes() == 16)];
+        let job = BcrJob {
+            c: self,
+            plan,
+            x: x.as_ptr(),
+            x_len: x.len(),
+            y: SendPtr(output.as_mut_ptr()),
+            ystride: self.target.channel_stride,
+            epilogue,
         };
-        let tiles = &self.tiles[usize::from(isa.lanes() == 16)];
-        let job = BcrJob { c: self, x, y, ystride };
+        let tiles = plan.tiles.len();
         let threads = threads.clamp(1, crate::threads::MAX_THREADS);
         let brows = self.chunks.brows;
-        if threads == 1 || tiles.len() >= 4 * threads {
-            let chunk = tiles.len().div_ceil(threads);
+        if threads == 1 || tiles >= 4 * threads {
+            let chunk = tiles.div_ceil(threads);
             run_parallel(threads, |t| {
-                let lo = (t * chunk).min(tiles.len());
-                let hi = ((t + 1) * chunk).min(tiles.len());
-                bcr_tiles(isa, &job, &tiles[lo..hi], 0, brows);
+                let lo = (t * chunk).min(tiles);
+                let hi = ((t + 1) * chunk).min(tiles);
+                bcr_tiles(isa, &job, lo, hi, 0, brows);
             });
         } else {
             // Few positions: every thread runs all tiles on a contiguous share of block rows,
@@ -519,16 +618,7 @@ impl BcrConv {
             let bounds = crate::threads::split_by_cost(brows, threads, |b| {
                 m.value_ptr[m.block_ptr[b + 1] as usize] - m.value_ptr[m.block_ptr[b] as usize] + 8
             });
-            run_parallel(threads, |t| bcr_tiles(isa, &job, tiles, bounds[t], bounds[t + 1]));
-        }
-        if !self.layout.flat_is_output() {
-            let opos = s.output_positions();
-            for r in 0..s.out_channels {
-                self.layout.compact(
-                    &flat[r * ystride..(r + 1) * ystride],
-                    &mut output[r * opos..(r + 1) * opos],
-                );
-            }
+            run_parallel(threads, |t| bcr_tiles(isa, &job, 0, tiles, bounds[t], bounds[t + 1]));
         }
         Ok(())
     }
@@ -550,38 +640,75 @@ impl BcrConv {
     }
 }
 
-struct BcrJob<'a> {
-    c: &'a BcrConv,
-    x: *const f32,
-    y: SendPtr,
-    ystride: usize,
+/// The AVX2 and AVX-512 tile plans of a layout storing to `target`. On 8 lanes, the row-group
+/// engine's: tiles within output rows (plain stores, no padding column computed), stacked
+/// rows on 8-wide maps, flat tiles with masked stores elsewhere. On 16 lanes (native masked
+/// stores), the flat positions' runs dealt evenly into tiles of up to 5 vectors
+/// ([`balanced_tiles`]).
+fn tile_plans(layout: &InputLayout, target: &OutputTarget) -> [TilePlan; 2] {
+    let wide = balanced_tiles(layout.runs(), 16, BCR_V[1]);
+    [
+        TilePlan::with_target(layout, 8, BCR_V[0], target),
+        TilePlan::from_tiles(layout, 16, BCR_V[1], &wide, target),
+    ]
 }
 
-// SAFETY: `x` is only read; `y` is written at disjoint (row, position) regions per thread.
+struct BcrJob<'a> {
+    c: &'a BcrConv,
+    plan: &'a TilePlan,
+    x: *const f32,
+    /// Floats readable from `x`: a tile whose whole vectors, shifted by any kept column's
+    /// offset, stay below it loads them whole.
+    x_len: usize,
+    /// The output (`out_channels` rows `ystride` apart, laid out as the target).
+    y: SendPtr,
+    ystride: usize,
+    epilogue: Epilogue<'a>,
+}
+
+// SAFETY: `x` is only read; `y` is written at disjoint (row, position) regions per thread, and
+// the epilogue's slices are only read.
 unsafe impl Sync for BcrJob<'_> {}
 
 simd_entry! {
-    fn bcr_tiles(job: &BcrJob<'_>, tiles: &[(usize, usize)], b0: usize, b1: usize) => bcr_tiles_generic;
+    fn bcr_tiles(job: &BcrJob<'_>, t0: usize, t1: usize, b0: usize, b1: usize) => bcr_tiles_generic;
 }
 
-/// Tiles `tiles` on block rows `b0..b1`, each at the fewest vectors that hold its positions.
+/// Tiles `t0..t1` of the plan on block rows `b0..b1`, each at the fewest vectors that hold its
+/// positions.
 #[inline(always)]
-fn bcr_tiles_generic<S: Simd>(job: &BcrJob<'_>, tiles: &[(usize, usize)], b0: usize, b1: usize) {
+fn bcr_tiles_generic<S: Simd>(job: &BcrJob<'_>, t0: usize, t1: usize, b0: usize, b1: usize) {
     let vmax = BCR_V[usize::from(S::LANES == 16)];
+    let plan = job.plan;
     let mut tile = std::mem::MaybeUninit::<BandTile>::uninit();
-    // A packed input has slack after its last channel, so a partial tile may load whole
-    // vectors (its discarded lanes are never stored); an input read in place may not.
-    let over_read = !job.c.layout.in_place();
-    for &(p0, n) in tiles {
+    for ti in t0..t1 {
+        let (p0, n) = plan.tiles[ti];
         let vectors = n.div_ceil(S::LANES).clamp(1, vmax);
-        let full = n == vectors * S::LANES;
+        let (x_step, y_step) = plan.steps[ti];
+        let x_step = x_step as usize;
+        // A partial tile (a row's last) loads whole vectors when they stay inside `x`: its
+        // discarded lanes are computed but never stored (the plan's stores select lanes).
+        let last = p0 + (vectors - 1) * x_step + S::LANES;
+        let load_whole = n == vectors * S::LANES || last + job.c.max_offset <= job.x_len;
+        let (segs, shift): (&[Seg], isize) = match plan.uniform[ti] {
+            Some(d) => (&[], d as isize),
+            None => (&plan.segs[plan.seg_ptr[ti] as usize..plan.seg_ptr[ti + 1] as usize], 0),
+        };
+        let at = TileAt {
+            p0,
+            n,
+            x_step,
+            y_step: y_step as isize,
+            segs,
+            shift,
+            next: plan.tiles.get(ti + 1).map(|t| t.0),
+        };
         macro_rules! tile {
             ($($v:literal)*) => {
-                match (vectors, full, over_read) {
+                match (vectors, load_whole) {
                     $(
-                        ($v, true, _) => bcr_tile::<S, $v, true, true>(job, &mut tile, p0, n, b0, b1),
-                        ($v, false, true) => bcr_tile::<S, $v, true, false>(job, &mut tile, p0, n, b0, b1),
-                        ($v, false, false) => bcr_tile::<S, $v, false, false>(job, &mut tile, p0, n, b0, b1),
+                        ($v, true) => bcr_tile::<S, $v, true>(job, &mut tile, &at, b0, b1),
+                        ($v, false) => bcr_tile::<S, $v, false>(job, &mut tile, &at, b0, b1),
                     )*
                     _ => {}
                 }
@@ -589,6 +716,20 @@ fn bcr_tiles_generic<S: Simd>(job: &BcrJob<'_>, tiles: &[(usize, usize)], b0: us
         }
         tile!(1 2 3 4 5);
     }
+}
+
+/// One tile of the plan: `n` positions from flat position `p0`, its vectors `x_step` apart in
+/// the flat grid (`LANES` but for stacked rows), stored by `segs` (masked stores) or, when
+/// there are none, whole at `p + shift`, vectors `y_step` apart.
+struct TileAt<'a> {
+    p0: usize,
+    n: usize,
+    x_step: usize,
+    y_step: isize,
+    segs: &'a [Seg],
+    shift: isize,
+    /// The next tile's first position (its input lines are prefetched).
+    next: Option<usize>,
 }
 
 /// A band's output tile, contiguous: output rows are often a multiple of 4 KiB apart (a GEMM
@@ -603,15 +744,14 @@ struct BandTile([f32; BAND_TILE_FLOATS]);
 /// Floats of a [`BandTile`].
 const BAND_TILE_FLOATS: usize = 256 * 80;
 
-/// One tile of `n` positions at flat position `p0`, `V` vectors wide, on block rows `b0..b1`,
-/// band of block rows by band (a band's tile fits [`BandTile`], in L1): zero the band's tile,
-/// add every column block's chunks into it, store it.
+/// One tile `V` vectors wide on block rows `b0..b1`, band of block rows by band (a band's tile
+/// fits [`BandTile`], in L1): zero the band's tile, add every column block's chunks into it,
+/// store it with the epilogue (bias, residual, activation) through the plan's stores.
 #[inline(always)]
-fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
+fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool>(
     job: &BcrJob<'_>,
     tile: &mut std::mem::MaybeUninit<BandTile>,
-    p0: usize,
-    n: usize,
+    at: &TileAt<'_>,
     b0: usize,
     b1: usize,
 ) {
@@ -621,14 +761,16 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
     let col_blocks = (ch.ptr.len() - 1) / ch.brows.max(1);
     let astride = V * l;
     let band = (BAND_BYTES / (4 * astride * m.br)).max(1);
-    let tail = n - (V - 1) * l;
-    // SAFETY: rows of b0..b1 and positions p0..p0+n are inside the output (stride ystride);
-    // a band's rows fit the tile (astride floats each; a band is one block row, at most 256
-    // rows x 80 floats, when several would exceed BAND_BYTES); offsets stay inside the input for
-    // valid positions (layout); chunk rows are rows of these block rows; weights hold `kc`
-    // columns of `rt` weights from `w_at`.
+    let (p0, n) = (at.p0, at.n);
+    let ep = &job.epilogue;
+    // SAFETY: rows of b0..b1 are output rows, stored only at the plan's lanes of this tile
+    // (inside the output, stride ystride; the residual is laid out alike); a band's rows fit
+    // the tile (astride floats each; a band is one block row, at most 256 rows x 80 floats,
+    // when several would exceed BAND_BYTES); offsets stay inside the input for valid positions
+    // (layout) and for whole vectors when LOAD_FULL (checked against x_len); chunk rows are
+    // rows of these block rows; weights hold `kc` columns of `rt` weights from `w_at`.
     unsafe {
-        let xp = job.x.add(p0);
+        let xp: [*const f32; V] = std::array::from_fn(|v| job.x.add(p0 + v * at.x_step));
         for s0 in (b0..b1).step_by(band) {
             let s1 = (s0 + band).min(b1);
             let (r0, r1) = (m.block_row_start[s0] as usize, m.block_row_start[s1] as usize);
@@ -636,12 +778,12 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
             std::ptr::write_bytes(t, 0, (r1 - r0) * astride);
             let y = t.wrapping_sub(r0 * astride);
             for cb in 0..col_blocks {
-                if s0 == b0 {
+                if let Some(next) = at.next.filter(|_| s0 == b0) {
                     // The next tile's input lines of this column block, while this one
                     // computes (rows of a large input, channels apart, missed L2 each).
                     let lines = &ch.prefetch
                         [ch.prefetch_ptr[cb] as usize..ch.prefetch_ptr[cb + 1] as usize];
-                    let next = job.x.wrapping_add(p0 + n);
+                    let next = job.x.wrapping_add(next);
                     for &o in lines {
                         crate::simd::prefetch(next.wrapping_add(o as usize));
                     }
@@ -653,23 +795,39 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
                     let rows = ch.rows.as_ptr().add(c.rows_at as usize);
                     let w = ch.weights.as_ptr().add(c.w_at as usize);
                     match c.rt {
-                        1 => rmw::<S, 1, V, LOAD_FULL>(offs, w, xp, y, astride, rows, n),
-                        2 => rmw::<S, 2, V, LOAD_FULL>(offs, w, xp, y, astride, rows, n),
-                        3 => rmw::<S, 3, V, LOAD_FULL>(offs, w, xp, y, astride, rows, n),
-                        _ => rmw::<S, 4, V, LOAD_FULL>(offs, w, xp, y, astride, rows, n),
+                        1 => rmw::<S, 1, V, LOAD_FULL>(offs, w, &xp, y, astride, rows, n),
+                        2 => rmw::<S, 2, V, LOAD_FULL>(offs, w, &xp, y, astride, rows, n),
+                        3 => rmw::<S, 3, V, LOAD_FULL>(offs, w, &xp, y, astride, rows, n),
+                        _ => rmw::<S, 4, V, LOAD_FULL>(offs, w, &xp, y, astride, rows, n),
                     }
                 }
             }
             for r in r0..r1 {
                 let src = t.add((r - r0) * astride);
-                let dst = job.y.0.add(r * job.ystride + p0);
-                for v in 0..V {
-                    let a = S::load(src.add(v * l));
-                    if FULL || v + 1 < V {
-                        S::store(dst.add(v * l), a);
-                    } else {
-                        S::store_partial(dst.add(v * l), a, tail);
-                    }
+                let mut a = [S::zero(); V];
+                for (v, av) in a.iter_mut().enumerate() {
+                    *av = S::load(src.add(v * l));
+                }
+                let to = |base: *const f32| {
+                    base.wrapping_add(r * job.ystride + p0).wrapping_offset(at.shift)
+                };
+                let row_ep = RowEpilogue {
+                    bias: ep.bias.map(|b| b.as_ptr().add(r)),
+                    clamp: ep.clamp,
+                    residual: ep.residual.map(|res| to(res.as_ptr())),
+                };
+                row_ep.apply::<S, V>(0, &mut a);
+                let out = Out {
+                    y: to(job.y.0).cast_mut(),
+                    stride: job.ystride,
+                    n,
+                    segs: at.segs,
+                    step: at.y_step,
+                };
+                // Whole vectors: a tile without segments is stored whole at one shift.
+                match row_ep.residual {
+                    Some(res) => store_row_residual::<S, V, true>(&out, 0, &a, res, ep.clamp),
+                    None => store_row::<S, V, true>(&out, 0, &a),
                 }
             }
         }
@@ -677,9 +835,9 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
 }
 
 /// Accumulates `RT` kept rows of one block over its kept columns, `V` vectors of positions
-/// (loaded whole when `LOAD_FULL`, which the packed input's slack allows; else the last
-/// vector's first `n - (V - 1) * lanes` lanes), and adds into whole vectors of `y`'s rows.
-/// `n` must be in `(V - 1) * lanes + 1 ..= V * lanes`.
+/// (vector `v` read from `x[v]`; loaded whole when `LOAD_FULL`, else the last vector's first
+/// `n - (V - 1) * lanes` lanes), and adds into whole vectors of `y`'s rows. `n` must be in
+/// `(V - 1) * lanes + 1 ..= V * lanes`.
 ///
 /// # Safety
 /// As the row-group micro-kernel; `rows` holds `RT` rows of `y` (stride `ystride`, `V`
@@ -689,7 +847,7 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
 unsafe fn rmw<S: Simd, const RT: usize, const V: usize, const LOAD_FULL: bool>(
     offs: &[u32],
     w: *const f32,
-    x: *const f32,
+    x: &[*const f32; V],
     y: *mut f32,
     ystride: usize,
     rows: *const u32,
@@ -702,13 +860,13 @@ unsafe fn rmw<S: Simd, const RT: usize, const V: usize, const LOAD_FULL: bool>(
     let mut acc = [[S::zero(); V]; RT];
     let mut wp = w;
     for &off in offs {
-        let xp = x.add(off as usize);
+        let off = off as usize;
         let mut xv = [S::zero(); V];
         for (v, xvv) in xv.iter_mut().enumerate() {
             *xvv = if LOAD_FULL || v + 1 < V {
-                S::load(xp.add(v * l))
+                S::load(x[v].add(off))
             } else {
-                S::load_partial(xp.add(v * l), tail)
+                S::load_partial(x[v].add(off), tail)
             };
         }
         for (rr, a) in acc.iter_mut().enumerate() {
