@@ -159,9 +159,9 @@ pub(crate) fn conv_once(
     residual: Option<&[f32]>,
 ) -> std::result::Result<(), tessera_kernels::KernelError> {
     let clamp = clamp_of(act);
-    // What the kernel fuses: the row-group, BCR and channel-vector kernels take bias,
-    // residual and a clamp activation; the depthwise kernel bias and a clamp (not a
-    // residual); the pattern kernel nothing. The rest runs after the store.
+    // What the kernel fuses: the row-group, BCR, pattern and channel-vector kernels take
+    // bias, residual and a clamp activation; the depthwise kernel bias and a clamp (not a
+    // residual). The rest runs after the store.
     let ep = Epilogue { bias, clamp: clamp.unwrap_or_default(), residual };
     let (bias_done, residual_done, act_done) = match kernel {
         ConvKernel::Rows { conv, scratch } => {
@@ -180,8 +180,8 @@ pub(crate) fn conv_once(
         }
         // The pattern kernel's scratch holds a tile buffer per thread of the plan.
         ConvKernel::Fkw { conv, scratch } => {
-            conv.run(isa, x, y, scratch, threads)?;
-            (false, false, false)
+            conv.run_fused(isa, x, y, scratch, threads, ep)?;
+            (true, true, clamp.is_some())
         }
         ConvKernel::Bcr { conv, scratch } => {
             conv.run_fused(isa, x, y, scratch, threads, ep)?;
@@ -246,7 +246,7 @@ pub(crate) fn run_step(step: &mut Step, arena: &mut [f32], batch: usize, isa: Is
                 let x = &x_all[n * io.x_len..(n + 1) * io.x_len];
                 let y = &mut y_all[n * io.y_len..n * io.y_len + *y_used];
                 let res = r_all.map(|r| &r[n * io.y_len..(n + 1) * io.y_len]);
-                let done = match (&*kernel, *prepacked) {
+                let done = match (&mut *kernel, *prepacked) {
                     (kernel, true) => {
                         let clamp = clamp_of(*act).ok_or_else(|| CodegenError::Unsupported {
                             node: node.clone(),

@@ -56,6 +56,7 @@ impl ConvKernel {
         match self {
             ConvKernel::Rows { conv, .. } => Some(conv.layout()),
             ConvKernel::Bcr { conv, .. } => Some(conv.layout()),
+            ConvKernel::Fkw { conv, .. } => Some(conv.layout()),
             _ => None,
         }
     }
@@ -73,6 +74,10 @@ impl ConvKernel {
                 conv.set_output_target(target).ok()?;
                 conv.shape().out_channels
             }
+            ConvKernel::Fkw { conv, .. } => {
+                conv.set_output_target(target).ok()?;
+                conv.shape().out_channels
+            }
             _ => return None,
         };
         Some(target.len(channels))
@@ -80,7 +85,7 @@ impl ConvKernel {
 
     /// Runs on an input in [`ConvKernel::prepackable_layout`] (no packing), the epilogue fused.
     pub(crate) fn run_prepacked(
-        &self,
+        &mut self,
         isa: Isa,
         packed: &[f32],
         output: &mut [f32],
@@ -93,6 +98,9 @@ impl ConvKernel {
             }
             ConvKernel::Bcr { conv, .. } => {
                 conv.run_prepacked(isa, packed, output, threads, epilogue)
+            }
+            ConvKernel::Fkw { conv, scratch } => {
+                conv.run_prepacked(isa, packed, output, scratch, threads, epilogue)
             }
             _ => {
                 Err(KernelError::InvalidShape { reason: "this kernel packs its own input".into() })

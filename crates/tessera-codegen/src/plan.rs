@@ -479,8 +479,8 @@ fn fuse_residual_adds(graph: &Graph) -> Graph {
     }
 }
 
-/// Conv -> conv edges without packing: where a row-group or BCR convolution's output is read
-/// only by one of them with a stride-1 padded layout, the producer stores straight into
+/// Conv -> conv edges without packing: where a row-group, BCR or pattern convolution's output
+/// is read only by one of them with a stride-1 padded layout, the producer stores straight into
 /// that layout (its padding zero) and the consumer skips packing. The padded buffers live
 /// after the liveness arena, zeroed once and written only at their interiors, so their
 /// padding stays zero; edges of the same layout share one buffer when their lifetimes do not

@@ -354,22 +354,26 @@ fn pre_packed_edges_need_a_kernel_epilogue_on_the_consumer() {
     }
 }
 
-/// BCR convolutions take part in pre-packed edges like row-group ones: on the VGG pruned with
-/// BCR, conv -> conv edges between BCR layers are stored into the consumer's padded layout
-/// (bias and ReLU fused in both kernels), and the plan still matches the interpreter.
+/// BCR and pattern (FKW) convolutions take part in pre-packed edges like row-group ones: on
+/// the VGG pruned with either, conv -> conv edges between such layers are stored into the
+/// consumer's padded layout (bias and ReLU fused in both kernels), and the plan still matches
+/// the interpreter.
 #[test]
-fn bcr_layers_store_and_read_pre_packed_edges() {
-    let mut g = examples::vgg_cifar().unwrap();
-    assert!(prune_all(&mut g, "bcr:4x8", 4.0) > 0);
-    let (opt, _) = Pipeline::standard().run(g).unwrap();
-    for o in
-        [CompileOptions::default(), CompileOptions { batch: 2, threads: 2, ..Default::default() }]
-    {
-        let plan = check(&opt, &o, &format!("vgg bcr {o:?}"));
-        let bcr = |l: &&tessera_codegen::LayerReport| l.format == "BCR-compact";
-        let stores = plan.layers().iter().filter(bcr).filter(|l| l.stores_packed).count();
-        let reads = plan.layers().iter().filter(bcr).filter(|l| l.reads_packed).count();
-        assert!(stores > 0 && reads > 0, "{:?}", plan.layers());
+fn bcr_and_pattern_layers_store_and_read_pre_packed_edges() {
+    for (scheme, format) in [("bcr:4x8", "BCR-compact"), ("pattern:8+connectivity", "FKW")] {
+        let mut g = examples::vgg_cifar().unwrap();
+        assert!(prune_all(&mut g, scheme, 4.0) > 0);
+        let (opt, _) = Pipeline::standard().run(g).unwrap();
+        for o in [
+            CompileOptions::default(),
+            CompileOptions { batch: 2, threads: 2, ..Default::default() },
+        ] {
+            let plan = check(&opt, &o, &format!("vgg {scheme} {o:?}"));
+            let ours = |l: &&tessera_codegen::LayerReport| l.format == format;
+            let stores = plan.layers().iter().filter(ours).filter(|l| l.stores_packed).count();
+            let reads = plan.layers().iter().filter(ours).filter(|l| l.reads_packed).count();
+            assert!(stores > 0 && reads > 0, "{scheme}: {:?}", plan.layers());
+        }
     }
 }
 

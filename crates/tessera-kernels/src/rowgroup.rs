@@ -256,9 +256,15 @@ impl TilePlan {
     }
 
     /// A plan whose tiles are `vectors` vectors of `lanes` wide (contiguous: for kernels
-    /// that do not read [`steps`](Self::steps)).
-    pub(crate) fn with_vectors(layout: &InputLayout, lanes: usize, vectors: usize) -> Self {
-        Self::build(layout, lanes, vectors, &|p| layout.output_delta(p))
+    /// that do not read [`steps`](Self::steps)) storing to `target`.
+    pub(crate) fn with_vectors_to(
+        layout: &InputLayout,
+        lanes: usize,
+        vectors: usize,
+        target: &OutputTarget,
+    ) -> Self {
+        let delta_of = |p| layout.flat_coords(p).map(|c| target.index(c) as isize - p as isize);
+        Self::build(layout, lanes, vectors, &delta_of)
     }
 
     /// [`with_vectors`](Self::with_vectors), stacking rows of one vector (see

@@ -426,27 +426,119 @@ fn wide_tiles_on_long_runs_match_the_reference() {
     }
 }
 
-/// BCR's fused epilogue (bias, residual, activation) gives what its plain run followed by the
-/// epilogue gives, and its stores into the next convolution's packed layout are exactly what
-/// packing its output gives, a BCR consumer run on them matching its plain run: tiles within
-/// 32-wide output rows, stacked rows (8-wide maps), flat tiles with masked stores (stride 2,
-/// 5-wide maps) and a 1x1 read in place, on 1 and 2 threads.
-#[test]
-fn bcr_epilogue_and_packed_output_match_the_plain_run() {
+/// The kernels with their own tile loops that fuse the epilogue and store to output targets.
+trait FusedConv: Clone {
+    fn scratch(&self) -> ConvScratch;
+    fn layout(&self) -> &tessera_kernels::InputLayout;
+    fn set_output_target(
+        &mut self,
+        target: tessera_kernels::OutputTarget,
+    ) -> tessera_kernels::Result<()>;
+    fn run_fused(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        y: &mut [f32],
+        s: &mut ConvScratch,
+        threads: usize,
+        ep: tessera_kernels::Epilogue<'_>,
+    ) -> tessera_kernels::Result<()>;
+    fn run_prepacked(
+        &self,
+        isa: Isa,
+        packed: &[f32],
+        y: &mut [f32],
+        s: &mut ConvScratch,
+        threads: usize,
+        ep: tessera_kernels::Epilogue<'_>,
+    ) -> tessera_kernels::Result<()>;
+}
+
+impl FusedConv for BcrConv {
+    fn scratch(&self) -> ConvScratch {
+        BcrConv::scratch(self)
+    }
+    fn layout(&self) -> &tessera_kernels::InputLayout {
+        BcrConv::layout(self)
+    }
+    fn set_output_target(
+        &mut self,
+        target: tessera_kernels::OutputTarget,
+    ) -> tessera_kernels::Result<()> {
+        BcrConv::set_output_target(self, target)
+    }
+    fn run_fused(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        y: &mut [f32],
+        s: &mut ConvScratch,
+        threads: usize,
+        ep: tessera_kernels::Epilogue<'_>,
+    ) -> tessera_kernels::Result<()> {
+        BcrConv::run_fused(self, isa, x, y, s, threads, ep)
+    }
+    fn run_prepacked(
+        &self,
+        isa: Isa,
+        packed: &[f32],
+        y: &mut [f32],
+        _: &mut ConvScratch,
+        threads: usize,
+        ep: tessera_kernels::Epilogue<'_>,
+    ) -> tessera_kernels::Result<()> {
+        BcrConv::run_prepacked(self, isa, packed, y, threads, ep)
+    }
+}
+
+impl FusedConv for FkwConv {
+    fn scratch(&self) -> ConvScratch {
+        FkwConv::scratch(self)
+    }
+    fn layout(&self) -> &tessera_kernels::InputLayout {
+        FkwConv::layout(self)
+    }
+    fn set_output_target(
+        &mut self,
+        target: tessera_kernels::OutputTarget,
+    ) -> tessera_kernels::Result<()> {
+        FkwConv::set_output_target(self, target)
+    }
+    fn run_fused(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        y: &mut [f32],
+        s: &mut ConvScratch,
+        threads: usize,
+        ep: tessera_kernels::Epilogue<'_>,
+    ) -> tessera_kernels::Result<()> {
+        FkwConv::run_fused(self, isa, x, y, s, threads, ep)
+    }
+    fn run_prepacked(
+        &self,
+        isa: Isa,
+        packed: &[f32],
+        y: &mut [f32],
+        s: &mut ConvScratch,
+        threads: usize,
+        ep: tessera_kernels::Epilogue<'_>,
+    ) -> tessera_kernels::Result<()> {
+        FkwConv::run_prepacked(self, isa, packed, y, s, threads, ep)
+    }
+}
+
+/// A fused epilogue (bias, residual, activation) gives what the plain run followed by the
+/// epilogue gives, and stores into the next convolution's packed layout are exactly what
+/// packing the output gives, the consumer (the same kernel) run on them matching its plain
+/// run; wrong lengths and targets are typed errors.
+fn check_epilogue_and_packed_output<K: FusedConv>(
+    shapes: &[ConvShape],
+    bind: impl Fn(ConvShape, u64) -> K,
+    what: &str,
+) {
     use tessera_kernels::{Clamp, Epilogue};
-    let shapes = [
-        ConvShape::conv2d(16, 16, [4, 32], [3, 3], 1, 1).unwrap(),
-        ConvShape::conv2d(8, 24, [8, 8], [3, 3], 1, 1).unwrap(),
-        ConvShape::conv2d(6, 16, [10, 10], [3, 3], 2, 1).unwrap(),
-        ConvShape::conv2d(12, 8, [5, 5], [1, 1], 1, 0).unwrap(),
-    ];
-    let bind = |shape: ConvShape, seed: u64| {
-        let layer = shape.layer("conv").unwrap();
-        let p = project("bcr:8x16", &layer, &weights(layer.geometry.len(), seed), 0.75);
-        let m = BcrCompact::encode(&layer, &p.values, &p.mask, 8, 16).unwrap();
-        BcrConv::new(m, shape).unwrap()
-    };
-    for (si, shape) in shapes.into_iter().enumerate() {
+    for (si, &shape) in shapes.iter().enumerate() {
         let conv = bind(shape, 30 + si as u64);
         let x: Vec<f32> = weights(shape.in_channels * shape.input_plane(), 31 + si as u64)
             .iter()
@@ -456,15 +548,15 @@ fn bcr_epilogue_and_packed_output_match_the_plain_run() {
         let positions = shape.output_positions();
         let n = shape.out_channels * positions;
         let residual = weights(n, 33);
-        // The consumer: a padded stride-1 3x3 BCR convolution on this one's output.
+        // The consumer: a padded stride-1 3x3 convolution on this one's output.
         let [_, oh, ow] = shape.output();
-        let next =
-            bind(ConvShape::conv2d(shape.out_channels, 8, [oh, ow], [3, 3], 1, 1).unwrap(), 34);
+        let next_shape = ConvShape::conv2d(shape.out_channels, 8, [oh, ow], [3, 3], 1, 1).unwrap();
+        let next = bind(next_shape, 34);
         let target = next.layout().as_target().unwrap();
         for isa in Isa::available() {
             let mut scratch = conv.scratch();
             let mut plain = vec![0.0; n];
-            conv.run(isa, &x, &mut plain, &mut scratch, 1).unwrap();
+            conv.run_fused(isa, &x, &mut plain, &mut scratch, 1, Epilogue::default()).unwrap();
             for (clamp, f) in [
                 (Clamp::None, (|v: f32| v) as fn(f32) -> f32),
                 (Clamp::Relu, |v: f32| v.max(0.0)),
@@ -483,8 +575,8 @@ fn bcr_epilogue_and_packed_output_match_the_plain_run() {
                         let want = f(p + b.map_or(0.0, |b| b[i / positions]) + r);
                         assert!(
                             (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                            "{shape:?} {isa:?} {clamp:?} {threads}t res {res} bias {with_bias}: \
-                             output {i}: {got} vs {want}"
+                            "{what} {shape:?} {isa:?} {clamp:?} {threads}t res {res} bias \
+                             {with_bias}: output {i}: {got} vs {want}"
                         );
                     }
                 }
@@ -494,7 +586,9 @@ fn bcr_epilogue_and_packed_output_match_the_plain_run() {
             let mut mid = vec![0.0; n];
             conv.run_fused(isa, &x, &mut mid, &mut scratch, 1, ep).unwrap();
             let mut want = vec![0.0; 8 * positions];
-            next.run(isa, &mid, &mut want, &mut next.scratch(), 1).unwrap();
+            let mut next_scratch = next.scratch();
+            let none = Epilogue::default();
+            next.run_fused(isa, &mid, &mut want, &mut next_scratch, 1, none).unwrap();
             let mut repacked = vec![0.0; next.layout().packed_len()];
             next.layout().pack(&mid, &mut repacked);
             let mut producer = conv.clone();
@@ -505,23 +599,64 @@ fn bcr_epilogue_and_packed_output_match_the_plain_run() {
                 producer
                     .run_fused(isa, &x, &mut packed[..used], &mut scratch, threads, ep)
                     .unwrap();
-                assert_eq!(packed, repacked, "{shape:?} {isa:?} {threads}t: packed layout");
+                assert_eq!(packed, repacked, "{what} {shape:?} {isa:?} {threads}t: packed layout");
                 let mut got = vec![f32::NAN; want.len()];
-                next.run_prepacked(isa, &packed, &mut got, threads, Epilogue::default()).unwrap();
-                assert_eq!(got, want, "{shape:?} {isa:?} {threads}t: consumer on packed input");
+                next.run_prepacked(isa, &packed, &mut got, &mut next_scratch, threads, none)
+                    .unwrap();
+                assert_eq!(got, want, "{what} {shape:?} {isa:?} {threads}t: consumer on packed");
             }
         }
         // Wrong lengths and a target of another extent are typed errors.
         let mut y = vec![0.0; n];
-        let short = Epilogue { bias: Some(&bias[1..]), ..Default::default() };
         let isa = Isa::detect();
-        assert!(conv.run_fused(isa, &x, &mut y, &mut conv.scratch(), 1, short).is_err());
+        let mut scratch = conv.scratch();
+        let short = Epilogue { bias: Some(&bias[1..]), ..Default::default() };
+        assert!(conv.run_fused(isa, &x, &mut y, &mut scratch, 1, short).is_err());
         let short = Epilogue { residual: Some(&residual[1..]), ..Default::default() };
         assert!(matches!(
-            conv.run_fused(isa, &x, &mut y, &mut conv.scratch(), 1, short),
+            conv.run_fused(isa, &x, &mut y, &mut scratch, 1, short),
             Err(tessera_kernels::KernelError::BufferLength { what: "residual", .. })
         ));
         let other = ConvShape::conv2d(4, 4, [oh + 1, ow], [3, 3], 1, 1).unwrap().layout();
         assert!(conv.clone().set_output_target(other.as_target().unwrap()).is_err());
+    }
+}
+
+/// BCR and FKW fuse the epilogue and store to output targets: tiles within 32-wide output
+/// rows, stacked rows (8-wide maps; BCR), flat tiles with masked stores (stride 2, 5-wide
+/// maps), a 1x1 read in place (BCR), on 1 and 2 threads.
+#[test]
+fn bcr_and_fkw_fuse_the_epilogue_and_store_packed_outputs() {
+    let shapes = [
+        ConvShape::conv2d(16, 16, [4, 32], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(8, 24, [8, 8], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(6, 16, [10, 10], [3, 3], 2, 1).unwrap(),
+        ConvShape::conv2d(12, 8, [5, 5], [1, 1], 1, 0).unwrap(),
+    ];
+    check_epilogue_and_packed_output(
+        &shapes,
+        |shape, seed| {
+            let layer = shape.layer("conv").unwrap();
+            let p = project("bcr:8x16", &layer, &weights(layer.geometry.len(), seed), 0.75);
+            let m = BcrCompact::encode(&layer, &p.values, &p.mask, 8, 16).unwrap();
+            BcrConv::new(m, shape).unwrap()
+        },
+        "BCR",
+    );
+    for order in [FkwOrder::ChannelMajor, FkwOrder::FilterMajor] {
+        check_epilogue_and_packed_output(
+            &shapes[..3],
+            |shape, seed| {
+                let layer = shape.layer("conv").unwrap();
+                let w = weights(layer.geometry.len(), seed);
+                let library =
+                    tessera_sparsity::PatternLibrary::extract(8, [(&layer, &w[..])]).unwrap();
+                let scheme: Scheme = format!("pattern:8+connectivity@{library}").parse().unwrap();
+                let p = scheme.project(&layer, &w, Target::Sparsity(0.8)).unwrap();
+                let f = Fkw::encode(&layer, &p.values, &p.mask, &library).unwrap();
+                FkwConv::with_order(f, shape, Some(order)).unwrap()
+            },
+            &format!("FKW {order:?}"),
+        );
     }
 }

@@ -40,16 +40,26 @@
 //! filter-major loop about 2x slower; a pattern-major order (one dispatch per pattern per
 //! tile), 2.6-4.1x against 3.2-4.4x; staging tap rows in L1 and reading each kernel's taps by
 //! index, 1.9-2.3x; weight broadcasts by register shuffles, within noise.
+//!
+//! Stores apply the epilogue (bias, residual, activation: [`FkwConv::run_fused`]) and follow
+//! the tile plan to NCDHW or to an output target ([`FkwConv::set_output_target`], e.g. the
+//! next convolution's padded input, read with [`FkwConv::run_prepacked`]), so plans need no
+//! pass over a pattern layer's output and put pattern layers on pre-packed edges: ResNet-20
+//! pattern 8x, 1 thread (`bench models`), 1.66-1.73x -> 2.49x end to end, its 16@32x32 layers
+//! 43-44 -> 28 us.
 
 #![allow(unsafe_op_in_unsafe_fn)]
 
 use tessera_sparsity::{Layer, LayerGeometry, Mask, PatternLibrary};
 
-use crate::conv::{ConvShape, InputLayout};
+use crate::conv::{ConvShape, InputLayout, OutputTarget};
 use crate::error::{KernelError, Result};
 use crate::formats::{ByteSize, check_lengths, structure_error};
 use crate::isa::Isa;
-use crate::rowgroup::{ConvScratch, Out, Seg, TilePlan, check_len, store_row};
+use crate::rowgroup::{
+    ConvScratch, Epilogue, Out, RowEpilogue, Seg, TilePlan, check_len, check_output_target,
+    store_row, store_row_residual,
+};
 use crate::simd::{Simd, simd_entry};
 use crate::threads::{SendPtr, run_parallel};
 
@@ -267,8 +277,15 @@ pub struct FkwConv {
     shape: ConvShape,
     layout: InputLayout,
     schedule: Schedule,
-    /// Tiles of up to 3 x 8 lanes and 2 x 16 lanes.
+    /// Where outputs go (NCDHW unless retargeted).
+    target: OutputTarget,
+    /// Tiles of up to 3 x 8 lanes and 2 x 16 lanes, and where their lanes are stored.
     plans: [TilePlan; 2],
+}
+
+/// The tile plans of a layout storing to `target`.
+fn fkw_plans(layout: &InputLayout, target: &OutputTarget) -> [TilePlan; 2] {
+    [8, 16].map(|l| TilePlan::with_vectors_to(layout, l, max_vectors(l), target))
 }
 
 /// Most vectors per tile at `lanes`: 4 tap registers per vector in the channel-major order
@@ -382,11 +399,34 @@ impl FkwConv {
                 }
             }
         };
-        let plans = [
-            TilePlan::with_vectors(&layout, 8, max_vectors(8)),
-            TilePlan::with_vectors(&layout, 16, max_vectors(16)),
-        ];
-        Ok(FkwConv { f, shape, layout, schedule, plans })
+        let target = OutputTarget::dense(shape.output());
+        let plans = fkw_plans(&layout, &target);
+        Ok(FkwConv { f, shape, layout, schedule, target, plans })
+    }
+
+    /// Stores outputs to `target` from now on (e.g. the next convolution's
+    /// [`InputLayout::as_target`]); its extent must be this convolution's output.
+    pub fn set_output_target(&mut self, target: OutputTarget) -> Result<()> {
+        check_output_target(&target, self.shape.output())?;
+        self.plans = fkw_plans(&self.layout, &target);
+        self.target = target;
+        Ok(())
+    }
+
+    /// Where outputs are stored.
+    pub fn output_target(&self) -> &OutputTarget {
+        &self.target
+    }
+
+    /// The input layout (packed by [`FkwConv::run`], or written by a producer through
+    /// [`InputLayout::as_target`] for [`FkwConv::run_prepacked`]).
+    pub fn layout(&self) -> &InputLayout {
+        &self.layout
+    }
+
+    /// The convolution.
+    pub fn shape(&self) -> &ConvShape {
+        &self.shape
     }
 
     /// The weights.
@@ -440,12 +480,68 @@ impl FkwConv {
         scratch: &mut ConvScratch,
         threads: usize,
     ) -> Result<()> {
+        self.run_fused(isa, input, output, scratch, threads, Epilogue::default())
+    }
+
+    /// [`FkwConv::run`], applying `epilogue` (bias, residual, activation) to each output as
+    /// it is stored: no pass over the output after the kernel.
+    pub fn run_fused(
+        &self,
+        isa: Isa,
+        input: &[f32],
+        output: &mut [f32],
+        scratch: &mut ConvScratch,
+        threads: usize,
+        epilogue: Epilogue<'_>,
+    ) -> Result<()> {
         let s = &self.shape;
-        let threads = threads.max(1);
         check_len("input", s.in_channels * s.input_plane(), input.len())?;
-        check_len("output", s.out_channels * s.output_positions(), output.len())?;
         let (packed, acc) = scratch.parts();
         check_len("packed-input scratch", self.layout.packed_len(), packed.len())?;
+        self.layout.pack_with(isa, input, packed);
+        let x: &[f32] = if self.layout.in_place() { input } else { packed };
+        self.execute_on(isa, x, output, acc, threads, epilogue)
+    }
+
+    /// [`FkwConv::run_fused`] on an input already in this convolution's packed layout
+    /// (`layout().packed_len()` floats, padding zero), as a producer retargeted to
+    /// `layout().as_target()` writes it: no packing.
+    pub fn run_prepacked(
+        &self,
+        isa: Isa,
+        packed: &[f32],
+        output: &mut [f32],
+        scratch: &mut ConvScratch,
+        threads: usize,
+        epilogue: Epilogue<'_>,
+    ) -> Result<()> {
+        if self.layout.in_place() {
+            check_len("input", self.shape.in_channels * self.shape.input_plane(), packed.len())?;
+        } else {
+            check_len("packed input", self.layout.packed_len(), packed.len())?;
+        }
+        let (_, acc) = scratch.parts();
+        self.execute_on(isa, packed, output, acc, threads, epilogue)
+    }
+
+    fn execute_on(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        output: &mut [f32],
+        acc: &mut [f32],
+        threads: usize,
+        epilogue: Epilogue<'_>,
+    ) -> Result<()> {
+        let s = &self.shape;
+        let threads = threads.max(1);
+        check_len("output", self.target.len(s.out_channels), output.len())?;
+        if let Some(b) = epilogue.bias {
+            check_len("bias", s.out_channels, b.len())?;
+        }
+        if let Some(r) = epilogue.residual {
+            check_len("residual", output.len(), r.len())?;
+        }
         // The scratch starts on a 64-byte boundary and rows are 128 bytes, so every
         // read-modify-write of a partial-sum row touches whole cache lines.
         if acc.len() < threads * self.acc_len() {
@@ -455,17 +551,16 @@ impl FkwConv {
                 found: acc.len(),
             });
         }
-        self.layout.pack_with(isa, input, packed);
-        let x = if self.layout.in_place() { input.as_ptr() } else { packed.as_ptr() };
         let plan = &self.plans[usize::from(isa.lanes() == 16)];
         let job = FkwJob {
             c: self,
-            x,
+            x: x.as_ptr(),
             y: SendPtr(output.as_mut_ptr()),
-            ystride: s.output_positions(),
+            ystride: self.target.channel_stride,
             plan,
-            direct: self.layout.flat_is_output(),
+            direct: self.layout.flat_is_output() && self.target == OutputTarget::dense(s.output()),
             acc: SendPtr(acc.as_mut_ptr()),
+            epilogue,
         };
         let n_tiles = plan.tiles.len();
         let threads = threads.min((n_tiles / MIN_TILES_PER_THREAD).max(1));
@@ -485,6 +580,8 @@ struct FkwJob<'a> {
     plan: &'a TilePlan,
     direct: bool,
     acc: SendPtr,
+    /// Applied to every output as it is stored.
+    epilogue: Epilogue<'a>,
 }
 
 // SAFETY: `x` is only read; each thread writes disjoint positions of `y` and its own part of
@@ -541,15 +638,10 @@ fn fkw_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
     } else {
         &plan.segs[plan.seg_ptr[ti] as usize..plan.seg_ptr[ti + 1] as usize]
     };
-    let store = |r: usize, s: &[S::V; V]| {
-        let y = job.y.0.wrapping_add(r * job.ystride + p0);
-        let out = Out { y, stride: 0, n, segs, step: l as isize };
-        // SAFETY: the tile plan stores only row `r`'s output positions of this tile.
-        unsafe { store_row::<S, V, FULL>(&out, 0, s) }
-    };
     // SAFETY: tap offsets address the packed input of the tile's positions (whole vectors
     // when LOAD_FULL: the packed input has slack after its last channel); `acc` holds rows x
-    // ACC_STRIDE floats unless the schedule is one filter-major block.
+    // ACC_STRIDE floats unless the schedule is one filter-major block; the tile plan stores
+    // only each row's output positions of this tile.
     unsafe {
         let x = job.x.add(p0);
         match &c.schedule {
@@ -565,7 +657,9 @@ fn fkw_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
                     for (v, sv) in s.iter_mut().enumerate() {
                         *sv = S::load(acc.add(r * ACC_STRIDE + v * l));
                     }
-                    store(r, &s);
+                    // A function, not a closure: a closure is compiled without the caller's
+                    // target features, and its intrinsics would not inline.
+                    store_tile_row::<S, V, FULL>(job, r, p0, n, segs, &s);
                 }
             }
             Schedule::FilterMajor { blocks, ptr, k_off, k_w } => {
@@ -582,7 +676,9 @@ fn fkw_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
                             }
                         }
                         if last {
-                            store(r, &s);
+                            // A function, not a closure: a closure is compiled without the caller's
+                            // target features, and its intrinsics would not inline.
+                            store_tile_row::<S, V, FULL>(job, r, p0, n, segs, &s);
                         } else {
                             for (v, &sv) in s.iter().enumerate() {
                                 S::store(a.add(v * l), sv);
@@ -592,6 +688,37 @@ fn fkw_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
                 }
             }
         }
+    }
+}
+
+/// Row `r` of a tile at `p0` (`n` positions) to the output, the job's epilogue applied: bias,
+/// then the residual (laid out as the output, read at the same lanes) and the activation.
+///
+/// # Safety
+/// The tile plan's stores (`segs`, or plain stores when the job is direct) address only row
+/// `r`'s output positions of this tile; the epilogue's bias holds a value per row.
+#[inline(always)]
+unsafe fn store_tile_row<S: Simd, const V: usize, const FULL: bool>(
+    job: &FkwJob<'_>,
+    r: usize,
+    p0: usize,
+    n: usize,
+    segs: &[Seg],
+    s: &[S::V; V],
+) {
+    let ep = &job.epilogue;
+    let mut s = *s;
+    let at = |base: *const f32| base.wrapping_add(r * job.ystride + p0);
+    let row_ep = RowEpilogue {
+        bias: ep.bias.map(|b| b.as_ptr().add(r)),
+        clamp: ep.clamp,
+        residual: ep.residual.map(|res| at(res.as_ptr())),
+    };
+    row_ep.apply::<S, V>(0, &mut s);
+    let out = Out { y: at(job.y.0).cast_mut(), stride: 0, n, segs, step: S::LANES as isize };
+    match row_ep.residual {
+        Some(res) => store_row_residual::<S, V, FULL>(&out, 0, &s, res, ep.clamp),
+        None => store_row::<S, V, FULL>(&out, 0, &s),
     }
 }
 
