@@ -676,11 +676,7 @@ impl RowGroupConv {
         threads: usize,
         epilogue: Epilogue<'_>,
     ) -> Result<()> {
-        if self.layout.in_place() {
-            check_len("input", self.shape.in_channels * self.shape.input_plane(), packed.len())?;
-        } else {
-            check_len("packed input", self.layout.packed_len(), packed.len())?;
-        }
+        check_prepacked(&self.layout, &self.shape, packed.len())?;
         self.execute_on(isa, packed, output, threads, epilogue)
     }
 
@@ -693,13 +689,7 @@ impl RowGroupConv {
         epilogue: Epilogue<'_>,
     ) -> Result<()> {
         let s = &self.shape;
-        check_len("output", self.target.len(s.out_channels), output.len())?;
-        if let Some(b) = epilogue.bias {
-            check_len("bias", s.out_channels, b.len())?;
-        }
-        if let Some(r) = epilogue.residual {
-            check_len("residual", output.len(), r.len())?;
-        }
+        check_output(&self.target, s.out_channels, output.len(), &epilogue)?;
         let wide = usize::from(isa.lanes() == 16);
         let plan = &self.plans[wide];
         let job = Job {
@@ -745,6 +735,34 @@ pub(crate) fn check_output_target(target: &OutputTarget, output: [usize; 3]) -> 
             target.dims, target.base, target.rows, target.row_pitch, target.channel_stride,
         ),
     })
+}
+
+/// The buffer checks of a run storing to `target`: the output holds `target.len(channels)`
+/// floats, the bias one value per channel, the residual as many floats as the output.
+pub(crate) fn check_output(
+    target: &OutputTarget,
+    channels: usize,
+    output: usize,
+    epilogue: &Epilogue<'_>,
+) -> Result<()> {
+    check_len("output", target.len(channels), output)?;
+    if let Some(b) = epilogue.bias {
+        check_len("bias", channels, b.len())?;
+    }
+    if let Some(r) = epilogue.residual {
+        check_len("residual", output, r.len())?;
+    }
+    Ok(())
+}
+
+/// The length check of a pre-packed input: the layout's packed length, or the plain input's
+/// when the layout reads it in place.
+pub(crate) fn check_prepacked(layout: &InputLayout, shape: &ConvShape, len: usize) -> Result<()> {
+    if layout.in_place() {
+        check_len("input", shape.in_channels * shape.input_plane(), len)
+    } else {
+        check_len("packed input", layout.packed_len(), len)
+    }
 }
 
 pub(crate) fn check_len(what: &'static str, expected: usize, found: usize) -> Result<()> {

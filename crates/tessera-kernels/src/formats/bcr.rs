@@ -63,7 +63,7 @@ use crate::formats::{ByteSize, check_lengths, structure_error};
 use crate::isa::Isa;
 use crate::rowgroup::{
     ConvScratch, Epilogue, Out, RowEpilogue, RowGroupMatrix, Seg, TILE_V, TilePlan, check_len,
-    check_output_target, store_row, store_row_residual,
+    check_output, check_output_target, check_prepacked, store_row, store_row_residual,
 };
 use crate::simd::{Simd, simd_entry};
 use crate::threads::{SendPtr, run_parallel};
@@ -567,11 +567,7 @@ impl BcrConv {
         threads: usize,
         epilogue: Epilogue<'_>,
     ) -> Result<()> {
-        if self.layout.in_place() {
-            check_len("input", self.shape.in_channels * self.shape.input_plane(), packed.len())?;
-        } else {
-            check_len("packed input", self.layout.packed_len(), packed.len())?;
-        }
+        check_prepacked(&self.layout, &self.shape, packed.len())?;
         self.execute_on(isa, packed, output, threads, epilogue)
     }
 
@@ -584,13 +580,7 @@ impl BcrConv {
         epilogue: Epilogue<'_>,
     ) -> Result<()> {
         let s = &self.shape;
-        check_len("output", self.target.len(s.out_channels), output.len())?;
-        if let Some(b) = epilogue.bias {
-            check_len("bias", s.out_channels, b.len())?;
-        }
-        if let Some(r) = epilogue.residual {
-            check_len("residual", output.len(), r.len())?;
-        }
+        check_output(&self.target, s.out_channels, output.len(), &epilogue)?;
         let plan = &self.plans[usize::from(isa.lanes() == 16)];
         let job = BcrJob {
             c: self,

@@ -57,8 +57,8 @@ use crate::error::{KernelError, Result};
 use crate::formats::{ByteSize, check_lengths, structure_error};
 use crate::isa::Isa;
 use crate::rowgroup::{
-    ConvScratch, Epilogue, Out, RowEpilogue, Seg, TilePlan, check_len, check_output_target,
-    store_row, store_row_residual,
+    ConvScratch, Epilogue, Out, RowEpilogue, Seg, TilePlan, check_len, check_output,
+    check_output_target, check_prepacked, store_row, store_row_residual,
 };
 use crate::simd::{Simd, simd_entry};
 use crate::threads::{SendPtr, run_parallel};
@@ -515,11 +515,7 @@ impl FkwConv {
         threads: usize,
         epilogue: Epilogue<'_>,
     ) -> Result<()> {
-        if self.layout.in_place() {
-            check_len("input", self.shape.in_channels * self.shape.input_plane(), packed.len())?;
-        } else {
-            check_len("packed input", self.layout.packed_len(), packed.len())?;
-        }
+        check_prepacked(&self.layout, &self.shape, packed.len())?;
         let (_, acc) = scratch.parts();
         self.execute_on(isa, packed, output, acc, threads, epilogue)
     }
@@ -535,13 +531,7 @@ impl FkwConv {
     ) -> Result<()> {
         let s = &self.shape;
         let threads = threads.max(1);
-        check_len("output", self.target.len(s.out_channels), output.len())?;
-        if let Some(b) = epilogue.bias {
-            check_len("bias", s.out_channels, b.len())?;
-        }
-        if let Some(r) = epilogue.residual {
-            check_len("residual", output.len(), r.len())?;
-        }
+        check_output(&self.target, s.out_channels, output.len(), &epilogue)?;
         // The scratch starts on a 64-byte boundary and rows are 128 bytes, so every
         // read-modify-write of a partial-sum row touches whole cache lines.
         if acc.len() < threads * self.acc_len() {
