@@ -1,0 +1,245 @@
+//! Stores of an output tile: the epilogue (bias, fused residual, clamp activation) applied in
+//! registers, then plain stores or the tile plan's masked stores per segment.
+
+use super::tile_plan::Seg;
+use crate::simd::Simd;
+
+/// What a kernel applies to each output value before storing it:
+/// `act(y + bias[row] + residual[same index])`. Fusing bias and activation saves a pass over
+/// the output (measured within noise on ResNet-20's layers at 8x, whose time goes to the
+/// tile loop and masked stores, not to that pass); fusing a residual add saves a whole
+/// elementwise step (read two tensors, write one).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// One value per output channel.
+    pub bias: Option<&'a [f32]>,
+    /// The activation.
+    pub clamp: Clamp,
+    /// A tensor laid out as the output (the row-group engine: as its output target; plain
+    /// `[out, positions]` elsewhere), added before the activation. Kernels that cannot add it
+    /// refuse it with an error.
+    pub residual: Option<&'a [f32]>,
+}
+
+/// Activations a kernel can fuse (the piecewise-linear ones: a max and a min).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Clamp {
+    /// None.
+    #[default]
+    None,
+    /// `max(y, 0)`.
+    Relu,
+    /// `min(max(y, 0), 6)`.
+    Relu6,
+}
+
+impl Clamp {
+    /// The activation of one value.
+    pub fn apply(self, v: f32) -> f32 {
+        match self {
+            Clamp::None => v,
+            Clamp::Relu => v.max(0.0),
+            Clamp::Relu6 => v.clamp(0.0, 6.0),
+        }
+    }
+
+    /// `(lo, hi)` with `apply_vec(v) = min(max(v, lo), hi)` for a clamping activation
+    /// (`Relu`, `Relu6`; with `max(v, lo)` first, a NaN becomes `lo` in both).
+    #[inline(always)]
+    pub(crate) unsafe fn bounds<S: Simd>(self) -> (S::V, S::V) {
+        let (lo, hi) = match self {
+            Clamp::None => (f32::NEG_INFINITY, f32::INFINITY),
+            Clamp::Relu => (0.0, f32::INFINITY),
+            Clamp::Relu6 => (0.0, 6.0),
+        };
+        // SAFETY: register arithmetic at the caller's instruction set.
+        unsafe { (S::splat(lo), S::splat(hi)) }
+    }
+
+    /// The activation of a vector (a plain function of the kernels' instruction set, so it
+    /// inlines into their loops).
+    #[inline(always)]
+    pub(crate) unsafe fn apply_vec<S: Simd>(self, v: S::V) -> S::V {
+        // SAFETY: register arithmetic at the caller's instruction set.
+        unsafe {
+            match self {
+                Clamp::None => v,
+                Clamp::Relu => S::max(v, S::zero()),
+                Clamp::Relu6 => S::min(S::max(v, S::zero()), S::splat(6.0)),
+            }
+        }
+    }
+}
+
+/// `RT` rows of `V` whole vectors to a plain output (`out.y`, rows `out.stride` apart, vectors
+/// `ys` apart): `clamp((acc + bias[row]) + residual)`, each part only with its flag, in the
+/// order and with the operations of [`RowEpilogue::apply`] and [`store_row_residual`], so the
+/// bits are theirs (the residual is laid out as the output, from `res`).
+///
+/// # Safety
+/// As [`super::micro`]'s plain-store path: every stored vector is writable; with `BIAS`, `bias` holds
+/// `RT` values; with `RES`, `res` is readable wherever a vector is stored.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn store_whole<
+    S: Simd,
+    const RT: usize,
+    const V: usize,
+    const BIAS: bool,
+    const RES: bool,
+    const CLAMP: bool,
+>(
+    acc: &[[S::V; V]; RT],
+    out: &Out<'_>,
+    ys: isize,
+    bias: *const f32,
+    res: *const f32,
+    clamp: Clamp,
+) {
+    // SAFETY: caller's contract.
+    unsafe {
+        let (lo, hi) = clamp.bounds::<S>();
+        for (rr, a) in acc.iter().enumerate() {
+            let bv = if BIAS { S::splat(*bias.add(rr)) } else { S::zero() };
+            let yp = out.y.add(rr * out.stride);
+            let rp = res.wrapping_add(rr * out.stride);
+            for (v, &av) in a.iter().enumerate() {
+                let at = v as isize * ys;
+                let x = if BIAS { S::add(av, bv) } else { av };
+                let x = if RES { S::add(x, S::load(rp.offset(at))) } else { x };
+                let x = if CLAMP { S::min(S::max(x, lo), hi) } else { x };
+                S::store(yp.offset(at), x);
+            }
+        }
+    }
+}
+
+/// An [`Epilogue`] positioned at a tile's first row.
+pub(crate) struct RowEpilogue {
+    pub(crate) bias: Option<*const f32>,
+    pub(crate) clamp: Clamp,
+    /// The residual at the tile's first row and position (addressed like `Out::y`).
+    pub(crate) residual: Option<*const f32>,
+}
+
+impl RowEpilogue {
+    /// Applies bias and activation to row `rr`'s accumulators (the activation only without a
+    /// residual: then [`store_row_residual`] adds it and clamps at the store).
+    ///
+    /// # Safety
+    /// `bias` (when present) must hold a value for row `rr`.
+    #[inline(always)]
+    pub(crate) unsafe fn apply<S: Simd, const V: usize>(&self, rr: usize, a: &mut [S::V; V]) {
+        if let Some(b) = self.bias {
+            let bv = S::splat(*b.add(rr));
+            for av in a.iter_mut() {
+                *av = S::add(*av, bv);
+            }
+        }
+        if self.residual.is_some() {
+            return;
+        }
+        for av in a.iter_mut() {
+            *av = self.clamp.apply_vec::<S>(*av);
+        }
+    }
+}
+
+/// Stores row `rr` of a tile: plain stores when `out` has no segments (the flat grid is the
+/// output), the tile plan's masked stores otherwise.
+///
+/// # Safety
+/// Every address `out` selects for row `rr` must be writable.
+#[inline(always)]
+pub(crate) unsafe fn store_row<S: Simd, const V: usize, const FULL: bool>(
+    out: &Out<'_>,
+    rr: usize,
+    a: &[S::V; V],
+) {
+    let l = S::LANES;
+    let n = out.n;
+    let yp = out.y.wrapping_add(rr * out.stride);
+    if out.segs.is_empty() {
+        for (v, &av) in a.iter().enumerate() {
+            let at = yp.offset(v as isize * out.step);
+            if FULL {
+                S::store(at, av);
+            } else {
+                let rem = n.saturating_sub(v * l);
+                if rem > 0 {
+                    S::store_partial(at, av, rem.min(l));
+                }
+            }
+        }
+    } else {
+        // Static vector indices only: indexing `a` at run time would force the accumulators
+        // out of registers for the whole entry loop. Segments are in vector order (the plan
+        // builds them so), so one walk serves all vectors (filtering all segments per vector
+        // cost O(V x segments): most of an 8-vector depthwise tile's time).
+        let mut k = 0;
+        for (v, &av) in a.iter().enumerate() {
+            while let Some(seg) = out.segs.get(k).filter(|s| s.v as usize == v) {
+                let p = yp.wrapping_offset(seg.delta as isize).wrapping_add(v * l);
+                S::store_masked(p, av, seg.mask);
+                k += 1;
+            }
+        }
+    }
+}
+
+/// [`store_row`] adding the residual (laid out as the output, `res` at the tile's first row
+/// and position) and clamping, per stored vector or segment: each segment's residual is a
+/// masked load under the segment's store mask.
+///
+/// # Safety
+/// As [`store_row`]; the residual must be readable wherever `out` writes row `rr`.
+#[inline(always)]
+pub(crate) unsafe fn store_row_residual<S: Simd, const V: usize, const FULL: bool>(
+    out: &Out<'_>,
+    rr: usize,
+    a: &[S::V; V],
+    res: *const f32,
+    clamp: Clamp,
+) {
+    let l = S::LANES;
+    let n = out.n;
+    let yp = out.y.wrapping_add(rr * out.stride);
+    let rp = res.wrapping_add(rr * out.stride);
+    if out.segs.is_empty() {
+        for (v, &av) in a.iter().enumerate() {
+            let (at, rat) = (yp.offset(v as isize * out.step), rp.offset(v as isize * out.step));
+            if FULL {
+                S::store(at, clamp.apply_vec::<S>(S::add(av, S::load(rat))));
+            } else {
+                let rem = n.saturating_sub(v * l);
+                if rem > 0 {
+                    let r = S::load_partial(rat, rem.min(l));
+                    S::store_partial(at, clamp.apply_vec::<S>(S::add(av, r)), rem.min(l));
+                }
+            }
+        }
+    } else {
+        let mut k = 0;
+        for (v, &av) in a.iter().enumerate() {
+            while let Some(seg) = out.segs.get(k).filter(|s| s.v as usize == v) {
+                let off = (seg.delta as isize, v * l);
+                let p = yp.wrapping_offset(off.0).wrapping_add(off.1);
+                let r = S::load_masked(rp.wrapping_offset(off.0).wrapping_add(off.1), seg.mask);
+                S::store_masked(p, clamp.apply_vec::<S>(S::add(av, r)), seg.mask);
+                k += 1;
+            }
+        }
+    }
+}
+
+/// Where a micro-kernel stores its tile: `y` points at flat position `p0` of the first row
+/// (possibly outside the buffer: only plan-selected lanes are written).
+pub(crate) struct Out<'a> {
+    pub(crate) y: *mut f32,
+    pub(crate) stride: usize,
+    pub(crate) n: usize,
+    pub(crate) segs: &'a [Seg],
+    /// Distance between the tile's vectors in the output when `segs` is empty (`LANES` but
+    /// for stacked rows).
+    pub(crate) step: isize,
+}
