@@ -29,7 +29,8 @@ mod tile_plan;
 
 use store::store_whole;
 pub use store::{Clamp, Epilogue};
-pub(crate) use store::{Out, RowEpilogue, store_row, store_row_residual};
+pub(crate) use store::{Out, store_row, store_row_fused};
+use store::{RowEpilogue, store_row_residual};
 pub(crate) use tile_plan::{Seg, TilePlan};
 
 use tessera_sparsity::Mask;
@@ -303,9 +304,9 @@ impl RowGroupConv {
             }
         }
         let single = matrix.groups() == matrix.rows;
-        let plans = [8, 16]
-            .map(|l| TilePlan::with_vectors_stacked(&layout, l, tile_vectors(&layout, l, single)));
         let target = OutputTarget::dense(shape.output());
+        let plans = [8, 16]
+            .map(|l| TilePlan::with_target(&layout, l, tile_vectors(&layout, l, single), &target));
         let max_offset = offsets.iter().max().map_or(0, |&o| o as usize);
         let chunk_tiles = plans.each_ref().map(|p| tiles_per_chunk(&matrix, &shape, &layout, p));
         Ok(RowGroupConv { matrix, shape, layout, offsets, max_offset, target, plans, chunk_tiles })

@@ -10,8 +10,8 @@
 //!
 //! Kernel (column-block-major in bands): binding lists every block's chunks of up to 4 kept
 //! rows in column-block order, with the input offset of each kept column. A tile of output
-//! positions (up to 2 vectors on AVX2, 5 on AVX-512; see the stores below) runs, band of block rows by band (16 KiB
-//! of output tile), every block row of the band on one column block before the next, so the
+//! positions (up to 2 vectors on AVX2, 5 on AVX-512; see the stores below) runs, band of
+//! block rows by band (16 KiB of output tile), every block row of the band on one column block before the next, so the
 //! few input channels a column block gathers from stay in L1 while all those block rows read
 //! them (block-row-major order streamed the whole input from L2 once per block row). A chunk
 //! accumulates its `kr x V` sub-product in registers, every gathered input vector reused by
@@ -56,14 +56,13 @@
 
 use tessera_sparsity::{Layer, Mask};
 
-use crate::conv::OutputTarget;
-use crate::conv::{ConvShape, InputLayout};
+use crate::conv::{ConvShape, InputLayout, OutputTarget};
 use crate::error::{KernelError, Result};
 use crate::formats::{ByteSize, check_lengths, structure_error};
 use crate::isa::Isa;
 use crate::rowgroup::{
-    ConvScratch, Epilogue, Out, RowEpilogue, RowGroupMatrix, Seg, TILE_V, TilePlan, check_len,
-    check_output, check_output_target, check_prepacked, store_row, store_row_residual,
+    ConvScratch, Epilogue, Out, RowGroupMatrix, Seg, TILE_V, TilePlan, check_len, check_output,
+    check_output_target, check_prepacked, store_row_fused,
 };
 use crate::simd::{Simd, simd_entry};
 use crate::threads::{SendPtr, run_parallel};
@@ -752,7 +751,6 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool>(
     let astride = V * l;
     let band = (BAND_BYTES / (4 * astride * m.br)).max(1);
     let (p0, n) = (at.p0, at.n);
-    let ep = &job.epilogue;
     // SAFETY: rows of b0..b1 are output rows, stored only at the plan's lanes of this tile
     // (inside the output, stride ystride; the residual is laid out alike); a band's rows fit
     // the tile (astride floats each; a band is one block row, at most 256 rows x 80 floats,
@@ -798,27 +796,16 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool>(
                 for (v, av) in a.iter_mut().enumerate() {
                     *av = S::load(src.add(v * l));
                 }
-                let to = |base: *const f32| {
-                    base.wrapping_add(r * job.ystride + p0).wrapping_offset(at.shift)
-                };
-                let row_ep = RowEpilogue {
-                    bias: ep.bias.map(|b| b.as_ptr().add(r)),
-                    clamp: ep.clamp,
-                    residual: ep.residual.map(|res| to(res.as_ptr())),
-                };
-                row_ep.apply::<S, V>(0, &mut a);
+                let offset = (r * job.ystride + p0) as isize + at.shift;
                 let out = Out {
-                    y: to(job.y.0).cast_mut(),
+                    y: job.y.0.wrapping_offset(offset),
                     stride: job.ystride,
                     n,
                     segs: at.segs,
                     step: at.y_step,
                 };
                 // Whole vectors: a tile without segments is stored whole at one shift.
-                match row_ep.residual {
-                    Some(res) => store_row_residual::<S, V, true>(&out, 0, &a, res, ep.clamp),
-                    None => store_row::<S, V, true>(&out, 0, &a),
-                }
+                store_row_fused::<S, V, true>(&out, offset, r, &a, &job.epilogue);
             }
         }
     }

@@ -57,8 +57,8 @@ use crate::error::{KernelError, Result};
 use crate::formats::{ByteSize, check_lengths, structure_error};
 use crate::isa::Isa;
 use crate::rowgroup::{
-    ConvScratch, Epilogue, Out, RowEpilogue, Seg, TilePlan, check_len, check_output,
-    check_output_target, check_prepacked, store_row, store_row_residual,
+    ConvScratch, Epilogue, Out, Seg, TilePlan, check_len, check_output, check_output_target,
+    check_prepacked, store_row_fused,
 };
 use crate::simd::{Simd, simd_entry};
 use crate::threads::{SendPtr, run_parallel};
@@ -628,6 +628,17 @@ fn fkw_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
     } else {
         &plan.segs[plan.seg_ptr[ti] as usize..plan.seg_ptr[ti + 1] as usize]
     };
+    // Row `r` to the output with the epilogue. A macro, not a closure: a closure is compiled
+    // without the caller's target features, and its intrinsics would not inline (2.7x slower
+    // on a 16@32x32 layer with the epilogue).
+    macro_rules! store {
+        ($r:expr, $s:expr) => {{
+            let offset = ($r * job.ystride + p0) as isize;
+            let out =
+                Out { y: job.y.0.wrapping_offset(offset), stride: 0, n, segs, step: l as isize };
+            store_row_fused::<S, V, FULL>(&out, offset, $r, $s, &job.epilogue)
+        }};
+    }
     // SAFETY: tap offsets address the packed input of the tile's positions (whole vectors
     // when LOAD_FULL: the packed input has slack after its last channel); `acc` holds rows x
     // ACC_STRIDE floats unless the schedule is one filter-major block; the tile plan stores
@@ -647,9 +658,7 @@ fn fkw_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
                     for (v, sv) in s.iter_mut().enumerate() {
                         *sv = S::load(acc.add(r * ACC_STRIDE + v * l));
                     }
-                    // A function, not a closure: a closure is compiled without the caller's
-                    // target features, and its intrinsics would not inline.
-                    store_tile_row::<S, V, FULL>(job, r, p0, n, segs, &s);
+                    store!(r, &s);
                 }
             }
             Schedule::FilterMajor { blocks, ptr, k_off, k_w } => {
@@ -666,9 +675,7 @@ fn fkw_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
                             }
                         }
                         if last {
-                            // A function, not a closure: a closure is compiled without the caller's
-                            // target features, and its intrinsics would not inline.
-                            store_tile_row::<S, V, FULL>(job, r, p0, n, segs, &s);
+                            store!(r, &s);
                         } else {
                             for (v, &sv) in s.iter().enumerate() {
                                 S::store(a.add(v * l), sv);
@@ -678,37 +685,6 @@ fn fkw_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
                 }
             }
         }
-    }
-}
-
-/// Row `r` of a tile at `p0` (`n` positions) to the output, the job's epilogue applied: bias,
-/// then the residual (laid out as the output, read at the same lanes) and the activation.
-///
-/// # Safety
-/// The tile plan's stores (`segs`, or plain stores when the job is direct) address only row
-/// `r`'s output positions of this tile; the epilogue's bias holds a value per row.
-#[inline(always)]
-unsafe fn store_tile_row<S: Simd, const V: usize, const FULL: bool>(
-    job: &FkwJob<'_>,
-    r: usize,
-    p0: usize,
-    n: usize,
-    segs: &[Seg],
-    s: &[S::V; V],
-) {
-    let ep = &job.epilogue;
-    let mut s = *s;
-    let at = |base: *const f32| base.wrapping_add(r * job.ystride + p0);
-    let row_ep = RowEpilogue {
-        bias: ep.bias.map(|b| b.as_ptr().add(r)),
-        clamp: ep.clamp,
-        residual: ep.residual.map(|res| at(res.as_ptr())),
-    };
-    row_ep.apply::<S, V>(0, &mut s);
-    let out = Out { y: at(job.y.0).cast_mut(), stride: 0, n, segs, step: S::LANES as isize };
-    match row_ep.residual {
-        Some(res) => store_row_residual::<S, V, FULL>(&out, 0, &s, res, ep.clamp),
-        None => store_row::<S, V, FULL>(&out, 0, &s),
     }
 }
 

@@ -145,6 +145,36 @@ impl RowEpilogue {
     }
 }
 
+/// Stores one output row of a tile, `a`, with `ep` applied: the bias of output row `row`,
+/// then the residual (laid out as the output, read at the same lanes) and the clamp. `out.y`
+/// is `offset` floats from the output's start, which is where the residual is read too. For
+/// kernels that keep their tile outside registers (BCR's band tile, FKW's partial sums) and
+/// store it a row at a time.
+///
+/// # Safety
+/// As [`store_row`] for row 0 of `out`; `ep`'s bias holds a value for `row` and its residual
+/// is readable wherever `out` writes.
+#[inline(always)]
+pub(crate) unsafe fn store_row_fused<S: Simd, const V: usize, const FULL: bool>(
+    out: &Out<'_>,
+    offset: isize,
+    row: usize,
+    a: &[S::V; V],
+    ep: &Epilogue<'_>,
+) {
+    let mut a = *a;
+    let row_ep = RowEpilogue {
+        bias: ep.bias.map(|b| b.as_ptr().add(row)),
+        clamp: ep.clamp,
+        residual: ep.residual.map(|r| r.as_ptr().wrapping_offset(offset)),
+    };
+    row_ep.apply::<S, V>(0, &mut a);
+    match row_ep.residual {
+        Some(res) => store_row_residual::<S, V, FULL>(out, 0, &a, res, ep.clamp),
+        None => store_row::<S, V, FULL>(out, 0, &a),
+    }
+}
+
 /// Stores row `rr` of a tile: plain stores when `out` has no segments (the flat grid is the
 /// output), the tile plan's masked stores otherwise.
 ///

@@ -33,36 +33,28 @@ pub(crate) struct TilePlan {
 }
 
 impl TilePlan {
-    /// A plan storing to `target` instead of NCDHW, with `vectors` vectors per tile.
+    /// A plan storing to `target` (NCDHW: [`OutputTarget::dense`]) with `vectors` vectors per
+    /// tile, stacking rows of one vector (see [`stacked_rows`]) where they fit.
     pub(crate) fn with_target(
         layout: &InputLayout,
         lanes: usize,
         vectors: usize,
         target: &OutputTarget,
     ) -> Self {
-        let delta_of = |p| layout.flat_coords(p).map(|c| target.index(c) as isize - p as isize);
+        let delta_of = target_delta(layout, target);
         Self::stacked(layout, lanes, vectors, &delta_of)
             .unwrap_or_else(|| Self::build(layout, lanes, vectors, &delta_of))
     }
 
-    /// A plan whose tiles are `vectors` vectors of `lanes` wide (contiguous: for kernels
-    /// that do not read [`steps`](Self::steps)) storing to `target`.
+    /// [`with_target`](Self::with_target) without stacked rows: tiles of contiguous vectors,
+    /// for kernels that do not read [`steps`](Self::steps).
     pub(crate) fn with_vectors_to(
         layout: &InputLayout,
         lanes: usize,
         vectors: usize,
         target: &OutputTarget,
     ) -> Self {
-        let delta_of = |p| layout.flat_coords(p).map(|c| target.index(c) as isize - p as isize);
-        Self::build(layout, lanes, vectors, &delta_of)
-    }
-
-    /// [`with_vectors`](Self::with_vectors), stacking rows of one vector (see
-    /// [`stacked_rows`]) where they fit.
-    pub(crate) fn with_vectors_stacked(layout: &InputLayout, lanes: usize, vectors: usize) -> Self {
-        let delta_of = |p| layout.output_delta(p);
-        Self::stacked(layout, lanes, vectors, &delta_of)
-            .unwrap_or_else(|| Self::build(layout, lanes, vectors, &delta_of))
+        Self::build(layout, lanes, vectors, &target_delta(layout, target))
     }
 
     /// A plan of stacked rows, when [`stacked_rows`] finds them.
@@ -114,7 +106,7 @@ impl TilePlan {
         tiles: &[Tile],
         target: &OutputTarget,
     ) -> Self {
-        let delta_of = |p| layout.flat_coords(p).map(|c| target.index(c) as isize - p as isize);
+        let delta_of = target_delta(layout, target);
         let mut plan = TilePlan { vectors, seg_ptr: vec![0], ..TilePlan::default() };
         for &(p0, n) in tiles {
             plan.push_tile(p0, n, lanes, vectors, n.div_ceil(lanes), &delta_of);
@@ -173,6 +165,15 @@ impl TilePlan {
         self.tiles.push((p0, n));
         self.seg_ptr.push(self.segs.len() as u32);
     }
+}
+
+/// Where flat position `p` of `layout` is stored in `target`, relative to `p` (`None` for a
+/// discarded position).
+fn target_delta<'a>(
+    layout: &'a InputLayout,
+    target: &'a OutputTarget,
+) -> impl Fn(usize) -> Option<isize> + 'a {
+    move |p| layout.flat_coords(p).map(|c| target.index(c) as isize - p as isize)
 }
 
 /// Maximal runs of the layout's flat positions kept with one store shift: (first, length,
@@ -316,7 +317,7 @@ mod tests {
     fn rows_of_one_vector_are_stacked_two_per_tile() {
         let shape = ConvShape::conv2d(4, 8, [8, 8], [3, 3], 1, 1).unwrap();
         let layout = shape.layout();
-        let plan = TilePlan::with_vectors_stacked(&layout, 8, 2);
+        let plan = TilePlan::with_target(&layout, 8, 2, &OutputTarget::dense(shape.output()));
         assert_eq!(plan.tiles.len(), 4);
         assert!(plan.tiles.iter().all(|&(_, n)| n == 16));
         assert!(plan.steps.iter().all(|&s| s == (9, 8)), "{:?}", plan.steps);
@@ -326,8 +327,9 @@ mod tests {
             assert_eq!(p0 as i64 + i64::from(shift.unwrap()), 16 * t as i64);
         }
 
-        let odd = ConvShape::conv2d(4, 8, [7, 8], [3, 3], 1, 1).unwrap().layout();
-        let plan = TilePlan::with_vectors_stacked(&odd, 8, 2);
+        let odd_shape = ConvShape::conv2d(4, 8, [7, 8], [3, 3], 1, 1).unwrap();
+        let odd = odd_shape.layout();
+        let plan = TilePlan::with_target(&odd, 8, 2, &OutputTarget::dense(odd_shape.output()));
         let rows: Vec<usize> = plan.tiles.iter().map(|&(_, n)| n / 8).collect();
         assert_eq!(rows, [2, 2, 2, 1]);
 
