@@ -305,8 +305,9 @@ impl RowGroupConv {
         }
         let single = matrix.groups() == matrix.rows;
         let target = OutputTarget::dense(shape.output());
-        let plans = [8, 16]
-            .map(|l| TilePlan::with_target(&layout, l, tile_vectors(&layout, l, single), &target));
+        let plans = [8, 16].map(|l| {
+            TilePlan::with_target(&layout, l, tile_vectors(&layout, l, single, &target), &target)
+        });
         let max_offset = offsets.iter().max().map_or(0, |&o| o as usize);
         let chunk_tiles = plans.each_ref().map(|p| tiles_per_chunk(&matrix, &shape, &layout, p));
         Ok(RowGroupConv { matrix, shape, layout, offsets, max_offset, target, plans, chunk_tiles })
@@ -318,7 +319,12 @@ impl RowGroupConv {
         check_output_target(&target, self.shape.output())?;
         let single = self.matrix.groups() == self.matrix.rows;
         self.plans = [8, 16].map(|l| {
-            TilePlan::with_target(&self.layout, l, tile_vectors(&self.layout, l, single), &target)
+            TilePlan::with_target(
+                &self.layout,
+                l,
+                tile_vectors(&self.layout, l, single, &target),
+                &target,
+            )
         });
         self.target = target;
         Ok(())
@@ -550,16 +556,30 @@ const WIDE_RUN: usize = 512;
 /// * with one filter per group (`single`: depthwise, unstructured rows), up to 8 (AVX-512) or
 ///   4 (AVX2) vectors: a one-row tile of two vectors is two chains of dependent FMAs, bound
 ///   by their latency (a 144-channel depthwise 3x3 at 32x32: 80 us for 1.3 M MACs);
+/// * on AVX-512, [`TILE_V`] when every output row is exactly one or two vectors (16x16 and
+///   32x32 maps: rows stacked two per tile, or one row per tile, all stored whole; see
+///   `tile_plan`);
 /// * [`WIDE_TILE_V`] on AVX-512 when every run is at least [`WIDE_RUN`] positions;
 /// * else [`TILE_V`].
-pub(crate) fn tile_vectors(layout: &InputLayout, lanes: usize, single: bool) -> usize {
+pub(crate) fn tile_vectors(
+    layout: &InputLayout,
+    lanes: usize,
+    single: bool,
+    target: &OutputTarget,
+) -> usize {
     let longest = layout.runs().iter().map(|&(_, len)| len).max().unwrap_or(0);
     let shortest = layout.runs().iter().map(|&(_, len)| len).min().unwrap_or(0);
+    let rows_of = |w: usize| {
+        let rows = tile_plan::output_row_lengths(layout, target);
+        !rows.is_empty() && rows.iter().all(|&len| len == w)
+    };
     if longest <= lanes {
         1
     } else if single {
         let cap = if lanes >= 16 { 8 } else { 4 };
         longest.div_ceil(lanes).next_power_of_two().clamp(TILE_V, cap)
+    } else if lanes == 16 && (rows_of(2 * lanes) || rows_of(lanes)) {
+        TILE_V
     } else if lanes >= 16 && shortest >= WIDE_RUN {
         WIDE_TILE_V
     } else {

@@ -420,8 +420,9 @@ fn overlapping_output_targets_are_refused() {
 
 /// Maps whose output rows hold two 8-lane vectors or more: on 8 lanes the tiles are cut at
 /// output row ends (no vector straddles two rows) and the padding columns are skipped.
-/// Widths 16, 17, 18, 20, 28 and 40, with padding, stride 2, dilation, 1x1 and 3-D, row
-/// groups of 1 and 8, on 1 and 2 threads.
+/// Widths 16, 17, 18, 20, 28, 32 and 40, with padding, stride 2, dilation, 1x1 and 3-D, row
+/// groups of 1 and 8, on 1 and 2 threads (on AVX-512 too: rows of 16 and 32 take the
+/// two-vector plans of `tile_vectors`).
 #[test]
 fn row_aligned_tiles_on_wide_maps_match_the_reference() {
     let shapes = [
@@ -436,6 +437,9 @@ fn row_aligned_tiles_on_wide_maps_match_the_reference() {
         ConvShape::conv2d(12, 8, [16, 16], [1, 1], 1, 0).unwrap(),
         ConvShape::conv2d(9, 16, [32, 32], [1, 1], 1, 0).unwrap(),
         ConvShape::conv3d(2, 5, [3, 4, 18], [3, 3, 3], 1, 1).unwrap(),
+        // AVX-512's stacked rows of 16 and row tiles of 32, 8 rows per register tile.
+        ConvShape::conv2d(4, 16, [5, 16], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(4, 16, [5, 32], [3, 3], 1, 1).unwrap(),
     ];
     for (i, shape) in shapes.into_iter().enumerate() {
         for group_size in [1, 8] {
