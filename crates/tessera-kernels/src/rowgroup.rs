@@ -569,16 +569,15 @@ pub(crate) fn tile_vectors(
 ) -> usize {
     let longest = layout.runs().iter().map(|&(_, len)| len).max().unwrap_or(0);
     let shortest = layout.runs().iter().map(|&(_, len)| len).min().unwrap_or(0);
-    let rows_of = |w: usize| {
-        let rows = tile_plan::output_row_lengths(layout, target);
-        !rows.is_empty() && rows.iter().all(|&len| len == w)
-    };
     if longest <= lanes {
         1
     } else if single {
         let cap = if lanes >= 16 { 8 } else { 4 };
         longest.div_ceil(lanes).next_power_of_two().clamp(TILE_V, cap)
-    } else if lanes == 16 && (rows_of(2 * lanes) || rows_of(lanes)) {
+    } else if lanes == 16
+        && tile_plan::uniform_row_length(layout, target)
+            .is_some_and(|w| w == lanes || w == 2 * lanes)
+    {
         TILE_V
     } else if lanes >= 16 && shortest >= WIDE_RUN {
         WIDE_TILE_V

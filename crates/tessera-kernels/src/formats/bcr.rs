@@ -11,9 +11,9 @@
 //! Kernel (column-block-major in bands): binding lists every block's chunks of up to 4 kept
 //! rows in column-block order, with the input offset of each kept column. A tile of output
 //! positions (up to 2 vectors on AVX2, 5 on AVX-512; see the stores below) runs, band of
-//! block rows by band (16 KiB of output tile), every block row of the band on one column block before the next, so the
-//! few input channels a column block gathers from stay in L1 while all those block rows read
-//! them (block-row-major order streamed the whole input from L2 once per block row). A chunk
+//! block rows by band (16 KiB of output tile), every block row of the band on one column
+//! block before the next, so the few input channels a column block gathers from stay in L1
+//! while all those block rows read them (block-row-major order streamed the whole input from L2 once per block row). A chunk
 //! accumulates its `kr x V` sub-product in registers, every gathered input vector reused by
 //! all its kept rows, and adds it into the band's tile: a contiguous buffer on the thread's
 //! stack, stored to the output once per band (output rows 4 KiB apart, as in a GEMM of 1,024

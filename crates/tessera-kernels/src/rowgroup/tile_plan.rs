@@ -201,10 +201,12 @@ fn shifted_runs(
     rows
 }
 
-/// The lengths of the output rows of `layout` stored to `target` (runs of flat positions kept
-/// with one store shift).
-pub(crate) fn output_row_lengths(layout: &InputLayout, target: &OutputTarget) -> Vec<usize> {
-    shifted_runs(layout, &target_delta(layout, target)).into_iter().map(|(_, len, _)| len).collect()
+/// The length every output row of `layout` stored to `target` has (rows: runs of flat
+/// positions kept with one store shift), or `None` when they differ or there are none.
+pub(crate) fn uniform_row_length(layout: &InputLayout, target: &OutputTarget) -> Option<usize> {
+    let rows = shifted_runs(layout, &target_delta(layout, target));
+    let first = rows.first()?.1;
+    rows.iter().all(|&(_, len, _)| len == first).then_some(first)
 }
 
 /// Rows of a stacked tile: `rows` output rows of exactly one vector, the first at flat
