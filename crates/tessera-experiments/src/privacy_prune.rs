@@ -441,6 +441,7 @@ impl WithLoaded for Compare<'_> {
                 train: d.train.clone(),
                 temperature: d.temperature,
                 synthetic_examples: d.synthetic_examples,
+                freeze_batch_norm: true,
             },
             device,
             Some(&key("designer")),

@@ -465,6 +465,23 @@ pub fn recalibrate_batch_norm<M: Classifier>(
     Ok(model.set_require_grad(true))
 }
 
+/// Switches every batch norm of `model` between its training behaviour (`true`: normalize
+/// with the batch's statistics and update the running ones, on an autodiff device) and its
+/// inference behaviour (`false`: normalize with the running statistics and leave them alone,
+/// even on an autodiff device; gamma and beta still get gradients).
+///
+/// Frozen statistics are what training on inputs from another distribution needs: the
+/// privacy-preserving designer distills on random noise, whose batch statistics would
+/// otherwise replace the ones the model was trained with. The flag is run-time state (burn
+/// records omit it), so a saved and reloaded model trains normally again.
+pub fn set_batch_norm_training<M: Classifier>(mut model: M, training: bool) -> M {
+    for bn in model.batch_norms_mut() {
+        let flag = std::mem::replace(&mut bn.training, burn::module::Param::from_bool(training));
+        bn.training = flag.with_value(training);
+    }
+    model
+}
+
 fn scalar(t: Tensor<1>) -> Result<f32> {
     let v = crate::error::to_vec("loss", t)?;
     v.first()

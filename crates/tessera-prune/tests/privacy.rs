@@ -2,15 +2,16 @@
 //! (its own test binary, so no other test's reads race the counter), prunes with synthetic
 //! inputs and distillation only, and writes a mask file the client's retraining keeps.
 
+use tessera_data::SampleShape;
 use tessera_data::file::files_read;
 use tessera_data::{KnownSet, Normalization, Source, Split, load};
 use tessera_models::saved::{self, ModelCard};
 use tessera_models::train::{NoHooks, OptimizerConfig, TrainConfig, train};
 use tessera_models::weights::prunable_weights;
-use tessera_models::zoo::Lenet5Config;
-use tessera_models::{Backend, Masks, ZooConfig, with_seed};
+use tessera_models::zoo::{Lenet5Config, ResNetConfig};
+use tessera_models::{Backend, Classifier, Masks, ZooConfig, with_seed};
 use tessera_prune::admm::AdmmConfig;
-use tessera_prune::privacy::{DesignerConfig, client_command, designer_command};
+use tessera_prune::privacy::{DesignerConfig, client_command, designer, designer_command};
 
 fn adam(epochs: usize, steps: usize) -> TrainConfig {
     TrainConfig {
@@ -60,6 +61,7 @@ fn designer_reads_no_data_and_client_keeps_its_masks() {
         train: adam(3, 8),
         temperature: 4.0,
         synthetic_examples: 256,
+        freeze_batch_norm: true,
     };
     let reads = files_read();
     let report = designer_command(&dense_dir, &designer_cfg, &pruned_dir, &device, None).unwrap();
@@ -117,17 +119,57 @@ fn designer_reads_no_data_and_client_keeps_its_masks() {
     );
 }
 
+/// Every batch norm's running mean and variance, concatenated.
+fn running_statistics<M: Classifier>(mut model: M) -> Vec<f32> {
+    let mut out = Vec::new();
+    for bn in model.batch_norms_mut() {
+        for t in [bn.running_mean.value_sync(), bn.running_var.value_sync()] {
+            out.extend(t.into_data().try_to_vec::<f32>().unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn designer_keeps_the_client_models_batch_norm_statistics() {
+    let device = Backend::Flex.train_device(5);
+    let resnet =
+        ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.25, skip_blocks: vec![] };
+    let dense = with_seed(&device, 2, || resnet.init(&device)).unwrap();
+    let before = running_statistics(dense.clone());
+    let cfg = |freeze_batch_norm| DesignerConfig {
+        sparsity: serde_json::from_str(
+            r#"{"rules": [], "default": {"scheme": "unstructured", "target": "4x"}}"#,
+        )
+        .unwrap(),
+        admm: AdmmConfig { rho: 0.1, ..AdmmConfig::default() },
+        train: adam(1, 3),
+        temperature: 4.0,
+        synthetic_examples: 64,
+        freeze_batch_norm,
+    };
+    let shape = SampleShape { channels: 1, height: 28, width: 28 };
+    let frozen = designer(dense.clone(), shape, &cfg(true), &device, None).unwrap();
+    // Distilling on N(0, 1) noise moved the weights but left the statistics the client's
+    // model was trained with.
+    assert_eq!(running_statistics(frozen.model.clone()), before);
+    assert!(frozen.history.iter().all(|h| h.train_loss.is_finite()));
+    // ... and the model it hands back trains its batch norms again.
+    let mut model = frozen.model;
+    assert!(model.batch_norms_mut().iter().all(|bn| bn.training.is_enabled()));
+    // Unfrozen, the noise's statistics replace them (the check above can fail).
+    let unfrozen = designer(dense, shape, &cfg(false), &device, None).unwrap();
+    let after = running_statistics(unfrozen.model);
+    assert_eq!(after.len(), before.len());
+    assert!(after.iter().zip(&before).any(|(a, b)| (a - b).abs() > 1e-3));
+}
+
 /// Reads a loaded model's prunable weights.
 struct Weights;
 
 impl saved::WithLoaded for Weights {
     type Output = Vec<(String, Vec<f32>)>;
-    fn run<M: tessera_models::Classifier>(
-        self,
-        model: M,
-        card: ModelCard,
-        _: Masks,
-    ) -> Self::Output {
+    fn run<M: Classifier>(self, model: M, card: ModelCard, _: Masks) -> Self::Output {
         prunable_weights(&model, card.batch_of_one())
             .unwrap()
             .into_iter()
