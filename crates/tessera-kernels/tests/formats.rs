@@ -398,6 +398,11 @@ fn bcr_kernel_covers_every_row_count_and_tile_width() {
         .max()
         .unwrap();
     assert!(most >= 7, "most kept rows {most}");
+    // Rows no block keeps are zeroed in the band's tile rather than written by a first chunk
+    // (the tile is reused uninitialized across tiles): the sweep must have such rows.
+    let p = project("bcr:8x16", &layer, &w, 0.9);
+    let empty = (0..rows).filter(|&r| (0..cols).all(|c| !p.mask.get(r * cols + c))).count();
+    assert!(empty > 0, "no row pruned whole at 0.9");
 }
 
 /// Runs of at least 512 flat positions take 3-vector tiles on AVX-512 (`WIDE_TILE_V`): 15

@@ -31,6 +31,10 @@
 //! the compact values too, for GEMV and [`BcrConv::matrix`]), and lists per column
 //! block the input lines its blocks read, which a tile prefetches for the next tile during its
 //! first band: GEMM 1024^3 7620 -> 6700-6850 us, 256@8x8 201 -> 179, conv1x1 316 -> 278-288.
+//! A row's first chunk in a band stores its sum into the tile instead of adding it (bind
+//! time marks it; rows kept in no block are zeroed), where every band used to zero its whole
+//! tile first: 16@32x32 11.2-11.4 -> 10.8-10.9 us (min of runs alternating the builds, AVX-512,
+//! pack included), 32@16x16 8.3 -> 8.1-8.2, 64@8x8 and 256@8x8 within noise.
 //! Rejected: non-temporal output stores (GEMM 6% faster, a 4 MB output with 128 input
 //! channels 40% slower); bands outermost with tiles inside (GEMM 12% faster, BERT FC and
 //! 1024 x 1024 x 256 3-8% slower).
@@ -344,6 +348,9 @@ struct Chunk {
     kc: u32,
     /// Its first weight in [`Chunks::weights`]: `kc` columns of `rt` weights each.
     w_at: u32,
+    /// Bit `i` set: this chunk is the first (in column-block order) to write its `i`-th row
+    /// of the band's tile, and stores its sum there instead of adding it.
+    first: u32,
 }
 
 /// The blocks of a [`BcrCompact`] bound to a convolution, in column-block-major order: a
@@ -369,6 +376,10 @@ struct Chunks {
     /// Every chunk's weights, in chunk order: a tile streams them front to back, where the
     /// block values (block-row-major) were read with a jump per chunk.
     weights: Vec<f32>,
+    /// Per block row, its rows no chunk writes (kept in no block; zeroed in the band's tile):
+    /// `untouched[untouched_ptr[br] .. untouched_ptr[br + 1]]`.
+    untouched_ptr: Vec<u32>,
+    untouched: Vec<u32>,
 }
 
 impl Chunks {
@@ -393,6 +404,9 @@ impl Chunks {
         }
         order.sort_unstable();
         let mut lines: Vec<u32> = Vec::new();
+        // Rows a chunk already wrote: a band runs its column blocks in this order over whole
+        // block rows, so the first chunk writing a row is the same in every band and tile.
+        let mut touched = vec![false; m.block_row_start[brows] as usize];
         for (i, &(cb, brow, b)) in order.iter().enumerate() {
             let r0 = m.block_row_start[brow] as usize;
             let group = r0 / out_per_group;
@@ -404,12 +418,21 @@ impl Chunks {
             }
             for i in (0..kr.len()).step_by(BCR_RT) {
                 let rt = (kr.len() - i).min(BCR_RT);
+                let mut first = 0u32;
+                for (bit, &r) in kr[i..i + rt].iter().enumerate() {
+                    let row = r0 + r as usize;
+                    if !touched[row] {
+                        touched[row] = true;
+                        first |= 1 << bit;
+                    }
+                }
                 out.chunks.push(Chunk {
                     rows_at: u32_of(out.rows.len())?,
                     rt: rt as u32,
                     cols_at,
                     kc: kc.len() as u32,
                     w_at: u32_of(out.weights.len())?,
+                    first,
                 });
                 let v = m.value_ptr[b];
                 for j in 0..kc.len() {
@@ -434,6 +457,12 @@ impl Chunks {
         // Empty (column block, block row) pairs end where the previous pair ended.
         for i in 1..out.ptr.len() {
             out.ptr[i] = out.ptr[i].max(out.ptr[i - 1]);
+        }
+        out.untouched_ptr.push(0);
+        for brow in 0..brows {
+            let rows = m.block_row_start[brow] as usize..m.block_row_start[brow + 1] as usize;
+            out.untouched.extend(rows.filter(|&r| !touched[r]).map(|r| r as u32));
+            out.untouched_ptr.push(u32_of(out.untouched.len())?);
         }
         Ok(out)
     }
@@ -726,7 +755,7 @@ struct TileAt<'a> {
 /// 256 rows thrashed it (GEMM 1024^3 2.0x against 2.4x block row by block row).
 /// Sized for the tallest block row (256 rows) at the widest tile (5 AVX-512 vectors), so
 /// every band fits it; bands hold [`BAND_BYTES`] but for such block rows. Left uninitialized:
-/// each band zeroes the rows it uses.
+/// each band's rows are first written by their first chunk (or zeroed when none writes them).
 #[repr(C, align(64))]
 struct BandTile([f32; BAND_TILE_FLOATS]);
 
@@ -734,8 +763,9 @@ struct BandTile([f32; BAND_TILE_FLOATS]);
 const BAND_TILE_FLOATS: usize = 256 * 80;
 
 /// One tile `V` vectors wide on block rows `b0..b1`, band of block rows by band (a band's tile
-/// fits [`BandTile`], in L1): zero the band's tile, add every column block's chunks into it,
-/// store it with the epilogue (bias, residual, activation) through the plan's stores.
+/// fits [`BandTile`], in L1): every column block's chunks into the band's tile (a row's first
+/// chunk stores, later ones add; rows no chunk writes are zeroed), then the tile to the output
+/// with the epilogue (bias, residual, activation) through the plan's stores.
 #[inline(always)]
 fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool>(
     job: &BcrJob<'_>,
@@ -763,7 +793,11 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool>(
             let s1 = (s0 + band).min(b1);
             let (r0, r1) = (m.block_row_start[s0] as usize, m.block_row_start[s1] as usize);
             let t = tile.as_mut_ptr().cast::<f32>();
-            std::ptr::write_bytes(t, 0, (r1 - r0) * astride);
+            // Each row's first chunk stores into the tile; rows no chunk writes are zeroed.
+            let (u0, u1) = (ch.untouched_ptr[s0] as usize, ch.untouched_ptr[s1] as usize);
+            for &r in &ch.untouched[u0..u1] {
+                std::ptr::write_bytes(t.add((r as usize - r0) * astride), 0, astride);
+            }
             let y = t.wrapping_sub(r0 * astride);
             for cb in 0..col_blocks {
                 if let Some(next) = at.next.filter(|_| s0 == b0) {
@@ -782,11 +816,12 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool>(
                     let offs = &ch.offsets[c.cols_at as usize..(c.cols_at + c.kc) as usize];
                     let rows = ch.rows.as_ptr().add(c.rows_at as usize);
                     let w = ch.weights.as_ptr().add(c.w_at as usize);
+                    let f = c.first;
                     match c.rt {
-                        1 => rmw::<S, 1, V, LOAD_FULL>(offs, w, &xp, y, astride, rows, n),
-                        2 => rmw::<S, 2, V, LOAD_FULL>(offs, w, &xp, y, astride, rows, n),
-                        3 => rmw::<S, 3, V, LOAD_FULL>(offs, w, &xp, y, astride, rows, n),
-                        _ => rmw::<S, 4, V, LOAD_FULL>(offs, w, &xp, y, astride, rows, n),
+                        1 => rmw::<S, 1, V, LOAD_FULL>(offs, w, &xp, y, astride, rows, n, f),
+                        2 => rmw::<S, 2, V, LOAD_FULL>(offs, w, &xp, y, astride, rows, n, f),
+                        3 => rmw::<S, 3, V, LOAD_FULL>(offs, w, &xp, y, astride, rows, n, f),
+                        _ => rmw::<S, 4, V, LOAD_FULL>(offs, w, &xp, y, astride, rows, n, f),
                     }
                 }
             }
@@ -814,7 +849,8 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool>(
 /// Accumulates `RT` kept rows of one block over its kept columns, `V` vectors of positions
 /// (vector `v` read from `x[v]`; loaded whole when `LOAD_FULL`, else the last vector's first
 /// `n - (V - 1) * lanes` lanes), and adds into whole vectors of `y`'s rows. `n` must be in
-/// `(V - 1) * lanes + 1 ..= V * lanes`.
+/// `(V - 1) * lanes + 1 ..= V * lanes`. Rows whose bit is set in `first` get the sum stored
+/// instead of added (their first write in the band's tile).
 ///
 /// # Safety
 /// As the row-group micro-kernel; `rows` holds `RT` rows of `y` (stride `ystride`, `V`
@@ -829,6 +865,7 @@ unsafe fn rmw<S: Simd, const RT: usize, const V: usize, const LOAD_FULL: bool>(
     ystride: usize,
     rows: *const u32,
     n: usize,
+    first: u32,
 ) {
     let l = S::LANES;
     // Only the last vector may be partial (the caller picks V = ceil(n / lanes)): a
@@ -857,8 +894,14 @@ unsafe fn rmw<S: Simd, const RT: usize, const V: usize, const LOAD_FULL: bool>(
     }
     for (rr, a) in acc.iter().enumerate() {
         let yp = y.add(*rows.add(rr) as usize * ystride);
-        for (v, &av) in a.iter().enumerate() {
-            S::store(yp.add(v * l), S::add(S::load(yp.add(v * l)), av));
+        if first & (1 << rr) != 0 {
+            for (v, &av) in a.iter().enumerate() {
+                S::store(yp.add(v * l), av);
+            }
+        } else {
+            for (v, &av) in a.iter().enumerate() {
+                S::store(yp.add(v * l), S::add(S::load(yp.add(v * l)), av));
+            }
         }
     }
 }
