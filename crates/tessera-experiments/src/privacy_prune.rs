@@ -12,7 +12,7 @@ use burn::prelude::Device;
 use serde::{Deserialize, Serialize};
 use tessera_data::{Augment, Dataset, KnownSet};
 use tessera_models::saved::{ModelCard, WithLoaded};
-use tessera_models::train::{OptimizerConfig, Schedule, TrainConfig, evaluate};
+use tessera_models::train::{OptimizerConfig, Schedule, TrainConfig, evaluate, independent_copy};
 use tessera_models::zoo::{Lenet5Config, ResNetConfig};
 use tessera_models::{Classifier, Masks, ZooConfig};
 use tessera_prune::privacy::{DesignerConfig, client, designer};
@@ -412,9 +412,10 @@ impl WithLoaded for Compare<'_> {
         let input = card.batch_of_one();
         let sparsity = sparsity_for(&model, input, rate, spec, &study.dense, &study.caps)?;
         let key = |side: &str| ctx.checkpoints(&format!("{}/{id}/{side}", study.name));
-        // Full-data ADMM.
+        // Full-data ADMM, on a copy with batch-norm statistics of its own (a clone's training
+        // would move the dense model's, which the designer then starts from).
         let full = prune(
-            model.clone(),
+            independent_copy(&model),
             &PruneConfig {
                 sparsity: sparsity.clone(),
                 method: Method::Admm(study.admm.clone()),
@@ -441,7 +442,7 @@ impl WithLoaded for Compare<'_> {
                 train: d.train.clone(),
                 temperature: d.temperature,
                 synthetic_examples: d.synthetic_examples,
-                freeze_batch_norm: true,
+                freeze_batch_norm: false,
             },
             device,
             Some(&key("designer")),

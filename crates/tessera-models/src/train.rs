@@ -465,6 +465,32 @@ pub fn recalibrate_batch_norm<M: Classifier>(
     Ok(model.set_require_grad(true))
 }
 
+/// A copy of `model` that shares no mutable state with it.
+///
+/// `Clone` on a burn module shares every batch norm's running statistics (burn's
+/// `RunningState` holds them behind an `Arc<Mutex>`): training a clone in training mode moves
+/// the original's statistics too, so a later run from the "same" model starts from statistics
+/// another run left behind. This copy gives each batch norm statistics of its own (same values
+/// and ids); parameters are immutable tensors and need no copy.
+pub fn independent_copy<M: Classifier>(model: &M) -> M {
+    let mut copy = model.clone();
+    for bn in copy.batch_norms_mut() {
+        bn.running_mean = unshared(&bn.running_mean);
+        bn.running_var = unshared(&bn.running_var);
+    }
+    copy
+}
+
+/// `state`'s current value in a state of its own (`valid` makes a fresh one, on the inner
+/// device; `train` another, back on the autodiff device).
+fn unshared(
+    state: &burn::module::RunningState<Tensor<1>>,
+) -> burn::module::RunningState<Tensor<1>> {
+    let autodiff = state.value().device().is_autodiff();
+    let plain = Module::valid(state);
+    if autodiff { plain.train() } else { plain }
+}
+
 /// Switches every batch norm of `model` between its training behaviour (`true`: normalize
 /// with the batch's statistics and update the running ones, on an autodiff device) and its
 /// inference behaviour (`false`: normalize with the running statistics and leave them alone,

@@ -344,3 +344,43 @@ fn batch_norm_recalibration_averages_the_batch_statistics() {
     let err = recalibrate_batch_norm(again, &data, 0, 16, seed, &device).unwrap_err();
     assert!(err.to_string().contains("batches") && err.to_string().contains("0 x 16"), "{err}");
 }
+
+/// A clone shares its batch norms' running statistics with the original (burn's
+/// `RunningState`), so training the clone moves the original's; `independent_copy` does not.
+#[test]
+fn independent_copy_keeps_the_originals_batch_norm_statistics() {
+    use tessera_models::Classifier;
+    use tessera_models::train::{independent_copy, recalibrate_batch_norm};
+    use tessera_models::zoo::ResNetConfig;
+    let stats = |m: &mut tessera_models::zoo::ResNet| -> Vec<f32> {
+        let mut out = Vec::new();
+        for bn in m.batch_norms_mut() {
+            for t in [bn.running_mean.value_sync(), bn.running_var.value_sync()] {
+                out.extend(t.into_data().try_to_vec::<f32>().unwrap());
+            }
+        }
+        out
+    };
+    let device = Backend::Flex.train_device(3);
+    let norm = Some(Normalization::fashion_mnist());
+    let data = load(KnownSet::FashionMnist, Split::Train, &Source::Fixtures, norm).unwrap();
+    let config = ResNetConfig {
+        depth: 8,
+        in_channels: 1,
+        classes: 10,
+        width: 0.25,
+        skip_blocks: Vec::new(),
+    };
+    let mut model = tessera_models::with_seed(&device, 1, || config.init(&device)).unwrap();
+    let before = stats(&mut model);
+
+    let copy = independent_copy(&model);
+    let mut copy = recalibrate_batch_norm(copy, &data, 2, 32, 0, &device).unwrap();
+    assert_ne!(stats(&mut copy), before, "recalibration moves the copy's statistics");
+    assert_eq!(stats(&mut model), before, "the original's stay");
+
+    // The hazard it guards against (the check above can fail): a plain clone's move the original's.
+    let clone = recalibrate_batch_norm(model.clone(), &data, 2, 32, 0, &device).unwrap();
+    drop(clone);
+    assert_ne!(stats(&mut model), before);
+}
