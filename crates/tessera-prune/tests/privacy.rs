@@ -6,7 +6,7 @@ use tessera_data::SampleShape;
 use tessera_data::file::files_read;
 use tessera_data::{KnownSet, Normalization, Source, Split, load};
 use tessera_models::saved::{self, ModelCard};
-use tessera_models::train::{NoHooks, OptimizerConfig, TrainConfig, train};
+use tessera_models::train::{NoHooks, OptimizerConfig, TrainConfig, independent_copy, train};
 use tessera_models::weights::prunable_weights;
 use tessera_models::zoo::{Lenet5Config, ResNetConfig};
 use tessera_models::{Backend, Classifier, Masks, ZooConfig, with_seed};
@@ -19,6 +19,21 @@ fn adam(epochs: usize, steps: usize) -> TrainConfig {
         max_steps_per_epoch: Some(steps),
         seed: 1,
         ..TrainConfig::sgd(epochs, 32, 0.05)
+    }
+}
+
+/// The designer at unstructured 4x with ADMM (rho 0.1) and distillation at temperature 4.
+fn unstructured_4x(train: TrainConfig, synthetic_examples: usize, freeze: bool) -> DesignerConfig {
+    DesignerConfig {
+        sparsity: serde_json::from_str(
+            r#"{"rules": [], "default": {"scheme": "unstructured", "target": "4x"}}"#,
+        )
+        .unwrap(),
+        admm: AdmmConfig { rho: 0.1, ..AdmmConfig::default() },
+        train,
+        temperature: 4.0,
+        synthetic_examples,
+        freeze_batch_norm: freeze,
     }
 }
 
@@ -52,17 +67,7 @@ fn designer_reads_no_data_and_client_keeps_its_masks() {
     saved::save(&dense_dir, &card, &dense, &Masks::new()).unwrap();
 
     // Designer: no data source in its signature, and no data file opened.
-    let designer_cfg = DesignerConfig {
-        sparsity: serde_json::from_str(
-            r#"{"rules": [], "default": {"scheme": "unstructured", "target": "4x"}}"#,
-        )
-        .unwrap(),
-        admm: AdmmConfig { rho: 0.1, ..AdmmConfig::default() },
-        train: adam(3, 8),
-        temperature: 4.0,
-        synthetic_examples: 256,
-        freeze_batch_norm: true,
-    };
+    let designer_cfg = unstructured_4x(adam(3, 8), 256, false);
     let reads = files_read();
     let report = designer_command(&dense_dir, &designer_cfg, &pruned_dir, &device, None).unwrap();
     assert_eq!(files_read(), reads, "the designer opened a data file");
@@ -131,25 +136,15 @@ fn running_statistics<M: Classifier>(mut model: M) -> Vec<f32> {
 }
 
 #[test]
-fn designer_keeps_the_client_models_batch_norm_statistics() {
+fn frozen_batch_norm_keeps_the_client_models_statistics_in_the_designer() {
     let device = Backend::Flex.train_device(5);
     let resnet =
         ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.25, skip_blocks: vec![] };
     let dense = with_seed(&device, 2, || resnet.init(&device)).unwrap();
     let before = running_statistics(dense.clone());
-    let cfg = |freeze_batch_norm| DesignerConfig {
-        sparsity: serde_json::from_str(
-            r#"{"rules": [], "default": {"scheme": "unstructured", "target": "4x"}}"#,
-        )
-        .unwrap(),
-        admm: AdmmConfig { rho: 0.1, ..AdmmConfig::default() },
-        train: adam(1, 3),
-        temperature: 4.0,
-        synthetic_examples: 64,
-        freeze_batch_norm,
-    };
+    let cfg = |freeze| unstructured_4x(adam(1, 3), 64, freeze);
     let shape = SampleShape { channels: 1, height: 28, width: 28 };
-    let frozen = designer(dense.clone(), shape, &cfg(true), &device, None).unwrap();
+    let frozen = designer(independent_copy(&dense), shape, &cfg(true), &device, None).unwrap();
     // Distilling on N(0, 1) noise moved the weights but left the statistics the client's
     // model was trained with.
     assert_eq!(running_statistics(frozen.model.clone()), before);
