@@ -502,8 +502,7 @@ fn unshared(
 /// records omit it), so a saved and reloaded model trains normally again.
 pub fn set_batch_norm_training<M: Classifier>(mut model: M, training: bool) -> M {
     for bn in model.batch_norms_mut() {
-        let flag = std::mem::replace(&mut bn.training, burn::module::Param::from_bool(training));
-        bn.training = flag.with_value(training);
+        bn.training = bn.training.clone().with_value(training);
     }
     model
 }
