@@ -297,12 +297,15 @@ impl WithModel for ExportAndTime {
         }
         let n: usize = self.input.iter().product();
         let x = IrTensor::uniform(self.input.to_vec(), 1.0, 5).data;
+        // burn's own convolutions: the zoo routes them to tessera-kernels otherwise.
+        tessera_models::conv::set_kernels_enabled(false);
         let ms = median_ms(self.min_time, || {
             let t = Tensor::<4>::from_data(TensorData::new(x.clone(), self.input), &self.device);
             let y = model.forward(t);
             // Reading the result back makes the (possibly lazy) backend finish.
             let _ = y.into_data();
         });
+        tessera_models::conv::set_kernels_enabled(true);
         let _ = n;
         Ok((graph, Some(ms)))
     }

@@ -302,6 +302,22 @@ enum BenchCommand {
         #[arg(long, default_value = "results/bench-models")]
         out: PathBuf,
     },
+    /// One training step (forward + backward) of each zoo model with convolutions on
+    /// tessera-kernels vs burn's own, and each convolution pass alone (results/bench-train/).
+    Train {
+        /// Only models whose name contains one of these strings.
+        #[arg(long)]
+        only: Vec<String>,
+        /// Images per step.
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// Minimum measured seconds per point.
+        #[arg(long, default_value_t = 3.0)]
+        min_time: f64,
+        /// Output directory.
+        #[arg(long, default_value = "results/bench-train")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -406,6 +422,19 @@ fn main() -> Result<()> {
                 tessera_benches::kernels::SuiteConfig { threads, sparsities, only, min_time },
                 &out,
             )?;
+        }
+        Command::Bench { command: BenchCommand::Train { only, batch, min_time, out } } => {
+            let cfg = tessera_benches::training::TrainingSuiteConfig { only, batch, min_time };
+            let results = tessera_benches::training::run_training(&cfg)?;
+            let json = serde_json::to_vec_pretty(&serde_json::json!({
+                "isa": tessera_kernels::Isa::detect().to_string(),
+                "config": cfg,
+                "results": results,
+            }))?;
+            tessera_data::file::write_atomic(&out.join("results.json"), &json)?;
+            let md = tessera_benches::training::markdown(&cfg, &results);
+            tessera_data::file::write_atomic(&out.join("report.md"), md.as_bytes())?;
+            tracing::info!(report = %out.join("report.md").display(), "training benchmark written");
         }
         Command::Bench {
             command:

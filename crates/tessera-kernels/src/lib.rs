@@ -61,6 +61,7 @@ pub mod reference;
 pub mod rowgroup;
 mod simd;
 mod threads;
+pub mod training;
 
 pub use channel_vector::ChannelVectorConv;
 pub use conv::{ConvShape, InputLayout, OutputTarget};
@@ -69,3 +70,4 @@ pub use error::{KernelError, Result};
 pub use isa::Isa;
 pub use rowgroup::{Clamp, ConvScratch, Epilogue, RowGroupConv, RowGroupMatrix};
 pub use threads::{MIN_MACS_PER_THREAD, pool_counts, recommended_threads};
+pub use training::BatchConv2d;

@@ -138,8 +138,8 @@ impl Classifier for Lenet5 {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = self.pool.forward(relu(self.conv1.forward(x)));
-        let x = self.pool.forward(relu(self.conv2.forward(x)));
+        let x = self.pool.forward(relu(crate::conv::forward(&self.conv1, x)));
+        let x = self.pool.forward(relu(crate::conv::forward(&self.conv2, x)));
         let x = x.flatten::<2>(1, 3);
         let x = relu(self.fc1.forward(x));
         match &self.fc3 {

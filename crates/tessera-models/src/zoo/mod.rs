@@ -178,9 +178,9 @@ impl ConvBn {
         }
     }
 
-    /// `bn(conv(x))`.
+    /// `bn(conv(x))`, the convolution on tessera-kernels where it qualifies ([`crate::conv`]).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(self.conv.forward(x))
+        self.bn.forward(crate::conv::forward(&self.conv, x))
     }
 
     /// Exports the pair at `path` (`path.conv`, `path.bn`).
