@@ -1,8 +1,9 @@
 //! The training-step benchmark behind `cargo xtask bench train`: one SGD step's forward and
 //! backward pass (cross-entropy on seeded random inputs and labels) of each zoo model on
-//! flex + autodiff, with its convolutions on tessera-kernels ([`tessera_models::conv`]) and
-//! on burn's own flex convolution, timed in interleaved rounds in the same run, plus the three
-//! passes of each distinct convolution shape alone (kernels vs burn).
+//! flex + autodiff, with its convolutions and batch norms on tessera-kernels
+//! ([`tessera_models::conv`], [`tessera_models::batch_norm`]) and on burn's own flex
+//! operations, timed in interleaved rounds in the same run, plus the three passes of each
+//! distinct convolution shape alone (kernels vs burn).
 //!
 //! The step does not apply an optimizer (its cost is the same either way and it would change
 //! the weights between rounds). Threads: rayon's pool (set `RAYON_NUM_THREADS`), which both
@@ -241,8 +242,8 @@ fn time_conv(
 pub fn markdown(cfg: &TrainingSuiteConfig, r: &TrainingResults) -> String {
     let mut s = format!(
         "# Training-step benchmark\n\nflex + autodiff, f32, batch {}, forward + backward of a \
-         cross-entropy loss (no optimizer). `speedup` = burn's own convolution / tessera-kernels \
-         convolutions (`tessera_models::conv`), the median ratio of {ROUNDS} interleaved rounds \
+         cross-entropy loss (no optimizer). `speedup` = burn's own convolutions and batch norms / \
+         tessera-kernels' (`tessera_models::conv`, `tessera_models::batch_norm`), the median ratio of {ROUNDS} interleaved rounds \
          in the same run; `ms` is the kernels' median.\n\n\
          | model | input | threads | ms / step | images/s | speedup |\n|---|---|---|---|---|---|\n",
         cfg.batch

@@ -39,8 +39,9 @@ use tessera_kernels::{BatchConv2d, ConvShape};
 static KERNEL_RUNS: AtomicUsize = AtomicUsize::new(0);
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
-/// Turns the tessera-kernels route on or off for the whole process (on by default). Off,
-/// [`forward`] is exactly `Conv2d::forward`: benchmarks use it to time both in one run.
+/// Turns the tessera-kernels route on or off for the whole process (on by default), for
+/// convolutions and for [`crate::batch_norm`]. Off, [`forward`] is exactly `Conv2d::forward`
+/// (and batch norm `BatchNorm::forward`): benchmarks use it to time both in one run.
 pub fn set_kernels_enabled(enabled: bool) {
     ENABLED.store(enabled, Ordering::Relaxed);
 }

@@ -41,6 +41,7 @@
 //! ```
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod batch_norm;
 pub mod conv;
 mod device;
 mod error;

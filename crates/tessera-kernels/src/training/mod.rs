@@ -23,6 +23,7 @@
 //! allocates its unfold buffers once per call. Only groups = 1 is handled here (grouped and
 //! depthwise convolutions keep their own kernels).
 
+pub mod batch_norm;
 mod gemm;
 mod unfold;
 

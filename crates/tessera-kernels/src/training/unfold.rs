@@ -84,24 +84,30 @@ fn unfold_generic<S: Simd>(s: &ConvShape, x: &[f32], cols: &mut [f32], ld: usize
         let plane = &x[t.channel * h * w..(t.channel + 1) * h * w];
         dst[..t.oy.0 * ow].fill(0.0);
         dst[t.oy.1 * ow..].fill(0.0);
+        // The lane masks of a row's vectors depend on the tap only: computed once per tap row.
+        let masks: [u16; MAX_ROW_VECTORS] =
+            std::array::from_fn(|v| lane_mask(v * S::LANES, S::LANES, t.ox));
+        let (lo, hi) = t.ox;
         for oy in t.oy.0..t.oy.1 {
             let iy = (oy * sy) as isize + t.iy0;
             let src = &plane[iy as usize * w..(iy as usize + 1) * w];
             let d = &mut dst[oy * ow..(oy + 1) * ow];
-            if sx == 1 {
-                shifted_copy::<S>(src, d, t.ix0, t.ox);
+            if sx == 1 && ow <= MAX_ROW_VECTORS * S::LANES {
+                shifted_copy::<S>(src, d, t.ix0, &masks);
             } else {
-                for (ox, v) in d.iter_mut().enumerate() {
-                    *v = if ox >= t.ox.0 && ox < t.ox.1 {
-                        src[((ox * sx) as isize + t.ix0) as usize]
-                    } else {
-                        0.0
-                    };
+                d[..lo].iter_mut().for_each(|v| *v = 0.0);
+                d[hi..].iter_mut().for_each(|v| *v = 0.0);
+                for (ox, v) in d[lo..hi].iter_mut().enumerate() {
+                    *v = src[(((lo + ox) * sx) as isize + t.ix0) as usize];
                 }
             }
         }
     });
 }
+
+/// Output rows up to this many vectors wide take the vectorized shifted copy (512 values
+/// at 16 lanes); wider rows the scalar path.
+const MAX_ROW_VECTORS: usize = 32;
 
 /// Lanes `i` of a vector starting at column `ox0` whose column lies in `[lo, hi)`.
 #[inline(always)]
@@ -112,28 +118,34 @@ fn lane_mask(ox0: usize, lanes: usize, (lo, hi): (usize, usize)) -> u16 {
     below(b) & !below(a)
 }
 
-/// `d[ox] = src[ox + shift]` for `ox` in `valid`, zero elsewhere (`d` is one output row).
+/// `d[ox] = src[ox + shift]` where vector `v`'s lane mask `masks[v]` allows, zero elsewhere
+/// (`d` is one output row).
 #[inline(always)]
-fn shifted_copy<S: Simd>(src: &[f32], d: &mut [f32], shift: isize, valid: (usize, usize)) {
+fn shifted_copy<S: Simd>(src: &[f32], d: &mut [f32], shift: isize, masks: &[u16]) {
     let l = S::LANES;
     let full = if l == 16 { u16::MAX } else { (1u16 << l) - 1 };
-    let mut ox0 = 0;
-    while ox0 < d.len() {
+    for (v, &mask) in masks.iter().enumerate().take(d.len().div_ceil(l)) {
+        let ox0 = v * l;
         let width = (d.len() - ox0).min(l);
-        let mask = lane_mask(ox0, width, valid);
-        // SAFETY: lanes in `mask` read src[ox + shift] with ox in `valid`, inside `src` by
-        // construction of `valid`; masked-off lanes are not read (the pointer is formed with
-        // wrapping arithmetic and may point before `src`). Stores cover d[ox0..ox0 + width].
+        // SAFETY: lanes in `mask` read src[ox + shift] with ox in the tap's valid range,
+        // inside `src` by construction; masked-off lanes are not read (the pointer is formed
+        // with wrapping arithmetic and may point before `src`). Stores cover
+        // d[ox0..ox0 + width].
         unsafe {
             let p = src.as_ptr().wrapping_offset(ox0 as isize + shift);
-            let v = if mask == full { S::load(p) } else { S::load_masked(p, mask) };
-            if width == l {
-                S::store(d.as_mut_ptr().add(ox0), v);
+            let val = if mask == full {
+                S::load(p)
+            } else if mask == 0 {
+                S::zero()
             } else {
-                S::store_partial(d.as_mut_ptr().add(ox0), v, width);
+                S::load_masked(p, mask)
+            };
+            if width == l {
+                S::store(d.as_mut_ptr().add(ox0), val);
+            } else {
+                S::store_partial(d.as_mut_ptr().add(ox0), val, width);
             }
         }
-        ox0 += width;
     }
 }
 
@@ -167,12 +179,14 @@ fn fold_generic<S: Simd>(s: &ConvShape, cols: &[f32], ld: usize, col0: usize, dx
     for_each_tap_row(s, |t| {
         let src = &cols[t.row * ld + col0..t.row * ld + col0 + oh * ow];
         let plane = &mut dx[t.channel * h * w..(t.channel + 1) * h * w];
+        let masks: [u16; MAX_ROW_VECTORS] =
+            std::array::from_fn(|v| lane_mask(v * S::LANES, S::LANES, t.ox));
         for oy in t.oy.0..t.oy.1 {
             let iy = ((oy * sy) as isize + t.iy0) as usize;
             let row = &mut plane[iy * w..(iy + 1) * w];
             let srow = &src[oy * ow..(oy + 1) * ow];
-            if sx == 1 {
-                shifted_add::<S>(srow, row, t.ix0, t.ox);
+            if sx == 1 && ow <= MAX_ROW_VECTORS * S::LANES {
+                shifted_add::<S>(srow, row, t.ix0, &masks);
             } else {
                 for ox in t.ox.0..t.ox.1 {
                     row[((ox * sx) as isize + t.ix0) as usize] += srow[ox];
@@ -182,33 +196,33 @@ fn fold_generic<S: Simd>(s: &ConvShape, cols: &[f32], ld: usize, col0: usize, dx
     });
 }
 
-/// `row[ox + shift] += srow[ox]` for `ox` in `valid` (`srow` is one output row).
+/// `row[ox + shift] += srow[ox]` where vector `v`'s lane mask `masks[v]` allows (`srow` is
+/// one output row).
 #[inline(always)]
-fn shifted_add<S: Simd>(srow: &[f32], row: &mut [f32], shift: isize, valid: (usize, usize)) {
+fn shifted_add<S: Simd>(srow: &[f32], row: &mut [f32], shift: isize, masks: &[u16]) {
     let l = S::LANES;
     let full = if l == 16 { u16::MAX } else { (1u16 << l) - 1 };
-    let mut ox0 = 0;
-    while ox0 < srow.len() {
+    for (v, &mask) in masks.iter().enumerate().take(srow.len().div_ceil(l)) {
+        if mask == 0 {
+            continue;
+        }
+        let ox0 = v * l;
         let width = (srow.len() - ox0).min(l);
-        let mask = lane_mask(ox0, width, valid);
-        if mask != 0 {
-            // SAFETY: lanes in `mask` touch row[ox + shift] with ox in `valid`, inside `row` by
-            // construction; masked-off lanes are not accessed. `srow` reads cover
-            // srow[ox0..ox0 + width].
-            unsafe {
-                let v = if width == l {
-                    S::load(srow.as_ptr().add(ox0))
-                } else {
-                    S::load_partial(srow.as_ptr().add(ox0), width)
-                };
-                let p = row.as_mut_ptr().wrapping_offset(ox0 as isize + shift);
-                if mask == full {
-                    S::store(p, S::add(S::load(p), v));
-                } else {
-                    S::store_masked(p, S::add(S::load_masked(p, mask), v), mask);
-                }
+        // SAFETY: lanes in `mask` touch row[ox + shift] with ox in the tap's valid range,
+        // inside `row` by construction; masked-off lanes are not accessed. `srow` reads cover
+        // srow[ox0..ox0 + width].
+        unsafe {
+            let val = if width == l {
+                S::load(srow.as_ptr().add(ox0))
+            } else {
+                S::load_partial(srow.as_ptr().add(ox0), width)
+            };
+            let p = row.as_mut_ptr().wrapping_offset(ox0 as isize + shift);
+            if mask == full {
+                S::store(p, S::add(S::load(p), val));
+            } else {
+                S::store_masked(p, S::add(S::load_masked(p, mask), val), mask);
             }
         }
-        ox0 += width;
     }
 }

@@ -178,9 +178,10 @@ impl ConvBn {
         }
     }
 
-    /// `bn(conv(x))`, the convolution on tessera-kernels where it qualifies ([`crate::conv`]).
+    /// `bn(conv(x))`, on tessera-kernels where they qualify ([`crate::conv`],
+    /// [`crate::batch_norm`]).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(crate::conv::forward(&self.conv, x))
+        crate::batch_norm::forward(&self.bn, crate::conv::forward(&self.conv, x))
     }
 
     /// Exports the pair at `path` (`path.conv`, `path.bn`).
