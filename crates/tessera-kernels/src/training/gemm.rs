@@ -9,11 +9,13 @@
 //!   the weight gradient, a dot product along output positions per (output channel, unfolded
 //!   row). Tiles of `MR x NR` vector accumulators over `k`, summed across lanes at the end.
 //!
-//! Why not the `gemm` crate here: it packs both operands for every call, and the training
-//! shapes have one small dimension (16-64 channels) with one long one, so each packed value
-//! feeds only a handful of FMAs; packing cost as much as the arithmetic (measured with perf on
-//! a ResNet-20 step: `pack_lhs` 10% of the step). These operands are already contiguous where
-//! the kernels read them.
+//! Why not the `gemm` crate for everything: it packs both operands for every call, and the
+//! training shapes of small networks have one small dimension (16-64 channels) with one long
+//! one, so each packed value feeds only a handful of FMAs; packing cost as much as the
+//! arithmetic (perf on a ResNet-20 step: `pack_lhs` 10% of the step). These operands are
+//! already contiguous where the kernels read them. Once an operand these kernels re-read per
+//! row tile outgrows L2 (wide layers: 128+ channels), the crate's cache blocking wins, and
+//! [`gemm_packed`] runs it (the choice is made per pass in the parent module).
 
 use crate::simd::{Simd, simd_entry};
 
@@ -304,6 +306,53 @@ fn nt_tile<S: Simd, const R: usize, const CN: usize>(op: &NtOp, i: usize, j: usi
                 *dst = if op.accumulate { *dst + s } else { s };
             }
         }
+    }
+}
+
+/// `C (m x n, row stride ldc) = [C +] A . B` with both operands at any strides, by the
+/// `gemm` crate (packed, cache-blocked), single-threaded. For operands that outgrow L2,
+/// where the unpacked kernels above would stream them from memory once per row tile.
+///
+/// Panics (a caller bug) if an operand's slice is too short for its extent.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_packed(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Strided<'_>,
+    b: Strided<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    assert!(a.covers(m, k) && b.covers(k, n) && (m == 0 || n == 0 || (m - 1) * ldc + n <= c.len()));
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: the assertion above keeps every strided access of A (m x k), B (k x n) and
+    // C (m x n, row stride ldc) inside its slice; `read_dst` only when C holds a product.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
     }
 }
 

@@ -20,7 +20,7 @@ fn valid_range(out: usize, size: usize, stride: usize, tap: usize, pad: usize) -
 
 /// One tap row's geometry: the valid output rows and columns and the input offsets.
 #[derive(Clone, Copy)]
-struct TapRow {
+pub(super) struct TapRow {
     row: usize,
     channel: usize,
     oy: (usize, usize),
@@ -30,18 +30,20 @@ struct TapRow {
     ix0: isize,
 }
 
-/// Calls `f` for every unfolded row, in row order.
-#[inline(always)]
-fn for_each_tap_row(s: &ConvShape, mut f: impl FnMut(TapRow)) {
+/// Every unfolded row's geometry, in row order: computed once per pass and shared by the
+/// images (the kernels loop over it without a closure, which would be compiled without the
+/// caller's instruction set).
+pub(super) fn tap_rows(s: &ConvShape) -> Vec<TapRow> {
     let [_, oh, ow] = s.output();
     let (kh, kw) = (s.kernel[1], s.kernel[2]);
+    let mut rows = Vec::with_capacity(s.cols());
     for c in 0..s.in_channels {
         for ky in 0..kh {
             let ty = ky * s.dilation[1];
             let oy = valid_range(oh, s.input[1], s.stride[1], ty, s.padding[1]);
             for kx in 0..kw {
                 let tx = kx * s.dilation[2];
-                f(TapRow {
+                rows.push(TapRow {
                     row: (c * kh + ky) * kw + kx,
                     channel: c,
                     oy,
@@ -52,6 +54,7 @@ fn for_each_tap_row(s: &ConvShape, mut f: impl FnMut(TapRow)) {
             }
         }
     }
+    rows
 }
 
 /// Writes image `x` (`[in, H, W]`) unfolded into columns `col0..col0 + Ho*Wo` of every row of
@@ -59,6 +62,7 @@ fn for_each_tap_row(s: &ConvShape, mut f: impl FnMut(TapRow)) {
 pub(super) fn unfold(
     isa: crate::Isa,
     s: &ConvShape,
+    taps: &[TapRow],
     x: &[f32],
     cols: &mut [f32],
     ld: usize,
@@ -67,19 +71,26 @@ pub(super) fn unfold(
     let [_, oh, ow] = s.output();
     assert!(x.len() >= s.in_channels * s.input_plane());
     assert!(col0 + oh * ow <= ld && cols.len() >= s.cols() * ld);
-    unfold_entry(isa, s, x, cols, ld, col0);
+    unfold_entry(isa, s, taps, x, cols, ld, col0);
 }
 
 simd_entry! {
-    fn unfold_entry(s: &ConvShape, x: &[f32], cols: &mut [f32], ld: usize, col0: usize) => unfold_generic;
+    fn unfold_entry(s: &ConvShape, taps: &[TapRow], x: &[f32], cols: &mut [f32], ld: usize, col0: usize) => unfold_generic;
 }
 
 #[inline(always)]
-fn unfold_generic<S: Simd>(s: &ConvShape, x: &[f32], cols: &mut [f32], ld: usize, col0: usize) {
+fn unfold_generic<S: Simd>(
+    s: &ConvShape,
+    taps: &[TapRow],
+    x: &[f32],
+    cols: &mut [f32],
+    ld: usize,
+    col0: usize,
+) {
     let [_, oh, ow] = s.output();
     let (h, w) = (s.input[1], s.input[2]);
     let (sy, sx) = (s.stride[1], s.stride[2]);
-    for_each_tap_row(s, |t| {
+    for t in taps {
         let dst = &mut cols[t.row * ld + col0..t.row * ld + col0 + oh * ow];
         let plane = &x[t.channel * h * w..(t.channel + 1) * h * w];
         dst[..t.oy.0 * ow].fill(0.0);
@@ -102,7 +113,7 @@ fn unfold_generic<S: Simd>(s: &ConvShape, x: &[f32], cols: &mut [f32], ld: usize
                 }
             }
         }
-    });
+    }
 }
 
 /// Output rows up to this many vectors wide take the vectorized shifted copy (512 values
@@ -155,6 +166,7 @@ fn shifted_copy<S: Simd>(src: &[f32], d: &mut [f32], shift: isize, masks: &[u16]
 pub(super) fn fold(
     isa: crate::Isa,
     s: &ConvShape,
+    taps: &[TapRow],
     cols: &[f32],
     ld: usize,
     col0: usize,
@@ -163,20 +175,27 @@ pub(super) fn fold(
     let [_, oh, ow] = s.output();
     assert!(dx.len() >= s.in_channels * s.input_plane());
     assert!(col0 + oh * ow <= ld && cols.len() >= s.cols() * ld);
-    fold_entry(isa, s, cols, ld, col0, dx);
+    fold_entry(isa, s, taps, cols, ld, col0, dx);
 }
 
 simd_entry! {
-    fn fold_entry(s: &ConvShape, cols: &[f32], ld: usize, col0: usize, dx: &mut [f32]) => fold_generic;
+    fn fold_entry(s: &ConvShape, taps: &[TapRow], cols: &[f32], ld: usize, col0: usize, dx: &mut [f32]) => fold_generic;
 }
 
 #[inline(always)]
-fn fold_generic<S: Simd>(s: &ConvShape, cols: &[f32], ld: usize, col0: usize, dx: &mut [f32]) {
+fn fold_generic<S: Simd>(
+    s: &ConvShape,
+    taps: &[TapRow],
+    cols: &[f32],
+    ld: usize,
+    col0: usize,
+    dx: &mut [f32],
+) {
     let [_, oh, ow] = s.output();
     let (h, w) = (s.input[1], s.input[2]);
     let (sy, sx) = (s.stride[1], s.stride[2]);
     dx[..s.in_channels * h * w].fill(0.0);
-    for_each_tap_row(s, |t| {
+    for t in taps {
         let src = &cols[t.row * ld + col0..t.row * ld + col0 + oh * ow];
         let plane = &mut dx[t.channel * h * w..(t.channel + 1) * h * w];
         let masks: [u16; MAX_ROW_VECTORS] =
@@ -193,7 +212,7 @@ fn fold_generic<S: Simd>(s: &ConvShape, cols: &[f32], ld: usize, col0: usize, dx
                 }
             }
         }
-    });
+    }
 }
 
 /// `row[ox + shift] += srow[ox]` where vector `v`'s lane mask `masks[v]` allows (`srow` is
