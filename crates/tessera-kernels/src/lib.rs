@@ -17,6 +17,9 @@
 //!   plane of 8-channel vectors (channel-interleaved).
 //! * The channel-vector kernel ([`channel_vector`]): dense convolutions on small maps,
 //!   vectorized over output channels (4 vectors x 6 positions per register tile).
+//! * Training ([`training`]): a dense convolution's forward pass and both gradients over an
+//!   NCHW batch ([`BatchConv2d`]: unfold + unpacked register-tiled GEMM micro-kernels) and
+//!   batch norm's statistics, forward and backward, behind tessera-models' burn layers.
 //! * Dense baselines ([`dense`]): GEMM from the `gemm` crate, our GEMV, im2col + GEMM, and the
 //!   row-group engine with every weight kept (direct convolution).
 //! * Instruction sets ([`Isa`]): AVX-512, AVX2 + FMA or portable code, chosen at run time,
