@@ -6,53 +6,13 @@ use crate::conv::ConvShape;
 /// Dense convolution of one sample: `weights` is `[out, in/groups, kt, kh, kw]`, `input`
 /// `[in, D, H, W]`; returns `[out, Do, Ho, Wo]`.
 pub fn conv(shape: &ConvShape, weights: &[f32], input: &[f32]) -> Vec<f32> {
-    let s = shape;
-    let out = s.output();
-    let [d, h, w] = s.input;
-    let (ipg, opg) = (s.in_per_group(), s.out_per_group());
-    let k = s.kernel_volume();
-    let mut y = vec![0.0f32; s.out_channels * s.output_positions()];
-    for o in 0..s.out_channels {
-        let g = o / opg;
-        for z in 0..out[0] {
-            for yy in 0..out[1] {
-                for xx in 0..out[2] {
-                    let mut acc = 0.0f64;
-                    for ci in 0..ipg {
-                        let c = g * ipg + ci;
-                        for t0 in 0..s.kernel[0] {
-                            for t1 in 0..s.kernel[1] {
-                                for t2 in 0..s.kernel[2] {
-                                    let iz = (z * s.stride[0] + t0 * s.dilation[0]) as isize
-                                        - s.padding[0] as isize;
-                                    let iy = (yy * s.stride[1] + t1 * s.dilation[1]) as isize
-                                        - s.padding[1] as isize;
-                                    let ix = (xx * s.stride[2] + t2 * s.dilation[2]) as isize
-                                        - s.padding[2] as isize;
-                                    if iz < 0
-                                        || iy < 0
-                                        || ix < 0
-                                        || iz >= d as isize
-                                        || iy >= h as isize
-                                        || ix >= w as isize
-                                    {
-                                        continue;
-                                    }
-                                    let tap = (t0 * s.kernel[1] + t1) * s.kernel[2] + t2;
-                                    let wv = weights[o * ipg * k + ci * k + tap];
-                                    let xv = input[((c * d + iz as usize) * h + iy as usize) * w
-                                        + ix as usize];
-                                    acc += f64::from(wv) * f64::from(xv);
-                                }
-                            }
-                        }
-                    }
-                    y[o * s.output_positions() + (z * out[1] + yy) * out[2] + xx] = acc as f32;
-                }
-            }
-        }
-    }
-    y
+    let k = shape.kernel_volume();
+    let ipg = shape.in_per_group();
+    let mut y = vec![0.0f64; shape.out_channels * shape.output_positions()];
+    for_each_mac(shape, |o, ci, tap, oi, ii| {
+        y[oi] += f64::from(weights[o * ipg * k + ci * k + tap]) * f64::from(input[ii]);
+    });
+    y.into_iter().map(|v| v as f32).collect()
 }
 
 /// Calls `f(out_channel, in_channel, tap, output_index, input_index)` for every

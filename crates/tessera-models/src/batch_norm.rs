@@ -19,7 +19,7 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::ops::{FloatTensorOps, ModuleOps};
+use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{
     Autodiff, AutodiffBackend, Dispatch, Flex, NdArray, TensorMetadata, backend_extension,
@@ -69,12 +69,7 @@ pub fn forward(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
 pub trait TrainingBatchNormKernels: burn::backend::Backend {
     /// Per-channel `[mean; biased variance]` of an NCHW `x`, as a `[2, C]` tensor.
     fn bn_statistics(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let channels = x.shape()[1];
-        let gamma = Self::float_ones(Shape::new([channels]), &x.device(), x.dtype().into());
-        let beta = Self::float_zeros(Shape::new([channels]), &x.device(), x.dtype().into());
-        let r = Self::batch_norm_train(x, gamma, beta, 1e-5);
-        let row = |t| Self::float_reshape(t, Shape::new([1, channels]));
-        Self::float_cat(vec![row(r.mean), row(r.variance)], 0)
+        statistics_by_burn::<Self>(x)
     }
 
     /// `gamma * (x - mean) / sqrt(var + eps) + beta`.
@@ -115,20 +110,7 @@ impl TrainingBatchNormKernels for Flex {
             mean.extend(var);
             Some(flex_f32(mean, &[2, s.channels]))
         });
-        fast.unwrap_or_else(|| {
-            let channels = x.shape()[1];
-            let gamma = FlexTensor::from_data(burn::tensor::TensorData::new(
-                vec![1.0f32; channels],
-                [channels],
-            ));
-            let beta = FlexTensor::from_data(burn::tensor::TensorData::new(
-                vec![0.0f32; channels],
-                [channels],
-            ));
-            let r = Flex::batch_norm_train(x, gamma, beta, 1e-5);
-            let row = |t| Flex::float_reshape(t, Shape::new([1, channels]));
-            Flex::float_cat(vec![row(r.mean), row(r.variance)], 0)
-        })
+        fast.unwrap_or_else(|| statistics_by_burn::<Flex>(x))
     }
 
     fn bn_forward(
@@ -199,6 +181,16 @@ impl TrainingBatchNormKernels for Flex {
             (r.x_grad, r.gamma_grad, r.beta_grad)
         })
     }
+}
+
+/// `[mean; biased variance]` by burn's own training batch norm (unit gamma, zero beta).
+fn statistics_by_burn<B: burn::backend::Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    let channels = x.shape()[1];
+    let gamma = B::float_ones(Shape::new([channels]), &x.device(), x.dtype().into());
+    let beta = B::float_zeros(Shape::new([channels]), &x.device(), x.dtype().into());
+    let r = B::batch_norm_train(x, gamma, beta, 1e-5);
+    let row = |t| B::float_reshape(t, Shape::new([1, channels]));
+    B::float_cat(vec![row(r.mean), row(r.variance)], 0)
 }
 
 /// The batch-norm shape of an f32 NCHW tensor (any rank >= 2: trailing dims are the plane).

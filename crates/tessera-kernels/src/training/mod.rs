@@ -293,21 +293,7 @@ impl BatchConv2d {
                     dw.fill(0.0);
                 }
             };
-            if threads == 1 {
-                work(0, targets[0]);
-            } else {
-                rayon::scope(|scope| {
-                    let mut it = targets.into_iter().enumerate();
-                    let first = it.next();
-                    for (t, dw) in it {
-                        let work = &work;
-                        scope.spawn(move |_| work(t, dw));
-                    }
-                    if let Some((t, dw)) = first {
-                        work(t, dw);
-                    }
-                });
-            }
+            run_pieces(targets.into_iter().enumerate().collect(), work);
         }
         for part in partials.chunks_exact(self.weight_len()) {
             weight_grad.iter_mut().zip(part).for_each(|(a, b)| *a += b);
@@ -363,22 +349,34 @@ fn for_image_ranges(
         return;
     }
     let bounds = image_bounds(batch, threads);
+    let mut rest = out;
+    let mut pieces = Vec::with_capacity(threads);
+    for t in 0..threads {
+        let (head, tail) = rest.split_at_mut((bounds[t + 1] - bounds[t]) * per_image);
+        pieces.push((bounds[t], head));
+        rest = tail;
+    }
+    run_pieces(pieces, f);
+}
+
+/// Runs `f(key, piece)` for every piece, the first on the calling thread and the others on
+/// rayon's pool, and waits for all of them.
+fn run_pieces<T: Send>(pieces: Vec<(usize, T)>, f: impl Fn(usize, T) + Sync) {
+    let mut it = pieces.into_iter();
+    let first = it.next();
+    if it.len() == 0 {
+        if let Some((key, piece)) = first {
+            f(key, piece);
+        }
+        return;
+    }
     rayon::scope(|scope| {
-        let mut rest = out;
-        let mut pieces = Vec::with_capacity(threads);
-        for t in 0..threads {
-            let (head, tail) = rest.split_at_mut((bounds[t + 1] - bounds[t]) * per_image);
-            pieces.push((bounds[t], head));
-            rest = tail;
-        }
-        let mut it = pieces.into_iter();
-        let first = it.next();
-        for (start, piece) in it {
+        for (key, piece) in it {
             let f = &f;
-            scope.spawn(move |_| f(start, piece));
+            scope.spawn(move |_| f(key, piece));
         }
-        if let Some((start, piece)) = first {
-            f(start, piece);
+        if let Some((key, piece)) = first {
+            f(key, piece);
         }
     });
 }
