@@ -356,7 +356,15 @@ mod x86 {
         _mm256_cmpeq_epi32(_mm256_and_si256(bits, sel), sel)
     }
 
+    /// Stores the two low lanes of `pair` to `q..q + 2` (one unaligned 64-bit write).
+    #[inline(always)]
+    unsafe fn store_pair(q: *mut f32, pair: __m128) {
+        std::ptr::write_unaligned(q.cast::<f64>(), _mm_cvtsd_f64(_mm_castps_pd(pair)));
+    }
+
     /// Stores the lanes of `v` selected by the low four bits of `mask` to `p..p + 4`.
+    /// Only the selected addresses need be valid: `p` itself may lie outside the allocation
+    /// (offsets use wrapping arithmetic), and 64-bit stores are unaligned writes.
     #[inline(always)]
     unsafe fn store_quarter_masked(p: *mut f32, v: __m128, mask: u16) {
         match mask & 0xF {
@@ -364,19 +372,19 @@ mod x86 {
             0xF => _mm_storeu_ps(p, v),
             m => {
                 if m & 3 == 3 {
-                    _mm_storel_pd(p.cast::<f64>(), _mm_castps_pd(v));
+                    store_pair(p, v);
                 } else if m & 1 != 0 {
                     _mm_store_ss(p, v);
                 } else if m & 2 != 0 {
-                    _mm_store_ss(p.add(1), _mm_movehdup_ps(v));
+                    _mm_store_ss(p.wrapping_add(1), _mm_movehdup_ps(v));
                 }
                 let h = _mm_movehl_ps(v, v);
                 if m & 0xC == 0xC {
-                    _mm_storel_pd(p.add(2).cast::<f64>(), _mm_castps_pd(h));
+                    store_pair(p.wrapping_add(2), h);
                 } else if m & 4 != 0 {
-                    _mm_store_ss(p.add(2), h);
+                    _mm_store_ss(p.wrapping_add(2), h);
                 } else if m & 8 != 0 {
-                    _mm_store_ss(p.add(3), _mm_movehdup_ps(h));
+                    _mm_store_ss(p.wrapping_add(3), _mm_movehdup_ps(h));
                 }
             }
         }

@@ -105,10 +105,10 @@ impl TrainingBatchNormKernels for Flex {
     fn bn_statistics(x: FlexTensor) -> FlexTensor {
         let fast = shape_of(&x).and_then(|s| {
             let xc = x.to_contiguous();
-            let (mut mean, mut var) = (vec![0.0f32; s.channels], vec![0.0f32; s.channels]);
+            let (mut mean, mut var) = (vec![0.0f32; s.channels()], vec![0.0f32; s.channels()]);
             batch_norm_statistics(&s, xc.as_slice()?, &mut mean, &mut var, threads()).ok()?;
             mean.extend(var);
-            Some(flex_f32(mean, &[2, s.channels]))
+            Some(flex_f32(mean, &[2, s.channels()]))
         });
         fast.unwrap_or_else(|| statistics_by_burn::<Flex>(x))
     }
@@ -154,7 +154,7 @@ impl TrainingBatchNormKernels for Flex {
             let c = [&x, &gamma, &mean, &var, &output_grad].map(|t| t.to_contiguous());
             let [xc, g, m, v, dy] = [&c[0], &c[1], &c[2], &c[3], &c[4]];
             let mut dx = vec![0.0f32; s.len()];
-            let (mut dg, mut db) = (vec![0.0f32; s.channels], vec![0.0f32; s.channels]);
+            let (mut dg, mut db) = (vec![0.0f32; s.channels()], vec![0.0f32; s.channels()]);
             batch_norm_backward(
                 &s,
                 xc.as_slice()?,
@@ -172,8 +172,8 @@ impl TrainingBatchNormKernels for Flex {
             let shape = xc.shape();
             Some((
                 flex_f32(dx, &shape[..]),
-                flex_f32(dg, &[s.channels]),
-                flex_f32(db, &[s.channels]),
+                flex_f32(dg, &[s.channels()]),
+                flex_f32(db, &[s.channels()]),
             ))
         });
         fast.unwrap_or_else(|| {

@@ -130,8 +130,8 @@ impl TrainingConvKernels for Flex {
             let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
             let mut y = vec![0.0f32; conv.output_len()];
             conv.forward(x.as_slice()?, weight.as_slice()?, None, &mut y, threads()).ok()?;
-            let [_, oh, ow] = conv.shape.output();
-            Some(flex_f32(y, [conv.batch, conv.shape.out_channels, oh, ow]))
+            let [_, oh, ow] = conv.shape().output();
+            Some(flex_f32(y, [conv.batch(), conv.shape().out_channels, oh, ow]))
         });
         fast.unwrap_or_else(|| Flex::conv2d(x, weight, None, options))
     }
@@ -146,8 +146,8 @@ impl TrainingConvKernels for Flex {
             let (weight, dy) = (weight.to_contiguous(), output_grad.to_contiguous());
             let mut dx = vec![0.0f32; conv.input_len()];
             conv.backward_data(weight.as_slice()?, dy.as_slice()?, &mut dx, threads()).ok()?;
-            let [_, h, w] = conv.shape.input;
-            Some(flex_f32(dx, [conv.batch, conv.shape.in_channels, h, w]))
+            let [_, h, w] = conv.shape().input;
+            Some(flex_f32(dx, [conv.batch(), conv.shape().in_channels, h, w]))
         });
         fast.unwrap_or_else(|| Flex::conv2d_x_backward(x, weight, output_grad, options))
     }
@@ -162,7 +162,7 @@ impl TrainingConvKernels for Flex {
             let (xc, dy) = (x.to_contiguous(), output_grad.to_contiguous());
             let mut dw = vec![0.0f32; conv.weight_len()];
             conv.backward_weights(xc.as_slice()?, dy.as_slice()?, &mut dw, None, threads()).ok()?;
-            let s = &conv.shape;
+            let s = conv.shape();
             Some(flex_f32(dw, [s.out_channels, s.in_channels, s.kernel[1], s.kernel[2]]))
         });
         fast.unwrap_or_else(|| Flex::conv2d_weight_backward(x, weight, output_grad, options))

@@ -17,7 +17,7 @@
 //! channels with the unpacked kernels).
 //!
 //! Small feature maps (`P` under [`MIN_COLUMNS`]) are unfolded several images side by side so
-//! every GEMM has at least that many columns (a 64-channel 8x8 layer would otherwise run
+//! GEMMs have at least that many columns (when the batch has the images) (a 64-channel 8x8 layer would otherwise run
 //! GEMMs 64 columns wide); output gradients are copied side by side the same way. The unfold
 //! and fold move whole vectors, masked at the padding, instead of one call per row segment.
 //! Buffers' rows are padded off multiples of 4 KiB (see `leading_dim`).
@@ -50,10 +50,8 @@ pub const UNPACKED_OPERAND_BYTES: usize = 1 << 20;
 /// `[batch, out, Ho, Wo]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchConv2d {
-    /// Images in the batch.
-    pub batch: usize,
-    /// The convolution of one image (depth 1, groups 1).
-    pub shape: ConvShape,
+    batch: usize,
+    shape: ConvShape,
 }
 
 /// Per-thread buffers: the unfolded chunk (`K x columns`) and a chunk of outputs or output
@@ -81,6 +79,16 @@ impl BatchConv2d {
             ));
         }
         Ok(BatchConv2d { batch, shape })
+    }
+
+    /// Images in the batch.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// The convolution of one image (depth 1, groups 1).
+    pub fn shape(&self) -> &ConvShape {
+        &self.shape
     }
 
     /// Floats in the input batch.
@@ -116,10 +124,11 @@ impl BatchConv2d {
     }
 
     /// Row stride of the side-by-side buffers for `columns` columns: whole vectors plus one,
-    /// so consecutive rows never sit a multiple of 4 KiB apart (rows 4 KiB apart share L1
-    /// sets, and a 144-row panel of them thrashed the cache: 3x slower measured at 32x32).
+    /// and never a multiple of 4 KiB (rows 4 KiB apart share L1 sets, and a 144-row panel
+    /// of them thrashed the cache: 3x slower measured at 32x32).
     fn leading_dim(columns: usize) -> usize {
-        columns.next_multiple_of(16) + 16
+        let ld = columns.next_multiple_of(16) + 16;
+        if ld.is_multiple_of(1024) { ld + 16 } else { ld }
     }
 
     fn buffers(&self) -> Buffers {

@@ -5,7 +5,8 @@
 //! input value that tap reads, zero where it falls in the padding. For stride 1 an output row
 //! of it is a shifted input row: whole vectors are loaded directly, and the vectors crossing
 //! the padding are loaded and stored under a lane mask (masked-off lanes are never touched,
-//! so reading "before" a row is safe). Other strides gather one value at a time.
+//! so reading "before" a row is safe). Other strides, and stride-1 rows wider than
+//! `MAX_ROW_VECTORS` vectors, go one value at a time.
 
 use crate::conv::ConvShape;
 use crate::simd::{Simd, simd_entry};
