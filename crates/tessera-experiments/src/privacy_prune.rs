@@ -269,7 +269,7 @@ fn resnet(scale: Scale) -> Result<PrivacyStudy> {
             },
             train: TrainConfig {
                 max_steps_per_epoch: steps,
-                ..adam(if smoke { 1 } else { 6 }, batch, 1e-3)
+                ..adam(if smoke { 1 } else { 6 }, batch, 5e-3)
             },
             temperature: 4.0,
             synthetic_examples: if smoke { 32 } else { 5_000 },
