@@ -426,14 +426,8 @@ fn main() -> Result<()> {
         Command::Bench { command: BenchCommand::Train { only, batch, min_time, out } } => {
             let cfg = tessera_benches::training::TrainingSuiteConfig { only, batch, min_time };
             let results = tessera_benches::training::run_training(&cfg)?;
-            let json = serde_json::to_vec_pretty(&serde_json::json!({
-                "isa": tessera_kernels::Isa::detect().to_string(),
-                "config": cfg,
-                "results": results,
-            }))?;
-            tessera_data::file::write_atomic(&out.join("results.json"), &json)?;
             let md = tessera_benches::training::markdown(&cfg, &results);
-            tessera_data::file::write_atomic(&out.join("report.md"), md.as_bytes())?;
+            write_bench_results(&out, &cfg, &results, &md)?;
             tracing::info!(report = %out.join("report.md").display(), "training benchmark written");
         }
         Command::Bench {
@@ -455,14 +449,8 @@ fn main() -> Result<()> {
                 ort,
             };
             let results = tessera_benches::models::run_models(&cfg)?;
-            let json = serde_json::to_vec_pretty(&serde_json::json!({
-                "isa": tessera_kernels::Isa::detect().to_string(),
-                "config": cfg,
-                "results": results,
-            }))?;
-            tessera_data::file::write_atomic(&out.join("results.json"), &json)?;
             let md = tessera_benches::models::markdown(&results);
-            tessera_data::file::write_atomic(&out.join("report.md"), md.as_bytes())?;
+            write_bench_results(&out, &cfg, &results, &md)?;
             let (fallbacks, helped) = tessera_kernels::pool_counts();
             tracing::info!(fallbacks, helped, "kernel thread pool");
             tracing::info!(points = results.models.len(), dir = %out.display(), "model benchmark written");
@@ -507,5 +495,23 @@ fn main() -> Result<()> {
             }
         },
     }
+    Ok(())
+}
+
+/// Writes a benchmark suite's `results.json` (instruction set, config, results) and
+/// `report.md` into `out`, each atomically.
+fn write_bench_results(
+    out: &std::path::Path,
+    cfg: &impl serde::Serialize,
+    results: &impl serde::Serialize,
+    md: &str,
+) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(&serde_json::json!({
+        "isa": tessera_kernels::Isa::detect().to_string(),
+        "config": cfg,
+        "results": results,
+    }))?;
+    tessera_data::file::write_atomic(&out.join("results.json"), &json)?;
+    tessera_data::file::write_atomic(&out.join("report.md"), md.as_bytes())?;
     Ok(())
 }

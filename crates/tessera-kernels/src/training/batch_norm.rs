@@ -16,6 +16,7 @@
 //! * backward: `dbeta = sum(dy)`, `dgamma = sum(dy * xhat)`,
 //!   `dx = gamma / sqrt(var + eps) / M * (M * dy - dbeta - xhat * dgamma)`.
 
+use super::for_image_ranges;
 use crate::error::{KernelError, Result};
 use crate::isa::Isa;
 use crate::rowgroup::check_len;
@@ -132,7 +133,7 @@ pub fn batch_norm_forward(
             (a as f32, (f64::from(beta[c]) - f64::from(mean[c]) * a) as f32)
         })
         .collect();
-    for_images(shape, threads, y, |n0, ys| {
+    for_image_ranges(shape.batch, threads, y, shape.image(), |n0, ys| {
         for (i, img) in ys.chunks_exact_mut(shape.image()).enumerate() {
             let xi = &x[(n0 + i) * shape.image()..(n0 + i + 1) * shape.image()];
             for ((yp, xp), &(a, b)) in
@@ -196,7 +197,7 @@ pub fn batch_norm_backward(
         let k3 = -g * inv_std * sum_dy / m - k2 * f64::from(mean[c]);
         coef.push((k1 as f32, k2 as f32, k3 as f32));
     }
-    for_images(shape, threads, dx, |n0, dxs| {
+    for_image_ranges(shape.batch, threads, dx, shape.image(), |n0, dxs| {
         for (i, img) in dxs.chunks_exact_mut(shape.image()).enumerate() {
             let at = (n0 + i) * shape.image();
             let (xi, dyi) = (&x[at..at + shape.image()], &dy[at..at + shape.image()]);
@@ -246,23 +247,6 @@ fn channel_sums(
         }
     }
     total
-}
-
-/// Runs `f(first_image, images)` over contiguous image ranges of `out`, one per thread.
-fn for_images(
-    shape: &BatchNormShape,
-    threads: usize,
-    out: &mut [f32],
-    f: impl Fn(usize, &mut [f32]) + Sync,
-) {
-    let threads = threads.clamp(1, shape.batch);
-    let per = shape.batch.div_ceil(threads);
-    if threads == 1 {
-        f(0, out);
-        return;
-    }
-    use rayon::prelude::*;
-    out.par_chunks_mut(per * shape.image()).enumerate().for_each(|(i, chunk)| f(i * per, chunk));
 }
 
 simd_entry! {
