@@ -20,9 +20,10 @@
 //!   model directory as one standalone Rust source file (tessera-codegen's emitter).
 //! * `cargo xtask experiment list`: the registered experiments.
 //! * `cargo xtask experiment <name> [--scale smoke|default|paper] [--seed N] [--data DIR]
-//!   [--out DIR] [--resume] [--backend flex|ndarray] [--only PREFIX]... [--dense-from DIR]`:
-//!   run one (pruning experiments: `--only study/cell-prefix` runs part of a grid), writing
-//!   `results/<name>/<run-id>/` (record.json, report.md, SVG plots).
+//!   [--out DIR] [--resume] [--backend flex|ndarray] [--only PREFIX]... [--dense-from DIR]
+//!   [--set KEY=VALUE]...`: run one (pruning experiments: `--only study/cell-prefix` runs part
+//!   of a grid; `--set` changes the preset config), writing `results/<name>/<run-id>/`
+//!   (record.json, report.md, SVG plots).
 
 use std::path::PathBuf;
 
@@ -215,6 +216,11 @@ struct ExperimentArgs {
     /// (e.g. results/dense-baselines/<run-id>) instead of training them in the run.
     #[arg(long)]
     dense_from: Option<PathBuf>,
+    /// Change the preset config: KEY=VALUE, KEY a dot path into the config as run.json
+    /// records it (`*` = every element), VALUE JSON or a string (repeatable; e.g.
+    /// `--set studies.*.retrain.epochs=6`).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
 }
 
 // The listing and the report path are the command's output, for people and scripts.
@@ -235,8 +241,17 @@ fn experiment(args: ExperimentArgs) -> Result<()> {
         backend: args.backend.parse().map_err(anyhow::Error::msg)?,
         only: args.only,
         dense_from: args.dense_from,
+        overrides: args
+            .overrides
+            .iter()
+            .map(|s| s.parse())
+            .collect::<std::result::Result<_, tessera_experiments::ExperimentError>>()?,
     };
     if args.name == "all" {
+        anyhow::ensure!(
+            options.overrides.is_empty(),
+            "--set changes one experiment's config; `all` runs every experiment"
+        );
         let dir = tessera_experiments::run_all(&options)
             .with_context(|| format!("experiment all ({} scale)", options.scale))?;
         println!("{}", dir.join("index.md").display());

@@ -19,6 +19,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod all;
+pub mod config_override;
 mod crossbar_study;
 pub mod dense_baselines;
 mod env;

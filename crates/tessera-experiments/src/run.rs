@@ -18,6 +18,7 @@ use tessera_data::{Dataset, KnownSet, Normalization, Source, Split};
 use tessera_models::Backend;
 use tessera_models::train::Checkpoints;
 
+use crate::config_override::{ConfigOverride, apply_overrides};
 use crate::env::Environment;
 use crate::error::{ExperimentError, Result};
 use crate::plot::Plot;
@@ -87,6 +88,10 @@ pub struct RunOptions {
     /// directory (or a directory of saved models); `None` = train them inside the run.
     #[serde(default)]
     pub dense_from: Option<PathBuf>,
+    /// `--set KEY=VALUE` changes applied to the preset config, in order (see
+    /// [`crate::config_override`]).
+    #[serde(default)]
+    pub overrides: Vec<ConfigOverride>,
 }
 
 impl Default for RunOptions {
@@ -100,6 +105,7 @@ impl Default for RunOptions {
             backend: Backend::Flex,
             only: Vec::new(),
             dense_from: None,
+            overrides: Vec::new(),
         }
     }
 }
@@ -301,7 +307,8 @@ pub(crate) fn new_run_dir(base: &Path, started: &str) -> Result<PathBuf> {
 /// Runs `exp` with `options`: picks (or resumes) the run directory, runs, and writes the
 /// plots, `report.md` and finally `record.json`.
 pub fn run(exp: &dyn Experiment, options: &RunOptions) -> Result<Finished> {
-    let config = exp.config(options)?;
+    let mut config = exp.config(options)?;
+    apply_overrides(&mut config, &options.overrides)?;
     let base = options.out_root.join(exp.name());
     let mut start = RunStart {
         experiment: exp.name().to_string(),

@@ -28,6 +28,7 @@ pub mod privacy;
 pub mod retrain;
 
 pub use admm::AdmmConfig;
+pub use distill::DistillConfig;
 pub use error::{PruneError, Result};
 pub use lasso::GroupLassoConfig;
 pub use pipeline::{Method, PruneConfig, PruneOutcome, Recalibration, prune, save_outcome};

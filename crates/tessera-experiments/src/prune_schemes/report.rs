@@ -94,14 +94,15 @@ pub(super) fn report(results: &[StudyResult]) -> String {
     let mut md = String::new();
     for s in results {
         md.push_str(&format!(
-            "## {} ({} on {})\n\nDense top-1 **{:.2}%** ({} training / {} test images; dense model `{}`).\n\n",
+            "## {} ({} on {})\n\nDense top-1 **{:.2}%** ({} training / {} test images; dense model `{}`).\n\nBudget: {}.\n\n",
             s.name,
             s.model,
             s.dataset,
             100.0 * s.dense_top1,
             s.images.0,
             s.images.1,
-            s.dense_model
+            s.dense_model,
+            s.budget
         ));
         let mut t = Table::new(&[
             "scheme",
