@@ -248,10 +248,6 @@ fn experiment(args: ExperimentArgs) -> Result<()> {
             .collect::<std::result::Result<_, tessera_experiments::ExperimentError>>()?,
     };
     if args.name == "all" {
-        anyhow::ensure!(
-            options.overrides.is_empty(),
-            "--set changes one experiment's config; `all` runs every experiment"
-        );
         let dir = tessera_experiments::run_all(&options)
             .with_context(|| format!("experiment all ({} scale)", options.scale))?;
         println!("{}", dir.join("index.md").display());

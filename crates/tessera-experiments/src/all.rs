@@ -30,6 +30,12 @@ pub struct IndexEntry {
 /// Runs every registered experiment with `options` (`only` and `dense_from` go to each) and
 /// writes the index; returns the index directory.
 pub fn run_all(options: &RunOptions) -> Result<PathBuf> {
+    if !options.overrides.is_empty() {
+        return Err(ExperimentError::config(
+            "--set",
+            "changes one experiment's config; `all` runs every experiment, so run them one by one",
+        ));
+    }
     let started = now_utc();
     let mut entries = Vec::new();
     for exp in crate::registry() {
@@ -115,5 +121,17 @@ mod tests {
             std::path::Path::new("results/all/20261129T2"),
         );
         assert_eq!(got, Some(PathBuf::from("../../forms/20261129T1/report.md")));
+    }
+
+    #[test]
+    fn refuses_config_changes_before_running_anything() {
+        let options = RunOptions {
+            out_root: std::env::temp_dir().join("tessera-all-refuses-set"),
+            overrides: vec!["studies.0.retrain.epochs=1".parse().unwrap()],
+            ..RunOptions::default()
+        };
+        let err = run_all(&options).unwrap_err().to_string();
+        assert!(err.contains("--set") && err.contains("one by one"), "{err}");
+        assert!(!options.out_root.exists());
     }
 }

@@ -72,35 +72,36 @@ fn set_at(
         return Ok(1);
     };
     let here = || path_prefix(key, depth);
-    match node {
-        Value::Object(map) => {
-            if head == "*" {
-                let mut n = 0;
-                for child in map.values_mut() {
-                    n += set_at(child, rest, value, key, depth + 1)?;
-                }
-                return Ok(n);
-            }
-            match map.get_mut(head) {
-                Some(child) => set_at(child, rest, value, key, depth + 1),
-                None => Err(ExperimentError::config(
+    if head == "*" {
+        let children: Box<dyn Iterator<Item = &mut Value>> = match node {
+            Value::Object(map) => Box::new(map.values_mut()),
+            Value::Array(items) => Box::new(items.iter_mut()),
+            other => {
+                return Err(ExperimentError::config(
                     "--set",
-                    format!(
-                        "`{key}`: {} has no field `{head}` (fields: {})",
-                        here(),
-                        map.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ),
-                )),
+                    format!("`{key}`: {} is {other}, not an object or a list", here()),
+                ));
             }
+        };
+        let mut n = 0;
+        for child in children {
+            n += set_at(child, rest, value, key, depth + 1)?;
         }
+        return Ok(n);
+    }
+    match node {
+        Value::Object(map) => match map.get_mut(head) {
+            Some(child) => set_at(child, rest, value, key, depth + 1),
+            None => Err(ExperimentError::config(
+                "--set",
+                format!(
+                    "`{key}`: {} has no field `{head}` (fields: {})",
+                    here(),
+                    map.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )),
+        },
         Value::Array(items) => {
-            if head == "*" {
-                let mut n = 0;
-                for child in items.iter_mut() {
-                    n += set_at(child, rest, value, key, depth + 1)?;
-                }
-                return Ok(n);
-            }
             let len = items.len();
             let index: usize = head.parse().map_err(|_| {
                 ExperimentError::config(
@@ -189,6 +190,7 @@ mod tests {
         assert!(err("studies.0.retrian.epochs=1").contains("no field `retrian`"));
         assert!(err("studies.0.retrain.epoch=1").contains("no field `epoch` (fields: epochs)"));
         assert!(err("n.m=1").contains("`n` is 1, not an object"));
+        assert!(err("n.*=1").contains("`n` is 1, not an object"));
         let mut empty = json!({"studies": []});
         assert!(
             apply_overrides(&mut empty, &[change("studies.*.x=1")])
