@@ -106,9 +106,13 @@ enum PruneCommand {
         /// The designer's output directory.
         #[arg(long)]
         model: PathBuf,
-        /// Training config (JSON, `TrainConfig`), e.g. configs/prune/client-retrain.json.
+        /// Client config (JSON: `ClientConfig`, `{"train": .., "distill": .., "recalibrate": ..}`,
+        /// or a bare `TrainConfig`), e.g. configs/prune/client-retrain.json.
         #[arg(long)]
         config: PathBuf,
+        /// The client's dense model directory, the teacher when the config distills.
+        #[arg(long)]
+        teacher: Option<PathBuf>,
         /// Output model directory.
         #[arg(long)]
         out: PathBuf,
@@ -125,6 +129,18 @@ enum PruneCommand {
 fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// A client config: a `ClientConfig` object (it has a `train` field) or a bare `TrainConfig`
+/// (plain masked retraining), each parsed strictly.
+fn read_client_config(path: &std::path::Path) -> Result<tessera_prune::privacy::ClientConfig> {
+    let value: serde_json::Value = read_json(path)?;
+    let parsed = if value.get("train").is_some() {
+        serde_json::from_value(value)
+    } else {
+        serde_json::from_value(value).map(tessera_prune::privacy::ClientConfig::plain)
+    };
+    parsed.with_context(|| format!("parsing {} as a client config", path.display()))
 }
 
 fn write_report<T: serde::Serialize>(out: &std::path::Path, name: &str, report: &T) -> Result<()> {
@@ -152,8 +168,8 @@ fn prune_command(command: PruneCommand) -> Result<()> {
             let t = &report.summary.pruned_total;
             tracing::info!(out = %out.display(), kept = t.params_kept, of = t.params_total, "pruned on synthetic inputs; mask file written");
         }
-        PruneCommand::Client { model, config, out, data, checkpoints: ck } => {
-            let config: tessera_models::train::TrainConfig = read_json(&config)?;
+        PruneCommand::Client { model, config, teacher, out, data, checkpoints: ck } => {
+            let config = read_client_config(&config)?;
             let card = tessera_models::saved::load_card(&model)?;
             let set: KnownSet = card
                 .dataset
@@ -174,13 +190,14 @@ fn prune_command(command: PruneCommand) -> Result<()> {
                 &train_set,
                 Some(&test_set),
                 &config,
+                teacher.as_deref(),
                 &out,
                 &device,
                 checkpoints(ck).as_ref(),
             )
             .with_context(|| format!("client on {}", model.display()))?;
             write_report(&out, "client-report.json", &report)?;
-            tracing::info!(out = %out.display(), before = ?report.before, after = ?report.history.last().and_then(|h| h.eval), "retrained with the mask fixed");
+            tracing::info!(out = %out.display(), before = ?report.before, recalibrated = ?report.recalibrated, after = ?report.after, "retrained with the mask fixed");
         }
     }
     Ok(())

@@ -15,8 +15,8 @@ use tessera_models::saved::{ModelCard, WithLoaded};
 use tessera_models::train::{OptimizerConfig, Schedule, TrainConfig, evaluate, independent_copy};
 use tessera_models::zoo::{Lenet5Config, ResNetConfig};
 use tessera_models::{Classifier, Masks, ZooConfig};
-use tessera_prune::privacy::{DesignerConfig, client, designer};
-use tessera_prune::{AdmmConfig, Method, PruneConfig, prune};
+use tessera_prune::privacy::{ClientConfig, DesignerConfig, client, designer};
+use tessera_prune::{AdmmConfig, DistillConfig, Method, PruneConfig, Recalibration, prune};
 
 use crate::error::{ExperimentError, Result};
 use crate::plot::{Plot, bar_chart};
@@ -77,6 +77,14 @@ pub struct PrivacyStudy {
     pub designer: DesignerSettings,
     /// Masked retraining: full-data ADMM's and the client's (the same budget).
     pub retrain: TrainConfig,
+    /// Distill from the dense model during both masked retrainings: full-data ADMM's and the
+    /// client's (the client owns the dense model: it handed it to the designer).
+    #[serde(default)]
+    pub distill: Option<DistillConfig>,
+    /// Re-estimate the batch norms' statistics on the training data after hard pruning and
+    /// after retraining, on both sides alike (the designer's come from noise).
+    #[serde(default)]
+    pub recalibrate: Option<Recalibration>,
     /// The rate at which the gap is checked.
     pub target_rate: f64,
     /// Largest allowed top-1 gap to full-data ADMM there (0.01 = 1 point).
@@ -109,6 +117,9 @@ pub struct PrivacyCell {
     pub admm_top1: f64,
     /// Designer's model on the client's test data, before the client retrains.
     pub designer_top1: f64,
+    /// The same after the client re-estimated its batch norms' statistics (when it does).
+    #[serde(default)]
+    pub recalibrated_top1: Option<f64>,
     /// Privacy flow: final top-1 after the client's masked retraining.
     pub privacy_top1: f64,
     /// `admm_top1 - privacy_top1`.
@@ -134,6 +145,9 @@ pub struct PrivacyStudyResult {
     pub target_met: Option<bool>,
     /// The target, as text.
     pub target: String,
+    /// Both sides' masked retraining, as text.
+    #[serde(default)]
+    pub retraining: String,
 }
 
 fn adam(epochs: usize, batch: usize, lr: f64) -> TrainConfig {
@@ -194,6 +208,7 @@ fn lenet(scale: Scale) -> Result<PrivacyStudy> {
                 rho_max: 10.0,
                 update_every: 1,
                 update_every_steps: None,
+                hard_prune_at: None,
             },
             train: TrainConfig {
                 max_steps_per_epoch: steps,
@@ -206,6 +221,9 @@ fn lenet(scale: Scale) -> Result<PrivacyStudy> {
             max_steps_per_epoch: steps,
             ..sgd(epochs, batch, 0.01, 0.0, Schedule::Cosine { min_lr: 0.0 })
         },
+        // LeNet-5 meets its target without them (and has no batch norm to re-estimate).
+        distill: None,
+        recalibrate: None,
         target_rate: 8.0,
         max_gap: 0.01,
     })
@@ -266,6 +284,7 @@ fn resnet(scale: Scale) -> Result<PrivacyStudy> {
                 rho_max: 10.0,
                 update_every: 1,
                 update_every_steps: None,
+                hard_prune_at: None,
             },
             train: TrainConfig {
                 max_steps_per_epoch: steps,
@@ -279,6 +298,14 @@ fn resnet(scale: Scale) -> Result<PrivacyStudy> {
             augment: aug,
             ..sgd(epochs, batch, 0.01, 5e-4, Schedule::Cosine { min_lr: 0.0 })
         },
+        // Both sides distill from the dense model and re-estimate their batch norms, as
+        // prune-schemes' ResNet-20 does.
+        distill: Some(DistillConfig { temperature: 3.0, weight: 0.5 }),
+        recalibrate: Some(if smoke {
+            Recalibration { batches: 2, batch_size: 16 }
+        } else {
+            Recalibration::default()
+        }),
         target_rate: 8.0,
         max_gap: 0.01,
     })
@@ -386,7 +413,28 @@ fn run_study(ctx: &RunContext, study: &PrivacyStudy) -> Result<PrivacyStudyResul
             100.0 * study.max_gap,
             study.target_rate
         ),
+        retraining: retraining_text(study),
     })
+}
+
+/// `2 epochs, batch 128, distilling from the dense model (temperature 3, weight 0.5), batch
+/// norms re-estimated from 16 x 64 training images ...`.
+fn retraining_text(study: &PrivacyStudy) -> String {
+    let t = &study.retrain;
+    let mut text = format!("{} epochs, batch {}", t.epochs, t.batch_size);
+    if let Some(d) = study.distill {
+        text.push_str(&format!(
+            ", distilling from the dense model (temperature {}, weight {})",
+            d.temperature, d.weight
+        ));
+    }
+    if let Some(r) = study.recalibrate {
+        text.push_str(&format!(
+            ", batch norms re-estimated from {} x {} training images after hard pruning and after retraining",
+            r.batches, r.batch_size
+        ));
+    }
+    text
 }
 
 struct Compare<'a> {
@@ -421,8 +469,8 @@ impl WithLoaded for Compare<'_> {
                 method: Method::Admm(study.admm.clone()),
                 train: study.admm_train.clone(),
                 retrain: study.retrain.clone(),
-                distill: None,
-                recalibrate: None,
+                distill: study.distill,
+                recalibrate: study.recalibrate,
             },
             train_set,
             Some(test),
@@ -431,6 +479,8 @@ impl WithLoaded for Compare<'_> {
         )?;
         let (admm_compression, _, _) =
             whole_model_counts(&full.model, input, &full.summary.pruned_total)?;
+        // The client keeps its dense model (the teacher when it distills).
+        let teacher = study.distill.is_some().then(|| independent_copy(&model));
         // Designer: the dense model and synthetic inputs, nothing else.
         let d = &study.designer;
         let designed = designer(
@@ -450,16 +500,22 @@ impl WithLoaded for Compare<'_> {
         let inference = device.clone().inner();
         let (_, designer_top1) = evaluate(&designed.model.valid(), test, 256, &inference)?;
         // Client: masked retraining on its own data.
-        let (model, history) = client(
+        let out = client(
             designed.model,
             &designed.masks,
             train_set,
             Some(test),
-            &study.retrain,
+            &ClientConfig {
+                train: study.retrain.clone(),
+                distill: study.distill,
+                recalibrate: study.recalibrate,
+            },
+            teacher.as_ref(),
             device,
             Some(&key("client")),
         )?;
-        let privacy_top1 = match history.last().and_then(|h| h.eval) {
+        let (model, history) = (out.model, out.history);
+        let privacy_top1 = match out.final_eval {
             Some((_, t)) => t,
             None => evaluate(&model.valid(), test, 256, &inference)?.1,
         };
@@ -486,6 +542,7 @@ impl WithLoaded for Compare<'_> {
             privacy_compression,
             admm_top1,
             designer_top1,
+            recalibrated_top1: out.recalibrated_eval.map(|e| e.1),
             privacy_top1,
             gap: admm_top1 - privacy_top1,
             designer_residual: match (designed.admm_log.first(), designed.admm_log.last()) {
@@ -505,10 +562,11 @@ fn report(results: &[PrivacyStudyResult]) -> String {
     let mut md = String::new();
     for s in results {
         md.push_str(&format!(
-            "## {}\n\nDense top-1 **{:.2}%** (dense model `{}`).\n\n",
+            "## {}\n\nDense top-1 **{:.2}%** (dense model `{}`). Masked retraining, both sides: {}.\n\n",
             s.name,
             100.0 * s.dense_top1,
-            s.dense_model
+            s.dense_model,
+            s.retraining
         ));
         let mut t = Table::new(&[
             "scheme",
@@ -516,6 +574,7 @@ fn report(results: &[PrivacyStudyResult]) -> String {
             "#compression",
             "#full-data ADMM %",
             "#designer only %",
+            "#+ client BN re-est. %",
             "#designer + client %",
             "#gap pts",
             "#designer resid. first→last",
@@ -528,6 +587,7 @@ fn report(results: &[PrivacyStudyResult]) -> String {
                 format!("{:.1}x / {:.1}x", c.admm_compression, c.privacy_compression),
                 format!("{:.2}", 100.0 * c.admm_top1),
                 format!("{:.2}", 100.0 * c.designer_top1),
+                c.recalibrated_top1.map_or("—".into(), |t| format!("{:.2}", 100.0 * t)),
                 format!("{:.2}", 100.0 * c.privacy_top1),
                 format!("{:+.2}", 100.0 * c.gap),
                 c.designer_residual.map_or(String::new(), |(a, b)| format!("{a:.3}→{b:.3}")),
@@ -548,8 +608,9 @@ fn report(results: &[PrivacyStudyResult]) -> String {
     md.push_str(
         "Compression: measured over all conv / linear weights (full-data ADMM / privacy flow). \
          Designer only: the designer's hard-pruned model on the client's test data before any retraining \
-         (its batch-norm statistics come from the synthetic inputs). Gap: full-data ADMM minus the privacy flow. \
-         The client's retraining has the same budget as full-data ADMM's masked retraining.\n",
+         (its batch-norm statistics come from the synthetic inputs); + client BN re-est.: the same after the client \
+         re-estimated them on its training data, before retraining. Gap: full-data ADMM minus the privacy flow. \
+         The client's retraining has the same budget, distillation and re-estimation as full-data ADMM's masked retraining.\n",
     );
     md
 }

@@ -21,7 +21,7 @@ use tessera_models::train::{
 use tessera_models::zoo::ResNetConfig;
 use tessera_models::{Backend, with_seed};
 use tessera_prune::admm::AdmmConfig;
-use tessera_prune::privacy::{DesignerConfig, client, designer};
+use tessera_prune::privacy::{ClientConfig, DesignerConfig, client, designer};
 
 fn main() -> Result<()> {
     // The designer's Adam learning rate (the privacy-prune ResNet-20 study uses 1e-3).
@@ -64,11 +64,11 @@ fn main() -> Result<()> {
         "| designer batch norms | ADMM residual first -> last | designer top-1 % | client BN re-estimated | client retrained |"
     );
     println!("|---|---|---|---|---|");
-    let client_cfg = TrainConfig {
+    let client_cfg = ClientConfig::plain(TrainConfig {
         max_steps_per_epoch: Some(80),
         schedule: Schedule::Cosine { min_lr: 0.0 },
         ..TrainConfig::sgd(1, 128, 0.01)
-    };
+    });
     for freeze_batch_norm in [true, false] {
         let cfg = DesignerConfig {
             sparsity: sparsity.clone(),
@@ -78,6 +78,7 @@ fn main() -> Result<()> {
                 rho_max: 1.0,
                 update_every: 1,
                 update_every_steps: Some(40),
+                hard_prune_at: None,
             },
             train: TrainConfig {
                 optimizer: OptimizerConfig::Adam { lr, weight_decay: 0.0 },
@@ -99,15 +100,17 @@ fn main() -> Result<()> {
         };
         let recal =
             recalibrate_batch_norm(independent_copy(&out.model), &train_set, 16, 64, 0, &device)?;
-        let (retrained, _) = client(
+        let retrained = client(
             independent_copy(&out.model),
             &out.masks,
             &train_set,
             None,
             &client_cfg,
+            None::<&tessera_models::zoo::ResNet>,
             &device,
             None,
-        )?;
+        )?
+        .model;
         println!(
             "| {label} | {first:.3} -> {last:.3} | {:.2} | {:.2} | {:.2} |",
             top1_of(&out.model)?,

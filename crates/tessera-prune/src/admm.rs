@@ -11,16 +11,22 @@
 //! dual residual `rho ||Z_ic - Z_ic_prev||`, and multiplies rho by `rho_growth` up to
 //! `rho_max`, rescaling the scaled dual U by `rho_old / rho_new` so the unscaled dual `rho U`
 //! is unchanged. Its whole state is checkpointed with the training run.
+//!
+//! With [`AdmmConfig::hard_prune_at`] the hook hard-prunes inside the phase (at that fraction
+//! of its steps: the projection of W, as after the phase) and trains the rest of the phase
+//! with the masks fixed and no penalty — the shape of gradual magnitude pruning's phase, which
+//! reaches its final masks at `end_at` and trains masked after it.
 
 use std::collections::BTreeMap;
 
 use burn::optim::GradientsParams;
 use serde::{Deserialize, Serialize};
-use tessera_models::Classifier;
 use tessera_models::train::{EpochMetrics, Hooks};
-use tessera_models::weights::{add_to_gradients, read_weights};
+use tessera_models::weights::{add_to_gradients, apply_masks, mask_gradients, read_weights};
+use tessera_models::{Classifier, Masks};
 
 use crate::error::{PruneError, Result};
+use crate::magnitude::{SavedMask, hard_prune_masks, restore_masks, save_masks};
 use crate::plan::{Constraint, PrunePlan};
 
 /// ADMM settings.
@@ -37,6 +43,10 @@ pub struct AdmmConfig {
     /// Optimizer steps between Z/U updates instead: more dual updates in a short budget.
     #[serde(default)]
     pub update_every_steps: Option<usize>,
+    /// Hard-prune at this fraction of the phase's steps (in `(0, 1]`) and train the rest of the
+    /// phase with the masks fixed; `None`: after the phase.
+    #[serde(default)]
+    pub hard_prune_at: Option<f64>,
 }
 
 impl Default for AdmmConfig {
@@ -47,6 +57,7 @@ impl Default for AdmmConfig {
             rho_max: 1.0,
             update_every: 1,
             update_every_steps: None,
+            hard_prune_at: None,
         }
     }
 }
@@ -65,6 +76,14 @@ impl AdmmConfig {
         }
         if self.update_every_steps == Some(0) {
             return Err(PruneError::config("admm.update_every_steps", "must be at least 1 step"));
+        }
+        if let Some(f) = self.hard_prune_at
+            && !(f > 0.0 && f <= 1.0)
+        {
+            return Err(PruneError::config(
+                "admm.hard_prune_at",
+                format!("a fraction of the phase in (0, 1], got {f}"),
+            ));
         }
         Ok(())
     }
@@ -118,6 +137,9 @@ struct State {
     /// Per layer (plan order), per constraint set.
     sets: Vec<Vec<SetState>>,
     log: Vec<AdmmUpdate>,
+    /// The step after which it hard-pruned inside the phase, and the masks.
+    #[serde(default)]
+    hard_pruned: Option<(usize, Vec<SavedMask>)>,
 }
 
 /// The ADMM training hook.
@@ -128,6 +150,10 @@ pub struct Admm {
     paths: Vec<String>,
     config: AdmmConfig,
     state: State,
+    /// The optimizer step after which to hard-prune (from `hard_prune_at`).
+    hard_prune_step: Option<usize>,
+    /// The masks once hard-pruned inside the phase.
+    masks: Option<Masks>,
 }
 
 fn norm(v: impl Iterator<Item = f64>) -> f64 {
@@ -155,7 +181,31 @@ impl Admm {
             sets.push(layer_sets);
         }
         let log = vec![AdmmUpdate { epoch: None, step: None, rho: config.rho, residuals }];
-        Ok(Admm { plan, constraints, paths, state: State { rho: config.rho, sets, log }, config })
+        Ok(Admm {
+            plan,
+            constraints,
+            paths,
+            state: State { rho: config.rho, sets, log, hard_pruned: None },
+            config,
+            hard_prune_step: None,
+            masks: None,
+        })
+    }
+
+    /// Sets the length of the training phase, which places `hard_prune_at`'s step: the
+    /// hook hard-prunes after step `ceil(fraction * total_steps) - 1`.
+    pub fn with_phase_steps(mut self, total_steps: usize) -> Self {
+        self.hard_prune_step = self
+            .config
+            .hard_prune_at
+            .map(|f| ((f * total_steps as f64).ceil() as usize).max(1) - 1);
+        self
+    }
+
+    /// The masks it hard-pruned to inside the phase, with the step after which it did.
+    pub fn hard_pruned(&self) -> Option<(usize, &Masks)> {
+        let step = self.state.hard_pruned.as_ref()?.0;
+        self.masks.as_ref().map(|m| (step, m))
     }
 
     /// The plan it enforces.
@@ -288,12 +338,27 @@ impl<M: Classifier> Hooks<M> for Admm {
         grads: &mut GradientsParams,
         _step: usize,
     ) -> tessera_models::Result<()> {
+        if let Some(masks) = &self.masks {
+            mask_gradients(model, grads, masks);
+            return Ok(());
+        }
         let weights = read_weights(model, &self.paths)?;
         let g = self.penalty_gradient(&weights)?;
         add_to_gradients(model, grads, &g)
     }
 
     fn after_step(&mut self, model: M, step: usize) -> tessera_models::Result<M> {
+        if let Some(masks) = &self.masks {
+            return Ok(apply_masks(model, masks));
+        }
+        if self.hard_prune_step == Some(step) {
+            let masks = hard_prune_masks(&model, &self.plan)?;
+            tracing::info!(step, "ADMM: hard-pruned inside the phase; masked training from here");
+            self.state.hard_pruned = Some((step, save_masks(&masks)));
+            let model = apply_masks(model, &masks);
+            self.masks = Some(masks);
+            return Ok(model);
+        }
         if let Some(n) = self.config.update_every_steps
             && (step + 1).is_multiple_of(n)
         {
@@ -310,7 +375,8 @@ impl<M: Classifier> Hooks<M> for Admm {
     }
 
     fn on_epoch_end(&mut self, model: M, metrics: &EpochMetrics) -> tessera_models::Result<M> {
-        if self.config.update_every_steps.is_none()
+        if self.masks.is_none()
+            && self.config.update_every_steps.is_none()
             && (metrics.epoch + 1).is_multiple_of(self.config.update_every)
         {
             let weights = read_weights(&model, &self.paths)?;
@@ -345,6 +411,10 @@ impl<M: Classifier> Hooks<M> for Admm {
             )
             .into());
         }
+        self.masks = match &state.hard_pruned {
+            Some((_, saved)) => Some(restore_masks(&self.plan, saved.clone(), "admm state")?),
+            None => None,
+        };
         self.state = state;
         Ok(())
     }
@@ -366,5 +436,9 @@ mod tests {
         assert!(e.contains("rho <= rho_max"), "{e}");
         let e = err(AdmmConfig { rho_growth: 0.5, ..AdmmConfig::default() });
         assert!(e.contains("rho_growth >= 1"), "{e}");
+        for bad in [0.0, -0.5, 1.5, f64::NAN] {
+            let e = err(AdmmConfig { hard_prune_at: Some(bad), ..AdmmConfig::default() });
+            assert!(e.contains("admm.hard_prune_at"), "{e}");
+        }
     }
 }

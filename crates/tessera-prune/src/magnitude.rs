@@ -58,11 +58,41 @@ pub struct GradualMagnitude {
     updates: Vec<(usize, f64)>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct SavedMask {
+/// A mask in a checkpointed hook state: the kept indices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SavedMask {
     path: String,
     len: usize,
     kept: Vec<u32>,
+}
+
+/// `masks` for a hook's checkpointed state.
+pub(crate) fn save_masks(masks: &Masks) -> Vec<SavedMask> {
+    masks
+        .iter()
+        .map(|(p, (_, m))| SavedMask {
+            path: p.clone(),
+            len: m.len(),
+            kept: m.iter_ones().map(|i| i as u32).collect(),
+        })
+        .collect()
+}
+
+/// Masks back from a checkpointed state (`what` names the state in errors), with the schemes
+/// of `plan`'s layers.
+pub(crate) fn restore_masks(plan: &PrunePlan, saved: Vec<SavedMask>, what: &str) -> Result<Masks> {
+    let schemes: BTreeMap<&str, &tessera_sparsity::Scheme> =
+        plan.layers.iter().map(|l| (l.path.as_str(), &l.scheme)).collect();
+    let mut masks = Masks::new();
+    for m in saved {
+        let scheme = schemes.get(m.path.as_str()).ok_or_else(|| {
+            PruneError::config(what, format!("mask of unplanned layer `{}`", m.path))
+        })?;
+        let mask = Mask::from_indices(m.len, m.kept.into_iter().map(|i| i as usize))
+            .map_err(PruneError::from)?;
+        masks.insert(m.path, (*scheme).clone(), mask);
+    }
+    Ok(masks)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -142,16 +172,7 @@ impl<M: Classifier> Hooks<M> for GradualMagnitude {
     }
 
     fn save_state(&self) -> tessera_models::Result<Option<Vec<u8>>> {
-        let masks = self
-            .masks
-            .iter()
-            .map(|(p, (_, m))| SavedMask {
-                path: p.clone(),
-                len: m.len(),
-                kept: m.iter_ones().map(|i| i as u32).collect(),
-            })
-            .collect();
-        serde_json::to_vec(&State { masks, updates: self.updates.clone() })
+        serde_json::to_vec(&State { masks: save_masks(&self.masks), updates: self.updates.clone() })
             .map(Some)
             .map_err(|e| PruneError::config("gradual state", e).into())
     }
@@ -159,18 +180,7 @@ impl<M: Classifier> Hooks<M> for GradualMagnitude {
     fn load_state(&mut self, bytes: &[u8]) -> tessera_models::Result<()> {
         let state: State =
             serde_json::from_slice(bytes).map_err(|e| PruneError::config("gradual state", e))?;
-        let schemes: BTreeMap<&str, &tessera_sparsity::Scheme> =
-            self.plan.layers.iter().map(|l| (l.path.as_str(), &l.scheme)).collect();
-        let mut masks = Masks::new();
-        for m in state.masks {
-            let scheme = schemes.get(m.path.as_str()).ok_or_else(|| {
-                PruneError::config("gradual state", format!("mask of unplanned layer `{}`", m.path))
-            })?;
-            let mask = Mask::from_indices(m.len, m.kept.into_iter().map(|i| i as usize))
-                .map_err(PruneError::from)?;
-            masks.insert(m.path, (*scheme).clone(), mask);
-        }
-        self.masks = masks;
+        self.masks = restore_masks(&self.plan, state.masks, "gradual state")?;
         self.updates = state.updates;
         Ok(())
     }

@@ -179,6 +179,12 @@ impl Phases<'_> {
     }
 }
 
+/// Optimizer steps in a training phase of `train` on `train_set`.
+fn phase_steps(train_set: &Dataset, train: &TrainConfig) -> usize {
+    let n = train_set.len().div_ceil(train.batch_size.max(1));
+    train.max_steps_per_epoch.map_or(n, |m| m.min(n)) * train.epochs
+}
+
 /// Prunes `model` (trained, on the training `device`) as `config` says, training on
 /// `train_set` and evaluating on `eval`. With `checkpoints`, each phase checkpoints under
 /// `<dir>/<phase>/` and `resume` continues an interrupted run.
@@ -199,6 +205,7 @@ pub fn prune<M: Classifier>(
     let teacher = config.distill.map(|d| Distillation::new(&model, d)).transpose()?;
     let mut phases = Phases { train_set, eval, device, root: checkpoints, records: Vec::new() };
     let (mut admm_log, mut lasso_log, mut gradual_log) = (Vec::new(), Vec::new(), Vec::new());
+    let mut in_phase_masks = None;
     let model = match &config.method {
         Method::OneShot => model,
         Method::Iterative { rounds } => {
@@ -220,11 +227,7 @@ pub fn prune<M: Classifier>(
             model
         }
         Method::Gradual { initial_fraction, end_at, every } => {
-            let steps_per_epoch = {
-                let n = train_set.len().div_ceil(config.train.batch_size.max(1));
-                config.train.max_steps_per_epoch.map_or(n, |m| m.min(n))
-            };
-            let total = steps_per_epoch * config.train.epochs;
+            let total = phase_steps(train_set, &config.train);
             let end_step = ((total as f64 * end_at.clamp(0.0, 1.0)) as usize).saturating_sub(1);
             let gc = GradualConfig {
                 initial_fraction: *initial_fraction,
@@ -238,9 +241,11 @@ pub fn prune<M: Classifier>(
             model
         }
         Method::Admm(a) => {
-            let mut hook = Admm::new(&model, plan.clone(), a.clone())?;
+            let mut hook = Admm::new(&model, plan.clone(), a.clone())?
+                .with_phase_steps(phase_steps(train_set, &config.train));
             let model = phases.run(model, &config.train, &mut hook, "admm")?;
             admm_log = hook.log().to_vec();
+            in_phase_masks = hook.hard_pruned().map(|(_, m)| m.clone());
             model
         }
         Method::GroupLasso(l) => {
@@ -250,7 +255,12 @@ pub fn prune<M: Classifier>(
             model
         }
     };
-    let masks = hard_prune_masks(&model, &plan)?;
+    // ADMM that hard-pruned inside its phase keeps those masks (the weights are already zero
+    // outside them; re-projecting could only break ties differently).
+    let masks = match in_phase_masks {
+        Some(m) => m,
+        None => hard_prune_masks(&model, &plan)?,
+    };
     let model = apply_masks(model, &masks);
     let recalibrate = |model: M| -> Result<M> {
         match config.recalibrate {

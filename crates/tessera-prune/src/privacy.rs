@@ -8,7 +8,10 @@
 //! it distills on noise ([`DesignerConfig::freeze_batch_norm`]).
 //!
 //! **Client** ([`client`]): retrains the pruned model on its private data with the masks
-//! fixed (masked retraining), never sending the data anywhere.
+//! fixed (masked retraining), never sending the data anywhere. It may re-estimate the batch
+//! norms' statistics on its data first (the designer's come from noise) and distill from its
+//! own dense model while it retrains ([`ClientConfig`]): the client owns that model, it is the
+//! one it handed the designer.
 
 use std::path::Path;
 
@@ -31,6 +34,7 @@ use crate::admm::{Admm, AdmmConfig, AdmmUpdate};
 use crate::distill::{DistillConfig, Distillation};
 use crate::error::{PruneError, Result};
 use crate::magnitude::hard_prune_masks;
+use crate::pipeline::Recalibration;
 use crate::plan::{PlanSummary, PrunePlan};
 use crate::retrain::KeepSigns;
 
@@ -123,34 +127,106 @@ pub fn designer<M: Classifier>(
     Ok(DesignerOutcome { model, masks, summary, admm_log: admm.log().to_vec(), history })
 }
 
-/// The client side: masked retraining of the designer's `model` on the client's own data.
-pub fn client<M: Classifier>(
+/// The client's retraining settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The masked retraining.
+    pub train: TrainConfig,
+    /// Distill from the client's own dense model while retraining (it needs that model).
+    #[serde(default)]
+    pub distill: Option<DistillConfig>,
+    /// Re-estimate the batch norms' statistics on the client's data before retraining (the
+    /// designer's come from its synthetic inputs) and again after it.
+    #[serde(default)]
+    pub recalibrate: Option<Recalibration>,
+}
+
+impl ClientConfig {
+    /// Plain masked retraining with `train`: no distillation, no recalibration.
+    pub fn plain(train: TrainConfig) -> Self {
+        ClientConfig { train, distill: None, recalibrate: None }
+    }
+}
+
+/// What the client's retraining produced.
+#[derive(Debug, Clone)]
+pub struct ClientOutcome<M> {
+    /// The retrained model (recalibrated when the config says so).
+    pub model: M,
+    /// Evaluation after the first recalibration, before retraining (loss, top-1).
+    pub recalibrated_eval: Option<(f64, f64)>,
+    /// Per-epoch metrics of the masked retraining.
+    pub history: Vec<EpochMetrics>,
+    /// Evaluation of the returned model (loss, top-1).
+    pub final_eval: Option<(f64, f64)>,
+}
+
+/// The client side: masked retraining of the designer's `model` on the client's own data,
+/// distilling from `teacher` (the client's dense model) when `config.distill` is set.
+#[allow(clippy::too_many_arguments)]
+pub fn client<M: Classifier, T: Classifier>(
     model: M,
     masks: &Masks,
     train_set: &Dataset,
     eval: Option<&Dataset>,
-    config: &TrainConfig,
+    config: &ClientConfig,
+    teacher: Option<&T>,
     device: &Device,
     checkpoints: Option<&Checkpoints>,
-) -> Result<(M, Vec<EpochMetrics>)> {
+) -> Result<ClientOutcome<M>> {
     if masks.is_empty() {
         return Err(PruneError::config(
             "masks",
             "the client retrains a pruned model: the mask file is empty",
         ));
     }
-    let model = apply_masks(model, masks);
+    let kd = match (config.distill, teacher) {
+        (Some(d), Some(t)) => Some(Distillation::new(t, d)?),
+        (Some(_), None) => {
+            return Err(PruneError::config(
+                "client.distill",
+                "distillation needs the client's dense model as the teacher; none was given",
+            ));
+        }
+        (None, _) => None,
+    };
+    let inference = device.clone().inner();
+    let eval_batch = config.train.batch_size.max(256);
+    let evaluate_on = |model: &M| -> Result<Option<(f64, f64)>> {
+        Ok(eval.map(|d| evaluate(&model.valid(), d, eval_batch, &inference)).transpose()?)
+    };
+    let recalibrate = |model: M| -> Result<M> {
+        match config.recalibrate {
+            Some(r) => r.apply(model, train_set, config.train.seed, device),
+            None => Ok(model),
+        }
+    };
+    let model = recalibrate(apply_masks(model, masks))?;
+    let recalibrated_eval = match config.recalibrate {
+        Some(_) => evaluate_on(&model)?,
+        None => None,
+    };
     let s = train_set.sample_shape();
     let signs = KeepSigns::new(&model, masks, [1, s.channels, s.height, s.width])?;
-    Ok(train(
+    let (model, history) = train(
         model,
         train_set,
         eval,
-        config,
+        &config.train,
         device,
-        &mut Both(KeepMasks(masks.clone()), signs),
+        &mut Both(KeepMasks(masks.clone()), Both(signs, kd)),
         checkpoints,
-    )?)
+    )?;
+    let (model, final_eval) = match (config.recalibrate, history.last().and_then(|h| h.eval)) {
+        (None, Some(e)) => (model, Some(e)),
+        _ => {
+            let model = recalibrate(model)?;
+            let e = evaluate_on(&model)?;
+            (model, e)
+        }
+    };
+    Ok(ClientOutcome { model, recalibrated_eval, history, final_eval })
 }
 
 /// What the designer command reports.
@@ -223,14 +299,21 @@ pub fn designer_command(
 pub struct ClientReport {
     /// Top-1 of the designer's model on the client's evaluation data, before retraining.
     pub before: Option<(f64, f64)>,
+    /// The same after re-estimating the batch norms' statistics on the client's data.
+    #[serde(default)]
+    pub recalibrated: Option<(f64, f64)>,
     /// Per-epoch metrics of the masked retraining.
     pub history: Vec<EpochMetrics>,
+    /// The written model's evaluation (after the final recalibration, if any).
+    #[serde(default)]
+    pub after: Option<(f64, f64)>,
 }
 
 struct ClientAction<'a> {
     train_set: &'a Dataset,
     eval: Option<&'a Dataset>,
-    config: &'a TrainConfig,
+    config: &'a ClientConfig,
+    teacher_dir: Option<&'a Path>,
     out: &'a Path,
     device: &'a Device,
     checkpoints: Option<&'a Checkpoints>,
@@ -252,34 +335,105 @@ impl WithLoaded for ClientAction<'_> {
                 ),
             ));
         }
+        match (self.config.distill.is_some(), self.teacher_dir) {
+            (true, None) => {
+                return Err(PruneError::config(
+                    "client.distill",
+                    "distillation needs the client's dense model: give its directory (--teacher)",
+                ));
+            }
+            (false, Some(dir)) => {
+                return Err(PruneError::config(
+                    "client.distill",
+                    format!(
+                        "a teacher ({}) was given but the config sets no distillation",
+                        dir.display()
+                    ),
+                ));
+            }
+            _ => {}
+        }
         let inference = self.device.clone().inner();
         let before = self.eval.map(|d| evaluate(&model.valid(), d, 256, &inference)).transpose()?;
-        let (model, history) = client(
-            model,
-            &masks,
-            self.train_set,
-            self.eval,
-            self.config,
-            self.device,
-            self.checkpoints,
+        let retrain = Retrain { action: &self, model, card, masks, before };
+        match self.teacher_dir {
+            Some(dir) => tessera_models::saved::load(dir, self.device, retrain)?,
+            None => retrain.run_with::<M>(None),
+        }
+    }
+}
+
+/// The client's retraining once the (optional) teacher is loaded: a [`WithLoaded`] action on
+/// the teacher's directory, holding the pruned model.
+struct Retrain<'a, 'b, M> {
+    action: &'a ClientAction<'b>,
+    model: M,
+    card: ModelCard,
+    masks: Masks,
+    before: Option<(f64, f64)>,
+}
+
+impl<M: Classifier> Retrain<'_, '_, M> {
+    fn run_with<T: Classifier>(self, teacher: Option<&T>) -> Result<ClientReport> {
+        let a = self.action;
+        let out = client(
+            self.model,
+            &self.masks,
+            a.train_set,
+            a.eval,
+            a.config,
+            teacher,
+            a.device,
+            a.checkpoints,
         )?;
         let card = ModelCard {
-            note: format!("retrained by the client with the mask fixed; from: {}", card.note),
-            ..card
+            note: format!("retrained by the client with the mask fixed; from: {}", self.card.note),
+            ..self.card
         };
-        tessera_models::saved::save(self.out, &card, &model.valid(), &masks)?;
-        Ok(ClientReport { before, history })
+        tessera_models::saved::save(a.out, &card, &out.model.valid(), &self.masks)?;
+        Ok(ClientReport {
+            before: self.before,
+            recalibrated: out.recalibrated_eval,
+            history: out.history,
+            after: out.final_eval,
+        })
+    }
+}
+
+impl<M: Classifier> WithLoaded for Retrain<'_, '_, M> {
+    type Output = Result<ClientReport>;
+
+    fn run<T: Classifier>(self, teacher: T, card: ModelCard, masks: Masks) -> Result<ClientReport> {
+        if !masks.is_empty() {
+            return Err(PruneError::config(
+                "teacher",
+                "the teacher is the client's dense model; this one has a mask file",
+            ));
+        }
+        if card.input != self.card.input {
+            return Err(PruneError::config(
+                "teacher",
+                format!(
+                    "the teacher takes {:?} inputs, the pruned model {:?}",
+                    card.input, self.card.input
+                ),
+            ));
+        }
+        self.run_with(Some(&teacher))
     }
 }
 
 /// The client as a command on model directories: reads the designer's pruned model (with its
-/// mask file) from `model_dir`, retrains it on `train_set` with the masks fixed, and writes the
-/// result to `out`.
+/// mask file) from `model_dir`, retrains it on `train_set` with the masks fixed (distilling
+/// from the dense model in `teacher_dir` when the config asks for it), and writes the result
+/// to `out`.
+#[allow(clippy::too_many_arguments)]
 pub fn client_command(
     model_dir: &Path,
     train_set: &Dataset,
     eval: Option<&Dataset>,
-    config: &TrainConfig,
+    config: &ClientConfig,
+    teacher_dir: Option<&Path>,
     out: &Path,
     device: &Device,
     checkpoints: Option<&Checkpoints>,
@@ -287,6 +441,6 @@ pub fn client_command(
     tessera_models::saved::load(
         model_dir,
         device,
-        ClientAction { train_set, eval, config, out, device, checkpoints },
+        ClientAction { train_set, eval, config, teacher_dir, out, device, checkpoints },
     )?
 }

@@ -199,6 +199,7 @@ fn admm_rho_growth_keeps_the_unscaled_dual() {
         rho_max: 10.0,
         update_every: 1,
         update_every_steps: None,
+        hard_prune_at: None,
     };
     let mut admm = Admm::new(&model, plan.clone(), cfg).unwrap();
     let weights = read_weights(&model, &paths).unwrap();
@@ -266,6 +267,7 @@ fn admm_residuals_fall_and_resume_exactly() {
         rho_max: 5.0,
         update_every: 1,
         update_every_steps: None,
+        hard_prune_at: None,
     };
     let mut straight = Admm::new(&model, plan.clone(), admm_cfg.clone()).unwrap();
     let (m1, _) = train(model.clone(), &tr, None, &cfg, &device, &mut straight, None).unwrap();
@@ -286,6 +288,59 @@ fn admm_residuals_fall_and_resume_exactly() {
     assert_eq!(b.log(), straight.log());
     let paths: Vec<String> = b.plan().paths();
     assert_eq!(read_weights(&m1, &paths).unwrap(), read_weights(&m2, &paths).unwrap());
+}
+
+#[test]
+fn admm_hard_prunes_inside_the_phase_and_resumes_exactly() {
+    let (tr, _) = mnist();
+    let device = Backend::Flex.train_device(5);
+    let model = trained_lenet(&device);
+    let w = weights::prunable_weights(&model, [1, 1, 28, 28]).unwrap();
+    let plan = PrunePlan::resolve(&config(UNSTRUCTURED_8X), &w).unwrap();
+    let paths = plan.paths();
+    let cfg =
+        TrainConfig { max_steps_per_epoch: Some(24), seed: 2, ..TrainConfig::sgd(4, 32, 0.02) };
+    let admm_cfg = AdmmConfig {
+        rho: 0.5,
+        rho_growth: 1.5,
+        rho_max: 5.0,
+        update_every: 1,
+        update_every_steps: None,
+        hard_prune_at: Some(0.5),
+    };
+    let fresh = || Admm::new(&model, plan.clone(), admm_cfg.clone()).unwrap().with_phase_steps(96);
+    let mut straight = fresh();
+    let (m1, _) = train(model.clone(), &tr, None, &cfg, &device, &mut straight, None).unwrap();
+    // Half of 4 x 24 steps: after step 47, the end of epoch 1, whose Z/U update is skipped.
+    let (step, masks) = straight.hard_pruned().expect("hard-pruned inside the phase");
+    assert_eq!(step, 47);
+    assert_eq!(straight.log().len(), 2, "initialization + the update after epoch 0 only");
+    let w1 = read_weights(&m1, &paths).unwrap();
+    for l in &plan.layers {
+        let (_, mask) = masks.get(&l.path).unwrap();
+        let kept = mask.iter_ones().count();
+        assert_eq!(kept, l.target.budget(mask.len()), "{}: the plan's density", l.path);
+        // Two more epochs of training moved the kept weights and none of the pruned ones.
+        let values = &w1[&l.path];
+        assert!(values.iter().enumerate().all(|(i, &v)| mask.get(i) || v == 0.0), "{}", l.path);
+        assert!(mask.iter_ones().filter(|&i| values[i] != 0.0).count() > kept / 2, "{}", l.path);
+    }
+    // Interrupted before and after the hard pruning, resumed: the same weights, log, masks.
+    for stop_after in [1, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = Checkpoints {
+            stop_after_epochs: Some(stop_after),
+            ..Checkpoints::new(dir.path(), true)
+        };
+        train(model.clone(), &tr, None, &cfg, &device, &mut fresh(), Some(&stop)).unwrap();
+        let mut b = fresh();
+        let resume = Checkpoints::new(dir.path(), true);
+        let (m2, _) =
+            train(model.clone(), &tr, None, &cfg, &device, &mut b, Some(&resume)).unwrap();
+        assert_eq!(b.log(), straight.log(), "stopped after {stop_after}");
+        assert_eq!(b.hard_pruned().map(|(s, m)| (s, m.clone())), Some((step, masks.clone())));
+        assert_eq!(read_weights(&m2, &paths).unwrap(), w1, "stopped after {stop_after}");
+    }
 }
 
 #[test]
@@ -332,6 +387,7 @@ fn every_method_prunes_to_the_scheme_and_keeps_pruned_weights_zero() {
         Method::Iterative { rounds: 2 },
         Method::Gradual { initial_fraction: 0.0, end_at: 0.75, every: 2 },
         Method::Admm(AdmmConfig { rho: 0.05, ..AdmmConfig::default() }),
+        Method::Admm(AdmmConfig { rho: 0.05, hard_prune_at: Some(0.5), ..AdmmConfig::default() }),
         Method::GroupLasso(GroupLassoConfig { lambda: 1e-4, ..GroupLassoConfig::default() }),
     ];
     for method in methods {

@@ -11,7 +11,10 @@ use tessera_models::weights::prunable_weights;
 use tessera_models::zoo::{Lenet5Config, ResNetConfig};
 use tessera_models::{Backend, Classifier, Masks, ZooConfig, with_seed};
 use tessera_prune::admm::AdmmConfig;
-use tessera_prune::privacy::{DesignerConfig, client_command, designer, designer_command};
+use tessera_prune::privacy::{
+    ClientConfig, DesignerConfig, client_command, designer, designer_command,
+};
+use tessera_prune::{DistillConfig, Recalibration};
 
 fn adam(epochs: usize, steps: usize) -> TrainConfig {
     TrainConfig {
@@ -91,33 +94,80 @@ fn designer_reads_no_data_and_client_keeps_its_masks() {
         assert!(values.iter().enumerate().all(|(i, &v)| mask.get(i) || v == 0.0), "{path}");
     }
 
-    // Client: masked retraining on its own data; the masks survive and accuracy rises.
+    // Client: masked retraining on its own data, re-estimating the batch norms first and
+    // distilling from its own dense model; the masks survive and accuracy rises.
+    let client_cfg = ClientConfig {
+        train: adam(1, 30),
+        distill: Some(DistillConfig { temperature: 3.0, weight: 0.5 }),
+        recalibrate: Some(Recalibration { batches: 2, batch_size: 32 }),
+    };
     let report = client_command(
         &pruned_dir,
         &train_set,
         Some(&test_set),
-        &adam(1, 30),
+        &client_cfg,
+        Some(&dense_dir),
         &client_dir,
         &device,
         None,
     )
     .unwrap();
     let (_, before) = report.before.unwrap();
-    let (_, after) = report.history.last().unwrap().eval.unwrap();
+    let (_, after) = report.after.unwrap();
+    assert!(report.recalibrated.is_some());
     assert!(after > before, "retraining must help: {before} -> {after}");
     assert_eq!(saved::load_masks(&client_dir.join("masks.safetensors")).unwrap(), masks);
-    for (path, values) in saved::load(&client_dir, &inference, Weights).unwrap() {
-        let (_, mask) = masks.get(&path).unwrap();
+    let distilled = saved::load(&client_dir, &inference, Weights).unwrap();
+    for (path, values) in &distilled {
+        let (_, mask) = masks.get(path).unwrap();
         assert!(
             values.iter().enumerate().all(|(i, &v)| mask.get(i) || v == 0.0),
             "{path} after the client"
         );
     }
-    // A dense model is no input for the client, nor a pruned one for the designer.
+    // The teacher is really used: without it the same retraining ends elsewhere.
+    let plain_dir = dirs.path().join("plain");
+    let plain = ClientConfig { distill: None, ..client_cfg.clone() };
+    client_command(&pruned_dir, &train_set, None, &plain, None, &plain_dir, &device, None).unwrap();
+    assert_ne!(saved::load(&plain_dir, &inference, Weights).unwrap(), distilled);
+
+    // Bad inputs: a dense model is no input for the client, nor a pruned one for the designer;
+    // distillation needs a dense teacher, and a teacher needs distillation.
+    let x = dirs.path().join("x");
+    let plain = ClientConfig::plain(adam(1, 2));
+    let err = |r: tessera_prune::Result<_>| r.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(client_command(&dense_dir, &train_set, None, &plain, None, &x, &device, None).is_err());
     assert!(
-        client_command(&dense_dir, &train_set, None, &adam(1, 2), &client_dir, &device, None)
-            .is_err()
+        err(client_command(&pruned_dir, &train_set, None, &client_cfg, None, &x, &device, None))
+            .contains("--teacher")
     );
+    assert!(
+        err(client_command(
+            &pruned_dir,
+            &train_set,
+            None,
+            &plain,
+            Some(&dense_dir),
+            &x,
+            &device,
+            None
+        ))
+        .contains("no distillation")
+    );
+    assert!(
+        err(client_command(
+            &pruned_dir,
+            &train_set,
+            None,
+            &client_cfg,
+            Some(&pruned_dir),
+            &x,
+            &device,
+            None
+        ))
+        .contains("mask file")
+    );
+    assert!(!x.exists(), "a refused client run wrote {}", x.display());
     assert!(
         designer_command(&pruned_dir, &designer_cfg, &dirs.path().join("x"), &device, None)
             .is_err()
@@ -181,7 +231,8 @@ fn shipped_configs_parse() {
     )
     .unwrap();
     assert_eq!(d.synthetic_examples, 10_000);
-    let c: TrainConfig =
+    let c: ClientConfig =
         serde_json::from_slice(&std::fs::read(dir.join("client-retrain.json")).unwrap()).unwrap();
-    assert_eq!((c.epochs, c.data_loss_weight), (4, 1.0));
+    assert_eq!((c.train.epochs, c.train.data_loss_weight), (4, 1.0));
+    assert!(c.distill.is_some() && c.recalibrate.is_some());
 }

@@ -278,6 +278,7 @@ pub(crate) fn step_admm(rho: f64, steps: usize) -> AdmmConfig {
         rho_max: 1.0,
         update_every: 1,
         update_every_steps: Some(steps),
+        hard_prune_at: None,
     }
 }
 
