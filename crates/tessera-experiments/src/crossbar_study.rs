@@ -311,6 +311,7 @@ impl WithLoaded for PruneOne<'_> {
             train: study.admm_train.clone(),
             retrain: study.retrain.clone(),
             distill: None,
+            distill_phase: false,
             recalibrate: None,
         };
         let outcome = prune(

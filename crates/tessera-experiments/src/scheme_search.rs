@@ -473,6 +473,7 @@ impl FastEval<'_> {
             train: self.study.finetune.clone(),
             retrain: self.study.finetune.clone(),
             distill: None,
+            distill_phase: false,
             recalibrate: self.study.recalibrate,
         };
         let job =

@@ -78,6 +78,10 @@ pub struct PruneConfig {
     /// Distill from the unpruned model during retraining.
     #[serde(default)]
     pub distill: Option<DistillConfig>,
+    /// Distill during the method's phase too (ADMM's W-step, group lasso, gradual and
+    /// iterative magnitude pruning alike); needs `distill`.
+    #[serde(default)]
+    pub distill_phase: bool,
     /// Re-estimate the batch-norm statistics after hard pruning and again after retraining
     /// (before each evaluation): see [`recalibrate_batch_norm`].
     #[serde(default)]
@@ -202,7 +206,15 @@ pub fn prune<M: Classifier>(
     let _span =
         tracing::info_span!("prune", method = config.method.name(), layers = plan.layers.len())
             .entered();
-    let teacher = config.distill.map(|d| Distillation::new(&model, d)).transpose()?;
+    if config.distill_phase && config.distill.is_none() {
+        return Err(PruneError::config(
+            "distill_phase",
+            "distilling during the method's phase needs `distill` (temperature, weight)",
+        ));
+    }
+    let mut teacher = config.distill.map(|d| Distillation::new(&model, d)).transpose()?;
+    // The teacher's hook in the method's phase: only when it distills there.
+    let distill_phase = config.distill_phase;
     let mut phases = Phases { train_set, eval, device, root: checkpoints, records: Vec::new() };
     let (mut admm_log, mut lasso_log, mut gradual_log) = (Vec::new(), Vec::new(), Vec::new());
     let mut in_phase_masks = None;
@@ -220,7 +232,7 @@ pub fn prune<M: Classifier>(
                 model = phases.run(
                     model,
                     &config.train,
-                    &mut KeepMasks(masks),
+                    &mut Both(KeepMasks(masks), teacher.as_mut().filter(|_| distill_phase)),
                     &format!("round-{r}"),
                 )?;
             }
@@ -236,21 +248,36 @@ pub fn prune<M: Classifier>(
                 every: *every,
             };
             let mut hook = GradualMagnitude::new(plan.clone(), gc)?;
-            let model = phases.run(model, &config.train, &mut hook, "gradual")?;
+            let model = phases.run(
+                model,
+                &config.train,
+                &mut Both(&mut hook, teacher.as_mut().filter(|_| distill_phase)),
+                "gradual",
+            )?;
             gradual_log = hook.updates().to_vec();
             model
         }
         Method::Admm(a) => {
             let mut hook = Admm::new(&model, plan.clone(), a.clone())?
                 .with_phase_steps(phase_steps(train_set, &config.train));
-            let model = phases.run(model, &config.train, &mut hook, "admm")?;
+            let model = phases.run(
+                model,
+                &config.train,
+                &mut Both(&mut hook, teacher.as_mut().filter(|_| distill_phase)),
+                "admm",
+            )?;
             admm_log = hook.log().to_vec();
             in_phase_masks = hook.hard_pruned().map(|(_, m)| m.clone());
             model
         }
         Method::GroupLasso(l) => {
             let mut hook = ReweightedGroupLasso::new(&model, plan.clone(), l.clone())?;
-            let model = phases.run(model, &config.train, &mut hook, "group-lasso")?;
+            let model = phases.run(
+                model,
+                &config.train,
+                &mut Both(&mut hook, teacher.as_mut().filter(|_| distill_phase)),
+                "group-lasso",
+            )?;
             lasso_log = hook.log().to_vec();
             model
         }

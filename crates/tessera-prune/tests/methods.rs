@@ -399,6 +399,7 @@ fn every_method_prunes_to_the_scheme_and_keeps_pruned_weights_zero() {
             train: steps(2, 6),
             retrain: adam_steps(1, 30),
             distill: Some(Default::default()),
+            distill_phase: false,
             recalibrate: None,
         };
         let out = prune(model, &cfg, &tr, Some(&te), &device, None).unwrap();
@@ -464,6 +465,7 @@ fn a_finished_pipeline_resumes_without_retraining() {
         train: steps(2, 4),
         retrain: steps(1, 4),
         distill: None,
+        distill_phase: false,
         recalibrate: None,
     };
     let device = Backend::Flex.train_device(8);
@@ -480,6 +482,33 @@ fn a_finished_pipeline_resumes_without_retraining() {
 }
 
 #[test]
+fn distilling_in_the_phase_changes_it_and_needs_a_teacher() {
+    let (tr, _) = mnist();
+    let device = Backend::Flex.train_device(8);
+    let cfg = PruneConfig {
+        sparsity: config(UNSTRUCTURED_8X),
+        method: Method::Admm(AdmmConfig { rho: 0.05, ..AdmmConfig::default() }),
+        train: steps(1, 4),
+        retrain: steps(0, 4),
+        distill: Some(Default::default()),
+        distill_phase: false,
+        recalibrate: None,
+    };
+    let run = |cfg: &PruneConfig| prune(trained_lenet(&device), cfg, &tr, None, &device, None);
+    let weights_of = |cfg: &PruneConfig| {
+        let out = run(cfg).unwrap();
+        read_weights(&out.model, &out.plan.paths()).unwrap()
+    };
+    // No retraining: the distillation weight only reaches the model through the phase.
+    let plain = weights_of(&cfg);
+    assert_eq!(plain, weights_of(&PruneConfig { distill: None, ..cfg.clone() }));
+    let distilled = weights_of(&PruneConfig { distill_phase: true, ..cfg.clone() });
+    assert_ne!(plain, distilled, "the teacher must reach the phase's gradients");
+    let err = run(&PruneConfig { distill: None, distill_phase: true, ..cfg }).unwrap_err();
+    assert!(err.to_string().contains("distill_phase"), "{err}");
+}
+
+#[test]
 fn polarization_with_pruning_gives_sign_consistent_fragments() {
     let (tr, _) = mnist();
     let device = Backend::Flex.train_device(9);
@@ -492,6 +521,7 @@ fn polarization_with_pruning_gives_sign_consistent_fragments() {
         train: steps(2, 6),
         retrain: steps(1, 6),
         distill: None,
+        distill_phase: false,
         recalibrate: None,
     };
     let out = prune(model, &cfg, &tr, None, &device, None).unwrap();
@@ -574,6 +604,7 @@ fn recalibration_reestimates_batch_norm_after_hard_pruning_and_after_retraining(
         train: steps(1, 2),
         retrain: steps(0, 2),
         distill: None,
+        distill_phase: false,
         recalibrate: Some(recal),
     };
     let inference = device.clone().inner();

@@ -142,6 +142,9 @@ pub struct Study {
     /// Distill from the dense model during the masked retraining (every method alike).
     #[serde(default)]
     pub distill: Option<DistillConfig>,
+    /// Distill during the method's phase too (every method alike; needs `distill`).
+    #[serde(default)]
+    pub distill_phase: bool,
     /// Re-estimate batch-norm statistics after hard pruning and after retraining, before
     /// each evaluation (every method alike).
     #[serde(default)]
@@ -384,6 +387,7 @@ fn lenet_study(scale: Scale) -> Result<Study> {
         ),
         retrain,
         distill: None,
+        distill_phase: false,
         recalibrate: None,
         cells,
         targets: vec![
@@ -483,6 +487,7 @@ fn resnet_study(scale: Scale) -> Result<Study> {
         // with them, block-punched 8x4 8x by ADMM went from 86.49% (2 + 2 epochs, neither) to
         // 89.47% (6 + 6 epochs, both) against the dense 90.36% on the 10k subset.
         distill: Some(DistillConfig { temperature: 3.0, weight: 0.5 }),
+        distill_phase: false,
         recalibrate: Some(if scale == Scale::Smoke {
             Recalibration { batches: 2, batch_size: 16 }
         } else {
@@ -782,6 +787,7 @@ impl WithLoaded for PruneCell<'_> {
             train: method.train.clone(),
             retrain: study.retrain.clone(),
             distill: study.distill,
+            distill_phase: study.distill_phase,
             recalibrate: study.recalibrate,
         };
         let id = cell.id();
