@@ -21,7 +21,8 @@ use tessera_prune::{AdmmConfig, DistillConfig, Method, PruneConfig, Recalibratio
 use crate::error::{ExperimentError, Result};
 use crate::plot::{Plot, bar_chart};
 use crate::prune_schemes::{
-    SchemeSpec, lenet_spec, resnet_spec, sparsity_for, step_admm, whole_model_counts,
+    SchemeSpec, distill_and_recalibration_text, lenet_spec, resnet_spec, sparsity_for, step_admm,
+    whole_model_counts,
 };
 use crate::report::Table;
 use crate::run::{Experiment, Outcome, RunContext, RunOptions, Scale};
@@ -419,24 +420,16 @@ fn run_study(ctx: &RunContext, study: &PrivacyStudy) -> Result<PrivacyStudyResul
     })
 }
 
-/// `2 epochs, batch 128, distilling from the dense model (temperature 3, weight 0.5), batch
-/// norms re-estimated from 16 x 64 training images ...`.
+/// `6 epochs, batch 128, distilling from the dense model (...); batch-norm statistics
+/// re-estimated ...`.
 fn retraining_text(study: &PrivacyStudy) -> String {
     let t = &study.retrain;
-    let mut text = format!("{} epochs, batch {}", t.epochs, t.batch_size);
-    if let Some(d) = study.distill {
-        text.push_str(&format!(
-            ", distilling from the dense model (temperature {}, weight {})",
-            d.temperature, d.weight
-        ));
-    }
-    if let Some(r) = study.recalibrate {
-        text.push_str(&format!(
-            ", batch norms re-estimated from {} x {} training images after hard pruning and after retraining",
-            r.batches, r.batch_size
-        ));
-    }
-    text
+    format!(
+        "{} epochs, batch {}{}",
+        t.epochs,
+        t.batch_size,
+        distill_and_recalibration_text(study.distill, study.recalibrate)
+    )
 }
 
 struct Compare<'a> {

@@ -252,6 +252,21 @@ fn group_lasso_penalty_gradient_is_exact_and_reaches_the_weights() {
     assert!(changed > 1000, "the penalty must move the gradients; {changed} entries changed");
 }
 
+/// Four epochs of 24 steps with ADMM updates every epoch (rho 0.5 growing 1.5x, cap 5).
+fn admm_run(hard_prune_at: Option<f64>) -> (TrainConfig, AdmmConfig) {
+    (
+        TrainConfig { max_steps_per_epoch: Some(24), seed: 2, ..TrainConfig::sgd(4, 32, 0.02) },
+        AdmmConfig {
+            rho: 0.5,
+            rho_growth: 1.5,
+            rho_max: 5.0,
+            update_every: 1,
+            update_every_steps: None,
+            hard_prune_at,
+        },
+    )
+}
+
 #[test]
 fn admm_residuals_fall_and_resume_exactly() {
     let (tr, _) = mnist();
@@ -259,16 +274,7 @@ fn admm_residuals_fall_and_resume_exactly() {
     let model = trained_lenet(&device);
     let w = weights::prunable_weights(&model, [1, 1, 28, 28]).unwrap();
     let plan = PrunePlan::resolve(&config(UNSTRUCTURED_8X), &w).unwrap();
-    let cfg =
-        TrainConfig { max_steps_per_epoch: Some(24), seed: 2, ..TrainConfig::sgd(4, 32, 0.02) };
-    let admm_cfg = AdmmConfig {
-        rho: 0.5,
-        rho_growth: 1.5,
-        rho_max: 5.0,
-        update_every: 1,
-        update_every_steps: None,
-        hard_prune_at: None,
-    };
+    let (cfg, admm_cfg) = admm_run(None);
     let mut straight = Admm::new(&model, plan.clone(), admm_cfg.clone()).unwrap();
     let (m1, _) = train(model.clone(), &tr, None, &cfg, &device, &mut straight, None).unwrap();
     let log = straight.log();
@@ -298,16 +304,7 @@ fn admm_hard_prunes_inside_the_phase_and_resumes_exactly() {
     let w = weights::prunable_weights(&model, [1, 1, 28, 28]).unwrap();
     let plan = PrunePlan::resolve(&config(UNSTRUCTURED_8X), &w).unwrap();
     let paths = plan.paths();
-    let cfg =
-        TrainConfig { max_steps_per_epoch: Some(24), seed: 2, ..TrainConfig::sgd(4, 32, 0.02) };
-    let admm_cfg = AdmmConfig {
-        rho: 0.5,
-        rho_growth: 1.5,
-        rho_max: 5.0,
-        update_every: 1,
-        update_every_steps: None,
-        hard_prune_at: Some(0.5),
-    };
+    let (cfg, admm_cfg) = admm_run(Some(0.5));
     let fresh = || Admm::new(&model, plan.clone(), admm_cfg.clone()).unwrap().with_phase_steps(96);
     let mut straight = fresh();
     let (m1, _) = train(model.clone(), &tr, None, &cfg, &device, &mut straight, None).unwrap();

@@ -681,13 +681,28 @@ fn budget_text(study: &Study) -> String {
         .collect::<Vec<_>>()
         .join("; ");
     text.push_str(&format!("; then masked retraining for every method: {}", phase(&study.retrain)));
-    if let Some(d) = study.distill {
+    text.push_str(&distill_and_recalibration_text(study.distill, study.recalibrate));
+    if study.distill_phase {
+        text.push_str("; the methods' phases distill too");
+    }
+    text
+}
+
+/// `, distilling from the dense model (temperature 3, weight 0.5); batch-norm statistics
+/// re-estimated on 16 x 64 training images after hard pruning and after retraining`, or the
+/// parts that apply.
+pub(crate) fn distill_and_recalibration_text(
+    distill: Option<DistillConfig>,
+    recalibrate: Option<Recalibration>,
+) -> String {
+    let mut text = String::new();
+    if let Some(d) = distill {
         text.push_str(&format!(
             ", distilling from the dense model (temperature {}, weight {})",
             d.temperature, d.weight
         ));
     }
-    if let Some(r) = study.recalibrate {
+    if let Some(r) = recalibrate {
         text.push_str(&format!(
             "; batch-norm statistics re-estimated on {} x {} training images after hard pruning and after retraining",
             r.batches, r.batch_size
