@@ -339,7 +339,36 @@ impl Experiment for PrivacyPrune {
                 t.seed = options.seed;
             }
         }
-        cfg.studies = select(cfg.studies, &options.only, |s| &s.name)?;
+        // `--only study` keeps studies; `--only study/cell-prefix` keeps those schemes of it
+        // (cells are named like `block-punched-8x4-8x`).
+        let studies: Vec<String> =
+            options.only.iter().map(|o| o.split('/').next().unwrap_or(o).to_string()).collect();
+        cfg.studies = select(cfg.studies, &studies, |s| &s.name)?;
+        for s in &mut cfg.studies {
+            let prefixes: Vec<&str> = options
+                .only
+                .iter()
+                .filter_map(|o| o.split_once('/'))
+                .filter(|(study, _)| s.name.starts_with(study))
+                .map(|(_, cell)| cell)
+                .collect();
+            if prefixes.is_empty() {
+                continue;
+            }
+            s.schemes.retain(|spec| {
+                let id = file_safe(&spec.scheme.to_string());
+                prefixes.iter().any(|p| id.starts_with(p) || p.starts_with(&id))
+            });
+            if s.schemes.is_empty() {
+                return Err(ExperimentError::config(
+                    "--only",
+                    format!(
+                        "{prefixes:?} matches no scheme of {} (cells are named like `block-punched-8x4-8x`)",
+                        s.name
+                    ),
+                ));
+            }
+        }
         cfg.dense_from.clone_from(&options.dense_from);
         serde_json::to_value(cfg).map_err(|e| ExperimentError::config("config", e))
     }
@@ -630,6 +659,36 @@ fn plots(results: &[PrivacyStudyResult]) -> Result<Vec<Plot>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_selects_studies_and_schemes() {
+        let schemes = |only: &[&str]| -> Result<Vec<(String, Vec<String>)>> {
+            let options = RunOptions {
+                only: only.iter().map(|s| s.to_string()).collect(),
+                ..RunOptions::default()
+            };
+            let cfg: PrivacyPruneConfig =
+                serde_json::from_value(PrivacyPrune.config(&options)?).unwrap();
+            Ok(cfg
+                .studies
+                .iter()
+                .map(|s| (s.name.clone(), s.schemes.iter().map(|x| x.scheme.to_string()).collect()))
+                .collect())
+        };
+        let all = schemes(&[]).unwrap();
+        assert_eq!(all.len(), 2);
+        assert!(all.iter().all(|(_, s)| s.len() == 2), "{all:?}");
+        assert_eq!(schemes(&["resnet20"]).unwrap().len(), 1);
+        let bp = schemes(&["resnet20/block-punched"]).unwrap();
+        assert_eq!(
+            bp,
+            vec![("resnet20-fashion".to_string(), vec!["block-punched:8x4".to_string()])]
+        );
+        // A full cell id (scheme and rate) selects its scheme too.
+        assert_eq!(schemes(&["resnet20/unstructured-8x"]).unwrap()[0].1, vec!["unstructured"]);
+        let e = schemes(&["resnet20/filter"]).unwrap_err().to_string();
+        assert!(e.contains("--only") && e.contains("matches no scheme"), "{e}");
+    }
 
     #[test]
     fn presets_have_equal_retraining_budgets_and_seeds() {

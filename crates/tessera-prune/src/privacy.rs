@@ -43,7 +43,8 @@ use crate::retrain::KeepSigns;
 pub struct DesignerConfig {
     /// Scheme and target per layer.
     pub sparsity: SparsityConfig,
-    /// ADMM settings.
+    /// ADMM settings; with `hard_prune_at` the designer hard-prunes inside its phase and
+    /// distills on the synthetic inputs with the masks fixed for the rest of it.
     pub admm: AdmmConfig,
     /// Training on the synthetic inputs (its `data_loss_weight` is forced to 0: there are no
     /// labels; `seed` also seeds the synthetic inputs).
@@ -111,7 +112,12 @@ pub fn designer<M: Classifier>(
     let input = [1, shape.channels, shape.height, shape.width];
     let plan = PrunePlan::resolve(&config.sparsity, &prunable_weights(&client_model, input)?)?;
     let synthetic = synthetic_inputs(shape, config.synthetic_examples, config.train.seed)?;
-    let mut admm = Admm::new(&client_model, plan.clone(), config.admm.clone())?;
+    let total_steps = {
+        let n = config.synthetic_examples.div_ceil(config.train.batch_size.max(1));
+        config.train.max_steps_per_epoch.map_or(n, |m| m.min(n)) * config.train.epochs
+    };
+    let mut admm =
+        Admm::new(&client_model, plan.clone(), config.admm.clone())?.with_phase_steps(total_steps);
     let mut kd = Distillation::new(
         &client_model,
         DistillConfig { temperature: config.temperature, weight: 1.0 },
@@ -121,7 +127,10 @@ pub fn designer<M: Classifier>(
     let (model, history) =
         train(student, &synthetic, None, &cfg, device, &mut Both(&mut admm, &mut kd), checkpoints)?;
     let model = set_batch_norm_training(model, true);
-    let masks = hard_prune_masks(&model, &plan)?;
+    let masks = match admm.hard_pruned() {
+        Some((_, masks)) => masks.clone(),
+        None => hard_prune_masks(&model, &plan)?,
+    };
     let model = apply_masks(model, &masks);
     let summary = plan.summary(&masks)?;
     Ok(DesignerOutcome { model, masks, summary, admm_log: admm.log().to_vec(), history })

@@ -209,6 +209,33 @@ fn frozen_batch_norm_keeps_the_client_models_statistics_in_the_designer() {
     assert!(after.iter().zip(&before).any(|(a, b)| (a - b).abs() > 1e-3));
 }
 
+#[test]
+fn designer_can_hard_prune_inside_its_phase() {
+    let device = Backend::Flex.train_device(6);
+    let resnet =
+        ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.25, skip_blocks: vec![] };
+    let dense = with_seed(&device, 2, || resnet.init(&device)).unwrap();
+    let shape = SampleShape { channels: 1, height: 28, width: 28 };
+    // 2 epochs of 4 steps (128 synthetic inputs, batch 32), hard pruning after step 3.
+    let mut cfg = unstructured_4x(adam(2, 4), 128, false);
+    let plain = designer(independent_copy(&dense), shape, &cfg, &device, None).unwrap();
+    cfg.admm.hard_prune_at = Some(0.5);
+    let early = designer(dense, shape, &cfg, &device, None).unwrap();
+    assert_eq!(plain.admm_log.len(), 3, "initialization + one update per epoch");
+    assert_eq!(early.admm_log.len(), 1, "hard-pruned before the first epoch's update");
+    let weights = |m: &tessera_models::zoo::ResNet| prunable_weights(m, [1, 1, 28, 28]).unwrap();
+    for w in weights(&early.model).iter().filter(|w| early.masks.get(&w.path).is_some()) {
+        let (_, mask) = early.masks.get(&w.path).unwrap();
+        assert!((mask.density() - 0.25).abs() < 0.02, "{}: {}", w.path, mask.density());
+        assert!(w.values.iter().enumerate().all(|(i, &v)| mask.get(i) || v == 0.0), "{}", w.path);
+    }
+    // The second epoch trained the kept weights without the penalty: another model.
+    let kept = |m: &tessera_models::zoo::ResNet| -> Vec<Vec<f32>> {
+        weights(m).into_iter().map(|w| w.values).collect()
+    };
+    assert_ne!(kept(&early.model), kept(&plain.model));
+}
+
 /// Reads a loaded model's prunable weights.
 struct Weights;
 
