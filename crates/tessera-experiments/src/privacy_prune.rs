@@ -287,7 +287,9 @@ fn resnet(scale: Scale) -> Result<PrivacyStudy> {
                 rho_max: 10.0,
                 update_every: 1,
                 update_every_steps: None,
-                hard_prune_at: None,
+                // Hard-prunes at 3/4 and distils on noise with the masks fixed after it: the
+                // block-punched 8x gap fell from 1.45 to 1.20 points (run 20261205T043233Z).
+                hard_prune_at: Some(0.75),
             },
             train: TrainConfig {
                 max_steps_per_epoch: steps,
