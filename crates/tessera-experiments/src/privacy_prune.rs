@@ -27,7 +27,8 @@ use crate::prune_schemes::{
 use crate::report::Table;
 use crate::run::{Experiment, Outcome, RunContext, RunOptions, Scale};
 use crate::study::{
-    OpenStudy, Pretrain, RateCap, cached_cell, file_safe, open_study, select, sgd, store_cell,
+    OpenStudy, Pretrain, RateCap, cached_cell, cell_prefixes, file_safe, only_studies, open_study,
+    select, sgd, store_cell,
 };
 
 /// The experiment.
@@ -343,17 +344,9 @@ impl Experiment for PrivacyPrune {
         }
         // `--only study` keeps studies; `--only study/cell-prefix` keeps those schemes of it
         // (cells are named like `block-punched-8x4-8x`).
-        let studies: Vec<String> =
-            options.only.iter().map(|o| o.split('/').next().unwrap_or(o).to_string()).collect();
-        cfg.studies = select(cfg.studies, &studies, |s| &s.name)?;
+        cfg.studies = select(cfg.studies, &only_studies(&options.only), |s| &s.name)?;
         for s in &mut cfg.studies {
-            let prefixes: Vec<&str> = options
-                .only
-                .iter()
-                .filter_map(|o| o.split_once('/'))
-                .filter(|(study, _)| s.name.starts_with(study))
-                .map(|(_, cell)| cell)
-                .collect();
+            let prefixes = cell_prefixes(&options.only, &s.name);
             if prefixes.is_empty() {
                 continue;
             }

@@ -338,6 +338,20 @@ pub(crate) fn file_safe(name: &str) -> String {
         .collect()
 }
 
+/// The study names `--only` asks for: each entry up to its `/`.
+pub(crate) fn only_studies(only: &[String]) -> Vec<String> {
+    only.iter().map(|o| o.split('/').next().unwrap_or(o).to_string()).collect()
+}
+
+/// The cell prefixes `--only study/cell-prefix` entries give for study `name` (empty: all).
+pub(crate) fn cell_prefixes<'a>(only: &'a [String], name: &str) -> Vec<&'a str> {
+    only.iter()
+        .filter_map(|o| o.split_once('/'))
+        .filter(|(study, _)| name.starts_with(study))
+        .map(|(_, cell)| cell)
+        .collect()
+}
+
 /// The studies whose names start with one of `only` (all when empty); an error naming the
 /// studies when none matches.
 pub(crate) fn select<T>(

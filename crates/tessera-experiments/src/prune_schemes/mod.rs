@@ -34,8 +34,8 @@ mod report;
 use report::{check, plots, report};
 
 use crate::study::{
-    OpenStudy, Pretrain, RateCap, allocate, cached_cell, file_safe, open_study, per_layer_config,
-    select, sgd, store_cell,
+    OpenStudy, Pretrain, RateCap, allocate, cached_cell, cell_prefixes, file_safe, only_studies,
+    open_study, per_layer_config, select, sgd, store_cell,
 };
 
 /// The experiment.
@@ -560,17 +560,9 @@ impl Experiment for PruneSchemes {
             }
         }
         // `--only study` keeps studies; `--only study/cell-prefix` keeps those cells of it.
-        let studies: Vec<String> =
-            options.only.iter().map(|o| o.split('/').next().unwrap_or(o).to_string()).collect();
-        cfg.studies = select(cfg.studies, &studies, |s| &s.name)?;
+        cfg.studies = select(cfg.studies, &only_studies(&options.only), |s| &s.name)?;
         for s in &mut cfg.studies {
-            let prefixes: Vec<&str> = options
-                .only
-                .iter()
-                .filter_map(|o| o.split_once('/'))
-                .filter(|(study, _)| s.name.starts_with(study))
-                .map(|(_, cell)| cell)
-                .collect();
+            let prefixes = cell_prefixes(&options.only, &s.name);
             if prefixes.is_empty() {
                 continue;
             }
