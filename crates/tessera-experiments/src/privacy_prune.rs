@@ -211,6 +211,8 @@ fn lenet(scale: Scale) -> Result<PrivacyStudy> {
                 update_every: 1,
                 update_every_steps: None,
                 hard_prune_at: None,
+                progressive: false,
+                couple_batch_norm: false,
             },
             train: TrainConfig {
                 max_steps_per_epoch: steps,
@@ -291,6 +293,8 @@ fn resnet(scale: Scale) -> Result<PrivacyStudy> {
                 // Hard-prunes at 3/4 and distils on noise with the masks fixed after it: the
                 // block-punched 8x gap fell from 1.45 to 1.20 points (run 20261205T043233Z).
                 hard_prune_at: Some(0.75),
+                progressive: false,
+                couple_batch_norm: false,
             },
             train: TrainConfig {
                 max_steps_per_epoch: steps,

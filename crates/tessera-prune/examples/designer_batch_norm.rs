@@ -79,6 +79,8 @@ fn main() -> Result<()> {
                 update_every: 1,
                 update_every_steps: Some(40),
                 hard_prune_at: None,
+                progressive: false,
+                couple_batch_norm: false,
             },
             train: TrainConfig {
                 optimizer: OptimizerConfig::Adam { lr, weight_decay: 0.0 },

@@ -16,14 +16,37 @@
 //! of its steps: the projection of W, as after the phase) and trains the rest of the phase
 //! with the masks fixed and no penalty — the shape of gradual magnitude pruning's phase, which
 //! reaches its final masks at `end_at` and trains masked after it.
+//!
+//! With [`AdmmConfig::progressive`] the Z-step's target is not the final one from the start:
+//! each update projects onto the scheme at a sparsity that follows gradual magnitude
+//! pruning's cubic ramp, `s_t = s_f (1 - (1 - t / T)^3)`, where `T` is the hard-pruning step
+//! (or the phase's end), in the spirit of progressive ADMM (Ye et al. 2018), which reaches a
+//! high rate through ADMM stages at rising rates. The penalty then pulls a growing set of
+//! weights toward zero instead of the final 7/8 at once, so the kept weights can re-fit as
+//! the set grows. Constraint sets that are structural at any rate (a pattern library at the
+//! dense target) are enforced in full from the start.
+//!
+//! With [`AdmmConfig::couple_batch_norm`] the constraint of a convolution followed by a batch
+//! norm also covers that norm's per-channel scale and shift: every output channel whose
+//! filter the Z-step removes (in any of the layer's constraint sets) has its `gamma` and
+//! `beta` in the set too, `Z = (v + U)` on kept channels and 0 on removed ones, and the same
+//! penalty pulls them. Without it, filter-removing schemes fight the batch norm: it
+//! normalizes a filter's output whatever the filter's norm, so pulling the filter toward zero
+//! does not silence the channel (the loss is scale-invariant in the filter, and its gradient
+//! grows as the filter shrinks), and the channel's output stays at full scale until the hard
+//! pruning cuts it at once. Pulling `gamma` to zero silences the channel gradually, as
+//! network slimming (Liu et al. 2017) prunes channels through their batch-norm scales.
 
 use std::collections::BTreeMap;
 
 use burn::optim::GradientsParams;
 use serde::{Deserialize, Serialize};
 use tessera_models::train::{EpochMetrics, Hooks};
-use tessera_models::weights::{add_to_gradients, apply_masks, mask_gradients, read_weights};
+use tessera_models::weights::{
+    add_to_gradients, apply_masks, collect_paths, mask_gradients, read_weights,
+};
 use tessera_models::{Classifier, Masks};
+use tessera_sparsity::Target;
 
 use crate::error::{PruneError, Result};
 use crate::magnitude::{SavedMask, hard_prune_masks, restore_masks, save_masks};
@@ -47,6 +70,15 @@ pub struct AdmmConfig {
     /// phase with the masks fixed; `None`: after the phase.
     #[serde(default)]
     pub hard_prune_at: Option<f64>,
+    /// Ramp each Z-step's target sparsity along the cubic schedule, reaching the final target
+    /// at the hard-pruning step (or the phase's end); needs `update_every_steps` and the
+    /// phase's length ([`Admm::with_phase_steps`]).
+    #[serde(default)]
+    pub progressive: bool,
+    /// Couple each pruned convolution's batch norm into the constraint: the scale and shift
+    /// of every output channel whose filter the Z-step removes are pulled to zero with it.
+    #[serde(default)]
+    pub couple_batch_norm: bool,
 }
 
 impl Default for AdmmConfig {
@@ -58,6 +90,8 @@ impl Default for AdmmConfig {
             update_every: 1,
             update_every_steps: None,
             hard_prune_at: None,
+            progressive: false,
+            couple_batch_norm: false,
         }
     }
 }
@@ -85,8 +119,32 @@ impl AdmmConfig {
                 format!("a fraction of the phase in (0, 1], got {f}"),
             ));
         }
+        if self.progressive && self.update_every_steps.is_none() {
+            return Err(PruneError::config(
+                "admm.progressive",
+                "ramps the target by optimizer step: set `update_every_steps` too",
+            ));
+        }
         Ok(())
     }
+}
+
+/// The fraction of the final sparsity progressive ADMM's Z-step asks for after `step` when
+/// the ramp ends at step `end`: `1 - (1 - (step + 1) / (end + 1))^3`, 0 before the first step.
+pub fn progressive_fraction(step: Option<usize>, end: usize) -> f64 {
+    let Some(step) = step else { return 0.0 };
+    let p = ((step + 1) as f64 / (end + 1) as f64).min(1.0);
+    1.0 - (1.0 - p).powi(3)
+}
+
+/// `c` with its target's sparsity scaled by `fraction` (itself at 1).
+fn ramped(c: &Constraint, fraction: f64) -> Constraint {
+    let target = if fraction >= 1.0 {
+        c.target
+    } else {
+        Target::Sparsity((c.target.sparsity_value() * fraction).clamp(0.0, 1.0))
+    };
+    Constraint { target, ..c.clone() }
 }
 
 /// Residuals of one layer and constraint set at one update.
@@ -131,11 +189,49 @@ struct SetState {
     u: Vec<f32>,
 }
 
+/// The batch norm after a pruned convolution, coupled into ADMM
+/// ([`AdmmConfig::couple_batch_norm`]).
+#[derive(Debug, Clone, PartialEq)]
+struct BatchNormCoupling {
+    /// Path of its per-channel scale.
+    gamma: String,
+    /// Path of its per-channel shift.
+    beta: String,
+}
+
+/// The batch norm of the convolution whose weight is at `weight` (our zoo's `ConvBn`:
+/// `<x>.conv.weight` and `<x>.bn.{gamma,beta}`), if the model has one there.
+fn batch_norm_of(weight: &str, params: &[String]) -> Option<BatchNormCoupling> {
+    let base = weight.strip_suffix(".conv.weight")?;
+    let (gamma, beta) = (format!("{base}.bn.gamma"), format!("{base}.bn.beta"));
+    (params.contains(&gamma) && params.contains(&beta)).then_some(BatchNormCoupling { gamma, beta })
+}
+
+/// `values` (one per output channel) projected onto "zero on the channels not `alive`".
+fn keep_channels(values: &[f32], alive: &[bool]) -> Vec<f32> {
+    values.iter().zip(alive).map(|(&v, &a)| if a { v } else { 0.0 }).collect()
+}
+
+/// Per GEMM row (output channel) of a layer's Z sets: whether every set keeps a weight in it.
+fn alive_rows(rows: usize, sets: &[&[f32]]) -> Vec<bool> {
+    (0..rows)
+        .map(|o| {
+            sets.iter().all(|z| {
+                let cols = z.len() / rows.max(1);
+                z[o * cols..(o + 1) * cols].iter().any(|&v| v != 0.0)
+            })
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct State {
     rho: f64,
     /// Per layer (plan order), per constraint set.
     sets: Vec<Vec<SetState>>,
+    /// Per layer, the coupled batch norm's scale and shift (`couple_batch_norm`).
+    #[serde(default)]
+    batch_norms: Vec<Option<[SetState; 2]>>,
     log: Vec<AdmmUpdate>,
     /// The step after which it hard-pruned inside the phase, and the masks.
     #[serde(default)]
@@ -152,6 +248,10 @@ pub struct Admm {
     state: State,
     /// The optimizer step after which to hard-prune (from `hard_prune_at`).
     hard_prune_step: Option<usize>,
+    /// The last step of the phase (from [`Admm::with_phase_steps`]).
+    last_step: Option<usize>,
+    /// Per layer, its coupled batch norm.
+    couplings: Vec<Option<BatchNormCoupling>>,
     /// The masks once hard-pruned inside the phase.
     masks: Option<Masks>,
 }
@@ -164,20 +264,54 @@ impl Admm {
     /// Starts ADMM from `model`'s weights: `Z = project(W)`, `U = 0`.
     pub fn new<M: Classifier>(model: &M, plan: PrunePlan, config: AdmmConfig) -> Result<Self> {
         config.validate()?;
-        let paths = plan.paths();
+        let mut paths = plan.paths();
+        let couplings: Vec<Option<BatchNormCoupling>> = if config.couple_batch_norm {
+            let params = collect_paths(model);
+            plan.layers.iter().map(|l| batch_norm_of(&l.path, &params)).collect()
+        } else {
+            vec![None; plan.layers.len()]
+        };
+        paths.extend(couplings.iter().flatten().flat_map(|c| [c.gamma.clone(), c.beta.clone()]));
         let weights = read_weights(model, &paths)?;
         let constraints: Vec<Vec<Constraint>> =
             plan.layers.iter().map(|l| l.constraints()).collect();
         let mut sets = Vec::new();
+        let mut batch_norms = Vec::new();
         let mut residuals = Vec::new();
-        for (l, cs) in plan.layers.iter().zip(&constraints) {
+        for ((l, cs), coupling) in plan.layers.iter().zip(&constraints).zip(&couplings) {
             let w = &weights[&l.path];
             let mut layer_sets = Vec::new();
             for c in cs {
+                // Progressive ADMM starts from the ramp's first point: no sparsity asked yet.
+                let c = if config.progressive { &ramped(c, 0.0) } else { c };
                 let z = c.project(&l.layer, w)?;
                 residuals.push(residual(&l.path, c, w, &z, None, config.rho));
                 layer_sets.push(SetState { u: vec![0.0; z.len()], z });
             }
+            let bn = match coupling {
+                Some(c) => {
+                    let rows = l.layer.geometry.rows();
+                    let zs: Vec<&[f32]> = layer_sets.iter().map(|s| s.z.as_slice()).collect();
+                    let alive = alive_rows(rows, &zs);
+                    let mut pair = Vec::new();
+                    for p in [&c.gamma, &c.beta] {
+                        let v = &weights[p];
+                        if v.len() != rows {
+                            return Err(PruneError::Layer {
+                                layer: l.path.clone(),
+                                reason: format!(
+                                    "batch norm `{p}` has {} channels, the convolution {rows}",
+                                    v.len()
+                                ),
+                            });
+                        }
+                        pair.push(SetState { z: keep_channels(v, &alive), u: vec![0.0; rows] });
+                    }
+                    pair.try_into().ok()
+                }
+                None => None,
+            };
+            batch_norms.push(bn);
             sets.push(layer_sets);
         }
         let log = vec![AdmmUpdate { epoch: None, step: None, rho: config.rho, residuals }];
@@ -185,9 +319,11 @@ impl Admm {
             plan,
             constraints,
             paths,
-            state: State { rho: config.rho, sets, log, hard_pruned: None },
+            state: State { rho: config.rho, sets, batch_norms, log, hard_pruned: None },
             config,
             hard_prune_step: None,
+            last_step: None,
+            couplings,
             masks: None,
         })
     }
@@ -199,7 +335,25 @@ impl Admm {
             .config
             .hard_prune_at
             .map(|f| ((f * total_steps as f64).ceil() as usize).max(1) - 1);
+        self.last_step = Some(total_steps.max(1) - 1);
         self
+    }
+
+    /// The constraint sets of layer `layer` as the Z-step after `step` projects onto them:
+    /// the plan's, or with progressive ADMM each target's sparsity scaled by the ramp.
+    fn constraints_at(&self, layer: usize, step: Option<usize>) -> Result<Vec<Constraint>> {
+        let sets = &self.constraints[layer];
+        if !self.config.progressive {
+            return Ok(sets.clone());
+        }
+        let end = self.hard_prune_step.or(self.last_step).ok_or_else(|| {
+            PruneError::config(
+                "admm.progressive",
+                "the ramp needs the phase's length: build the hook with `with_phase_steps`",
+            )
+        })?;
+        let f = progressive_fraction(step, end);
+        Ok(sets.iter().map(|c| ramped(c, f)).collect())
     }
 
     /// The masks it hard-pruned to inside the phase, with the step after which it did.
@@ -223,18 +377,35 @@ impl Admm {
         self.state.rho
     }
 
+    /// Paths of the batch norms coupled into the constraint, as `(scale, shift)`.
+    pub fn coupled_batch_norms(&self) -> Vec<(&str, &str)> {
+        self.couplings.iter().flatten().map(|c| (c.gamma.as_str(), c.beta.as_str())).collect()
+    }
+
+    fn coupled(&self) -> impl Iterator<Item = (&BatchNormCoupling, &[SetState; 2])> {
+        self.couplings
+            .iter()
+            .zip(&self.state.batch_norms)
+            .filter_map(|(c, s)| Some((c.as_ref()?, s.as_ref()?)))
+    }
+
     /// The penalty `sum rho/2 ||W - Z + U||^2` at `weights`.
     pub fn penalty(&self, weights: &BTreeMap<String, Vec<f32>>) -> f64 {
         let mut total = 0.0;
+        let term = |w: &[f32], s: &SetState| {
+            w.iter()
+                .zip(&s.z)
+                .zip(&s.u)
+                .map(|((&w, &z), &u)| (f64::from(w) - f64::from(z) + f64::from(u)).powi(2))
+                .sum::<f64>()
+        };
         for (l, sets) in self.plan.layers.iter().zip(&self.state.sets) {
             let Some(w) = weights.get(&l.path) else { continue };
-            for s in sets {
-                total += w
-                    .iter()
-                    .zip(&s.z)
-                    .zip(&s.u)
-                    .map(|((&w, &z), &u)| (f64::from(w) - f64::from(z) + f64::from(u)).powi(2))
-                    .sum::<f64>();
+            total += sets.iter().map(|s| term(w, s)).sum::<f64>();
+        }
+        for (c, bn) in self.coupled() {
+            for (p, s) in [&c.gamma, &c.beta].into_iter().zip(bn) {
+                total += weights.get(p).map_or(0.0, |v| term(v, s));
             }
         }
         0.5 * self.state.rho * total
@@ -260,6 +431,16 @@ impl Admm {
             }
             out.insert(l.path.clone(), g);
         }
+        for (c, bn) in self.coupled() {
+            for (p, s) in [&c.gamma, &c.beta].into_iter().zip(bn) {
+                let v = weights.get(p).ok_or_else(|| PruneError::Layer {
+                    layer: p.clone(),
+                    reason: "no batch-norm values".into(),
+                })?;
+                let g = v.iter().zip(&s.z).zip(&s.u).map(|((&v, &z), &u)| rho * (v - z + u));
+                out.insert(p.clone(), g.collect());
+            }
+        }
         Ok(out)
     }
 
@@ -280,8 +461,16 @@ impl Admm {
     ) -> Result<&AdmmUpdate> {
         let rho = self.state.rho;
         let mut residuals = Vec::new();
-        for ((l, cs), sets) in
-            self.plan.layers.iter().zip(&self.constraints).zip(&mut self.state.sets)
+        let constraints = (0..self.plan.layers.len())
+            .map(|i| self.constraints_at(i, step))
+            .collect::<Result<Vec<_>>>()?;
+        for (((l, cs), sets), (coupling, bn)) in self
+            .plan
+            .layers
+            .iter()
+            .zip(&constraints)
+            .zip(&mut self.state.sets)
+            .zip(self.couplings.iter().zip(&mut self.state.batch_norms))
         {
             let w = weights.get(&l.path).ok_or_else(|| PruneError::Layer {
                 layer: l.path.clone(),
@@ -296,13 +485,30 @@ impl Admm {
                 }
                 s.z = z;
             }
+            // The coupled batch norm: Z = (v + U) on the channels every set keeps, 0 elsewhere.
+            if let (Some(c), Some(bn)) = (coupling, bn) {
+                let zs: Vec<&[f32]> = sets.iter().map(|s| s.z.as_slice()).collect();
+                let alive = alive_rows(l.layer.geometry.rows(), &zs);
+                for (p, s) in [&c.gamma, &c.beta].into_iter().zip(bn.iter_mut()) {
+                    let v = weights.get(p).ok_or_else(|| PruneError::Layer {
+                        layer: p.clone(),
+                        reason: "no batch-norm values".into(),
+                    })?;
+                    let shifted: Vec<f32> = v.iter().zip(&s.u).map(|(v, u)| v + u).collect();
+                    s.z = keep_channels(&shifted, &alive);
+                    for ((u, &v), &z) in s.u.iter_mut().zip(v).zip(&s.z) {
+                        *u += v - z;
+                    }
+                }
+            }
         }
         self.state.log.push(AdmmUpdate { epoch, step, rho, residuals });
         let next = (rho * self.config.rho_growth).min(self.config.rho_max);
         // U is the dual scaled by 1/rho: keep the unscaled dual rho*U when rho changes
         // (Boyd et al. 2011, §3.4.1), else every growth step multiplies the dual's pull.
         let keep = (rho / next) as f32;
-        for s in self.state.sets.iter_mut().flatten() {
+        let bn = self.state.batch_norms.iter_mut().flatten().flatten();
+        for s in self.state.sets.iter_mut().flatten().chain(bn) {
             s.u.iter_mut().for_each(|u| *u *= keep);
         }
         self.state.rho = next;
@@ -398,11 +604,21 @@ impl<M: Classifier> Hooks<M> for Admm {
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> tessera_models::Result<()> {
-        let state: State =
+        let mut state: State =
             serde_json::from_slice(bytes).map_err(|e| PruneError::config("admm state", e))?;
+        // A state saved before batch-norm coupling existed couples nothing.
+        if state.batch_norms.is_empty() && self.couplings.iter().all(Option::is_none) {
+            state.batch_norms = vec![None; self.couplings.len()];
+        }
         let shape_ok = state.sets.len() == self.state.sets.len()
             && state.sets.iter().zip(&self.state.sets).all(|(a, b)| {
                 a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.z.len() == y.z.len())
+            })
+            && state.batch_norms.len() == self.state.batch_norms.len()
+            && state.batch_norms.iter().zip(&self.state.batch_norms).all(|(a, b)| match (a, b) {
+                (Some(a), Some(b)) => a.iter().zip(b).all(|(x, y)| x.z.len() == y.z.len()),
+                (None, None) => true,
+                _ => false,
             });
         if !shape_ok {
             return Err(PruneError::config(
@@ -436,9 +652,24 @@ mod tests {
         assert!(e.contains("rho <= rho_max"), "{e}");
         let e = err(AdmmConfig { rho_growth: 0.5, ..AdmmConfig::default() });
         assert!(e.contains("rho_growth >= 1"), "{e}");
+        let e = err(AdmmConfig { progressive: true, ..AdmmConfig::default() });
+        assert!(e.contains("admm.progressive") && e.contains("update_every_steps"), "{e}");
         for bad in [0.0, -0.5, 1.5, f64::NAN] {
             let e = err(AdmmConfig { hard_prune_at: Some(bad), ..AdmmConfig::default() });
             assert!(e.contains("admm.hard_prune_at"), "{e}");
         }
+    }
+
+    #[test]
+    fn progressive_fraction_is_the_cubic_ramp() {
+        assert_eq!(progressive_fraction(None, 9), 0.0);
+        // (step + 1) / (end + 1) = 0.5: 1 - 0.5^3.
+        assert!((progressive_fraction(Some(4), 9) - 0.875).abs() < 1e-12);
+        assert_eq!(progressive_fraction(Some(9), 9), 1.0);
+        assert_eq!(progressive_fraction(Some(30), 9), 1.0);
+        let f: Vec<f64> = (0..10).map(|s| progressive_fraction(Some(s), 9)).collect();
+        assert!(f.windows(2).all(|w| w[1] > w[0]), "rises every step: {f:?}");
+        // Fast early, slow late: the first tenth of the ramp asks for over a quarter.
+        assert!(f[0] > 0.25 && f[8] > 0.99, "{f:?}");
     }
 }

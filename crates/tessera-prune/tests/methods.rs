@@ -110,9 +110,9 @@ fn pattern_plans_share_one_library_and_split_into_two_admm_sets() {
 }
 
 /// Gradients of the cross-entropy on one fixture batch, with `hook` applied (or not).
-fn gradients_with(
-    model: &Lenet5,
-    hook: Option<&mut dyn Hooks<Lenet5>>,
+fn gradients_with<M: Classifier>(
+    model: &M,
+    hook: Option<&mut dyn Hooks<M>>,
     paths: &[String],
     device: &Device,
 ) -> BTreeMap<String, Vec<f32>> {
@@ -200,6 +200,8 @@ fn admm_rho_growth_keeps_the_unscaled_dual() {
         update_every: 1,
         update_every_steps: None,
         hard_prune_at: None,
+        progressive: false,
+        couple_batch_norm: false,
     };
     let mut admm = Admm::new(&model, plan.clone(), cfg).unwrap();
     let weights = read_weights(&model, &paths).unwrap();
@@ -263,6 +265,8 @@ fn admm_run(hard_prune_at: Option<f64>) -> (TrainConfig, AdmmConfig) {
             update_every: 1,
             update_every_steps: None,
             hard_prune_at,
+            progressive: false,
+            couple_batch_norm: false,
         },
     )
 }
@@ -634,4 +638,154 @@ fn recalibration_reestimates_batch_norm_after_hard_pruning_and_after_retraining(
     let retrained_only = PruneConfig { recalibrate: None, ..cfg.clone() };
     let out_plain = prune(trained(), &retrained_only, &tr, Some(&te), &device, None).unwrap();
     assert_ne!(stats(&out_plain.model), before);
+}
+
+/// Sparsity of a logged constraint (`scheme@0.3` or `scheme@8x`).
+fn logged_sparsity(constraint: &str) -> f64 {
+    let t = constraint.rsplit('@').next().unwrap();
+    match t.strip_suffix('x') {
+        Some(rate) => 1.0 - 1.0 / rate.parse::<f64>().unwrap(),
+        None => t.parse().unwrap(),
+    }
+}
+
+#[test]
+fn progressive_admm_ramps_the_z_target_along_the_cubic() {
+    let device = Backend::Flex.train_device(6);
+    let model = trained_lenet(&device);
+    let w = weights::prunable_weights(&model, [1, 1, 28, 28]).unwrap();
+    let plan = PrunePlan::resolve(&config(UNSTRUCTURED_8X), &w).unwrap();
+    let paths = plan.paths();
+    let cfg = AdmmConfig {
+        rho: 0.1,
+        update_every_steps: Some(1),
+        progressive: true,
+        ..AdmmConfig::default()
+    };
+    // Without the phase's length the ramp has no end: a typed error at the first update.
+    let mut bare = Admm::new(&model, plan.clone(), cfg.clone()).unwrap();
+    let err = Hooks::after_step(&mut bare, model.clone(), 0).unwrap_err().to_string();
+    assert!(err.contains("admm.progressive") && err.contains("with_phase_steps"), "{err}");
+    let mut hook = Admm::new(&model, plan.clone(), cfg).unwrap().with_phase_steps(10);
+    // The initialization asks for no sparsity yet: Z = W.
+    assert_eq!(hook.log()[0].max_relative(), 0.0);
+    let w0 = read_weights(&model, &paths).unwrap();
+    let mut m = model.clone();
+    for step in 0..10 {
+        m = Hooks::after_step(&mut hook, m, step).unwrap();
+    }
+    let log = hook.log();
+    assert_eq!(log.len(), 11, "initialization + one update per step");
+    for (k, u) in log[1..].iter().enumerate() {
+        let p = (k + 1) as f64 / 10.0;
+        let want = 0.875 * (1.0 - (1.0 - p).powi(3));
+        for r in &u.residuals {
+            let got = logged_sparsity(&r.constraint);
+            assert!((got - want).abs() < 1e-9, "step {k}, {}: {got} vs {want}", r.path);
+        }
+    }
+    // The first ramped Z-step (U = 0, no training) removes exactly the smallest weights of
+    // the ramp's sparsity: the primal residual by brute force over sorted magnitudes.
+    let s0 = 0.875 * (1.0 - 0.9f64.powi(3));
+    for (l, r) in plan.layers.iter().zip(&log[1].residuals) {
+        let mut sq: Vec<f64> = w0[&l.path].iter().map(|&v| f64::from(v).powi(2)).collect();
+        sq.sort_by(f64::total_cmp);
+        let pruned = sq.len() - Target::Sparsity(s0).budget(sq.len());
+        let want = sq[..pruned].iter().sum::<f64>().sqrt();
+        assert!((r.primal - want).abs() <= 1e-4 * want, "{}: {} vs {want}", l.path, r.primal);
+    }
+    // Hard pruning at half the phase ends the ramp there: the update after step 3 asks for
+    // 1 - (1/5)^3 of the final sparsity.
+    let mut half = Admm::new(
+        &model,
+        plan,
+        AdmmConfig {
+            rho: 0.1,
+            update_every_steps: Some(1),
+            progressive: true,
+            hard_prune_at: Some(0.5),
+            ..AdmmConfig::default()
+        },
+    )
+    .unwrap()
+    .with_phase_steps(10);
+    let mut m = model;
+    for step in 0..4 {
+        m = Hooks::after_step(&mut half, m, step).unwrap();
+    }
+    let got = logged_sparsity(&half.log()[4].residuals[0].constraint);
+    assert!((got - 0.875 * (1.0 - 0.2f64.powi(3))).abs() < 1e-9, "{got}");
+    assert!(half.hard_pruned().is_none());
+    Hooks::after_step(&mut half, m, 4).unwrap();
+    assert_eq!(half.hard_pruned().map(|(s, _)| s), Some(4));
+}
+
+#[test]
+fn admm_couples_the_batch_norms_of_removed_filters() {
+    let device = Backend::Flex.train_device(7);
+    let model = with_seed(&device, 3, || {
+        ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.5, skip_blocks: Vec::new() }
+            .init(&device)
+    })
+    .unwrap();
+    let w = weights::prunable_weights(&model, [1, 1, 28, 28]).unwrap();
+    let plan = PrunePlan::resolve(
+        &config(
+            r#"{"rules": [{"layers": "blocks.*.conv.weight", "scheme": "filter", "target": "4x"}],
+            "default": {"scheme": "unstructured", "target": "0"}}"#,
+        ),
+        &w,
+    )
+    .unwrap();
+    let cfg = AdmmConfig { rho: 0.1, couple_batch_norm: true, ..AdmmConfig::default() };
+    let mut admm = Admm::new(&model, plan.clone(), cfg).unwrap();
+    let coupled: Vec<(String, String)> =
+        admm.coupled_batch_norms().iter().map(|(g, b)| (g.to_string(), b.to_string())).collect();
+    assert_eq!(coupled.len(), plan.layers.len(), "every planned convolution has its norm");
+    for (l, (g, b)) in plan.layers.iter().zip(&coupled) {
+        let base = l.path.strip_suffix(".conv.weight").unwrap();
+        assert_eq!((g.as_str(), b.as_str()), (&*format!("{base}.bn.gamma"), &*format!("{base}.bn.beta")));
+    }
+    let mut paths = plan.paths();
+    paths.extend(coupled.iter().flat_map(|(g, b)| [g.clone(), b.clone()]));
+    let mut weights = read_weights(&model, &paths).unwrap();
+    // Fresh norms have beta = 0: give the shifts values so their pull is visible.
+    for (_, b) in &coupled {
+        let v = weights.get_mut(b).unwrap();
+        v.iter_mut().enumerate().for_each(|(i, x)| *x = 0.05 * (i as f32 + 1.0));
+    }
+    // One update from Z = proj(W), U = 0, at the same values: on a removed channel the
+    // scale's Z is 0 and U = gamma, so after rho grows 0.1 -> 0.15 (U rescaled by 2/3) the
+    // gradient is 0.15 gamma + 0.1 gamma = 0.25 gamma, as for a pruned weight (see
+    // `admm_rho_growth_keeps_the_unscaled_dual`); on a kept channel it is 0. The removed
+    // channels by brute force: rows of the scheme's mask with no kept weight.
+    admm.update(&weights, Some(0)).unwrap();
+    let g = admm.penalty_gradient(&weights).unwrap();
+    let mut removed = 0;
+    for (l, (gp, bp)) in plan.layers.iter().zip(&coupled) {
+        let mask = l.project(&weights[&l.path]).unwrap().mask;
+        let rows = l.layer.geometry.rows();
+        let cols = mask.len() / rows;
+        for o in 0..rows {
+            let dead = !(0..cols).any(|c| mask.get(o * cols + c));
+            removed += usize::from(dead);
+            for p in [gp, bp] {
+                let want = if dead { 0.25 * weights[p][o] } else { 0.0 };
+                assert!((g[p][o] - want).abs() <= 1e-6, "{p}[{o}]: {} vs {want}", g[p][o]);
+            }
+        }
+    }
+    assert!(removed >= plan.layers.len() * 2, "4x filter pruning removes channels: {removed}");
+    check_fd(|w| admm.penalty(w), &weights, &g);
+    // The model's own gradients carry it.
+    let weights = read_weights(&model, &paths).unwrap();
+    let g = admm.penalty_gradient(&weights).unwrap();
+    let plain = gradients_with(&model, None, &paths, &device);
+    let hooked = gradients_with(&model, Some(&mut admm), &paths, &device);
+    for (gp, _) in &coupled {
+        for o in 0..g[gp].len() {
+            let d = hooked[gp][o] - plain[gp][o];
+            assert!((d - g[gp][o]).abs() <= 1e-5 * (1.0 + g[gp][o].abs()), "{gp}[{o}]");
+        }
+    }
 }

@@ -282,6 +282,8 @@ pub(crate) fn step_admm(rho: f64, steps: usize) -> AdmmConfig {
         update_every: 1,
         update_every_steps: Some(steps),
         hard_prune_at: None,
+        progressive: false,
+        couple_batch_norm: false,
     }
 }
 
@@ -487,6 +489,8 @@ fn resnet_study(scale: Scale) -> Result<Study> {
             &phase,
             AdmmConfig {
                 hard_prune_at: Some(0.75),
+                progressive: false,
+                couple_batch_norm: false,
                 ..step_admm(0.1, if scale == Scale::Smoke { 1 } else { 40 })
             },
             5e-5,
