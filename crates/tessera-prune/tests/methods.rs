@@ -744,7 +744,10 @@ fn admm_couples_the_batch_norms_of_removed_filters() {
     assert_eq!(coupled.len(), plan.layers.len(), "every planned convolution has its norm");
     for (l, (g, b)) in plan.layers.iter().zip(&coupled) {
         let base = l.path.strip_suffix(".conv.weight").unwrap();
-        assert_eq!((g.as_str(), b.as_str()), (&*format!("{base}.bn.gamma"), &*format!("{base}.bn.beta")));
+        assert_eq!(
+            (g.as_str(), b.as_str()),
+            (&*format!("{base}.bn.gamma"), &*format!("{base}.bn.beta"))
+        );
     }
     let mut paths = plan.paths();
     paths.extend(coupled.iter().flat_map(|(g, b)| [g.clone(), b.clone()]));
