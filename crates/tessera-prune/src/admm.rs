@@ -35,7 +35,12 @@
 //! does not silence the channel (the loss is scale-invariant in the filter, and its gradient
 //! grows as the filter shrinks), and the channel's output stays at full scale until the hard
 //! pruning cuts it at once. Pulling `gamma` to zero silences the channel gradually, as
-//! network slimming (Liu et al. 2017) prunes channels through their batch-norm scales.
+//! network slimming (Liu et al. 2017) prunes channels through their batch-norm scales. The
+//! weights' projection alone decides which channels go (the coupled vectors follow it), and
+//! the coupling is a pull, not a mask: hard pruning masks the weights as for every method, so
+//! a removed channel keeps its (small) `gamma` and a trainable `beta`, a constant the next
+//! layer's batch norm absorbs, exactly as after magnitude pruning. The coupled vectors'
+//! residuals are not in the log, which stays per weight.
 
 use std::collections::BTreeMap;
 
@@ -444,12 +449,19 @@ impl Admm {
         Ok(out)
     }
 
-    /// The Z- and U-steps at `weights`, logged as after `epoch`; then rho grows.
+    /// The Z- and U-steps at `weights`, logged as after `epoch`; then rho grows. Progressive
+    /// ADMM places its target by optimizer step, so it updates only through the hook.
     pub fn update(
         &mut self,
         weights: &BTreeMap<String, Vec<f32>>,
         epoch: Option<usize>,
     ) -> Result<&AdmmUpdate> {
+        if self.config.progressive {
+            return Err(PruneError::config(
+                "admm.progressive",
+                "the ramp's target depends on the optimizer step: update through the training hook",
+            ));
+        }
         self.update_at(weights, epoch, None)
     }
 
@@ -612,18 +624,24 @@ impl<M: Classifier> Hooks<M> for Admm {
         }
         let shape_ok = state.sets.len() == self.state.sets.len()
             && state.sets.iter().zip(&self.state.sets).all(|(a, b)| {
-                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.z.len() == y.z.len())
+                a.len() == b.len()
+                    && a.iter()
+                        .zip(b)
+                        .all(|(x, y)| x.z.len() == y.z.len() && x.u.len() == y.u.len())
             })
             && state.batch_norms.len() == self.state.batch_norms.len()
             && state.batch_norms.iter().zip(&self.state.batch_norms).all(|(a, b)| match (a, b) {
-                (Some(a), Some(b)) => a.iter().zip(b).all(|(x, y)| x.z.len() == y.z.len()),
+                (Some(a), Some(b)) => {
+                    a.iter().zip(b).all(|(x, y)| x.z.len() == y.z.len() && x.u.len() == y.u.len())
+                }
                 (None, None) => true,
                 _ => false,
             });
         if !shape_ok {
             return Err(PruneError::config(
                 "admm state",
-                "the checkpoint's ADMM state does not fit this plan",
+                "the checkpoint's ADMM state does not fit this plan (its layers, constraint \
+                 sets or coupled batch norms, `couple_batch_norm`, differ)",
             )
             .into());
         }

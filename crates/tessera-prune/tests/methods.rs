@@ -666,10 +666,13 @@ fn progressive_admm_ramps_the_z_target_along_the_cubic() {
     let mut bare = Admm::new(&model, plan.clone(), cfg.clone()).unwrap();
     let err = Hooks::after_step(&mut bare, model.clone(), 0).unwrap_err().to_string();
     assert!(err.contains("admm.progressive") && err.contains("with_phase_steps"), "{err}");
+    // Nor can it update outside the hook, with no step to place the target.
+    let w0 = read_weights(&model, &paths).unwrap();
+    let err = bare.update(&w0, Some(0)).unwrap_err().to_string();
+    assert!(err.contains("admm.progressive") && err.contains("training hook"), "{err}");
     let mut hook = Admm::new(&model, plan.clone(), cfg).unwrap().with_phase_steps(10);
     // The initialization asks for no sparsity yet: Z = W.
     assert_eq!(hook.log()[0].max_relative(), 0.0);
-    let w0 = read_weights(&model, &paths).unwrap();
     let mut m = model.clone();
     for step in 0..10 {
         m = Hooks::after_step(&mut hook, m, step).unwrap();
@@ -785,10 +788,62 @@ fn admm_couples_the_batch_norms_of_removed_filters() {
     let g = admm.penalty_gradient(&weights).unwrap();
     let plain = gradients_with(&model, None, &paths, &device);
     let hooked = gradients_with(&model, Some(&mut admm), &paths, &device);
-    for (gp, _) in &coupled {
-        for o in 0..g[gp].len() {
-            let d = hooked[gp][o] - plain[gp][o];
-            assert!((d - g[gp][o]).abs() <= 1e-5 * (1.0 + g[gp][o].abs()), "{gp}[{o}]");
+    for p in coupled.iter().flat_map(|(g, b)| [g, b]) {
+        for o in 0..g[p].len() {
+            let d = hooked[p][o] - plain[p][o];
+            assert!((d - g[p][o]).abs() <= 1e-5 * (1.0 + g[p][o].abs()), "{p}[{o}]");
         }
     }
+}
+
+#[test]
+fn admm_with_coupled_batch_norms_resumes_exactly() {
+    let (tr, _) = mnist();
+    let device = Backend::Flex.train_device(8);
+    let model = with_seed(&device, 4, || {
+        ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.5, skip_blocks: Vec::new() }
+            .init(&device)
+    })
+    .unwrap();
+    let w = weights::prunable_weights(&model, [1, 1, 28, 28]).unwrap();
+    let plan = PrunePlan::resolve(
+        &config(
+            r#"{"rules": [{"layers": "blocks.*.conv.weight", "scheme": "filter", "target": "4x"}],
+            "default": {"scheme": "unstructured", "target": "0"}}"#,
+        ),
+        &w,
+    )
+    .unwrap();
+    let cfg =
+        TrainConfig { max_steps_per_epoch: Some(6), seed: 3, ..TrainConfig::sgd(3, 16, 0.05) };
+    let admm_cfg = AdmmConfig {
+        rho: 0.5,
+        update_every_steps: Some(3),
+        couple_batch_norm: true,
+        ..AdmmConfig::default()
+    };
+    let fresh = || Admm::new(&model, plan.clone(), admm_cfg.clone()).unwrap();
+    let mut straight = fresh();
+    let (m1, _) = train(model.clone(), &tr, None, &cfg, &device, &mut straight, None).unwrap();
+    let mut paths = plan.paths();
+    for (g, b) in straight.coupled_batch_norms() {
+        paths.extend([g.to_string(), b.to_string()]);
+    }
+    assert!(paths.len() > plan.layers.len());
+    let dir = tempfile::tempdir().unwrap();
+    let stop = Checkpoints { stop_after_epochs: Some(1), ..Checkpoints::new(dir.path(), true) };
+    train(model.clone(), &tr, None, &cfg, &device, &mut fresh(), Some(&stop)).unwrap();
+    let mut b = fresh();
+    let resume = Checkpoints::new(dir.path(), true);
+    let (m2, _) = train(model, &tr, None, &cfg, &device, &mut b, Some(&resume)).unwrap();
+    assert_eq!(b.log(), straight.log());
+    assert_eq!(read_weights(&m1, &paths).unwrap(), read_weights(&m2, &paths).unwrap());
+    // A plan that couples no norm does not take this state.
+    let mut uncoupled =
+        Admm::new(&m1, plan.clone(), AdmmConfig { couple_batch_norm: false, ..admm_cfg }).unwrap();
+    let state = Hooks::<tessera_models::zoo::ResNet>::save_state(&b).unwrap().unwrap();
+    let err = Hooks::<tessera_models::zoo::ResNet>::load_state(&mut uncoupled, &state)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("couple_batch_norm"), "{err}");
 }
