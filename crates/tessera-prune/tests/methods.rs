@@ -723,12 +723,11 @@ fn progressive_admm_ramps_the_z_target_along_the_cubic() {
     assert_eq!(half.hard_pruned().map(|(s, _)| s), Some(4));
 }
 
-#[test]
-fn admm_couples_the_batch_norms_of_removed_filters() {
-    let device = Backend::Flex.train_device(7);
-    let model = with_seed(&device, 3, || {
+/// A seeded ResNet-8 (width 0.5) and a plan pruning its blocks' convolutions to 4x by filter.
+fn resnet8_filter_4x(device: &Device, seed: u64) -> (tessera_models::zoo::ResNet, PrunePlan) {
+    let model = with_seed(device, seed, || {
         ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.5, skip_blocks: Vec::new() }
-            .init(&device)
+            .init(device)
     })
     .unwrap();
     let w = weights::prunable_weights(&model, [1, 1, 28, 28]).unwrap();
@@ -740,6 +739,13 @@ fn admm_couples_the_batch_norms_of_removed_filters() {
         &w,
     )
     .unwrap();
+    (model, plan)
+}
+
+#[test]
+fn admm_couples_the_batch_norms_of_removed_filters() {
+    let device = Backend::Flex.train_device(7);
+    let (model, plan) = resnet8_filter_4x(&device, 3);
     let cfg = AdmmConfig { rho: 0.1, couple_batch_norm: true, ..AdmmConfig::default() };
     let mut admm = Admm::new(&model, plan.clone(), cfg).unwrap();
     let coupled: Vec<(String, String)> =
@@ -800,20 +806,7 @@ fn admm_couples_the_batch_norms_of_removed_filters() {
 fn admm_with_coupled_batch_norms_resumes_exactly() {
     let (tr, _) = mnist();
     let device = Backend::Flex.train_device(8);
-    let model = with_seed(&device, 4, || {
-        ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.5, skip_blocks: Vec::new() }
-            .init(&device)
-    })
-    .unwrap();
-    let w = weights::prunable_weights(&model, [1, 1, 28, 28]).unwrap();
-    let plan = PrunePlan::resolve(
-        &config(
-            r#"{"rules": [{"layers": "blocks.*.conv.weight", "scheme": "filter", "target": "4x"}],
-            "default": {"scheme": "unstructured", "target": "0"}}"#,
-        ),
-        &w,
-    )
-    .unwrap();
+    let (model, plan) = resnet8_filter_4x(&device, 4);
     let cfg =
         TrainConfig { max_steps_per_epoch: Some(6), seed: 3, ..TrainConfig::sgd(3, 16, 0.05) };
     let admm_cfg = AdmmConfig {
