@@ -51,10 +51,11 @@ use tessera_models::weights::{
     add_to_gradients, apply_masks, collect_paths, mask_gradients, read_weights,
 };
 use tessera_models::{Classifier, Masks};
-use tessera_sparsity::Target;
 
 use crate::error::{PruneError, Result};
-use crate::magnitude::{SavedMask, hard_prune_masks, restore_masks, save_masks};
+use crate::magnitude::{
+    SavedMask, cubic_ramp, fraction_of, hard_prune_masks, restore_masks, save_masks,
+};
 use crate::plan::{Constraint, PrunePlan};
 
 /// ADMM settings.
@@ -138,18 +139,15 @@ impl AdmmConfig {
 /// the ramp ends at step `end`: `1 - (1 - (step + 1) / (end + 1))^3`, 0 before the first step.
 pub fn progressive_fraction(step: Option<usize>, end: usize) -> f64 {
     let Some(step) = step else { return 0.0 };
-    let p = ((step + 1) as f64 / (end + 1) as f64).min(1.0);
-    1.0 - (1.0 - p).powi(3)
+    cubic_ramp(0.0, (step + 1) as f64 / (end + 1) as f64)
 }
 
-/// `c` with its target's sparsity scaled by `fraction` (itself at 1).
+/// `c` with its target's sparsity scaled by `fraction` (itself, the plan's target, at 1).
 fn ramped(c: &Constraint, fraction: f64) -> Constraint {
-    let target = if fraction >= 1.0 {
-        c.target
-    } else {
-        Target::Sparsity((c.target.sparsity_value() * fraction).clamp(0.0, 1.0))
-    };
-    Constraint { target, ..c.clone() }
+    if fraction >= 1.0 {
+        return c.clone();
+    }
+    Constraint { target: fraction_of(c.target, fraction), ..c.clone() }
 }
 
 /// Residuals of one layer and constraint set at one update.
@@ -215,6 +213,14 @@ fn batch_norm_of(weight: &str, params: &[String]) -> Option<BatchNormCoupling> {
 /// `values` (one per output channel) projected onto "zero on the channels not `alive`".
 fn keep_channels(values: &[f32], alive: &[bool]) -> Vec<f32> {
     values.iter().zip(alive).map(|(&v, &a)| if a { v } else { 0.0 }).collect()
+}
+
+/// The values of a coupled batch-norm vector at `path`, or an error naming it.
+fn batch_norm_values<'a>(weights: &'a BTreeMap<String, Vec<f32>>, path: &str) -> Result<&'a [f32]> {
+    weights.get(path).map(Vec::as_slice).ok_or_else(|| PruneError::Layer {
+        layer: path.to_string(),
+        reason: "no batch-norm values given".into(),
+    })
 }
 
 /// Per GEMM row (output channel) of a layer's Z sets: whether every set keeps a weight in it.
@@ -438,10 +444,7 @@ impl Admm {
         }
         for (c, bn) in self.coupled() {
             for (p, s) in [&c.gamma, &c.beta].into_iter().zip(bn) {
-                let v = weights.get(p).ok_or_else(|| PruneError::Layer {
-                    layer: p.clone(),
-                    reason: "no batch-norm values".into(),
-                })?;
+                let v = batch_norm_values(weights, p)?;
                 let g = v.iter().zip(&s.z).zip(&s.u).map(|((&v, &z), &u)| rho * (v - z + u));
                 out.insert(p.clone(), g.collect());
             }
@@ -502,10 +505,7 @@ impl Admm {
                 let zs: Vec<&[f32]> = sets.iter().map(|s| s.z.as_slice()).collect();
                 let alive = alive_rows(l.layer.geometry.rows(), &zs);
                 for (p, s) in [&c.gamma, &c.beta].into_iter().zip(bn.iter_mut()) {
-                    let v = weights.get(p).ok_or_else(|| PruneError::Layer {
-                        layer: p.clone(),
-                        reason: "no batch-norm values".into(),
-                    })?;
+                    let v = batch_norm_values(weights, p)?;
                     let shifted: Vec<f32> = v.iter().zip(&s.u).map(|(v, u)| v + u).collect();
                     s.z = keep_channels(&shifted, &alive);
                     for ((u, &v), &z) in s.u.iter_mut().zip(v).zip(&s.z) {

@@ -35,6 +35,18 @@ pub fn partial_plan(plan: &PrunePlan, fraction: f64) -> PrunePlan {
     p
 }
 
+/// `target`'s sparsity scaled by `fraction`: the intermediate targets of gradual pruning and
+/// of progressive ADMM.
+pub(crate) fn fraction_of(target: Target, fraction: f64) -> Target {
+    Target::Sparsity((target.sparsity_value() * fraction).clamp(0.0, 1.0))
+}
+
+/// Zhu & Gupta's cubic ramp: the fraction of the final sparsity at progress `p` in [0, 1],
+/// starting from `initial`.
+pub(crate) fn cubic_ramp(initial: f64, p: f64) -> f64 {
+    1.0 + (initial - 1.0) * (1.0 - p.clamp(0.0, 1.0)).powi(3)
+}
+
 /// Gradual magnitude pruning settings (steps count over the whole training run).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GradualConfig {
@@ -123,8 +135,7 @@ impl GradualMagnitude {
             return 0.0;
         }
         let span = (c.end_step - c.start_step).max(1) as f64;
-        let p = ((step - c.start_step) as f64 / span).min(1.0);
-        1.0 + (c.initial_fraction - 1.0) * (1.0 - p).powi(3)
+        cubic_ramp(c.initial_fraction, (step - c.start_step) as f64 / span)
     }
 
     /// Mask updates so far: `(step, fraction of final sparsity)`.
@@ -141,7 +152,7 @@ impl GradualMagnitude {
         let f = self.fraction_at(step);
         let mut p = self.plan.clone();
         for l in &mut p.layers {
-            l.target = Target::Sparsity((l.target.sparsity_value() * f).clamp(0.0, 1.0));
+            l.target = fraction_of(l.target, f);
         }
         self.masks = hard_prune_masks(model, &p)?;
         self.updates.push((step, f));

@@ -642,11 +642,7 @@ fn recalibration_reestimates_batch_norm_after_hard_pruning_and_after_retraining(
 
 /// Sparsity of a logged constraint (`scheme@0.3` or `scheme@8x`).
 fn logged_sparsity(constraint: &str) -> f64 {
-    let t = constraint.rsplit('@').next().unwrap();
-    match t.strip_suffix('x') {
-        Some(rate) => 1.0 - 1.0 / rate.parse::<f64>().unwrap(),
-        None => t.parse().unwrap(),
-    }
+    constraint.rsplit('@').next().unwrap().parse::<Target>().unwrap().sparsity_value()
 }
 
 #[test]
