@@ -111,6 +111,7 @@ impl CrossbarStudy {
                 classes: 10,
                 width,
                 skip_blocks: Vec::new(),
+                separable: Vec::new(),
             }),
             dataset: KnownSet::FashionMnist,
             train_limit,

@@ -108,6 +108,7 @@ impl DenseBaselinesConfig {
                 classes: 10,
                 width,
                 skip_blocks: Vec::new(),
+                separable: Vec::new(),
             })
         };
         let vgg =

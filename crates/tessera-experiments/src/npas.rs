@@ -108,8 +108,9 @@ impl NpasExperimentConfig {
         Ok(NpasExperimentConfig {
             studies: vec![NpasStudy {
                 study: SearchStudy {
-                    // The joint search: pruning and the operator choice `skip` per residual block.
-                    space: SpaceSpec { skip: true, ..study.space.clone() },
+                    // The joint search: pruning and the operator choices `skip` per residual
+                    // block and `separable` per 3x3 body convolution.
+                    space: SpaceSpec { skip: true, separable: true, ..study.space.clone() },
                     ..study
                 },
                 search,

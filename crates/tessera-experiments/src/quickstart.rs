@@ -343,6 +343,7 @@ fn mapping_space(graph: &Graph, cfg: &QuickstartConfig) -> Result<(Vec<LayerNode
             dense_roles: vec![LayerRole::Classifier],
             pad: true,
             skip: false,
+            separable: false,
         },
     )?;
     Ok((nodes, space))

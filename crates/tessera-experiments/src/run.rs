@@ -146,6 +146,12 @@ pub struct RunContext {
 }
 
 impl RunContext {
+    /// A context for unit tests that call an experiment's parts directly.
+    #[cfg(test)]
+    pub(crate) fn for_test(options: RunOptions, config: serde_json::Value, dir: PathBuf) -> Self {
+        RunContext { options, config, dir, data_used: Mutex::new(BTreeMap::new()) }
+    }
+
     /// Where `key`'s training checkpoints live, resuming when the run resumes.
     pub fn checkpoints(&self, key: &str) -> Checkpoints {
         Checkpoints::new(self.dir.join("checkpoints").join(key), self.options.resume)

@@ -8,11 +8,17 @@
 //!   the study's `space.skip`, the layers of every identity-shortcut residual branch of the
 //!   IR (`Graph::residual_branches`) form a removable unit: the operator choice `skip`
 //!   removes the block (the IR branch is cut, the burn model is loaded with `skip_blocks`).
+//!   With `space.separable`, every 3x3 body convolution may instead be computed
+//!   depthwise-separable: the IR replaces it by a depthwise + pointwise pair
+//!   (`Graph::separate_conv`, named like the zoo's `<conv>.separable.{depthwise,pointwise}`),
+//!   and the burn model is loaded with `separable` set, its pair initialized from the dense
+//!   weights by network decoupling (per input channel the best rank-1 factorization).
 //! - Latency table: for each distinct (scheme, rate) of the space, the dense graph is pruned
 //!   with it on every layer where it is valid, compiled (1 thread by default) and timed;
 //!   each layer's step time is its table entry (so a table costs one compiled plan per
 //!   (scheme, rate), not one per layer); the rest of the dense plan's time is `other_ms`.
-//!   A skipped layer is priced at 0 ms (its block's add stays in `other_ms`).
+//!   A skipped layer is priced at 0 ms (its block's add stays in `other_ms`); a separable
+//!   one at the time of its two steps.
 //!   The table is stored in the run directory and reused on resume.
 //! - Evaluation (the searches' "fast evaluation"): load the dense model, prune it one-shot by
 //!   magnitude to the candidate's per-layer schemes and rates, fine-tune briefly with the
@@ -177,9 +183,28 @@ fn prune_to(
     for (l, c) in space.choices(candidate).into_iter().enumerate() {
         if let Some(s) = &c.scheme {
             g.prune(&nodes[l].node, &nodes[l].weight, s, c.target())?;
+        } else if c.separable {
+            g.separate_conv(&nodes[l].node, &separable_prefix(&nodes[l])?)?;
         }
     }
     Ok(g)
+}
+
+/// The zoo path of a convolution computed depthwise-separable: its `ConvBn` (`blocks.3.conv1`
+/// for the node `blocks.3.conv1.conv`), which names the pair `<path>.separable.*` and is
+/// what [`ZooConfig::with_separable`] takes.
+fn separable_path(node: &LayerNode) -> Result<String> {
+    node.node.strip_suffix(".conv").map(str::to_string).ok_or_else(|| {
+        ExperimentError::config(
+            "separable",
+            format!("node `{}` is not a zoo convolution (`<path>.conv`)", node.node),
+        )
+    })
+}
+
+/// The IR name prefix of a separable convolution's pair (`<path>.separable`).
+fn separable_prefix(node: &LayerNode) -> Result<String> {
+    Ok(format!("{}.separable", separable_path(node)?))
 }
 
 fn codegen(e: tessera_codegen::CodegenError) -> ExperimentError {
@@ -357,6 +382,14 @@ pub(crate) fn measure_table(
         })
     };
     let (dense_ms, dense_steps) = time_plan(graph.clone(), timing, input)?;
+    let named = |steps: &BTreeMap<String, f64>, name: &str| -> Result<f64> {
+        steps.get(name).copied().ok_or_else(|| {
+            ExperimentError::config(
+                "latency table",
+                format!("the compiled plan has no step `{name}`"),
+            )
+        })
+    };
     let mut per_layer: Vec<Vec<f64>> =
         (0..space.len()).map(|l| vec![f64::NAN; space.options(l).len()]).collect();
     let mut layers_ms = 0.0;
@@ -380,7 +413,11 @@ pub(crate) fn measure_table(
             .collect();
         let (_, steps) = time_plan(prune_to(graph, nodes, space, &candidate)?, timing, input)?;
         for (l, &o) in candidate.iter().enumerate() {
-            if o > 0 {
+            if o > 0 && choice.separable {
+                let prefix = separable_prefix(&nodes[l])?;
+                per_layer[l][o] = named(&steps, &format!("{prefix}.depthwise"))?
+                    + named(&steps, &format!("{prefix}.pointwise"))?;
+            } else if o > 0 {
                 per_layer[l][o] = step(&steps, l)?;
             }
         }
@@ -399,26 +436,32 @@ pub(crate) fn measure_table(
 }
 
 /// Per-layer sparsity rules of a candidate (exact paths; dense layers keep everything;
-/// skipped layers are not in the model).
-pub(crate) fn sparsity_of(p: &Prepared, candidate: &[usize]) -> SparsityConfig {
-    SparsityConfig {
-        rules: p
-            .space
-            .choices(candidate)
-            .into_iter()
-            .enumerate()
-            .filter(|(_, c)| !c.skip)
-            .map(|(l, c)| MatchRule {
-                layers: p.nodes[l].weight.clone(),
-                rule: LayerRule {
-                    scheme: c.scheme.clone().unwrap_or(Scheme::Unstructured),
-                    target: if c.is_dense() { Target::DENSE } else { c.target() },
-                    pad: p.space.pads(),
-                },
-            })
-            .collect(),
-        default: None,
+/// skipped layers are not in the model, and separable ones are replaced by their dense
+/// pair).
+pub(crate) fn sparsity_of(p: &Prepared, candidate: &[usize]) -> Result<SparsityConfig> {
+    let rule = |layers: String, scheme: Scheme, target: Target| MatchRule {
+        layers,
+        rule: LayerRule { scheme, target, pad: p.space.pads() },
+    };
+    let mut rules = Vec::new();
+    for (l, c) in p.space.choices(candidate).into_iter().enumerate() {
+        if c.skip {
+            continue;
+        }
+        if c.separable {
+            // The pair stays dense.
+            let prefix = separable_prefix(&p.nodes[l])?;
+            for part in ["depthwise", "pointwise"] {
+                let w = format!("{prefix}.{part}.weight");
+                rules.push(rule(w, Scheme::Unstructured, Target::DENSE));
+            }
+            continue;
+        }
+        let target = if c.is_dense() { Target::DENSE } else { c.target() };
+        let scheme = c.scheme.clone().unwrap_or(Scheme::Unstructured);
+        rules.push(rule(p.nodes[l].weight.clone(), scheme, target));
     }
+    Ok(SparsityConfig { rules, default: None })
 }
 
 /// The fast evaluation (module docs).
@@ -468,7 +511,7 @@ impl FastEval<'_> {
     pub(crate) fn accuracy(&self, candidate: &[usize]) -> Result<(f64, f64)> {
         let p = self.prepared;
         let config = PruneConfig {
-            sparsity: sparsity_of(p, candidate),
+            sparsity: sparsity_of(p, candidate)?,
             method: Method::OneShot,
             train: self.study.finetune.clone(),
             retrain: self.study.finetune.clone(),
@@ -479,11 +522,20 @@ impl FastEval<'_> {
         let job =
             OneShot { config, train: &p.open.train, test: &p.open.test, device: &p.open.device };
         let units = p.space.skipped_units(candidate);
-        let model = if units.is_empty() {
+        let separable = p
+            .space
+            .choices(candidate)
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.separable)
+            .map(|(l, _)| separable_path(&p.nodes[l]))
+            .collect::<Result<Vec<_>>>()?;
+        let model = if units.is_empty() && separable.is_empty() {
             None
         } else {
             let card = tessera_models::saved::load_card(&p.open.dense_dir)?;
-            Some(card.model.with_skip_blocks(block_indices(&units)?)?)
+            let model = card.model.with_skip_blocks(block_indices(&units)?)?;
+            Some(model.with_separable(separable)?)
         };
         let top1 = tessera_models::saved::load_as(
             &p.open.dense_dir,
@@ -648,6 +700,7 @@ pub(crate) fn resnet_study(scale: crate::run::Scale) -> Result<SearchStudy> {
             classes: 10,
             width,
             skip_blocks: Vec::new(),
+            separable: Vec::new(),
         }),
         dataset: KnownSet::FashionMnist,
         train_limit,
@@ -664,6 +717,7 @@ pub(crate) fn resnet_study(scale: crate::run::Scale) -> Result<SearchStudy> {
             dense_roles: vec![LayerRole::First, LayerRole::Depthwise, LayerRole::Classifier],
             pad: false,
             skip: false,
+            separable: false,
         },
         finetune,
         // Block-punched at 8x left 25% after the fine-tune without it: the batch norms keep
@@ -705,4 +759,73 @@ pub(crate) fn mobilenet_study(scale: crate::run::Scale) -> Result<SearchStudy> {
     // No 3x3 convolution without groups but the stem: patterns do not apply.
     s.space.schemes.retain(|x| !matches!(x, Scheme::Pattern(_)));
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::{RunOptions, Scale};
+
+    #[test]
+    fn separable_and_skipped_layers_are_timed_and_evaluated_end_to_end() {
+        let out = tempfile::tempdir().unwrap();
+        let options = RunOptions { scale: Scale::Smoke, ..RunOptions::default() };
+        let ctx = RunContext::for_test(options, serde_json::Value::Null, out.path().into());
+        let mut study = resnet_study(Scale::Smoke).unwrap();
+        study.space.skip = true;
+        study.space.separable = true;
+        let p = prepare(&ctx, &study).unwrap();
+        // Every 3x3 body convolution offers `separable`, priced by its two timed steps.
+        let mut offered = 0;
+        for l in 0..p.space.len() {
+            for (o, c) in p.space.options(l).iter().enumerate() {
+                if c.separable {
+                    offered += 1;
+                    let ms = p.table.layer_ms(l, o);
+                    assert!(ms.is_finite() && ms > 0.0, "{}: {ms}", p.nodes[l].node);
+                    assert!(p.nodes[l].node.ends_with(".conv"));
+                }
+            }
+        }
+        assert!(offered >= 12, "ResNet-20 has 18 block 3x3 convolutions, {offered} offered");
+        // A candidate mixing the three kinds of choice: block 0 skipped, every other separable
+        // layer separable, the rest (shortcuts) pruned where they can be.
+        let choices: Vec<LayerChoice> = (0..p.space.len())
+            .map(|l| {
+                let opts = p.space.options(l);
+                let unit = p.space.layers()[l].skip_unit.as_deref();
+                if unit == Some("blocks.0.add") {
+                    LayerChoice::skipped()
+                } else if let Some(c) = opts.iter().find(|c| c.separable) {
+                    c.clone()
+                } else {
+                    opts.iter().find(|c| c.scheme.is_some()).unwrap_or(&opts[0]).clone()
+                }
+            })
+            .collect();
+        let candidate = p.space.candidate_of(&choices).unwrap();
+        p.space.check(&candidate).unwrap();
+        let g = pruned_graph(&p, &candidate).unwrap();
+        let names: Vec<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert!(names.contains(&"blocks.1.conv1.separable.depthwise"), "{names:?}");
+        assert!(!names.iter().any(|n| n.starts_with("blocks.0.conv")), "block 0 is skipped");
+        assert!(!names.contains(&"blocks.1.conv1.conv"));
+        let mut eval = FastEval { prepared: &p, study: &study };
+        let m = eval.evaluate(&p.space, &candidate).unwrap();
+        assert!((0.0..=1.0).contains(&m.accuracy), "{m:?}");
+        assert!(m.latency_ms > 0.0 && m.latency_ms.is_finite(), "{m:?}");
+        // The separable layers' pairs stay dense; their unused dense weights have no rule.
+        let rules = sparsity_of(&p, &candidate).unwrap();
+        assert!(rules.rules.iter().all(|r| r.layers != "blocks.1.conv1.conv.weight"));
+        let pair = rules
+            .rules
+            .iter()
+            .find(|r| r.layers == "blocks.1.conv1.separable.pointwise.weight")
+            .unwrap();
+        assert_eq!(pair.rule.target, Target::DENSE);
+        assert!(
+            p.space.kept_macs(&candidate) < 0.3 * p.space.dense_macs() as f64,
+            "separable layers keep a fraction of the MACs"
+        );
+    }
 }

@@ -180,6 +180,7 @@ fn fashion_resnet(scale: Scale) -> SparseTrainingStudy {
             classes: 10,
             width: if smoke { 0.25 } else { 1.0 },
             skip_blocks: Vec::new(),
+            separable: Vec::new(),
         },
         dataset: KnownSet::FashionMnist,
         train_limit: limit,

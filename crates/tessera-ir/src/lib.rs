@@ -9,6 +9,8 @@
 //!   folding) and a pipeline runner.
 //! * [`Graph::residual_branches`] / [`Graph::skip_residual`]: identity-shortcut residual
 //!   branches, and removing one (a search's "skip" operator choice).
+//! * [`Graph::separate_conv`] / [`decouple`]: a convolution rewritten as depthwise + pointwise,
+//!   initialized by per-input-channel rank-1 SVD (the "separable" operator choice).
 //! * [`stats`]: parameters, FLOPs dense vs kept, bytes per format; [`dump`]: the textual form.
 //!
 //! ```
@@ -39,6 +41,7 @@ pub mod io;
 mod op;
 pub mod passes;
 mod residual;
+mod separable;
 mod shape;
 pub mod stats;
 mod tensor;
@@ -48,4 +51,5 @@ pub use error::{IrError, Result};
 pub use graph::{Conv2d, Graph, GraphBuilder, Input, Node, Shapes};
 pub use op::{Activation, Op};
 pub use residual::ResidualBranch;
+pub use separable::{Decoupled, decouple};
 pub use tensor::{Param, Sparsity, Tensor};

@@ -174,6 +174,11 @@ pub fn load<A: WithLoaded>(dir: &Path, device: &Device, action: A) -> Result<A::
 /// [`load`], building `model` instead of the card's architecture: a variant with the same
 /// parameters, such as the card's model with `skip_blocks` set (the card handed to `action`
 /// then names `model`). Weights that do not fit `model` are an error naming the file.
+///
+/// `model` may also make convolutions of a dense checkpoint depthwise-separable
+/// ([`ZooConfig::with_separable`]): their pairs are not in the file, so they are
+/// initialized from the loaded dense weights by network decoupling
+/// ([`Classifier::decouple_separable`]); every other tensor must still come from the file.
 pub fn load_as<A: WithLoaded>(
     dir: &Path,
     model: Option<&ZooConfig>,
@@ -181,13 +186,26 @@ pub fn load_as<A: WithLoaded>(
     action: A,
 ) -> Result<A::Output> {
     let mut card = load_card(dir)?;
+    let weights = dir.join("model.bpk");
+    let mut decouple = 0;
     if let Some(m) = model {
+        let added = m.separable().iter().filter(|p| !card.model.separable().contains(p)).count();
+        if added > 0 && !card.model.separable().is_empty() {
+            return Err(io_err(
+                &weights,
+                "has separable convolutions already; add separable ones to a dense checkpoint only",
+            ));
+        }
+        decouple = added;
         card.model = m.clone();
     }
     let mask_path = dir.join("masks.safetensors");
     let masks = if mask_path.is_file() { load_masks(&mask_path)? } else { Masks::new() };
-    let weights = dir.join("model.bpk");
-    card.model.clone().build(device, 0, Loaded { card, masks, weights: &weights, action })?
+    card.model.clone().build(
+        device,
+        0,
+        Loaded { card, masks, weights: &weights, decouple, action },
+    )?
 }
 
 /// What to do with a loaded model (generic over its type, as [`WithModel`]).
@@ -202,15 +220,39 @@ struct Loaded<'a, A> {
     card: ModelCard,
     masks: Masks,
     weights: &'a Path,
+    /// Separable convolutions the file does not have (initialized by decoupling).
+    decouple: usize,
     action: A,
 }
 
 impl<A: WithLoaded> WithModel for Loaded<'_, A> {
     type Output = Result<A::Output>;
     fn run<M: Classifier>(self, model: M) -> Self::Output {
-        let model = model
-            .try_load_file(self.weights)
-            .map_err(|e| io_err(self.weights, format!("{e:?}")))?;
+        let fail = |e: burn::store::RecordError| io_err(self.weights, format!("{e:?}"));
+        let model = if self.decouple == 0 {
+            model.try_load_file(self.weights).map_err(fail)?
+        } else {
+            // Each added pair is two bias-free convolution weights the file lacks; everything
+            // else must load from it.
+            let record = burn::store::ModuleRecord::load(self.weights).map_err(fail)?;
+            let (want, found) = (model.clone().into_record().len(), record.len());
+            if want != found + 2 * self.decouple {
+                return Err(io_err(
+                    self.weights,
+                    format!(
+                        "{found} tensors, but the model with {} separable convolutions needs {} from a dense checkpoint",
+                        self.decouple,
+                        want.saturating_sub(2 * self.decouple)
+                    ),
+                ));
+            }
+            let model = model.try_load_record(record.allow_partial(true)).map_err(fail)?;
+            let (model, errors) = model.decouple_separable()?;
+            for (path, error) in errors {
+                tracing::debug!(layer = %path, relative_error = error, "decoupled");
+            }
+            model
+        };
         let masks = self.masks;
         // A mask file that does not fit the weights is caught here, not during retraining.
         let sizes: HashMap<String, usize> =

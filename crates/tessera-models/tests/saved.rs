@@ -108,3 +108,80 @@ fn bad_mask_files_are_refused() {
     std::fs::write(&mask_path, b"junk").unwrap();
     assert!(saved::load_masks(&mask_path).is_err());
 }
+
+/// Hands back the loaded model's export.
+struct Export;
+
+impl WithLoaded for Export {
+    type Output = tessera_ir::Graph;
+    fn run<M: Classifier>(self, model: M, card: ModelCard, masks: Masks) -> Self::Output {
+        model.export(card.batch_of_one(), &masks).unwrap()
+    }
+}
+
+#[test]
+fn a_dense_checkpoint_loads_as_a_separable_model_initialized_by_decoupling() {
+    use tessera_models::zoo::ResNetConfig;
+    let device = Backend::Flex.device();
+    let cfg = ResNetConfig {
+        depth: 8,
+        in_channels: 1,
+        classes: 10,
+        width: 0.5,
+        skip_blocks: Vec::new(),
+        separable: Vec::new(),
+    };
+    let model = with_seed(&device, 3, || cfg.init(&device)).unwrap();
+    let card = ModelCard {
+        model: ZooConfig::Resnet(cfg.clone()),
+        input: [1, 12, 12],
+        dataset: None,
+        normalization: None,
+        note: "test".into(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    saved::save(dir.path(), &card, &model, &Masks::new()).unwrap();
+    let convs = ["blocks.0.conv2", "blocks.1.conv1"];
+    let sep = card.model.with_separable(convs.iter().map(|s| s.to_string()).collect()).unwrap();
+    let got = saved::load_as(dir.path(), Some(&sep), &device, Export).unwrap();
+    // Reference: the dense model's graph with the same convolutions separated by the IR.
+    let mut want = tessera_ir::io::load(&dir.path().join("ir")).unwrap();
+    for c in convs {
+        let err = want.separate_conv(&format!("{c}.conv"), &format!("{c}.separable")).unwrap();
+        assert!(err > 0.0 && err < 1.0, "{c}: {err}");
+    }
+    // Same nodes and parameters (the IR keeps the replaced convolution's value name for the
+    // pointwise output; the export names it after the node), so the same outputs.
+    let names = |g: &tessera_ir::Graph| g.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&got), names(&want));
+    let x = tessera_ir::Tensor::uniform([1, 1, 12, 12], 1.0, 9);
+    assert_eq!(
+        tessera_ir::interp::run(&got, std::slice::from_ref(&x)).unwrap(),
+        tessera_ir::interp::run(&want, &[x]).unwrap()
+    );
+    assert_eq!(got.params.keys().collect::<Vec<_>>(), want.params.keys().collect::<Vec<_>>());
+    for (name, p) in &got.params {
+        assert_eq!(p.tensor, want.params[name].tensor, "{name}");
+    }
+    // Every other tensor still comes from the file: a checkpoint missing one is refused.
+    let other = ZooConfig::Resnet(ResNetConfig { width: 0.25, ..cfg.clone() });
+    let e = saved::load_as(
+        dir.path(),
+        Some(&other.with_separable(vec![convs[0].into()]).unwrap()),
+        &device,
+        Export,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("model.bpk"), "{e}");
+    // Bad choices are named errors.
+    for bad in ["blocks.7.conv1", "stem", "blocks.1.shortcut"] {
+        let e = ResNetConfig { separable: vec![bad.into()], ..cfg.clone() }
+            .init(&device)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("separable") && e.contains(bad), "{e}");
+    }
+    let lenet = ZooConfig::Lenet5(Lenet5Config::default());
+    assert!(lenet.with_separable(vec!["conv1".into()]).is_err());
+}

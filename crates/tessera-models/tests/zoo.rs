@@ -194,6 +194,7 @@ fn resnet_exports_exactly() {
         classes: 10,
         width: 0.5,
         skip_blocks: Vec::new(),
+        separable: Vec::new(),
     };
     check_model(|| cfg.init(&device).unwrap(), [2, 1, 16, 16], "resnet20");
     // Three channels at CIFAR size, on the CIFAR-10 samples.
@@ -203,6 +204,7 @@ fn resnet_exports_exactly() {
         classes: 10,
         width: 0.25,
         skip_blocks: Vec::new(),
+        separable: Vec::new(),
     };
     check_model(|| cfg.init(&device).unwrap(), [2, 3, 32, 32], "resnet20 cifar");
 }
@@ -258,6 +260,7 @@ fn seeded_init_is_deterministic_even_with_concurrent_inits() {
         classes: 10,
         width: 0.25,
         skip_blocks: Vec::new(),
+        separable: Vec::new(),
     };
     let weights_of = |seed| {
         let m = tessera_models::with_seed(&device, seed, || cfg.init(&device)).unwrap();
@@ -326,6 +329,7 @@ fn read_weights_agrees_with_the_export_view() {
         classes: 10,
         width: 0.25,
         skip_blocks: Vec::new(),
+        separable: Vec::new(),
     };
     let model = tessera_models::with_seed(&device, 1, || cfg.init(&device)).unwrap();
     let named = weights::prunable_weights(&model, [1, 1, 16, 16]).unwrap();
@@ -340,8 +344,14 @@ fn read_weights_agrees_with_the_export_view() {
 #[test]
 fn skipped_blocks_compute_the_identity_and_leave_the_export() {
     let device = Backend::Flex.device();
-    let base =
-        ResNetConfig { depth: 20, in_channels: 1, classes: 10, width: 0.25, skip_blocks: vec![] };
+    let base = ResNetConfig {
+        depth: 20,
+        in_channels: 1,
+        classes: 10,
+        width: 0.25,
+        skip_blocks: vec![],
+        separable: Vec::new(),
+    };
     let skipping = ResNetConfig { skip_blocks: vec![1, 4], ..base.clone() };
     check_model(|| skipping.init(&device).unwrap(), [2, 1, 16, 16], "resnet20 skipping 1, 4");
     // Same seed, same weights: the full model's graph with those residual branches removed by
@@ -379,4 +389,42 @@ fn skipped_blocks_compute_the_identity_and_leave_the_export() {
     let m = MobileNetV2Config { in_channels: 1, classes: 10, width: 0.25, skip_blocks: vec![2] };
     check_model(|| m.init(&device).unwrap(), [1, 1, 16, 16], "mobilenet_v2 skipping 2");
     assert!(MobileNetV2Config { skip_blocks: vec![0], ..m }.init(&device).is_err());
+}
+
+#[test]
+fn separable_convolutions_export_exactly_and_train() {
+    let device = Backend::Flex.device();
+    let cfg = ResNetConfig {
+        depth: 8,
+        in_channels: 1,
+        classes: 10,
+        width: 0.5,
+        skip_blocks: vec![],
+        separable: vec!["blocks.0.conv1".into(), "blocks.2.conv2".into()],
+    };
+    // burn's forward and the exported graph agree (the pair, then the batch norm).
+    check_model(|| cfg.init(&device).unwrap(), [2, 1, 12, 12], "resnet8 separable");
+    let g = cfg.init(&device).unwrap().export([1, 1, 12, 12], &Masks::new()).unwrap();
+    let names: Vec<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();
+    for n in ["blocks.0.conv1.separable.depthwise", "blocks.0.conv1.separable.pointwise"] {
+        assert!(names.contains(&n), "{n} in {names:?}");
+    }
+    assert!(!names.contains(&"blocks.0.conv1.conv"));
+    // The pair receives gradients; the unused dense weights do not.
+    let train = Backend::Flex.train_device(0);
+    let model = cfg.init(&train).unwrap();
+    let (x, _) = batch([2, 1, 12, 12], &train);
+    let mut grads =
+        burn::optim::GradientsParams::from_grads(model.forward(x).sum().backward(), &model);
+    let sep =
+        ["blocks.0.conv1.separable.depthwise.weight", "blocks.0.conv1.separable.pointwise.weight"];
+    let g = weights::read_gradients(&model, &mut grads, &sep.map(String::from)).unwrap();
+    for p in sep {
+        assert!(g[p].iter().any(|&v| v != 0.0), "{p} has no gradient");
+    }
+    assert!(
+        weights::read_gradients(&model, &mut grads, &["blocks.0.conv1.conv.weight".to_string()])
+            .is_err(),
+        "the unused dense weight has no gradient"
+    );
 }

@@ -41,8 +41,14 @@ fn main() -> Result<()> {
 
     let device = Backend::Flex.train_device(0);
     let inference = Backend::Flex.device();
-    let resnet =
-        ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.5, skip_blocks: vec![] };
+    let resnet = ResNetConfig {
+        depth: 8,
+        in_channels: 1,
+        classes: 10,
+        width: 0.5,
+        skip_blocks: vec![],
+        separable: Vec::new(),
+    };
     let dense = with_seed(&device, 0, || resnet.init(&device))?;
     // Two epochs of 80 batches of 128 (20,480 images).
     let dense_cfg = TrainConfig {

@@ -88,6 +88,7 @@ mod tests {
                 dense_roles: vec![],
                 pad: false,
                 skip: false,
+                separable: false,
             },
         )
         .unwrap();

@@ -205,6 +205,7 @@ mod tests {
                 dense_roles: vec![],
                 pad: false,
                 skip: false,
+                separable: false,
             },
         )
         .unwrap()

@@ -298,6 +298,7 @@ mod tests {
                 dense_roles: vec![LayerRole::First],
                 pad: false,
                 skip: false,
+                separable: false,
             },
         )
         .unwrap()

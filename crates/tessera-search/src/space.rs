@@ -13,7 +13,11 @@
 //! [`SearchLayer::skip_unit`]) also get the choice `skip` when [`SpaceSpec::skip`] is set
 //! (whatever their role). A unit is skipped as a whole: in a valid candidate either every
 //! layer of a unit is at `skip` or none is, and [`SearchSpace::canonical`] maps any option
-//! vector to that form (the unit's first layer decides).
+//! vector to that form (the unit's first layer decides). With [`SpaceSpec::separable`],
+//! every ungrouped 2-D convolution with a spatial kernel whose role is not kept dense also
+//! gets the choice `separable`: the layer computed as a dense depthwise + pointwise pair
+//! (`k^2 I + I O` instead of `k^2 I O` multiply-adds per position, so its "rate" is
+//! `k^2 O / (k^2 + O)`, fixed by the layer; written `separable@<rate>x`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -70,43 +74,65 @@ impl SearchLayer {
     pub fn dense_macs(&self) -> u64 {
         self.layer.dense_flops() / 2
     }
+
+    /// The compression of computing the layer depthwise-separable, `k^2 O / (k^2 + O)`
+    /// (`k^2 I O` multiply-adds per output position become `k^2 I + I O`); `None` for
+    /// layers that have nothing to separate (grouped, 1x1, not a 2-D convolution).
+    pub fn separable_rate(&self) -> Option<f64> {
+        match self.layer.geometry {
+            LayerGeometry::Conv2d { out_channels, kh, kw, groups: 1, .. } if kh * kw > 1 => {
+                let (k2, o) = ((kh * kw) as f64, out_channels as f64);
+                Some(k2 * o / (k2 + o))
+            }
+            _ => None,
+        }
+    }
 }
 
-/// A layer's setting: dense, a scheme at a compression rate (> 1), or removed with its
-/// unit (`skip`).
+/// A layer's setting: dense, a scheme at a compression rate (> 1), removed with its unit
+/// (`skip`), or computed depthwise-separable (`separable`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerChoice {
-    /// The scheme; `None` = dense or skipped.
+    /// The scheme; `None` = dense, skipped or separable.
     pub scheme: Option<Scheme>,
-    /// Compression (dense weights / kept weights); 1 for dense and skipped.
+    /// Compression (dense weights / kept weights, = multiply-adds); 1 for dense and skipped.
     pub rate: f64,
     /// The layer's unit is removed (the operator choice `skip`).
     pub skip: bool,
+    /// The layer is computed as a dense depthwise + pointwise pair (the operator choice
+    /// `separable`; `rate` is the pair's compression of the layer).
+    pub separable: bool,
 }
 
 impl LayerChoice {
     /// The dense choice.
     pub fn dense() -> Self {
-        LayerChoice { scheme: None, rate: 1.0, skip: false }
+        LayerChoice { scheme: None, rate: 1.0, skip: false, separable: false }
     }
 
     /// `scheme` at `rate`.
     pub fn pruned(scheme: Scheme, rate: f64) -> Self {
-        LayerChoice { scheme: Some(scheme), rate, skip: false }
+        LayerChoice { scheme: Some(scheme), rate, skip: false, separable: false }
     }
 
     /// The layer removed with its unit.
     pub fn skipped() -> Self {
-        LayerChoice { scheme: None, rate: 1.0, skip: true }
+        LayerChoice { scheme: None, rate: 1.0, skip: true, separable: false }
+    }
+
+    /// The layer computed depthwise-separable, which compresses it `rate` times
+    /// ([`SearchLayer::separable_rate`]).
+    pub fn separable(rate: f64) -> Self {
+        LayerChoice { scheme: None, rate, skip: false, separable: true }
     }
 
     /// Whether this is the dense choice.
     pub fn is_dense(&self) -> bool {
-        self.scheme.is_none() && !self.skip
+        self.scheme.is_none() && !self.skip && !self.separable
     }
 
     /// The sparsity target of the choice (dense for a skipped layer: it has no weights left
-    /// to prune).
+    /// to prune; dense for a separable one: its pair is dense).
     pub fn target(&self) -> Target {
         match self.scheme {
             Some(_) => Target::Compression(self.rate),
@@ -124,6 +150,7 @@ impl LayerChoice {
         match &self.scheme {
             Some(s) => s.to_string(),
             None if self.skip => "skip".to_string(),
+            None if self.separable => "separable".to_string(),
             None => "dense".to_string(),
         }
     }
@@ -133,6 +160,7 @@ impl fmt::Display for LayerChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.scheme {
             None if self.skip => f.write_str("skip"),
+            None if self.separable => write!(f, "separable@{}x", self.rate),
             None => f.write_str("dense"),
             Some(s) => write!(f, "{s}@{}x", self.rate),
         }
@@ -142,7 +170,7 @@ impl fmt::Display for LayerChoice {
 impl FromStr for LayerChoice {
     type Err = SearchError;
 
-    /// `dense`, `skip` or `<scheme>@<rate>x` (`block-punched:8x4@8x`).
+    /// `dense`, `skip`, `separable@<rate>x` or `<scheme>@<rate>x` (`block-punched:8x4@8x`).
     fn from_str(s: &str) -> Result<Self> {
         if s == "dense" {
             return Ok(LayerChoice::dense());
@@ -160,6 +188,9 @@ impl FromStr for LayerChoice {
             .ok_or_else(|| bad(format!("rate `{rate}` is not like `8x`")))?;
         if !(rate.is_finite() && rate > 1.0) {
             return Err(bad(format!("rate {rate} must be a compression above 1")));
+        }
+        if scheme == "separable" {
+            return Ok(LayerChoice::separable(rate));
         }
         let scheme: Scheme = scheme.parse().map_err(|e: SparsityError| bad(e.to_string()))?;
         Ok(LayerChoice::pruned(scheme, rate))
@@ -194,6 +225,10 @@ pub struct SpaceSpec {
     /// Offer `skip` on the layers of removable units ([`SearchLayer::skip_unit`]).
     #[serde(default)]
     pub skip: bool,
+    /// Offer `separable` on ungrouped 2-D convolutions with a spatial kernel whose role is
+    /// not kept dense ([`SearchLayer::separable_rate`]).
+    #[serde(default)]
+    pub separable: bool,
 }
 
 impl SpaceSpec {
@@ -245,6 +280,12 @@ impl SearchSpace {
             let mut opts = vec![LayerChoice::dense()];
             if spec.skip && l.skip_unit.is_some() {
                 opts.push(LayerChoice::skipped());
+            }
+            if spec.separable
+                && !spec.dense_roles.contains(&l.role)
+                && let Some(rate) = l.separable_rate()
+            {
+                opts.push(LayerChoice::separable(rate));
             }
             if !spec.dense_roles.contains(&l.role) {
                 // Deterministic non-uniform weights: the feasibility probe must not depend on
@@ -488,6 +529,7 @@ mod tests {
             dense_roles: vec![LayerRole::First, LayerRole::Classifier],
             pad: false,
             skip: false,
+            separable: false,
         }
     }
 
@@ -566,15 +608,27 @@ mod tests {
 
     #[test]
     fn choices_round_trip_through_text() {
-        for s in
-            ["dense", "skip", "block-punched:8x4@8x", "pattern:8+connectivity@2.5x", "bcr:4x4@16x"]
-        {
+        for s in [
+            "dense",
+            "skip",
+            "separable@5.76x",
+            "block-punched:8x4@8x",
+            "pattern:8+connectivity@2.5x",
+            "bcr:4x4@16x",
+        ] {
             let c: LayerChoice = s.parse().unwrap();
             assert_eq!(c.to_string(), s);
             let j = serde_json::to_string(&c).unwrap();
             assert_eq!(serde_json::from_str::<LayerChoice>(&j).unwrap(), c);
         }
-        for bad in ["block-punched:8x4", "unstructured@1x", "unstructured@eightx", "nonsense@2x"] {
+        for bad in [
+            "block-punched:8x4",
+            "unstructured@1x",
+            "unstructured@eightx",
+            "nonsense@2x",
+            "separable",
+            "separable@0.5x",
+        ] {
             assert!(bad.parse::<LayerChoice>().is_err(), "{bad}");
         }
     }
@@ -605,6 +659,7 @@ mod skip_tests {
                 dense_roles: vec![LayerRole::First, LayerRole::Depthwise],
                 pad: false,
                 skip,
+                separable: false,
             },
         )
         .unwrap()
@@ -636,5 +691,80 @@ mod skip_tests {
         let plain = space(false);
         assert!(plain.options(1).iter().all(|c| !c.skip));
         assert_eq!(plain.canonical(&[0, 1, 0, 2, 1]), [0, 1, 0, 2, 1]);
+    }
+
+    #[test]
+    fn separable_is_offered_on_spatial_body_convolutions_at_their_own_rate() {
+        let layers = vec![
+            conv("stem", LayerRole::First),
+            conv("b0.conv1", LayerRole::Body).in_unit("b0"),
+            conv("b0.conv2", LayerRole::Depthwise).in_unit("b0"),
+            SearchLayer::new(
+                Layer::new(
+                    "proj",
+                    LayerGeometry::Conv2d {
+                        out_channels: 32,
+                        in_channels: 16,
+                        kh: 1,
+                        kw: 1,
+                        groups: 1,
+                    },
+                )
+                .unwrap()
+                .with_output_positions(64),
+                LayerRole::Body,
+            ),
+            SearchLayer::new(
+                Layer::new(
+                    "wide",
+                    LayerGeometry::Conv2d {
+                        out_channels: 64,
+                        in_channels: 32,
+                        kh: 3,
+                        kw: 3,
+                        groups: 1,
+                    },
+                )
+                .unwrap()
+                .with_output_positions(16),
+                LayerRole::Body,
+            ),
+        ];
+        let spec = SpaceSpec {
+            schemes: vec!["block-punched:8x4".parse().unwrap()],
+            rates: vec![2.0],
+            dense_roles: vec![LayerRole::First, LayerRole::Depthwise],
+            pad: false,
+            skip: true,
+            separable: true,
+        };
+        let sp = SearchSpace::new(layers, &spec).unwrap();
+        let names =
+            |l: usize| -> Vec<String> { sp.options(l).iter().map(|c| c.to_string()).collect() };
+        // 16 -> 16, 3x3: 9 * 16 / (9 + 16) = 5.76.
+        assert_eq!(names(1), ["dense", "skip", "separable@5.76x", "block-punched:8x4@2x"]);
+        // Pinned roles and 1x1 convolutions have nothing to separate.
+        assert_eq!(names(0), ["dense"]);
+        assert_eq!(names(2), ["dense", "skip"]);
+        assert!(names(3).iter().all(|n| !n.starts_with("separable")));
+        // MACs: 32 -> 64 at 4x4 positions: 9*32*64*16 dense, (9*32 + 32*64)*16 separable.
+        let c = sp.candidate_of(&[
+            LayerChoice::dense(),
+            LayerChoice::dense(),
+            LayerChoice::dense(),
+            LayerChoice::dense(),
+            sp.options(4)[1].clone(),
+        ]);
+        let c = c.unwrap();
+        assert!(sp.options(4)[1].separable && !sp.options(4)[1].is_dense());
+        assert_eq!(sp.options(4)[1].target(), Target::DENSE);
+        assert_eq!(sp.options(4)[1].scheme_name(), "separable");
+        let full = sp.kept_macs(&sp.dense());
+        let saved = (9.0 * 32.0 * 64.0 - (9.0 * 32.0 + 32.0 * 64.0)) * 16.0;
+        assert!((full - sp.kept_macs(&c) - saved).abs() < 1e-6, "{full} {}", sp.kept_macs(&c));
+        // Without the spec's `separable`, no layer gets it.
+        let plain = SearchSpace::new(sp.layers().to_vec(), &SpaceSpec { separable: false, ..spec })
+            .unwrap();
+        assert!((0..plain.len()).all(|l| plain.options(l).iter().all(|c| !c.separable)));
     }
 }

@@ -34,6 +34,7 @@ fn six_layers(unit: impl Fn(usize) -> Option<String>, skip: bool) -> SearchSpace
             dense_roles: vec![],
             pad: false,
             skip,
+            separable: false,
         },
     )
     .unwrap()

@@ -471,6 +471,7 @@ fn resnet_study(scale: Scale) -> Result<Study> {
             classes: 10,
             width,
             skip_blocks: Vec::new(),
+            separable: Vec::new(),
         }),
         dataset: KnownSet::FashionMnist,
         train_limit,

@@ -14,7 +14,7 @@ pub use mobilenet::{MobileNetV2, MobileNetV2Config};
 pub use resnet::{ResNet, ResNetConfig};
 pub use vgg::{Vgg, VggConfig};
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
@@ -36,6 +36,16 @@ pub trait Classifier: Module {
     /// [`recalibrate_batch_norm`](crate::train::recalibrate_batch_norm)); empty for a model
     /// without batch norm.
     fn batch_norms_mut(&mut self) -> Vec<&mut BatchNorm>;
+
+    /// Sets every depthwise-separable pair from the dense convolution it stands in for
+    /// ([`ConvBn::decouple`]); returns each pair's path and the factorization's relative
+    /// error. Models without separable layers return themselves and no pairs.
+    fn decouple_separable(self) -> Result<(Self, Vec<(String, f64)>)>
+    where
+        Self: Sized,
+    {
+        Ok((self, Vec::new()))
+    }
 }
 
 /// Marks blocks `skip` of `blocks` as skipped (`set`), refusing an index out of range or a
@@ -120,6 +130,32 @@ impl ZooConfig {
         })
     }
 
+    /// The same architecture with the block convolutions `paths` computed
+    /// depthwise-separable (see [`ResNetConfig::separable`]); only ResNets have them, other
+    /// models accept only an empty list.
+    pub fn with_separable(&self, paths: Vec<String>) -> Result<ZooConfig> {
+        Ok(match self {
+            ZooConfig::Resnet(c) => {
+                ZooConfig::Resnet(ResNetConfig { separable: paths, ..c.clone() })
+            }
+            other if paths.is_empty() => other.clone(),
+            other => {
+                return Err(ModelError::Config {
+                    field: "separable",
+                    reason: format!("{} has no separable operator choice", other.name()),
+                });
+            }
+        })
+    }
+
+    /// The separable convolutions of the configuration (empty for models without them).
+    pub fn separable(&self) -> &[String] {
+        match self {
+            ZooConfig::Resnet(c) => &c.separable,
+            _ => &[],
+        }
+    }
+
     /// Initializes the model on `device` from `seed` (see [`crate::with_seed`]) and runs
     /// `action` on it.
     pub fn build<A: WithModel>(&self, device: &Device, seed: u64, action: A) -> Result<A::Output> {
@@ -154,6 +190,42 @@ pub struct ConvBn {
     pub conv: Conv2d,
     /// Its batch norm.
     pub bn: BatchNorm,
+    /// Set: the convolution is computed depthwise-separable instead (the search's
+    /// "separable" operator choice). `conv` keeps its weights, unused, so the dense
+    /// checkpoint still loads and initializes the pair ([`ConvBn::decouple`]).
+    pub separable: Option<SeparableConv>,
+}
+
+/// A depthwise-separable stand-in for a convolution: a depthwise convolution (the
+/// original's kernel, stride and padding, one group per input channel) then a pointwise
+/// 1x1 one, with nothing in between (so the pair is one linear map, the convolution with
+/// per-input-channel rank-1 weights; [`tessera_ir::decouple`]).
+#[derive(Module, Debug)]
+pub struct SeparableConv {
+    /// Depthwise `[I, 1, k, k]`.
+    pub depthwise: Conv2d,
+    /// Pointwise `[O, I, 1, 1]`.
+    pub pointwise: Conv2d,
+}
+
+impl SeparableConv {
+    /// The pair standing in for `conv` (randomly initialized; see [`ConvBn::decouple`]).
+    fn like(conv: &Conv2d, device: &Device) -> Self {
+        let [o, i_per_group, kh, kw] = conv.weight.dims();
+        let i = i_per_group * conv.groups;
+        SeparableConv {
+            depthwise: Conv2dConfig::new([i, i], [kh, kw])
+                .with_stride(conv.stride)
+                .with_padding(conv.padding.clone())
+                .with_dilation(conv.dilation)
+                .with_groups(i)
+                .with_bias(false)
+                .init(device),
+            pointwise: Conv2dConfig::new([i, o], [1, 1])
+                .with_bias(conv.bias.is_some())
+                .init(device),
+        }
+    }
 }
 
 impl ConvBn {
@@ -175,18 +247,71 @@ impl ConvBn {
                 .with_bias(false)
                 .init(device),
             bn: BatchNormConfig::new(cout).init(device),
+            separable: None,
         }
     }
 
-    /// `bn(conv(x))`, on tessera-kernels where they qualify ([`crate::conv`],
-    /// [`crate::batch_norm`]).
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        crate::batch_norm::forward(&self.bn, crate::conv::forward(&self.conv, x))
+    /// The same layer computed depthwise-separable (randomly initialized pair; see
+    /// [`ConvBn::decouple`]). A grouped or 1x1 convolution is refused.
+    pub fn into_separable(self, path: &str) -> Result<Self> {
+        let [_, _, kh, kw] = self.conv.weight.dims();
+        if self.conv.groups != 1 || kh * kw < 2 {
+            return Err(ModelError::Config {
+                field: "separable",
+                reason: format!(
+                    "`{path}` is a {kh}x{kw} convolution with {} groups; only ungrouped convolutions with a spatial kernel can be separated",
+                    self.conv.groups
+                ),
+            });
+        }
+        let device = self.conv.weight.device();
+        let separable = Some(SeparableConv::like(&self.conv, &device));
+        Ok(ConvBn { separable, ..self })
     }
 
-    /// Exports the pair at `path` (`path.conv`, `path.bn`).
+    /// Sets the depthwise-separable pair from `conv`'s weights by network decoupling (per
+    /// input channel the best rank-1 factorization, [`tessera_ir::decouple`]); returns the
+    /// relative Frobenius error of that factorization. Without a pair, nothing changes (0).
+    pub fn decouple(mut self, path: &str) -> Result<(Self, f64)> {
+        let Some(sep) = self.separable.take() else { return Ok((self, 0.0)) };
+        let w = self.conv.weight.val();
+        let dims = w.dims().to_vec();
+        let values = crate::error::to_vec(path, w)?;
+        let d = tessera_ir::decouple(&tessera_ir::Tensor::new(dims, values)).map_err(|e| {
+            ModelError::Config { field: "separable", reason: format!("`{path}`: {e}") }
+        })?;
+        let device = sep.depthwise.weight.device();
+        let param = |t: tessera_ir::Tensor| -> Param<Tensor<4>> {
+            let dims: [usize; 4] = [t.shape[0], t.shape[1], t.shape[2], t.shape[3]];
+            Param::from_tensor(Tensor::<4>::from_data(TensorData::new(t.data, dims), &device))
+        };
+        let mut sep = sep;
+        sep.depthwise.weight = param(d.depthwise);
+        sep.pointwise.weight = param(d.pointwise);
+        self.separable = Some(sep);
+        Ok((self, d.relative_error))
+    }
+
+    /// `bn(conv(x))` (or `bn(pointwise(depthwise(x)))` when separable), on tessera-kernels
+    /// where they qualify ([`crate::conv`], [`crate::batch_norm`]).
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let y = match &self.separable {
+            Some(s) => crate::conv::forward(&s.pointwise, crate::conv::forward(&s.depthwise, x)),
+            None => crate::conv::forward(&self.conv, x),
+        };
+        crate::batch_norm::forward(&self.bn, y)
+    }
+
+    /// Exports the pair at `path` (`path.conv`, `path.bn`; separable:
+    /// `path.separable.depthwise`, `path.separable.pointwise`, `path.bn`).
     pub fn export(&self, e: &mut Exporter<'_>, path: &str, x: &str) -> Result<String> {
-        let c = e.conv(&format!("{path}.conv"), &self.conv, x)?;
+        let c = match &self.separable {
+            Some(s) => {
+                let d = e.conv(&format!("{path}.separable.depthwise"), &s.depthwise, x)?;
+                e.conv(&format!("{path}.separable.pointwise"), &s.pointwise, &d)?
+            }
+            None => e.conv(&format!("{path}.conv"), &self.conv, x)?,
+        };
         e.batch_norm(&format!("{path}.bn"), &self.bn, &c)
     }
 }

@@ -4,7 +4,10 @@
 //!
 //! `skip_blocks` removes blocks with an identity shortcut (the search's "skip" operator
 //! choice): a skipped block keeps its parameters (the same checkpoint loads) but computes
-//! `y = x` and is left out of the exported graph.
+//! `y = x` and is left out of the exported graph. `separable` computes chosen block
+//! convolutions depthwise-separable (the "separable" operator choice): the dense weights
+//! stay, and loading a dense checkpoint initializes the pair from them
+//! ([`Classifier::decouple_separable`]).
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
@@ -31,11 +34,22 @@ pub struct ResNetConfig {
     /// Indices (over all stages, from 0) of identity-shortcut blocks that are skipped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skip_blocks: Vec<usize>,
+    /// Paths of the block convolutions computed depthwise-separable (`blocks.3.conv1`; the
+    /// search's "separable" operator choice, [`crate::zoo::ConvBn::separable`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub separable: Vec<String>,
 }
 
 impl Default for ResNetConfig {
     fn default() -> Self {
-        ResNetConfig { depth: 20, in_channels: 3, classes: 10, width: 1.0, skip_blocks: Vec::new() }
+        ResNetConfig {
+            depth: 20,
+            in_channels: 3,
+            classes: 10,
+            width: 1.0,
+            skip_blocks: Vec::new(),
+            separable: Vec::new(),
+        }
     }
 }
 
@@ -122,6 +136,29 @@ impl ResNetConfig {
                 cin = cout;
             }
         }
+        let count = blocks.len();
+        for path in &self.separable {
+            let conv = path
+                .strip_prefix("blocks.")
+                .and_then(|r| r.split_once('.'))
+                .and_then(|(i, which)| Some((i.parse::<usize>().ok()?, which)))
+                .and_then(|(i, which)| {
+                    let b = blocks.get_mut(i)?;
+                    match which {
+                        "conv1" => Some(&mut b.conv1),
+                        "conv2" => Some(&mut b.conv2),
+                        _ => None,
+                    }
+                })
+                .ok_or_else(|| ModelError::Config {
+                    field: "separable",
+                    reason: format!(
+                        "`{path}` is not a block convolution (`blocks.<i>.conv1` or `.conv2`, {count} blocks)"
+                    ),
+                })?;
+            let placeholder = ConvBn::new(1, 1, 1, 1, 1, device);
+            *conv = std::mem::replace(conv, placeholder).into_separable(path)?;
+        }
         mark_skipped(
             &mut blocks,
             &self.skip_blocks,
@@ -144,6 +181,22 @@ impl Classifier for ResNet {
             }
         }
         out
+    }
+
+    fn decouple_separable(mut self) -> Result<(Self, Vec<(String, f64)>)> {
+        let mut errors = Vec::new();
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            for (name, conv) in [("conv1", &mut b.conv1), ("conv2", &mut b.conv2)] {
+                if conv.separable.is_some() {
+                    let path = format!("blocks.{i}.{name}");
+                    let placeholder = ConvBn::new(1, 1, 1, 1, 1, &conv.bn.gamma.device());
+                    let (c, err) = std::mem::replace(conv, placeholder).decouple(&path)?;
+                    *conv = c;
+                    errors.push((path, err));
+                }
+            }
+        }
+        Ok((self, errors))
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<2> {
