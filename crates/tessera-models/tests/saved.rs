@@ -119,6 +119,21 @@ impl WithLoaded for Export {
     }
 }
 
+/// Gradients of the given weights after one backward pass on ones.
+struct PairGradients(Vec<String>);
+
+impl WithLoaded for PairGradients {
+    type Output = std::collections::BTreeMap<String, Vec<f32>>;
+    fn run<M: Classifier>(self, model: M, card: ModelCard, _: Masks) -> Self::Output {
+        let [c, h, w] = card.input;
+        let device = Backend::Flex.train_device(0);
+        let x = burn::tensor::Tensor::<4>::ones([2, c, h, w], &device);
+        let loss = model.forward(x).sum();
+        let mut grads = burn::optim::GradientsParams::from_grads(loss.backward(), &model);
+        weights::read_gradients(&model, &mut grads, &self.0).unwrap()
+    }
+}
+
 #[test]
 fn a_dense_checkpoint_loads_as_a_separable_model_initialized_by_decoupling() {
     use tessera_models::zoo::ResNetConfig;
@@ -162,6 +177,16 @@ fn a_dense_checkpoint_loads_as_a_separable_model_initialized_by_decoupling() {
     assert_eq!(got.params.keys().collect::<Vec<_>>(), want.params.keys().collect::<Vec<_>>());
     for (name, p) in &got.params {
         assert_eq!(p.tensor, want.params[name].tensor, "{name}");
+    }
+    // The decoupled pairs train.
+    let pair: Vec<String> = ["depthwise", "pointwise"]
+        .iter()
+        .map(|p| format!("blocks.1.conv1.separable.{p}.weight"))
+        .collect();
+    let train = Backend::Flex.train_device(0);
+    let g = saved::load_as(dir.path(), Some(&sep), &train, PairGradients(pair.clone())).unwrap();
+    for p in &pair {
+        assert!(g[p].iter().any(|&v| v != 0.0), "{p}: no gradient");
     }
     // Every other tensor still comes from the file: a checkpoint missing one is refused.
     let other = ZooConfig::Resnet(ResNetConfig { width: 0.25, ..cfg.clone() });
