@@ -110,8 +110,7 @@ impl CrossbarStudy {
                 in_channels: 1,
                 classes: 10,
                 width,
-                skip_blocks: Vec::new(),
-                separable: Vec::new(),
+                ..Default::default()
             }),
             dataset: KnownSet::FashionMnist,
             train_limit,

@@ -107,8 +107,7 @@ impl DenseBaselinesConfig {
                 in_channels: 1,
                 classes: 10,
                 width,
-                skip_blocks: Vec::new(),
-                separable: Vec::new(),
+                ..Default::default()
             })
         };
         let vgg =

@@ -252,8 +252,7 @@ fn resnet(scale: Scale) -> Result<PrivacyStudy> {
             in_channels: 1,
             classes: 10,
             width,
-            skip_blocks: Vec::new(),
-            separable: Vec::new(),
+            ..Default::default()
         }),
         dataset: KnownSet::FashionMnist,
         train_limit,

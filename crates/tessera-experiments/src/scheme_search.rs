@@ -699,8 +699,7 @@ pub(crate) fn resnet_study(scale: crate::run::Scale) -> Result<SearchStudy> {
             in_channels: 1,
             classes: 10,
             width,
-            skip_blocks: Vec::new(),
-            separable: Vec::new(),
+            ..Default::default()
         }),
         dataset: KnownSet::FashionMnist,
         train_limit,

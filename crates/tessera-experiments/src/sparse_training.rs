@@ -179,8 +179,7 @@ fn fashion_resnet(scale: Scale) -> SparseTrainingStudy {
             in_channels: 1,
             classes: 10,
             width: if smoke { 0.25 } else { 1.0 },
-            skip_blocks: Vec::new(),
-            separable: Vec::new(),
+            ..Default::default()
         },
         dataset: KnownSet::FashionMnist,
         train_limit: limit,

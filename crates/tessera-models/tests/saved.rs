@@ -138,14 +138,8 @@ impl WithLoaded for PairGradients {
 fn a_dense_checkpoint_loads_as_a_separable_model_initialized_by_decoupling() {
     use tessera_models::zoo::ResNetConfig;
     let device = Backend::Flex.device();
-    let cfg = ResNetConfig {
-        depth: 8,
-        in_channels: 1,
-        classes: 10,
-        width: 0.5,
-        skip_blocks: Vec::new(),
-        separable: Vec::new(),
-    };
+    let cfg =
+        ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.5, ..Default::default() };
     let model = with_seed(&device, 3, || cfg.init(&device)).unwrap();
     let card = ModelCard {
         model: ZooConfig::Resnet(cfg.clone()),

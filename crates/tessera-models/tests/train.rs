@@ -285,14 +285,8 @@ fn batch_norm_recalibration_averages_the_batch_statistics() {
     let (_, te) = data();
     let data = te.all().split_at(40).unwrap().0.to_dataset("first-40");
     let device = Backend::Flex.train_device(1);
-    let config = ResNetConfig {
-        depth: 8,
-        in_channels: 1,
-        classes: 10,
-        width: 0.5,
-        skip_blocks: Vec::new(),
-        separable: Vec::new(),
-    };
+    let config =
+        ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.5, ..Default::default() };
     let model = tessera_models::with_seed(&device, 5, || config.init(&device)).unwrap();
     let stem_weight = model.stem.conv.weight.val().into_data();
     // Batches of 16, 16 and 8 cover the 40 images once.
@@ -370,14 +364,8 @@ fn independent_copy_keeps_the_originals_batch_norm_statistics() {
     let device = Backend::Flex.train_device(3);
     let norm = Some(Normalization::fashion_mnist());
     let data = load(KnownSet::FashionMnist, Split::Train, &Source::Fixtures, norm).unwrap();
-    let config = ResNetConfig {
-        depth: 8,
-        in_channels: 1,
-        classes: 10,
-        width: 0.25,
-        skip_blocks: Vec::new(),
-        separable: Vec::new(),
-    };
+    let config =
+        ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.25, ..Default::default() };
     let mut model = tessera_models::with_seed(&device, 1, || config.init(&device)).unwrap();
     let before = stats(&mut model);
 

@@ -188,24 +188,12 @@ fn vgg_exports_exactly() {
 #[test]
 fn resnet_exports_exactly() {
     let device = Backend::Flex.device();
-    let cfg = ResNetConfig {
-        depth: 20,
-        in_channels: 1,
-        classes: 10,
-        width: 0.5,
-        skip_blocks: Vec::new(),
-        separable: Vec::new(),
-    };
+    let cfg =
+        ResNetConfig { depth: 20, in_channels: 1, classes: 10, width: 0.5, ..Default::default() };
     check_model(|| cfg.init(&device).unwrap(), [2, 1, 16, 16], "resnet20");
     // Three channels at CIFAR size, on the CIFAR-10 samples.
-    let cfg = ResNetConfig {
-        depth: 20,
-        in_channels: 3,
-        classes: 10,
-        width: 0.25,
-        skip_blocks: Vec::new(),
-        separable: Vec::new(),
-    };
+    let cfg =
+        ResNetConfig { depth: 20, in_channels: 3, classes: 10, width: 0.25, ..Default::default() };
     check_model(|| cfg.init(&device).unwrap(), [2, 3, 32, 32], "resnet20 cifar");
 }
 
@@ -254,14 +242,8 @@ fn set_weights_round_trips_through_the_gemm_view() {
 #[test]
 fn seeded_init_is_deterministic_even_with_concurrent_inits() {
     let device = Backend::Flex.device();
-    let cfg = ResNetConfig {
-        depth: 8,
-        in_channels: 1,
-        classes: 10,
-        width: 0.25,
-        skip_blocks: Vec::new(),
-        separable: Vec::new(),
-    };
+    let cfg =
+        ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.25, ..Default::default() };
     let weights_of = |seed| {
         let m = tessera_models::with_seed(&device, seed, || cfg.init(&device)).unwrap();
         weights::prunable_weights(&m, [1, 1, 16, 16])
@@ -323,14 +305,8 @@ fn seeded_init_draws_burns_default_distribution() {
 #[test]
 fn read_weights_agrees_with_the_export_view() {
     let device = Backend::Flex.device();
-    let cfg = ResNetConfig {
-        depth: 8,
-        in_channels: 1,
-        classes: 10,
-        width: 0.25,
-        skip_blocks: Vec::new(),
-        separable: Vec::new(),
-    };
+    let cfg =
+        ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.25, ..Default::default() };
     let model = tessera_models::with_seed(&device, 1, || cfg.init(&device)).unwrap();
     let named = weights::prunable_weights(&model, [1, 1, 16, 16]).unwrap();
     let paths: Vec<String> = named.iter().map(|w| w.path.clone()).collect();
@@ -344,14 +320,8 @@ fn read_weights_agrees_with_the_export_view() {
 #[test]
 fn skipped_blocks_compute_the_identity_and_leave_the_export() {
     let device = Backend::Flex.device();
-    let base = ResNetConfig {
-        depth: 20,
-        in_channels: 1,
-        classes: 10,
-        width: 0.25,
-        skip_blocks: vec![],
-        separable: Vec::new(),
-    };
+    let base =
+        ResNetConfig { depth: 20, in_channels: 1, classes: 10, width: 0.25, ..Default::default() };
     let skipping = ResNetConfig { skip_blocks: vec![1, 4], ..base.clone() };
     check_model(|| skipping.init(&device).unwrap(), [2, 1, 16, 16], "resnet20 skipping 1, 4");
     // Same seed, same weights: the full model's graph with those residual branches removed by

@@ -41,14 +41,8 @@ fn main() -> Result<()> {
 
     let device = Backend::Flex.train_device(0);
     let inference = Backend::Flex.device();
-    let resnet = ResNetConfig {
-        depth: 8,
-        in_channels: 1,
-        classes: 10,
-        width: 0.5,
-        skip_blocks: vec![],
-        separable: Vec::new(),
-    };
+    let resnet =
+        ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.5, ..Default::default() };
     let dense = with_seed(&device, 0, || resnet.init(&device))?;
     // Two epochs of 80 batches of 128 (20,480 images).
     let dense_cfg = TrainConfig {

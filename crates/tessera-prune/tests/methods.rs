@@ -78,15 +78,8 @@ fn plans_skip_dense_layers_and_name_bad_ones() {
 fn pattern_plans_share_one_library_and_split_into_two_admm_sets() {
     let device = Backend::Flex.device();
     let m = with_seed(&device, 1, || {
-        ResNetConfig {
-            depth: 8,
-            in_channels: 1,
-            classes: 10,
-            width: 0.25,
-            skip_blocks: Vec::new(),
-            separable: Vec::new(),
-        }
-        .init(&device)
+        ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.25, ..Default::default() }
+            .init(&device)
     })
     .unwrap();
     let w = weights::prunable_weights(&m, [1, 1, 28, 28]).unwrap();
@@ -599,8 +592,7 @@ fn recalibration_reestimates_batch_norm_after_hard_pruning_and_after_retraining(
                 in_channels: 1,
                 classes: 10,
                 width: 0.25,
-                skip_blocks: vec![],
-                separable: Vec::new(),
+                ..Default::default()
             }
             .init(&device)
         })
@@ -736,15 +728,8 @@ fn progressive_admm_ramps_the_z_target_along_the_cubic() {
 /// A seeded ResNet-8 (width 0.5) and a plan pruning its blocks' convolutions to 4x by filter.
 fn resnet8_filter_4x(device: &Device, seed: u64) -> (tessera_models::zoo::ResNet, PrunePlan) {
     let model = with_seed(device, seed, || {
-        ResNetConfig {
-            depth: 8,
-            in_channels: 1,
-            classes: 10,
-            width: 0.5,
-            skip_blocks: Vec::new(),
-            separable: Vec::new(),
-        }
-        .init(device)
+        ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.5, ..Default::default() }
+            .init(device)
     })
     .unwrap();
     let w = weights::prunable_weights(&model, [1, 1, 28, 28]).unwrap();

@@ -188,14 +188,8 @@ fn running_statistics<M: Classifier>(mut model: M) -> Vec<f32> {
 #[test]
 fn frozen_batch_norm_keeps_the_client_models_statistics_in_the_designer() {
     let device = Backend::Flex.train_device(5);
-    let resnet = ResNetConfig {
-        depth: 8,
-        in_channels: 1,
-        classes: 10,
-        width: 0.25,
-        skip_blocks: vec![],
-        separable: Vec::new(),
-    };
+    let resnet =
+        ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.25, ..Default::default() };
     let dense = with_seed(&device, 2, || resnet.init(&device)).unwrap();
     let before = running_statistics(dense.clone());
     let cfg = |freeze| unstructured_4x(adam(1, 3), 64, freeze);
@@ -218,14 +212,8 @@ fn frozen_batch_norm_keeps_the_client_models_statistics_in_the_designer() {
 #[test]
 fn designer_can_hard_prune_inside_its_phase() {
     let device = Backend::Flex.train_device(6);
-    let resnet = ResNetConfig {
-        depth: 8,
-        in_channels: 1,
-        classes: 10,
-        width: 0.25,
-        skip_blocks: vec![],
-        separable: Vec::new(),
-    };
+    let resnet =
+        ResNetConfig { depth: 8, in_channels: 1, classes: 10, width: 0.25, ..Default::default() };
     let dense = with_seed(&device, 2, || resnet.init(&device)).unwrap();
     let shape = SampleShape { channels: 1, height: 28, width: 28 };
     // 2 epochs of 4 steps (128 synthetic inputs, batch 32), hard pruning after step 3.

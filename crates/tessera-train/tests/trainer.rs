@@ -300,15 +300,8 @@ fn pattern_masks_stay_library_patterns_on_resnet() -> Result<()> {
     let device = Backend::Flex.train_device(5);
     let data = mnist()?;
     let model = with_seed(&device, 5, || {
-        ResNetConfig {
-            depth: 20,
-            in_channels: 1,
-            classes: 10,
-            width: 0.5,
-            skip_blocks: Vec::new(),
-            separable: Vec::new(),
-        }
-        .init(&device)
+        ResNetConfig { depth: 20, in_channels: 1, classes: 10, width: 0.5, ..Default::default() }
+            .init(&device)
     })?;
     let train_cfg = cfg(1, 4);
     let (model, trainer) = SparseTrainer::init(

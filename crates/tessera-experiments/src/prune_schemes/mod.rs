@@ -470,8 +470,7 @@ fn resnet_study(scale: Scale) -> Result<Study> {
             in_channels: 1,
             classes: 10,
             width,
-            skip_blocks: Vec::new(),
-            separable: Vec::new(),
+            ..Default::default()
         }),
         dataset: KnownSet::FashionMnist,
         train_limit,
