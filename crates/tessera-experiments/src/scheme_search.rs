@@ -373,15 +373,6 @@ pub(crate) fn measure_table(
     timing: &Timing,
     input: &[f32],
 ) -> Result<(f64, LatencyTable)> {
-    let step = |steps: &BTreeMap<String, f64>, l: usize| -> Result<f64> {
-        steps.get(&nodes[l].node).copied().ok_or_else(|| {
-            ExperimentError::config(
-                "latency table",
-                format!("the compiled plan has no step `{}`", nodes[l].node),
-            )
-        })
-    };
-    let (dense_ms, dense_steps) = time_plan(graph.clone(), timing, input)?;
     let named = |steps: &BTreeMap<String, f64>, name: &str| -> Result<f64> {
         steps.get(name).copied().ok_or_else(|| {
             ExperimentError::config(
@@ -390,6 +381,8 @@ pub(crate) fn measure_table(
             )
         })
     };
+    let step = |steps: &BTreeMap<String, f64>, l: usize| named(steps, &nodes[l].node);
+    let (dense_ms, dense_steps) = time_plan(graph.clone(), timing, input)?;
     let mut per_layer: Vec<Vec<f64>> =
         (0..space.len()).map(|l| vec![f64::NAN; space.options(l).len()]).collect();
     let mut layers_ms = 0.0;

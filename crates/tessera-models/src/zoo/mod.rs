@@ -251,9 +251,9 @@ impl ConvBn {
         }
     }
 
-    /// The same layer computed depthwise-separable (randomly initialized pair; see
+    /// Computes the layer depthwise-separable from now on (a randomly initialized pair; see
     /// [`ConvBn::decouple`]). A grouped or 1x1 convolution is refused.
-    pub fn into_separable(self, path: &str) -> Result<Self> {
+    pub fn make_separable(&mut self, path: &str) -> Result<()> {
         let [_, _, kh, kw] = self.conv.weight.dims();
         if self.conv.groups != 1 || kh * kw < 2 {
             return Err(ModelError::Config {
@@ -265,15 +265,15 @@ impl ConvBn {
             });
         }
         let device = self.conv.weight.device();
-        let separable = Some(SeparableConv::like(&self.conv, &device));
-        Ok(ConvBn { separable, ..self })
+        self.separable = Some(SeparableConv::like(&self.conv, &device));
+        Ok(())
     }
 
     /// Sets the depthwise-separable pair from `conv`'s weights by network decoupling (per
     /// input channel the best rank-1 factorization, [`tessera_ir::decouple`]); returns the
     /// relative Frobenius error of that factorization. Without a pair, nothing changes (0).
-    pub fn decouple(mut self, path: &str) -> Result<(Self, f64)> {
-        let Some(sep) = self.separable.take() else { return Ok((self, 0.0)) };
+    pub fn decouple(&mut self, path: &str) -> Result<f64> {
+        let Some(sep) = self.separable.as_mut() else { return Ok(0.0) };
         let w = self.conv.weight.val();
         let dims = w.dims().to_vec();
         let values = crate::error::to_vec(path, w)?;
@@ -285,11 +285,9 @@ impl ConvBn {
             let dims: [usize; 4] = [t.shape[0], t.shape[1], t.shape[2], t.shape[3]];
             Param::from_tensor(Tensor::<4>::from_data(TensorData::new(t.data, dims), &device))
         };
-        let mut sep = sep;
         sep.depthwise.weight = param(d.depthwise);
         sep.pointwise.weight = param(d.pointwise);
-        self.separable = Some(sep);
-        Ok((self, d.relative_error))
+        Ok(d.relative_error)
     }
 
     /// `bn(conv(x))` (or `bn(pointwise(depthwise(x)))` when separable), on tessera-kernels

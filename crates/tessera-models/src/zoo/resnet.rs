@@ -156,8 +156,7 @@ impl ResNetConfig {
                         "`{path}` is not a block convolution (`blocks.<i>.conv1` or `.conv2`, {count} blocks)"
                     ),
                 })?;
-            let placeholder = ConvBn::new(1, 1, 1, 1, 1, device);
-            *conv = std::mem::replace(conv, placeholder).into_separable(path)?;
+            conv.make_separable(path)?;
         }
         mark_skipped(
             &mut blocks,
@@ -189,9 +188,7 @@ impl Classifier for ResNet {
             for (name, conv) in [("conv1", &mut b.conv1), ("conv2", &mut b.conv2)] {
                 if conv.separable.is_some() {
                     let path = format!("blocks.{i}.{name}");
-                    let placeholder = ConvBn::new(1, 1, 1, 1, 1, &conv.bn.gamma.device());
-                    let (c, err) = std::mem::replace(conv, placeholder).decouple(&path)?;
-                    *conv = c;
+                    let err = conv.decouple(&path)?;
                     errors.push((path, err));
                 }
             }
