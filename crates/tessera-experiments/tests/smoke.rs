@@ -118,7 +118,7 @@ fn scheme_mapping_and_npas_smoke_evaluate_every_arm_and_log_every_search() {
             .iter()
             .map(|s| s["method"].as_str().unwrap())
             .collect();
-        assert_eq!(methods, ["npas", "random", "rule"]);
+        assert_eq!(methods, ["npas", "random", "random-feasible", "rule"]);
         assert_eq!(target["searches"][0]["cost"][0], 4);
         assert_eq!(target["searches"][1]["best_so_far"].as_array().unwrap().len(), 4);
     }
@@ -126,6 +126,12 @@ fn scheme_mapping_and_npas_smoke_evaluate_every_arm_and_log_every_search() {
         &std::fs::read(done.dir.join("logs/resnet20-fashion/random-0.3.json")).unwrap(),
     )
     .unwrap();
+    assert_eq!(log["evaluations"].as_array().unwrap().len(), 4);
+    let log: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(done.dir.join("logs/resnet20-fashion/random-feasible-0.3.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(log["header"]["method"], "random-feasible");
     assert_eq!(log["evaluations"].as_array().unwrap().len(), 4);
     let report = std::fs::read_to_string(done.dir.join("report.md")).unwrap();
     assert!(report.contains("Best NPAS configuration") && report.contains("not judged"));

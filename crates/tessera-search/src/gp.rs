@@ -11,6 +11,15 @@
 //! mean and variance, log marginal likelihood, and a grid search over length scale and noise
 //! that maximizes it. Targets are standardized before fitting and predictions are returned
 //! in the original units.
+//!
+//! Mean function: either the constant (the standardized targets' mean) or an explicit linear
+//! trend in the candidate's overall compression ([`CompressionTrend`]: `h(x) = [1, c(x)]`,
+//! `c` the weighted mean ordinal, a skipped layer counting as fully compressed), fitted with
+//! a vague prior on its coefficients (Rasmussen and Williams 2006, section 2.7: generalized
+//! least squares for the coefficients, their uncertainty added to the posterior variance, and
+//! the marginal likelihood of eq. 2.45). Top-1 falls with compression across the whole space;
+//! a zero-mean GP over per-layer choices has to learn that from scratch near every point and,
+//! with tens of noisy evaluations, predicted a nearly flat surface in the NPAS runs.
 
 use serde::{Deserialize, Serialize};
 
@@ -66,7 +75,7 @@ pub struct Encoder {
 
 impl Encoder {
     /// The encoder of `space`: categories numbered per layer in option order, rates on a log
-    /// scale over the largest rate in the space.
+    /// scale over the largest rate in the space (a skipped layer at the top, 1).
     pub fn new(space: &SearchSpace) -> Self {
         let top = (0..space.len())
             .flat_map(|l| space.options(l).iter().map(|c| c.rate))
@@ -84,7 +93,9 @@ impl Encoder {
                             names.push(name);
                             names.len() - 1
                         });
-                        Feature { category: category as u32, ordinal: c.rate.ln() / scale }
+                        // A skipped layer is the limit of compression.
+                        let ordinal = if c.skip { 1.0 } else { c.rate.ln() / scale };
+                        Feature { category: category as u32, ordinal }
                     })
                     .collect()
             })
@@ -96,6 +107,35 @@ impl Encoder {
     pub fn encode(&self, candidate: &[usize]) -> Vec<Feature> {
         candidate.iter().enumerate().map(|(l, &o)| self.features[l][o]).collect()
     }
+}
+
+/// The linear trend `h(x) = [1, c(x)]` with `c(x) = sum_l w_l ordinal_l / sum_l w_l`, the
+/// candidate's overall compression in [0, 1] (module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompressionTrend {
+    /// Per-layer weights of the mean (the kernel's weights in the searches).
+    pub weights: Vec<f64>,
+}
+
+impl CompressionTrend {
+    /// The basis functions at `x`.
+    pub fn basis(&self, x: &[Feature]) -> [f64; 2] {
+        let total: f64 = self.weights.iter().sum();
+        let c: f64 = x.iter().zip(&self.weights).map(|(f, w)| w * f.ordinal).sum();
+        [1.0, if total > 0.0 { c / total } else { 0.0 }]
+    }
+}
+
+/// The fitted trend: basis at the points, `A = H K^-1 H^T` and the coefficients.
+#[derive(Debug, Clone)]
+struct FittedTrend {
+    trend: CompressionTrend,
+    /// `K^-1 h_j(X)` for j = 0, 1 (n each).
+    kinv_h: [Vec<f64>; 2],
+    /// Lower Cholesky factor of `A` (2 x 2, row-major).
+    a_chol: [f64; 4],
+    /// Generalized least-squares coefficients (standardized units).
+    beta: [f64; 2],
 }
 
 /// Grid of hyper-parameters tried by [`GaussianProcess::fit_best`].
@@ -129,6 +169,7 @@ pub struct GaussianProcess<K> {
     y_mean: f64,
     y_scale: f64,
     lml: f64,
+    trend: Option<FittedTrend>,
 }
 
 /// Largest jitter added to the diagonal before giving up.
@@ -136,8 +177,31 @@ const MAX_JITTER: f64 = 1e-3;
 
 impl<K: Kernel> GaussianProcess<K> {
     /// Fits `kernel` with observation-noise variance `noise` (standardized units) to targets
-    /// `y` at points `x`.
+    /// `y` at points `x`, around the targets' mean.
     pub fn fit(kernel: K, noise: f64, x: Vec<Vec<Feature>>, y: &[f64]) -> Result<Self> {
+        Self::fit_inner(kernel, noise, x, y, None)
+    }
+
+    /// Fits like [`GaussianProcess::fit`] around a linear `trend` whose coefficients are
+    /// estimated with the kernel (module docs). Fails when the trend's basis is collinear on
+    /// `x` (every point equally compressed) or there are fewer than 3 points.
+    pub fn fit_with_trend(
+        kernel: K,
+        noise: f64,
+        x: Vec<Vec<Feature>>,
+        y: &[f64],
+        trend: CompressionTrend,
+    ) -> Result<Self> {
+        Self::fit_inner(kernel, noise, x, y, Some(trend))
+    }
+
+    fn fit_inner(
+        kernel: K,
+        noise: f64,
+        x: Vec<Vec<Feature>>,
+        y: &[f64],
+        trend: Option<CompressionTrend>,
+    ) -> Result<Self> {
         let n = x.len();
         if n == 0 || y.len() != n {
             return Err(SearchError::config(
@@ -150,6 +214,9 @@ impl<K: Kernel> GaussianProcess<K> {
         }
         if !(noise.is_finite() && noise >= 0.0) || y.iter().any(|v| !v.is_finite()) {
             return Err(SearchError::config("gp", "noise and targets must be finite"));
+        }
+        if trend.is_some() && n < 3 {
+            return Err(SearchError::config("gp", format!("a trend needs 3 points or more ({n})")));
         }
         let y_mean = y.iter().sum::<f64>() / n as f64;
         let var = y.iter().map(|v| (v - y_mean).powi(2)).sum::<f64>() / n as f64;
@@ -177,22 +244,88 @@ impl<K: Kernel> GaussianProcess<K> {
                 return Err(SearchError::NotPositiveDefinite { points: n, jitter: MAX_JITTER });
             }
         };
-        let alpha = solve_upper_t(&chol, n, &solve_lower(&chol, n, &ys));
+        let kinv = |b: &[f64]| solve_upper_t(&chol, n, &solve_lower(&chol, n, b));
         let log_det: f64 = (0..n).map(|i| chol[i * n + i].ln()).sum();
-        let fit: f64 = ys.iter().zip(&alpha).map(|(a, b)| a * b).sum();
-        let lml = -0.5 * fit - log_det - 0.5 * n as f64 * (2.0 * std::f64::consts::PI).ln();
-        Ok(GaussianProcess { kernel, noise: noise + jitter, x, chol, alpha, y_mean, y_scale, lml })
+        let (alpha, fitted, lml) = match trend {
+            None => {
+                let alpha = kinv(&ys);
+                let fit: f64 = ys.iter().zip(&alpha).map(|(a, b)| a * b).sum();
+                let lml = -0.5 * fit - log_det - 0.5 * n as f64 * (2.0 * std::f64::consts::PI).ln();
+                (alpha, None, lml)
+            }
+            Some(trend) => {
+                // R&W eq. 2.42 and 2.45 with p = 2 basis functions.
+                let h: Vec<[f64; 2]> = x.iter().map(|xi| trend.basis(xi)).collect();
+                let col = |j: usize| h.iter().map(|r| r[j]).collect::<Vec<f64>>();
+                let kinv_h = [kinv(&col(0)), kinv(&col(1))];
+                let dot = |a: &[f64], j: usize| a.iter().zip(&h).map(|(v, r)| v * r[j]).sum();
+                let a = [
+                    dot(&kinv_h[0], 0),
+                    dot(&kinv_h[1], 0),
+                    dot(&kinv_h[0], 1),
+                    dot(&kinv_h[1], 1),
+                ];
+                let a_chol = cholesky(&a, 2).ok_or_else(|| {
+                    SearchError::config("gp trend", "the points do not vary in compression")
+                })?;
+                let kinv_y = kinv(&ys);
+                let b = [dot(&kinv_y, 0), dot(&kinv_y, 1)];
+                let bs = solve_upper_t(&a_chol, 2, &solve_lower(&a_chol, 2, &b));
+                let beta = [bs[0], bs[1]];
+                let resid: Vec<f64> =
+                    ys.iter().zip(&h).map(|(v, r)| v - beta[0] * r[0] - beta[1] * r[1]).collect();
+                let alpha = kinv(&resid);
+                let fit: f64 = resid.iter().zip(&alpha).map(|(a, b)| a * b).sum();
+                let log_det_a = a_chol[0].ln() + a_chol[3].ln();
+                let lml = -0.5 * fit
+                    - log_det
+                    - log_det_a
+                    - 0.5 * (n as f64 - 2.0) * (2.0 * std::f64::consts::PI).ln();
+                let a_chol = [a_chol[0], a_chol[1], a_chol[2], a_chol[3]];
+                (alpha, Some(FittedTrend { trend, kinv_h, a_chol, beta }), lml)
+            }
+        };
+        Ok(GaussianProcess {
+            kernel,
+            noise: noise + jitter,
+            x,
+            chol,
+            alpha,
+            y_mean,
+            y_scale,
+            lml,
+            trend: fitted,
+        })
     }
 
     /// Posterior mean and variance of the target at `p` (original units; the variance of the
     /// latent function, without observation noise).
+    /// With a trend, the mean adds `h(p)^T beta` and the variance the coefficients'
+    /// uncertainty `R^T A^-1 R`, `R = h(p) - H K^-1 k(X, p)` (R&W eq. 2.42).
     pub fn predict(&self, p: &[Feature]) -> (f64, f64) {
         let n = self.x.len();
         let ks: Vec<f64> = self.x.iter().map(|xi| self.kernel.k(xi, p)).collect();
-        let mean: f64 = ks.iter().zip(&self.alpha).map(|(a, b)| a * b).sum();
+        let mut mean: f64 = ks.iter().zip(&self.alpha).map(|(a, b)| a * b).sum();
         let v = solve_lower(&self.chol, n, &ks);
-        let var = (self.kernel.k(p, p) - v.iter().map(|x| x * x).sum::<f64>()).max(0.0);
-        (self.y_mean + self.y_scale * mean, self.y_scale * self.y_scale * var)
+        let mut var = self.kernel.k(p, p) - v.iter().map(|x| x * x).sum::<f64>();
+        if let Some(t) = &self.trend {
+            let h = t.trend.basis(p);
+            mean += h[0] * t.beta[0] + h[1] * t.beta[1];
+            let r: Vec<f64> = (0..2)
+                .map(|j| h[j] - t.kinv_h[j].iter().zip(&ks).map(|(a, b)| a * b).sum::<f64>())
+                .collect();
+            let w = solve_lower(&t.a_chol, 2, &r);
+            var += w[0] * w[0] + w[1] * w[1];
+        }
+        (self.y_mean + self.y_scale * mean, self.y_scale * self.y_scale * var.max(0.0))
+    }
+
+    /// The trend's coefficients `[intercept, slope]` in the targets' units (`None` without
+    /// a trend).
+    pub fn trend_coefficients(&self) -> Option<[f64; 2]> {
+        self.trend
+            .as_ref()
+            .map(|t| [self.y_mean + self.y_scale * t.beta[0], self.y_scale * t.beta[1]])
     }
 
     /// Log marginal likelihood of the standardized targets.
@@ -214,13 +347,22 @@ impl<K: Kernel> GaussianProcess<K> {
 impl GaussianProcess<LayerwiseKernel> {
     /// The fit with the highest log marginal likelihood over `grid` (signal variance 1 on the
     /// standardized targets; ties keep the first).
-    pub fn fit_best(weights: &[f64], grid: &GpGrid, x: &[Vec<Feature>], y: &[f64]) -> Result<Self> {
+    /// With `trend`, every fit has that linear mean (the marginal likelihoods then compare
+    /// like with like).
+    pub fn fit_best(
+        weights: &[f64],
+        grid: &GpGrid,
+        x: &[Vec<Feature>],
+        y: &[f64],
+        trend: Option<&CompressionTrend>,
+    ) -> Result<Self> {
         let mut best: Option<Self> = None;
         for &lengthscale in &grid.lengthscales {
             for &noise in &grid.noises {
                 let kernel =
                     LayerwiseKernel { weights: weights.to_vec(), lengthscale, variance: 1.0 };
-                let Ok(gp) = Self::fit(kernel, noise, x.to_vec(), y) else { continue };
+                let fitted = Self::fit_inner(kernel, noise, x.to_vec(), y, trend.cloned());
+                let Ok(gp) = fitted else { continue };
                 if best.as_ref().is_none_or(|b| gp.lml > b.lml) {
                     best = Some(gp);
                 }
@@ -345,8 +487,85 @@ mod tests {
         // The grid prefers the length scale that explains smooth data.
         let xs: Vec<Vec<Feature>> = (0..12).map(|i| pt(i as f64 / 11.0)).collect();
         let ys: Vec<f64> = (0..12).map(|i| (i as f64 / 11.0 * 3.0).sin()).collect();
-        let best = GaussianProcess::fit_best(&[1.0], &GpGrid::default(), &xs, &ys).unwrap();
+        let best = GaussianProcess::fit_best(&[1.0], &GpGrid::default(), &xs, &ys, None).unwrap();
         assert!(best.kernel().lengthscale >= 0.5, "{}", best.kernel().lengthscale);
         assert!(GaussianProcess::fit(kernel(1.0), 0.0, vec![], &[]).is_err());
+    }
+
+    /// `k(a, b) + b * h(a)^T h(b)`: a GP with a Gaussian prior of variance `b` on the trend's
+    /// coefficients, whose `b -> infinity` limit is the vague-prior trend (R&W eq. 2.40-2.42).
+    struct WithPriorOnTrend {
+        inner: LayerwiseKernel,
+        trend: CompressionTrend,
+        b: f64,
+    }
+
+    impl Kernel for WithPriorOnTrend {
+        fn k(&self, a: &[Feature], b: &[Feature]) -> f64 {
+            let (ha, hb) = (self.trend.basis(a), self.trend.basis(b));
+            self.inner.k(a, b) + self.b * (ha[0] * hb[0] + ha[1] * hb[1])
+        }
+    }
+
+    #[test]
+    fn trend_is_the_limit_of_a_broad_prior_on_its_coefficients() {
+        let trend = CompressionTrend { weights: vec![1.0] };
+        let xs: Vec<Vec<Feature>> =
+            [0.0, 0.15, 0.3, 0.5, 0.55, 0.8].iter().map(|&v| pt(v)).collect();
+        let ys = [0.91, 0.90, 0.86, 0.84, 0.85, 0.78];
+        let noise = 0.05;
+        let gp =
+            GaussianProcess::fit_with_trend(kernel(0.3), noise, xs.clone(), &ys, trend.clone())
+                .unwrap();
+        let b = 1e5;
+        let broad =
+            GaussianProcess::fit(WithPriorOnTrend { inner: kernel(0.3), trend, b }, noise, xs, &ys)
+                .unwrap();
+        for x in [0.1, 0.42, 1.0, 2.5] {
+            let (m, v) = gp.predict(&pt(x));
+            let (mb, vb) = broad.predict(&pt(x));
+            assert!((m - mb).abs() < 1e-4, "x={x}: mean {m} vs {mb}");
+            assert!((v - vb).abs() < 1e-3 * vb.max(1e-3), "x={x}: var {v} vs {vb}");
+        }
+        // Eq. 2.45 drops the prior's -p/2 log b and -p/2 log 2 pi (p = 2) from the broad
+        // model's log marginal likelihood.
+        let limit = broad.log_marginal_likelihood() + b.ln() + (2.0 * std::f64::consts::PI).ln();
+        assert!((gp.log_marginal_likelihood() - limit).abs() < 1e-3, "{} vs {limit}", gp.lml);
+    }
+
+    #[test]
+    fn a_linear_trend_is_recovered_and_extrapolated() {
+        // y = 0.9 - 0.3 c exactly: the residuals vanish, the posterior mean is the line
+        // everywhere, far outside the data too, where a constant-mean GP returns to the mean.
+        let trend = CompressionTrend { weights: vec![1.0] };
+        let xs: Vec<Vec<Feature>> = [0.0, 0.2, 0.4].iter().map(|&v| pt(v)).collect();
+        let ys: Vec<f64> = [0.0, 0.2, 0.4].iter().map(|c| 0.9 - 0.3 * c).collect();
+        let gp = GaussianProcess::fit_with_trend(kernel(0.2), 0.0, xs.clone(), &ys, trend.clone())
+            .unwrap();
+        let [a, s] = gp.trend_coefficients().unwrap();
+        assert!((a - 0.9).abs() < 1e-9 && (s + 0.3).abs() < 1e-9, "{a} {s}");
+        let (m, _) = gp.predict(&pt(1.0));
+        assert!((m - 0.6).abs() < 1e-9, "{m}");
+        let plain = GaussianProcess::fit(kernel(0.2), 0.0, xs.clone(), &ys).unwrap();
+        assert!((plain.predict(&pt(1.0)).0 - 0.84).abs() < 0.01);
+        // The trend's basis: weighted mean ordinal.
+        let t2 = CompressionTrend { weights: vec![1.0, 3.0] };
+        let x = [Feature { category: 0, ordinal: 0.2 }, Feature { category: 5, ordinal: 0.6 }];
+        let h = t2.basis(&x);
+        assert!(h[0] == 1.0 && (h[1] - (0.2 + 1.8) / 4.0).abs() < 1e-15, "{h:?}");
+        // Every point equally compressed: the slope is not identifiable.
+        let flat: Vec<Vec<Feature>> = (0..4).map(|_| pt(0.3)).collect();
+        let err = GaussianProcess::fit_with_trend(
+            kernel(0.2),
+            0.01,
+            flat,
+            &[0.8, 0.81, 0.79, 0.8],
+            trend.clone(),
+        );
+        assert!(err.is_err());
+        assert!(
+            GaussianProcess::fit_with_trend(kernel(0.2), 0.0, xs[..2].to_vec(), &ys[..2], trend)
+                .is_err()
+        );
     }
 }

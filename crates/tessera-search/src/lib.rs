@@ -26,12 +26,14 @@ pub mod space;
 
 pub use acquisition::expected_improvement;
 pub use error::{EvalError, Result, SearchError};
-pub use gp::{Encoder, Feature, GaussianProcess, GpGrid, Kernel, LayerwiseKernel};
+pub use gp::{
+    CompressionTrend, Encoder, Feature, GaussianProcess, GpGrid, Kernel, LayerwiseKernel,
+};
 pub use latency::LatencyTable;
 pub use qlearn::{EpsilonSchedule, QAgent, QConfig};
 pub use rule::{RuleConfig, RuleMapping, RuleScheme, rule_rates, rule_schemes};
 pub use search::{
     Evaluated, Evaluator, Measurement, NpasConfig, Reward, SearchOutcome, evaluate_list, npas,
-    npas_with_prior, random_search,
+    npas_with_prior, random_feasible_search, random_search,
 };
 pub use space::{Excluded, LayerChoice, LayerRole, SearchLayer, SearchSpace, SpaceSpec};

@@ -1,5 +1,5 @@
-//! The searches: NPAS (Q-learning proposals, GP + Expected Improvement picks), random search,
-//! and fixed lists (uniform and rule-based baselines), all over one [`Evaluator`], one
+//! The searches: NPAS (Q-learning proposals, GP + Expected Improvement picks), random search
+//! (plain, and constrained by the latency model), and fixed lists (uniform and rule-based baselines), all over one [`Evaluator`], one
 //! [`Reward`] and one resumable evaluation log.
 //!
 //! NPAS round: epsilon comes from the schedule by the number evaluated so far; the agent
@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::acquisition::expected_improvement;
 use crate::error::{EvalError, Result, SearchError};
-use crate::gp::{Encoder, GaussianProcess, GpGrid};
+use crate::gp::{CompressionTrend, Encoder, GaussianProcess, GpGrid};
 use crate::qlearn::{EpsilonSchedule, QAgent, QConfig};
 use crate::space::SearchSpace;
 
@@ -116,6 +116,16 @@ pub struct NpasConfig {
     /// Most layers one mutation changes.
     #[serde(default = "one")]
     pub mutation_layers: usize,
+    /// Fit the GP around a linear trend in the candidates' overall compression
+    /// ([`crate::gp::CompressionTrend`], with the kernel's layer weights) instead of a
+    /// constant mean.
+    #[serde(default)]
+    pub trend: bool,
+    /// During warm-up, when the evaluator predicts latency, evaluate the pooled candidates
+    /// predicted to meet the target first, the slowest of them first (least compressed, so
+    /// the most accurate to expect), then the rest fastest first; otherwise the agent's order.
+    #[serde(default)]
+    pub feasible_warmup: bool,
     /// Seed of every random choice.
     pub seed: u64,
 }
@@ -126,7 +136,8 @@ fn one() -> usize {
 
 impl NpasConfig {
     /// Defaults for a budget of `evaluations`: pools of 64 agent proposals and 32 mutations
-    /// (1-2 layers) of the 4 best so far, 2 picks a round, 20% warm-up.
+    /// (1-2 layers) of the 4 best so far, 2 picks a round, 20% warm-up in latency-feasible
+    /// order, the GP around a compression trend.
     pub fn new(evaluations: usize, seed: u64) -> Self {
         NpasConfig {
             evaluations,
@@ -141,6 +152,8 @@ impl NpasConfig {
             mutations: 32,
             elite: 4,
             mutation_layers: 2,
+            trend: true,
+            feasible_warmup: true,
             seed,
         }
     }
@@ -577,16 +590,39 @@ fn pick(
     pool: Vec<Vec<usize>>,
 ) -> Result<Vec<Pick>> {
     // `done`: every observation (prior included).
-    if done.len() < cfg.warmup.max(2) {
-        return Ok(pool.into_iter().take(cfg.per_round).map(|c| (c, None, None)).collect());
-    }
     let latency: Vec<Option<f64>> =
         pool.iter().map(|c| runner.evaluator.predict_latency(space, c)).collect();
     let with_latency = latency.iter().all(Option::is_some);
+    if done.len() < cfg.warmup.max(2) {
+        let mut order: Vec<(Vec<usize>, Option<f64>)> = pool.into_iter().zip(latency).collect();
+        if cfg.feasible_warmup && with_latency {
+            let target = runner.reward.latency_target_ms;
+            // Feasible first, slowest first; then infeasible, fastest first (stable sort).
+            let key = |l: f64| if l <= target { (0, -l) } else { (1, l) };
+            order.sort_by(|a, b| {
+                let (ka, kb) =
+                    (key(a.1.unwrap_or(f64::INFINITY)), key(b.1.unwrap_or(f64::INFINITY)));
+                ka.0.cmp(&kb.0).then(ka.1.total_cmp(&kb.1))
+            });
+        }
+        return Ok(order.into_iter().take(cfg.per_round).map(|(c, _)| (c, None, None)).collect());
+    }
     let x: Vec<_> = done.iter().map(|e| encoder.encode(&e.candidate)).collect();
     let y: Vec<f64> =
         done.iter().map(|e| if with_latency { e.measurement.accuracy } else { e.reward }).collect();
-    let gp = match GaussianProcess::fit_best(weights, &cfg.gp, &x, &y) {
+    let trend = cfg.trend.then(|| CompressionTrend { weights: weights.to_vec() });
+    let fitted =
+        GaussianProcess::fit_best(weights, &cfg.gp, &x, &y, trend.as_ref()).or_else(
+            |e| match trend {
+                // Not identifiable yet (e.g. every observation equally compressed).
+                Some(_) => {
+                    tracing::debug!(error = %e, "GP trend fit failed; fitting a constant mean");
+                    GaussianProcess::fit_best(weights, &cfg.gp, &x, &y, None)
+                }
+                None => Err(e),
+            },
+        );
+    let gp = match fitted {
         Ok(gp) => gp,
         Err(e) => {
             tracing::warn!(error = %e, "GP fit failed; taking the agent's proposals in order");
@@ -632,6 +668,58 @@ pub fn random_search(
         let Some(c) = fresh_random(space, &mut rng, &seen) else { break };
         seen.insert(c.clone());
         runner.measure("random", c, None, None, None)?;
+    }
+    Ok(runner.outcome())
+}
+
+/// Uniform candidates drawn per evaluation before one meets the target.
+const FEASIBLE_DRAWS: usize = 20_000;
+
+/// Random search constrained by the latency model: each evaluation takes the first unseen
+/// uniformly random candidate the evaluator predicts to meet the reward's latency target
+/// (the stronger random baseline of hardware-aware NAS); when none of
+/// [`FEASIBLE_DRAWS`] draws does, the fastest predicted of them. Needs
+/// [`Evaluator::predict_latency`].
+pub fn random_feasible_search(
+    space: &SearchSpace,
+    evaluator: &mut dyn Evaluator,
+    reward: Reward,
+    evaluations: usize,
+    seed: u64,
+    log: Option<&Path>,
+) -> Result<SearchOutcome> {
+    reward.check()?;
+    let config =
+        serde_json::json!({ "evaluations": evaluations, "seed": seed, "draws": FEASIBLE_DRAWS });
+    let _span = tracing::info_span!("random-feasible-search", budget = evaluations).entered();
+    let mut runner =
+        Runner::open(space, evaluator, reward, log, "random-feasible", config, evaluations)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut seen = HashSet::new();
+    for _ in 0..evaluations {
+        let mut fastest: Option<(f64, Vec<usize>)> = None;
+        for _ in 0..FEASIBLE_DRAWS {
+            let c = random_candidate(space, &mut rng);
+            if seen.contains(&c) {
+                continue;
+            }
+            let Some(ms) = runner.evaluator.predict_latency(space, &c) else {
+                return Err(SearchError::config(
+                    "random-feasible",
+                    "the evaluator predicts no latency",
+                ));
+            };
+            let done = ms <= reward.latency_target_ms;
+            if fastest.as_ref().is_none_or(|(f, _)| ms < *f) {
+                fastest = Some((ms, c));
+            }
+            if done {
+                break;
+            }
+        }
+        let Some((_, c)) = fastest else { break };
+        seen.insert(c.clone());
+        runner.measure("random-feasible", c, None, None, None)?;
     }
     Ok(runner.outcome())
 }

@@ -7,8 +7,8 @@ use std::cell::Cell;
 use anyhow::Result;
 use tessera_search::{
     EvalError, Evaluator, LatencyTable, LayerRole, Measurement, NpasConfig, Reward, RuleConfig,
-    SearchLayer, SearchSpace, SpaceSpec, evaluate_list, npas, npas_with_prior, random_search,
-    rule_rates, rule_schemes,
+    SearchLayer, SearchSpace, SpaceSpec, evaluate_list, npas, npas_with_prior,
+    random_feasible_search, random_search, rule_rates, rule_schemes,
 };
 use tessera_sparsity::Layer;
 
@@ -377,5 +377,49 @@ fn searches_choose_skips_as_whole_units() -> Result<()> {
     let mut ev = WithUnits(Synthetic::new(&sp));
     let e = evaluate_list(&sp, &mut ev, REWARD, &[("half".into(), half)], None).unwrap_err();
     assert!(e.to_string().contains("as a whole"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn warm_up_evaluates_latency_feasible_candidates_slowest_first() -> Result<()> {
+    // Dense runs 5.5 ms against the 2.2 ms target: most random candidates miss it.
+    let sp = space();
+    let mut cfg = NpasConfig::new(10, 3);
+    cfg.warmup = 10;
+    let target = REWARD.latency_target_ms;
+    let feasible = npas(&sp, &mut Synthetic::new(&sp), REWARD, &cfg, None)?;
+    let lat: Vec<f64> = feasible.evaluations.iter().map(|e| e.measurement.latency_ms).collect();
+    assert!(lat.iter().all(|&l| l <= target), "{lat:?}");
+    // The slowest feasible of each pool: once mutations of the first picks join the pools,
+    // within 10% of the target from below.
+    assert!(lat[2..].iter().all(|&l| l >= 0.9 * target), "{lat:?}");
+    // In the agent's order (epsilon 1: uniform proposals) most warm-up picks miss.
+    cfg.feasible_warmup = false;
+    let agent = npas(&sp, &mut Synthetic::new(&sp), REWARD, &cfg, None)?;
+    let missed = agent.evaluations.iter().filter(|e| e.measurement.latency_ms > target).count();
+    assert!(missed >= 5, "{missed} of 10 over the target");
+    Ok(())
+}
+
+#[test]
+fn constrained_random_search_evaluates_only_feasible_candidates() -> Result<()> {
+    let sp = space();
+    let target = REWARD.latency_target_ms;
+    let run = |seed| random_feasible_search(&sp, &mut Synthetic::new(&sp), REWARD, 12, seed, None);
+    let a = run(4)?;
+    assert_eq!(a.evaluations.len(), 12);
+    assert!(a.evaluations.iter().all(|e| e.measurement.latency_ms <= target));
+    // Distinct candidates, and the same seed draws the same ones.
+    let keys: std::collections::HashSet<&str> =
+        a.evaluations.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys.len(), 12);
+    assert_eq!(run(4)?.evaluations, a.evaluations);
+    // Plain random search at the same seed misses the target most of the time.
+    let plain = random_search(&sp, &mut Synthetic::new(&sp), REWARD, 12, 4, None)?;
+    assert!(plain.evaluations.iter().filter(|e| e.measurement.latency_ms > target).count() >= 6);
+    // An unreachable target: the fastest of the draws, never an error.
+    let tight = Reward { latency_target_ms: 0.01, ..REWARD };
+    let t = random_feasible_search(&sp, &mut Synthetic::new(&sp), tight, 3, 4, None)?;
+    assert!(t.evaluations.iter().all(|e| e.measurement.latency_ms < 1.5), "{:?}", t.evaluations);
     Ok(())
 }
