@@ -1,14 +1,17 @@
 //! The searches: NPAS (Q-learning proposals, GP + Expected Improvement picks), random search
-//! (plain, and constrained by the latency model), and fixed lists (uniform and rule-based baselines), all over one [`Evaluator`], one
-//! [`Reward`] and one resumable evaluation log.
+//! (plain, and constrained by the latency model), and fixed lists (uniform and rule-based
+//! baselines), all over one [`Evaluator`], one [`Reward`] and one resumable evaluation log.
 //!
 //! NPAS round: epsilon comes from the schedule by the number evaluated so far; the agent
-//! proposes a pool of distinct, not yet evaluated candidates, and mutations of the best
-//! candidates so far (one or two layers moved to a neighbouring rate or another option)
-//! join it, the local proposals BO-for-NAS methods use (BANANAS, NASBOT); once `warmup`
-//! candidates are observed, a GP fitted on them (to accuracy when the evaluator can predict latency
-//! cheaply, else to the reward) scores every pooled candidate by EI on the reward, and the
-//! `per_round` best are evaluated; the agent learns from each reward (with replay).
+//! proposes a pool of distinct, not yet evaluated candidates (with the latency filter, only
+//! those the evaluator's latency prediction puts within the target: the compiler-aware
+//! filter in front of the expensive evaluation), and mutations of the best candidates so far
+//! (one or two layers moved to a neighbouring rate or another option) join it, the local
+//! proposals BO-for-NAS methods use (BANANAS, NASBOT); once `warmup` candidates are observed,
+//! a GP fitted on them (to accuracy around a compression trend when the evaluator can predict
+//! latency cheaply, else to the reward) scores every pooled candidate by EI on the reward,
+//! and the `per_round` best are evaluated; the agent learns from each reward (with replay).
+//! Before that, the warm-up evaluates the pool feasible first, slowest first.
 //!
 //! Resuming: every decision depends only on the seed and on the measurements, so a run
 //! replays itself. The log (one JSON file, rewritten atomically after each evaluation) holds
@@ -121,11 +124,14 @@ pub struct NpasConfig {
     /// constant mean.
     #[serde(default)]
     pub trend: bool,
-    /// During warm-up, when the evaluator predicts latency, evaluate the pooled candidates
-    /// predicted to meet the target first, the slowest of them first (least compressed, so
-    /// the most accurate to expect), then the rest fastest first; otherwise the agent's order.
+    /// When the evaluator predicts latency: the agent's proposals join the pool only when
+    /// predicted to meet the target (up to 500 proposals per pool slot are drawn), and during
+    /// warm-up the pool is evaluated feasible first, the slowest of those first (the least
+    /// compressed, so the most accurate to expect), then the rest fastest first. Mutations
+    /// join unfiltered (EI weighs their predicted overshoot). Off: the agent's order, every
+    /// proposal pooled.
     #[serde(default)]
-    pub feasible_warmup: bool,
+    pub latency_filter: bool,
     /// Seed of every random choice.
     pub seed: u64,
 }
@@ -136,8 +142,8 @@ fn one() -> usize {
 
 impl NpasConfig {
     /// Defaults for a budget of `evaluations`: pools of 64 agent proposals and 32 mutations
-    /// (1-2 layers) of the 4 best so far, 2 picks a round, 20% warm-up in latency-feasible
-    /// order, the GP around a compression trend.
+    /// (1-2 layers) of the 4 best so far, 2 picks a round, 20% warm-up, the latency filter
+    /// on, the GP around a compression trend.
     pub fn new(evaluations: usize, seed: u64) -> Self {
         NpasConfig {
             evaluations,
@@ -153,7 +159,7 @@ impl NpasConfig {
             elite: 4,
             mutation_layers: 2,
             trend: true,
-            feasible_warmup: true,
+            latency_filter: true,
             seed,
         }
     }
@@ -489,14 +495,24 @@ pub fn npas_with_prior(
     while done < cfg.evaluations {
         let epsilon = schedule.at(done);
         let mut pool: Vec<Vec<usize>> = Vec::new();
-        for _ in 0..cfg.pool * 50 {
+        let tries = cfg.pool * if cfg.latency_filter { 500 } else { 50 };
+        for _ in 0..tries {
             if pool.len() == cfg.pool {
                 break;
             }
             let c = space.canonical(&agent.propose(&mut rng, epsilon));
-            if !seen.contains(&c) && !pool.contains(&c) {
-                pool.push(c);
+            if seen.contains(&c) || pool.contains(&c) {
+                continue;
             }
+            if cfg.latency_filter
+                && runner
+                    .evaluator
+                    .predict_latency(space, &c)
+                    .is_some_and(|ms| ms > reward.latency_target_ms)
+            {
+                continue;
+            }
+            pool.push(c);
         }
         if cfg.mutations > 0 && !observed.is_empty() {
             let mut elite: Vec<&Evaluated> = observed.iter().collect();
@@ -595,7 +611,7 @@ fn pick(
     let with_latency = latency.iter().all(Option::is_some);
     if done.len() < cfg.warmup.max(2) {
         let mut order: Vec<(Vec<usize>, Option<f64>)> = pool.into_iter().zip(latency).collect();
-        if cfg.feasible_warmup && with_latency {
+        if cfg.latency_filter && with_latency {
             let target = runner.reward.latency_target_ms;
             // Feasible first, slowest first; then infeasible, fastest first (stable sort).
             let key = |l: f64| if l <= target { (0, -l) } else { (1, l) };

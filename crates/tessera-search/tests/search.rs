@@ -394,7 +394,7 @@ fn warm_up_evaluates_latency_feasible_candidates_slowest_first() -> Result<()> {
     // within 10% of the target from below.
     assert!(lat[2..].iter().all(|&l| l >= 0.9 * target), "{lat:?}");
     // In the agent's order (epsilon 1: uniform proposals) most warm-up picks miss.
-    cfg.feasible_warmup = false;
+    cfg.latency_filter = false;
     let agent = npas(&sp, &mut Synthetic::new(&sp), REWARD, &cfg, None)?;
     let missed = agent.evaluations.iter().filter(|e| e.measurement.latency_ms > target).count();
     assert!(missed >= 5, "{missed} of 10 over the target");
@@ -421,5 +421,31 @@ fn constrained_random_search_evaluates_only_feasible_candidates() -> Result<()> 
     let tight = Reward { latency_target_ms: 0.01, ..REWARD };
     let t = random_feasible_search(&sp, &mut Synthetic::new(&sp), tight, 3, 4, None)?;
     assert!(t.evaluations.iter().all(|e| e.measurement.latency_ms < 1.5), "{:?}", t.evaluations);
+    Ok(())
+}
+
+#[test]
+fn the_latency_filter_spends_fewer_evaluations_over_the_target() -> Result<()> {
+    // Budget 20 over 4 seeds, with and without the filter (mutations stay unfiltered).
+    let sp = space();
+    let (mut missed, mut better_or_equal) = ([0usize; 2], 0);
+    for seed in 0..4 {
+        let mut best = [0.0; 2];
+        for (i, filter) in [true, false].into_iter().enumerate() {
+            let mut cfg = NpasConfig::new(20, seed);
+            cfg.latency_filter = filter;
+            let o = npas(&sp, &mut Synthetic::new(&sp), REWARD, &cfg, None)?;
+            missed[i] += o
+                .evaluations
+                .iter()
+                .filter(|e| e.measurement.latency_ms > REWARD.latency_target_ms)
+                .count();
+            best[i] = o.best().unwrap().reward;
+        }
+        better_or_equal += usize::from(best[0] >= best[1]);
+    }
+    // Measured: 6 of 80 over the target with the filter, 26 of 80 without.
+    assert!(2 * missed[0] < missed[1], "over the target: {missed:?}");
+    assert_eq!(better_or_equal, 4);
     Ok(())
 }
