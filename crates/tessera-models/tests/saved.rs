@@ -203,4 +203,21 @@ fn a_dense_checkpoint_loads_as_a_separable_model_initialized_by_decoupling() {
     }
     let lenet = ZooConfig::Lenet5(Lenet5Config::default());
     assert!(lenet.with_separable(vec!["conv1".into()]).is_err());
+    // A checkpoint saved with a separable convolution reloads as it is (its pair from the
+    // file), but separable convolutions are added to dense checkpoints only.
+    let sep_cfg = ResNetConfig { separable: vec![convs[0].into()], ..cfg.clone() };
+    let sep_model = with_seed(&device, 4, || sep_cfg.init(&device)).unwrap();
+    let sep_card = ModelCard { model: ZooConfig::Resnet(sep_cfg), ..card.clone() };
+    let sep_dir = tempfile::tempdir().unwrap();
+    saved::save(sep_dir.path(), &sep_card, &sep_model, &Masks::new()).unwrap();
+    let reloaded = saved::load(sep_dir.path(), &device, Export).unwrap();
+    let saved_ir = tessera_ir::io::load(&sep_dir.path().join("ir")).unwrap();
+    for (name, p) in &saved_ir.params {
+        assert_eq!(p.tensor, reloaded.params[name].tensor, "{name}");
+    }
+    let more = sep_card.model.with_separable(convs.iter().map(|s| s.to_string()).collect());
+    let e = saved::load_as(sep_dir.path(), Some(&more.unwrap()), &device, Export)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("model.bpk") && e.contains("already"), "{e}");
 }
