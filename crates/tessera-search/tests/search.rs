@@ -449,3 +449,50 @@ fn the_latency_filter_spends_fewer_evaluations_over_the_target() -> Result<()> {
     assert_eq!(better_or_equal, 4);
     Ok(())
 }
+
+/// The synthetic problem measured 20% faster than its latency table predicts (a table that
+/// misses fusion).
+struct FasterThanPredicted(Synthetic);
+
+impl Evaluator for FasterThanPredicted {
+    fn evaluate(&mut self, sp: &SearchSpace, c: &[usize]) -> Result<Measurement, EvalError> {
+        self.0.evaluate(sp, c).map(|m| Measurement { latency_ms: 0.8 * m.latency_ms, ..m })
+    }
+
+    fn predict_latency(&self, sp: &SearchSpace, c: &[usize]) -> Option<f64> {
+        self.0.predict_latency(sp, c)
+    }
+}
+
+#[test]
+fn calibrated_predictions_move_the_search_up_to_the_target() -> Result<()> {
+    let sp = space();
+    let target = REWARD.latency_target_ms;
+    let mut cfg = NpasConfig::new(10, 3);
+    cfg.warmup = 10;
+    let run = |cfg: &NpasConfig| {
+        npas(&sp, &mut FasterThanPredicted(Synthetic::new(&sp)), REWARD, cfg, None)
+    };
+    // Uncalibrated, the filter trusts the table: every pick measures <= 0.8x the target.
+    cfg.calibrate_latency = false;
+    let raw = run(&cfg)?;
+    assert!(raw.evaluations.iter().all(|e| e.measurement.latency_ms <= 0.8 * target + 1e-12));
+    // Calibrated after the first round (ratio 0.8 observed), the picks approach the target.
+    cfg.calibrate_latency = true;
+    let cal = run(&cfg)?;
+    let later: Vec<f64> = cal.evaluations[2..].iter().map(|e| e.measurement.latency_ms).collect();
+    assert!(later.iter().all(|&l| l <= target + 1e-12 && l >= 0.85 * target), "{later:?}");
+    // Constrained random search calibrates alike: after its first evaluation, no draw is
+    // kept that the corrected table puts over the target.
+    let rf = random_feasible_search(
+        &sp,
+        &mut FasterThanPredicted(Synthetic::new(&sp)),
+        REWARD,
+        12,
+        4,
+        None,
+    )?;
+    assert!(rf.evaluations.iter().all(|e| e.measurement.latency_ms <= target + 1e-12));
+    assert!(rf.evaluations[1..].iter().any(|e| e.measurement.latency_ms > 0.8 * target));
+    Ok(())
+}
