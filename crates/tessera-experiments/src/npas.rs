@@ -1,14 +1,15 @@
 //! `npas`: the search itself (NPAS, CVPR 2021): the Q-learning agent proposes per-layer
 //! (scheme, block size, rate) candidates, with the operator choices `skip` on the layers of
 //! every identity-shortcut residual block (the block is removed whole) and `separable` on
-//! every 3x3 body convolution (the architecture half of the joint search), a Gaussian process with Expected
-//! Improvement picks which get the fast evaluation, and the reward is accuracy penalized
-//! above a latency target. Run under two latency targets on ResNet-20 / Fashion-MNIST against
-//! random search with the same budget and the rule-based mapper; reported: the best
-//! configuration of each, the search cost (evaluations, fine-tune epochs, seconds), the
-//! best-so-far curves, random search constrained by the latency model as a stronger baseline, and the target (NPAS reaches random search's best with <= 1/3 of its
-//! evaluations). Every evaluation is logged under `logs/`, and `--resume` continues a search
-//! from its log.
+//! every 3x3 body convolution (the architecture half of the joint search), a Gaussian
+//! process with Expected Improvement picks which get the fast evaluation, and the reward is
+//! accuracy penalized above a latency target. Run under two latency targets on ResNet-20 /
+//! Fashion-MNIST against random search with the same budget and the rule-based mapper;
+//! reported: the best configuration of each, the search cost (evaluations, fine-tune
+//! epochs, seconds), the best-so-far curves, random search constrained by the latency model
+//! as a stronger baseline, and the target (NPAS reaches random search's best with <= 1/3 of
+//! its evaluations). Every evaluation is logged under `logs/`, and `--resume` continues a
+//! search from its log.
 
 use serde::{Deserialize, Serialize};
 use tessera_search::{

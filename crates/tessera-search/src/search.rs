@@ -337,6 +337,9 @@ struct Runner<'a> {
     ratios: Vec<f64>,
     /// Scale predictions by the median ratio ([`Runner::predict`]).
     calibrate: bool,
+    /// The current scale ([`Runner::observe`] updates it; predictions are made by the
+    /// thousand per round).
+    factor: f64,
 }
 
 impl<'a> Runner<'a> {
@@ -361,7 +364,15 @@ impl<'a> Runner<'a> {
             budget,
             ratios: Vec::new(),
             calibrate: false,
+            factor: 1.0,
         })
+    }
+
+    /// Turns calibration on: predictions scale by the median ratio of the observations.
+    fn calibrated(mut self) -> Self {
+        self.calibrate = true;
+        self.factor = median_ratio(&self.ratios);
+        self
     }
 
     /// Records how far the latency prediction of `e`'s candidate was from its measurement.
@@ -372,26 +383,15 @@ impl<'a> Runner<'a> {
             && e.measurement.latency_ms > 0.0
         {
             self.ratios.push(e.measurement.latency_ms / p);
+            if self.calibrate {
+                self.factor = median_ratio(&self.ratios);
+            }
         }
     }
 
-    /// The calibration factor: the median measured / predicted ratio so far (1 before any,
-    /// or when not calibrating), clamped to [0.5, 2].
-    fn factor(&self) -> f64 {
-        if !self.calibrate || self.ratios.is_empty() {
-            return 1.0;
-        }
-        let mut r = self.ratios.clone();
-        r.sort_by(f64::total_cmp);
-        let n = r.len();
-        let median = if n % 2 == 1 { r[n / 2] } else { 0.5 * (r[n / 2 - 1] + r[n / 2]) };
-        median.clamp(0.5, 2.0)
-    }
-
-    /// The evaluator's latency prediction, calibrated ([`Runner::factor`]).
+    /// The evaluator's latency prediction, calibrated when calibration is on.
     fn predict(&self, candidate: &[usize]) -> Option<f64> {
-        let f = self.factor();
-        self.evaluator.predict_latency(self.space, candidate).map(|p| p * f)
+        self.evaluator.predict_latency(self.space, candidate).map(|p| p * self.factor)
     }
 
     fn measure(
@@ -453,6 +453,19 @@ impl<'a> Runner<'a> {
     fn outcome(self) -> SearchOutcome {
         SearchOutcome { evaluations: self.log.file.evaluations, from_log: self.from_log }
     }
+}
+
+/// The calibration factor of measured / predicted latency `ratios`: their median (1 when
+/// there are none), clamped to [0.5, 2].
+fn median_ratio(ratios: &[f64]) -> f64 {
+    if ratios.is_empty() {
+        return 1.0;
+    }
+    let mut r = ratios.to_vec();
+    r.sort_by(f64::total_cmp);
+    let n = r.len();
+    let median = if n % 2 == 1 { r[n / 2] } else { 0.5 * (r[n / 2 - 1] + r[n / 2]) };
+    median.clamp(0.5, 2.0)
 }
 
 /// Uniform over each layer's options, then units skipped whole ([`SearchSpace::canonical`]).
@@ -532,9 +545,11 @@ pub fn npas_with_prior(
     )
     .entered();
     let mut runner = Runner::open(space, evaluator, reward, log, "npas", config, cfg.evaluations)?;
-    runner.calibrate = cfg.calibrate_latency;
     for e in &prior {
         runner.observe(e);
+    }
+    if cfg.calibrate_latency {
+        runner = runner.calibrated();
     }
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut agent = QAgent::new(space, cfg.q.clone())?;
@@ -755,13 +770,19 @@ pub fn random_feasible_search(
     log: Option<&Path>,
 ) -> Result<SearchOutcome> {
     reward.check()?;
+    if evaluator.predict_latency(space, &space.dense()).is_none() {
+        return Err(SearchError::config(
+            "random-feasible",
+            "the evaluator predicts no latency (a latency table or model is needed to filter)",
+        ));
+    }
     let config = serde_json::json!({
         "evaluations": evaluations, "seed": seed, "draws": FEASIBLE_DRAWS, "calibrated": true
     });
     let _span = tracing::info_span!("random-feasible-search", budget = evaluations).entered();
     let mut runner =
-        Runner::open(space, evaluator, reward, log, "random-feasible", config, evaluations)?;
-    runner.calibrate = true;
+        Runner::open(space, evaluator, reward, log, "random-feasible", config, evaluations)?
+            .calibrated();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut seen = HashSet::new();
     for _ in 0..evaluations {

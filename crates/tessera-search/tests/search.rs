@@ -421,6 +421,20 @@ fn constrained_random_search_evaluates_only_feasible_candidates() -> Result<()> 
     let tight = Reward { latency_target_ms: 0.01, ..REWARD };
     let t = random_feasible_search(&sp, &mut Synthetic::new(&sp), tight, 3, 4, None)?;
     assert!(t.evaluations.iter().all(|e| e.measurement.latency_ms < 1.5), "{:?}", t.evaluations);
+    // An evaluator without a latency model is refused before anything is evaluated or logged.
+    struct NoLatencyModel(Synthetic);
+    impl Evaluator for NoLatencyModel {
+        fn evaluate(&mut self, sp: &SearchSpace, c: &[usize]) -> Result<Measurement, EvalError> {
+            self.0.evaluate(sp, c)
+        }
+    }
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("random-feasible.json");
+    let mut ev = NoLatencyModel(Synthetic::new(&sp));
+    let err = random_feasible_search(&sp, &mut ev, REWARD, 3, 4, Some(&log)).unwrap_err();
+    assert!(err.to_string().contains("predicts no latency"), "{err}");
+    assert_eq!(ev.0.calls.get(), 0);
+    assert!(!log.exists());
     Ok(())
 }
 
