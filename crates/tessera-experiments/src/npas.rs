@@ -71,6 +71,9 @@ pub struct SearchSummary {
     pub cost: (usize, f64, f64),
     /// Best reward after each evaluation.
     pub best_so_far: Vec<f64>,
+    /// Evaluations that measured over the latency target.
+    #[serde(default)]
+    pub over_target: usize,
 }
 
 /// One latency target.
@@ -177,6 +180,7 @@ fn summary(
     p: &crate::scheme_search::Prepared,
     method: &str,
     out: &SearchOutcome,
+    target_ms: f64,
 ) -> Result<SearchSummary> {
     let best = out
         .best()
@@ -188,6 +192,11 @@ fn summary(
         reward: best.reward,
         cost: (out.evaluations.len(), epochs, seconds),
         best_so_far: out.best_so_far(),
+        over_target: out
+            .evaluations
+            .iter()
+            .filter(|e| e.measurement.latency_ms > target_ms)
+            .count(),
     })
 }
 
@@ -232,14 +241,15 @@ fn run_study(ctx: &RunContext, s: &NpasStudy) -> Result<NpasResult> {
             Some(&log("rule")),
         )?;
         let random_best = r.best().map_or(f64::INFINITY, |b| b.reward);
-        let mut searches = vec![summary(&p, "npas", &n)?, summary(&p, "random", &r)?];
+        let mut searches =
+            vec![summary(&p, "npas", &n, target_ms)?, summary(&p, "random", &r, target_ms)?];
         let mut npas_to_random_feasible_best = None;
         if let Some(rf) = &rf {
-            searches.push(summary(&p, "random-feasible", rf)?);
+            searches.push(summary(&p, "random-feasible", rf, target_ms)?);
             npas_to_random_feasible_best =
                 n.evaluations_to_reach(rf.best().map_or(f64::INFINITY, |b| b.reward));
         }
-        searches.push(summary(&p, "rule", &rule)?);
+        searches.push(summary(&p, "rule", &rule, target_ms)?);
         targets.push(TargetResult {
             fraction,
             target_ms,
@@ -350,6 +360,7 @@ fn report(results: &[NpasResult], full_data: bool) -> String {
             "latency (ms)",
             "reward",
             "evaluations",
+            "over the target",
             "fine-tune epochs",
             "seconds",
         ]);
@@ -362,6 +373,7 @@ fn report(results: &[NpasResult], full_data: bool) -> String {
                     format!("{:.3}", s.best.latency_ms),
                     format!("{:.4}", s.reward),
                     s.cost.0.to_string(),
+                    s.over_target.to_string(),
                     format!("{:.2}", s.cost.1),
                     format!("{:.0}", s.cost.2),
                 ]);

@@ -121,6 +121,23 @@ fn scheme_mapping_and_npas_smoke_evaluate_every_arm_and_log_every_search() {
         assert_eq!(methods, ["npas", "random", "random-feasible", "rule"]);
         assert_eq!(target["searches"][0]["cost"][0], 4);
         assert_eq!(target["searches"][1]["best_so_far"].as_array().unwrap().len(), 4);
+        // Evaluations over the target, counted again from random search's log.
+        let log: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(done.dir.join(format!(
+                "logs/resnet20-fashion/random-{}.json",
+                target["fraction"].as_f64().unwrap()
+            )))
+            .unwrap(),
+        )
+        .unwrap();
+        let target_ms = target["target_ms"].as_f64().unwrap();
+        let over = log["evaluations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["measurement"]["latency_ms"].as_f64().unwrap() > target_ms)
+            .count();
+        assert_eq!(target["searches"][1]["over_target"].as_u64().unwrap() as usize, over);
     }
     let log: serde_json::Value = serde_json::from_slice(
         &std::fs::read(done.dir.join("logs/resnet20-fashion/random-0.3.json")).unwrap(),
