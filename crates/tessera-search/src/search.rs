@@ -416,16 +416,16 @@ impl<'a> Runner<'a> {
         self.evaluator.predict_latency(self.space, candidate).map(|p| p * self.factor)
     }
 
-    /// The latency costs of `candidate` under the observed prediction errors: one per
-    /// measured / predicted ratio so far, at the uncalibrated prediction times that ratio.
-    /// `None` without a prediction or an observation.
-    fn spread_costs(&self, candidate: &[usize]) -> Option<Vec<f64>> {
+    /// The expected latency cost of `candidate` under the observed prediction errors: the
+    /// mean over the measured / predicted ratios so far of the cost at its uncalibrated
+    /// prediction times the ratio. `None` without a prediction or an observation.
+    fn expected_latency_cost(&self, candidate: &[usize]) -> Option<f64> {
         if self.ratios.is_empty() {
             return None;
         }
         let raw = self.evaluator.predict_latency(self.space, candidate)?;
-        let reward = self.reward;
-        Some(self.ratios.iter().map(|r| reward.latency_cost(raw * r)).collect())
+        let total: f64 = self.ratios.iter().map(|r| self.reward.latency_cost(raw * r)).sum();
+        Some(total / self.ratios.len() as f64)
     }
 
     fn measure(
@@ -751,19 +751,15 @@ fn pick(
         .map(|(c, lat)| {
             let (m, v) = gp.predict(&encoder.encode(&c));
             let sd = v.sqrt();
-            let costs =
-                (cfg.latency_spread && with_latency).then(|| runner.spread_costs(&c)).flatten();
-            let (mean, ei) = match (costs, lat) {
-                (Some(costs), _) => {
-                    let mean = m - costs.iter().sum::<f64>() / costs.len() as f64;
-                    (mean, expected_improvement(mean, sd, best, cfg.xi))
-                }
-                (None, Some(l)) if with_latency => {
-                    let mean = runner.reward.of(m, l);
-                    (mean, expected_improvement(mean, sd, best, cfg.xi))
-                }
-                _ => (m, expected_improvement(m, sd, best, cfg.xi)),
+            let expected_cost = (cfg.latency_spread && with_latency)
+                .then(|| runner.expected_latency_cost(&c))
+                .flatten();
+            let mean = match (expected_cost, lat) {
+                (Some(cost), _) => m - cost,
+                (None, Some(l)) if with_latency => runner.reward.of(m, l),
+                _ => m,
             };
+            let ei = expected_improvement(mean, sd, best, cfg.xi);
             (ei, (c, Some((mean, sd)), Some(ei)))
         })
         .collect();
@@ -873,4 +869,62 @@ pub fn evaluate_list(
         runner.measure(label, c.clone(), None, None, None)?;
     }
     Ok(runner.outcome())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::space::{LayerRole, SearchLayer, SpaceSpec};
+
+    /// Predicts 1 ms for every candidate; never evaluated.
+    struct OneMillisecond;
+
+    impl Evaluator for OneMillisecond {
+        fn evaluate(
+            &mut self,
+            _: &SearchSpace,
+            _: &[usize],
+        ) -> std::result::Result<Measurement, EvalError> {
+            Err("not evaluated in this test".into())
+        }
+
+        fn predict_latency(&self, _: &SearchSpace, _: &[usize]) -> Option<f64> {
+            Some(1.0)
+        }
+    }
+
+    #[test]
+    fn expected_latency_cost_by_hand() -> Result<()> {
+        let space = SearchSpace::new(
+            vec![SearchLayer {
+                layer: tessera_sparsity::Layer::linear("fc.weight", 8, 8)
+                    .map_err(|e| SearchError::config("layer", e))?,
+                role: LayerRole::Body,
+                skip_unit: None,
+            }],
+            &SpaceSpec {
+                schemes: vec![],
+                rates: vec![2.0],
+                dense_roles: vec![],
+                pad: false,
+                skip: false,
+                separable: false,
+            },
+        )?;
+        let mut evaluator = OneMillisecond;
+        let reward = Reward { latency_target_ms: 1.0, penalty: 2.0 };
+        let mut runner = Runner::open(&space, &mut evaluator, reward, None, "test", 0.into(), 1)?;
+        assert_eq!(runner.expected_latency_cost(&[0]), None);
+        // Ratios 0.9, 1.1, 1.3 on a 1 ms prediction at a 1 ms target, penalty 2: costs 0,
+        // 2 x 0.1 and 2 x 0.3, mean 0.8 / 3. The calibrated point prediction (median 1.1)
+        // costs 0.2; scaling the calibrated prediction by the ratios again would give 1.28 / 3.
+        runner.ratios = vec![1.3, 0.9, 1.1];
+        runner = runner.calibrated();
+        let point = runner.predict(&[0]).unwrap_or(f64::NAN);
+        assert!((point - 1.1).abs() < 1e-12, "{point}");
+        assert!((reward.latency_cost(point) - 0.2).abs() < 1e-12);
+        let cost = runner.expected_latency_cost(&[0]).unwrap_or(f64::NAN);
+        assert!((cost - 0.8 / 3.0).abs() < 1e-12, "{cost}");
+        Ok(())
+    }
 }
