@@ -411,20 +411,24 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// The evaluator's latency prediction, calibrated when calibration is on.
-    fn predict(&self, candidate: &[usize]) -> Option<f64> {
-        self.evaluator.predict_latency(self.space, candidate).map(|p| p * self.factor)
+    /// The evaluator's latency prediction, uncalibrated.
+    fn raw_prediction(&self, candidate: &[usize]) -> Option<f64> {
+        self.evaluator.predict_latency(self.space, candidate)
     }
 
-    /// The expected latency cost of `candidate` under the observed prediction errors: the
-    /// mean over the measured / predicted ratios so far of the cost at its uncalibrated
-    /// prediction times the ratio. `None` without a prediction or an observation.
-    fn expected_latency_cost(&self, candidate: &[usize]) -> Option<f64> {
+    /// The evaluator's latency prediction, calibrated when calibration is on.
+    fn predict(&self, candidate: &[usize]) -> Option<f64> {
+        self.raw_prediction(candidate).map(|p| p * self.factor)
+    }
+
+    /// The expected latency cost of a candidate whose uncalibrated prediction is `raw_ms`,
+    /// under the observed prediction errors: the mean over the measured / predicted ratios
+    /// so far of the cost at `raw_ms` times the ratio. `None` before any observation.
+    fn expected_latency_cost(&self, raw_ms: f64) -> Option<f64> {
         if self.ratios.is_empty() {
             return None;
         }
-        let raw = self.evaluator.predict_latency(self.space, candidate)?;
-        let total: f64 = self.ratios.iter().map(|r| self.reward.latency_cost(raw * r)).sum();
+        let total: f64 = self.ratios.iter().map(|r| self.reward.latency_cost(raw_ms * r)).sum();
         Some(total / self.ratios.len() as f64)
     }
 
@@ -706,7 +710,9 @@ fn pick(
     pool: Vec<Vec<usize>>,
 ) -> Result<Vec<Pick>> {
     // `done`: every observation (prior included).
-    let latency: Vec<Option<f64>> = pool.iter().map(|c| runner.predict(c)).collect();
+    // Each candidate's prediction once: uncalibrated (for the expected cost) and calibrated.
+    let raw: Vec<Option<f64>> = pool.iter().map(|c| runner.raw_prediction(c)).collect();
+    let latency: Vec<Option<f64>> = raw.iter().map(|r| r.map(|p| p * runner.factor)).collect();
     let with_latency = latency.iter().all(Option::is_some);
     if done.len() < cfg.warmup.max(2) {
         let mut order: Vec<(Vec<usize>, Option<f64>)> = pool.into_iter().zip(latency).collect();
@@ -747,13 +753,13 @@ fn pick(
     let best = done.iter().map(|e| e.reward).fold(f64::NEG_INFINITY, f64::max);
     let mut scored: Vec<(f64, Pick)> = pool
         .into_iter()
-        .zip(latency)
-        .map(|(c, lat)| {
+        .zip(latency.into_iter().zip(raw))
+        .map(|(c, (lat, raw))| {
             let (m, v) = gp.predict(&encoder.encode(&c));
             let sd = v.sqrt();
-            let expected_cost = (cfg.latency_spread && with_latency)
-                .then(|| runner.expected_latency_cost(&c))
-                .flatten();
+            let expected_cost = raw
+                .filter(|_| cfg.latency_spread && with_latency)
+                .and_then(|r| runner.expected_latency_cost(r));
             let mean = match (expected_cost, lat) {
                 (Some(cost), _) => m - cost,
                 (None, Some(l)) if with_latency => runner.reward.of(m, l),
@@ -914,7 +920,7 @@ mod tests {
         let mut evaluator = OneMillisecond;
         let reward = Reward { latency_target_ms: 1.0, penalty: 2.0 };
         let mut runner = Runner::open(&space, &mut evaluator, reward, None, "test", 0.into(), 1)?;
-        assert_eq!(runner.expected_latency_cost(&[0]), None);
+        assert_eq!(runner.expected_latency_cost(1.0), None);
         // Ratios 0.9, 1.1, 1.3 on a 1 ms prediction at a 1 ms target, penalty 2: costs 0,
         // 2 x 0.1 and 2 x 0.3, mean 0.8 / 3. The calibrated point prediction (median 1.1)
         // costs 0.2; scaling the calibrated prediction by the ratios again would give 1.28 / 3.
@@ -923,7 +929,7 @@ mod tests {
         let point = runner.predict(&[0]).unwrap_or(f64::NAN);
         assert!((point - 1.1).abs() < 1e-12, "{point}");
         assert!((reward.latency_cost(point) - 0.2).abs() < 1e-12);
-        let cost = runner.expected_latency_cost(&[0]).unwrap_or(f64::NAN);
+        let cost = runner.expected_latency_cost(1.0).unwrap_or(f64::NAN);
         assert!((cost - 0.8 / 3.0).abs() < 1e-12, "{cost}");
         Ok(())
     }
