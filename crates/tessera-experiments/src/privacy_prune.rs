@@ -394,7 +394,7 @@ impl Experiment for PrivacyPrune {
 }
 
 fn run_study(ctx: &RunContext, study: &PrivacyStudy) -> Result<PrivacyStudyResult> {
-    let OpenStudy { train: train_set, test, dense_dir, dense_top1, device } = open_study(
+    let OpenStudy { train: train_set, test, dense_dir, dense_top1, device, .. } = open_study(
         ctx,
         &study.name,
         &study.model,

@@ -265,6 +265,7 @@ fn run_quickstart(ctx: &RunContext, cfg: &QuickstartConfig) -> Result<Quickstart
     let open = crate::study::OpenStudy {
         train,
         test,
+        validation: None,
         dense_dir: dense_dir.clone(),
         dense_top1: 0.0,
         device,

@@ -50,7 +50,7 @@ use tessera_sparsity::{LayerRule, MatchRule, Scheme, SparsityConfig, Target};
 
 use crate::error::{ExperimentError, Result};
 use crate::run::RunContext;
-use crate::study::{OpenStudy, Pretrain, file_safe, open_study};
+use crate::study::{OpenStudy, Pretrain, file_safe, open_study_validated};
 
 /// How plans are timed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,6 +76,12 @@ pub struct SearchStudy {
     pub train_limit: Option<usize>,
     /// Evaluate on the first this many test images (`None` = all).
     pub eval_limit: Option<usize>,
+    /// Hold this many training images out (the last ones of the training file) and select
+    /// on them: the searches' evaluations take their top-1 there, and the test images only
+    /// score the configurations the searches return (`None`: the searches evaluate on the
+    /// test images themselves, as the earlier runs did).
+    #[serde(default)]
+    pub validation: Option<usize>,
     /// Dense training when no `--dense-from` is given.
     pub pretrain: Pretrain,
     /// Schemes, rate ladder, roles kept dense.
@@ -316,13 +322,14 @@ struct StoredTable {
 /// Opens the study, builds its space and measures (or reloads) its latency table.
 pub(crate) fn prepare(ctx: &RunContext, study: &SearchStudy) -> Result<Prepared> {
     let _span = tracing::info_span!("prepare", study = %study.name).entered();
-    let open = open_study(
+    let open = open_study_validated(
         ctx,
         &study.name,
         &study.model,
         study.dataset,
         study.train_limit,
         study.eval_limit,
+        study.validation,
         &study.pretrain,
     )?;
     let graph = tessera_ir::io::load(&open.dense_dir.join("ir"))?;
@@ -500,8 +507,28 @@ impl WithLoaded for OneShot<'_> {
 }
 
 impl FastEval<'_> {
-    /// Top-1 of `candidate` after one-shot pruning and the fine-tune; training epochs spent.
+    /// Top-1 of `candidate` after one-shot pruning and the fine-tune on the images the
+    /// searches select on (the validation split when the study holds one out, else the test
+    /// split); training epochs spent.
     pub(crate) fn accuracy(&self, candidate: &[usize]) -> Result<(f64, f64)> {
+        let p = self.prepared;
+        self.accuracy_on(candidate, p.open.validation.as_ref().unwrap_or(&p.open.test))
+    }
+
+    /// Top-1 of `candidate` on the test split after the same evaluation (the same seeded
+    /// fine-tune), for the configurations a search returns when it selected on a validation
+    /// split; `None` when the study holds none out (its searches' top-1 is already the test
+    /// top-1).
+    pub(crate) fn test_accuracy(&self, candidate: &[usize]) -> Result<Option<f64>> {
+        let p = self.prepared;
+        if p.open.validation.is_none() {
+            return Ok(None);
+        }
+        let _span = tracing::info_span!("test", candidate = %p.space.key(candidate)).entered();
+        Ok(Some(self.accuracy_on(candidate, &p.open.test)?.0))
+    }
+
+    fn accuracy_on(&self, candidate: &[usize], eval_set: &Dataset) -> Result<(f64, f64)> {
         let p = self.prepared;
         let config = PruneConfig {
             sparsity: sparsity_of(p, candidate)?,
@@ -512,8 +539,7 @@ impl FastEval<'_> {
             distill_phase: false,
             recalibrate: self.study.recalibrate,
         };
-        let job =
-            OneShot { config, train: &p.open.train, test: &p.open.test, device: &p.open.device };
+        let job = OneShot { config, train: &p.open.train, test: eval_set, device: &p.open.device };
         let units = p.space.skipped_units(candidate);
         let separable = p
             .space
@@ -697,6 +723,7 @@ pub(crate) fn resnet_study(scale: crate::run::Scale) -> Result<SearchStudy> {
         dataset: KnownSet::FashionMnist,
         train_limit,
         eval_limit,
+        validation: None,
         pretrain: Pretrain {
             train: TrainConfig { max_steps_per_epoch: steps, augment: aug, ..pretrain },
         },

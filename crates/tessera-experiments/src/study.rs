@@ -51,17 +51,55 @@ pub(crate) fn load_splits(
     eval_limit: Option<usize>,
     seed: u64,
 ) -> Result<(Dataset, Dataset)> {
+    let (train, test, _) = load_splits_validated(ctx, set, train_limit, eval_limit, None, seed)?;
+    Ok((train, test))
+}
+
+/// [`load_splits`] with `validation` training images held out first: the last `validation`
+/// images of the training file (the same images whatever the seed, so a dense model trained
+/// by another run of the study with a different seed has not seen them either) form the
+/// validation split, and the training subset is drawn from the images before them.
+pub(crate) fn load_splits_validated(
+    ctx: &RunContext,
+    set: KnownSet,
+    train_limit: Option<usize>,
+    eval_limit: Option<usize>,
+    validation: Option<usize>,
+    seed: u64,
+) -> Result<(Dataset, Dataset, Option<Dataset>)> {
     let norm = normalization(set);
     let train_full = ctx.load(set, Split::Train, norm.clone())?;
     let test_full = ctx.load(set, Split::Test, norm)?;
-    let train = match train_limit {
-        Some(n) if n < train_full.len() => train_full
-            .all()
-            .shuffled(seed)
-            .split_at(n)?
-            .0
-            .to_dataset(format!("{}-subset", train_full.name())),
-        _ => train_full,
+    let subset_name = format!("{}-subset", train_full.name());
+    let (train, validation) = match validation {
+        None => match train_limit {
+            Some(n) if n < train_full.len() => {
+                (train_full.all().shuffled(seed).split_at(n)?.0.to_dataset(subset_name), None)
+            }
+            _ => (train_full, None),
+        },
+        Some(n) if n == 0 || n >= train_full.len() => {
+            return Err(ExperimentError::config(
+                "validation",
+                format!(
+                    "{n} held-out images: expected 1 to {} (the {} training split has {})",
+                    train_full.len().saturating_sub(1),
+                    train_full.name(),
+                    train_full.len()
+                ),
+            ));
+        }
+        Some(n) => {
+            let (pool, held) = train_full.all().split_at(train_full.len() - n)?;
+            let held = held.to_dataset(format!("{}-validation", train_full.name()));
+            let train = match train_limit {
+                Some(n) if n < pool.len() => {
+                    pool.shuffled(seed).split_at(n)?.0.to_dataset(subset_name)
+                }
+                _ => pool.to_dataset(format!("{}-without-validation", train_full.name())),
+            };
+            (train, Some(held))
+        }
     };
     let test = match eval_limit {
         Some(n) if n < test_full.len() => {
@@ -69,7 +107,7 @@ pub(crate) fn load_splits(
         }
         _ => test_full,
     };
-    Ok((train, test))
+    Ok((train, test, validation))
 }
 
 /// Where a study's dense model comes from when no `--dense-from` directory is given: it is
@@ -221,6 +259,9 @@ pub(crate) struct OpenStudy {
     pub train: Dataset,
     /// Test split (limited).
     pub test: Dataset,
+    /// Training images held out for model selection ([`load_splits_validated`]), when the
+    /// study asks for them.
+    pub validation: Option<Dataset>,
     /// The saved dense model every cell starts from.
     pub dense_dir: PathBuf,
     /// Its test top-1.
@@ -241,15 +282,33 @@ pub(crate) fn open_study(
     eval_limit: Option<usize>,
     pretrain: &Pretrain,
 ) -> Result<OpenStudy> {
-    let (train, test) = load_splits(ctx, dataset, train_limit, eval_limit, ctx.options.seed)?;
-    let dense_dir = dense_model_dir(ctx, name, model, dataset, pretrain, &train, &test)?;
+    open_study_validated(ctx, name, model, dataset, train_limit, eval_limit, None, pretrain)
+}
+
+/// [`open_study`] with `validation` training images held out ([`load_splits_validated`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn open_study_validated(
+    ctx: &RunContext,
+    name: &str,
+    model: &ZooConfig,
+    dataset: KnownSet,
+    train_limit: Option<usize>,
+    eval_limit: Option<usize>,
+    validation: Option<usize>,
+    pretrain: &Pretrain,
+) -> Result<OpenStudy> {
+    let (train, test, validation) =
+        load_splits_validated(ctx, dataset, train_limit, eval_limit, validation, ctx.options.seed)?;
+    // A dense model trained here is monitored on the validation split when there is one.
+    let monitor = validation.as_ref().unwrap_or(&test);
+    let dense_dir = dense_model_dir(ctx, name, model, dataset, pretrain, &train, monitor)?;
     let device = ctx.train_device();
     let (_, dense_top1) = evaluate_saved(&dense_dir, &test, &device)?;
-    Ok(OpenStudy { train, test, dense_dir, dense_top1, device })
+    Ok(OpenStudy { train, test, validation, dense_dir, dense_top1, device })
 }
 
 /// Test (loss, top-1) of the saved model in `dir`.
-fn evaluate_saved(dir: &Path, test: &Dataset, device: &Device) -> Result<(f64, f64)> {
+pub(crate) fn evaluate_saved(dir: &Path, test: &Dataset, device: &Device) -> Result<(f64, f64)> {
     struct Eval<'a>(&'a Dataset, &'a Device);
     impl WithLoaded for Eval<'_> {
         type Output = Result<(f64, f64)>;
@@ -417,6 +476,47 @@ mod tests {
 
     fn kept(w: &[(String, usize)], rates: &[(String, f64)]) -> f64 {
         w.iter().zip(rates).map(|((_, n), (_, r))| *n as f64 / r).sum()
+    }
+
+    #[test]
+    fn validation_is_the_training_files_tail_and_the_subset_avoids_it() {
+        use crate::run::{RunOptions, Scale};
+        let out = tempfile::tempdir().unwrap();
+        let options = RunOptions { scale: Scale::Smoke, ..RunOptions::default() };
+        let ctx = RunContext::for_test(options, serde_json::Value::Null, out.path().into());
+        let set = KnownSet::FashionMnist;
+        let full = ctx.load(set, Split::Train, normalization(set)).unwrap();
+        let n = full.len();
+        let pixels =
+            |d: &Dataset, i: usize| d.image(i).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let tail: std::collections::HashSet<Vec<u32>> =
+            (n - 100..n).map(|i| pixels(&full, i)).collect();
+        let mut seen = Vec::new();
+        for seed in [1, 2] {
+            let (train, test, validation) =
+                load_splits_validated(&ctx, set, Some(500), Some(50), Some(100), seed).unwrap();
+            let validation = validation.unwrap();
+            assert_eq!((train.len(), test.len(), validation.len()), (500, 50, 100));
+            // The last 100 images of the file, in order, whatever the seed.
+            for i in 0..100 {
+                assert_eq!(pixels(&validation, i), pixels(&full, n - 100 + i));
+                assert_eq!(validation.label(i), full.label(n - 100 + i));
+            }
+            // No training image is one of them.
+            assert!((0..train.len()).all(|i| !tail.contains(&pixels(&train, i))));
+            seen.push((0..train.len()).map(|i| pixels(&train, i)).collect::<Vec<_>>());
+        }
+        // The seed still draws the training subset.
+        assert_ne!(seen[0], seen[1]);
+        // Without a limit the training split is everything before the tail.
+        let (train, _, _) = load_splits_validated(&ctx, set, None, None, Some(100), 1).unwrap();
+        assert_eq!(train.len(), n - 100);
+        assert_eq!(pixels(&train, 0), pixels(&full, 0));
+        // Holding out nothing or everything is refused, naming the field.
+        for bad in [0, n] {
+            let e = load_splits_validated(&ctx, set, None, None, Some(bad), 1).unwrap_err();
+            assert!(e.to_string().contains("validation"), "{e}");
+        }
     }
 
     #[test]

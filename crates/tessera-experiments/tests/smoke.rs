@@ -110,6 +110,7 @@ fn scheme_mapping_and_npas_smoke_evaluate_every_arm_and_log_every_search() {
     assert!(done.dir.join("pareto-resnet20-fashion.svg").is_file());
 
     let done = run(find("npas").unwrap(), &smoke(out.path())).unwrap();
+    assert_eq!(done.record.figures[0]["validation"][0], 64);
     let t = &done.record.figures[0]["targets"];
     for target in t.as_array().unwrap() {
         let methods: Vec<&str> = target["searches"]
@@ -119,6 +120,11 @@ fn scheme_mapping_and_npas_smoke_evaluate_every_arm_and_log_every_search() {
             .map(|s| s["method"].as_str().unwrap())
             .collect();
         assert_eq!(methods, ["npas", "random", "random-feasible", "rule"]);
+        // Selected on held-out training images, each best scored again on the test images.
+        for s in target["searches"].as_array().unwrap() {
+            let test = s["test_top1"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&test), "{s}");
+        }
         assert_eq!(target["searches"][0]["cost"][0], 4);
         assert_eq!(target["searches"][1]["best_so_far"].as_array().unwrap().len(), 4);
         // Evaluations over the target, counted again from random search's log.
@@ -152,6 +158,7 @@ fn scheme_mapping_and_npas_smoke_evaluate_every_arm_and_log_every_search() {
     assert_eq!(log["evaluations"].as_array().unwrap().len(), 4);
     let report = std::fs::read_to_string(done.dir.join("report.md")).unwrap();
     assert!(report.contains("Best NPAS configuration") && report.contains("not judged"));
+    assert!(report.contains("its test top-1") && report.contains("held-out training images"));
 }
 
 #[test]

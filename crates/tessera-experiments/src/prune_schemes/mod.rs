@@ -606,7 +606,7 @@ impl Experiment for PruneSchemes {
 }
 
 fn run_study(ctx: &RunContext, study: &Study) -> Result<StudyResult> {
-    let OpenStudy { train: train_set, test, dense_dir, dense_top1, device } = open_study(
+    let OpenStudy { train: train_set, test, dense_dir, dense_top1, device, .. } = open_study(
         ctx,
         &study.name,
         &study.model,
