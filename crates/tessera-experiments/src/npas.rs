@@ -133,19 +133,6 @@ impl NpasExperimentConfig {
                     // The joint search: pruning and the operator choices `skip` per residual
                     // block and `separable` per 3x3 body convolution.
                     space: SpaceSpec { skip: true, separable: true, ..study.space.clone() },
-                    // Select on held-out training images and score the searches' returns
-                    // on the test images: 5,000 of them halve the standard error of the
-                    // 2,000-test-image evaluation the earlier runs selected on (0.5 points
-                    // at 85% instead of 0.8), and the test top-1 of each method's best is
-                    // no longer the maximum of noisy draws on the same images.
-                    validation: Some(match scale {
-                        Scale::Smoke => 64,
-                        _ => 5_000,
-                    }),
-                    eval_limit: match scale {
-                        Scale::Smoke => study.eval_limit,
-                        _ => None,
-                    },
                     ..study
                 },
                 search,

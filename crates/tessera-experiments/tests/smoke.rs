@@ -105,6 +105,11 @@ fn scheme_mapping_and_npas_smoke_evaluate_every_arm_and_log_every_search() {
     }
     // Dense arm: every layer dense, all MACs kept.
     assert_eq!(r["baselines"][0]["mac_fraction"].as_f64().unwrap(), 1.0);
+    // Selected on held-out training images: every compared arm scored again on the test ones.
+    let compared = r["baselines"].as_array().unwrap().iter();
+    for b in compared.chain(r["searches"].as_array().unwrap().iter().map(|s| &s["best"])) {
+        assert!((0.0..=1.0).contains(&b["test_top1"].as_f64().unwrap()), "{b}");
+    }
     assert!(done.dir.join("logs/resnet20-fashion/npas-0.5.json").is_file());
     assert!(done.dir.join("tables/resnet20-fashion.json").is_file());
     assert!(done.dir.join("pareto-resnet20-fashion.svg").is_file());
