@@ -159,6 +159,7 @@ impl CrossbarStudy {
             self.dataset,
             self.train_limit,
             self.eval_limit,
+            None,
             &self.pretrain,
         )
     }

@@ -401,6 +401,7 @@ fn run_study(ctx: &RunContext, study: &PrivacyStudy) -> Result<PrivacyStudyResul
         study.dataset,
         study.train_limit,
         study.eval_limit,
+        None,
         &study.pretrain,
     )?;
     let mut cells = Vec::new();

@@ -50,7 +50,7 @@ use tessera_sparsity::{LayerRule, MatchRule, Scheme, SparsityConfig, Target};
 
 use crate::error::{ExperimentError, Result};
 use crate::run::RunContext;
-use crate::study::{OpenStudy, Pretrain, file_safe, open_study_validated};
+use crate::study::{OpenStudy, Pretrain, file_safe, open_study};
 
 /// How plans are timed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -322,7 +322,7 @@ struct StoredTable {
 /// Opens the study, builds its space and measures (or reloads) its latency table.
 pub(crate) fn prepare(ctx: &RunContext, study: &SearchStudy) -> Result<Prepared> {
     let _span = tracing::info_span!("prepare", study = %study.name).entered();
-    let open = open_study_validated(
+    let open = open_study(
         ctx,
         &study.name,
         &study.model,

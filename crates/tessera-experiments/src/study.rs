@@ -70,36 +70,32 @@ pub(crate) fn load_splits_validated(
     let norm = normalization(set);
     let train_full = ctx.load(set, Split::Train, norm.clone())?;
     let test_full = ctx.load(set, Split::Test, norm)?;
-    let subset_name = format!("{}-subset", train_full.name());
-    let (train, validation) = match validation {
-        None => match train_limit {
-            Some(n) if n < train_full.len() => {
-                (train_full.all().shuffled(seed).split_at(n)?.0.to_dataset(subset_name), None)
-            }
-            _ => (train_full, None),
-        },
+    let name = train_full.name().to_string();
+    let (pool, validation) = match validation {
+        None => (train_full, None),
         Some(n) if n == 0 || n >= train_full.len() => {
             return Err(ExperimentError::config(
                 "validation",
                 format!(
-                    "{n} held-out images: expected 1 to {} (the {} training split has {})",
+                    "{n} held-out images: expected 1 to {} (the {name} training split has {})",
                     train_full.len().saturating_sub(1),
-                    train_full.name(),
                     train_full.len()
                 ),
             ));
         }
         Some(n) => {
             let (pool, held) = train_full.all().split_at(train_full.len() - n)?;
-            let held = held.to_dataset(format!("{}-validation", train_full.name()));
-            let train = match train_limit {
-                Some(n) if n < pool.len() => {
-                    pool.shuffled(seed).split_at(n)?.0.to_dataset(subset_name)
-                }
-                _ => pool.to_dataset(format!("{}-without-validation", train_full.name())),
-            };
-            (train, Some(held))
+            (
+                pool.to_dataset(format!("{name}-without-validation")),
+                Some(held.to_dataset(format!("{name}-validation"))),
+            )
         }
+    };
+    let train = match train_limit {
+        Some(n) if n < pool.len() => {
+            pool.all().shuffled(seed).split_at(n)?.0.to_dataset(format!("{name}-subset"))
+        }
+        _ => pool,
     };
     let test = match eval_limit {
         Some(n) if n < test_full.len() => {
@@ -270,24 +266,11 @@ pub(crate) struct OpenStudy {
     pub device: Device,
 }
 
-/// Loads study `name`'s splits, finds or trains its dense model ([`dense_model_dir`]) and
-/// evaluates it.
+/// Loads study `name`'s splits (with `validation` training images held out:
+/// [`load_splits_validated`]), finds or trains its dense model ([`dense_model_dir`]) and
+/// evaluates it on the test split.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn open_study(
-    ctx: &RunContext,
-    name: &str,
-    model: &ZooConfig,
-    dataset: KnownSet,
-    train_limit: Option<usize>,
-    eval_limit: Option<usize>,
-    pretrain: &Pretrain,
-) -> Result<OpenStudy> {
-    open_study_validated(ctx, name, model, dataset, train_limit, eval_limit, None, pretrain)
-}
-
-/// [`open_study`] with `validation` training images held out ([`load_splits_validated`]).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn open_study_validated(
     ctx: &RunContext,
     name: &str,
     model: &ZooConfig,

@@ -613,6 +613,7 @@ fn run_study(ctx: &RunContext, study: &Study) -> Result<StudyResult> {
         study.dataset,
         study.train_limit,
         study.eval_limit,
+        None,
         &study.pretrain,
     )?;
     let mut cells = Vec::new();
