@@ -22,8 +22,8 @@ use tessera_models::with_seed;
 use tessera_models::zoo::ResNetConfig;
 use tessera_train::{
     Distribution, DropGrowConfig, Forgetting, InitMask, Interval, LayerFootprint, MestConfig,
-    Method, Removal, RemovalAmount, RemovalReport, RunLength, SparseTrainer, SparseTrainingConfig,
-    footprint, optimizer_slots, peak_rss_bytes,
+    Method, Ranking, Removal, RemovalAmount, RemovalReport, RunLength, SparseTrainer,
+    SparseTrainingConfig, footprint, optimizer_slots, peak_rss_bytes,
 };
 
 use crate::error::{ExperimentError, Result};
@@ -46,8 +46,12 @@ pub struct DataEfficiency {
     pub scheme: String,
     /// Its sparsity.
     pub sparsity: f64,
-    /// When and how much.
+    /// When, how much, and in which order (the ranking of both cells).
     pub removal: Removal,
+    /// Controls: dense cells removing as many examples at the same epoch in another order (a
+    /// seeded random sample says whether the forgetting statistics matter at all).
+    #[serde(default)]
+    pub controls: Vec<Ranking>,
 }
 
 /// One model on one data set.
@@ -99,6 +103,9 @@ pub struct Cell {
     pub sparsity: f64,
     /// Whether data removal was on.
     pub data_efficiency: bool,
+    /// The removal's order, in data-efficiency cells (absent in runs before rankings: MEST's).
+    #[serde(default)]
+    pub ranking: Option<Ranking>,
     /// Top-1 after the last epoch.
     pub top1: f64,
     /// Best top-1 over the epochs (reported by MEST's code; not used for claims).
@@ -215,7 +222,14 @@ fn fashion_resnet(scale: Scale) -> SparseTrainingStudy {
                     Scale::Paper => 70,
                 },
                 amount: RemovalAmount::Fraction { f: 0.24 },
+                // Short runs leave most examples tied at zero forgetting events, which MEST's
+                // order (then index) removes as a random sample; the margin ranks the ties.
+                ranking: match scale {
+                    Scale::Paper => Ranking::Forgetting,
+                    _ => Ranking::ForgettingThenMargin,
+                },
             },
+            controls: vec![Ranking::Random { seed: 0x5eed }],
         }),
     }
 }
@@ -257,8 +271,29 @@ struct CellSpec {
 impl CellSpec {
     fn key(&self) -> String {
         let m = self.method.as_deref().unwrap_or("dense");
-        let de = if self.removal.is_some() { "-de" } else { "" };
+        let de = match self.removal.map(|r| r.ranking) {
+            None => String::new(),
+            Some(r) => format!("-de{}", ranking_suffix(r)),
+        };
         file_safe(&format!("{m}{de}-{}-{}", self.scheme, self.sparsity))
+    }
+}
+
+/// A ranking's part of a cell key and of its label (MEST's: none, as before rankings).
+fn ranking_suffix(r: Ranking) -> String {
+    match r {
+        Ranking::Forgetting => String::new(),
+        Ranking::ForgettingThenMargin => "-margin".into(),
+        Ranking::Random { seed } => format!("-random{seed}"),
+    }
+}
+
+/// A ranking in words.
+fn ranking_name(r: Ranking) -> String {
+    match r {
+        Ranking::Forgetting => "forgetting count".into(),
+        Ranking::ForgettingThenMargin => "forgetting count, then margin".into(),
+        Ranking::Random { seed } => format!("random (seed {seed})"),
     }
 }
 
@@ -346,6 +381,7 @@ fn run_cell(
         scheme: spec.scheme.clone(),
         sparsity: spec.sparsity,
         data_efficiency: spec.removal.is_some(),
+        ranking: spec.removal.map(|r| r.ranking),
         top1: curve.last().copied().unwrap_or(0.0),
         best_top1: curve.iter().copied().fold(0.0, f64::max),
         iterations: history.iter().map(|m| m.steps).sum(),
@@ -398,6 +434,14 @@ fn run_study(ctx: &RunContext, study: &SparseTrainingStudy) -> Result<StudyResul
             sparsity: de.sparsity,
             removal: Some(de.removal),
         });
+        for &ranking in &de.controls {
+            specs.push(CellSpec {
+                method: None,
+                scheme: "-".into(),
+                sparsity: 0.0,
+                removal: Some(Removal { ranking, ..de.removal }),
+            });
+        }
     }
     let bar = indicatif::ProgressBar::new(specs.len() as u64);
     let mut cells = Vec::with_capacity(specs.len());
@@ -411,18 +455,21 @@ fn run_study(ctx: &RunContext, study: &SparseTrainingStudy) -> Result<StudyResul
     Ok(StudyResult { name: study.name.clone(), cells, checks })
 }
 
+/// The cell of `method` / `scheme` / `sparsity`, without data removal or with removal in
+/// `ranking`'s order.
 fn find<'a>(
     cells: &'a [Cell],
     method: &str,
     scheme: &str,
     sparsity: f64,
-    de: bool,
+    removal: Option<Ranking>,
 ) -> Option<&'a Cell> {
     cells.iter().find(|c| {
         c.method == method
             && c.scheme == scheme
             && (c.sparsity - sparsity).abs() < 1e-9
-            && c.data_efficiency == de
+            && c.data_efficiency == removal.is_some()
+            && removal.is_none_or(|r| c.ranking.unwrap_or_default() == r)
     })
 }
 
@@ -433,12 +480,12 @@ fn pct(x: f64) -> String {
 /// The targets against the cells that ran.
 fn checks(study: &SparseTrainingStudy, cells: &[Cell]) -> Vec<Check> {
     let mut out = Vec::new();
-    let dense = find(cells, "dense", "-", 0.0, false);
+    let dense = find(cells, "dense", "-", 0.0, None);
     for &s in &study.sparsities {
         for scheme in &study.schemes {
-            let ems = find(cells, "mest-ems", scheme, s, false);
+            let ems = find(cells, "mest-ems", scheme, s, None);
             for rival in ["set", "static"] {
-                let r = find(cells, rival, scheme, s, false);
+                let r = find(cells, rival, scheme, s, None);
                 out.push(Check {
                     target: format!("MEST (EM&S) >= {rival}, {scheme} at {}", pct(s)),
                     measured: match (ems, r) {
@@ -451,7 +498,7 @@ fn checks(study: &SparseTrainingStudy, cells: &[Cell]) -> Vec<Check> {
         }
     }
     for scheme in &study.schemes {
-        let ems = find(cells, "mest-ems", scheme, 0.9, false);
+        let ems = find(cells, "mest-ems", scheme, 0.9, None);
         out.push(Check {
             target: format!("MEST (EM&S) {scheme} at 90% within 1.5 points of dense"),
             measured: match (ems, dense) {
@@ -465,11 +512,12 @@ fn checks(study: &SparseTrainingStudy, cells: &[Cell]) -> Vec<Check> {
         for (m, scheme, s) in
             [("dense", "-", 0.0), (de.method.as_str(), de.scheme.as_str(), de.sparsity)]
         {
-            let base = find(cells, m, scheme, s, false);
-            let with = find(cells, m, scheme, s, true);
+            let base = find(cells, m, scheme, s, None);
+            let with = find(cells, m, scheme, s, Some(de.removal.ranking));
             out.push(Check {
                 target: format!(
-                    "data efficiency ({m}): >= 10% fewer iterations, <= 0.3 points change"
+                    "data efficiency ({m}, {}): >= 10% fewer iterations, <= 0.3 points change",
+                    ranking_name(de.removal.ranking)
                 ),
                 measured: match (base, with) {
                     (Some(b), Some(w)) => format!(
@@ -488,9 +536,26 @@ fn checks(study: &SparseTrainingStudy, cells: &[Cell]) -> Vec<Check> {
                 }),
             });
         }
+        let base = find(cells, "dense", "-", 0.0, None);
+        for &r in &de.controls {
+            let with = find(cells, "dense", "-", 0.0, Some(r));
+            out.push(Check {
+                target: format!("control (dense, {}): the same removal", ranking_name(r)),
+                measured: match (base, with) {
+                    (Some(b), Some(w)) => format!(
+                        "{} fewer iterations, top-1 {} -> {}",
+                        pct(1.0 - w.iterations as f64 / b.iterations.max(1) as f64),
+                        pct(b.top1),
+                        pct(w.top1)
+                    ),
+                    _ => "not run".into(),
+                },
+                met: None,
+            });
+        }
     }
     for scheme in &study.schemes {
-        let c = find(cells, "mest-ems", scheme, 0.9, false);
+        let c = find(cells, "mest-ems", scheme, 0.9, None);
         out.push(Check {
             target: format!("sparse footprint at 90% ({scheme}, MEST EM&S) <= 0.35x dense"),
             measured: c.map_or("not run".into(), |c| {
@@ -543,7 +608,12 @@ fn report(study: &SparseTrainingStudy, r: &StudyResult, full_data: bool) -> Stri
     ]);
     for c in &r.cells {
         t.row(vec![
-            format!("{}{}", c.method, if c.data_efficiency { " + data eff." } else { "" }),
+            match (c.data_efficiency, c.ranking) {
+                (false, _) => c.method.clone(),
+                (true, r) => {
+                    format!("{} + data eff. ({})", c.method, ranking_name(r.unwrap_or_default()))
+                }
+            },
             c.scheme.clone(),
             format!("{:.3}", c.final_sparsity),
             pct(c.top1),
@@ -571,8 +641,19 @@ fn report(study: &SparseTrainingStudy, r: &StudyResult, full_data: bool) -> Stri
     for c in r.cells.iter().filter(|c| c.removal.is_some()) {
         if let Some(rm) = &c.removal {
             s.push_str(&format!(
-                "Removal ({}): at epoch {}, {} of {} examples removed ({} of them unforgettable; {} unforgettable, {} never learned at that point); forgetting-count histogram {:?}.\n\n",
-                c.method, rm.epoch, rm.removed, c.examples, rm.removed_unforgettable, rm.unforgettable, rm.never_learned, rm.histogram
+                "Removal ({}, {}): at epoch {}, {} of {} examples removed ({} of them unforgettable; {} unforgettable, {} never learned at that point){}; forgetting-count histogram {:?}.\n\n",
+                c.method,
+                ranking_name(c.ranking.unwrap_or_default()),
+                rm.epoch,
+                rm.removed,
+                c.examples,
+                rm.removed_unforgettable,
+                rm.unforgettable,
+                rm.never_learned,
+                rm.mean_margin.map_or(String::new(), |(a, b)| format!(
+                    "; mean margin {a:.2} removed, {b:.2} kept"
+                )),
+                rm.histogram
             ));
         }
     }
@@ -683,7 +764,7 @@ impl Experiment for SparseTraining {
                     }
                 }
             }
-            if let Some(d) = find(&r.cells, "dense", "-", 0.0, false) {
+            if let Some(d) = find(&r.cells, "dense", "-", 0.0, None) {
                 let xs: Vec<f64> = study.sparsities.iter().map(|s| 100.0 * s).collect();
                 series.push(Series {
                     name: "dense".into(),

@@ -386,8 +386,8 @@ fn sparse_training_smoke_trains_every_method_at_its_budget() {
     let done = run(find("sparse-training").unwrap(), &smoke(out.path())).unwrap();
     let study = &done.record.figures["studies"][0];
     let cells = study["cells"].as_array().unwrap();
-    // Dense, five methods, and the two data-efficiency cells.
-    assert_eq!(cells.len(), 8);
+    // Dense, five methods, the two data-efficiency cells and the random-removal control.
+    assert_eq!(cells.len(), 9);
     let cell = |m: &str, de: bool| {
         cells.iter().find(|c| c["method"] == m && c["data_efficiency"] == de).unwrap()
     };
@@ -414,7 +414,14 @@ fn sparse_training_smoke_trains_every_method_at_its_budget() {
         let n = c["examples"].as_u64().unwrap();
         assert_eq!(c["removal"]["removed"].as_u64().unwrap(), (n as f64 * 0.24).floor() as u64);
         assert_eq!(c["removal"]["epoch"], 1);
+        assert_eq!(c["ranking"]["kind"], "forgetting_then_margin", "{m}");
     }
+    // The control removes as many dense examples at the same epoch, at random.
+    let control = cells.last().unwrap();
+    assert_eq!(control["method"], "dense");
+    assert_eq!(control["ranking"]["kind"], "random");
+    assert_eq!(control["removal"]["removed"], cell("dense", true)["removal"]["removed"]);
+    assert_eq!(control["removal"]["epoch"], 1);
     for c in study["checks"].as_array().unwrap() {
         assert!(c["met"].is_null(), "fixtures claim nothing: {c}");
     }

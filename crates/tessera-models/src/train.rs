@@ -219,6 +219,19 @@ pub struct StepContext<'a> {
     pub logits: &'a Tensor<2>,
 }
 
+/// Per-example outcomes of one training batch, taken from the loop's own forward pass (train
+/// mode, augmented input, before the step; no extra forward).
+#[derive(Debug, Clone, Copy)]
+pub struct Outcomes<'a> {
+    /// Dataset indices of the batch's examples.
+    pub indices: &'a [u32],
+    /// Whether each was classified correctly (argmax of the logits == label).
+    pub correct: &'a [bool],
+    /// Each one's margin: its label's logit minus the largest other logit (MEST's and
+    /// Toneva et al.'s per-presentation statistic; positive when correct, ties aside).
+    pub margins: &'a [f32],
+}
+
 /// Where pruning, sparse training and data-efficiency code plugs into the loop. Every method
 /// has a do-nothing default.
 pub trait Hooks<M> {
@@ -247,7 +260,7 @@ pub trait Hooks<M> {
         Ok(model)
     }
     /// Per-example outcomes of a training batch (forgetting statistics).
-    fn on_outcomes(&mut self, _epoch: usize, _indices: &[u32], _correct: &[bool]) {}
+    fn on_outcomes(&mut self, _epoch: usize, _batch: &Outcomes<'_>) {}
     /// Called after each epoch (before its checkpoint); may rewrite the model (mask updates,
     /// ADMM's Z and U).
     fn on_epoch_end(&mut self, model: M, _metrics: &EpochMetrics) -> Result<M> {
@@ -278,8 +291,8 @@ impl<M, H: Hooks<M> + ?Sized> Hooks<M> for &mut H {
     fn after_step(&mut self, model: M, step: usize) -> Result<M> {
         (**self).after_step(model, step)
     }
-    fn on_outcomes(&mut self, epoch: usize, indices: &[u32], correct: &[bool]) {
-        (**self).on_outcomes(epoch, indices, correct);
+    fn on_outcomes(&mut self, epoch: usize, batch: &Outcomes<'_>) {
+        (**self).on_outcomes(epoch, batch);
     }
     fn on_epoch_end(&mut self, model: M, metrics: &EpochMetrics) -> Result<M> {
         (**self).on_epoch_end(model, metrics)
@@ -309,9 +322,9 @@ impl<M, H: Hooks<M>> Hooks<M> for Option<H> {
             None => Ok(model),
         }
     }
-    fn on_outcomes(&mut self, epoch: usize, indices: &[u32], correct: &[bool]) {
+    fn on_outcomes(&mut self, epoch: usize, batch: &Outcomes<'_>) {
         if let Some(h) = self {
-            h.on_outcomes(epoch, indices, correct);
+            h.on_outcomes(epoch, batch);
         }
     }
     fn on_epoch_end(&mut self, model: M, metrics: &EpochMetrics) -> Result<M> {
@@ -524,6 +537,47 @@ fn count_correct(logits: Tensor<2>, labels: &[u8]) -> Result<Vec<bool>> {
     Ok(pred.iter().zip(labels).map(|(&p, &l)| p == i64::from(l)).collect())
 }
 
+/// Per example: correct (argmax == label, the first maximum on ties, as `argmax`) and the
+/// margin (label's logit minus the largest other one).
+fn outcomes(logits: Tensor<2>, labels: &[u8]) -> Result<(Vec<bool>, Vec<f32>)> {
+    let classes = logits.dims()[1];
+    let values = crate::error::to_vec("logits", logits)?;
+    if classes == 0 || values.len() != classes * labels.len() {
+        return Err(ModelError::Tensor {
+            what: "logits".into(),
+            reason: format!(
+                "{} values for {} labels of {classes} classes",
+                values.len(),
+                labels.len()
+            ),
+        });
+    }
+    Ok(values
+        .chunks_exact(classes)
+        .zip(labels)
+        .map(|(row, &label)| example_outcome(row, label))
+        .unzip())
+}
+
+/// One example's outcome from its logits (see [`outcomes`]).
+fn example_outcome(row: &[f32], label: u8) -> (bool, f32) {
+    let label = usize::from(label);
+    let mut best = 0;
+    for (c, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = c;
+        }
+    }
+    let other = row
+        .iter()
+        .enumerate()
+        .filter(|&(c, _)| c != label)
+        .map(|(_, &v)| v)
+        .fold(f32::NEG_INFINITY, f32::max);
+    let own = row.get(label).copied().unwrap_or(f32::NEG_INFINITY);
+    (best == label, own - other)
+}
+
 /// Trains `model` on `train` (evaluating on `eval` after each epoch) on a training `device`
 /// (autodiff). Returns the trained model (on `device`) and the metrics of every epoch,
 /// including epochs restored from a checkpoint.
@@ -607,8 +661,11 @@ where
             )? {
                 loss = loss + extra;
             }
-            let outcome = count_correct(logits, &batch.labels)?;
-            hooks.on_outcomes(epoch, &batch.indices, &outcome);
+            let (outcome, margins) = outcomes(logits, &batch.labels)?;
+            hooks.on_outcomes(
+                epoch,
+                &Outcomes { indices: &batch.indices, correct: &outcome, margins: &margins },
+            );
             correct += outcome.iter().filter(|&&c| c).count();
             let mut grads = GradientsParams::from_grads(loss.backward(), &model);
             hooks.on_gradients(&model, &mut grads, global)?;
@@ -775,9 +832,9 @@ impl<M, A: Hooks<M>, B: Hooks<M>> Hooks<M> for Both<A, B> {
         let model = self.0.after_step(model, step)?;
         self.1.after_step(model, step)
     }
-    fn on_outcomes(&mut self, epoch: usize, indices: &[u32], correct: &[bool]) {
-        self.0.on_outcomes(epoch, indices, correct);
-        self.1.on_outcomes(epoch, indices, correct);
+    fn on_outcomes(&mut self, epoch: usize, batch: &Outcomes<'_>) {
+        self.0.on_outcomes(epoch, batch);
+        self.1.on_outcomes(epoch, batch);
     }
     fn on_epoch_end(&mut self, model: M, metrics: &EpochMetrics) -> Result<M> {
         let model = self.0.on_epoch_end(model, metrics)?;
@@ -827,5 +884,20 @@ impl<M, A: Hooks<M>, B: Hooks<M>> Hooks<M> for Both<A, B> {
             self.1.load_state(b)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hand cases: right with a margin to the runner-up, wrong with a negative one, a tie
+    /// (argmax takes the first maximum; the margin is 0).
+    #[test]
+    fn example_outcome_by_hand() {
+        assert_eq!(example_outcome(&[0.5, 2.0, -1.0], 1), (true, 1.5));
+        assert_eq!(example_outcome(&[0.5, 2.0, -1.0], 2), (false, -3.0));
+        assert_eq!(example_outcome(&[3.0, 3.0, 0.0], 1), (false, 0.0));
+        assert_eq!(example_outcome(&[3.0, 3.0, 0.0], 0), (true, 0.0));
     }
 }

@@ -3,15 +3,23 @@
 //! one-shot removal of the least-forgotten examples at a chosen epoch.
 //!
 //! An example's outcome is recorded every time it is in a training batch (the loop's forward
-//! pass, before the step; no extra forward). A forgetting event is correct -> wrong between two
-//! consecutive presentations. Examples never classified correctly count as maximally
-//! forgettable. At the removal epoch the examples are ordered by (forgetting count, index) and
-//! the first ones are removed; from then on each epoch trains on the rest. Works for dense
-//! training too: it is a [`Hooks`] of its own, composable with [`crate::SparseTrainer`]
-//! through [`tessera_models::train::Both`].
+//! pass, before the step; no extra forward): whether it was right and its margin (label logit
+//! minus the largest other). A forgetting event is correct -> wrong between two consecutive
+//! presentations. Examples never classified correctly count as maximally forgettable. At the
+//! removal epoch the examples are ranked ([`Ranking`]) and the first ones are removed; from
+//! then on each epoch trains on the rest. Rankings: MEST's and Toneva et al.'s (forgetting
+//! count, ties by index), the same with ties broken by the mean margin over the presentations
+//! (largest first: early in a short run most examples are still tied at zero events, and the
+//! index order then removes a random sample of them), and a seeded random sample as the
+//! control that says whether the statistics matter. Works for dense training too: it is a
+//! [`Hooks`] of its own, composable with [`crate::SparseTrainer`] through
+//! [`tessera_models::train::Both`].
 
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
+use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
-use tessera_models::train::Hooks;
+use tessera_models::train::{Hooks, Outcomes};
 
 use crate::error::{Result, TrainError};
 
@@ -33,6 +41,23 @@ pub enum RemovalAmount {
     Unforgettable,
 }
 
+/// Which examples go first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Ranking {
+    /// Ascending (forgetting count, index): MEST's code and Toneva et al.'s (a stable sort).
+    #[default]
+    Forgetting,
+    /// Ascending forgetting count, ties by descending mean margin over the example's
+    /// presentations (the most confidently right first), then index.
+    ForgettingThenMargin,
+    /// A uniform random sample (ChaCha8 from `seed`): the control.
+    Random {
+        /// Seed.
+        seed: u64,
+    },
+}
+
 /// When and how much to remove.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Removal {
@@ -40,6 +65,9 @@ pub struct Removal {
     pub epoch: usize,
     /// How many.
     pub amount: RemovalAmount,
+    /// Which first (default: MEST's).
+    #[serde(default)]
+    pub ranking: Ranking,
 }
 
 /// What the removal did.
@@ -60,6 +88,9 @@ pub struct RemovalReport {
     /// Histogram of forgetting counts at removal time (`[i]` = examples forgotten `i` times;
     /// never-learned ones excluded).
     pub histogram: Vec<usize>,
+    /// Mean margin (over presentations) of the removed and of the kept examples.
+    #[serde(default)]
+    pub mean_margin: Option<(f64, f64)>,
 }
 
 /// Per-example statistics and the removal schedule.
@@ -70,6 +101,9 @@ pub struct Forgetting {
     forgotten: Vec<u32>,
     learned: Vec<bool>,
     presentations: Vec<u32>,
+    /// Sum of the margins over the presentations (empty in state saved before margins).
+    #[serde(default)]
+    margin_sum: Vec<f64>,
     removal: Option<Removal>,
     kept: Option<Vec<u32>>,
     report: Option<RemovalReport>,
@@ -100,18 +134,23 @@ impl Forgetting {
             forgotten: vec![0; examples],
             learned: vec![false; examples],
             presentations: vec![0; examples],
+            margin_sum: vec![0.0; examples],
             removal,
             kept: None,
             report: None,
         })
     }
 
-    /// Records the outcomes of one batch.
-    pub fn record(&mut self, indices: &[u32], correct: &[bool]) {
-        for (&i, &c) in indices.iter().zip(correct) {
+    /// Records the outcomes of one batch (margins: see [`Outcomes::margins`]; missing ones
+    /// count as 0).
+    pub fn record(&mut self, indices: &[u32], correct: &[bool], margins: &[f32]) {
+        for (k, (&i, &c)) in indices.iter().zip(correct).enumerate() {
             let i = i as usize;
             if i >= self.last.len() {
                 continue;
+            }
+            if let Some(sum) = self.margin_sum.get_mut(i) {
+                *sum += f64::from(margins.get(k).copied().unwrap_or(0.0));
             }
             if self.last[i] == 2 && !c {
                 self.forgotten[i] += 1;
@@ -136,6 +175,17 @@ impl Forgetting {
         self.forgotten.iter().zip(&self.learned).filter(|&(&f, &l)| l && f == 0).count()
     }
 
+    /// Mean margin over each example's presentations (0 before its first).
+    pub fn mean_margins(&self) -> Vec<f64> {
+        (0..self.last.len())
+            .map(|i| {
+                let n = self.presentations[i];
+                let sum = self.margin_sum.get(i).copied().unwrap_or(0.0);
+                if n == 0 { 0.0 } else { sum / f64::from(n) }
+            })
+            .collect()
+    }
+
     /// How often each example was presented.
     pub fn presentations(&self) -> &[u32] {
         &self.presentations
@@ -146,11 +196,24 @@ impl Forgetting {
         self.report.as_ref()
     }
 
-    /// The examples to remove now: ascending (count, index), the first `amount`.
-    pub fn select_removed(&self, amount: RemovalAmount) -> Vec<u32> {
+    /// The examples to remove now: the first `amount` in `ranking`'s order.
+    pub fn select_removed(&self, amount: RemovalAmount, ranking: Ranking) -> Vec<u32> {
         let counts = self.counts();
         let mut order: Vec<u32> = (0..counts.len() as u32).collect();
-        order.sort_by_key(|&i| (counts[i as usize], i));
+        match ranking {
+            Ranking::Forgetting => order.sort_by_key(|&i| (counts[i as usize], i)),
+            Ranking::ForgettingThenMargin => {
+                let margins = self.mean_margins();
+                order.sort_by(|&a, &b| {
+                    let (a, b) = (a as usize, b as usize);
+                    counts[a]
+                        .cmp(&counts[b])
+                        .then(margins[b].total_cmp(&margins[a]))
+                        .then(a.cmp(&b))
+                });
+            }
+            Ranking::Random { seed } => order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed)),
+        }
         let n = match amount {
             RemovalAmount::Count { n } => n,
             RemovalAmount::Fraction { f } => (f * counts.len() as f64).floor() as usize,
@@ -161,8 +224,8 @@ impl Forgetting {
         order
     }
 
-    fn remove_now(&mut self, epoch: usize, amount: RemovalAmount) {
-        let removed = self.select_removed(amount);
+    fn remove_now(&mut self, epoch: usize, amount: RemovalAmount, ranking: Ranking) {
+        let removed = self.select_removed(amount, ranking);
         let counts = self.counts();
         let mut gone = vec![false; counts.len()];
         for &i in &removed {
@@ -174,6 +237,10 @@ impl Forgetting {
             histogram[c as usize] += 1;
         }
         let kept: Vec<u32> = (0..counts.len() as u32).filter(|&i| !gone[i as usize]).collect();
+        let margins = self.mean_margins();
+        let mean = |set: &[u32]| {
+            set.iter().map(|&i| margins[i as usize]).sum::<f64>() / set.len().max(1) as f64
+        };
         self.report = Some(RemovalReport {
             epoch,
             removed: removed.len(),
@@ -185,6 +252,7 @@ impl Forgetting {
             never_learned: counts.iter().filter(|&&c| c == u32::MAX).count(),
             kept: kept.len(),
             histogram,
+            mean_margin: Some((mean(&removed), mean(&kept))),
         });
         tracing::info!(
             epoch,
@@ -202,13 +270,13 @@ impl<M> Hooks<M> for Forgetting {
             && epoch >= r.epoch
             && self.kept.is_none()
         {
-            self.remove_now(epoch, r.amount);
+            self.remove_now(epoch, r.amount, r.ranking);
         }
         self.kept.clone()
     }
 
-    fn on_outcomes(&mut self, _epoch: usize, indices: &[u32], correct: &[bool]) {
-        self.record(indices, correct);
+    fn on_outcomes(&mut self, _epoch: usize, batch: &Outcomes<'_>) {
+        self.record(batch.indices, batch.correct, batch.margins);
     }
 
     fn save_state(&self) -> tessera_models::Result<Option<Vec<u8>>> {
@@ -234,6 +302,8 @@ impl<M> Hooks<M> for Forgetting {
             .into());
         }
         *self = saved;
+        // State saved before margins were recorded: margins count from here.
+        self.margin_sum.resize(self.last.len(), 0.0);
         Ok(())
     }
 }
@@ -255,23 +325,63 @@ mod tests {
             [true, true, false, false, true],
         ];
         for s in seq {
-            f.record(&[0, 1, 2, 3, 4], &s);
+            f.record(&[0, 1, 2, 3, 4], &s, &[]);
         }
         assert_eq!(f.counts(), vec![0, 1, u32::MAX, 2, 0]);
         assert_eq!(f.unforgettable(), 2);
-        assert_eq!(f.select_removed(RemovalAmount::Count { n: 3 }), vec![0, 4, 1]);
-        assert_eq!(f.select_removed(RemovalAmount::Unforgettable), vec![0, 4]);
-        assert_eq!(f.select_removed(RemovalAmount::Fraction { f: 0.2 }), vec![0]);
+        let by = Ranking::Forgetting;
+        assert_eq!(f.select_removed(RemovalAmount::Count { n: 3 }, by), vec![0, 4, 1]);
+        assert_eq!(f.select_removed(RemovalAmount::Unforgettable, by), vec![0, 4]);
+        assert_eq!(f.select_removed(RemovalAmount::Fraction { f: 0.2 }, by), vec![0]);
+        Ok(())
+    }
+
+    /// Ties in the forgetting count go to the larger mean margin: examples 0, 1 and 3 are
+    /// unforgettable with mean margins 1.0, 3.0 and 2.0 (hand-computed: (0.5 + 1.5) / 2,
+    /// (2 + 4) / 2, (1 + 3) / 2); 2 was forgotten once; 4 never learned.
+    #[test]
+    fn margin_breaks_ties_among_equal_counts() -> anyhow::Result<()> {
+        let mut f = Forgetting::new(5, None)?;
+        f.record(&[0, 1, 2, 3, 4], &[true, true, true, true, false], &[0.5, 2.0, 9.0, 1.0, -1.0]);
+        f.record(&[4, 3, 2, 1, 0], &[false, true, false, true, true], &[-2.0, 3.0, -9.0, 4.0, 1.5]);
+        assert_eq!(f.counts(), vec![0, 0, 1, 0, u32::MAX]);
+        assert_eq!(f.mean_margins(), vec![1.0, 3.0, 0.0, 2.0, -1.5]);
+        let n = RemovalAmount::Count { n: 4 };
+        assert_eq!(f.select_removed(n, Ranking::ForgettingThenMargin), vec![1, 3, 0, 2]);
+        assert_eq!(f.select_removed(n, Ranking::Forgetting), vec![0, 1, 3, 2]);
+        Ok(())
+    }
+
+    /// The random control: a seeded sample of the requested size without repeats, the same
+    /// for the same seed, another for another seed, and blind to the statistics.
+    #[test]
+    fn random_ranking_is_a_seeded_sample() -> anyhow::Result<()> {
+        let mut f = Forgetting::new(100, None)?;
+        let all: Vec<u32> = (0..100).collect();
+        f.record(&all, &[true; 100], &[1.0; 100]);
+        let n = RemovalAmount::Fraction { f: 0.3 };
+        let a = f.select_removed(n, Ranking::Random { seed: 1 });
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 30);
+        assert_eq!(a, f.select_removed(n, Ranking::Random { seed: 1 }));
+        assert_ne!(a, f.select_removed(n, Ranking::Random { seed: 2 }));
+        assert_ne!(sorted, (0..30).collect::<Vec<u32>>());
         Ok(())
     }
 
     #[test]
     fn removal_takes_effect_at_its_epoch_and_stays() -> anyhow::Result<()> {
-        let removal = Removal { epoch: 2, amount: RemovalAmount::Count { n: 2 } };
+        let removal = Removal {
+            epoch: 2,
+            amount: RemovalAmount::Count { n: 2 },
+            ranking: Ranking::Forgetting,
+        };
         let mut f = Forgetting::new(4, Some(removal))?;
         for e in 0..2 {
             assert_eq!(Hooks::<()>::epoch_examples(&mut f, e), None);
-            f.record(&[0, 1, 2, 3], &[true, false, true, e == 0]);
+            f.record(&[0, 1, 2, 3], &[true, false, true, e == 0], &[1.0, -1.0, 2.0, 0.5]);
         }
         assert_eq!(f.counts(), vec![0, u32::MAX, 0, 1]);
         assert_eq!(Hooks::<()>::epoch_examples(&mut f, 2), Some(vec![1, 3]));
@@ -282,20 +392,28 @@ mod tests {
             (2, 2, 2, 1)
         );
         assert_eq!(r.histogram, vec![2, 1]);
+        // Removed 0 and 2 (mean margins 1 and 2), kept 1 and 3 (-1 and 0.5).
+        assert_eq!(r.mean_margin, Some((1.5, -0.25)));
         Ok(())
     }
 
     #[test]
     fn rejects_removing_everything() {
-        let e =
-            Forgetting::new(10, Some(Removal { epoch: 1, amount: RemovalAmount::Count { n: 10 } }));
+        let e = Forgetting::new(
+            10,
+            Some(Removal {
+                epoch: 1,
+                amount: RemovalAmount::Count { n: 10 },
+                ranking: Ranking::Forgetting,
+            }),
+        );
         assert!(e.unwrap_err().to_string().contains("removal.count"));
     }
 
     #[test]
     fn state_round_trips() -> anyhow::Result<()> {
         let mut f = Forgetting::new(3, None)?;
-        f.record(&[0, 2], &[true, false]);
+        f.record(&[0, 2], &[true, false], &[0.25, -0.5]);
         let bytes = Hooks::<()>::save_state(&f)?.ok_or_else(|| anyhow::anyhow!("no state"))?;
         let mut g = Forgetting::new(3, None)?;
         Hooks::<()>::load_state(&mut g, &bytes)?;

@@ -63,7 +63,7 @@ mod trainer;
 
 pub use density::{Distribution, layer_densities};
 pub use error::{Result, TrainError};
-pub use forgetting::{Forgetting, Removal, RemovalAmount, RemovalReport};
+pub use forgetting::{Forgetting, Ranking, Removal, RemovalAmount, RemovalReport};
 pub use memory::{Footprint, LayerFootprint, footprint, optimizer_slots, peak_rss_bytes};
 pub use method::{
     Anneal, DropGrowConfig, Growth, InitMask, Interval, MestConfig, MestPhase, MestScore, Method,

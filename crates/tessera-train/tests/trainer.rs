@@ -21,7 +21,7 @@ use tessera_models::{Backend, Classifier, weights, with_seed};
 use tessera_sparsity::Mask;
 use tessera_train::{
     Distribution, DropGrowConfig, Forgetting, InitMask, Interval, MestConfig, MestPhase, Method,
-    Removal, RemovalAmount, RunLength, SparseTrainer, SparseTrainingConfig,
+    Ranking, Removal, RemovalAmount, RunLength, SparseTrainer, SparseTrainingConfig,
 };
 
 fn mnist() -> Result<Dataset> {
@@ -372,16 +372,34 @@ fn resumed_run_matches_uninterrupted() -> Result<()> {
     Ok(())
 }
 
-/// Dense training with removal at epoch 1: the second epoch trains on the kept examples only.
+/// Dense training with removal at epoch 1: the second epoch trains on the kept examples only,
+/// and the margins the loop hands over agree with its correctness: after one presentation an
+/// example is learned (count 0) exactly when its margin is positive.
 #[test]
 fn forgetting_removal_shrinks_later_epochs() -> Result<()> {
     let data = mnist()?;
     let device = Backend::Flex.train_device(8);
-    let model = with_seed(&device, 8, || Lenet5Config::default().init(&device))?;
     let train_cfg = TrainConfig::sgd(2, 32, 0.05);
     let n = data.len();
-    let mut f =
-        Forgetting::new(n, Some(Removal { epoch: 1, amount: RemovalAmount::Fraction { f: 0.5 } }))?;
+    let mut f = Forgetting::new(
+        n,
+        Some(Removal {
+            epoch: 1,
+            amount: RemovalAmount::Fraction { f: 0.5 },
+            ranking: Ranking::ForgettingThenMargin,
+        }),
+    )?;
+    // One epoch first, without removal: every example presented once.
+    let model = with_seed(&device, 8, || Lenet5Config::default().init(&device))?;
+    let mut once = Forgetting::new(n, None)?;
+    train(model, &data, None, &TrainConfig::sgd(1, 32, 0.05), &device, &mut once, None)?;
+    let (counts, margins) = (once.counts(), once.mean_margins());
+    let learned = counts.iter().filter(|&&c| c == 0).count();
+    assert!(learned > 0 && learned < n, "{learned} of {n} learned after one epoch");
+    for (i, (&c, &m)) in counts.iter().zip(&margins).enumerate() {
+        assert!(m == 0.0 || (c == 0) == (m > 0.0), "example {i}: count {c}, margin {m}");
+    }
+    let model = with_seed(&device, 8, || Lenet5Config::default().init(&device))?;
     let (_, history) =
         train(model, &data, None, &train_cfg, &device, &mut Both(NoHooks, &mut f), None)?;
     assert_eq!(history[0].steps, n.div_ceil(32));
@@ -389,6 +407,9 @@ fn forgetting_removal_shrinks_later_epochs() -> Result<()> {
     let r = f.report().ok_or_else(|| anyhow!("no removal"))?;
     assert_eq!((r.removed, r.kept), (n / 2, n - n / 2));
     assert!(f.presentations().iter().filter(|&&p| p == 2).count() == n - n / 2);
+    // Removed first: the learned ones with the largest margins.
+    let (removed, kept) = r.mean_margin.ok_or_else(|| anyhow!("no margins"))?;
+    assert!(removed > kept, "removed {removed} vs kept {kept}");
     Ok(())
 }
 
