@@ -538,30 +538,39 @@ fn count_correct(logits: Tensor<2>, labels: &[u8]) -> Result<Vec<bool>> {
 }
 
 /// Per example: correct (argmax == label, the first maximum on ties, as `argmax`) and the
-/// margin (label's logit minus the largest other one).
+/// margin (label's logit minus the largest other one). A row with a non-finite logit counts as
+/// wrong with margin 0, so the statistics stay finite (and serializable).
 fn outcomes(logits: Tensor<2>, labels: &[u8]) -> Result<(Vec<bool>, Vec<f32>)> {
     let classes = logits.dims()[1];
     let values = crate::error::to_vec("logits", logits)?;
-    if classes == 0 || values.len() != classes * labels.len() {
+    if classes < 2 || values.len() != classes * labels.len() {
         return Err(ModelError::Tensor {
             what: "logits".into(),
             reason: format!(
-                "{} values for {} labels of {classes} classes",
+                "{} values for {} labels of {classes} classes (at least 2)",
                 values.len(),
                 labels.len()
             ),
         });
     }
+    if let Some(&label) = labels.iter().find(|&&l| usize::from(l) >= classes) {
+        return Err(ModelError::Tensor {
+            what: "labels".into(),
+            reason: format!("label {label} for a model of {classes} classes"),
+        });
+    }
     Ok(values
         .chunks_exact(classes)
         .zip(labels)
-        .map(|(row, &label)| example_outcome(row, label))
+        .map(|(row, &label)| example_outcome(row, usize::from(label)))
         .unzip())
 }
 
-/// One example's outcome from its logits (see [`outcomes`]).
-fn example_outcome(row: &[f32], label: u8) -> (bool, f32) {
-    let label = usize::from(label);
+/// One example's outcome from its logits (see [`outcomes`]); `label < row.len()`.
+fn example_outcome(row: &[f32], label: usize) -> (bool, f32) {
+    if row.iter().any(|v| !v.is_finite()) {
+        return (false, 0.0);
+    }
     let mut best = 0;
     for (c, &v) in row.iter().enumerate() {
         if v > row[best] {
@@ -574,8 +583,7 @@ fn example_outcome(row: &[f32], label: u8) -> (bool, f32) {
         .filter(|&(c, _)| c != label)
         .map(|(_, &v)| v)
         .fold(f32::NEG_INFINITY, f32::max);
-    let own = row.get(label).copied().unwrap_or(f32::NEG_INFINITY);
-    (best == label, own - other)
+    (best == label, row[label] - other)
 }
 
 /// Trains `model` on `train` (evaluating on `eval` after each epoch) on a training `device`
@@ -899,5 +907,24 @@ mod tests {
         assert_eq!(example_outcome(&[0.5, 2.0, -1.0], 2), (false, -3.0));
         assert_eq!(example_outcome(&[3.0, 3.0, 0.0], 1), (false, 0.0));
         assert_eq!(example_outcome(&[3.0, 3.0, 0.0], 0), (true, 0.0));
+        // Non-finite logits: wrong, margin 0 (never NaN in the statistics).
+        assert_eq!(example_outcome(&[f32::NAN, 1.0, 0.0], 0), (false, 0.0));
+        assert_eq!(example_outcome(&[f32::INFINITY, 1.0, 0.0], 0), (false, 0.0));
+    }
+
+    /// A label outside the model's classes, or a one-class model, is an error naming it.
+    #[test]
+    fn outcomes_reject_labels_outside_the_classes() {
+        let device = crate::Backend::Flex.device();
+        let logits =
+            Tensor::<2>::from_data(TensorData::new(vec![0.0f32, 1.0, 2.0, 3.0], [2, 2]), &device);
+        assert_eq!(
+            outcomes(logits.clone(), &[1, 0]).ok(),
+            Some((vec![true, false], vec![1.0, -1.0]))
+        );
+        let e = outcomes(logits.clone(), &[1, 2]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("label 2") && e.contains("2 classes"), "{e}");
+        let one = Tensor::<2>::from_data(TensorData::new(vec![0.0f32, 1.0], [2, 1]), &device);
+        assert!(outcomes(one, &[0, 0]).is_err());
     }
 }

@@ -101,9 +101,13 @@ pub struct Forgetting {
     forgotten: Vec<u32>,
     learned: Vec<bool>,
     presentations: Vec<u32>,
-    /// Sum of the margins over the presentations (empty in state saved before margins).
+    /// Sum of the margins over the presentations with a margin (empty in state saved before
+    /// margins: those presentations have none).
     #[serde(default)]
     margin_sum: Vec<f64>,
+    /// Presentations with a margin.
+    #[serde(default)]
+    margin_presentations: Vec<u32>,
     removal: Option<Removal>,
     kept: Option<Vec<u32>>,
     report: Option<RemovalReport>,
@@ -135,22 +139,24 @@ impl Forgetting {
             learned: vec![false; examples],
             presentations: vec![0; examples],
             margin_sum: vec![0.0; examples],
+            margin_presentations: vec![0; examples],
             removal,
             kept: None,
             report: None,
         })
     }
 
-    /// Records the outcomes of one batch (margins: see [`Outcomes::margins`]; missing ones
-    /// count as 0).
+    /// Records the outcomes of one batch (margins: see [`Outcomes::margins`]; a missing or
+    /// non-finite one is not recorded).
     pub fn record(&mut self, indices: &[u32], correct: &[bool], margins: &[f32]) {
         for (k, (&i, &c)) in indices.iter().zip(correct).enumerate() {
             let i = i as usize;
             if i >= self.last.len() {
                 continue;
             }
-            if let Some(sum) = self.margin_sum.get_mut(i) {
-                *sum += f64::from(margins.get(k).copied().unwrap_or(0.0));
+            if let Some(&m) = margins.get(k).filter(|m| m.is_finite()) {
+                self.margin_sum[i] += f64::from(m);
+                self.margin_presentations[i] += 1;
             }
             if self.last[i] == 2 && !c {
                 self.forgotten[i] += 1;
@@ -175,14 +181,12 @@ impl Forgetting {
         self.forgotten.iter().zip(&self.learned).filter(|&(&f, &l)| l && f == 0).count()
     }
 
-    /// Mean margin over each example's presentations (0 before its first).
+    /// Mean margin over each example's presentations with a margin (0 before the first).
     pub fn mean_margins(&self) -> Vec<f64> {
-        (0..self.last.len())
-            .map(|i| {
-                let n = self.presentations[i];
-                let sum = self.margin_sum.get(i).copied().unwrap_or(0.0);
-                if n == 0 { 0.0 } else { sum / f64::from(n) }
-            })
+        self.margin_sum
+            .iter()
+            .zip(&self.margin_presentations)
+            .map(|(&sum, &n)| if n == 0 { 0.0 } else { sum / f64::from(n) })
             .collect()
     }
 
@@ -258,7 +262,8 @@ impl Forgetting {
             epoch,
             removed = removed.len(),
             kept = kept.len(),
-            "removed least-forgotten examples"
+            ?ranking,
+            "removed examples"
         );
         self.kept = Some(kept);
     }
@@ -302,8 +307,14 @@ impl<M> Hooks<M> for Forgetting {
             .into());
         }
         *self = saved;
-        // State saved before margins were recorded: margins count from here.
-        self.margin_sum.resize(self.last.len(), 0.0);
+        // State saved before margins were recorded: margins count from here on (the mean is
+        // over the presentations that have one).
+        if self.margin_sum.len() != self.last.len()
+            || self.margin_presentations.len() != self.last.len()
+        {
+            self.margin_sum = vec![0.0; self.last.len()];
+            self.margin_presentations = vec![0; self.last.len()];
+        }
         Ok(())
     }
 }
@@ -336,19 +347,56 @@ mod tests {
         Ok(())
     }
 
-    /// Ties in the forgetting count go to the larger mean margin: examples 0, 1 and 3 are
-    /// unforgettable with mean margins 1.0, 3.0 and 2.0 (hand-computed: (0.5 + 1.5) / 2,
-    /// (2 + 4) / 2, (1 + 3) / 2); 2 was forgotten once; 4 never learned.
+    /// The count comes first, the mean margin breaks its ties, never-learned examples come
+    /// last. Hand-computed: counts [0, 0, 1, 0, never, 0]; mean margins 1.0, 3.0, 9.5 (forgotten
+    /// once, yet the largest), 2.0, -0.25 (never learned), -2.75 (learned late, never
+    /// forgotten). By margin alone the order would start with 2 and end with 5.
     #[test]
     fn margin_breaks_ties_among_equal_counts() -> anyhow::Result<()> {
-        let mut f = Forgetting::new(5, None)?;
-        f.record(&[0, 1, 2, 3, 4], &[true, true, true, true, false], &[0.5, 2.0, 9.0, 1.0, -1.0]);
-        f.record(&[4, 3, 2, 1, 0], &[false, true, false, true, true], &[-2.0, 3.0, -9.0, 4.0, 1.5]);
-        assert_eq!(f.counts(), vec![0, 0, 1, 0, u32::MAX]);
-        assert_eq!(f.mean_margins(), vec![1.0, 3.0, 0.0, 2.0, -1.5]);
-        let n = RemovalAmount::Count { n: 4 };
-        assert_eq!(f.select_removed(n, Ranking::ForgettingThenMargin), vec![1, 3, 0, 2]);
-        assert_eq!(f.select_removed(n, Ranking::Forgetting), vec![0, 1, 3, 2]);
+        let mut f = Forgetting::new(6, None)?;
+        let all = [0, 1, 2, 3, 4, 5];
+        f.record(
+            &all,
+            &[true, true, true, true, false, false],
+            &[0.5, 2.0, 20.0, 1.0, -0.25, -6.0],
+        );
+        f.record(&all, &[true, true, false, true, false, true], &[1.5, 4.0, -1.0, 3.0, -0.25, 0.5]);
+        assert_eq!(f.counts(), vec![0, 0, 1, 0, u32::MAX, 0]);
+        assert_eq!(f.mean_margins(), vec![1.0, 3.0, 9.5, 2.0, -0.25, -2.75]);
+        let n = RemovalAmount::Count { n: 5 };
+        assert_eq!(f.select_removed(n, Ranking::ForgettingThenMargin), vec![1, 3, 0, 5, 2]);
+        assert_eq!(f.select_removed(n, Ranking::Forgetting), vec![0, 1, 3, 5, 2]);
+        Ok(())
+    }
+
+    /// A non-finite margin is not recorded: the mean stays over the finite ones.
+    #[test]
+    fn non_finite_margins_are_skipped() -> anyhow::Result<()> {
+        let mut f = Forgetting::new(2, None)?;
+        f.record(&[0, 1], &[true, false], &[2.0, f32::NAN]);
+        f.record(&[0, 1], &[true, false], &[f32::INFINITY, -1.0]);
+        assert_eq!(f.mean_margins(), vec![2.0, -1.0]);
+        assert_eq!(f.presentations(), &[2, 2]);
+        Ok(())
+    }
+
+    /// State saved before margins existed loads: counts and presentations carry on, margins
+    /// count from the load (the mean is over the presentations that have one).
+    #[test]
+    fn state_from_before_margins_loads() -> anyhow::Result<()> {
+        let mut f = Forgetting::new(2, None)?;
+        f.record(&[0, 1], &[true, true], &[5.0, 5.0]);
+        let bytes = Hooks::<()>::save_state(&f)?.ok_or_else(|| anyhow::anyhow!("no state"))?;
+        let mut old: serde_json::Value = serde_json::from_slice(&bytes)?;
+        let fields = old.as_object_mut().ok_or_else(|| anyhow::anyhow!("not an object"))?;
+        assert!(fields.remove("margin_sum").is_some());
+        assert!(fields.remove("margin_presentations").is_some());
+        let mut g = Forgetting::new(2, None)?;
+        Hooks::<()>::load_state(&mut g, &serde_json::to_vec(&old)?)?;
+        g.record(&[0, 1], &[false, true], &[-1.0, 3.0]);
+        assert_eq!(g.counts(), vec![1, 0]);
+        assert_eq!(g.presentations(), &[2, 2]);
+        assert_eq!(g.mean_margins(), vec![-1.0, 3.0]);
         Ok(())
     }
 

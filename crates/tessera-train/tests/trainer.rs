@@ -399,6 +399,23 @@ fn forgetting_removal_shrinks_later_epochs() -> Result<()> {
     for (i, (&c, &m)) in counts.iter().zip(&margins).enumerate() {
         assert!(m == 0.0 || (c == 0) == (m > 0.0), "example {i}: count {c}, margin {m}");
     }
+    assert!(margins.iter().filter(|&&m| m == 0.0).count() <= n / 100, "margins of exactly 0");
+    // Removing half the learned ones: the margin takes those with the largest margins, which
+    // index order does not.
+    let half = RemovalAmount::Count { n: learned / 2 };
+    let by_margin = once.select_removed(half, Ranking::ForgettingThenMargin);
+    assert_ne!(by_margin, once.select_removed(half, Ranking::Forgetting));
+    let mut gone = vec![false; n];
+    for &i in &by_margin {
+        gone[i as usize] = true;
+    }
+    let (counts, gone, margins) = (&counts, &gone, &margins);
+    let learned_margins = |removed: bool| {
+        (0..n).filter(move |&i| counts[i] == 0 && gone[i] == removed).map(move |i| margins[i])
+    };
+    let lowest_removed = learned_margins(true).fold(f64::INFINITY, f64::min);
+    let highest_kept = learned_margins(false).fold(f64::NEG_INFINITY, f64::max);
+    assert!(lowest_removed >= highest_kept, "{lowest_removed} < {highest_kept}");
     let model = with_seed(&device, 8, || Lenet5Config::default().init(&device))?;
     let (_, history) =
         train(model, &data, None, &train_cfg, &device, &mut Both(NoHooks, &mut f), None)?;
