@@ -56,6 +56,20 @@ pub struct DataEfficiency {
     pub controls: Vec<Ranking>,
 }
 
+impl DataEfficiency {
+    /// The controls that get a cell: each once, none in the main order (it would share the
+    /// main cell's key).
+    fn distinct_controls(&self) -> Vec<Ranking> {
+        let mut out: Vec<Ranking> = Vec::new();
+        for &r in &self.controls {
+            if r != self.removal.ranking && !out.contains(&r) {
+                out.push(r);
+            }
+        }
+        out
+    }
+}
+
 /// One model on one data set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SparseTrainingStudy {
@@ -436,14 +450,7 @@ fn run_study(ctx: &RunContext, study: &SparseTrainingStudy) -> Result<StudyResul
             sparsity: de.sparsity,
             removal: Some(de.removal),
         });
-        let mut controls: Vec<Ranking> = Vec::new();
-        for &r in &de.controls {
-            // A control in the main order, or twice, would share a cell key.
-            if r != de.removal.ranking && !controls.contains(&r) {
-                controls.push(r);
-            }
-        }
-        for ranking in controls {
+        for ranking in de.distinct_controls() {
             specs.push(CellSpec {
                 method: None,
                 scheme: "-".into(),
@@ -547,7 +554,7 @@ fn checks(study: &SparseTrainingStudy, cells: &[Cell]) -> Vec<Check> {
         }
         let base = find(cells, "dense", "-", 0.0, None);
         let ranked = find(cells, "dense", "-", 0.0, Some(de.removal.ranking));
-        for &r in de.controls.iter().filter(|&&r| r != de.removal.ranking) {
+        for r in de.distinct_controls() {
             let with = find(cells, "dense", "-", 0.0, Some(r));
             out.push(Check {
                 target: format!(

@@ -402,7 +402,7 @@ pub fn evaluate<M: Classifier>(
         let logits = model.forward(x);
         let loss = ce.forward(logits.clone(), y.clone());
         loss_sum += f64::from(scalar(loss)?) * batch.len() as f64;
-        correct += count_correct(logits, &batch.labels)?.iter().filter(|&&c| c).count();
+        correct += outcomes(logits, &batch.labels)?.0.iter().filter(|&&c| c).count();
         n += batch.len();
     }
     Ok((loss_sum / n.max(1) as f64, correct as f64 / n.max(1) as f64))
@@ -527,17 +527,7 @@ fn scalar(t: Tensor<1>) -> Result<f32> {
         .ok_or_else(|| ModelError::Tensor { what: "loss".into(), reason: "empty".into() })
 }
 
-fn count_correct(logits: Tensor<2>, labels: &[u8]) -> Result<Vec<bool>> {
-    let pred = logits
-        .argmax(1)
-        .into_data()
-        .convert::<i64>()
-        .try_to_vec::<i64>()
-        .map_err(|e| ModelError::Tensor { what: "argmax".into(), reason: format!("{e:?}") })?;
-    Ok(pred.iter().zip(labels).map(|(&p, &l)| p == i64::from(l)).collect())
-}
-
-/// Per example: correct (argmax == label, the first maximum on ties, as `argmax`) and the
+/// Per example: correct (argmax == label, the first maximum on ties) and the
 /// margin (label's logit minus the largest other one). A row with a non-finite logit counts as
 /// wrong with margin 0, so the statistics stay finite (and serializable).
 fn outcomes(logits: Tensor<2>, labels: &[u8]) -> Result<(Vec<bool>, Vec<f32>)> {
