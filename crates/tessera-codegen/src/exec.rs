@@ -34,8 +34,11 @@ pub(crate) enum Step {
         /// The input is already in the kernel's packed layout (written by the previous
         /// convolution): no packing.
         prepacked: bool,
-        /// A residual added before the activation (a fused `Add`), laid out as the output.
+        /// A residual added before the activation (a fused `Add`), laid out as the output or
+        /// as the kernel's residual layout (a conv -> conv edge's packed layout, see
+        /// `fuse_conv_edges`), and its floats per sample.
         residual: Option<Slot>,
+        residual_len: usize,
     },
     Linear {
         node: String,
@@ -238,6 +241,7 @@ pub(crate) fn run_step(step: &mut Step, arena: &mut [f32], batch: usize, isa: Is
             y_used,
             prepacked,
             residual,
+            residual_len,
         } => {
             let (before, y_all, after) = split(arena, io.y);
             let x_all = read(before, after, io.y, io.x);
@@ -245,7 +249,7 @@ pub(crate) fn run_step(step: &mut Step, arena: &mut [f32], batch: usize, isa: Is
             for n in 0..batch {
                 let x = &x_all[n * io.x_len..(n + 1) * io.x_len];
                 let y = &mut y_all[n * io.y_len..n * io.y_len + *y_used];
-                let res = r_all.map(|r| &r[n * io.y_len..(n + 1) * io.y_len]);
+                let res = r_all.map(|r| &r[n * *residual_len..(n + 1) * *residual_len]);
                 let done = match (&mut *kernel, *prepacked) {
                     (kernel, true) => {
                         let clamp = clamp_of(*act).ok_or_else(|| CodegenError::Unsupported {

@@ -61,6 +61,27 @@ impl ConvKernel {
         }
     }
 
+    /// Where the kernel reads a fused residual, for kernels that can read one laid out
+    /// otherwise than the output (the row-group engine and BCR); `None` for the others.
+    pub(crate) fn residual_target(&self) -> Option<OutputTarget> {
+        match self {
+            ConvKernel::Rows { conv, .. } => Some(*conv.residual_layout()),
+            ConvKernel::Bcr { conv, .. } => Some(*conv.residual_layout()),
+            _ => None,
+        }
+    }
+
+    /// Reads a fused residual laid out as `layout` from now on (kept when the output is
+    /// retargeted); `false` (nothing changed) for kernels that cannot, or a layout their
+    /// tiles cannot address.
+    pub(crate) fn set_residual_target(&mut self, layout: OutputTarget) -> bool {
+        match self {
+            ConvKernel::Rows { conv, .. } => conv.set_residual_layout(Some(layout)).is_ok(),
+            ConvKernel::Bcr { conv, .. } => conv.set_residual_layout(Some(layout)).is_ok(),
+            _ => false,
+        }
+    }
+
     /// Stores this kernel's outputs to `target` from now on and returns the floats they span
     /// there; `None` (nothing changed) for kernels that always store NCDHW, or a target that
     /// does not fit the output.

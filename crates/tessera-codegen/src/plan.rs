@@ -221,6 +221,7 @@ impl Plan {
                         y_used: io.y_len,
                         prepacked: false,
                         residual: node.inputs.get(1).map(|r| slot(r)),
+                        residual_len: io.y_len,
                     });
                 }
                 Op::Linear { weight, bias, activation } => {
@@ -480,11 +481,16 @@ fn fuse_residual_adds(graph: &Graph) -> Graph {
 }
 
 /// Conv -> conv edges without packing: where a row-group, BCR or pattern convolution's output
-/// is read only by one of them with a stride-1 padded layout, the producer stores straight into
-/// that layout (its padding zero) and the consumer skips packing. The padded buffers live
-/// after the liveness arena, zeroed once and written only at their interiors, so their
-/// padding stays zero; edges of the same layout share one buffer when their lifetimes do not
-/// overlap. Returns the new arena length.
+/// is read by one of them as its input with a stride-1 padded layout, the producer stores
+/// straight into that layout (its padding zero) and the consumer skips packing. Other readers
+/// are allowed only as fused residuals of row-group or BCR convolutions, which then read the
+/// residual in that layout ([`ConvKernel::set_residual_target`]): the block input of a
+/// residual network feeds the block's first convolution and the residual add of its second,
+/// and used to be stored plainly, its first convolution packing it. A producer that fuses a
+/// residual itself keeps reading it where it is (pinned before its output moves). The padded
+/// buffers live after the liveness arena, zeroed once and written only at their interiors,
+/// so their padding stays zero; edges of the same layout share one buffer when their
+/// lifetimes do not overlap. Returns the new arena length.
 fn fuse_conv_edges(
     graph: &Graph,
     steps: &mut [Step],
@@ -500,17 +506,29 @@ fn fuse_conv_edges(
     let mut end = arena_len.next_multiple_of(16);
     for node in &graph.nodes {
         let Some(&i) = step_of.get(node.name.as_str()) else { continue };
-        let consumers = graph.consumers(&node.output);
-        let ([c], false) = (consumers.as_slice(), graph.is_output(&node.output)) else { continue };
-        let consumer = &graph.nodes[*c];
-        // The consumer must read the value only as its convolution input: a fused residual
-        // that is the same value reads the plain layout, which nothing would write any more.
-        if consumer.inputs.first() != Some(&node.output)
-            || consumer.inputs[1..].contains(&node.output)
-        {
+        if graph.is_output(&node.output) {
             continue;
         }
-        let Some(&j) = step_of.get(consumer.name.as_str()) else { continue };
+        // One reader takes the value as its convolution input; any others only as their
+        // fused residual (the second input of a convolution step).
+        let mut input_reader = None;
+        let mut residual_readers = Vec::new();
+        let mut fits = true;
+        for c in graph.consumers(&node.output) {
+            let consumer = &graph.nodes[c];
+            let as_input = consumer.inputs.first() == Some(&node.output);
+            let as_residual = consumer.inputs[1..].contains(&node.output);
+            let step = step_of.get(consumer.name.as_str()).copied();
+            match (as_input, as_residual, step) {
+                (true, false, Some(j)) if input_reader.is_none() => input_reader = Some((c, j)),
+                (false, true, Some(k)) if matches!(steps[k], Step::Conv { .. }) => {
+                    residual_readers.push(k)
+                }
+                _ => fits = false,
+            }
+        }
+        let (Some((c, j)), true) = (input_reader, fits) else { continue };
+        let consumer = &graph.nodes[c];
         // The consumer applies its activation in the kernel's epilogue (a pre-packed input has
         // no separate epilogue pass).
         let target = match &steps[j] {
@@ -520,24 +538,54 @@ fn fuse_conv_edges(
             _ => None,
         };
         let Some((target, packed_len)) = target else { continue };
-        // A fused residual is laid out as the plain output: such a producer keeps it.
-        let Step::Conv { kernel, act, residual: None, .. } = &mut steps[i] else {
-            continue;
+        match &steps[i] {
+            Step::Conv { act, .. } if clamp_of(*act).is_some() => {}
+            _ => continue,
+        }
+        // The residual readers read the value in the consumer's layout (undone if any of
+        // them, or the producer, cannot).
+        let mut moved: Vec<(usize, OutputTarget)> = Vec::new();
+        let undo = |steps: &mut [Step], moved: &[(usize, OutputTarget)]| {
+            for &(k, before) in moved {
+                if let Step::Conv { kernel, .. } = &mut steps[k] {
+                    kernel.set_residual_target(before);
+                }
+            }
         };
-        if clamp_of(*act).is_none() {
+        for &k in &residual_readers {
+            let Step::Conv { kernel, .. } = &mut steps[k] else { continue };
+            match kernel.residual_target() {
+                Some(before) if kernel.set_residual_target(target) => moved.push((k, before)),
+                _ => break,
+            }
+        }
+        if moved.len() != residual_readers.len() {
+            undo(steps, &moved);
             continue;
         }
-        let Some(used) = kernel.retarget(target) else { continue };
+        let Step::Conv { kernel, residual, .. } = &mut steps[i] else { continue };
+        // A producer with a fused residual keeps reading it where it is.
+        let pinned = match (residual.is_some(), kernel.residual_target()) {
+            (false, _) => true,
+            (true, Some(here)) => kernel.set_residual_target(here),
+            (true, None) => false,
+        };
+        let used = if pinned { kernel.retarget(target) } else { None };
+        let Some(used) = used else {
+            undo(steps, &moved);
+            continue;
+        };
         let key = (packed_len, target);
         let len = batch * packed_len;
+        let last = residual_readers.iter().copied().fold(j, usize::max);
         let offset = match regions.iter_mut().find(|r| r.2 == key && r.3 < i) {
             Some(r) => {
-                r.3 = j;
+                r.3 = last;
                 r.0
             }
             None => {
                 let at = end;
-                regions.push((at, len, key, j));
+                regions.push((at, len, key, last));
                 end = (at + len).next_multiple_of(16);
                 at
             }
@@ -552,6 +600,12 @@ fn fuse_conv_edges(
             io.x = slot;
             io.x_len = packed_len;
             *prepacked = true;
+        }
+        for &k in &residual_readers {
+            if let Step::Conv { residual, residual_len, .. } = &mut steps[k] {
+                *residual = Some(slot);
+                *residual_len = packed_len;
+            }
         }
         if let Some(l) = layers.iter_mut().find(|l| l.node == node.name) {
             l.stores_packed = true;

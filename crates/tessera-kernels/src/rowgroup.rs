@@ -223,6 +223,9 @@ pub struct RowGroupConv {
     plans: [TilePlan; 2],
     /// Tiles per chunk of each plan (see [`tiles_per_chunk`]).
     chunk_tiles: [usize; 2],
+    /// Where a fused residual is read, when not laid out as the output (see
+    /// [`RowGroupConv::set_residual_layout`]).
+    residual: Option<OutputTarget>,
 }
 
 /// Scratch for [`RowGroupConv::run`]: the packed input and the flat output grid, each
@@ -310,7 +313,17 @@ impl RowGroupConv {
         });
         let max_offset = offsets.iter().max().map_or(0, |&o| o as usize);
         let chunk_tiles = plans.each_ref().map(|p| tiles_per_chunk(&matrix, &shape, &layout, p));
-        Ok(RowGroupConv { matrix, shape, layout, offsets, max_offset, target, plans, chunk_tiles })
+        Ok(RowGroupConv {
+            matrix,
+            shape,
+            layout,
+            offsets,
+            max_offset,
+            target,
+            plans,
+            chunk_tiles,
+            residual: None,
+        })
     }
 
     /// Stores outputs to `target` from now on (e.g. the next convolution's
@@ -318,7 +331,7 @@ impl RowGroupConv {
     pub fn set_output_target(&mut self, target: OutputTarget) -> Result<()> {
         check_output_target(&target, self.shape.output())?;
         let single = self.matrix.groups() == self.matrix.rows;
-        self.plans = [8, 16].map(|l| {
+        let mut plans = [8, 16].map(|l| {
             TilePlan::with_target(
                 &self.layout,
                 l,
@@ -326,8 +339,33 @@ impl RowGroupConv {
                 &target,
             )
         });
+        if let Some(residual) = &self.residual {
+            address_residual(&mut plans, &self.layout, residual)?;
+        }
+        self.plans = plans;
         self.target = target;
         Ok(())
+    }
+
+    /// Reads a fused residual ([`Epilogue::residual`]) laid out as `layout` (of this
+    /// convolution's output extent; `None`: as the output) from now on, e.g. the padded
+    /// input layout that the block input of a residual network was stored in for its first
+    /// convolution ([`InputLayout::as_target`]), so that it need not also be stored plainly.
+    /// An error (nothing changed) when the extent differs or the tiles cannot address it.
+    pub fn set_residual_layout(&mut self, layout: Option<OutputTarget>) -> Result<()> {
+        let residual = layout.unwrap_or(self.target);
+        check_output_target(&residual, self.shape.output())?;
+        let mut plans = self.plans.clone();
+        address_residual(&mut plans, &self.layout, &residual)?;
+        self.plans = plans;
+        self.residual = layout;
+        Ok(())
+    }
+
+    /// Where a fused residual is read from (the output target unless
+    /// [`RowGroupConv::set_residual_layout`] set another).
+    pub fn residual_layout(&self) -> &OutputTarget {
+        self.residual.as_ref().unwrap_or(&self.target)
     }
 
     /// Where outputs are stored.
@@ -423,7 +461,13 @@ impl RowGroupConv {
         epilogue: Epilogue<'_>,
     ) -> Result<()> {
         let s = &self.shape;
-        check_output(&self.target, s.out_channels, output.len(), &epilogue)?;
+        check_output(
+            &self.target,
+            self.residual.as_ref(),
+            s.out_channels,
+            output.len(),
+            &epilogue,
+        )?;
         let wide = usize::from(isa.lanes() == 16);
         let plan = &self.plans[wide];
         let job = Job {
@@ -434,6 +478,7 @@ impl RowGroupConv {
             max_offset: self.max_offset,
             y: SendPtr(output.as_mut_ptr()),
             ystride: self.target.channel_stride,
+            rstride: self.residual_layout().channel_stride,
             plan,
             chunk_tiles: self.chunk_tiles[wide],
             // A 1x1 layer (or GEMM) over an input larger than L2 reads it from L3 or memory
@@ -442,12 +487,35 @@ impl RowGroupConv {
             // taps of one channel share lines (3x3), the prefetches are redundant and
             // measured 5% slower.
             prefetch_ahead: s.kernel_volume() == 1 && 4 * x.len() > L2_BYTES,
-            direct: self.layout.flat_is_output() && self.target == OutputTarget::dense(s.output()),
+            // (The plain flat stores read the residual alike: not with a layout of its own.)
+            direct: self.layout.flat_is_output()
+                && self.target == OutputTarget::dense(s.output())
+                && self.residual.is_none(),
             epilogue,
         };
         execute(isa, &job, threads);
         Ok(())
     }
+}
+
+/// Points the AVX2 and AVX-512 tile plans' residual reads at `residual` (see
+/// [`TilePlan::set_residual`]); an error when a plan's tiles cannot address it.
+pub(crate) fn address_residual(
+    plans: &mut [TilePlan; 2],
+    layout: &InputLayout,
+    residual: &OutputTarget,
+) -> Result<()> {
+    for (plan, lanes) in plans.iter_mut().zip([8, 16]) {
+        if !plan.set_residual(layout, lanes, residual) {
+            return Err(KernelError::InvalidShape {
+                reason: format!(
+                    "a residual laid out with rows {} apart and channels {} apart cannot be read by this output's tiles",
+                    residual.row_pitch, residual.channel_stride
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Refuses an output target that does not hold outputs of extent `output` disjointly: rows
@@ -475,6 +543,7 @@ pub(crate) fn check_output_target(target: &OutputTarget, output: [usize; 3]) -> 
 /// floats, the bias one value per channel, the residual as many floats as the output.
 pub(crate) fn check_output(
     target: &OutputTarget,
+    residual: Option<&OutputTarget>,
     channels: usize,
     output: usize,
     epilogue: &Epilogue<'_>,
@@ -484,7 +553,21 @@ pub(crate) fn check_output(
         check_len("bias", channels, b.len())?;
     }
     if let Some(r) = epilogue.residual {
-        check_len("residual", output, r.len())?;
+        match residual {
+            // Laid out as the output: as long as the output buffer.
+            None => check_len("residual", output, r.len())?,
+            // A layout of its own, e.g. a packed input layout, whose buffer has slack past
+            // its channels' span.
+            Some(layout) if r.len() < layout.len(channels) => {
+                let expected = layout.len(channels);
+                return Err(KernelError::BufferLength {
+                    what: "residual",
+                    expected,
+                    found: r.len(),
+                });
+            }
+            Some(_) => {}
+        }
     }
     Ok(())
 }
@@ -519,6 +602,8 @@ struct Job<'a> {
     /// The output (`out_channels` rows of `ystride` positions).
     y: SendPtr,
     ystride: usize,
+    /// Distance between a fused residual's rows.
+    rstride: usize,
     plan: &'a TilePlan,
     /// One-row groups walk their tiles in chunks of this many (see [`tiles_per_chunk`]).
     chunk_tiles: usize,
@@ -724,6 +809,12 @@ fn tile_group<S: Simd>(job: &Job<'_>, ti: usize, g: usize) {
         x_step: x_step as usize,
         // The flat output is the grid: its vectors are as far apart as the grid's.
         y_step: if job.direct { x_step as isize } else { y_step as isize },
+        residual: if job.direct {
+            (0, x_step as isize)
+        } else {
+            let (rshift, rstep) = plan.residual[ti];
+            (rshift as isize, rstep as isize)
+        },
     };
     // One row loop per variant (not one loop dispatching per chunk): the partial variants'
     // loop-invariant store masks are then computed in their own loops' preheaders, not
@@ -775,6 +866,8 @@ struct GroupRows<'a> {
     /// stacked rows).
     x_step: usize,
     y_step: isize,
+    /// For plain stores (no segments), a fused residual's shift and vector step.
+    residual: (isize, isize),
 }
 
 impl GroupRows<'_> {
@@ -822,17 +915,26 @@ impl GroupRows<'_> {
             let yp =
                 job.y.0.add((r0 + i) * job.ystride).wrapping_add(p0).wrapping_offset(self.shift);
             let xp = job.x.add(p0);
-            let out =
-                Out { y: yp, stride: job.ystride, n: self.n, segs: self.segs, step: self.y_step };
+            let (rshift, rstep) = if self.segs.is_empty() { self.residual } else { (0, 0) };
+            let out = Out {
+                y: yp,
+                stride: job.ystride,
+                n: self.n,
+                segs: self.segs,
+                step: self.y_step,
+                rstride: job.rstride,
+                rstep,
+            };
             let ep = RowEpilogue {
                 bias: job.epilogue.bias.map(|b| b.as_ptr().add(r0 + i)),
                 clamp: job.epilogue.clamp,
-                // Same offset as `yp`: the residual has the output's layout.
+                // The tile's first row and position in the residual's layout (segments add
+                // their `rdelta`).
                 residual: job.epilogue.residual.map(|r| {
                     r.as_ptr()
-                        .add((r0 + i) * job.ystride)
+                        .wrapping_add((r0 + i) * job.rstride)
                         .wrapping_add(p0)
-                        .wrapping_offset(self.shift)
+                        .wrapping_offset(rshift)
                 }),
             };
             let (offs, r) = (self.offs, self.r);

@@ -665,3 +665,169 @@ fn bcr_and_fkw_fuse_the_epilogue_and_store_packed_outputs() {
         );
     }
 }
+
+/// A fused residual read from another layout (`set_residual_layout`: the padded input layout
+/// of a 3x3 convolution on the output's extent, where a residual network's block input is
+/// stored for its first convolution) adds exactly what the same residual stored plainly
+/// adds: for the row-group engine (block-punched groups of 8, unstructured one-row groups)
+/// and BCR's block kernel, storing plainly or into a packed layout themselves, on tiles of
+/// whole rows (32-wide), stacked rows (16- and 8-wide), and masked segments (8x8, 5x5, stride
+/// 2), on every instruction set and 1 and 2 threads. A layout of another extent is an error.
+#[test]
+fn residuals_read_from_a_padded_layout_match_plain_ones() {
+    use tessera_kernels::{Clamp, Epilogue};
+    let shapes = [
+        ConvShape::conv2d(16, 16, [32, 32], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(16, 24, [16, 16], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(8, 16, [8, 8], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(6, 12, [5, 5], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(8, 16, [16, 16], [3, 3], 2, 1).unwrap(),
+    ];
+    // (name, bind): each kernel under test, bound to a shape.
+    type Bind = fn(ConvShape) -> Box<dyn ResidualConv>;
+    let kernels: [(&str, Bind); 3] = [
+        ("block-punched 8x4", |shape| {
+            let layer = shape.layer("conv").unwrap();
+            let p = project("block-punched:8x4", &layer, &weights(layer.geometry.len(), 5), 0.75);
+            let m = BlockPunched::encode(&layer, &p.values, &p.mask, 8, 4).unwrap();
+            Box::new(RowGroupConv::new(m.to_row_groups(), shape).unwrap())
+        }),
+        ("unstructured", |shape| {
+            let layer = shape.layer("conv").unwrap();
+            let p = project("unstructured", &layer, &weights(layer.geometry.len(), 6), 0.75);
+            let g = &layer.geometry;
+            let m = Csr::encode(g.rows(), g.cols(), &p.values, &p.mask).unwrap();
+            Box::new(RowGroupConv::new(m.to_row_groups(), shape).unwrap())
+        }),
+        ("BCR 8x16", |shape| {
+            let layer = shape.layer("conv").unwrap();
+            let p = project("bcr:8x16", &layer, &weights(layer.geometry.len(), 7), 0.75);
+            let m = BcrCompact::encode(&layer, &p.values, &p.mask, 8, 16).unwrap();
+            Box::new(BcrConv::new(m, shape).unwrap())
+        }),
+    ];
+    for shape in shapes {
+        let [_, oh, ow] = shape.output();
+        let c = shape.out_channels;
+        // The residual's layout: a padded 3x3 convolution's input on the output's extent.
+        let holder = ConvShape::conv2d(c, 4, [oh, ow], [3, 3], 1, 1).unwrap().layout();
+        let padded = holder.as_target().unwrap();
+        let x = weights(shape.in_channels * shape.input_plane(), 8);
+        let bias = weights(c, 9);
+        let plain_residual = weights(c * oh * ow, 10);
+        let mut packed_residual = vec![0.0; holder.packed_len()];
+        holder.pack(&plain_residual, &mut packed_residual);
+        for (name, bind) in &kernels {
+            // Outputs stored plainly reading the residual from the padded layout (the last
+            // block of a stage), and stored into the padded layout reading a plain residual.
+            let dense = tessera_kernels::OutputTarget::dense([1, oh, ow]);
+            let cases = [
+                (None, padded, &plain_residual[..], &packed_residual[..]),
+                (Some(padded), dense, &packed_residual[..padded.len(c)], &plain_residual[..]),
+            ];
+            for (out_target, layout, as_output, moved_residual) in cases {
+                let mut plain = bind(shape);
+                let mut moved = bind(shape);
+                if let Some(t) = out_target {
+                    plain.retarget(t).unwrap();
+                    moved.retarget(t).unwrap();
+                }
+                moved.residual_layout(Some(layout)).unwrap();
+                let len = out_target.map_or(c * oh * ow, |t| t.len(c));
+                for isa in Isa::available() {
+                    for threads in [1, 2] {
+                        let (mut want, mut got) = (vec![0.0; len], vec![0.0; len]);
+                        let ep = |residual| Epilogue {
+                            bias: Some(&bias),
+                            clamp: Clamp::Relu,
+                            residual: Some(residual),
+                        };
+                        plain.run(isa, &x, &mut want, threads, ep(as_output)).unwrap();
+                        moved.run(isa, &x, &mut got, threads, ep(moved_residual)).unwrap();
+                        assert_eq!(
+                            got, want,
+                            "{name} {shape:?} -> {out_target:?} {isa} {threads}t"
+                        );
+                        assert!(want.iter().any(|&v| v > 0.0), "{name}: all zero");
+                    }
+                }
+            }
+            // Too short a residual for its layout is an error.
+            let mut conv = bind(shape);
+            conv.residual_layout(Some(padded)).unwrap();
+            let mut y = vec![0.0; c * oh * ow];
+            let ep = Epilogue { bias: None, clamp: Clamp::None, residual: Some(&plain_residual) };
+            assert!(conv.run(Isa::detect(), &x, &mut y, 1, ep).is_err(), "{name}: short residual");
+            // A layout of another extent is refused, and nothing changes.
+            let mut conv = bind(shape);
+            let other = ConvShape::conv2d(c, 4, [oh + 1, ow], [3, 3], 1, 1).unwrap().layout();
+            assert!(conv.residual_layout(Some(other.as_target().unwrap())).is_err());
+            let mut y = vec![0.0; c * oh * ow];
+            let ep = Epilogue { bias: None, clamp: Clamp::None, residual: Some(&plain_residual) };
+            conv.run(Isa::detect(), &x, &mut y, 1, ep).unwrap();
+        }
+    }
+}
+
+/// The kernels that can read a residual from a layout of its own.
+trait ResidualConv {
+    fn retarget(&mut self, target: tessera_kernels::OutputTarget) -> tessera_kernels::Result<()>;
+    fn residual_layout(
+        &mut self,
+        layout: Option<tessera_kernels::OutputTarget>,
+    ) -> tessera_kernels::Result<()>;
+    fn run(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        y: &mut [f32],
+        threads: usize,
+        ep: tessera_kernels::Epilogue<'_>,
+    ) -> tessera_kernels::Result<()>;
+}
+
+impl ResidualConv for RowGroupConv {
+    fn retarget(&mut self, target: tessera_kernels::OutputTarget) -> tessera_kernels::Result<()> {
+        self.set_output_target(target)
+    }
+    fn residual_layout(
+        &mut self,
+        layout: Option<tessera_kernels::OutputTarget>,
+    ) -> tessera_kernels::Result<()> {
+        self.set_residual_layout(layout)
+    }
+    fn run(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        y: &mut [f32],
+        threads: usize,
+        ep: tessera_kernels::Epilogue<'_>,
+    ) -> tessera_kernels::Result<()> {
+        let mut s = ConvScratch::for_conv(self);
+        self.run_fused(isa, x, y, &mut s, threads, ep)
+    }
+}
+
+impl ResidualConv for BcrConv {
+    fn retarget(&mut self, target: tessera_kernels::OutputTarget) -> tessera_kernels::Result<()> {
+        self.set_output_target(target)
+    }
+    fn residual_layout(
+        &mut self,
+        layout: Option<tessera_kernels::OutputTarget>,
+    ) -> tessera_kernels::Result<()> {
+        self.set_residual_layout(layout)
+    }
+    fn run(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        y: &mut [f32],
+        threads: usize,
+        ep: tessera_kernels::Epilogue<'_>,
+    ) -> tessera_kernels::Result<()> {
+        let mut s = self.scratch();
+        self.run_fused(isa, x, y, &mut s, threads, ep)
+    }
+}

@@ -38,6 +38,15 @@
 //! Rejected: non-temporal output stores (GEMM 6% faster, a 4 MB output with 128 input
 //! channels 40% slower); bands outermost with tiles inside (GEMM 12% faster, BERT FC and
 //! 1024 x 1024 x 256 3-8% slower).
+//! Also rejected (AVX-512): a register form keeping a whole block row (8 rows x up to 3
+//! vectors) in registers across its blocks, each block dispatched by a `match` on its
+//! kept-row mask to a loop specialized to that mask (`seq_macro`), so no chunk is ever added
+//! into a tile. One loop per 8-bit mask (256 per tile width) took LLVM over 15 minutes to
+//! compile; split into the mask's two 4-row halves (15 loops each, inputs read twice) it
+//! ran whole plans 1.4-1.8x slower at 8x (VGG-11 0.96 -> 1.71 ms, ResNet-20 0.17 -> 0.24 ms,
+//! `bench models --rates 8 --schemes bcr:8x32`): a half block is 8 columns x 2 rows, about 24
+//! cycles of FMAs, and the indirect jump before it, its target drawn from 15 along a
+//! sequence of thousands of blocks per tile, mispredicts most of the time.
 //!
 //! Stores: a band's tile goes to the output through the row-group engine's tile plans
 //! (`TilePlan`: on AVX2 tiles within output rows, stacked rows on 8-wide maps, masked
@@ -65,8 +74,8 @@ use crate::error::{KernelError, Result};
 use crate::formats::{ByteSize, check_lengths, structure_error};
 use crate::isa::Isa;
 use crate::rowgroup::{
-    ConvScratch, Epilogue, Out, RowGroupMatrix, Seg, TILE_V, TilePlan, check_len, check_output,
-    check_output_target, check_prepacked, store_row_fused,
+    ConvScratch, Epilogue, Out, RowGroupMatrix, Seg, TILE_V, TilePlan, address_residual, check_len,
+    check_output, check_output_target, check_prepacked, store_row_fused,
 };
 use crate::simd::{Simd, simd_entry};
 use crate::threads::{SendPtr, run_parallel};
@@ -335,6 +344,9 @@ pub struct BcrConv {
     /// Per block, its kept rows as a bit mask (GEMV's expand-loads; empty when blocks have
     /// more than 16 rows).
     row_masks: Vec<u16>,
+    /// Where a fused residual is read, when not laid out as the output (see
+    /// [`BcrConv::set_residual_layout`]).
+    residual: Option<OutputTarget>,
 }
 
 /// Up to [`BCR_RT`] kept rows of one block: a register tile over the block's kept columns.
@@ -508,16 +520,49 @@ impl BcrConv {
         } else {
             Vec::new()
         };
-        Ok(BcrConv { m, shape, layout, chunks, max_offset, target, plans, schedule, row_masks })
+        Ok(BcrConv {
+            m,
+            shape,
+            layout,
+            chunks,
+            max_offset,
+            target,
+            plans,
+            schedule,
+            row_masks,
+            residual: None,
+        })
     }
 
     /// Stores outputs to `target` from now on (e.g. the next convolution's
     /// [`InputLayout::as_target`]); its extent must be this convolution's output.
     pub fn set_output_target(&mut self, target: OutputTarget) -> Result<()> {
         check_output_target(&target, self.shape.output())?;
-        self.plans = tile_plans(&self.layout, &target);
+        let mut plans = tile_plans(&self.layout, &target);
+        if let Some(residual) = &self.residual {
+            address_residual(&mut plans, &self.layout, residual)?;
+        }
+        self.plans = plans;
         self.target = target;
         Ok(())
+    }
+
+    /// Reads a fused residual laid out as `layout` (`None`: as the output) from now on; as
+    /// [`crate::RowGroupConv::set_residual_layout`].
+    pub fn set_residual_layout(&mut self, layout: Option<OutputTarget>) -> Result<()> {
+        let residual = layout.unwrap_or(self.target);
+        check_output_target(&residual, self.shape.output())?;
+        let mut plans = self.plans.clone();
+        address_residual(&mut plans, &self.layout, &residual)?;
+        self.plans = plans;
+        self.residual = layout;
+        Ok(())
+    }
+
+    /// Where a fused residual is read from (the output target unless
+    /// [`BcrConv::set_residual_layout`] set another).
+    pub fn residual_layout(&self) -> &OutputTarget {
+        self.residual.as_ref().unwrap_or(&self.target)
     }
 
     /// Where outputs are stored.
@@ -608,7 +653,13 @@ impl BcrConv {
         epilogue: Epilogue<'_>,
     ) -> Result<()> {
         let s = &self.shape;
-        check_output(&self.target, s.out_channels, output.len(), &epilogue)?;
+        check_output(
+            &self.target,
+            self.residual.as_ref(),
+            s.out_channels,
+            output.len(),
+            &epilogue,
+        )?;
         let plan = &self.plans[usize::from(isa.lanes() == 16)];
         let job = BcrJob {
             c: self,
@@ -617,6 +668,7 @@ impl BcrConv {
             x_len: x.len(),
             y: SendPtr(output.as_mut_ptr()),
             ystride: self.target.channel_stride,
+            rstride: self.residual_layout().channel_stride,
             epilogue,
         };
         let tiles = plan.tiles.len();
@@ -681,6 +733,8 @@ struct BcrJob<'a> {
     /// The output (`out_channels` rows `ystride` apart, laid out as the target).
     y: SendPtr,
     ystride: usize,
+    /// Distance between a fused residual's rows.
+    rstride: usize,
     epilogue: Epilogue<'a>,
 }
 
@@ -712,6 +766,10 @@ fn bcr_tiles_generic<S: Simd>(job: &BcrJob<'_>, t0: usize, t1: usize, b0: usize,
             Some(d) => (&[], d as isize),
             None => (&plan.segs[plan.seg_ptr[ti] as usize..plan.seg_ptr[ti + 1] as usize], 0),
         };
+        let (rshift, rstep) = match plan.uniform[ti] {
+            Some(_) => (plan.residual[ti].0 as isize, plan.residual[ti].1 as isize),
+            None => (0, S::LANES as isize),
+        };
         let at = TileAt {
             p0,
             n,
@@ -719,6 +777,8 @@ fn bcr_tiles_generic<S: Simd>(job: &BcrJob<'_>, t0: usize, t1: usize, b0: usize,
             y_step: y_step as isize,
             segs,
             shift,
+            rshift,
+            rstep,
             next: plan.tiles.get(ti + 1).map(|t| t.0),
         };
         macro_rules! tile {
@@ -746,6 +806,9 @@ struct TileAt<'a> {
     y_step: isize,
     segs: &'a [Seg],
     shift: isize,
+    /// A fused residual's shift and, without segments, vector step.
+    rshift: isize,
+    rstep: isize,
     /// The next tile's first position (its input lines are prefetched).
     next: Option<usize>,
 }
@@ -782,7 +845,7 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool>(
     let band = (BAND_BYTES / (4 * astride * m.br)).max(1);
     let (p0, n) = (at.p0, at.n);
     // SAFETY: rows of b0..b1 are output rows, stored only at the plan's lanes of this tile
-    // (inside the output, stride ystride; the residual is laid out alike); a band's rows fit
+    // (inside the output, stride ystride; the residual is addressed by the plan's residual shifts, stride rstride); a band's rows fit
     // the tile (astride floats each; a band is one block row, at most 256 rows x 80 floats,
     // when several would exceed BAND_BYTES); offsets stay inside the input for valid positions
     // (layout) and for whole vectors when LOAD_FULL (checked against x_len); chunk rows are
@@ -838,9 +901,12 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool>(
                     n,
                     segs: at.segs,
                     step: at.y_step,
+                    rstride: job.rstride,
+                    rstep: at.rstep,
                 };
+                let roffset = (r * job.rstride + p0) as isize + at.rshift;
                 // Whole vectors: a tile without segments is stored whole at one shift.
-                store_row_fused::<S, V, true>(&out, offset, r, &a, &job.epilogue);
+                store_row_fused::<S, V, true>(&out, roffset, r, &a, &job.epilogue);
             }
         }
     }

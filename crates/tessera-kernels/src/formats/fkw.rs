@@ -531,7 +531,7 @@ impl FkwConv {
     ) -> Result<()> {
         let s = &self.shape;
         let threads = threads.max(1);
-        check_output(&self.target, s.out_channels, output.len(), &epilogue)?;
+        check_output(&self.target, None, s.out_channels, output.len(), &epilogue)?;
         // The scratch starts on a 64-byte boundary and rows are 128 bytes, so every
         // read-modify-write of a partial-sum row touches whole cache lines.
         if acc.len() < threads * self.acc_len() {
@@ -634,8 +634,17 @@ fn fkw_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
     macro_rules! store {
         ($r:expr, $s:expr) => {{
             let offset = ($r * job.ystride + p0) as isize;
-            let out =
-                Out { y: job.y.0.wrapping_offset(offset), stride: 0, n, segs, step: l as isize };
+            // The residual is laid out as the output (segments read it at their `rdelta`,
+            // which is their `delta`).
+            let out = Out {
+                y: job.y.0.wrapping_offset(offset),
+                stride: 0,
+                n,
+                segs,
+                step: l as isize,
+                rstride: 0,
+                rstep: l as isize,
+            };
             store_row_fused::<S, V, FULL>(&out, offset, $r, $s, &job.epilogue)
         }};
     }

@@ -15,9 +15,10 @@ pub struct Epilogue<'a> {
     pub bias: Option<&'a [f32]>,
     /// The activation.
     pub clamp: Clamp,
-    /// A tensor laid out as the output (the row-group engine: as its output target; plain
-    /// `[out, positions]` elsewhere), added before the activation. Kernels that cannot add it
-    /// refuse it with an error.
+    /// A tensor laid out as the output (the row-group engine, BCR and FKW: as the output
+    /// target, or as the residual layout set on the kernel, e.g. `RowGroupConv::
+    /// set_residual_layout`; plain `[out, positions]` elsewhere), added before the
+    /// activation. Kernels that cannot add it refuse it with an error.
     pub residual: Option<&'a [f32]>,
 }
 
@@ -74,7 +75,8 @@ impl Clamp {
 /// `RT` rows of `V` whole vectors to a plain output (`out.y`, rows `out.stride` apart, vectors
 /// `ys` apart): `clamp((acc + bias[row]) + residual)`, each part only with its flag, in the
 /// order and with the operations of [`RowEpilogue::apply`] and [`store_row_residual`], so the
-/// bits are theirs (the residual is laid out as the output, from `res`).
+/// bits are theirs (the residual from `res`, rows `out.rstride` and vectors `out.rstep`
+/// apart).
 ///
 /// # Safety
 /// As [`super::micro`]'s plain-store path: every stored vector is writable; with `BIAS`, `bias` holds
@@ -102,11 +104,11 @@ pub(super) unsafe fn store_whole<
         for (rr, a) in acc.iter().enumerate() {
             let bv = if BIAS { S::splat(*bias.add(rr)) } else { S::zero() };
             let yp = out.y.add(rr * out.stride);
-            let rp = res.wrapping_add(rr * out.stride);
+            let rp = res.wrapping_add(rr * out.rstride);
             for (v, &av) in a.iter().enumerate() {
                 let at = v as isize * ys;
                 let x = if BIAS { S::add(av, bv) } else { av };
-                let x = if RES { S::add(x, S::load(rp.offset(at))) } else { x };
+                let x = if RES { S::add(x, S::load(rp.offset(v as isize * out.rstep))) } else { x };
                 let x = if CLAMP { S::min(S::max(x, lo), hi) } else { x };
                 S::store(yp.offset(at), x);
             }
@@ -118,7 +120,8 @@ pub(super) unsafe fn store_whole<
 pub(crate) struct RowEpilogue {
     pub(crate) bias: Option<*const f32>,
     pub(crate) clamp: Clamp,
-    /// The residual at the tile's first row and position (addressed like `Out::y`).
+    /// The residual at the tile's first row and position (addressed as `Out::rstride`,
+    /// `Out::rstep` and the segments' `rdelta` say).
     pub(crate) residual: Option<*const f32>,
 }
 
@@ -146,10 +149,10 @@ impl RowEpilogue {
 }
 
 /// Stores one output row of a tile, `a`, with `ep` applied: the bias of output row `row`,
-/// then the residual (laid out as the output, read at the same lanes) and the clamp. `out.y`
-/// is `offset` floats from the output's start, which is where the residual is read too. For
-/// kernels that keep their tile outside registers (BCR's band tile, FKW's partial sums) and
-/// store it a row at a time.
+/// then the residual and the clamp. The residual's row starts `roffset` floats from its start
+/// (where the output's is, unless the kernel has a residual layout of its own), its vectors
+/// and segments as `out` says. For kernels that keep their tile outside registers (BCR's band
+/// tile, FKW's partial sums) and store it a row at a time.
 ///
 /// # Safety
 /// As [`store_row`] for row 0 of `out`; `ep`'s bias holds a value for `row` and its residual
@@ -157,7 +160,7 @@ impl RowEpilogue {
 #[inline(always)]
 pub(crate) unsafe fn store_row_fused<S: Simd, const V: usize, const FULL: bool>(
     out: &Out<'_>,
-    offset: isize,
+    roffset: isize,
     row: usize,
     a: &[S::V; V],
     ep: &Epilogue<'_>,
@@ -166,7 +169,7 @@ pub(crate) unsafe fn store_row_fused<S: Simd, const V: usize, const FULL: bool>(
     let row_ep = RowEpilogue {
         bias: ep.bias.map(|b| b.as_ptr().add(row)),
         clamp: ep.clamp,
-        residual: ep.residual.map(|r| r.as_ptr().wrapping_offset(offset)),
+        residual: ep.residual.map(|r| r.as_ptr().wrapping_offset(roffset)),
     };
     row_ep.apply::<S, V>(0, &mut a);
     match row_ep.residual {
@@ -217,9 +220,10 @@ pub(crate) unsafe fn store_row<S: Simd, const V: usize, const FULL: bool>(
     }
 }
 
-/// [`store_row`] adding the residual (laid out as the output, `res` at the tile's first row
-/// and position) and clamping, per stored vector or segment: each segment's residual is a
-/// masked load under the segment's store mask.
+/// [`store_row`] adding the residual (`res` at the tile's first row and position, rows
+/// `out.rstride`, vectors `out.rstep` apart, segments at their `rdelta`) and clamping, per
+/// stored vector or segment: each segment's residual is a masked load under the segment's
+/// store mask.
 ///
 /// # Safety
 /// As [`store_row`]; the residual must be readable wherever `out` writes row `rr`.
@@ -234,10 +238,10 @@ pub(crate) unsafe fn store_row_residual<S: Simd, const V: usize, const FULL: boo
     let l = S::LANES;
     let n = out.n;
     let yp = out.y.wrapping_add(rr * out.stride);
-    let rp = res.wrapping_add(rr * out.stride);
+    let rp = res.wrapping_add(rr * out.rstride);
     if out.segs.is_empty() {
         for (v, &av) in a.iter().enumerate() {
-            let (at, rat) = (yp.offset(v as isize * out.step), rp.offset(v as isize * out.step));
+            let (at, rat) = (yp.offset(v as isize * out.step), rp.offset(v as isize * out.rstep));
             if FULL {
                 S::store(at, clamp.apply_vec::<S>(S::add(av, S::load(rat))));
             } else {
@@ -252,9 +256,9 @@ pub(crate) unsafe fn store_row_residual<S: Simd, const V: usize, const FULL: boo
         let mut k = 0;
         for (v, &av) in a.iter().enumerate() {
             while let Some(seg) = out.segs.get(k).filter(|s| s.v as usize == v) {
-                let off = (seg.delta as isize, v * l);
-                let p = yp.wrapping_offset(off.0).wrapping_add(off.1);
-                let r = S::load_masked(rp.wrapping_offset(off.0).wrapping_add(off.1), seg.mask);
+                let p = yp.wrapping_offset(seg.delta as isize).wrapping_add(v * l);
+                let rat = rp.wrapping_offset(seg.rdelta as isize).wrapping_add(v * l);
+                let r = S::load_masked(rat, seg.mask);
                 S::store_masked(p, clamp.apply_vec::<S>(S::add(av, r)), seg.mask);
                 k += 1;
             }
@@ -272,4 +276,8 @@ pub(crate) struct Out<'a> {
     /// Distance between the tile's vectors in the output when `segs` is empty (`LANES` but
     /// for stacked rows).
     pub(crate) step: isize,
+    /// A fused residual's distance between rows and, when `segs` is empty, between vectors
+    /// (`stride` and `step` when it is laid out as the output).
+    pub(crate) rstride: usize,
+    pub(crate) rstep: isize,
 }

@@ -5,12 +5,15 @@
 
 use crate::conv::{InputLayout, OutputTarget};
 
-/// A masked store of one vector of a tile: lanes `mask` go to `output + p + delta`.
+/// A masked store of one vector of a tile: lanes `mask` go to `output + p + delta`, and a
+/// fused residual is read at `residual + p + rdelta` (`delta` unless the residual has a
+/// layout of its own: [`TilePlan::set_residual`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Seg {
     pub(crate) v: u8,
     pub(crate) mask: u16,
     pub(crate) delta: i32,
+    pub(crate) rdelta: i32,
 }
 
 /// The tiles of a layout for one vector width, and where each tile's lanes are stored: the
@@ -30,6 +33,10 @@ pub(crate) struct TilePlan {
     /// Per tile, the flat distance between its vectors and, for a uniform tile, the output
     /// distance: `(lanes, lanes)` but for stacked rows (see [`stacked_rows`]).
     pub(crate) steps: Vec<(u32, i32)>,
+    /// Per uniform tile, where a fused residual's vector `v` is read: `residual + p0 +
+    /// shift + v * step` (the store's shift and step unless the residual has a layout of
+    /// its own: [`TilePlan::set_residual`]; unused for other tiles).
+    pub(crate) residual: Vec<(i32, i32)>,
 }
 
 impl TilePlan {
@@ -73,6 +80,7 @@ impl TilePlan {
             segs: Vec::new(),
             uniform: tiles.iter().map(|t| Some(t.shift)).collect(),
             steps: tiles.iter().map(|t| (t.x_step, t.y_step)).collect(),
+            residual: tiles.iter().map(|t| (t.shift, t.y_step)).collect(),
         })
     }
 
@@ -141,7 +149,8 @@ impl TilePlan {
                         if let Some(seg) = current.take() {
                             self.segs.push(seg);
                         }
-                        current = Some(Seg { v: v as u8, mask: 1 << i, delta: d as i32 });
+                        let delta = d as i32;
+                        current = Some(Seg { v: v as u8, mask: 1 << i, delta, rdelta: delta });
                     }
                     (None, _) => {}
                 }
@@ -162,9 +171,108 @@ impl TilePlan {
         .then_some(segs[0].delta);
         self.uniform.push(uniform);
         self.steps.push((lanes as u32, lanes as i32));
+        self.residual.push((uniform.unwrap_or(0), lanes as i32));
         self.tiles.push((p0, n));
         self.seg_ptr.push(self.segs.len() as u32);
     }
+}
+
+impl TilePlan {
+    /// Reads a fused residual from `residual` (a layout of the output's extent, e.g. the
+    /// padded input layout a producer wrote for another convolution) instead of from where
+    /// each output is stored: per segment its own delta, per uniform tile its own shift and
+    /// vector step. A segment whose lanes lie in different rows of the residual (a flat tile
+    /// crossing row ends shares one store delta in a padded output) is split, and a uniform
+    /// tile whose residual is not evenly spaced becomes segments. `false` (nothing changed)
+    /// for a position the residual layout does not hold or an offset beyond 32 bits.
+    pub(crate) fn set_residual(
+        &mut self,
+        layout: &InputLayout,
+        lanes: usize,
+        residual: &OutputTarget,
+    ) -> bool {
+        let rdelta = target_delta(layout, residual);
+        let mut segs: Vec<Seg> = Vec::with_capacity(self.segs.len());
+        let mut seg_ptr = vec![0u32];
+        let mut uniform = self.uniform.clone();
+        let mut shifts = self.residual.clone();
+        for (ti, &(p0, n)) in self.tiles.iter().enumerate() {
+            let (x_step, y_step) = (self.steps[ti].0 as usize, self.steps[ti].1 as isize);
+            let lane = |v: usize, i: usize| p0 + v * x_step + i;
+            // The residual's offset of lane (v, i) from `p0 + v * lanes + i`, where segment
+            // stores address it.
+            let seg_rdelta = |v: usize, i: usize| {
+                let p = lane(v, i);
+                rdelta(p).map(|d| p as isize + d - (p0 + v * lanes + i) as isize)
+            };
+            let stores: Vec<Seg> = match self.uniform[ti] {
+                Some(shift) => {
+                    if let Some(affine) = affine_residual(n, lanes, &seg_rdelta) {
+                        shifts[ti] = affine;
+                        seg_ptr.push(segs.len() as u32);
+                        continue;
+                    }
+                    // Segments storing what the uniform stores did: vector v at
+                    // p0 + shift + v * y_step.
+                    uniform[ti] = None;
+                    let mut out = Vec::new();
+                    for v in 0..n.div_ceil(lanes) {
+                        let valid = (n - v * lanes).min(lanes);
+                        let delta = shift as isize + v as isize * (y_step - lanes as isize);
+                        let Ok(delta) = i32::try_from(delta) else { return false };
+                        let mask = ((1u32 << valid) - 1) as u16;
+                        out.push(Seg { v: v as u8, mask, delta, rdelta: 0 });
+                    }
+                    out
+                }
+                None => {
+                    self.segs[self.seg_ptr[ti] as usize..self.seg_ptr[ti + 1] as usize].to_vec()
+                }
+            };
+            for seg in stores {
+                let v = seg.v as usize;
+                let mut current: Option<Seg> = None;
+                for i in (0..lanes).filter(|&i| seg.mask >> i & 1 == 1) {
+                    let Some(d) = seg_rdelta(v, i).and_then(|d| i32::try_from(d).ok()) else {
+                        return false;
+                    };
+                    match current.as_mut() {
+                        Some(c) if c.rdelta == d => c.mask |= 1 << i,
+                        _ => {
+                            segs.extend(current.take());
+                            current = Some(Seg { mask: 1 << i, rdelta: d, ..seg });
+                        }
+                    }
+                }
+                segs.extend(current);
+            }
+            seg_ptr.push(segs.len() as u32);
+        }
+        self.segs = segs;
+        self.seg_ptr = seg_ptr;
+        self.uniform = uniform;
+        self.residual = shifts;
+        true
+    }
+}
+
+/// A uniform tile's residual as `(shift, step)`: lane `(v, i)` read at `p0 + shift + v * step
+/// + i`, given each lane's offset from `p0 + v * lanes + i`; `None` when not evenly spaced.
+fn affine_residual(
+    n: usize,
+    lanes: usize,
+    seg_rdelta: &dyn Fn(usize, usize) -> Option<isize>,
+) -> Option<(i32, i32)> {
+    let first = seg_rdelta(0, 0)?;
+    let step = if n > lanes { lanes as isize + seg_rdelta(1, 0)? - first } else { lanes as isize };
+    for k in 0..n {
+        let (v, i) = (k / lanes, k % lanes);
+        // Lane (v, i) is at p0 + v * lanes + i + its offset; wanted at p0 + first + v * step + i.
+        if (v * lanes) as isize + seg_rdelta(v, i)? != first + v as isize * step {
+            return None;
+        }
+    }
+    Some((i32::try_from(first).ok()?, i32::try_from(step).ok()?))
 }
 
 /// Where flat position `p` of `layout` is stored in `target`, relative to `p` (`None` for a
