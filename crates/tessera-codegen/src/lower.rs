@@ -62,11 +62,12 @@ impl ConvKernel {
     }
 
     /// Where the kernel reads a fused residual, for kernels that can read one laid out
-    /// otherwise than the output (the row-group engine and BCR); `None` for the others.
+    /// otherwise than the output (the row-group engine, BCR and FKW); `None` for the others.
     pub(crate) fn residual_target(&self) -> Option<OutputTarget> {
         match self {
             ConvKernel::Rows { conv, .. } => Some(*conv.residual_layout()),
             ConvKernel::Bcr { conv, .. } => Some(*conv.residual_layout()),
+            ConvKernel::Fkw { conv, .. } => Some(*conv.residual_layout()),
             _ => None,
         }
     }
@@ -78,6 +79,7 @@ impl ConvKernel {
         match self {
             ConvKernel::Rows { conv, .. } => conv.set_residual_layout(Some(layout)).is_ok(),
             ConvKernel::Bcr { conv, .. } => conv.set_residual_layout(Some(layout)).is_ok(),
+            ConvKernel::Fkw { conv, .. } => conv.set_residual_layout(Some(layout)).is_ok(),
             _ => false,
         }
     }

@@ -524,16 +524,15 @@ fn residual_stages() -> Graph {
 /// reads its residual from (`fuse_conv_edges`): for block-punched and BCR layers the first
 /// convolutions of the identity blocks read pre-packed inputs, including the block after a
 /// transition whose second convolution writes the padded layout while reading its plain
-/// shortcut; pattern (FKW) layers, which read residuals only as laid out as their output,
-/// and unstructured ones still match. Every plan matches the interpreter, batch 1 and 2, 1
-/// and 2 threads.
+/// shortcut; so do unstructured (row-group) and pattern (FKW) layers. Every plan matches the
+/// interpreter, batch 1 and 2, 1 and 2 threads.
 #[test]
 fn block_inputs_are_stored_once_in_the_padded_layout() {
     for (scheme, moved) in [
         ("block-punched:8x4", true),
         ("bcr:8x16", true),
         ("unstructured", true),
-        ("pattern:8+connectivity", false),
+        ("pattern:8+connectivity", true),
     ] {
         let mut g = residual_stages();
         assert!(prune_all(&mut g, scheme, 4.0) > 0);

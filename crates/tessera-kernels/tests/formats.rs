@@ -670,7 +670,8 @@ fn bcr_and_fkw_fuse_the_epilogue_and_store_packed_outputs() {
 /// of a 3x3 convolution on the output's extent, where a residual network's block input is
 /// stored for its first convolution) adds exactly what the same residual stored plainly
 /// adds: for the row-group engine (block-punched groups of 8, unstructured one-row groups)
-/// and BCR's block kernel, storing plainly or into a packed layout themselves, on tiles of
+/// BCR's block kernel and the pattern (FKW) kernel in both orders, storing plainly or into a
+/// packed layout themselves, on tiles of
 /// whole rows (32-wide), stacked rows (16- and 8-wide), and masked segments (8x8, 5x5, stride
 /// 2), on every instruction set and 1 and 2 threads. A layout of another extent is an error.
 #[test]
@@ -685,7 +686,7 @@ fn residuals_read_from_a_padded_layout_match_plain_ones() {
     ];
     // (name, bind): each kernel under test, bound to a shape.
     type Bind = fn(ConvShape) -> Box<dyn ResidualConv>;
-    let kernels: [(&str, Bind); 3] = [
+    let kernels: [(&str, Bind); 5] = [
         ("block-punched 8x4", |shape| {
             let layer = shape.layer("conv").unwrap();
             let p = project("block-punched:8x4", &layer, &weights(layer.geometry.len(), 5), 0.75);
@@ -705,6 +706,8 @@ fn residuals_read_from_a_padded_layout_match_plain_ones() {
             let m = BcrCompact::encode(&layer, &p.values, &p.mask, 8, 16).unwrap();
             Box::new(BcrConv::new(m, shape).unwrap())
         }),
+        ("FKW channel-major", |shape| Box::new(pattern_conv(shape, FkwOrder::ChannelMajor))),
+        ("FKW filter-major", |shape| Box::new(pattern_conv(shape, FkwOrder::FilterMajor))),
     ];
     for shape in shapes {
         let [_, oh, ow] = shape.output();
@@ -810,6 +813,40 @@ impl ResidualConv for RowGroupConv {
 }
 
 impl ResidualConv for BcrConv {
+    fn retarget(&mut self, target: tessera_kernels::OutputTarget) -> tessera_kernels::Result<()> {
+        self.set_output_target(target)
+    }
+    fn residual_layout(
+        &mut self,
+        layout: Option<tessera_kernels::OutputTarget>,
+    ) -> tessera_kernels::Result<()> {
+        self.set_residual_layout(layout)
+    }
+    fn run(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        y: &mut [f32],
+        threads: usize,
+        ep: tessera_kernels::Epilogue<'_>,
+    ) -> tessera_kernels::Result<()> {
+        let mut s = self.scratch();
+        self.run_fused(isa, x, y, &mut s, threads, ep)
+    }
+}
+
+/// A pattern (FKW) convolution of `shape` at 80% with 8 patterns extracted from its weights.
+fn pattern_conv(shape: ConvShape, order: FkwOrder) -> FkwConv {
+    let layer = shape.layer("conv").unwrap();
+    let w = weights(layer.geometry.len(), 11);
+    let library = tessera_sparsity::PatternLibrary::extract(8, [(&layer, &w[..])]).unwrap();
+    let scheme: Scheme = format!("pattern:8+connectivity@{library}").parse().unwrap();
+    let p = scheme.project(&layer, &w, Target::Sparsity(0.8)).unwrap();
+    let f = Fkw::encode(&layer, &p.values, &p.mask, &library).unwrap();
+    FkwConv::with_order(f, shape, Some(order)).unwrap()
+}
+
+impl ResidualConv for FkwConv {
     fn retarget(&mut self, target: tessera_kernels::OutputTarget) -> tessera_kernels::Result<()> {
         self.set_output_target(target)
     }

@@ -57,8 +57,8 @@ use crate::error::{KernelError, Result};
 use crate::formats::{ByteSize, check_lengths, structure_error};
 use crate::isa::Isa;
 use crate::rowgroup::{
-    ConvScratch, Epilogue, Out, Seg, TilePlan, check_len, check_output, check_output_target,
-    check_prepacked, store_row_fused,
+    ConvScratch, Epilogue, Out, Seg, TilePlan, address_residual, check_len, check_output,
+    check_output_target, check_prepacked, store_row_fused,
 };
 use crate::simd::{Simd, simd_entry};
 use crate::threads::{SendPtr, run_parallel};
@@ -281,6 +281,9 @@ pub struct FkwConv {
     target: OutputTarget,
     /// Tiles of up to 3 x 8 lanes and 2 x 16 lanes, and where their lanes are stored.
     plans: [TilePlan; 2],
+    /// Where a fused residual is read, when not laid out as the output (see
+    /// [`FkwConv::set_residual_layout`]).
+    residual: Option<OutputTarget>,
 }
 
 /// The tile plans of a layout storing to `target`.
@@ -401,16 +404,38 @@ impl FkwConv {
         };
         let target = OutputTarget::dense(shape.output());
         let plans = fkw_plans(&layout, &target);
-        Ok(FkwConv { f, shape, layout, schedule, target, plans })
+        Ok(FkwConv { f, shape, layout, schedule, target, plans, residual: None })
     }
 
     /// Stores outputs to `target` from now on (e.g. the next convolution's
     /// [`InputLayout::as_target`]); its extent must be this convolution's output.
     pub fn set_output_target(&mut self, target: OutputTarget) -> Result<()> {
         check_output_target(&target, self.shape.output())?;
-        self.plans = fkw_plans(&self.layout, &target);
+        let mut plans = fkw_plans(&self.layout, &target);
+        if let Some(residual) = &self.residual {
+            address_residual(&mut plans, &self.layout, residual)?;
+        }
+        self.plans = plans;
         self.target = target;
         Ok(())
+    }
+
+    /// Reads a fused residual laid out as `layout` (`None`: as the output) from now on; as
+    /// [`crate::RowGroupConv::set_residual_layout`].
+    pub fn set_residual_layout(&mut self, layout: Option<OutputTarget>) -> Result<()> {
+        let residual = layout.unwrap_or(self.target);
+        check_output_target(&residual, self.shape.output())?;
+        let mut plans = self.plans.clone();
+        address_residual(&mut plans, &self.layout, &residual)?;
+        self.plans = plans;
+        self.residual = layout;
+        Ok(())
+    }
+
+    /// Where a fused residual is read from (the output target unless
+    /// [`FkwConv::set_residual_layout`] set another).
+    pub fn residual_layout(&self) -> &OutputTarget {
+        self.residual.as_ref().unwrap_or(&self.target)
     }
 
     /// Where outputs are stored.
@@ -531,7 +556,13 @@ impl FkwConv {
     ) -> Result<()> {
         let s = &self.shape;
         let threads = threads.max(1);
-        check_output(&self.target, None, s.out_channels, output.len(), &epilogue)?;
+        check_output(
+            &self.target,
+            self.residual.as_ref(),
+            s.out_channels,
+            output.len(),
+            &epilogue,
+        )?;
         // The scratch starts on a 64-byte boundary and rows are 128 bytes, so every
         // read-modify-write of a partial-sum row touches whole cache lines.
         if acc.len() < threads * self.acc_len() {
@@ -547,8 +578,12 @@ impl FkwConv {
             x: x.as_ptr(),
             y: SendPtr(output.as_mut_ptr()),
             ystride: self.target.channel_stride,
+            rstride: self.residual_layout().channel_stride,
             plan,
-            direct: self.layout.flat_is_output() && self.target == OutputTarget::dense(s.output()),
+            // (The plain flat stores read the residual alike: not with a layout of its own.)
+            direct: self.layout.flat_is_output()
+                && self.target == OutputTarget::dense(s.output())
+                && self.residual.is_none(),
             acc: SendPtr(acc.as_mut_ptr()),
             epilogue,
         };
@@ -567,6 +602,8 @@ struct FkwJob<'a> {
     x: *const f32,
     y: SendPtr,
     ystride: usize,
+    /// Distance between a fused residual's rows.
+    rstride: usize,
     plan: &'a TilePlan,
     direct: bool,
     acc: SendPtr,
@@ -634,8 +671,7 @@ fn fkw_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
     macro_rules! store {
         ($r:expr, $s:expr) => {{
             let offset = ($r * job.ystride + p0) as isize;
-            // The residual is laid out as the output (segments read it at their `rdelta`,
-            // which is their `delta`).
+            // Segments read the residual at their `rdelta` from the row's start there.
             let out = Out {
                 y: job.y.0.wrapping_offset(offset),
                 stride: 0,
@@ -645,7 +681,8 @@ fn fkw_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
                 rstride: 0,
                 rstep: l as isize,
             };
-            store_row_fused::<S, V, FULL>(&out, offset, $r, $s, &job.epilogue)
+            let roffset = ($r * job.rstride + p0) as isize;
+            store_row_fused::<S, V, FULL>(&out, roffset, $r, $s, &job.epilogue)
         }};
     }
     // SAFETY: tap offsets address the packed input of the tile's positions (whole vectors

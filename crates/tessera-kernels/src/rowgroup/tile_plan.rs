@@ -205,30 +205,28 @@ impl TilePlan {
                 let p = lane(v, i);
                 rdelta(p).map(|d| p as isize + d - (p0 + v * lanes + i) as isize)
             };
-            let stores: Vec<Seg> = match self.uniform[ti] {
-                Some(shift) => {
-                    if let Some(affine) = affine_residual(n, lanes, &seg_rdelta) {
-                        shifts[ti] = affine;
-                        seg_ptr.push(segs.len() as u32);
-                        continue;
+            let own = &self.segs[self.seg_ptr[ti] as usize..self.seg_ptr[ti + 1] as usize];
+            let mut stores = own.to_vec();
+            if let Some(shift) = self.uniform[ti] {
+                match affine_residual(n, lanes, &seg_rdelta) {
+                    Some(affine) => shifts[ti] = affine,
+                    None => {
+                        // Read through segments instead; a stacked tile has none yet: they
+                        // store what its uniform stores did, vector v at p0 + shift + v *
+                        // y_step.
+                        uniform[ti] = None;
+                        if stores.is_empty() {
+                            for v in 0..n.div_ceil(lanes) {
+                                let valid = (n - v * lanes).min(lanes);
+                                let delta = shift as isize + v as isize * (y_step - lanes as isize);
+                                let Ok(delta) = i32::try_from(delta) else { return false };
+                                let mask = ((1u32 << valid) - 1) as u16;
+                                stores.push(Seg { v: v as u8, mask, delta, rdelta: 0 });
+                            }
+                        }
                     }
-                    // Segments storing what the uniform stores did: vector v at
-                    // p0 + shift + v * y_step.
-                    uniform[ti] = None;
-                    let mut out = Vec::new();
-                    for v in 0..n.div_ceil(lanes) {
-                        let valid = (n - v * lanes).min(lanes);
-                        let delta = shift as isize + v as isize * (y_step - lanes as isize);
-                        let Ok(delta) = i32::try_from(delta) else { return false };
-                        let mask = ((1u32 << valid) - 1) as u16;
-                        out.push(Seg { v: v as u8, mask, delta, rdelta: 0 });
-                    }
-                    out
                 }
-                None => {
-                    self.segs[self.seg_ptr[ti] as usize..self.seg_ptr[ti + 1] as usize].to_vec()
-                }
-            };
+            }
             for seg in stores {
                 let v = seg.v as usize;
                 let mut current: Option<Seg> = None;
