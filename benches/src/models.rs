@@ -381,6 +381,23 @@ fn macs(plan: &Plan) -> (u64, u64) {
     plan.layers().iter().fold((0, 0), |(d, k), l| (d + l.dense_macs, k + l.kept_macs))
 }
 
+/// The plan's output against the IR interpreter's on a seeded input: a benchmark times only
+/// plans that compute the model.
+fn check_plan(name: &str, graph: &Graph, plan: &mut Plan) -> anyhow::Result<()> {
+    let x = IrTensor::uniform(plan.input_shape().to_vec(), 1.0, 12);
+    let want = tessera_ir::interp::run(graph, std::slice::from_ref(&x))?;
+    let want = &want[0].data;
+    let mut got = vec![0.0; want.len()];
+    plan.run(&x.data, &mut got)?;
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let diff = got.iter().zip(want).fold(0.0f32, |m, (g, w)| m.max((g - w).abs()));
+    anyhow::ensure!(
+        diff <= 1e-4 * scale,
+        "{name}: the plan's output differs from the interpreter's by {diff} (scale {scale})"
+    );
+    Ok(())
+}
+
 /// Runs the suite.
 pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
     let mut out = ModelResults::default();
@@ -416,7 +433,7 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
         // Dense at every thread count, then each pruned graph (projected once) at each.
         let mut dense = Vec::new();
         for &threads in &cfg.threads {
-            let (dense_plan, t) =
+            let (mut dense_plan, t) =
                 time_plan(&dense_graph, threads, cfg.min_time, threads == 1, cfg.tune, true)?;
             tracing::info!(model = name, threads, ms = t.ms, "dense plan");
             out.models.push(ModelPoint {
@@ -432,6 +449,7 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
                 samples.extend(latency_samples(&dense_plan, &t));
                 out.steps.extend(plan_steps(name, "dense", 1.0, &dense_plan, &t));
             }
+            check_plan(name, &dense_graph, &mut dense_plan)?;
             dense.push((threads, macs(&dense_plan).0, t, dense_plan));
         }
         if let Some(peer) = &cfg.ort {

@@ -823,8 +823,11 @@ fn tile_group<S: Simd>(job: &Job<'_>, ti: usize, g: usize) {
     // SAFETY: as in `GroupRows::run`.
     unsafe {
         // Stacked rows get their own instances: a run-time vector step in every tile's loads
-        // measured slower in whole plans (an address computation per entry).
-        let stacked = x_step as usize != S::LANES;
+        // measured slower in whole plans (an address computation per entry). Rows contiguous
+        // in the flat grid but not in the output (a 16-wide map read in place, stored into a
+        // padded layout) are stacked too: their stores step by `y_step`.
+        let stacked =
+            x_step as usize != S::LANES || (segs.is_empty() && rows.y_step != S::LANES as isize);
         match (vectors, load_whole, stacked) {
             // Wide tiles: one row at a time.
             (8, true, _) => rows.run::<S, 8, true, false>(),

@@ -683,10 +683,21 @@ fn residuals_read_from_a_padded_layout_match_plain_ones() {
         ConvShape::conv2d(8, 16, [8, 8], [3, 3], 1, 1).unwrap(),
         ConvShape::conv2d(6, 12, [5, 5], [3, 3], 1, 1).unwrap(),
         ConvShape::conv2d(8, 16, [16, 16], [3, 3], 2, 1).unwrap(),
+        ConvShape::conv2d(16, 32, [32, 32], [1, 1], 2, 0).unwrap(),
+        ConvShape::conv2d(16, 16, [16, 16], [1, 1], 1, 0).unwrap(),
     ];
     // (name, bind): each kernel under test, bound to a shape.
     type Bind = fn(ConvShape) -> Box<dyn ResidualConv>;
-    let kernels: [(&str, Bind); 5] = [
+    let kernels: [(&str, Bind); 6] = [
+        ("dense rows", |shape| {
+            let layer = shape.layer("conv").unwrap();
+            let g = &layer.geometry;
+            let w = weights(g.len(), 4);
+            let groups: Vec<usize> =
+                (0..g.rows()).step_by(8).map(|r| (g.rows() - r).min(8)).collect();
+            let m = RowGroupMatrix::from_dense(g.rows(), g.cols(), &w, None, &groups).unwrap();
+            Box::new(RowGroupConv::new(m, shape).unwrap())
+        }),
         ("block-punched 8x4", |shape| {
             let layer = shape.layer("conv").unwrap();
             let p = project("block-punched:8x4", &layer, &weights(layer.geometry.len(), 5), 0.75);
@@ -706,8 +717,8 @@ fn residuals_read_from_a_padded_layout_match_plain_ones() {
             let m = BcrCompact::encode(&layer, &p.values, &p.mask, 8, 16).unwrap();
             Box::new(BcrConv::new(m, shape).unwrap())
         }),
-        ("FKW channel-major", |shape| Box::new(pattern_conv(shape, FkwOrder::ChannelMajor))),
-        ("FKW filter-major", |shape| Box::new(pattern_conv(shape, FkwOrder::FilterMajor))),
+        ("FKW channel-major", |shape| pattern_conv(shape, FkwOrder::ChannelMajor)),
+        ("FKW filter-major", |shape| pattern_conv(shape, FkwOrder::FilterMajor)),
     ];
     for shape in shapes {
         let [_, oh, ow] = shape.output();
@@ -731,11 +742,12 @@ fn residuals_read_from_a_padded_layout_match_plain_ones() {
             for (out_target, layout, as_output, moved_residual) in cases {
                 let mut plain = bind(shape);
                 let mut moved = bind(shape);
+                // The residual layout set before the output moves (as a plan pins it).
+                moved.residual_layout(Some(layout)).unwrap();
                 if let Some(t) = out_target {
                     plain.retarget(t).unwrap();
                     moved.retarget(t).unwrap();
                 }
-                moved.residual_layout(Some(layout)).unwrap();
                 let len = out_target.map_or(c * oh * ow, |t| t.len(c));
                 for isa in Isa::available() {
                     for threads in [1, 2] {
@@ -752,6 +764,26 @@ fn residuals_read_from_a_padded_layout_match_plain_ones() {
                             "{name} {shape:?} -> {out_target:?} {isa} {threads}t"
                         );
                         assert!(want.iter().any(|&v| v > 0.0), "{name}: all zero");
+                        if out_target.is_some() {
+                            // The stored layout is the plain output packed.
+                            let mut flat = vec![0.0; c * oh * ow];
+                            let plain_conv = bind(shape);
+                            plain_conv
+                                .run(isa, &x, &mut flat, threads, ep(&plain_residual))
+                                .unwrap();
+                            let mut packed = vec![0.0; holder.packed_len()];
+                            holder.pack(&flat, &mut packed);
+                            let bad: Vec<usize> =
+                                (0..len).filter(|&i| got[i] != packed[i]).collect();
+                            assert!(
+                                bad.is_empty(),
+                                "{name} {shape:?} {isa}: packed output differs at {} of {len} floats, first {:?}: {:?} vs {:?}",
+                                bad.len(),
+                                &bad[..bad.len().min(8)],
+                                bad.iter().take(8).map(|&i| got[i]).collect::<Vec<_>>(),
+                                bad.iter().take(8).map(|&i| packed[i]).collect::<Vec<_>>()
+                            );
+                        }
                     }
                 }
             }
@@ -835,15 +867,22 @@ impl ResidualConv for BcrConv {
     }
 }
 
-/// A pattern (FKW) convolution of `shape` at 80% with 8 patterns extracted from its weights.
-fn pattern_conv(shape: ConvShape, order: FkwOrder) -> FkwConv {
+/// A pattern (FKW) convolution of `shape` at 80% with 8 patterns extracted from its weights;
+/// a 3x3 row-group one for other kernel sizes (patterns are 3x3).
+fn pattern_conv(shape: ConvShape, order: FkwOrder) -> Box<dyn ResidualConv> {
+    if shape.kernel[1..] != [3, 3] {
+        let layer = shape.layer("conv").unwrap();
+        let p = project("block-punched:8x4", &layer, &weights(layer.geometry.len(), 5), 0.75);
+        let m = BlockPunched::encode(&layer, &p.values, &p.mask, 8, 4).unwrap();
+        return Box::new(RowGroupConv::new(m.to_row_groups(), shape).unwrap());
+    }
     let layer = shape.layer("conv").unwrap();
     let w = weights(layer.geometry.len(), 11);
     let library = tessera_sparsity::PatternLibrary::extract(8, [(&layer, &w[..])]).unwrap();
     let scheme: Scheme = format!("pattern:8+connectivity@{library}").parse().unwrap();
     let p = scheme.project(&layer, &w, Target::Sparsity(0.8)).unwrap();
     let f = Fkw::encode(&layer, &p.values, &p.mask, &library).unwrap();
-    FkwConv::with_order(f, shape, Some(order)).unwrap()
+    Box::new(FkwConv::with_order(f, shape, Some(order)).unwrap())
 }
 
 impl ResidualConv for FkwConv {
