@@ -381,8 +381,9 @@ fn macs(plan: &Plan) -> (u64, u64) {
     plan.layers().iter().fold((0, 0), |(d, k), l| (d + l.dense_macs, k + l.kept_macs))
 }
 
-/// The plan's output against the IR interpreter's on a seeded input: a benchmark times only
-/// plans that compute the model.
+/// The plan's output against the IR interpreter's on a seeded input (max difference within
+/// 1e-4 of the output's largest magnitude): a benchmark times only plans that compute the
+/// model.
 fn check_plan(name: &str, graph: &Graph, plan: &mut Plan) -> anyhow::Result<()> {
     let x = IrTensor::uniform(plan.input_shape().to_vec(), 1.0, 12);
     let want = tessera_ir::interp::run(graph, std::slice::from_ref(&x))?;
@@ -488,6 +489,7 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
                     let threads = *threads;
                     let (mut plan, t) =
                         time_plan(&g, threads, cfg.min_time, threads == 1, cfg.tune, false)?;
+                    check_plan(&format!("{name} {scheme_text} {rate}x"), &g, &mut plan)?;
                     let (_, kept) = macs(&plan);
                     // The speed-up from rounds interleaved with the dense plan (see
                     // `timing::paired_speedup`), not from two medians taken apart.
