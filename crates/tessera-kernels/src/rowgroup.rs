@@ -353,13 +353,9 @@ impl RowGroupConv {
     /// convolution ([`InputLayout::as_target`]), so that it need not also be stored plainly.
     /// An error (nothing changed) when the extent differs or the tiles cannot address it.
     pub fn set_residual_layout(&mut self, layout: Option<OutputTarget>) -> Result<()> {
-        let residual = layout.unwrap_or(self.target);
-        check_output_target(&residual, self.shape.output())?;
-        let mut plans = self.plans.clone();
-        address_residual(&mut plans, &self.layout, &residual)?;
-        self.plans = plans;
-        self.residual = layout;
-        Ok(())
+        let output = self.shape.output();
+        let (plans, residual) = (&mut self.plans, &mut self.residual);
+        readdress_residual(plans, &self.layout, output, &self.target, residual, layout)
     }
 
     /// Where a fused residual is read from (the output target unless
@@ -496,6 +492,27 @@ impl RowGroupConv {
         execute(isa, &job, threads);
         Ok(())
     }
+}
+
+/// `set_residual_layout` of the kernels that store through [`TilePlan`]s (row groups, BCR,
+/// FKW): re-addresses `plans`' residual reads for `new` (`None`: the output `target`) and
+/// records it in `residual`; nothing changes on an error (another extent than `output`, or
+/// tiles that cannot address it).
+pub(crate) fn readdress_residual(
+    plans: &mut [TilePlan; 2],
+    layout: &InputLayout,
+    output: [usize; 3],
+    target: &OutputTarget,
+    residual: &mut Option<OutputTarget>,
+    new: Option<OutputTarget>,
+) -> Result<()> {
+    let wanted = new.unwrap_or(*target);
+    check_output_target(&wanted, output)?;
+    let mut next = plans.clone();
+    address_residual(&mut next, layout, &wanted)?;
+    *plans = next;
+    *residual = new;
+    Ok(())
 }
 
 /// Points the AVX2 and AVX-512 tile plans' residual reads at `residual` (see

@@ -821,52 +821,6 @@ trait ResidualConv {
     ) -> tessera_kernels::Result<()>;
 }
 
-impl ResidualConv for RowGroupConv {
-    fn retarget(&mut self, target: tessera_kernels::OutputTarget) -> tessera_kernels::Result<()> {
-        self.set_output_target(target)
-    }
-    fn residual_layout(
-        &mut self,
-        layout: Option<tessera_kernels::OutputTarget>,
-    ) -> tessera_kernels::Result<()> {
-        self.set_residual_layout(layout)
-    }
-    fn run(
-        &self,
-        isa: Isa,
-        x: &[f32],
-        y: &mut [f32],
-        threads: usize,
-        ep: tessera_kernels::Epilogue<'_>,
-    ) -> tessera_kernels::Result<()> {
-        let mut s = ConvScratch::for_conv(self);
-        self.run_fused(isa, x, y, &mut s, threads, ep)
-    }
-}
-
-impl ResidualConv for BcrConv {
-    fn retarget(&mut self, target: tessera_kernels::OutputTarget) -> tessera_kernels::Result<()> {
-        self.set_output_target(target)
-    }
-    fn residual_layout(
-        &mut self,
-        layout: Option<tessera_kernels::OutputTarget>,
-    ) -> tessera_kernels::Result<()> {
-        self.set_residual_layout(layout)
-    }
-    fn run(
-        &self,
-        isa: Isa,
-        x: &[f32],
-        y: &mut [f32],
-        threads: usize,
-        ep: tessera_kernels::Epilogue<'_>,
-    ) -> tessera_kernels::Result<()> {
-        let mut s = self.scratch();
-        self.run_fused(isa, x, y, &mut s, threads, ep)
-    }
-}
-
 /// A pattern (FKW) convolution of `shape` at 80% with 8 patterns extracted from its weights;
 /// a 3x3 row-group one for other kernel sizes (patterns are 3x3).
 fn pattern_conv(shape: ConvShape, order: FkwOrder) -> Box<dyn ResidualConv> {
@@ -885,25 +839,37 @@ fn pattern_conv(shape: ConvShape, order: FkwOrder) -> Box<dyn ResidualConv> {
     Box::new(FkwConv::with_order(f, shape, Some(order)).unwrap())
 }
 
-impl ResidualConv for FkwConv {
-    fn retarget(&mut self, target: tessera_kernels::OutputTarget) -> tessera_kernels::Result<()> {
-        self.set_output_target(target)
-    }
-    fn residual_layout(
-        &mut self,
-        layout: Option<tessera_kernels::OutputTarget>,
-    ) -> tessera_kernels::Result<()> {
-        self.set_residual_layout(layout)
-    }
-    fn run(
-        &self,
-        isa: Isa,
-        x: &[f32],
-        y: &mut [f32],
-        threads: usize,
-        ep: tessera_kernels::Epilogue<'_>,
-    ) -> tessera_kernels::Result<()> {
-        let mut s = self.scratch();
-        self.run_fused(isa, x, y, &mut s, threads, ep)
-    }
+/// [`ResidualConv`] for a kernel, `$scratch` making its scratch.
+macro_rules! residual_conv {
+    ($kernel:ty, |$conv:ident| $scratch:expr) => {
+        impl ResidualConv for $kernel {
+            fn retarget(
+                &mut self,
+                target: tessera_kernels::OutputTarget,
+            ) -> tessera_kernels::Result<()> {
+                self.set_output_target(target)
+            }
+            fn residual_layout(
+                &mut self,
+                layout: Option<tessera_kernels::OutputTarget>,
+            ) -> tessera_kernels::Result<()> {
+                self.set_residual_layout(layout)
+            }
+            fn run(
+                &self,
+                isa: Isa,
+                x: &[f32],
+                y: &mut [f32],
+                threads: usize,
+                ep: tessera_kernels::Epilogue<'_>,
+            ) -> tessera_kernels::Result<()> {
+                let $conv = self;
+                let mut s = $scratch;
+                self.run_fused(isa, x, y, &mut s, threads, ep)
+            }
+        }
+    };
 }
+residual_conv!(RowGroupConv, |c| ConvScratch::for_conv(c));
+residual_conv!(BcrConv, |c| c.scratch());
+residual_conv!(FkwConv, |c| c.scratch());

@@ -58,7 +58,7 @@ use crate::formats::{ByteSize, check_lengths, structure_error};
 use crate::isa::Isa;
 use crate::rowgroup::{
     ConvScratch, Epilogue, Out, Seg, TilePlan, address_residual, check_len, check_output,
-    check_output_target, check_prepacked, store_row_fused,
+    check_output_target, check_prepacked, readdress_residual, store_row_fused,
 };
 use crate::simd::{Simd, simd_entry};
 use crate::threads::{SendPtr, run_parallel};
@@ -423,13 +423,9 @@ impl FkwConv {
     /// Reads a fused residual laid out as `layout` (`None`: as the output) from now on; as
     /// [`crate::RowGroupConv::set_residual_layout`].
     pub fn set_residual_layout(&mut self, layout: Option<OutputTarget>) -> Result<()> {
-        let residual = layout.unwrap_or(self.target);
-        check_output_target(&residual, self.shape.output())?;
-        let mut plans = self.plans.clone();
-        address_residual(&mut plans, &self.layout, &residual)?;
-        self.plans = plans;
-        self.residual = layout;
-        Ok(())
+        let output = self.shape.output();
+        let (plans, residual) = (&mut self.plans, &mut self.residual);
+        readdress_residual(plans, &self.layout, output, &self.target, residual, layout)
     }
 
     /// Where a fused residual is read from (the output target unless
