@@ -669,11 +669,12 @@ fn bcr_and_fkw_fuse_the_epilogue_and_store_packed_outputs() {
 /// A fused residual read from another layout (`set_residual_layout`: the padded input layout
 /// of a 3x3 convolution on the output's extent, where a residual network's block input is
 /// stored for its first convolution) adds exactly what the same residual stored plainly
-/// adds: for the row-group engine (block-punched groups of 8, unstructured one-row groups)
-/// BCR's block kernel and the pattern (FKW) kernel in both orders, storing plainly or into a
-/// packed layout themselves, on tiles of
-/// whole rows (32-wide), stacked rows (16- and 8-wide), and masked segments (8x8, 5x5, stride
-/// 2), on every instruction set and 1 and 2 threads. A layout of another extent is an error.
+/// adds, and an output stored into that layout is the plain output packed: for the row-group
+/// engine (dense rows, block-punched groups of 8, unstructured one-row groups), BCR's block
+/// kernel and the pattern (FKW) kernel in both orders, on tiles of whole rows (32-wide),
+/// stacked rows (16- and 8-wide, and 16-wide rows read in place by 1x1 layers), and masked
+/// segments (8x8, 5x5, stride 2), on every instruction set and 1 and 2 threads. A residual
+/// too short for its layout is an error.
 #[test]
 fn residuals_read_from_a_padded_layout_match_plain_ones() {
     use tessera_kernels::{Clamp, Epilogue};
