@@ -381,17 +381,39 @@ fn macs(plan: &Plan) -> (u64, u64) {
     plan.layers().iter().fold((0, 0), |(d, k), l| (d + l.dense_macs, k + l.kept_macs))
 }
 
-/// The plan's output against the IR interpreter's on a seeded input (max difference within
-/// 1e-4 of the output's largest magnitude): a benchmark times only plans that compute the
-/// model.
-fn check_plan(name: &str, graph: &Graph, plan: &mut Plan) -> anyhow::Result<()> {
-    let x = IrTensor::uniform(plan.input_shape().to_vec(), 1.0, 12);
-    let want = tessera_ir::interp::run(graph, std::slice::from_ref(&x))?;
-    let want = &want[0].data;
-    let mut got = vec![0.0; want.len()];
-    plan.run(&x.data, &mut got)?;
-    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
-    let diff = got.iter().zip(want).fold(0.0f32, |m, (g, w)| m.max((g - w).abs()));
+/// The IR interpreter's output for a graph on a seeded input: the reference every plan of
+/// that graph (each thread count) is checked against by [`check_plan`].
+struct Reference {
+    x: IrTensor,
+    want: Vec<f32>,
+}
+
+impl Reference {
+    fn of(graph: &Graph, input_shape: &[usize]) -> anyhow::Result<Self> {
+        let x = IrTensor::uniform(input_shape.to_vec(), 1.0, 12);
+        let want = tessera_ir::interp::run(graph, std::slice::from_ref(&x))?;
+        let want = want.into_iter().next().map(|t| t.data).unwrap_or_default();
+        Ok(Reference { x, want })
+    }
+}
+
+/// The plan's output against the graph's reference (computed on first use; max difference
+/// within 1e-4 of the output's largest magnitude): a benchmark times only plans that compute
+/// the model.
+fn check_plan(
+    name: &str,
+    graph: &Graph,
+    plan: &mut Plan,
+    reference: &mut Option<Reference>,
+) -> anyhow::Result<()> {
+    let r = match reference {
+        Some(r) => r,
+        None => reference.insert(Reference::of(graph, plan.input_shape())?),
+    };
+    let mut got = vec![0.0; r.want.len()];
+    plan.run(&r.x.data, &mut got)?;
+    let scale = r.want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let diff = got.iter().zip(&r.want).fold(0.0f32, |m, (g, w)| m.max((g - w).abs()));
     anyhow::ensure!(
         diff <= 1e-4 * scale,
         "{name}: the plan's output differs from the interpreter's by {diff} (scale {scale})"
@@ -433,6 +455,7 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
         let (dense_graph, _) = Pipeline::standard().run(graph.clone())?;
         // Dense at every thread count, then each pruned graph (projected once) at each.
         let mut dense = Vec::new();
+        let mut dense_reference = None;
         for &threads in &cfg.threads {
             let (mut dense_plan, t) =
                 time_plan(&dense_graph, threads, cfg.min_time, threads == 1, cfg.tune, true)?;
@@ -450,7 +473,7 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
                 samples.extend(latency_samples(&dense_plan, &t));
                 out.steps.extend(plan_steps(name, "dense", 1.0, &dense_plan, &t));
             }
-            check_plan(name, &dense_graph, &mut dense_plan)?;
+            check_plan(name, &dense_graph, &mut dense_plan, &mut dense_reference)?;
             dense.push((threads, macs(&dense_plan).0, t, dense_plan));
         }
         if let Some(peer) = &cfg.ort {
@@ -485,11 +508,13 @@ pub fn run_models(cfg: &ModelSuiteConfig) -> anyhow::Result<ModelResults> {
                 let mut g = graph.clone();
                 prune_convs(&mut g, &scheme, pattern, rate)?;
                 let (g, _) = Pipeline::standard().run(g)?;
+                let mut reference = None;
                 for (threads, dense_macs, d, dense_plan) in &mut dense {
                     let threads = *threads;
                     let (mut plan, t) =
                         time_plan(&g, threads, cfg.min_time, threads == 1, cfg.tune, false)?;
-                    check_plan(&format!("{name} {scheme_text} {rate}x"), &g, &mut plan)?;
+                    let what = format!("{name} {scheme_text} {rate}x");
+                    check_plan(&what, &g, &mut plan, &mut reference)?;
                     let (_, kept) = macs(&plan);
                     // The speed-up from rounds interleaved with the dense plan (see
                     // `timing::paired_speedup`), not from two medians taken apart.

@@ -483,7 +483,7 @@ fn fuse_residual_adds(graph: &Graph) -> Graph {
 /// Conv -> conv edges without packing: where a row-group, BCR or pattern convolution's output
 /// is read by one of them as its input with a stride-1 padded layout, the producer stores
 /// straight into that layout (its padding zero) and the consumer skips packing. Other readers
-/// are allowed only as fused residuals of row-group or BCR convolutions, which then read the
+/// are allowed only as fused residuals of row-group, BCR or pattern convolutions, which read the
 /// residual in that layout ([`ConvKernel::set_residual_target`]): the block input of a
 /// residual network feeds the block's first convolution and the residual add of its second,
 /// and used to be stored plainly, its first convolution packing it. A producer that fuses a

@@ -841,9 +841,9 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool>(
     let band = (BAND_BYTES / (4 * astride * m.br)).max(1);
     let (p0, n) = (at.p0, at.n);
     // SAFETY: rows of b0..b1 are output rows, stored only at the plan's lanes of this tile
-    // (inside the output, stride ystride; the residual is addressed by the plan's residual shifts, stride rstride); a band's rows fit
-    // the tile (astride floats each; a band is one block row, at most 256 rows x 80 floats,
-    // when several would exceed BAND_BYTES); offsets stay inside the input for valid positions
+    // (inside the output, stride ystride; the residual at the plan's residual shifts and
+    // deltas, stride rstride); a band's rows fit the tile (astride floats each; a band is
+    // one block row, at most 256 rows x 80 floats, when several would exceed BAND_BYTES); offsets stay inside the input for valid positions
     // (layout) and for whole vectors when LOAD_FULL (checked against x_len); chunk rows are
     // rows of these block rows; weights hold `kc` columns of `rt` weights from `w_at`.
     unsafe {

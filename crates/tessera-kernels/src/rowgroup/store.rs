@@ -16,9 +16,9 @@ pub struct Epilogue<'a> {
     /// The activation.
     pub clamp: Clamp,
     /// A tensor laid out as the output (the row-group engine, BCR and FKW: as the output
-    /// target, or as the residual layout set on the kernel, e.g. `RowGroupConv::
-    /// set_residual_layout`; plain `[out, positions]` elsewhere), added before the
-    /// activation. Kernels that cannot add it refuse it with an error.
+    /// target, or as the residual layout set on the kernel, e.g.
+    /// `RowGroupConv::set_residual_layout`; plain `[out, positions]` elsewhere), added
+    /// before the activation. Kernels that cannot add it refuse it with an error.
     pub residual: Option<&'a [f32]>,
 }
 
