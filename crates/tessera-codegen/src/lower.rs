@@ -119,8 +119,8 @@ impl ConvKernel {
             ConvKernel::Rows { conv, .. } => {
                 conv.run_prepacked(isa, packed, output, threads, epilogue)
             }
-            ConvKernel::Bcr { conv, .. } => {
-                conv.run_prepacked(isa, packed, output, threads, epilogue)
+            ConvKernel::Bcr { conv, scratch } => {
+                conv.run_prepacked(isa, packed, output, scratch, threads, epilogue)
             }
             ConvKernel::Fkw { conv, scratch } => {
                 conv.run_prepacked(isa, packed, output, scratch, threads, epilogue)

@@ -32,6 +32,10 @@ fn main() {
         (16, 32, 16, 3),
         (32, 16, 32, 3),
         (64, 8, 64, 3),
+        // VGG-11's small maps.
+        (256, 4, 512, 3),
+        (512, 4, 512, 3),
+        (512, 2, 512, 3),
     ] {
         let layer = Layer::conv2d("conv", out, c, k, k).unwrap();
         let shape = ConvShape::conv2d(c, out, [hw, hw], [k, k], 1, k / 2).unwrap();

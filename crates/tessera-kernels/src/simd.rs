@@ -118,6 +118,27 @@ pub(crate) trait Simd: Copy + 'static {
         }
     }
 
+    /// Lane `i` is `p[i % 4]`: four values repeated across the vector (one load).
+    #[inline(always)]
+    unsafe fn broadcast4(p: *const f32) -> Self::V {
+        let mut buf = [0.0f32; 16];
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = *p.add(i % 4);
+        }
+        Self::load(buf.as_ptr())
+    }
+
+    /// Writes lanes `4 q .. 4 q + 4` of `v` to `p[0..4]`, added to what is there unless
+    /// `replace` (`q < LANES / 4`).
+    #[inline(always)]
+    unsafe fn quarter_add(p: *mut f32, v: Self::V, q: usize, replace: bool) {
+        let mut buf = [0.0f32; 16];
+        Self::store(buf.as_mut_ptr(), v);
+        for (i, &b) in buf[4 * q..4 * q + 4].iter().enumerate() {
+            *p.add(i) = if replace { b } else { *p.add(i) + b };
+        }
+    }
+
     /// Lane `i` is lane `idx[i]` of the concatenation `a:b` (`idx[i] < 2 LANES`) where bit `i`
     /// of `mask` is set, zero elsewhere.
     #[inline(always)]
@@ -284,6 +305,11 @@ mod x86 {
             _mm256_setzero_ps()
         }
         #[inline(always)]
+        unsafe fn broadcast4(p: *const f32) -> Self::V {
+            let q = _mm_loadu_ps(p);
+            _mm256_set_m128(q, q)
+        }
+        #[inline(always)]
         unsafe fn splat(x: f32) -> Self::V {
             _mm256_set1_ps(x)
         }
@@ -408,6 +434,20 @@ mod x86 {
         #[inline(always)]
         unsafe fn zero() -> Self::V {
             _mm512_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn broadcast4(p: *const f32) -> Self::V {
+            _mm512_broadcast_f32x4(_mm_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn quarter_add(p: *mut f32, v: Self::V, q: usize, replace: bool) {
+            let part = match q {
+                0 => _mm512_castps512_ps128(v),
+                1 => _mm512_extractf32x4_ps::<1>(v),
+                2 => _mm512_extractf32x4_ps::<2>(v),
+                _ => _mm512_extractf32x4_ps::<3>(v),
+            };
+            _mm_storeu_ps(p, if replace { part } else { _mm_add_ps(_mm_loadu_ps(p), part) });
         }
         #[inline(always)]
         unsafe fn splat(x: f32) -> Self::V {
@@ -535,7 +575,9 @@ mod tests {
 
     /// Every mask of one vector against a scalar reference: a masked store writes the selected
     /// lanes and nothing else (guard values on both sides stay), a masked load reads the
-    /// selected lanes and zeroes the rest, and the partial forms equal their prefix masks.
+    /// selected lanes and zeroes the rest, and the partial forms equal their prefix masks;
+    /// `broadcast4` repeats its four values across the vector, `quarter_add` adds (or
+    /// writes) one quarter of a vector and nothing else.
     #[inline(always)]
     fn masked_ops_generic<S: Simd>() -> Result<(), String> {
         let l = S::LANES;
@@ -574,6 +616,29 @@ mod tests {
             let want: Vec<f32> = (0..l).map(|k| if k < n { src[k] } else { 0.0 }).collect();
             if lanes != want {
                 return Err(format!("load_partial {n}: {lanes:?}, expected {want:?}"));
+            }
+        }
+        // SAFETY: `src` holds at least 4 values, `lanes` one vector.
+        unsafe { S::store(lanes.as_mut_ptr(), S::broadcast4(src.as_ptr().add(1))) };
+        let want: Vec<f32> = (0..l).map(|i| src[1 + i % 4]).collect();
+        if lanes != want {
+            return Err(format!("broadcast4: {lanes:?}, expected {want:?}"));
+        }
+        for q in 0..l / 4 {
+            for replace in [false, true] {
+                let mut buf = [1.0f32, 2.0, 3.0, 4.0, -1.0];
+                // SAFETY: `buf` holds 4 floats and a guard, `src` one vector.
+                unsafe { S::quarter_add(buf.as_mut_ptr(), S::load(src.as_ptr()), q, replace) };
+                let want: Vec<f32> = (0..5)
+                    .map(|i| match i {
+                        4 => -1.0,
+                        _ if replace => src[4 * q + i],
+                        _ => src[4 * q + i] + (i + 1) as f32,
+                    })
+                    .collect();
+                if buf[..] != want[..] {
+                    return Err(format!("quarter_add {q} {replace}: {buf:?}, expected {want:?}"));
+                }
             }
         }
         Ok(())

@@ -6,7 +6,7 @@
 
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
-use tessera_kernels::formats::bcr::{BcrCompact, BcrConv};
+use tessera_kernels::formats::bcr::{BcrCompact, BcrConv, BcrInput};
 use tessera_kernels::formats::block_punched::{BlockPunched, Kgs};
 use tessera_kernels::formats::bsr::Bsr;
 use tessera_kernels::formats::csr::Csr;
@@ -488,11 +488,11 @@ impl FusedConv for BcrConv {
         isa: Isa,
         packed: &[f32],
         y: &mut [f32],
-        _: &mut ConvScratch,
+        s: &mut ConvScratch,
         threads: usize,
         ep: tessera_kernels::Epilogue<'_>,
     ) -> tessera_kernels::Result<()> {
-        BcrConv::run_prepacked(self, isa, packed, y, threads, ep)
+        BcrConv::run_prepacked(self, isa, packed, y, s, threads, ep)
     }
 }
 
@@ -664,6 +664,103 @@ fn bcr_and_fkw_fuse_the_epilogue_and_store_packed_outputs() {
             &format!("FKW {order:?}"),
         );
     }
+}
+
+/// BCR's gathered inputs (`BcrInput::Gathered`: an im2col without padding columns;
+/// `BcrInput::Quad`: 4 copies of each value, vectors of 4 positions x 4 kept rows) compute
+/// what the dense reference does on maps of 1 to 36 positions (2x2 and 4x4 with padding, a
+/// 1x3 row, stride 2, a 1x1 read in place), with blocks keeping 1 to 8 rows (chunks of 1 to 4
+/// rows), on every instruction set and 1 and 2 threads; they fuse the epilogue and store to
+/// packed targets like the direct kernel; `new` picks them by map size; and they refuse what
+/// they cannot run (more than 4 positions for quad, channel groups).
+#[test]
+fn bcr_gathered_and_quad_inputs_match_the_reference() {
+    let shapes = [
+        ConvShape::conv2d(24, 16, [2, 2], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(16, 24, [1, 1], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(8, 16, [1, 3], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(16, 16, [4, 4], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(8, 24, [5, 5], [3, 3], 2, 1).unwrap(),
+        ConvShape::conv2d(16, 8, [4, 4], [1, 1], 1, 0).unwrap(),
+        ConvShape::conv2d(8, 16, [6, 6], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(8, 16, [3, 4], [3, 3], 2, 1).unwrap(),
+    ];
+    for (si, &shape) in shapes.iter().enumerate() {
+        let layer = shape.layer("conv").unwrap();
+        let w = weights(layer.geometry.len(), 40 + si as u64);
+        let x = weights(shape.in_channels * shape.input_plane(), 50 + si as u64);
+        let quad_ok = shape.output_positions() <= 4;
+        for sparsity in [0.3, 0.75, 0.95] {
+            let p = project("bcr:8x16", &layer, &w, sparsity);
+            let m = BcrCompact::encode(&layer, &p.values, &p.mask, 8, 16).unwrap();
+            let want = reference::conv(&shape, &p.values, &x);
+            let tol = bound(&p.values, shape.out_channels);
+            for input in [BcrInput::Direct, BcrInput::Gathered, BcrInput::Quad] {
+                let bound_conv = BcrConv::with_input(m.clone(), shape, input);
+                if input == BcrInput::Quad && !quad_ok {
+                    assert!(bound_conv.is_err(), "quad on {shape:?}");
+                    continue;
+                }
+                let conv = bound_conv.unwrap();
+                assert_eq!(conv.input(), input);
+                let mut s = conv.scratch();
+                for isa in Isa::available() {
+                    for threads in [1, 2] {
+                        let mut y = vec![f32::NAN; want.len()];
+                        conv.run(isa, &x, &mut y, &mut s, threads).unwrap();
+                        for (i, (g, w)) in y.iter().zip(&want).enumerate() {
+                            assert!(
+                                (g - w).abs() <= tol,
+                                "{input:?} {isa} {threads}t {shape:?} at {sparsity}: output {i}: {g} vs {w}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for input in [BcrInput::Gathered, BcrInput::Quad] {
+        check_epilogue_and_packed_output(
+            &shapes[..3],
+            |shape, seed| {
+                let layer = shape.layer("conv").unwrap();
+                let p = project("bcr:8x16", &layer, &weights(layer.geometry.len(), seed), 0.75);
+                let m = BcrCompact::encode(&layer, &p.values, &p.mask, 8, 16).unwrap();
+                BcrConv::with_input(m, shape, input).unwrap()
+            },
+            &format!("BCR {input:?}"),
+        );
+    }
+    check_epilogue_and_packed_output(
+        &shapes[3..],
+        |shape, seed| {
+            let layer = shape.layer("conv").unwrap();
+            let p = project("bcr:8x16", &layer, &weights(layer.geometry.len(), seed), 0.75);
+            let m = BcrCompact::encode(&layer, &p.values, &p.mask, 8, 16).unwrap();
+            BcrConv::with_input(m, shape, BcrInput::Gathered).unwrap()
+        },
+        "BCR gathered",
+    );
+    // `new`'s choice: quad up to 4 positions, gathered where it saves a third of the AVX-512
+    // vectors (4x4: 19 flat positions), direct otherwise and below 64 output channels.
+    let picked = |c: usize, out: usize, hw: usize, groups: usize| {
+        let shape =
+            ConvShape::conv2d(c, out, [hw, hw], [3, 3], 1, 1).unwrap().with_groups(groups).unwrap();
+        let layer = shape.layer("conv").unwrap();
+        let p = project("bcr:8x16", &layer, &weights(layer.geometry.len(), 3), 0.875);
+        let m = BcrCompact::encode(&layer, &p.values, &p.mask, 8, 16).unwrap();
+        BcrConv::new(m, shape).unwrap().input()
+    };
+    assert_eq!(picked(64, 64, 2, 1), BcrInput::Quad);
+    assert_eq!(picked(64, 64, 4, 1), BcrInput::Gathered);
+    assert_eq!(picked(64, 64, 8, 1), BcrInput::Direct);
+    assert_eq!(picked(16, 32, 2, 1), BcrInput::Direct);
+    assert_eq!(picked(64, 64, 2, 2), BcrInput::Direct);
+    let grouped = ConvShape::conv2d(16, 16, [2, 2], [3, 3], 1, 1).unwrap().with_groups(2).unwrap();
+    let layer = grouped.layer("conv").unwrap();
+    let p = project("bcr:8x16", &layer, &weights(layer.geometry.len(), 3), 0.5);
+    let m = BcrCompact::encode(&layer, &p.values, &p.mask, 8, 16).unwrap();
+    assert!(BcrConv::with_input(m, grouped, BcrInput::Gathered).is_err());
 }
 
 /// A fused residual read from another layout (`set_residual_layout`: the padded input layout

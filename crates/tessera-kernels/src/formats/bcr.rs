@@ -61,6 +61,23 @@
 //! 170 -> 155; 64@56x56 560-598 -> 587-679 (rows of 56 end in a one-vector tile). In whole
 //! plans (`bench models`, 1 thread): VGG-11 4.33x -> 4.88x, ResNet-20 2.77x -> 3.69x.
 //!
+//! Small maps ([`BcrInput`]): on the flat grid a 4x4 map spans 19 positions (two AVX-512
+//! vectors, half of them padding) and a 2x2 map 5 (one vector, a quarter used), and VGG-11's
+//! 512-channel layers at those sizes ran at 33-35% of their FLOP reduction. From 64 output
+//! channels, such inputs are gathered first into one compact row per GEMM column (`Gathered`,
+//! when that saves a third of the vectors: a 4x4 map is one vector), or, for at most 4
+//! positions, into rows holding each value 4 times (`Quad`): a vector is 4 positions x 4 kept
+//! rows, one FMA per kept column with its 4 weights broadcast from one load, the sum turned
+//! to (row, position) lanes and each row's quarter added into a 4-float tile row (so one
+//! band holds every block row and the weights stream in one sequence). Measured (bcr:8x32 at
+//! 8x, 1 thread, min of runs, `cargo run -p tessera-kernels --example bcr_small_map`, us,
+//! AVX-512): 256->512@4x4 85 -> 63-66, 512@4x4 160 -> 132-138, 512@2x2 107-112 -> 76-78
+//! (the quad sum first added with masked loads and stores 4r floats before its row: 162,
+//! stalled on the masked loads; the fill first indexed positions by division: 93). In the
+//! whole VGG-11 plan (`bench models --only vgg11 --rates 8 --schemes bcr:8x32`, 1 thread)
+//! layers 4-7 went 0.113/0.209/0.142/0.138 -> 0.091/0.172/0.104/0.096 ms (they stream their
+//! weights from L3 there) and the model 3.41x -> 3.79x.
+//!
 //! GEMV (batch 1 FC and LSTM gates, memory bound): a block row's outputs live in one register
 //! and each kept column's weights are expand-loaded into its kept rows' lanes, two columns
 //! per AVX-512 vector when blocks have at most 8 rows, so the compact weights stream once.
@@ -347,6 +364,56 @@ pub struct BcrConv {
     /// Where a fused residual is read, when not laid out as the output (see
     /// [`BcrConv::set_residual_layout`]).
     residual: Option<OutputTarget>,
+    /// How tiles read the input: `None` straight from the packed input
+    /// ([`BcrInput::Direct`]), else through a gathered copy.
+    gather: Option<Gather>,
+}
+
+/// How BCR's block kernel reads a convolution's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BcrInput {
+    /// Straight from the packed input: a tile is a run of the flat grid, padding columns
+    /// included (a 4x4 map with shared row padding spans 19 flat positions: two AVX-512
+    /// vectors for 16 outputs).
+    Direct,
+    /// Each GEMM column's input at every output position gathered first into one compact row
+    /// (an im2col with no padding column), so a tile is the output map itself: a 4x4 map is
+    /// one vector.
+    Gathered,
+    /// Maps of at most 4 positions: the gathered rows hold each value 4 times, and a vector
+    /// is 4 positions x 4 kept rows, so one FMA with the column's 4 weights (one broadcast
+    /// load) does what took 4 FMAs on a quarter-used vector (2x2 maps: 5 flat positions, one
+    /// AVX-512 vector each).
+    Quad,
+}
+
+/// The gathered input of [`BcrInput::Gathered`] and [`BcrInput::Quad`].
+#[derive(Debug, Clone)]
+struct Gather {
+    quad: bool,
+    /// Per GEMM column, its offset in the packed input (channel and tap).
+    src: Vec<u32>,
+    /// Per output row, its first position on the packed input's flat grid.
+    row_at: Vec<u32>,
+    /// Output map width (positions per output row).
+    width: usize,
+    /// Output positions.
+    positions: usize,
+    /// Quad: each position's place on the flat grid.
+    quad_at: [u32; 4],
+    /// Floats per gathered column: the positions (compact), or 16 (quad: 4 copies of each).
+    stride: usize,
+    /// Floats of packed input it reads (a shorter input is an error, not a wild read).
+    reads: usize,
+    /// The layout the tile plans run on: a 1x1 convolution over the output map.
+    layout: InputLayout,
+}
+
+impl Gather {
+    /// Floats of the gathered buffer (one vector of slack: a tile loads whole vectors).
+    fn len(&self, cols: usize) -> usize {
+        cols * self.stride + 16
+    }
 }
 
 /// Up to [`BCR_RT`] kept rows of one block: a register tile over the block's kept columns.
@@ -395,7 +462,13 @@ struct Chunks {
 }
 
 impl Chunks {
-    fn new(m: &BcrCompact, layout: &InputLayout, out_per_group: usize) -> Result<Self> {
+    /// `col_offset(group, col)`: where GEMM column `col` of channel group `group` is read,
+    /// relative to a tile's first position.
+    fn new(
+        m: &BcrCompact,
+        col_offset: impl Fn(usize, usize) -> usize,
+        out_per_group: usize,
+    ) -> Result<Self> {
         let brows = m.block_ptr.len() - 1;
         let col_blocks = m.cols.div_ceil(m.bc).max(1);
         let too_large =
@@ -426,7 +499,7 @@ impl Chunks {
             let (kr, kc, _) = m.block(b);
             let cols_at = u32_of(out.offsets.len())?;
             for &c in kc {
-                out.offsets.push(u32_of(layout.col_offset(group, c0 + c as usize))?);
+                out.offsets.push(u32_of(col_offset(group, c0 + c as usize))?);
             }
             for i in (0..kr.len()).step_by(BCR_RT) {
                 let rt = (kr.len() - i).min(BCR_RT);
@@ -466,6 +539,9 @@ impl Chunks {
             }
         }
         out.prefetch_ptr.resize(col_blocks + 1, out.prefetch_ptr[out.prefetch_ptr.len() - 1]);
+        // The quad kernel loads 4 weights per column whatever its chunk's row count: the last
+        // column of the last chunk may read past its weights.
+        out.weights.extend([0.0; BCR_RT]);
         // Empty (column block, block row) pairs end where the previous pair ended.
         for i in 1..out.ptr.len() {
             out.ptr[i] = out.ptr[i].max(out.ptr[i - 1]);
@@ -498,6 +574,16 @@ fn lpt(m: &BcrCompact, threads: usize) -> Vec<Vec<u32>> {
 impl BcrConv {
     /// Binds `m` to `shape` (rows = output channels, cols = in_per_group x kernel volume).
     pub fn new(m: BcrCompact, shape: ConvShape) -> Result<Self> {
+        let input = choose_input(&shape);
+        Self::with_input(m, shape, input)
+    }
+
+    /// [`BcrConv::new`] reading the input as `input` says (`new` picks by the map's size:
+    /// [`BcrInput::Quad`] for at most 4 positions, [`BcrInput::Gathered`] when gathering saves
+    /// a third of the vectors, both from 64 output channels up, where the kernel's work per
+    /// gathered value pays for the gather). The gathered forms need a 2D convolution with one
+    /// channel group, and `Quad` at most 4 output positions.
+    pub fn with_input(m: BcrCompact, shape: ConvShape, input: BcrInput) -> Result<Self> {
         if m.rows != shape.out_channels || m.cols != shape.cols() {
             return Err(KernelError::InvalidShape {
                 reason: format!(
@@ -510,9 +596,18 @@ impl BcrConv {
             });
         }
         let layout = shape.layout();
-        let chunks = Chunks::new(&m, &layout, shape.out_per_group())?;
+        let gather = match input {
+            BcrInput::Direct => None,
+            BcrInput::Gathered | BcrInput::Quad => {
+                Some(Gather::new(&shape, &layout, input == BcrInput::Quad)?)
+            }
+        };
+        let chunks = match &gather {
+            None => Chunks::new(&m, |g, c| layout.col_offset(g, c), shape.out_per_group())?,
+            Some(g) => Chunks::new(&m, |_, c| c * g.stride, shape.out_per_group())?,
+        };
         let target = OutputTarget::dense(shape.output());
-        let plans = tile_plans(&layout, &target);
+        let plans = tile_plans(gather.as_ref().map_or(&layout, |g| &g.layout), &target, &gather);
         let max_offset = chunks.offsets.iter().max().map_or(0, |&o| o as usize);
         let schedule = (1..=SCHEDULED_THREADS).map(|t| lpt(&m, t)).collect();
         let row_masks = if m.br <= 16 {
@@ -531,16 +626,31 @@ impl BcrConv {
             schedule,
             row_masks,
             residual: None,
+            gather,
         })
+    }
+
+    /// How tiles read the input.
+    pub fn input(&self) -> BcrInput {
+        match &self.gather {
+            None => BcrInput::Direct,
+            Some(g) if g.quad => BcrInput::Quad,
+            Some(_) => BcrInput::Gathered,
+        }
+    }
+
+    /// The layout the tile plans run on: the packed input's, or the gathered map's.
+    fn plan_layout(&self) -> &InputLayout {
+        self.gather.as_ref().map_or(&self.layout, |g| &g.layout)
     }
 
     /// Stores outputs to `target` from now on (e.g. the next convolution's
     /// [`InputLayout::as_target`]); its extent must be this convolution's output.
     pub fn set_output_target(&mut self, target: OutputTarget) -> Result<()> {
         check_output_target(&target, self.shape.output())?;
-        let mut plans = tile_plans(&self.layout, &target);
+        let mut plans = tile_plans(self.plan_layout(), &target, &self.gather);
         if let Some(residual) = &self.residual {
-            address_residual(&mut plans, &self.layout, residual)?;
+            address_residual(&mut plans, self.plan_layout(), residual)?;
         }
         self.plans = plans;
         self.target = target;
@@ -551,8 +661,9 @@ impl BcrConv {
     /// [`crate::RowGroupConv::set_residual_layout`].
     pub fn set_residual_layout(&mut self, layout: Option<OutputTarget>) -> Result<()> {
         let output = self.shape.output();
+        let plan_layout = self.gather.as_ref().map_or(&self.layout, |g| &g.layout);
         let (plans, residual) = (&mut self.plans, &mut self.residual);
-        readdress_residual(plans, &self.layout, output, &self.target, residual, layout)
+        readdress_residual(plans, plan_layout, output, &self.target, residual, layout)
     }
 
     /// Where a fused residual is read from (the output target unless
@@ -588,9 +699,11 @@ impl BcrConv {
         &self.m
     }
 
-    /// Scratch for [`BcrConv::run`]: the packed input (outputs are stored in place).
+    /// Scratch for [`BcrConv::run`] and [`BcrConv::run_prepacked`]: the packed input and the
+    /// gathered one (outputs are stored in place).
     pub fn scratch(&self) -> ConvScratch {
-        ConvScratch::with_lengths((self.layout.packed_len(), 0))
+        let gathered = self.gather.as_ref().map_or(0, |g| g.len(self.m.cols));
+        ConvScratch::with_lengths((self.layout.packed_len(), gathered))
     }
 
     /// Runs the convolution on one sample (same buffers as [`crate::RowGroupConv::run`]).
@@ -618,32 +731,38 @@ impl BcrConv {
     ) -> Result<()> {
         let s = &self.shape;
         check_len("input", s.in_channels * s.input_plane(), input.len())?;
-        let (packed, _) = scratch.parts();
+        let (packed, gathered) = scratch.parts();
         check_len("packed-input scratch", self.layout.packed_len(), packed.len())?;
         self.layout.pack_with(isa, input, packed);
         let x: &[f32] = if self.layout.in_place() { input } else { packed };
-        self.execute_on(isa, x, output, threads, epilogue)
+        self.execute_on(isa, x, gathered, output, threads, epilogue)
     }
 
     /// [`BcrConv::run_fused`] on an input already in this convolution's packed layout
     /// (`layout().packed_len()` floats, padding zero), as a producer retargeted to
-    /// `layout().as_target()` writes it: no packing.
+    /// `layout().as_target()` writes it: no packing (`scratch` holds the gathered input of
+    /// [`BcrInput::Gathered`] and [`BcrInput::Quad`]).
     pub fn run_prepacked(
         &self,
         isa: Isa,
         packed: &[f32],
         output: &mut [f32],
+        scratch: &mut ConvScratch,
         threads: usize,
         epilogue: Epilogue<'_>,
     ) -> Result<()> {
         check_prepacked(&self.layout, &self.shape, packed.len())?;
-        self.execute_on(isa, packed, output, threads, epilogue)
+        let (_, gathered) = scratch.parts();
+        self.execute_on(isa, packed, gathered, output, threads, epilogue)
     }
 
+    /// Runs the tiles on `x` (the packed input), gathered first into `gathered` when the
+    /// input form asks for it.
     fn execute_on(
         &self,
         isa: Isa,
         x: &[f32],
+        gathered: &mut [f32],
         output: &mut [f32],
         threads: usize,
         epilogue: Epilogue<'_>,
@@ -656,10 +775,34 @@ impl BcrConv {
             output.len(),
             &epilogue,
         )?;
+        let x: &[f32] = match &self.gather {
+            None => x,
+            Some(g) => {
+                check_len("gathered-input scratch", g.len(self.m.cols), gathered.len())?;
+                if x.len() < g.reads {
+                    return Err(KernelError::BufferLength {
+                        what: "packed input",
+                        expected: g.reads,
+                        found: x.len(),
+                    });
+                }
+                let cols = self.m.cols;
+                let out = SendPtr(gathered.as_mut_ptr());
+                let per = cols.div_ceil(threads.clamp(1, crate::threads::MAX_THREADS));
+                run_parallel(threads.clamp(1, crate::threads::MAX_THREADS), |t| {
+                    let (c0, c1) = ((t * per).min(cols), ((t + 1) * per).min(cols));
+                    // SAFETY: `x` holds `reads` floats (checked), `gathered` `len(cols)`;
+                    // threads fill disjoint column ranges.
+                    unsafe { g.fill(x.as_ptr(), out, c0, c1) };
+                });
+                gathered
+            }
+        };
         let plan = &self.plans[usize::from(isa.lanes() == 16)];
         let job = BcrJob {
             c: self,
             plan,
+            quad: self.gather.as_ref().is_some_and(|g| g.quad),
             x: x.as_ptr(),
             x_len: x.len(),
             y: SendPtr(output.as_mut_ptr()),
@@ -706,12 +849,111 @@ impl BcrConv {
     }
 }
 
+/// The input form [`BcrConv::new`] picks for `shape` (see [`BcrConv::with_input`]).
+fn choose_input(shape: &ConvShape) -> BcrInput {
+    if shape.groups != 1 || !shape.is_2d() || shape.out_channels < 64 {
+        return BcrInput::Direct;
+    }
+    let positions = shape.output_positions();
+    if positions <= 4 {
+        return BcrInput::Quad;
+    }
+    // AVX-512 vectors per tile sweep, on the flat grid and gathered.
+    let vectors = |runs: &[(usize, usize)]| -> usize {
+        balanced_tiles(runs, 16, BCR_V[1]).iter().map(|&(_, n)| n.div_ceil(16)).sum()
+    };
+    let flat = vectors(shape.layout().runs());
+    if 3 * vectors(&[(0, positions)]) <= 2 * flat { BcrInput::Gathered } else { BcrInput::Direct }
+}
+
+impl Gather {
+    fn new(shape: &ConvShape, layout: &InputLayout, quad: bool) -> Result<Self> {
+        let refuse = |reason: String| Err(KernelError::InvalidShape { reason });
+        if shape.groups != 1 || !shape.is_2d() {
+            return refuse(format!(
+                "a gathered BCR input needs a 2D convolution with one channel group, not {shape:?}"
+            ));
+        }
+        let [_, oh, ow] = shape.output();
+        let positions = oh * ow;
+        if quad && positions > 4 {
+            return refuse(format!(
+                "the quad BCR kernel takes at most 4 positions, not {positions}"
+            ));
+        }
+        let too_large =
+            || KernelError::InvalidShape { reason: "input too large for 32-bit offsets".into() };
+        let src = (0..shape.cols())
+            .map(|c| u32::try_from(layout.col_offset(0, c)).map_err(|_| too_large()))
+            .collect::<Result<Vec<u32>>>()?;
+        let pitch = layout.output_row_pitch();
+        let row_at = (0..oh)
+            .map(|y| u32::try_from(y * pitch).map_err(|_| too_large()))
+            .collect::<Result<Vec<u32>>>()?;
+        let last = (oh.max(1) - 1) * pitch + ow;
+        let reads = src.iter().max().map_or(0, |&o| o as usize + last);
+        let map = ConvShape::conv2d(shape.cols(), shape.out_channels, [oh, ow], [1, 1], 1, 0)?;
+        let mut quad_at = [0u32; 4];
+        for (p, at) in quad_at.iter_mut().enumerate().take(positions.min(4)) {
+            *at = row_at[p / ow] + (p % ow) as u32;
+        }
+        Ok(Gather {
+            quad,
+            src,
+            row_at,
+            width: ow,
+            positions,
+            quad_at,
+            stride: if quad { 16 } else { positions },
+            reads,
+            layout: map.layout(),
+        })
+    }
+
+    /// Copies every column's input at every output position from `x` (the packed input)
+    /// into `out`, columns `c0..c1`.
+    ///
+    /// # Safety
+    /// `x` holds at least `reads` floats and `out` at least `len(cols)`.
+    unsafe fn fill(&self, x: *const f32, out: SendPtr, c0: usize, c1: usize) {
+        let (w, out) = (self.width, out.0);
+        for c in c0..c1 {
+            let src = x.add(self.src[c] as usize);
+            let dst = out.add(c * self.stride);
+            if self.quad {
+                // 4 copies of each position's value; positions past the map are zero.
+                let mut v = [0.0f32; 16];
+                for (p, &at) in self.quad_at[..self.positions].iter().enumerate() {
+                    v[4 * p..4 * p + 4].fill(*src.add(at as usize));
+                }
+                std::ptr::copy_nonoverlapping(v.as_ptr(), dst, 16);
+            } else {
+                for (y, &at) in self.row_at.iter().enumerate() {
+                    std::ptr::copy_nonoverlapping(src.add(at as usize), dst.add(y * w), w);
+                }
+            }
+        }
+    }
+}
+
 /// The AVX2 and AVX-512 tile plans of a layout storing to `target`. On 8 lanes, the row-group
 /// engine's: tiles within output rows (plain stores, no padding column computed), stacked
 /// rows on 8-wide maps, flat tiles with masked stores elsewhere. On 16 lanes (native masked
 /// stores), the flat positions' runs dealt evenly into tiles of up to 5 vectors
 /// ([`balanced_tiles`]).
-fn tile_plans(layout: &InputLayout, target: &OutputTarget) -> [TilePlan; 2] {
+/// Quad: one tile of the whole map on both (its vectors hold 4 positions each).
+fn tile_plans(
+    layout: &InputLayout,
+    target: &OutputTarget,
+    gather: &Option<Gather>,
+) -> [TilePlan; 2] {
+    if let Some(g) = gather.as_ref().filter(|g| g.quad) {
+        let one = [(0, g.positions)];
+        return [
+            TilePlan::from_tiles(layout, 8, 1, &one, target),
+            TilePlan::from_tiles(layout, 16, 1, &one, target),
+        ];
+    }
     let wide = balanced_tiles(layout.runs(), 16, BCR_V[1]);
     [
         TilePlan::with_target(layout, 8, BCR_V[0], target),
@@ -722,6 +964,8 @@ fn tile_plans(layout: &InputLayout, target: &OutputTarget) -> [TilePlan; 2] {
 struct BcrJob<'a> {
     c: &'a BcrConv,
     plan: &'a TilePlan,
+    /// The input is gathered for [`rmw_quad`].
+    quad: bool,
     x: *const f32,
     /// Floats readable from `x`: a tile whose whole vectors, shifted by any kept column's
     /// offset, stay below it loads them whole.
@@ -777,12 +1021,17 @@ fn bcr_tiles_generic<S: Simd>(job: &BcrJob<'_>, t0: usize, t1: usize, b0: usize,
             rstep,
             next: plan.tiles.get(ti + 1).map(|t| t.0),
         };
+        if job.quad {
+            // One tile of at most 4 positions, whose vectors hold 4 positions x 4 rows.
+            bcr_tile::<S, 1, true, true>(job, &mut tile, &at, b0, b1);
+            continue;
+        }
         macro_rules! tile {
             ($($v:literal)*) => {
                 match (vectors, load_whole) {
                     $(
-                        ($v, true) => bcr_tile::<S, $v, true>(job, &mut tile, &at, b0, b1),
-                        ($v, false) => bcr_tile::<S, $v, false>(job, &mut tile, &at, b0, b1),
+                        ($v, true) => bcr_tile::<S, $v, true, false>(job, &mut tile, &at, b0, b1),
+                        ($v, false) => bcr_tile::<S, $v, false, false>(job, &mut tile, &at, b0, b1),
                     )*
                     _ => {}
                 }
@@ -824,9 +1073,10 @@ const BAND_TILE_FLOATS: usize = 256 * 80;
 /// One tile `V` vectors wide on block rows `b0..b1`, band of block rows by band (a band's tile
 /// fits [`BandTile`], in L1): every column block's chunks into the band's tile (a row's first
 /// chunk stores, later ones add; rows no chunk writes are zeroed), then the tile to the output
-/// with the epilogue (bias, residual, activation) through the plan's stores.
+/// with the epilogue (bias, residual, activation) through the plan's stores. `QUAD`: the
+/// input is gathered 4 times over and chunks run [`rmw_quad`] (`V` is 1).
 #[inline(always)]
-fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool>(
+fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const QUAD: bool>(
     job: &BcrJob<'_>,
     tile: &mut std::mem::MaybeUninit<BandTile>,
     at: &TileAt<'_>,
@@ -837,15 +1087,19 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool>(
     let ch = &job.c.chunks;
     let l = S::LANES;
     let col_blocks = (ch.ptr.len() - 1) / ch.brows.max(1);
-    let astride = V * l;
+    // Quad tiles hold at most 4 positions: rows of 4 floats, so one band covers 8 times the
+    // block rows and the chunks' weights stream in one sequence, not one per band.
+    let astride = if QUAD { BCR_RT } else { V * l };
     let band = (BAND_BYTES / (4 * astride * m.br)).max(1);
     let (p0, n) = (at.p0, at.n);
     // SAFETY: rows of b0..b1 are output rows, stored only at the plan's lanes of this tile
     // (inside the output, stride ystride; the residual at the plan's residual shifts and
     // deltas, stride rstride); a band's rows fit the tile (astride floats each; a band is
-    // one block row, at most 256 rows x 80 floats, when several would exceed BAND_BYTES); offsets stay inside the input for valid positions
-    // (layout) and for whole vectors when LOAD_FULL (checked against x_len); chunk rows are
-    // rows of these block rows; weights hold `kc` columns of `rt` weights from `w_at`.
+    // one block row, at most 256 rows x 80 floats, when several would exceed BAND_BYTES);
+    // quad rows are read back partially, only their `n` written lanes; offsets stay inside
+    // the input for valid positions (layout) and for whole vectors when LOAD_FULL (checked
+    // against x_len); chunk rows are rows of these block rows; weights hold `kc` columns of
+    // `rt` weights from `w_at` (and 4 more floats: the weights' padding).
     unsafe {
         let xp: [*const f32; V] = std::array::from_fn(|v| job.x.add(p0 + v * at.x_step));
         for s0 in (b0..b1).step_by(band) {
@@ -876,6 +1130,10 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool>(
                     let rows = ch.rows.as_ptr().add(c.rows_at as usize);
                     let w = ch.weights.as_ptr().add(c.w_at as usize);
                     let f = c.first;
+                    if QUAD {
+                        rmw_quad::<S>(offs, w, job.x, y, astride, rows, c.rt as usize, n, f);
+                        continue;
+                    }
                     match c.rt {
                         1 => rmw::<S, 1, V, LOAD_FULL>(offs, w, &xp, y, astride, rows, n, f),
                         2 => rmw::<S, 2, V, LOAD_FULL>(offs, w, &xp, y, astride, rows, n, f),
@@ -888,7 +1146,8 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool>(
                 let src = t.add((r - r0) * astride);
                 let mut a = [S::zero(); V];
                 for (v, av) in a.iter_mut().enumerate() {
-                    *av = S::load(src.add(v * l));
+                    // A quad row holds its `n` positions only.
+                    *av = if QUAD { S::load_partial(src, n) } else { S::load(src.add(v * l)) };
                 }
                 let offset = (r * job.ystride + p0) as isize + at.shift;
                 let out = Out {
@@ -963,6 +1222,87 @@ unsafe fn rmw<S: Simd, const RT: usize, const V: usize, const LOAD_FULL: bool>(
         } else {
             for (v, &av) in a.iter().enumerate() {
                 S::store(yp.add(v * l), S::add(S::load(yp.add(v * l)), av));
+            }
+        }
+    }
+}
+
+/// `(position, row)` lanes to `(row, position)` lanes: lane `4 r + p` takes lane `4 p + r`.
+const QUAD_ROWS: [u32; 16] = [0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15];
+
+/// [`rmw`] for the quad input ([`BcrInput::Quad`]): lane `4 p + r` of a 16-lane sum is row `r`
+/// at position `p`, for `n <= 4` positions and `rt <= 4` kept rows. Per kept column, one FMA
+/// of its 4 weights (one broadcast load; lanes past `rt` hold other weights and are never
+/// stored) with the column's gathered values (4 copies of each position's), two chains
+/// alternating columns. The sum is turned to `(row, position)` lanes and each row's quarter
+/// added into its tile row (masked loads and stores there, 4r floats before the row so that
+/// lanes line up, ran 1.5x slower than the unpermuted kernel); on 8 lanes (two vectors per
+/// sum) through a buffer.
+///
+/// # Safety
+/// As [`rmw`]; `x + off` holds 16 floats for every `off` in `offs`, `w` holds `offs.len()`
+/// columns of `rt` weights and 4 floats are readable from the last column's first.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rmw_quad<S: Simd>(
+    offs: &[u32],
+    w: *const f32,
+    x: *const f32,
+    y: *mut f32,
+    ystride: usize,
+    rows: *const u32,
+    rt: usize,
+    n: usize,
+    first: u32,
+) {
+    let l = S::LANES;
+    let parts = 16 / l;
+    let mut even = [S::zero(); 2];
+    let mut odd = [S::zero(); 2];
+    let mut wp = w;
+    let mut pairs = offs.chunks_exact(2);
+    for o in pairs.by_ref() {
+        let (w0, w1) = (S::broadcast4(wp), S::broadcast4(wp.add(rt)));
+        let (x0, x1) = (x.add(o[0] as usize), x.add(o[1] as usize));
+        for h in 0..parts {
+            even[h] = S::fma(w0, S::load(x0.add(h * l)), even[h]);
+            odd[h] = S::fma(w1, S::load(x1.add(h * l)), odd[h]);
+        }
+        // Wrapping: after the last pair this may point past the weights and is not read.
+        wp = wp.wrapping_add(2 * rt);
+    }
+    if let [o] = pairs.remainder() {
+        let (w0, x0) = (S::broadcast4(wp), x.add(*o as usize));
+        for (h, e) in even.iter_mut().enumerate().take(parts) {
+            *e = S::fma(w0, S::load(x0.add(h * l)), *e);
+        }
+    }
+    if l == 16 {
+        // (position, row) lanes to (row, position): row r is quarter r, written whole (lanes
+        // past `n` positions hold sums of zeros, in tile lanes the stores never read).
+        let sum = S::add(even[0], odd[0]);
+        let t = S::permute2_maskz(sum, sum, &QUAD_ROWS, 0xffff);
+        let row = |r: usize| y.add(*rows.add(r) as usize * ystride);
+        if rt == BCR_RT {
+            // Unrolled: each quarter's extract is a constant.
+            for r in 0..BCR_RT {
+                S::quarter_add(row(r), t, r, first & (1 << r) != 0);
+            }
+        } else {
+            for r in 0..rt {
+                S::quarter_add(row(r), t, r, first & (1 << r) != 0);
+            }
+        }
+    } else {
+        let mut q = [0.0f32; 16];
+        for h in 0..parts {
+            S::store(q.as_mut_ptr().add(h * l), S::add(even[h], odd[h]));
+        }
+        for r in 0..rt {
+            let yp = y.add(*rows.add(r) as usize * ystride);
+            for p in 0..n {
+                let v = q[4 * p + r];
+                *yp.add(p) = if first & (1 << r) != 0 { v } else { *yp.add(p) + v };
             }
         }
     }
