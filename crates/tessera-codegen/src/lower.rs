@@ -16,7 +16,7 @@
 //! falls back to masked row groups with a warning: the plan stays correct, only slower.
 
 use tessera_ir::{Node, Op, Param, Shapes};
-use tessera_kernels::formats::bcr::{BcrCompact, BcrConv};
+use tessera_kernels::formats::bcr::{BcrCompact, BcrConv, BcrInput};
 use tessera_kernels::formats::block_punched::{BlockPunched, Kgs};
 use tessera_kernels::formats::bsr::Bsr;
 use tessera_kernels::formats::csr::Csr;
@@ -116,8 +116,8 @@ impl ConvKernel {
         epilogue: Epilogue<'_>,
     ) -> KernelResult<()> {
         match self {
-            ConvKernel::Rows { conv, .. } => {
-                conv.run_prepacked(isa, packed, output, threads, epilogue)
+            ConvKernel::Rows { conv, scratch } => {
+                conv.run_prepacked(isa, packed, output, scratch, threads, epilogue)
             }
             ConvKernel::Bcr { conv, scratch } => {
                 conv.run_prepacked(isa, packed, output, scratch, threads, epilogue)
@@ -344,7 +344,7 @@ pub(crate) fn conv_candidates(
 ) -> Result<Vec<(ConvKernel, Choice)>> {
     let name = node.name.as_str();
     let w = &param.tensor.data;
-    let mut out = vec![conv_kernel(node, param, shape, threads)?];
+    let mut out = vec![conv_kernel_gathering(node, param, shape, threads)?];
     if param.sparsity.is_none() && shape.in_per_group() == 1 && shape.groups > 1 && shape.is_2d() {
         // Both depthwise engines, whichever the table put first.
         if matches!(out[0].0, ConvKernel::Depthwise { .. }) {
@@ -402,7 +402,11 @@ pub(crate) fn conv_candidates(
         }
         out.push(dense_conv(name, shape, w)?);
     }
-    Ok(out)
+    out.into_iter()
+        .map(|(k, c)| {
+            Ok((direct_input_above_one_thread(k, threads).map_err(kernel_error(name))?, c))
+        })
+        .collect()
 }
 
 /// Every kernel that can run this fully connected layer, the table's choice first (then the
@@ -429,6 +433,44 @@ pub(crate) fn linear_candidates(node: &Node, param: &Param) -> Result<Vec<(Linea
 
 /// Chooses, encodes and binds the kernel of a convolution whose weight is `param`.
 pub(crate) fn conv_kernel(
+    node: &Node,
+    param: &Param,
+    shape: ConvShape,
+    threads: usize,
+) -> Result<(ConvKernel, Choice)> {
+    let (kernel, choice) = conv_kernel_gathering(node, param, shape, threads)?;
+    Ok((direct_input_above_one_thread(kernel, threads).map_err(kernel_error(&node.name))?, choice))
+}
+
+/// Above one thread, convolutions read their packed input itself, not a gathered copy
+/// (`RowGroupConv::with_gathered_input`, `BcrConv::with_input`, chosen by the kernels for
+/// small maps): the copy is a parallel pass of its own, whose halves each thread then reads
+/// from the other core. Measured on VGG-11 at 8x (`bench models --only vgg11 --rates 8`,
+/// ms, two runs each, gathered vs not): BCR 8x32 0.71-0.73 vs 0.83-0.88 on 1 thread but
+/// 0.57-0.58 vs 0.54-0.56 on 2; block-punched 8x4 0.51 vs 0.56 on 1, 0.39-0.40 vs 0.36-0.38
+/// on 2.
+fn direct_input_above_one_thread(kernel: ConvKernel, threads: usize) -> KernelResult<ConvKernel> {
+    if threads <= 1 {
+        return Ok(kernel);
+    }
+    Ok(match kernel {
+        ConvKernel::Rows { conv, .. } if conv.gathered() => {
+            let conv =
+                RowGroupConv::with_gathered_input(conv.matrix().clone(), *conv.shape(), false)?;
+            let scratch = ConvScratch::for_conv(&conv);
+            ConvKernel::Rows { conv: Box::new(conv), scratch }
+        }
+        ConvKernel::Bcr { conv, .. } if conv.input() != BcrInput::Direct => {
+            let conv = BcrConv::with_input(conv.matrix().clone(), *conv.shape(), BcrInput::Direct)?;
+            let scratch = conv.scratch();
+            ConvKernel::Bcr { conv: Box::new(conv), scratch }
+        }
+        other => other,
+    })
+}
+
+/// [`conv_kernel`] with the kernels' own choice of input form.
+fn conv_kernel_gathering(
     node: &Node,
     param: &Param,
     shape: ConvShape,

@@ -59,6 +59,7 @@ pub mod dense;
 pub mod depthwise;
 mod error;
 pub mod formats;
+mod gather;
 mod isa;
 pub mod reference;
 pub mod rowgroup;

@@ -459,6 +459,43 @@ trait FusedConv: Clone {
     ) -> tessera_kernels::Result<()>;
 }
 
+impl FusedConv for RowGroupConv {
+    fn scratch(&self) -> ConvScratch {
+        ConvScratch::for_conv(self)
+    }
+    fn layout(&self) -> &tessera_kernels::InputLayout {
+        RowGroupConv::layout(self)
+    }
+    fn set_output_target(
+        &mut self,
+        target: tessera_kernels::OutputTarget,
+    ) -> tessera_kernels::Result<()> {
+        RowGroupConv::set_output_target(self, target)
+    }
+    fn run_fused(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        y: &mut [f32],
+        s: &mut ConvScratch,
+        threads: usize,
+        ep: tessera_kernels::Epilogue<'_>,
+    ) -> tessera_kernels::Result<()> {
+        RowGroupConv::run_fused(self, isa, x, y, s, threads, ep)
+    }
+    fn run_prepacked(
+        &self,
+        isa: Isa,
+        packed: &[f32],
+        y: &mut [f32],
+        s: &mut ConvScratch,
+        threads: usize,
+        ep: tessera_kernels::Epilogue<'_>,
+    ) -> tessera_kernels::Result<()> {
+        RowGroupConv::run_prepacked(self, isa, packed, y, s, threads, ep)
+    }
+}
+
 impl FusedConv for BcrConv {
     fn scratch(&self) -> ConvScratch {
         BcrConv::scratch(self)
@@ -763,6 +800,93 @@ fn bcr_gathered_and_quad_inputs_match_the_reference() {
     assert!(BcrConv::with_input(m, grouped, BcrInput::Gathered).is_err());
 }
 
+/// The row-group engine on a gathered input (`with_gathered_input`) computes what the dense
+/// reference does for block-punched groups of 8 rows, dense rows in groups of 8 and one-row
+/// CSR groups, on the gathered-input test's maps, on every instruction set and 1 and 2
+/// threads; it fuses the epilogue and stores to packed targets; and `new` gathers a 4x4 map
+/// from 64 block-punched output channels but neither an 8x8 map, nor one-row groups, nor 16
+/// output channels.
+#[test]
+fn row_groups_on_a_gathered_input_match_the_reference() {
+    let shapes = [
+        ConvShape::conv2d(24, 16, [2, 2], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(8, 16, [1, 3], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(16, 16, [4, 4], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(8, 24, [5, 5], [3, 3], 2, 1).unwrap(),
+        ConvShape::conv2d(16, 8, [4, 4], [1, 1], 1, 0).unwrap(),
+        ConvShape::conv2d(8, 16, [6, 6], [3, 3], 1, 1).unwrap(),
+    ];
+    let matrices = |shape: &ConvShape,
+                    seed: u64|
+     -> Vec<(&'static str, Vec<f32>, RowGroupMatrix)> {
+        let layer = shape.layer("conv").unwrap();
+        let g = &layer.geometry;
+        let w = weights(g.len(), seed);
+        let bp = project("block-punched:8x4", &layer, &w, 0.75);
+        let bp_m =
+            BlockPunched::encode(&layer, &bp.values, &bp.mask, 8, 4).unwrap().to_row_groups();
+        let groups = RowGroupMatrix::uniform_groups(g.rows(), g.rows(), 8);
+        let dense = RowGroupMatrix::from_dense(g.rows(), g.cols(), &w, None, &groups).unwrap();
+        let un = project("unstructured", &layer, &w, 0.8);
+        let csr = Csr::encode(g.rows(), g.cols(), &un.values, &un.mask).unwrap().to_row_groups();
+        vec![("block-punched", bp.values, bp_m), ("dense rows", w, dense), ("CSR", un.values, csr)]
+    };
+    for (si, &shape) in shapes.iter().enumerate() {
+        let x = weights(shape.in_channels * shape.input_plane(), 60 + si as u64);
+        for (what, values, m) in matrices(&shape, 70 + si as u64) {
+            let want = reference::conv(&shape, &values, &x);
+            let tol = bound(&values, shape.out_channels);
+            let conv = RowGroupConv::with_gathered_input(m, shape, true).unwrap();
+            assert!(conv.gathered());
+            let mut s = ConvScratch::for_conv(&conv);
+            for isa in Isa::available() {
+                for threads in [1, 2] {
+                    let mut y = vec![f32::NAN; want.len()];
+                    conv.run(isa, &x, &mut y, &mut s, threads).unwrap();
+                    for (i, (g, w)) in y.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() <= tol,
+                            "{what} gathered {isa} {threads}t {shape:?}: output {i}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    check_epilogue_and_packed_output(
+        &shapes,
+        |shape, seed| {
+            let (_, _, m) = matrices(&shape, seed).swap_remove(0);
+            RowGroupConv::with_gathered_input(m, shape, true).unwrap()
+        },
+        "block-punched gathered",
+    );
+    let picked = |c: usize, out: usize, hw: usize, scheme: &str| {
+        let shape = ConvShape::conv2d(c, out, [hw, hw], [3, 3], 1, 1).unwrap();
+        let layer = shape.layer("conv").unwrap();
+        let p = project(scheme, &layer, &weights(layer.geometry.len(), 3), 0.875);
+        let g = &layer.geometry;
+        let m = match scheme {
+            "unstructured" => {
+                Csr::encode(g.rows(), g.cols(), &p.values, &p.mask).unwrap().to_row_groups()
+            }
+            _ => BlockPunched::encode(&layer, &p.values, &p.mask, 8, 4).unwrap().to_row_groups(),
+        };
+        RowGroupConv::new(m, shape).unwrap().gathered()
+    };
+    assert!(picked(64, 64, 4, "block-punched:8x4"));
+    assert!(!picked(64, 64, 8, "block-punched:8x4"));
+    assert!(!picked(64, 64, 2, "block-punched:8x4"));
+    assert!(!picked(64, 64, 4, "unstructured"));
+    assert!(!picked(16, 16, 4, "block-punched:8x4"));
+    let grouped = ConvShape::conv2d(16, 16, [2, 2], [3, 3], 1, 1).unwrap().with_groups(2).unwrap();
+    let g = grouped.layer("conv").unwrap().geometry;
+    let groups = RowGroupMatrix::uniform_groups(g.rows(), g.rows() / 2, 8);
+    let w = weights(g.len(), 4);
+    let m = RowGroupMatrix::from_dense(g.rows(), g.cols(), &w, None, &groups).unwrap();
+    assert!(RowGroupConv::with_gathered_input(m, grouped, true).is_err());
+}
+
 /// A fused residual read from another layout (`set_residual_layout`: the padded input layout
 /// of a 3x3 convolution on the output's extent, where a residual network's block input is
 /// stored for its first convolution) adds exactly what the same residual stored plainly
@@ -786,7 +910,7 @@ fn residuals_read_from_a_padded_layout_match_plain_ones() {
     ];
     // (name, bind): each kernel under test, bound to a shape.
     type Bind = fn(ConvShape) -> Box<dyn ResidualConv>;
-    let kernels: [(&str, Bind); 6] = [
+    let kernels: [(&str, Bind); 8] = [
         ("dense rows", |shape| {
             let layer = shape.layer("conv").unwrap();
             let g = &layer.geometry;
@@ -814,6 +938,18 @@ fn residuals_read_from_a_padded_layout_match_plain_ones() {
             let p = project("bcr:8x16", &layer, &weights(layer.geometry.len(), 7), 0.75);
             let m = BcrCompact::encode(&layer, &p.values, &p.mask, 8, 16).unwrap();
             Box::new(BcrConv::new(m, shape).unwrap())
+        }),
+        ("BCR 8x16 gathered", |shape| {
+            let layer = shape.layer("conv").unwrap();
+            let p = project("bcr:8x16", &layer, &weights(layer.geometry.len(), 7), 0.75);
+            let m = BcrCompact::encode(&layer, &p.values, &p.mask, 8, 16).unwrap();
+            Box::new(BcrConv::with_input(m, shape, BcrInput::Gathered).unwrap())
+        }),
+        ("block-punched 8x4 gathered", |shape| {
+            let layer = shape.layer("conv").unwrap();
+            let p = project("block-punched:8x4", &layer, &weights(layer.geometry.len(), 5), 0.75);
+            let m = BlockPunched::encode(&layer, &p.values, &p.mask, 8, 4).unwrap();
+            Box::new(RowGroupConv::with_gathered_input(m.to_row_groups(), shape, true).unwrap())
         }),
         ("FKW channel-major", |shape| pattern_conv(shape, FkwOrder::ChannelMajor)),
         ("FKW filter-major", |shape| pattern_conv(shape, FkwOrder::FilterMajor)),

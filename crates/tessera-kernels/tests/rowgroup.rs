@@ -366,7 +366,7 @@ fn producer_writes_the_consumers_packed_layout() {
                 assert_eq!(packed, repacked, "case {ci} {isa} {threads} threads: packed layout");
                 let mut got = vec![f32::NAN; want.len()];
                 let none = Epilogue::default();
-                second.run_prepacked(isa, &packed, &mut got, threads, none).unwrap();
+                second.run_prepacked(isa, &packed, &mut got, &mut sb, threads, none).unwrap();
                 assert_eq!(got, want, "case {ci} {isa} {threads} threads");
             }
         }

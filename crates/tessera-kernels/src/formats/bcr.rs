@@ -64,19 +64,20 @@
 //! Small maps ([`BcrInput`]): on the flat grid a 4x4 map spans 19 positions (two AVX-512
 //! vectors, half of them padding) and a 2x2 map 5 (one vector, a quarter used), and VGG-11's
 //! 512-channel layers at those sizes ran at 33-35% of their FLOP reduction. From 64 output
-//! channels, such inputs are gathered first into one compact row per GEMM column (`Gathered`,
-//! when that saves a third of the vectors: a 4x4 map is one vector), or, for at most 4
-//! positions, into rows holding each value 4 times (`Quad`): a vector is 4 positions x 4 kept
-//! rows, one FMA per kept column with its 4 weights broadcast from one load, the sum turned
-//! to (row, position) lanes and each row's quarter added into a 4-float tile row (so one
-//! band holds every block row and the weights stream in one sequence). Measured (bcr:8x32 at
-//! 8x, 1 thread, min of runs, `cargo run -p tessera-kernels --example bcr_small_map`, us,
-//! AVX-512): 256->512@4x4 85 -> 63-66, 512@4x4 160 -> 132-138, 512@2x2 107-112 -> 76-78
-//! (the quad sum first added with masked loads and stores 4r floats before its row: 162,
-//! stalled on the masked loads; the fill first indexed positions by division: 93). In the
-//! whole VGG-11 plan (`bench models --only vgg11 --rates 8 --schemes bcr:8x32`, 1 thread)
-//! layers 4-7 went 0.113/0.209/0.142/0.138 -> 0.091/0.172/0.104/0.096 ms (they stream their
-//! weights from L3 there) and the model 3.41x -> 3.79x.
+//! channels, such inputs are gathered first (module `gather`) into one compact row per GEMM
+//! column (`Gathered`, when that saves a third of the vectors: a 4x4 map is one vector), or,
+//! for at most 4 positions, into rows holding each value 4 times (`Quad`): a vector is 4
+//! positions x 4 kept rows, one FMA per kept column with its 4 weights broadcast from one
+//! load, the sum turned to (row, position) lanes and each row's quarter added into a 4-float
+//! tile row (so one band holds every block row and the weights stream in one sequence).
+//! Measured (bcr:8x32 at 8x, 1 thread, min of runs, `cargo run -p tessera-kernels --example
+//! bcr_small_map -- C HW OUT`, us, AVX-512): 256->512@4x4 85 -> 48-54, 512@4x4 160 -> 103-108,
+//! 512@2x2 107-112 -> 80-84. On the way: the quad sum added with masked loads and stores 4r
+//! floats before its row ran 162 (stalled on the masked loads); the gather copying rows with
+//! `memcpy` took a third of the 4x4 layers' time. In whole plans the gather is a parallel
+//! pass of its own, which pays on 1 thread only (tessera-codegen binds the direct form
+//! above): VGG-11 at 8x, `bench models --only vgg11 --rates 8 --schemes bcr:8x32`, 1 thread
+//! 0.83-0.88 -> 0.67-0.68 ms (3.4x -> 4.0-4.3x).
 //!
 //! GEMV (batch 1 FC and LSTM gates, memory bound): a block row's outputs live in one register
 //! and each kept column's weights are expand-loaded into its kept rows' lanes, two columns
@@ -89,6 +90,7 @@ use tessera_sparsity::{Layer, Mask};
 use crate::conv::{ConvShape, InputLayout, OutputTarget};
 use crate::error::{KernelError, Result};
 use crate::formats::{ByteSize, check_lengths, structure_error};
+use crate::gather::Gather;
 use crate::isa::Isa;
 use crate::rowgroup::{
     ConvScratch, Epilogue, Out, RowGroupMatrix, Seg, TILE_V, TilePlan, address_residual, check_len,
@@ -387,35 +389,6 @@ pub enum BcrInput {
     Quad,
 }
 
-/// The gathered input of [`BcrInput::Gathered`] and [`BcrInput::Quad`].
-#[derive(Debug, Clone)]
-struct Gather {
-    quad: bool,
-    /// Per GEMM column, its offset in the packed input (channel and tap).
-    src: Vec<u32>,
-    /// Per output row, its first position on the packed input's flat grid.
-    row_at: Vec<u32>,
-    /// Output map width (positions per output row).
-    width: usize,
-    /// Output positions.
-    positions: usize,
-    /// Quad: each position's place on the flat grid.
-    quad_at: [u32; 4],
-    /// Floats per gathered column: the positions (compact), or 16 (quad: 4 copies of each).
-    stride: usize,
-    /// Floats of packed input it reads (a shorter input is an error, not a wild read).
-    reads: usize,
-    /// The layout the tile plans run on: a 1x1 convolution over the output map.
-    layout: InputLayout,
-}
-
-impl Gather {
-    /// Floats of the gathered buffer (one vector of slack: a tile loads whole vectors).
-    fn len(&self, cols: usize) -> usize {
-        cols * self.stride + 16
-    }
-}
-
 /// Up to [`BCR_RT`] kept rows of one block: a register tile over the block's kept columns.
 #[derive(Debug, Clone, Copy)]
 struct Chunk {
@@ -599,7 +572,7 @@ impl BcrConv {
         let gather = match input {
             BcrInput::Direct => None,
             BcrInput::Gathered | BcrInput::Quad => {
-                Some(Gather::new(&shape, &layout, input == BcrInput::Quad)?)
+                Some(Gather::new(&shape, &layout, input == BcrInput::Quad, "BCR")?)
             }
         };
         let chunks = match &gather {
@@ -702,7 +675,7 @@ impl BcrConv {
     /// Scratch for [`BcrConv::run`] and [`BcrConv::run_prepacked`]: the packed input and the
     /// gathered one (outputs are stored in place).
     pub fn scratch(&self) -> ConvScratch {
-        let gathered = self.gather.as_ref().map_or(0, |g| g.len(self.m.cols));
+        let gathered = self.gather.as_ref().map_or(0, Gather::len);
         ConvScratch::with_lengths((self.layout.packed_len(), gathered))
     }
 
@@ -778,23 +751,7 @@ impl BcrConv {
         let x: &[f32] = match &self.gather {
             None => x,
             Some(g) => {
-                check_len("gathered-input scratch", g.len(self.m.cols), gathered.len())?;
-                if x.len() < g.reads {
-                    return Err(KernelError::BufferLength {
-                        what: "packed input",
-                        expected: g.reads,
-                        found: x.len(),
-                    });
-                }
-                let cols = self.m.cols;
-                let out = SendPtr(gathered.as_mut_ptr());
-                let per = cols.div_ceil(threads.clamp(1, crate::threads::MAX_THREADS));
-                run_parallel(threads.clamp(1, crate::threads::MAX_THREADS), |t| {
-                    let (c0, c1) = ((t * per).min(cols), ((t + 1) * per).min(cols));
-                    // SAFETY: `x` holds `reads` floats (checked), `gathered` `len(cols)`;
-                    // threads fill disjoint column ranges.
-                    unsafe { g.fill(x.as_ptr(), out, c0, c1) };
-                });
+                g.fill(isa, x, gathered, threads)?;
                 gathered
             }
         };
@@ -864,76 +821,6 @@ fn choose_input(shape: &ConvShape) -> BcrInput {
     };
     let flat = vectors(shape.layout().runs());
     if 3 * vectors(&[(0, positions)]) <= 2 * flat { BcrInput::Gathered } else { BcrInput::Direct }
-}
-
-impl Gather {
-    fn new(shape: &ConvShape, layout: &InputLayout, quad: bool) -> Result<Self> {
-        let refuse = |reason: String| Err(KernelError::InvalidShape { reason });
-        if shape.groups != 1 || !shape.is_2d() {
-            return refuse(format!(
-                "a gathered BCR input needs a 2D convolution with one channel group, not {shape:?}"
-            ));
-        }
-        let [_, oh, ow] = shape.output();
-        let positions = oh * ow;
-        if quad && positions > 4 {
-            return refuse(format!(
-                "the quad BCR kernel takes at most 4 positions, not {positions}"
-            ));
-        }
-        let too_large =
-            || KernelError::InvalidShape { reason: "input too large for 32-bit offsets".into() };
-        let src = (0..shape.cols())
-            .map(|c| u32::try_from(layout.col_offset(0, c)).map_err(|_| too_large()))
-            .collect::<Result<Vec<u32>>>()?;
-        let pitch = layout.output_row_pitch();
-        let row_at = (0..oh)
-            .map(|y| u32::try_from(y * pitch).map_err(|_| too_large()))
-            .collect::<Result<Vec<u32>>>()?;
-        let last = (oh.max(1) - 1) * pitch + ow;
-        let reads = src.iter().max().map_or(0, |&o| o as usize + last);
-        let map = ConvShape::conv2d(shape.cols(), shape.out_channels, [oh, ow], [1, 1], 1, 0)?;
-        let mut quad_at = [0u32; 4];
-        for (p, at) in quad_at.iter_mut().enumerate().take(positions.min(4)) {
-            *at = row_at[p / ow] + (p % ow) as u32;
-        }
-        Ok(Gather {
-            quad,
-            src,
-            row_at,
-            width: ow,
-            positions,
-            quad_at,
-            stride: if quad { 16 } else { positions },
-            reads,
-            layout: map.layout(),
-        })
-    }
-
-    /// Copies every column's input at every output position from `x` (the packed input)
-    /// into `out`, columns `c0..c1`.
-    ///
-    /// # Safety
-    /// `x` holds at least `reads` floats and `out` at least `len(cols)`.
-    unsafe fn fill(&self, x: *const f32, out: SendPtr, c0: usize, c1: usize) {
-        let (w, out) = (self.width, out.0);
-        for c in c0..c1 {
-            let src = x.add(self.src[c] as usize);
-            let dst = out.add(c * self.stride);
-            if self.quad {
-                // 4 copies of each position's value; positions past the map are zero.
-                let mut v = [0.0f32; 16];
-                for (p, &at) in self.quad_at[..self.positions].iter().enumerate() {
-                    v[4 * p..4 * p + 4].fill(*src.add(at as usize));
-                }
-                std::ptr::copy_nonoverlapping(v.as_ptr(), dst, 16);
-            } else {
-                for (y, &at) in self.row_at.iter().enumerate() {
-                    std::ptr::copy_nonoverlapping(src.add(at as usize), dst.add(y * w), w);
-                }
-            }
-        }
-    }
 }
 
 /// The AVX2 and AVX-512 tile plans of a layout storing to `target`. On 8 lanes, the row-group

@@ -1,0 +1,196 @@
+//! Gathered inputs for small maps: every GEMM column's input at every output position copied
+//! into one compact row (an im2col without padding columns), so that a kernel's tiles are the
+//! output map itself instead of runs of the padded flat grid.
+//!
+//! On the flat grid a 4x4 map with shared row padding spans 19 positions (two AVX-512 vectors
+//! for 16 outputs) and a 2x2 map 5 (one vector, a quarter used). Gathered, a 4x4 map is one
+//! vector; the quad form (BCR's [`crate::formats::bcr::BcrInput::Quad`]) holds each value 4
+//! times, for kernels whose vectors are 4 positions x 4 rows. The copy costs one pass over
+//! `cols x positions` floats, which pays where many output rows reuse each gathered value.
+
+#![allow(unsafe_op_in_unsafe_fn)] // the fill is pointer arithmetic checked by its caller
+
+use crate::conv::{ConvShape, InputLayout};
+use crate::error::{KernelError, Result};
+use crate::isa::Isa;
+use crate::simd::{Simd, simd_entry};
+use crate::threads::{MAX_THREADS, SendPtr, run_parallel};
+
+/// Floats per vector of the widest instruction set: a gathered buffer's slack, so tiles load
+/// whole vectors.
+const SLACK: usize = 16;
+
+/// Where each gathered value comes from, bound once per convolution.
+#[derive(Debug, Clone)]
+pub(crate) struct Gather {
+    /// Each value 4 times (rows of 16 floats for at most 4 positions).
+    pub(crate) quad: bool,
+    /// Per GEMM column, its offset in the packed input (channel and tap).
+    src: Vec<u32>,
+    /// Per output row, its first position on the packed input's flat grid.
+    row_at: Vec<u32>,
+    /// Output map width (positions per output row).
+    width: usize,
+    /// Output positions.
+    pub(crate) positions: usize,
+    /// Quad: each position's place on the flat grid.
+    quad_at: [u32; 4],
+    /// Where a column's 16 gathered floats lie among the 32 from its first flat position,
+    /// for maps that fit (their span at most 32 and one vector of gathered floats): lane `i`
+    /// takes `perm.0[i]`, lanes outside the mask `perm.1` are zero.
+    perm: Option<([u32; 16], u16)>,
+    /// Floats per gathered column: the positions (compact), or 16 (quad).
+    pub(crate) stride: usize,
+    /// Floats of packed input it reads (a shorter input is an error, not a wild read).
+    reads: usize,
+    /// The layout the tile plans run on: a 1x1 convolution over the output map.
+    pub(crate) layout: InputLayout,
+}
+
+impl Gather {
+    /// The gather of `shape`'s input packed as `layout`; `what` names the kernel in errors.
+    /// Needs a 2D convolution with one channel group, and for `quad` at most 4 positions.
+    pub(crate) fn new(
+        shape: &ConvShape,
+        layout: &InputLayout,
+        quad: bool,
+        what: &str,
+    ) -> Result<Self> {
+        let refuse = |reason: String| Err(KernelError::InvalidShape { reason });
+        if shape.groups != 1 || !shape.is_2d() {
+            return refuse(format!(
+                "a gathered {what} input needs a 2D convolution with one channel group, not {shape:?}"
+            ));
+        }
+        let [_, oh, ow] = shape.output();
+        let positions = oh * ow;
+        if quad && positions > 4 {
+            return refuse(format!(
+                "the quad {what} kernel takes at most 4 positions, not {positions}"
+            ));
+        }
+        let too_large =
+            || KernelError::InvalidShape { reason: "input too large for 32-bit offsets".into() };
+        let src = (0..shape.cols())
+            .map(|c| u32::try_from(layout.col_offset(0, c)).map_err(|_| too_large()))
+            .collect::<Result<Vec<u32>>>()?;
+        let pitch = layout.output_row_pitch();
+        let row_at = (0..oh)
+            .map(|y| u32::try_from(y * pitch).map_err(|_| too_large()))
+            .collect::<Result<Vec<u32>>>()?;
+        let last = (oh.max(1) - 1) * pitch + ow;
+        let reads = src.iter().max().map_or(0, |&o| o as usize + last);
+        let map = ConvShape::conv2d(shape.cols(), shape.out_channels, [oh, ow], [1, 1], 1, 0)?;
+        let mut quad_at = [0u32; 4];
+        for (p, at) in quad_at.iter_mut().enumerate().take(positions.min(4)) {
+            *at = row_at[p / ow] + (p % ow) as u32;
+        }
+        let stride = if quad { 16 } else { positions };
+        let perm = (last <= 32 && stride <= 16).then(|| {
+            let (mut idx, mut mask) = ([0u32; 16], 0u16);
+            for (i, slot) in idx.iter_mut().enumerate() {
+                let p = if quad { i / 4 } else { i };
+                if p < positions {
+                    *slot = row_at[p / ow] + (p % ow) as u32;
+                    mask |= 1 << i;
+                }
+            }
+            (idx, mask)
+        });
+        Ok(Gather {
+            quad,
+            src,
+            row_at,
+            width: ow,
+            positions,
+            quad_at,
+            perm,
+            stride,
+            reads,
+            layout: map.layout(),
+        })
+    }
+
+    /// Floats of the gathered buffer.
+    pub(crate) fn len(&self) -> usize {
+        self.src.len() * self.stride + SLACK
+    }
+
+    /// Fills `out` (at least [`Gather::len`] floats) from `x`, the packed input, on `threads`
+    /// threads (disjoint column ranges).
+    pub(crate) fn fill(&self, isa: Isa, x: &[f32], out: &mut [f32], threads: usize) -> Result<()> {
+        crate::rowgroup::check_len("gathered-input scratch", self.len(), out.len())?;
+        if x.len() < self.reads {
+            return Err(KernelError::BufferLength {
+                what: "packed input",
+                expected: self.reads,
+                found: x.len(),
+            });
+        }
+        let cols = self.src.len();
+        let threads = threads.clamp(1, MAX_THREADS);
+        let per = cols.div_ceil(threads);
+        let job =
+            FillJob { g: self, x: x.as_ptr(), x_len: x.len(), out: SendPtr(out.as_mut_ptr()) };
+        run_parallel(threads, |t| {
+            fill_cols(isa, &job, (t * per).min(cols), ((t + 1) * per).min(cols));
+        });
+        Ok(())
+    }
+}
+
+/// One [`Gather::fill`]: `x` holds `x_len >= reads` floats and `out` `len()`.
+struct FillJob<'a> {
+    g: &'a Gather,
+    x: *const f32,
+    x_len: usize,
+    out: SendPtr,
+}
+
+// SAFETY: `x` is only read; threads write disjoint columns of `out`.
+unsafe impl Sync for FillJob<'_> {}
+
+simd_entry! {
+    fn fill_cols(job: &FillJob<'_>, c0: usize, c1: usize) => fill_cols_generic;
+}
+
+/// Columns `c0..c1` of a [`FillJob`]. Where a column's floats fit two vectors from its first
+/// flat position, a 16-lane level loads them and permutes them into place (2 loads, a
+/// permute and a store per column: copying a 4x4 map row by row called `memcpy` four times
+/// per column, a third of a 512-channel layer's time); else value by value.
+#[inline(always)]
+fn fill_cols_generic<S: Simd>(job: &FillJob<'_>, c0: usize, c1: usize) {
+    let g = job.g;
+    let (w, out) = (g.width, job.out.0);
+    let fast = g.perm.filter(|_| S::LANES == 16);
+    for c in c0..c1 {
+        let at = g.src[c] as usize;
+        // SAFETY: column offsets plus the map's flat positions stay below `reads` (checked
+        // by `fill`), and a whole 32-float window is read only inside `x`; column `c` of
+        // `out` is `stride` floats from `c * stride`, inside `len()`.
+        unsafe {
+            let src = job.x.add(at);
+            let dst = out.add(c * g.stride);
+            if let Some((idx, mask)) = fast.filter(|_| at + 32 <= job.x_len) {
+                let v = S::permute2_maskz(S::load(src), S::load(src.add(16)), &idx, mask);
+                // Only the column's own floats: a whole vector would spill into the next
+                // column, which another thread may have filled already.
+                S::store_masked(dst, v, ((1u32 << g.stride) - 1) as u16);
+            } else if g.quad {
+                // 4 copies of each position's value; positions past the map are zero.
+                for (p, &at) in g.quad_at.iter().enumerate() {
+                    let v = if p < g.positions { *src.add(at as usize) } else { 0.0 };
+                    for r in 0..4 {
+                        *dst.add(4 * p + r) = v;
+                    }
+                }
+            } else {
+                for (y, &at) in g.row_at.iter().enumerate() {
+                    for i in 0..w {
+                        *dst.add(y * w + i) = *src.add(at as usize + i);
+                    }
+                }
+            }
+        }
+    }
+}
