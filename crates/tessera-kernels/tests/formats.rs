@@ -459,116 +459,53 @@ trait FusedConv: Clone {
     ) -> tessera_kernels::Result<()>;
 }
 
-impl FusedConv for RowGroupConv {
-    fn scratch(&self) -> ConvScratch {
-        ConvScratch::for_conv(self)
-    }
-    fn layout(&self) -> &tessera_kernels::InputLayout {
-        RowGroupConv::layout(self)
-    }
-    fn set_output_target(
-        &mut self,
-        target: tessera_kernels::OutputTarget,
-    ) -> tessera_kernels::Result<()> {
-        RowGroupConv::set_output_target(self, target)
-    }
-    fn run_fused(
-        &self,
-        isa: Isa,
-        x: &[f32],
-        y: &mut [f32],
-        s: &mut ConvScratch,
-        threads: usize,
-        ep: tessera_kernels::Epilogue<'_>,
-    ) -> tessera_kernels::Result<()> {
-        RowGroupConv::run_fused(self, isa, x, y, s, threads, ep)
-    }
-    fn run_prepacked(
-        &self,
-        isa: Isa,
-        packed: &[f32],
-        y: &mut [f32],
-        s: &mut ConvScratch,
-        threads: usize,
-        ep: tessera_kernels::Epilogue<'_>,
-    ) -> tessera_kernels::Result<()> {
-        RowGroupConv::run_prepacked(self, isa, packed, y, s, threads, ep)
-    }
+/// `FusedConv` for a kernel type whose inherent methods have the trait's signatures;
+/// `$scratch` makes its scratch.
+macro_rules! fused_conv {
+    ($kernel:ty, $scratch:expr) => {
+        impl FusedConv for $kernel {
+            fn scratch(&self) -> ConvScratch {
+                let make: fn(&$kernel) -> ConvScratch = $scratch;
+                make(self)
+            }
+            fn layout(&self) -> &tessera_kernels::InputLayout {
+                <$kernel>::layout(self)
+            }
+            fn set_output_target(
+                &mut self,
+                target: tessera_kernels::OutputTarget,
+            ) -> tessera_kernels::Result<()> {
+                <$kernel>::set_output_target(self, target)
+            }
+            fn run_fused(
+                &self,
+                isa: Isa,
+                x: &[f32],
+                y: &mut [f32],
+                s: &mut ConvScratch,
+                threads: usize,
+                ep: tessera_kernels::Epilogue<'_>,
+            ) -> tessera_kernels::Result<()> {
+                <$kernel>::run_fused(self, isa, x, y, s, threads, ep)
+            }
+            fn run_prepacked(
+                &self,
+                isa: Isa,
+                packed: &[f32],
+                y: &mut [f32],
+                s: &mut ConvScratch,
+                threads: usize,
+                ep: tessera_kernels::Epilogue<'_>,
+            ) -> tessera_kernels::Result<()> {
+                <$kernel>::run_prepacked(self, isa, packed, y, s, threads, ep)
+            }
+        }
+    };
 }
 
-impl FusedConv for BcrConv {
-    fn scratch(&self) -> ConvScratch {
-        BcrConv::scratch(self)
-    }
-    fn layout(&self) -> &tessera_kernels::InputLayout {
-        BcrConv::layout(self)
-    }
-    fn set_output_target(
-        &mut self,
-        target: tessera_kernels::OutputTarget,
-    ) -> tessera_kernels::Result<()> {
-        BcrConv::set_output_target(self, target)
-    }
-    fn run_fused(
-        &self,
-        isa: Isa,
-        x: &[f32],
-        y: &mut [f32],
-        s: &mut ConvScratch,
-        threads: usize,
-        ep: tessera_kernels::Epilogue<'_>,
-    ) -> tessera_kernels::Result<()> {
-        BcrConv::run_fused(self, isa, x, y, s, threads, ep)
-    }
-    fn run_prepacked(
-        &self,
-        isa: Isa,
-        packed: &[f32],
-        y: &mut [f32],
-        s: &mut ConvScratch,
-        threads: usize,
-        ep: tessera_kernels::Epilogue<'_>,
-    ) -> tessera_kernels::Result<()> {
-        BcrConv::run_prepacked(self, isa, packed, y, s, threads, ep)
-    }
-}
-
-impl FusedConv for FkwConv {
-    fn scratch(&self) -> ConvScratch {
-        FkwConv::scratch(self)
-    }
-    fn layout(&self) -> &tessera_kernels::InputLayout {
-        FkwConv::layout(self)
-    }
-    fn set_output_target(
-        &mut self,
-        target: tessera_kernels::OutputTarget,
-    ) -> tessera_kernels::Result<()> {
-        FkwConv::set_output_target(self, target)
-    }
-    fn run_fused(
-        &self,
-        isa: Isa,
-        x: &[f32],
-        y: &mut [f32],
-        s: &mut ConvScratch,
-        threads: usize,
-        ep: tessera_kernels::Epilogue<'_>,
-    ) -> tessera_kernels::Result<()> {
-        FkwConv::run_fused(self, isa, x, y, s, threads, ep)
-    }
-    fn run_prepacked(
-        &self,
-        isa: Isa,
-        packed: &[f32],
-        y: &mut [f32],
-        s: &mut ConvScratch,
-        threads: usize,
-        ep: tessera_kernels::Epilogue<'_>,
-    ) -> tessera_kernels::Result<()> {
-        FkwConv::run_prepacked(self, isa, packed, y, s, threads, ep)
-    }
-}
+fused_conv!(RowGroupConv, |c| ConvScratch::for_conv(c));
+fused_conv!(BcrConv, |c| c.scratch());
+fused_conv!(FkwConv, |c| c.scratch());
 
 /// A fused epilogue (bias, residual, activation) gives what the plain run followed by the
 /// epilogue gives, and stores into the next convolution's packed layout are exactly what
