@@ -139,6 +139,24 @@ impl Gather {
     }
 }
 
+/// What a kernel's tiles read: the packed input `x` itself, or, when it gathers, `gather`'s
+/// copy of it filled into `buf`.
+pub(crate) fn tile_input<'a>(
+    gather: Option<&Gather>,
+    isa: Isa,
+    x: &'a [f32],
+    buf: &'a mut [f32],
+    threads: usize,
+) -> Result<&'a [f32]> {
+    match gather {
+        None => Ok(x),
+        Some(g) => {
+            g.fill(isa, x, buf, threads)?;
+            Ok(buf)
+        }
+    }
+}
+
 /// One [`Gather::fill`]: `x` holds `x_len >= reads` floats and `out` `len()`.
 struct FillJob<'a> {
     g: &'a Gather,

@@ -502,13 +502,7 @@ impl RowGroupConv {
             output.len(),
             &epilogue,
         )?;
-        let x: &[f32] = match &self.gather {
-            None => x,
-            Some(g) => {
-                g.fill(isa, x, gathered, threads)?;
-                gathered
-            }
-        };
+        let x = crate::gather::tile_input(self.gather.as_ref(), isa, x, gathered, threads)?;
         let wide = usize::from(isa.lanes() == 16);
         let plan = &self.plans[wide];
         let job = Job {

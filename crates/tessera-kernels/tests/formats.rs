@@ -735,6 +735,26 @@ fn bcr_gathered_and_quad_inputs_match_the_reference() {
     let p = project("bcr:8x16", &layer, &weights(layer.geometry.len(), 3), 0.5);
     let m = BcrCompact::encode(&layer, &p.values, &p.mask, 8, 16).unwrap();
     assert!(BcrConv::with_input(m, grouped, BcrInput::Gathered).is_err());
+    // A scratch without room for the gathered input is a typed error naming it.
+    let shape = shapes[0];
+    let layer = shape.layer("conv").unwrap();
+    let p = project("bcr:8x16", &layer, &weights(layer.geometry.len(), 3), 0.5);
+    let m = BcrCompact::encode(&layer, &p.values, &p.mask, 8, 16).unwrap();
+    let conv = BcrConv::with_input(m, shape, BcrInput::Quad).unwrap();
+    let packed = vec![0.0; conv.layout().packed_len()];
+    let mut y = vec![0.0; shape.out_channels * shape.output_positions()];
+    let mut small =
+        BcrConv::with_input(conv.matrix().clone(), shape, BcrInput::Direct).unwrap().scratch();
+    let err = conv
+        .run_prepacked(Isa::detect(), &packed, &mut y, &mut small, 1, Default::default())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            tessera_kernels::KernelError::BufferLength { what: "gathered-input scratch", .. }
+        ),
+        "{err}"
+    );
 }
 
 /// The row-group engine on a gathered input (`with_gathered_input`) computes what the dense

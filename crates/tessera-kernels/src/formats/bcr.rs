@@ -748,13 +748,7 @@ impl BcrConv {
             output.len(),
             &epilogue,
         )?;
-        let x: &[f32] = match &self.gather {
-            None => x,
-            Some(g) => {
-                g.fill(isa, x, gathered, threads)?;
-                gathered
-            }
-        };
+        let x = crate::gather::tile_input(self.gather.as_ref(), isa, x, gathered, threads)?;
         let plan = &self.plans[usize::from(isa.lanes() == 16)];
         let job = BcrJob {
             c: self,
