@@ -3,7 +3,7 @@
 //!
 //! | scheme | format -> kernel |
 //! |---|---|
-//! | dense | row groups of 8 filters (direct convolution); ungrouped on small maps (<= 16 output positions, or <= 64 with a kernel larger than 1x1): the channel-vector kernel; depthwise 2-D: the depthwise kernel when strided, on maps of >= 1024 positions or on maps it holds in registers (stride 1, <= 8x8), else row groups (one filter per group) |
+//! | dense | row groups of 8 filters (direct convolution); ungrouped on small maps (<= 16 output positions, or <= 64 with a kernel larger than 1x1): the channel-vector kernel; depthwise 2-D: the depthwise kernel from 4 channels up (and, with fewer, when strided, on maps of >= 1024 positions or on maps it holds in registers: stride 1, <= 8x8), else row groups (one filter per group) |
 //! | unstructured | CSR -> row-group engine |
 //! | block-punched | block-punched -> row-group engine (filters of a block share kept columns) |
 //! | KGS (conv3d) | KGS -> row-group engine |
@@ -294,6 +294,12 @@ fn channel_vector(node: &str, shape: ConvShape, w: &[f32]) -> Result<(ConvKernel
     ))
 }
 
+/// Channels from which a depthwise layer gets the stencil kernel on any map: it runs its
+/// channel-interleaved method there (`DepthwiseConv::method`), which on AVX-512 took 0.59-0.67
+/// of the row-group time at stride 1 on 14x14, 0.62-0.78 on 28x28, 0.40-0.60 on 7x7 and 8x8,
+/// 0.14-0.25 on 2x2 and 4x4 (`examples/depthwise_crossover`, 12-960 channels).
+const INTERLEAVED_MIN_CHANNELS: usize = 4;
+
 /// Output positions from which a stride-1 depthwise layer gets the stencil kernel.
 const STENCIL_MIN_POSITIONS: usize = 1024;
 
@@ -310,10 +316,15 @@ const STENCIL_MIN_POSITIONS: usize = 1024;
 /// 0.53-0.60 of the row-group time at stride 1 on 14x14 and 28x28, 0.56-0.93 on 2x2-8x8), so
 /// without AVX-512 on this CPU the table gives it all of them; there it runs its
 /// channel-interleaved method (`DepthwiseConv::method`), 0.09-0.71 of the padded planes' time
-/// from 12 channels up. The tuner times both either way.
+/// from 12 channels up. Since that 8-lane method runs on AVX-512 CPUs too (and wins there on
+/// maps of at most 8x8 and at stride 2), the stencil kernel gets every depthwise layer of 4
+/// channels or more on them as well ([`INTERLEAVED_MIN_CHANNELS`]; MobileNetV2's dense plan on
+/// 32x32 inputs, 1 thread, Xeon: depthwise layers 0.49 -> 0.36 ms in all, the plan 1.83 ->
+/// 1.63 ms). The tuner times both either way.
 pub(crate) fn stencil_first(shape: &ConvShape) -> bool {
     shape.is_2d()
         && (Isa::detect().lanes() < 16
+            || shape.out_channels >= INTERLEAVED_MIN_CHANNELS
             || shape.stride[1] > 1
             || shape.stride[2] > 1
             || shape.output_positions() >= STENCIL_MIN_POSITIONS

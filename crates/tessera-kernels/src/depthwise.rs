@@ -14,6 +14,8 @@
 //! 2. Compute tiles of up to 4 output rows x 2 vectors of output columns in registers: per
 //!    tap, one broadcast weight and a load + FMA per accumulator. Eight independent
 //!    accumulators hide the FMA latency; the loads hit L1 (a 28 x 28 plane is 3.6 KiB).
+//!    Each tap's plane offset is computed once per layer (the tap loop used to divide by the
+//!    stride for its phase: 144 channels at 32x32, AVX-512, 60 -> 48-50 us).
 //! 3. Bias and ReLU / ReLU6 are applied before the store (no second pass over the output).
 //!
 //! On AVX-512, stride-1 maps of at most 8x8 skip the packed plane: each channel's input and
@@ -21,14 +23,18 @@
 //! permute of adjacent input vectors (`PlanePlan`), 3-4x faster than the row-group engine
 //! at 4x4 and about 2x at 8x8.
 //!
-//! On 8-lane instruction sets (AVX2) a third method replaces the padded planes: eight
-//! channels at a time are transposed (8 x 8 register transposes) into one zero-padded plane
-//! whose every position is a vector of the 8 channels — the NCHW8c layout ONNX Runtime converts
-//! whole graphs to, here kept inside the kernel. Each output position is then one accumulator,
-//! each tap one load + FMA with no lane wasted at any width or stride (a 4x4 map fills half a
-//! vector per row in the padded planes), and 8 positions are transposed back per store.
+//! A third method replaces both (the default from 4 channels up): eight channels at a time
+//! are transposed (8 x 8 register transposes) into one zero-padded plane whose every position
+//! is a vector of the 8 channels — the NCHW8c layout ONNX Runtime converts whole graphs to,
+//! here kept inside the kernel. Each output position is then one accumulator, each tap one
+//! load + FMA with no lane wasted at any width or stride (a 4x4 map fills half a vector per
+//! row in the padded planes), and 8 positions are transposed back per store. It runs 8-lane
+//! (AVX2) code on AVX-512 CPUs too, and still wins there: 16-lane vectors along a map of 4-8
+//! columns, or every other column at stride 2, are mostly idle lanes and permutes.
 //! MobileNetV2's depthwise layers on Zen 3: 4.1-4.9x faster at 4x4 and stride 2 from 8x8,
-//! 1.8-2.9x at 8x8, 1.2-1.7x at 32x32 ([`DepthwiseConv::method`] has the table).
+//! 1.8-2.9x at 8x8, 1.2-1.7x at 32x32; on a Xeon (AVX-512) 2-5x at stride 2 and on maps of
+//! at most 8x8, while padded planes keep stride-1 maps from 16x16 up, whose rows fill 16-lane
+//! vectors ([`DepthwiseConv::method`] has the table).
 //!
 //! Threads split the output channels (blocks of 8 when interleaved) into contiguous ranges,
 //! each with its own plane.
@@ -112,6 +118,18 @@ impl Geometry {
     fn row_offset(&self, r: usize, q: usize) -> usize {
         (r * self.stride[1] + q) * self.pitch
     }
+
+    /// Per tap (row-major), its offset in the plane from padded row 0, phase 0, column 0.
+    fn tap_offsets(&self) -> Vec<usize> {
+        let (sx, [dy, dx]) = (self.stride[1], self.dilation);
+        (0..self.k[0])
+            .flat_map(|ky| (0..self.k[1]).map(move |kx| (ky, kx)))
+            .map(|(ky, kx)| {
+                let col = kx * dx;
+                self.row_offset(ky * dy, col % sx) + col / sx
+            })
+            .collect()
+    }
 }
 
 /// A depthwise convolution with its weights, ready to run.
@@ -128,6 +146,10 @@ pub struct DepthwiseConv {
     plane_plan: Option<PlanePlan>,
     /// The channel-interleaved layout (8 lanes), when its offsets fit in `u32`.
     interleaved: Option<Interleaved>,
+    /// Per tap (row-major), where the padded planes read it relative to its output row's
+    /// first tap: the phase row and column offset folded into one plane offset, so the
+    /// tiles' tap loop does no division by the stride.
+    tap_offsets: Vec<usize>,
 }
 
 /// How [`DepthwiseConv`] computes a run.
@@ -142,7 +164,7 @@ pub enum DepthwiseMethod {
     /// Eight channels at a time transposed into one zero-padded plane of 8-channel vectors
     /// (the NCHW8c layout ONNX Runtime converts whole graphs to), each output position one
     /// accumulator, each tap one load + FMA with no lane wasted at any width or stride;
-    /// results transposed back. 8-lane instruction sets (AVX2, portable).
+    /// results transposed back. 8-lane code on every instruction set (AVX2's on AVX-512).
     ChannelInterleaved,
 }
 
@@ -317,25 +339,38 @@ impl DepthwiseConv {
             weights: weights.to_vec(),
             plane_plan: PlanePlan::of(&shape),
             interleaved: Interleaved::of(&shape, &geometry, weights),
+            tap_offsets: geometry.tap_offsets(),
             shape,
         })
     }
 
-    /// The method [`run`](Self::run) uses on `isa`: [`InRegisters`](DepthwiseMethod::InRegisters)
-    /// on AVX-512 where the maps fit, [`ChannelInterleaved`](DepthwiseMethod::ChannelInterleaved)
-    /// on 8-lane instruction sets (unless fewer than 4 channels fill its 8 lanes on a map of
-    /// more than 256 outputs), [`PaddedPlanes`](DepthwiseMethod::PaddedPlanes) otherwise.
+    /// The method [`run`](Self::run) uses on `isa`:
+    /// [`ChannelInterleaved`](DepthwiseMethod::ChannelInterleaved) on every instruction set
+    /// (on AVX-512 its 8-lane AVX2 code), unless fewer than 4 channels fill its 8 lanes on a
+    /// map of more than 256 outputs (16 on AVX-512), or, on AVX-512, the map has 256 outputs
+    /// or more at stride 1; then [`InRegisters`](DepthwiseMethod::InRegisters) on AVX-512
+    /// where the maps fit, else [`PaddedPlanes`](DepthwiseMethod::PaddedPlanes).
     ///
     /// Measured on Zen 3 (AVX2, 1 thread, `examples/depthwise_crossover`, 3x3, 3-960
     /// channels, maps 2x2-28x28, strides 1 and 2): interleaved / padded planes 0.09-0.71 from
     /// 12 channels up (0.15-0.20 at 4x4 and smaller, 0.3-0.5 on 14x14 and 28x28), 0.46-0.95
-    /// with 3 channels but 1.17 at 28x28, stride 1.
+    /// with 3 channels but 1.17 at 28x28, stride 1. On a Xeon with AVX-512 (same example),
+    /// the 8-lane interleaved code against the 16-lane methods, from 12 channels up: 0.15-0.30
+    /// of the padded planes' time on 2x2 and 4x4, 0.45-0.72 on 7x7 and 8x8, 0.38-0.72 at
+    /// stride 2 on 14x14 and 28x28, 0.87-1.47 at stride 1 on 14x14 and 1.08-1.54 on 28x28
+    /// (where 16-lane rows are full); 0.7-0.8 of the in-register planes' time at 4x4 and 8x8.
     pub fn method(&self, isa: Isa) -> DepthwiseMethod {
-        let narrow = self.shape.out_channels < BLOCK / 2 && self.shape.output_positions() > 256;
-        if isa.lanes() == 16 && self.plane_plan.is_some() {
-            DepthwiseMethod::InRegisters
-        } else if isa.lanes() == BLOCK && self.interleaved.is_some() && !narrow {
+        // Fewer than 4 channels fill under half of the 8 lanes: the padded planes' vectors
+        // along the map win on larger maps (from 8x8 at stride 1 with AVX-512's 16 lanes).
+        let wide = isa.lanes() == 16;
+        let positions = self.shape.output_positions();
+        let narrow = self.shape.out_channels < BLOCK / 2 && positions > if wide { 16 } else { 256 };
+        // With 16 lanes, rows of 16 and more columns at stride 1 fill the planes' vectors.
+        let planes_fill = wide && self.shape.stride[1..] == [1, 1] && positions >= 256;
+        if self.interleaved.is_some() && !narrow && !planes_fill {
             DepthwiseMethod::ChannelInterleaved
+        } else if isa.lanes() == 16 && self.plane_plan.is_some() {
+            DepthwiseMethod::InRegisters
         } else {
             DepthwiseMethod::PaddedPlanes
         }
@@ -401,9 +436,7 @@ impl DepthwiseConv {
         let available = match method {
             DepthwiseMethod::PaddedPlanes => true,
             DepthwiseMethod::InRegisters => isa.lanes() == 16 && self.plane_plan.is_some(),
-            DepthwiseMethod::ChannelInterleaved => {
-                isa.lanes() == BLOCK && self.interleaved.is_some()
-            }
+            DepthwiseMethod::ChannelInterleaved => self.interleaved.is_some(),
         };
         if !available {
             return Err(KernelError::UnsupportedIsa {
@@ -459,7 +492,9 @@ impl DepthwiseConv {
             let hi = ((t + 1) * chunk).min(units);
             match method {
                 DepthwiseMethod::InRegisters => plane_channels(isa, &job, lo, hi),
-                DepthwiseMethod::ChannelInterleaved => interleaved_blocks(isa, &job, t, lo, hi),
+                DepthwiseMethod::ChannelInterleaved => {
+                    interleaved_blocks(isa.at_most_8_lanes(), &job, t, lo, hi)
+                }
                 DepthwiseMethod::PaddedPlanes => depthwise_channels(isa, &job, t, lo, hi),
             }
         });
@@ -594,7 +629,7 @@ unsafe fn channels<S: Simd>(job: &Job<'_>, plane: *mut f32, lo: usize, hi: usize
         let bias = job.bias.map_or(0.0, |b| b[o]);
         let w = &c.weights[o * taps..(o + 1) * taps];
         let y = job.y.0.add(o * out_plane);
-        channel::<S>(g, plane, w, bias, job.clamp, y);
+        channel::<S>(g, &c.tap_offsets, plane, w, bias, job.clamp, y);
     }
 }
 
@@ -693,7 +728,7 @@ simd_entry! {
 }
 
 /// Channel blocks `lo..hi` by the channel-interleaved method on thread `thread`'s plane
-/// (8 lanes only; `run_with` checks).
+/// (8 lanes only: `run_with` passes an 8-lane level).
 #[inline(always)]
 fn interleaved_blocks_generic<S: Simd>(job: &Job<'_>, thread: usize, lo: usize, hi: usize) {
     let Some(il) = job.c.interleaved.as_ref().filter(|_| S::LANES == BLOCK) else {
@@ -797,6 +832,7 @@ unsafe fn interleaved_block<S: Simd>(job: &Job<'_>, il: &Interleaved, plane: *mu
 #[inline(always)]
 unsafe fn channel<S: Simd>(
     g: &Geometry,
+    taps: &[usize],
     plane: *const f32,
     w: &[f32],
     bias: f32,
@@ -815,7 +851,7 @@ unsafe fn channel<S: Simd>(
         let mut v = 0;
         while v < vectors {
             let n = (vectors - v).min(TILE_VECTORS);
-            let t = Tile { g, plane, w, bias, clamp, y, oy, x0: v * S::LANES };
+            let t = Tile { g, taps, plane, w, bias, clamp, y, oy, x0: v * S::LANES };
             match (rows, n) {
                 (8, _) => t.run::<S, 8, 1>(),
                 (7, _) => t.run::<S, 7, 1>(),
@@ -839,6 +875,8 @@ unsafe fn channel<S: Simd>(
 /// One register tile: output rows `oy..oy + R`, columns `x0..x0 + V * LANES` (clipped).
 struct Tile<'a> {
     g: &'a Geometry,
+    /// [`DepthwiseConv::tap_offsets`].
+    taps: &'a [usize],
     plane: *const f32,
     w: &'a [f32],
     bias: f32,
@@ -852,19 +890,17 @@ impl Tile<'_> {
     #[inline(always)]
     unsafe fn run<S: Simd, const R: usize, const V: usize>(&self) {
         let g = self.g;
-        let [sy, sx] = g.stride;
         let mut acc = [[S::splat(self.bias); V]; R];
-        for ky in 0..g.k[0] {
-            for kx in 0..g.k[1] {
-                let wv = S::splat(self.w[ky * g.k[1] + kx]);
-                let col = kx * g.dilation[1];
-                let (phase, offset) = (col % sx, col / sx);
-                for (r, acc_row) in acc.iter_mut().enumerate() {
-                    let row = (self.oy + r) * sy + ky * g.dilation[0];
-                    let p = self.plane.add(g.row_offset(row, phase) + offset + self.x0);
-                    for (v, a) in acc_row.iter_mut().enumerate() {
-                        *a = S::fma(wv, S::load(p.add(v * S::LANES)), *a);
-                    }
+        // Each output row's first tap: its padded row, phase 0, the tile's first column.
+        let rows: [*const f32; R] = std::array::from_fn(|r| {
+            self.plane.add(g.row_offset((self.oy + r) * g.stride[0], 0) + self.x0)
+        });
+        for (&wt, &off) in self.w.iter().zip(self.taps) {
+            let wv = S::splat(wt);
+            for (row, acc_row) in rows.iter().zip(acc.iter_mut()) {
+                let p = row.add(off);
+                for (v, a) in acc_row.iter_mut().enumerate() {
+                    *a = S::fma(wv, S::load(p.add(v * S::LANES)), *a);
                 }
             }
         }
@@ -918,7 +954,7 @@ mod tests {
                     DepthwiseMethod::InRegisters => {
                         isa.lanes() == 16 && DepthwiseConv::in_registers(&shape)
                     }
-                    DepthwiseMethod::ChannelInterleaved => isa.lanes() == 8,
+                    DepthwiseMethod::ChannelInterleaved => conv.interleaved.is_some(),
                 };
                 for threads in [1, 2, 3] {
                     for clamp in [Clamp::None, Clamp::Relu, Clamp::Relu6] {
