@@ -522,6 +522,8 @@ impl RowGroupConv {
             // taps of one channel share lines (3x3), the prefetches are redundant and
             // measured 5% slower.
             prefetch_ahead: s.kernel_volume() == 1 && 4 * x.len() > L2_BYTES,
+            stream_weights: plan.tiles.len() <= 2
+                && 4 * self.matrix.weights.len() > STREAMED_WEIGHT_BYTES,
             // (The plain flat stores read the residual alike: not with a layout of its own.)
             direct: self.plan_layout().flat_is_output()
                 && self.target == OutputTarget::dense(s.output())
@@ -690,6 +692,10 @@ struct Job<'a> {
     chunk_tiles: usize,
     /// Prefetch the next tile's input lines (see [`RowGroupConv::execute_on`]).
     prefetch_ahead: bool,
+    /// Prefetch the weights [`WEIGHT_PREFETCH_FLOATS`] ahead of each entry: a map of at most
+    /// two tiles reads each weight once or twice, so a layer of more than
+    /// [`STREAMED_WEIGHT_BYTES`] streams them (from L3 in a plan whose weights exceed L2).
+    stream_weights: bool,
     /// The flat grid is the output: plain stores.
     direct: bool,
     /// Applied to every output before it is stored.
@@ -698,6 +704,18 @@ struct Job<'a> {
 
 // SAFETY: the raw pointers are only read (x) or written at disjoint positions per thread (y).
 unsafe impl Sync for Job<'_> {}
+
+/// Weight bytes from which a layer whose map is at most two tiles prefetches its weights
+/// (VGG-11's 256- and 512-channel layers at 4x4 and 2x2 at 8x: 0.6-1.2 MB).
+const STREAMED_WEIGHT_BYTES: usize = 256 << 10;
+
+/// How far ahead of an entry its group's weights are prefetched (2 KiB: a 1-4 vector tile
+/// takes 8-32 FMAs per 32-byte entry, so the line arrives some hundreds of cycles later,
+/// about an L3 access). Block-punched 8x4 at 8x, weights evicted from L2 before each run
+/// (`examples/cold_weights`, min of runs, three alternating runs of each build, us):
+/// 512@2x2 72-76 -> 61-69, 512@4x4 88-94 -> 76-86; 256->512@4x4 unchanged (43-46); 256 and
+/// 2,048 floats ahead measured between the two.
+const WEIGHT_PREFETCH_FLOATS: usize = 512;
 
 /// Vectors per tile row: 8 rows x 2 = 16 accumulators (AVX2: row chunks of at most 4 rows,
 /// 8 accumulators of its 16 registers).
@@ -1022,12 +1040,12 @@ impl GroupRows<'_> {
                 }),
             };
             let (offs, r) = (self.offs, self.r);
-            let xs = self.x_step;
+            let (xs, pf) = (self.x_step, job.stream_weights);
             match rt {
-                8 => micro::<S, 8, V, FULL, STACKED>(offs, wp, r, xp, xs, &out, &ep),
-                4 => micro::<S, 4, V, FULL, STACKED>(offs, wp, r, xp, xs, &out, &ep),
-                2 => micro::<S, 2, V, FULL, STACKED>(offs, wp, r, xp, xs, &out, &ep),
-                _ => micro::<S, 1, V, FULL, STACKED>(offs, wp, r, xp, xs, &out, &ep),
+                8 => micro::<S, 8, V, FULL, STACKED>(offs, wp, r, xp, xs, &out, &ep, pf),
+                4 => micro::<S, 4, V, FULL, STACKED>(offs, wp, r, xp, xs, &out, &ep, pf),
+                2 => micro::<S, 2, V, FULL, STACKED>(offs, wp, r, xp, xs, &out, &ep, pf),
+                _ => micro::<S, 1, V, FULL, STACKED>(offs, wp, r, xp, xs, &out, &ep, pf),
             }
             i += rt;
         }
@@ -1039,6 +1057,7 @@ impl GroupRows<'_> {
 /// valid positions); otherwise only the first `n` are loaded. Stores follow `out` (plain when it
 /// has no segments, masked per segment otherwise). With `STACKED`, vector `v` is read at
 /// `v * xs` and stored at `v * out.step` (stacked rows); otherwise both are `v * LANES`.
+/// `stream_weights`: prefetch the weights [`WEIGHT_PREFETCH_FLOATS`] ahead of each entry.
 ///
 /// # Safety
 /// For every entry `e`, `x + offs[e]` must be readable for the touched positions; `w` must hold
@@ -1054,6 +1073,7 @@ unsafe fn micro<S: Simd, const RT: usize, const V: usize, const FULL: bool, cons
     xs: usize,
     out: &Out<'_>,
     ep: &RowEpilogue,
+    stream_weights: bool,
 ) {
     let n = out.n;
     let l = S::LANES;
@@ -1062,6 +1082,9 @@ unsafe fn micro<S: Simd, const RT: usize, const V: usize, const FULL: bool, cons
     let mut acc = [[S::zero(); V]; RT];
     let mut wp = w;
     for &off in offs {
+        if stream_weights {
+            crate::simd::prefetch(wp.wrapping_add(WEIGHT_PREFETCH_FLOATS));
+        }
         let xp = x.add(off as usize);
         // A plain loop, not `array::from_fn`: a closure is a separate function without the
         // caller's target features, so its intrinsics might not inline.
