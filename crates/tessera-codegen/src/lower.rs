@@ -57,6 +57,7 @@ impl ConvKernel {
             ConvKernel::Rows { conv, .. } => Some(conv.layout()),
             ConvKernel::Bcr { conv, .. } => Some(conv.layout()),
             ConvKernel::Fkw { conv, .. } => Some(conv.layout()),
+            ConvKernel::ChannelVector { conv, .. } => Some(conv.layout()),
             _ => None,
         }
     }
@@ -101,6 +102,12 @@ impl ConvKernel {
                 conv.set_output_target(target).ok()?;
                 conv.shape().out_channels
             }
+            // Only targets keeping each channel's outputs contiguous (a 1x1 convolution's
+            // input with a gap between channels), which `set_output_target` checks.
+            ConvKernel::Depthwise { conv, .. } => {
+                conv.set_output_target(target).ok()?;
+                conv.shape().out_channels
+            }
             _ => return None,
         };
         Some(target.len(channels))
@@ -123,6 +130,9 @@ impl ConvKernel {
                 conv.run_prepacked(isa, packed, output, scratch, threads, epilogue)
             }
             ConvKernel::Fkw { conv, scratch } => {
+                conv.run_prepacked(isa, packed, output, scratch, threads, epilogue)
+            }
+            ConvKernel::ChannelVector { conv, scratch } => {
                 conv.run_prepacked(isa, packed, output, scratch, threads, epilogue)
             }
             _ => {

@@ -481,8 +481,15 @@ fn fuse_residual_adds(graph: &Graph) -> Graph {
 }
 
 /// Conv -> conv edges without packing: where a row-group, BCR or pattern convolution's output
-/// is read by one of them as its input with a stride-1 padded layout, the producer stores
-/// straight into that layout (its padding zero) and the consumer skips packing. Other readers
+/// is read by one of them (or by the channel-vector kernel) as its input with a stride-1
+/// padded layout, the producer stores straight into that layout (its padding zero) and the
+/// consumer skips packing. A depthwise producer takes part where the layout keeps each
+/// channel's outputs contiguous: a 1x1 consumer whose input is copied with a gap after each
+/// channel (against 4 KiB aliasing on 16x16 and larger maps). MobileNetV2's depthwise ->
+/// project edges on 32x32 inputs, two A/B runs alternating the builds (`bench models --only
+/// mobilenet --rates 8`): block-punched 8x 0.76 -> 0.67-0.70 ms on 1 thread, 0.72-0.75 ->
+/// 0.62-0.66 ms on 2; the dense plan 1.32-1.36 -> 1.21-1.26 ms on 2 threads, within the
+/// run-to-run noise (1.64-1.77 ms) on 1. Other readers
 /// are allowed only as fused residuals of row-group, BCR or pattern convolutions, which read the
 /// residual in that layout ([`ConvKernel::set_residual_target`]): the block input of a
 /// residual network feeds the block's first convolution and the residual add of its second,

@@ -354,6 +354,64 @@ fn pre_packed_edges_need_a_kernel_epilogue_on_the_consumer() {
     }
 }
 
+/// A depthwise layer stores straight into the next 1x1 convolution's input when that one
+/// copies its input anyway (channels a gap apart, against 4 KiB aliasing on 16x16 and larger
+/// maps), at stride 1 and 2, by every instruction set, and the channel-vector kernel (small
+/// maps) reads its input pre-packed by a row-group producer; both plans match the interpreter.
+#[test]
+fn depthwise_layers_store_into_the_next_convolutions_packed_input() {
+    use tessera_ir::{Activation, Conv2d, GraphBuilder};
+    for stride in [1, 2] {
+        let mut b = GraphBuilder::new("depthwise-then-1x1");
+        let c = 16;
+        let side = 16 * stride;
+        let x = b.input("x", &[1, c, side, side]);
+        let dw = Conv2d { padding: 1, stride, groups: c, ..Default::default() };
+        let d = b.conv2d("dw", &x, Tensor::uniform([c, 1, 3, 3], 0.3, 1), None, dw);
+        let r = b.act("r", &d, Activation::Relu6);
+        let p = b.conv2d(
+            "project",
+            &r,
+            Tensor::uniform([24, c, 1, 1], 0.3, 2),
+            None,
+            Conv2d::default(),
+        );
+        b.output(&p);
+        let (g, _) = Pipeline::standard().run(b.build().unwrap()).unwrap();
+        for o in every_option() {
+            let plan = check(&g, &o, &format!("stride {stride} {o:?}"));
+            let layer = |name: &str| plan.layers().iter().find(|l| l.node == name).unwrap();
+            assert!(layer("dw").stores_packed, "stride {stride} {o:?}: {:?}", plan.layers());
+            assert!(layer("project").reads_packed, "stride {stride} {o:?}");
+        }
+    }
+    // Small maps: a dense 3x3 on 4x4 runs the channel-vector kernel, on the padded input its
+    // (pruned) row-group producer stores.
+    let mut b = GraphBuilder::new("rows-then-channel-vector");
+    let x = b.input("x", &[1, 8, 4, 4]);
+    let pad = Conv2d { padding: 1, ..Default::default() };
+    let c1 = b.conv2d("c1", &x, Tensor::uniform([16, 8, 3, 3], 0.3, 3), None, pad);
+    let r1 = b.act("r1", &c1, Activation::Relu);
+    let c2 = b.conv2d("c2", &r1, Tensor::uniform([64, 16, 3, 3], 0.3, 4), None, pad);
+    let r2 = b.act("r2", &c2, Activation::Relu);
+    b.output(&r2);
+    let mut g = b.build().unwrap();
+    // Pruned, c1 runs the row-group engine (dense layers on such maps run channel-vector).
+    let c1w = g.nodes.iter().find_map(|n| match &n.op {
+        Op::Conv { weight, .. } if n.name == "c1" => Some(weight.clone()),
+        _ => None,
+    });
+    let scheme: Scheme = "block-punched:8x4".parse().unwrap();
+    g.prune("c1", &c1w.unwrap(), &scheme, tessera_sparsity::Target::Compression(4.0)).unwrap();
+    let (g, _) = Pipeline::standard().run(g).unwrap();
+    for o in every_option() {
+        let plan = check(&g, &o, &format!("small map {o:?}"));
+        let c2 = plan.layers().iter().find(|l| l.node == "c2").unwrap();
+        assert_eq!(c2.kernel, "channel-vector", "{o:?}");
+        assert!(c2.reads_packed, "{o:?}: {:?}", plan.layers());
+    }
+}
+
 /// BCR and pattern (FKW) convolutions take part in pre-packed edges like row-group ones: on
 /// the VGG pruned with either, conv -> conv edges between such layers are stored into the
 /// consumer's padded layout (bias and ReLU fused in both kernels), and the plan still matches

@@ -20,6 +20,8 @@
 //!   per-thread buffer between blocks.
 //! * The epilogue adds the bias, clamps (ReLU / ReLU6) and writes the `[channel][position]`
 //!   output.
+//! * A producer may write the padded input for it ([`ChannelVectorConv::run_prepacked`]):
+//!   plans then skip the packing pass.
 //!
 //! On AVX2 (16 registers) a tile is 2 vectors x up to 6 positions. Threads take contiguous
 //! ranges of channel blocks; with fewer blocks than threads, each block's positions are split
@@ -33,7 +35,7 @@
 use crate::conv::{ConvShape, InputLayout};
 use crate::error::{KernelError, Result};
 use crate::isa::Isa;
-use crate::rowgroup::{Clamp, ConvScratch, Epilogue, check_len};
+use crate::rowgroup::{Clamp, ConvScratch, Epilogue, check_len, check_prepacked};
 use crate::simd::{Simd, simd_entry};
 use crate::threads::{SendPtr, run_parallel};
 
@@ -166,6 +168,50 @@ impl ChannelVectorConv {
     ) -> Result<()> {
         let s = &self.shape;
         check_len("input", s.in_channels * s.input_plane(), input.len())?;
+        let (packed, acc) = scratch.parts();
+        check_len("packed-input scratch", self.layout.packed_len(), packed.len())?;
+        self.layout.pack_with(isa, input, packed);
+        let x = if self.layout.in_place() { input } else { packed };
+        self.execute(isa, x, output, acc, threads, epilogue)
+    }
+
+    /// [`ChannelVectorConv::run`] on an input already in this convolution's packed layout
+    /// ([`ChannelVectorConv::layout`]: `layout().packed_len()` floats, padding zero, or the
+    /// plain input when the layout reads it in place), as a producer retargeted to
+    /// `layout().as_target()` writes it: no packing.
+    ///
+    /// # Errors
+    /// As [`ChannelVectorConv::run`], for the packed input's length.
+    pub fn run_prepacked(
+        &self,
+        isa: Isa,
+        packed: &[f32],
+        output: &mut [f32],
+        scratch: &mut ConvScratch,
+        threads: usize,
+        epilogue: Epilogue<'_>,
+    ) -> Result<()> {
+        check_prepacked(&self.layout, &self.shape, packed.len())?;
+        let (_, acc) = scratch.parts();
+        self.execute(isa, packed, output, acc, threads, epilogue)
+    }
+
+    /// The packed input layout its tiles read.
+    pub fn layout(&self) -> &InputLayout {
+        &self.layout
+    }
+
+    /// The tiles on `x` (the packed input, or the input read in place).
+    fn execute(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        output: &mut [f32],
+        acc: &mut [f32],
+        threads: usize,
+        epilogue: Epilogue<'_>,
+    ) -> Result<()> {
+        let s = &self.shape;
         check_len("output", s.out_channels * self.positions(), output.len())?;
         if let Some(b) = epilogue.bias {
             check_len("bias", s.out_channels, b.len())?;
@@ -173,8 +219,6 @@ impl ChannelVectorConv {
         if let Some(r) = epilogue.residual {
             check_len("residual", output.len(), r.len())?;
         }
-        let (packed, acc) = scratch.parts();
-        check_len("packed-input scratch", self.layout.packed_len(), packed.len())?;
         let buffers = acc.len() / self.acc_len().max(1);
         if buffers == 0 {
             return Err(KernelError::BufferLength {
@@ -183,8 +227,6 @@ impl ChannelVectorConv {
                 found: acc.len(),
             });
         }
-        self.layout.pack_with(isa, input, packed);
-        let x = if self.layout.in_place() { input.as_ptr() } else { packed.as_ptr() };
         let blocks = &self.blocks[usize::from(isa.lanes() == 16)];
         // Fewer channel blocks than threads (64 output channels are one AVX-512 block): each
         // block's positions are split into parts, one work unit each.
@@ -198,7 +240,7 @@ impl ChannelVectorConv {
         let chunk = units.div_ceil(threads);
         let job = Job {
             c: self,
-            x,
+            x: x.as_ptr(),
             y: SendPtr(output.as_mut_ptr()),
             acc: SendPtr(acc.as_mut_ptr()),
             blocks,

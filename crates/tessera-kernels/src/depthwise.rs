@@ -37,13 +37,15 @@
 //! vectors ([`DepthwiseConv::method`] has the table).
 //!
 //! Threads split the output channels (blocks of 8 when interleaved) into contiguous ranges,
-//! each with its own plane.
+//! each with its own plane. Outputs go to NCHW or to a layout that keeps each channel's
+//! outputs contiguous ([`DepthwiseConv::set_output_target`]), such as the input of a 1x1
+//! convolution that puts a gap between channels, which then skips its copy.
 
 // The inner functions are `unsafe fn`s over raw plane and output pointers whose bounds the
 // geometry guarantees (checked once in `run`); marking each operation again adds nothing.
 #![allow(unsafe_op_in_unsafe_fn)]
 
-use crate::conv::ConvShape;
+use crate::conv::{ConvShape, OutputTarget};
 use crate::error::{KernelError, Result};
 use crate::isa::Isa;
 use crate::rowgroup::{Clamp, Epilogue, check_len};
@@ -150,6 +152,8 @@ pub struct DepthwiseConv {
     /// first tap: the phase row and column offset folded into one plane offset, so the
     /// tiles' tap loop does no division by the stride.
     tap_offsets: Vec<usize>,
+    /// Where outputs go: NCHW unless retargeted ([`DepthwiseConv::set_output_target`]).
+    target: OutputTarget,
 }
 
 /// How [`DepthwiseConv`] computes a run.
@@ -340,6 +344,7 @@ impl DepthwiseConv {
             plane_plan: PlanePlan::of(&shape),
             interleaved: Interleaved::of(&shape, &geometry, weights),
             tap_offsets: geometry.tap_offsets(),
+            target: OutputTarget::dense(shape.output()),
             shape,
         })
     }
@@ -379,6 +384,37 @@ impl DepthwiseConv {
     /// Floats of one thread's plane (the larger of the two layouts).
     fn plane_len(&self) -> usize {
         self.geometry.plane_len().max(self.interleaved.as_ref().map_or(0, Interleaved::plane_len))
+    }
+
+    /// Stores outputs to `target` from now on (e.g. the next 1x1 convolution's packed input,
+    /// whose channels are a gap apart): a layout that keeps each channel's `Ho x Wo` outputs
+    /// contiguous and in order (rows of `Wo`, `base + Ho * Wo <= channel_stride`), which every
+    /// method's stores address with one channel stride and offset. The output buffer of a run
+    /// then holds `target.len(out_channels)` floats, and only the outputs are written.
+    ///
+    /// # Errors
+    /// `InvalidShape` for a target of other dimensions or with padding between rows.
+    pub fn set_output_target(&mut self, target: OutputTarget) -> Result<()> {
+        let out = self.shape.output();
+        let [_, ho, wo] = out;
+        if target.dims != out
+            || target.rows != ho
+            || target.row_pitch != wo
+            || target.base + ho * wo > target.channel_stride
+        {
+            return Err(KernelError::InvalidShape {
+                reason: format!(
+                    "depthwise outputs need a target keeping each channel's {ho}x{wo} outputs contiguous; got {target:?}"
+                ),
+            });
+        }
+        self.target = target;
+        Ok(())
+    }
+
+    /// Where outputs are stored.
+    pub fn output_target(&self) -> &OutputTarget {
+        &self.target
     }
 
     /// Whether an AVX-512 run computes whole planes in registers (input and output maps of
@@ -450,7 +486,7 @@ impl DepthwiseConv {
         let s = &self.shape;
         let g = self.geometry;
         check_len("input", s.in_channels * s.input_plane(), input.len())?;
-        check_len("output", s.out_channels * s.output_positions(), output.len())?;
+        check_len("output", self.target.len(s.out_channels), output.len())?;
         if let Some(b) = epilogue.bias {
             check_len("bias", s.out_channels, b.len())?;
         }
@@ -483,6 +519,8 @@ impl DepthwiseConv {
             c: self,
             x: input,
             y: SendPtr(output.as_mut_ptr()),
+            ystride: self.target.channel_stride,
+            ybase: self.target.base,
             planes: SendPtr(scratch.planes.as_mut_ptr()),
             clamp: epilogue.clamp,
             bias: epilogue.bias,
@@ -506,7 +544,10 @@ impl DepthwiseConv {
 struct Job<'a> {
     c: &'a DepthwiseConv,
     x: &'a [f32],
+    /// Output channel `o`'s `Ho x Wo` values start at `y + o * ystride + ybase`.
     y: SendPtr,
+    ystride: usize,
+    ybase: usize,
     /// One plane per thread.
     planes: SendPtr,
     clamp: Clamp,
@@ -612,7 +653,6 @@ unsafe fn channels<S: Simd>(job: &Job<'_>, plane: *mut f32, lo: usize, hi: usize
     let c = job.c;
     let g = &c.geometry;
     let taps = g.k[0] * g.k[1];
-    let out_plane = g.ho * g.wo;
     let mut packed = usize::MAX;
     for o in lo..hi {
         let ci = o / c.multiplier;
@@ -628,7 +668,7 @@ unsafe fn channels<S: Simd>(job: &Job<'_>, plane: *mut f32, lo: usize, hi: usize
         }
         let bias = job.bias.map_or(0.0, |b| b[o]);
         let w = &c.weights[o * taps..(o + 1) * taps];
-        let y = job.y.0.add(o * out_plane);
+        let y = job.y.0.add(o * job.ystride + job.ybase);
         channel::<S>(g, &c.tap_offsets, plane, w, bias, job.clamp, y);
     }
 }
@@ -706,7 +746,7 @@ unsafe fn plane_run<S: Simd, const NI: usize, const NO: usize>(
                 acc[j] = S::fma(wv, S::permute2_maskz(a, b, &step.idx, step.mask), acc[j]);
             }
         }
-        let dst = job.y.0.add(o * n_out);
+        let dst = job.y.0.add(o * job.ystride + job.ybase);
         for j in 0..NO {
             let v = job.clamp.apply_vec::<S>(acc[j]);
             let rem = n_out - j * l;
@@ -793,7 +833,7 @@ unsafe fn interleaved_block<S: Simd>(job: &Job<'_>, il: &Interleaved, plane: *mu
         None => S::zero(),
     };
     let (output_offsets, tap_offsets) = (il.output_offsets.as_ptr(), il.tap_offsets.as_ptr());
-    let y = job.y.0.add(o0 * n_out);
+    let y = job.y.0.add(o0 * job.ystride + job.ybase);
     let mut p = 0;
     while p < n_out {
         let n = (n_out - p).min(BLOCK);
@@ -817,11 +857,11 @@ unsafe fn interleaved_block<S: Simd>(job: &Job<'_>, il: &Interleaved, plane: *mu
         let dst = y.add(p);
         if full && n == BLOCK {
             for (i, &a) in acc.iter().enumerate() {
-                S::store(dst.add(i * n_out), a);
+                S::store(dst.add(i * job.ystride), a);
             }
         } else {
             for (i, &a) in acc.iter().enumerate().take(lanes) {
-                S::store_partial(dst.add(i * n_out), a, n);
+                S::store_partial(dst.add(i * job.ystride), a, n);
             }
         }
         p += n;
@@ -985,6 +1025,71 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn retargeted_outputs_land_a_channel_stride_apart_and_nothing_else_is_written() {
+        // Every method, on maps each one takes (4x4 in registers on AVX-512, stride 2, 14x14),
+        // stores into channels 5 floats in and `Ho * Wo + 21` floats apart; the floats between
+        // them keep their sentinel.
+        for (c, hw, stride) in [(12, 4, 1), (20, 9, 2), (9, 14, 1)] {
+            let shape = ConvShape::conv2d(c, c, [hw, hw], [3, 3], stride, 1)
+                .unwrap()
+                .with_groups(c)
+                .unwrap();
+            let w = values(c * 9, 4);
+            let x = values(c * hw * hw, 5);
+            let bias = values(c, 6);
+            let plain = reference::conv(&shape, &w, &x);
+            let positions = shape.output_positions();
+            let [_, ho, wo] = shape.output();
+            let target = OutputTarget {
+                dims: shape.output(),
+                channel_stride: positions + 21,
+                base: 5,
+                rows: ho,
+                row_pitch: wo,
+            };
+            let mut conv = DepthwiseConv::new(shape, &w).unwrap();
+            conv.set_output_target(target).unwrap();
+            let mut scratch = conv.scratch(2);
+            let tol = reference::tolerance(9, 2.0);
+            for isa in Isa::available() {
+                for method in METHODS {
+                    for threads in [1, 2] {
+                        let mut y = vec![-7.5f32; target.len(c)];
+                        let ep = Epilogue { bias: Some(&bias), clamp: Clamp::None, residual: None };
+                        let run = conv.run_with(method, isa, &x, &mut y, &mut scratch, threads, ep);
+                        if run.is_err() {
+                            continue; // not this method's shape or instruction set
+                        }
+                        for (i, &got) in y.iter().enumerate() {
+                            let (o, at) = (i / target.channel_stride, i % target.channel_stride);
+                            if (5..5 + positions).contains(&at) {
+                                let want = plain[o * positions + at - 5] + bias[o];
+                                assert!(
+                                    (got - want).abs() <= tol,
+                                    "{shape:?} {isa} {method:?}: channel {o} output {}: {got} vs {want}",
+                                    at - 5
+                                );
+                            } else {
+                                assert_eq!(
+                                    got, -7.5,
+                                    "{shape:?} {isa} {method:?}: wrote float {i}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // A target with padding between rows (the next 3x3 convolution's input) is refused.
+        let shape = ConvShape::conv2d(8, 8, [6, 6], [3, 3], 1, 1).unwrap().with_groups(8).unwrap();
+        let mut conv = DepthwiseConv::new(shape, &values(72, 1)).unwrap();
+        let padded =
+            OutputTarget { dims: [1, 6, 6], channel_stride: 64, base: 9, rows: 8, row_pitch: 8 };
+        assert!(matches!(conv.set_output_target(padded), Err(KernelError::InvalidShape { .. })));
+        assert_eq!(conv.output_target(), &OutputTarget::dense([1, 6, 6]));
     }
 
     #[test]
