@@ -35,7 +35,7 @@
 use crate::conv::{ConvShape, InputLayout};
 use crate::error::{KernelError, Result};
 use crate::isa::Isa;
-use crate::rowgroup::{Clamp, ConvScratch, Epilogue, check_len, check_prepacked};
+use crate::rowgroup::{Clamp, ConvScratch, Epilogue, check_len, check_prepacked, pack_input};
 use crate::simd::{Simd, simd_entry};
 use crate::threads::{SendPtr, run_parallel};
 
@@ -166,12 +166,7 @@ impl ChannelVectorConv {
         threads: usize,
         epilogue: Epilogue<'_>,
     ) -> Result<()> {
-        let s = &self.shape;
-        check_len("input", s.in_channels * s.input_plane(), input.len())?;
-        let (packed, acc) = scratch.parts();
-        check_len("packed-input scratch", self.layout.packed_len(), packed.len())?;
-        self.layout.pack_with(isa, input, packed);
-        let x = if self.layout.in_place() { input } else { packed };
+        let (x, acc) = pack_input(&self.layout, &self.shape, isa, input, scratch)?;
         self.execute(isa, x, output, acc, threads, epilogue)
     }
 

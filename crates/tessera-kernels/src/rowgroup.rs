@@ -454,14 +454,8 @@ impl RowGroupConv {
         threads: usize,
         epilogue: Epilogue<'_>,
     ) -> Result<()> {
-        let s = &self.shape;
-        check_len("input", s.in_channels * s.input_plane(), input.len())?;
-        let (pl, fl) = self.scratch_len();
-        let (packed, flat) = scratch.parts();
-        check_len("packed-input scratch", pl, packed.len())?;
-        check_len("gathered-input scratch", fl, flat.len())?;
-        self.layout.pack_with(isa, input, packed);
-        let x: &[f32] = if self.layout.in_place() { input } else { packed };
+        let (x, flat) = pack_input(&self.layout, &self.shape, isa, input, scratch)?;
+        check_len("gathered-input scratch", self.scratch_len().1, flat.len())?;
         self.execute_on(isa, x, flat, output, threads, epilogue)
     }
 
@@ -653,6 +647,24 @@ pub(crate) fn check_output(
         }
     }
     Ok(())
+}
+
+/// A kernel's `run`: checks `input` (NCDHW, one sample), packs it into the scratch's first
+/// part (`layout.packed_len()` floats) unless the layout reads it in place, and returns the
+/// input the tiles read with the scratch's second part (the kernel's own buffer).
+pub(crate) fn pack_input<'a>(
+    layout: &InputLayout,
+    shape: &ConvShape,
+    isa: Isa,
+    input: &'a [f32],
+    scratch: &'a mut ConvScratch,
+) -> Result<(&'a [f32], &'a mut [f32])> {
+    check_len("input", shape.in_channels * shape.input_plane(), input.len())?;
+    let (packed, rest) = scratch.parts();
+    check_len("packed-input scratch", layout.packed_len(), packed.len())?;
+    layout.pack_with(isa, input, packed);
+    let x: &[f32] = if layout.in_place() { input } else { packed };
+    Ok((x, rest))
 }
 
 /// The length check of a pre-packed input: the layout's packed length, or the plain input's

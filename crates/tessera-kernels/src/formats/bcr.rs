@@ -94,7 +94,8 @@ use crate::gather::Gather;
 use crate::isa::Isa;
 use crate::rowgroup::{
     ConvScratch, Epilogue, Out, RowGroupMatrix, Seg, TILE_V, TilePlan, address_residual, check_len,
-    check_output, check_output_target, check_prepacked, readdress_residual, store_row_fused,
+    check_output, check_output_target, check_prepacked, pack_input, readdress_residual,
+    store_row_fused,
 };
 use crate::simd::{Simd, simd_entry};
 use crate::threads::{SendPtr, run_parallel};
@@ -702,12 +703,7 @@ impl BcrConv {
         threads: usize,
         epilogue: Epilogue<'_>,
     ) -> Result<()> {
-        let s = &self.shape;
-        check_len("input", s.in_channels * s.input_plane(), input.len())?;
-        let (packed, gathered) = scratch.parts();
-        check_len("packed-input scratch", self.layout.packed_len(), packed.len())?;
-        self.layout.pack_with(isa, input, packed);
-        let x: &[f32] = if self.layout.in_place() { input } else { packed };
+        let (x, gathered) = pack_input(&self.layout, &self.shape, isa, input, scratch)?;
         self.execute_on(isa, x, gathered, output, threads, epilogue)
     }
 
