@@ -725,8 +725,8 @@ const STREAMED_WEIGHT_BYTES: usize = 256 << 10;
 /// takes 8-32 FMAs per 32-byte entry, so the line arrives some hundreds of cycles later,
 /// about an L3 access). Block-punched 8x4 at 8x, weights evicted from L2 before each run
 /// (`examples/cold_weights`, min of runs, three alternating runs of each build, us):
-/// 512@2x2 72-76 -> 61-69, 512@4x4 88-94 -> 76-86; 256->512@4x4 unchanged (43-46); 256 and
-/// 2,048 floats ahead measured between the two.
+/// 512@2x2 72-73 -> 69-70, 512@4x4 88-93 -> 83-89, 256->512@4x4 unchanged (43-46); in
+/// VGG-11's plan its 2x2 layers 3-4% faster. 256 and 2,048 floats ahead were no better.
 const WEIGHT_PREFETCH_FLOATS: usize = 512;
 
 /// Vectors per tile row: 8 rows x 2 = 16 accumulators (AVX2: row chunks of at most 4 rows,
