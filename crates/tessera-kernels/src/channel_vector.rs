@@ -555,5 +555,10 @@ mod tests {
         let short = Epilogue { bias: Some(&[0.0; 3]), ..Default::default() };
         let err = conv.run(Isa::detect(), &[0.0; 16], &mut y, &mut scratch, 1, short);
         assert!(matches!(err, Err(KernelError::BufferLength { what: "bias", .. })));
+        // A pre-packed input must span the packed layout (padding included).
+        let packed = vec![0.0; conv.layout().packed_len() - 1];
+        let ep = Epilogue::default();
+        let err = conv.run_prepacked(Isa::detect(), &packed, &mut y, &mut scratch, 1, ep);
+        assert!(matches!(err, Err(KernelError::BufferLength { what: "packed input", .. })));
     }
 }

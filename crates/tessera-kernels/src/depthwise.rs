@@ -913,37 +913,29 @@ unsafe fn channel<S: Simd>(
         while v < vectors {
             let n = (vectors - v).min(TILE_VECTORS);
             let t = Tile { g, taps, plane, w, bias, clamp, y, oy, x0: v * S::LANES };
-            if aligned {
-                match (rows, n) {
-                    (8, _) => t.run_aligned::<S, 8, 1>(),
-                    (7, _) => t.run_aligned::<S, 7, 1>(),
-                    (6, _) => t.run_aligned::<S, 6, 1>(),
-                    (5, _) => t.run_aligned::<S, 5, 1>(),
-                    (4, 2) => t.run_aligned::<S, 4, 2>(),
-                    (4, _) => t.run_aligned::<S, 4, 1>(),
-                    (3, 2) => t.run_aligned::<S, 3, 2>(),
-                    (3, _) => t.run_aligned::<S, 3, 1>(),
-                    (2, 2) => t.run_aligned::<S, 2, 2>(),
-                    (2, _) => t.run_aligned::<S, 2, 1>(),
-                    (_, 2) => t.run_aligned::<S, 1, 2>(),
-                    _ => t.run_aligned::<S, 1, 1>(),
-                }
-                v += n;
-                continue;
+            // The tile's rows and vectors as constants, for either tile method.
+            macro_rules! dispatch {
+                ($run:ident) => {
+                    match (rows, n) {
+                        (8, _) => t.$run::<S, 8, 1>(),
+                        (7, _) => t.$run::<S, 7, 1>(),
+                        (6, _) => t.$run::<S, 6, 1>(),
+                        (5, _) => t.$run::<S, 5, 1>(),
+                        (4, 2) => t.$run::<S, 4, 2>(),
+                        (4, _) => t.$run::<S, 4, 1>(),
+                        (3, 2) => t.$run::<S, 3, 2>(),
+                        (3, _) => t.$run::<S, 3, 1>(),
+                        (2, 2) => t.$run::<S, 2, 2>(),
+                        (2, _) => t.$run::<S, 2, 1>(),
+                        (_, 2) => t.$run::<S, 1, 2>(),
+                        _ => t.$run::<S, 1, 1>(),
+                    }
+                };
             }
-            match (rows, n) {
-                (8, _) => t.run::<S, 8, 1>(),
-                (7, _) => t.run::<S, 7, 1>(),
-                (6, _) => t.run::<S, 6, 1>(),
-                (5, _) => t.run::<S, 5, 1>(),
-                (4, 2) => t.run::<S, 4, 2>(),
-                (4, _) => t.run::<S, 4, 1>(),
-                (3, 2) => t.run::<S, 3, 2>(),
-                (3, _) => t.run::<S, 3, 1>(),
-                (2, 2) => t.run::<S, 2, 2>(),
-                (2, _) => t.run::<S, 2, 1>(),
-                (_, 2) => t.run::<S, 1, 2>(),
-                _ => t.run::<S, 1, 1>(),
+            if aligned {
+                dispatch!(run_aligned);
+            } else {
+                dispatch!(run);
             }
             v += n;
         }
