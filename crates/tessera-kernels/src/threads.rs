@@ -96,6 +96,8 @@ struct SpinPool {
     job: std::cell::UnsafeCell<Option<Job>>,
     panicked: std::sync::atomic::AtomicBool,
     sleep: std::sync::Mutex<()>,
+    /// Workers waiting (or about to wait) on `wake`.
+    sleepers: std::sync::atomic::AtomicUsize,
     wake: std::sync::Condvar,
     /// Threads the machine runs at once.
     cpus: usize,
@@ -128,6 +130,7 @@ impl SpinPool {
             job: std::cell::UnsafeCell::new(None),
             panicked: AtomicBool::new(false),
             sleep: std::sync::Mutex::new(()),
+            sleepers: AtomicUsize::new(0),
             wake: std::sync::Condvar::new(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         })
@@ -137,7 +140,7 @@ impl SpinPool {
     /// the job wants more threads than the machine runs at once, or a worker cannot start.
     fn try_run(&'static self, threads: usize, f: &(dyn Fn(usize) + Sync)) -> bool {
         use std::sync::TryLockError;
-        use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+        use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
         if threads > self.cpus || u32::try_from(threads).is_err() {
             return false;
         }
@@ -166,9 +169,14 @@ impl SpinPool {
         self.remaining.0.store(threads, Relaxed);
         // `threads` fits in u32 (checked above).
         self.claim.0.store(Claim { threads: threads as u32, next: 1 }.pack(), Release);
-        {
+        // A sleeping worker counts itself in `sleepers` (under `sleep`) before it rechecks
+        // the generation, and this reads `sleepers` after bumping the generation, both
+        // sequentially consistent: either the worker sees the new generation, or this sees
+        // it counted and notifies it once it waits (the lock is held until then). Spinning
+        // workers thus cost no futex call per job (an empty 2-thread job: 0.78 -> 0.47-0.51 us here).
+        self.generation.0.fetch_add(1, SeqCst);
+        if self.sleepers.load(SeqCst) > 0 {
             let _sleep = self.sleep.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            self.generation.0.fetch_add(1, AcqRel);
             self.wake.notify_all();
         }
         // Index 0 here, then whatever the workers have not claimed. Every index counts as
@@ -211,7 +219,7 @@ impl SpinPool {
     }
 
     fn work(&self, mut seen: u64) {
-        use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+        use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
         loop {
             let start = std::time::Instant::now();
             let mut spins = 0u32;
@@ -223,12 +231,14 @@ impl SpinPool {
                 if spins.is_multiple_of(256) && start.elapsed() > SPIN {
                     let mut guard =
                         self.sleep.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    while self.generation.0.load(Acquire) == seen {
+                    self.sleepers.fetch_add(1, SeqCst);
+                    while self.generation.0.load(SeqCst) == seen {
                         guard = self
                             .wake
                             .wait(guard)
                             .unwrap_or_else(std::sync::PoisonError::into_inner);
                     }
+                    self.sleepers.fetch_sub(1, SeqCst);
                     break;
                 }
                 std::hint::spin_loop();
@@ -497,6 +507,35 @@ mod tests {
             LATE_WORKER_NS.store(0, Ordering::Relaxed);
             stop.store(true, Ordering::Relaxed);
         });
+    }
+
+    /// A worker asleep past the spin time must be woken by the next job: index 0 (the
+    /// dispatcher's) waits for index 1 to start on another thread, which only a woken worker
+    /// (or rayon, when the pool is busy with another test) can do; a lost wake-up leaves the
+    /// dispatcher to run index 1 itself after index 0 gives up.
+    #[test]
+    fn a_sleeping_worker_is_woken_by_the_next_job() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        for _ in 0..5 {
+            std::thread::sleep(SPIN * 4);
+            let started = AtomicBool::new(false);
+            let seen = AtomicBool::new(false);
+            run_parallel(2, |t| {
+                if t == 1 {
+                    started.store(true, Ordering::Release);
+                } else {
+                    let wait = std::time::Instant::now();
+                    while wait.elapsed() < std::time::Duration::from_secs(2) {
+                        if started.load(Ordering::Acquire) {
+                            seen.store(true, Ordering::Relaxed);
+                            break;
+                        }
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+            assert!(seen.load(Ordering::Relaxed), "no thread ran index 1 alongside index 0");
+        }
     }
 
     #[test]
