@@ -22,7 +22,12 @@
 //! row groups, the dense kernel on the pruned weights, BCR's row-group form) is timed on 1
 //! and on the full thread budget, and the fastest kept; decisions are cached in a JSON file
 //! keyed by CPU, instruction set, batch, thread budget, layer shape, scheme and a hash of the
-//! mask ([`TuneCache`]). [`Tuning::Default`] (`--no-tune`) is the table, deterministic.
+//! mask ([`TuneCache`]). On more than one thread the plan's thread counts are then refined
+//! in context: each step timed inside whole runs on 1 and on all threads, and the fastest of
+//! that per-step mix, the per-layer picks and the two uniform settings kept (timed alone, a
+//! small layer looks faster on two threads; in a plan its input crosses between the cores'
+//! caches, and it is not), cached per plan. [`Tuning::Default`] (`--no-tune`) is the table
+//! on the whole thread budget, deterministic.
 //!
 //! Latency model ([`latency`]): per kernel family, `ms = c0 + c1 MACs + c2 inputs + c3
 //! outputs` fitted by non-negative least squares on layers measured here

@@ -1,7 +1,9 @@
 //! Auto-tuning: per layer, time every candidate kernel (and thread count) on this machine and
 //! keep the fastest; remember decisions in a JSON file keyed by CPU, instruction set and
 //! layer signature (shape, scheme, a hash of the mask, batch, thread budget), so a later
-//! compile of the same model on the same machine does not time again.
+//! compile of the same model on the same machine does not time again. Plans compiled for
+//! more than one thread also remember their thread counts refined in context (see
+//! `Plan::refine_threads`), keyed by the plan's layers.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,6 +49,19 @@ pub struct TuneCache {
     pub version: u32,
     /// Decisions by layer key.
     pub entries: BTreeMap<String, Decision>,
+    /// Thread counts of whole plans (compiled for more than one thread), refined in the
+    /// plan's context, by plan key (the prefix and a hash of its layers' keys).
+    #[serde(default)]
+    pub plans: BTreeMap<String, PlanThreads>,
+}
+
+/// The thread count of every weighted step of one plan, as refined in context.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanThreads {
+    /// Threads per weighted step, in execution order.
+    pub threads: Vec<usize>,
+    /// Measured median milliseconds of the whole plan with them.
+    pub ms: f64,
 }
 
 const VERSION: u32 = 1;
@@ -57,7 +72,7 @@ impl TuneCache {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(TuneCache { version: VERSION, entries: BTreeMap::new() });
+                return Ok(TuneCache { version: VERSION, ..TuneCache::default() });
             }
             Err(e) => return Err(cache_error(path, e.to_string())),
         };
@@ -107,6 +122,13 @@ impl Tuner {
             None => "dense".into(),
         };
         format!("{} | {signature} | {scheme}", self.prefix)
+    }
+
+    /// The key of a whole plan whose weighted layers have `layer_keys`, in order.
+    pub(crate) fn plan_key(&self, layer_keys: &[String]) -> String {
+        let bytes: Vec<u64> =
+            layer_keys.iter().flat_map(|k| k.bytes().map(u64::from).chain([0])).collect();
+        format!("{} | plan of {} layers {:016x}", self.prefix, layer_keys.len(), mask_hash(&bytes))
     }
 
     /// The cached decision for `key` when one matches a candidate, else the fastest

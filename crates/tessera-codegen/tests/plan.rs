@@ -284,6 +284,13 @@ fn tuned_plans_match_the_interpreter_and_reuse_their_cache() {
         assert!(!l.cached && l.tuned_ms.is_some_and(|ms| ms > 0.0), "{l:?}");
         assert!(l.threads == 1 || l.threads == 2, "{l:?}");
     }
+    // The whole plan's thread counts, refined in context, are cached beside the layers'.
+    let [(_, refined)] = saved.plans.iter().collect::<Vec<_>>()[..] else {
+        panic!("one plan decision expected: {:?}", saved.plans)
+    };
+    let counts: Vec<usize> = first.layers().iter().map(|l| l.threads).collect();
+    assert_eq!(refined.threads, counts);
+    assert!(refined.ms > 0.0);
     // A second compile takes every decision from the cache and changes nothing in it.
     let second = check(&opt, &tuned, "tuned from cache");
     for (a, b) in first.layers().iter().zip(second.layers()) {
@@ -291,6 +298,17 @@ fn tuned_plans_match_the_interpreter_and_reuse_their_cache() {
         assert_eq!((a.kernel, a.format, a.threads), (b.kernel, b.format, b.threads));
     }
     assert_eq!(TuneCache::load(&cache).unwrap(), saved);
+    // A cached plan decision this plan cannot take (a thread count above its budget) is
+    // measured again, not applied.
+    let mut bad = saved.clone();
+    for p in bad.plans.values_mut() {
+        p.threads[0] = 3;
+    }
+    bad.save(&cache).unwrap();
+    let third = check(&opt, &tuned, "tuned with a stale plan decision");
+    assert!(third.layers().iter().all(|l| l.threads == 1 || l.threads == 2));
+    let resaved = TuneCache::load(&cache).unwrap();
+    assert!(resaved.plans.values().all(|p| p.threads.iter().all(|&t| t == 1 || t == 2)));
     // Without tuning: the table's kernels on the whole thread budget, nothing measured.
     let plain = Plan::compile(&opt, &CompileOptions { threads: 2, ..Default::default() }).unwrap();
     for l in plain.layers() {
