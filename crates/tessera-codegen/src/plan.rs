@@ -381,10 +381,8 @@ impl Plan {
         if weighted.is_empty() {
             return Ok(PlanThreads { threads: Vec::new(), ms: 0.0 });
         }
-        let tuned: Vec<usize> = weighted
-            .iter()
-            .map(|&i| step_threads(&mut self.steps[i]).map_or(1, |t| *t))
-            .collect();
+        let tuned: Vec<usize> =
+            weighted.iter().map(|&i| step_threads(&mut self.steps[i]).map_or(1, |t| *t)).collect();
         let x = crate::tune_input(self.input.len);
         let mut y = vec![0.0f32; self.output.len];
         let one = vec![1; weighted.len()];
@@ -429,9 +427,8 @@ impl Plan {
                 r[r.len() / 2]
             })
             .collect();
-        let best = (0..configs.len())
-            .min_by(|&a, &b| medians[a].total_cmp(&medians[b]))
-            .unwrap_or(0);
+        let best =
+            (0..configs.len()).min_by(|&a, &b| medians[a].total_cmp(&medians[b])).unwrap_or(0);
         tracing::debug!(?medians, best, "plan thread counts refined in context");
         let threads = configs.swap_remove(best);
         self.apply_step_threads(&threads);
@@ -446,7 +443,8 @@ impl Plan {
     /// Whether `threads` gives every weighted step a count its kernel was bound for.
     fn accepts_step_threads(&mut self, threads: &[usize]) -> bool {
         let max = self.max_threads;
-        threads.len() == self.weighted_steps().len() && threads.iter().all(|t| (1..=max).contains(t))
+        threads.len() == self.weighted_steps().len()
+            && threads.iter().all(|t| (1..=max).contains(t))
     }
 
     /// Sets the weighted steps' thread counts (in execution order) and their layers' reports.
