@@ -1376,7 +1376,7 @@ mod tests {
             let cols = shape.cols();
             // Group g of 8 rows keeps columns c with (c + g) % keep_every == 0.
             let w: Vec<f32> = (0..shape.out_channels * cols)
-                .map(|i| f32::from(u8::from((i % cols + i / cols / 8) % keep_every == 0)))
+                .map(|i| f32::from(u8::from((i % cols + i / cols / 8).is_multiple_of(keep_every))))
                 .collect();
             let groups = RowGroupMatrix::uniform_groups(shape.out_channels, shape.out_channels, 8);
             let m =
