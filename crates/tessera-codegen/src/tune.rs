@@ -62,6 +62,10 @@ pub struct PlanThreads {
     pub threads: Vec<usize>,
     /// Measured median milliseconds of the whole plan with them.
     pub ms: f64,
+    /// The plan of the table's kernels ran faster than the tuner's per-layer picks (and is
+    /// the one these thread counts belong to).
+    #[serde(default)]
+    pub table: bool,
 }
 
 const VERSION: u32 = 1;
