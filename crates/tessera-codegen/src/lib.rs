@@ -26,8 +26,9 @@
 //! in context: each step timed inside whole runs on 1 and on all threads, and the fastest of
 //! that per-step mix, the per-layer picks and the two uniform settings kept (timed alone, a
 //! small layer looks faster on two threads; in a plan its input crosses between the cores'
-//! caches, and it is not), cached per plan. [`Tuning::Default`] (`--no-tune`) is the table
-//! on the whole thread budget, deterministic.
+//! caches, and it is not), cached per plan; then that plan and the table's (refined alike)
+//! are timed as whole plans and the faster kept ([`Plan::kernels_tuned`]).
+//! [`Tuning::Default`] (`--no-tune`) is the table on the whole thread budget, deterministic.
 //!
 //! Latency model ([`latency`]): per kernel family, `ms = c0 + c1 MACs + c2 inputs + c3
 //! outputs` fitted by non-negative least squares on layers measured here
