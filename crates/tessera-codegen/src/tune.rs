@@ -21,8 +21,10 @@ pub enum Tuning {
     /// timing (`--no-tune`).
     #[default]
     Default,
-    /// Time every candidate kernel x thread count per layer and keep the fastest; with a
-    /// cache file, decisions found there are reused and new ones are added to it.
+    /// Time every candidate kernel x thread count per layer and keep the fastest, refine the
+    /// plan's thread counts in context (on more than one thread), and keep whichever whole
+    /// plan runs faster, this one or the table's; with a cache file, decisions found there
+    /// are reused and new ones are added to it.
     Measure {
         /// Decision cache (JSON), created if missing.
         cache: Option<PathBuf>,
