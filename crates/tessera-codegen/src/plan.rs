@@ -137,19 +137,20 @@ impl Plan {
         };
         let (mut tuned, layer_keys) = Self::lower_graph(graph, options, Some(&mut tuner))?;
         tuned.kernels_tuned = true;
-        let (mut table, _) = Self::lower_graph(graph, options, None)?;
         let key = tuner.plan_key(&layer_keys);
-        let cached = tuner.cache.plans.get(&key).cloned();
+        // Both plans have the same weighted steps and thread budget, so the tuned one can
+        // vet a cached decision for either; the table's plan is lowered only when needed.
+        let cached =
+            tuner.cache.plans.get(&key).filter(|d| tuned.accepts_step_threads(&d.threads)).cloned();
         let plan = match cached {
-            Some(d)
-                if (if d.table { &mut table } else { &mut tuned })
-                    .accepts_step_threads(&d.threads) =>
-            {
-                let mut plan = if d.table { table } else { tuned };
+            Some(d) => {
+                let mut plan =
+                    if d.table { Self::lower_graph(graph, options, None)?.0 } else { tuned };
                 plan.apply_step_threads(&d.threads);
                 plan
             }
-            _ => {
+            None => {
+                let (mut table, _) = Self::lower_graph(graph, options, None)?;
                 let mut threads = Vec::new();
                 for plan in [&mut tuned, &mut table] {
                     threads.push(if options.threads > 1 {
