@@ -224,17 +224,16 @@ fn scheme_projection(
     scheme.project(layer, w, Target::Sparsity(0.875)).unwrap()
 }
 
-/// The automatic order: channel-major for long runs of same-pattern kernels per channel (many
-/// filters) or when the filter-major order would need several channel blocks; filter-major
-/// for few filters on a map whose channels fit one block.
+/// The automatic order: on 16-lane machines channel-major (its register form) always; on
+/// others channel-major for long runs of same-pattern kernels per channel (many filters) or
+/// when the filter-major order would need several channel blocks, filter-major for few
+/// filters on a map whose channels fit one block.
 #[test]
 fn fkw_order_follows_run_length_and_blocks() {
-    for (filters, channels, hw, want) in [
-        (256, 256, 8, FkwOrder::ChannelMajor),
-        (16, 16, 32, FkwOrder::FilterMajor),
-        (32, 32, 16, FkwOrder::FilterMajor),
-        (64, 64, 56, FkwOrder::ChannelMajor),
-    ] {
+    let registers = Isa::detect().lanes() == 16;
+    for (filters, channels, hw, long) in
+        [(256, 256, 8, true), (16, 16, 32, false), (32, 32, 16, false), (64, 64, 56, true)]
+    {
         let shape = ConvShape::conv2d(channels, filters, [hw, hw], [3, 3], 1, 1).unwrap();
         let layer = shape.layer("conv").unwrap();
         let w = weights(layer.geometry.len(), 3);
@@ -242,7 +241,33 @@ fn fkw_order_follows_run_length_and_blocks() {
         let p = scheme_projection(&layer, &w, &library);
         let conv = FkwConv::new(Fkw::encode(&layer, &p.values, &p.mask, &library).unwrap(), shape)
             .unwrap();
+        let want = if registers || long { FkwOrder::ChannelMajor } else { FkwOrder::FilterMajor };
         assert_eq!(conv.order(), want, "{filters} filters, {channels} channels on {hw}x{hw}");
+    }
+}
+
+/// Every one of the 56 candidate patterns through both orders on every instruction set: the
+/// AVX-512 register form has a code path per candidate (its taps fixed at compile time), so
+/// a library of all 56, each pattern kept by some kernel, checks every path against the
+/// dense reference, at 3-vector tiles (48 filters) and at 2 (352 filters: more partial sums
+/// than 3-vector tiles keep).
+#[test]
+fn fkw_runs_every_candidate_pattern() {
+    let library =
+        tessera_sparsity::PatternLibrary::new(tessera_sparsity::all_pattern_candidates()).unwrap();
+    assert_eq!(library.patterns().len(), 56);
+    for (filters, channels, hw) in [(48, 24, 11), (352, 4, 5)] {
+        let shape = ConvShape::conv2d(channels, filters, [hw, hw], [3, 3], 1, 1).unwrap();
+        let layer = shape.layer("conv").unwrap();
+        let w = weights(layer.geometry.len(), 56 + filters as u64);
+        let scheme: Scheme = format!("pattern:56@{library}").parse().unwrap();
+        let p = scheme.project(&layer, &w, Target::Sparsity(5.0 / 9.0)).unwrap();
+        let f = Fkw::encode(&layer, &p.values, &p.mask, &library).unwrap();
+        let kept: std::collections::BTreeSet<u16> = (0..filters * channels)
+            .map(|k| (0..9).fold(0u16, |b, t| b | u16::from(p.mask.get(k * 9 + t)) << t))
+            .collect();
+        assert_eq!(kept.len(), 56, "{filters}x{channels}: every candidate kept by some kernel");
+        check_conv(shape, &p.values, Encoded::Fkw(f), &format!("FKW all candidates {filters}"));
     }
 }
 

@@ -16,14 +16,23 @@
 //! Kernel: binding sorts the kernels into one of two execution orders ([`FkwOrder`]) and
 //! precomputes, per kernel or per run, the packed-input offsets of its pattern's 4 taps (the
 //! pattern specialization: a pattern is 4 offsets fixed at bind time, so one loop serves every
-//! pattern with no per-pattern dispatch). Output tiles are up to 3 vectors (24 positions) on
-//! AVX2 and 2 (32) on AVX-512.
+//! pattern with no per-pattern dispatch). Output tiles are up to 3 vectors: 24 positions on
+//! AVX2, 48 on AVX-512 (32 for layers of more than 341 filters, whose partial sums would
+//! outgrow `ACC_BYTES`).
 //! * **Channel-major** (register-level load reuse): kernels in input-channel order, grouped by
 //!   pattern. A run of same-pattern kernels on one channel loads the pattern's 4 tap vectors
 //!   (x 3) into registers once, and every kernel of the run, whatever its filter, is 4
 //!   broadcasts and 12 FMAs plus a read-modify-write of its filter's partial sums in an
 //!   L1-resident tile buffer (rows on 128-byte boundaries: aligning that buffer alone measured
 //!   1.15-1.3x faster at 8x).
+//!   On AVX-512 its **register form** loads all 9 tap vectors of a channel (x 3: 27 of the 32
+//!   registers) once for all of the channel's runs, and each run's body is specialized to its
+//!   pattern (a jump per run over the 56 candidates, `candidate_arms!`): per channel 27 loads
+//!   instead of 12 per run, the taps never reloaded when runs are short. Measured (8x, 1
+//!   thread, min of runs, Sapphire Rapids, `--example pattern_min`, us, before -> after with
+//!   3-vector tiles): 256@8x8 97-108 -> 85-86, 128@16x16 87-99 -> 77-78, 64@56x56 378-417 ->
+//!   298-306, 64@8x8 9.1-9.7 (filter-major) -> 7.4-7.6; the register form alone at 2 vectors
+//!   335-343 on 64@56x56, 4-vector tiles without it 341-361.
 //! * **Filter-major**: per block of input channels whose taps fit L1, every filter in turn
 //!   with 4 accumulators per vector in registers, each kernel's taps read as FMA memory
 //!   operands: one load per FMA but no partial-sum traffic and no per-run loop, which wins when
@@ -62,6 +71,71 @@ use crate::rowgroup::{
 };
 use crate::simd::{Simd, simd_entry};
 use crate::threads::{SendPtr, run_parallel};
+
+/// Calls `$arms!` with every candidate pattern (`tessera_sparsity::all_pattern_candidates`, in its
+/// order) as `index => (taps)`: the match arms of [`channel_registers`].
+macro_rules! candidate_arms {
+    ($arms:ident) => {
+        $arms! {
+            0 => (0, 1, 2, 4),
+            1 => (0, 1, 3, 4),
+            2 => (0, 2, 3, 4),
+            3 => (1, 2, 3, 4),
+            4 => (0, 1, 4, 5),
+            5 => (0, 2, 4, 5),
+            6 => (1, 2, 4, 5),
+            7 => (0, 3, 4, 5),
+            8 => (1, 3, 4, 5),
+            9 => (2, 3, 4, 5),
+            10 => (0, 1, 4, 6),
+            11 => (0, 2, 4, 6),
+            12 => (1, 2, 4, 6),
+            13 => (0, 3, 4, 6),
+            14 => (1, 3, 4, 6),
+            15 => (2, 3, 4, 6),
+            16 => (0, 4, 5, 6),
+            17 => (1, 4, 5, 6),
+            18 => (2, 4, 5, 6),
+            19 => (3, 4, 5, 6),
+            20 => (0, 1, 4, 7),
+            21 => (0, 2, 4, 7),
+            22 => (1, 2, 4, 7),
+            23 => (0, 3, 4, 7),
+            24 => (1, 3, 4, 7),
+            25 => (2, 3, 4, 7),
+            26 => (0, 4, 5, 7),
+            27 => (1, 4, 5, 7),
+            28 => (2, 4, 5, 7),
+            29 => (3, 4, 5, 7),
+            30 => (0, 4, 6, 7),
+            31 => (1, 4, 6, 7),
+            32 => (2, 4, 6, 7),
+            33 => (3, 4, 6, 7),
+            34 => (4, 5, 6, 7),
+            35 => (0, 1, 4, 8),
+            36 => (0, 2, 4, 8),
+            37 => (1, 2, 4, 8),
+            38 => (0, 3, 4, 8),
+            39 => (1, 3, 4, 8),
+            40 => (2, 3, 4, 8),
+            41 => (0, 4, 5, 8),
+            42 => (1, 4, 5, 8),
+            43 => (2, 4, 5, 8),
+            44 => (3, 4, 5, 8),
+            45 => (0, 4, 6, 8),
+            46 => (1, 4, 6, 8),
+            47 => (2, 4, 6, 8),
+            48 => (3, 4, 6, 8),
+            49 => (4, 5, 6, 8),
+            50 => (0, 4, 7, 8),
+            51 => (1, 4, 7, 8),
+            52 => (2, 4, 7, 8),
+            53 => (3, 4, 7, 8),
+            54 => (4, 5, 7, 8),
+            55 => (4, 6, 7, 8),
+        }
+    };
+}
 
 /// Pattern + connectivity weights of a 3x3 convolution.
 #[derive(Debug, Clone, PartialEq)]
@@ -227,9 +301,11 @@ pub enum FkwOrder {
 }
 
 /// Shortest mean run (kept kernels per input channel and pattern) that takes
-/// [`FkwOrder::ChannelMajor`] even when the filter-major order would need one channel block
-/// only (with more blocks, its per-filter-and-block overhead loses anyway). Measured at 8x on
-/// Zen 3 (1 thread, min of runs, us, channel-major / filter-major): 256 filters on 8x8 (mean
+/// [`FkwOrder::ChannelMajor`] on 8-lane machines even when the filter-major order would need
+/// one channel block only (with more blocks, its per-filter-and-block overhead loses anyway;
+/// on AVX-512 the register form of the channel-major order wins at every run length: 16@32x32
+/// (mean run 0.6) 11.1-11.8 us against 11.6, 32@16x16 7.8 against 9.7, 64@8x8 7.5 against
+/// 11.3, Sapphire Rapids, 8x, min of runs). Measured at 8x on Zen 3 (1 thread, min of runs, us, channel-major / filter-major): 256 filters on 8x8 (mean
 /// run 9) 171 / 258; 128 on 16x16 (4.5) 188 / 248; 64 on 56x56 (2.2, 3 blocks) 806 / 919; 64
 /// on 32x32 (2 blocks) 273 / 285; 64 on 16x16 (2 blocks) 64 / 67; 64 on 8x8 (1 block) 24.6 /
 /// 18.3; 48 on 16x16 (1.7) 41 / 37; 32 on 32x32 (1.1) 94 / 74; 32 on 16x16 23 / 18; 16 on
@@ -241,9 +317,21 @@ const CHANNEL_MAJOR_RUN: f64 = 3.0;
 /// (8 and 64 KiB measured 0-10% slower or the same.)
 const BLOCK_INPUT_BYTES: usize = 16 * 1024;
 
-/// Floats per row of the partial-sum buffer (a tile is at most 32 positions wide; rows start
-/// on cache-line boundaries).
-const ACC_STRIDE: usize = 32;
+/// Bytes of partial sums (filters x widest tile) beyond which AVX-512 tiles are 2 vectors
+/// wide, not 3: at 512 filters a 48-position buffer is 96 KiB (512@4x4, 8x: 137-151 us at 2
+/// vectors, 149-170 at 3 with the wider buffer).
+const ACC_BYTES: usize = 64 * 1024;
+
+/// Vectors per AVX-512 tile for `rows` filters (see [`ACC_BYTES`]).
+fn vectors16(rows: usize) -> usize {
+    if rows * 48 * 4 <= ACC_BYTES { 3 } else { 2 }
+}
+
+/// Floats per row of the partial-sum buffer for `rows` filters: the widest tile at either
+/// width (3 x 8 lanes, or [`vectors16`] x 16), rows on cache-line boundaries.
+fn acc_stride(rows: usize) -> usize {
+    16 * vectors16(rows)
+}
 
 /// Tiles of positions per thread below which [`FkwConv::run`] uses fewer threads: every
 /// thread streams all the weights for its share of tiles, and on Zen 3 (1 -> 2 threads, 8x)
@@ -258,13 +346,39 @@ struct Run {
     off: [u32; 4],
     start: u32,
     end: u32,
+    /// The run's pattern among the candidates (`tessera_sparsity::all_pattern_candidates`, every
+    /// 4-tap pattern with the centre), or `u8::MAX` for one outside them.
+    candidate: u8,
+}
+
+/// The runs of one input channel in the channel-major order: the channel's offset in the
+/// packed input and its runs `start..end`.
+#[derive(Debug, Clone, Copy)]
+struct ChannelRuns {
+    base: u32,
+    start: u32,
+    end: u32,
+}
+
+/// The channel-major order: runs in channel order; per kernel its output row and 4 weights.
+#[derive(Debug, Clone)]
+struct ChannelMajorRuns {
+    runs: Vec<Run>,
+    k_row: Vec<u32>,
+    k_w: Vec<[f32; 4]>,
+    /// Runs per channel, for the register form that loads a channel's 9 taps once.
+    channels: Vec<ChannelRuns>,
+    /// Packed-input offsets of the 9 taps from a channel's base.
+    taps9: [u32; 9],
+    /// Every run's pattern is a candidate (the register form handles it).
+    all_candidates: bool,
 }
 
 /// The kernels in execution order.
 #[derive(Debug, Clone)]
 enum Schedule {
-    /// Runs in channel order; per kernel its output row and 4 weights.
-    ChannelMajor { runs: Vec<Run>, k_row: Vec<u32>, k_w: Vec<[f32; 4]> },
+    /// See [`ChannelMajorRuns`].
+    ChannelMajor(ChannelMajorRuns),
     /// Kernels of channel block `b` and output row `r` are `ptr[b * rows + r] ..
     /// ptr[b * rows + r + 1]`; per kernel its 4 tap offsets (channel included) and weights.
     FilterMajor { blocks: usize, ptr: Vec<u32>, k_off: Vec<[u32; 4]>, k_w: Vec<[f32; 4]> },
@@ -279,7 +393,8 @@ pub struct FkwConv {
     schedule: Schedule,
     /// Where outputs go (NCDHW unless retargeted).
     target: OutputTarget,
-    /// Tiles of up to 3 x 8 lanes and 2 x 16 lanes, and where their lanes are stored.
+    /// Tiles of up to 3 x 8 lanes and 3 (or 2, see [`ACC_BYTES`]) x 16 lanes, and where
+    /// their lanes are stored.
     plans: [TilePlan; 2],
     /// Where a fused residual is read, when not laid out as the output (see
     /// [`FkwConv::set_residual_layout`]).
@@ -287,14 +402,15 @@ pub struct FkwConv {
 }
 
 /// The tile plans of a layout storing to `target`.
-fn fkw_plans(layout: &InputLayout, target: &OutputTarget) -> [TilePlan; 2] {
-    [8, 16].map(|l| TilePlan::with_vectors_to(layout, l, max_vectors(l), target))
+fn fkw_plans(layout: &InputLayout, target: &OutputTarget, rows: usize) -> [TilePlan; 2] {
+    [8, 16].map(|l| TilePlan::with_vectors_to(layout, l, max_vectors(l, rows), target))
 }
 
-/// Most vectors per tile at `lanes`: 4 tap registers per vector in the channel-major order
-/// (12 of 16 AVX2 registers at 3), 4 accumulators per vector in the filter-major one.
-fn max_vectors(lanes: usize) -> usize {
-    if lanes == 16 { 2 } else { 3 }
+/// Most vectors per tile at `lanes` for `rows` filters: 4 tap registers per vector in the
+/// channel-major order (12 of 16 AVX2 registers at 3; on AVX-512 a channel's 9 taps, 27 of 32
+/// registers at 3), 4 accumulators per vector in the filter-major one.
+fn max_vectors(lanes: usize, rows: usize) -> usize {
+    if lanes == 16 { vectors16(rows) } else { 3 }
 }
 
 /// Every kernel of `f` as (channel over all groups, pattern, output row, tap offsets,
@@ -303,12 +419,14 @@ type Item = (usize, usize, u32, [u32; 4], [f32; 4]);
 
 impl FkwConv {
     /// Binds `f` to `shape`, which must be a 3x3 2-D convolution of matching channels, in the
-    /// order its mean run length favours (see [`FkwOrder`]).
+    /// order this machine and its mean run length favour (see [`FkwConv::with_order`]).
     pub fn new(f: Fkw, shape: ConvShape) -> Result<Self> {
         Self::with_order(f, shape, None)
     }
 
-    /// [`FkwConv::new`] in a given order (`None`: chosen by mean run length).
+    /// [`FkwConv::new`] in a given order (`None`: channel-major where [`Isa::detect`] has
+    /// 16 lanes, where its register form loads each channel's taps once whatever the run
+    /// length; elsewhere chosen by mean run length and channel blocks).
     pub fn with_order(f: Fkw, shape: ConvShape, order: Option<FkwOrder>) -> Result<Self> {
         if shape.kernel != [1, 3, 3]
             || !shape.is_2d()
@@ -357,32 +475,57 @@ impl FkwConv {
             + usize::from(!items.is_empty());
         // Channel blocks of the filter-major order: as many channels as keep the widest
         // tile's taps within budget, balanced.
-        let span = 4 * (tap_offsets[8] + ACC_STRIDE);
+        let span = 4 * (tap_offsets[8] + acc_stride(f.rows));
         let per_block = (BLOCK_INPUT_BYTES / span).max(1);
         let blocks = shape.in_channels.div_ceil(per_block).max(1);
         let per_block = shape.in_channels.div_ceil(blocks);
         let long_runs = items.len() as f64 >= CHANNEL_MAJOR_RUN * run_count.max(1) as f64;
-        let order = order.unwrap_or(if long_runs || blocks > 1 {
+        let registers = Isa::detect().lanes() == 16;
+        let order = order.unwrap_or(if registers || long_runs || blocks > 1 {
             FkwOrder::ChannelMajor
         } else {
             FkwOrder::FilterMajor
         });
         let schedule = match order {
             FkwOrder::ChannelMajor => {
+                let candidates = tessera_sparsity::all_pattern_candidates();
+                let candidate_of: Vec<u8> = f
+                    .patterns
+                    .iter()
+                    .map(|p| candidates.iter().position(|c| c == p).map_or(u8::MAX, |i| i as u8))
+                    .collect();
                 let mut runs: Vec<Run> = Vec::with_capacity(run_count);
+                let mut channels: Vec<ChannelRuns> = Vec::new();
                 for (i, it) in items.iter().enumerate() {
                     match runs.last_mut() {
                         Some(r) if i > 0 && (items[i - 1].0, items[i - 1].1) == (it.0, it.1) => {
                             r.end += 1
                         }
-                        _ => runs.push(Run { off: it.3, start: i as u32, end: i as u32 + 1 }),
+                        _ => runs.push(Run {
+                            off: it.3,
+                            start: i as u32,
+                            end: i as u32 + 1,
+                            candidate: candidate_of[it.1],
+                        }),
+                    }
+                    let run = runs.len() as u32;
+                    match channels.last_mut() {
+                        Some(c) if i > 0 && items[i - 1].0 == it.0 => c.end = run,
+                        _ => channels.push(ChannelRuns {
+                            base: (it.0 * channel_stride) as u32,
+                            start: run - 1,
+                            end: run,
+                        }),
                     }
                 }
-                Schedule::ChannelMajor {
+                Schedule::ChannelMajor(ChannelMajorRuns {
+                    all_candidates: runs.iter().all(|r| r.candidate != u8::MAX),
                     runs,
                     k_row: items.iter().map(|it| it.2).collect(),
                     k_w: items.iter().map(|it| it.4).collect(),
-                }
+                    channels,
+                    taps9: tap_offsets.map(|t| t as u32),
+                })
             }
             FkwOrder::FilterMajor => {
                 items.sort_by_key(|it| (it.0 / per_block, it.2, it.0));
@@ -403,7 +546,7 @@ impl FkwConv {
             }
         };
         let target = OutputTarget::dense(shape.output());
-        let plans = fkw_plans(&layout, &target);
+        let plans = fkw_plans(&layout, &target, f.rows);
         Ok(FkwConv { f, shape, layout, schedule, target, plans, residual: None })
     }
 
@@ -411,7 +554,7 @@ impl FkwConv {
     /// [`InputLayout::as_target`]); its extent must be this convolution's output.
     pub fn set_output_target(&mut self, target: OutputTarget) -> Result<()> {
         check_output_target(&target, self.shape.output())?;
-        let mut plans = fkw_plans(&self.layout, &target);
+        let mut plans = fkw_plans(&self.layout, &target, self.f.rows);
         if let Some(residual) = &self.residual {
             address_residual(&mut plans, &self.layout, residual)?;
         }
@@ -458,7 +601,7 @@ impl FkwConv {
     /// The execution order.
     pub fn order(&self) -> FkwOrder {
         match self.schedule {
-            Schedule::ChannelMajor { .. } => FkwOrder::ChannelMajor,
+            Schedule::ChannelMajor(_) => FkwOrder::ChannelMajor,
             Schedule::FilterMajor { .. } => FkwOrder::FilterMajor,
         }
     }
@@ -468,7 +611,7 @@ impl FkwConv {
     pub fn channel_blocks(&self) -> Option<usize> {
         match self.schedule {
             Schedule::FilterMajor { blocks, .. } => Some(blocks),
-            Schedule::ChannelMajor { .. } => None,
+            Schedule::ChannelMajor(_) => None,
         }
     }
 
@@ -476,7 +619,7 @@ impl FkwConv {
     fn acc_len(&self) -> usize {
         match self.schedule {
             Schedule::FilterMajor { blocks: 1, .. } => 0,
-            _ => self.f.rows * ACC_STRIDE,
+            _ => self.f.rows * acc_stride(self.f.rows),
         }
     }
 
@@ -622,6 +765,7 @@ fn fkw_tiles_generic<S: Simd>(job: &FkwJob<'_>, thread: usize, t0: usize, t1: us
     for ti in t0..t1 {
         let n = job.plan.tiles[ti].1;
         let (vectors, full) = (n.div_ceil(l), n.is_multiple_of(l));
+        // Plans have tiles of at most 3 vectors (see `max_vectors`).
         match (vectors.min(3), full, over_read) {
             (1, true, _) => fkw_tile::<S, 1, true, true>(job, acc, ti),
             (1, false, true) => fkw_tile::<S, 1, true, false>(job, acc, ti),
@@ -629,11 +773,9 @@ fn fkw_tiles_generic<S: Simd>(job: &FkwJob<'_>, thread: usize, t0: usize, t1: us
             (2, true, _) => fkw_tile::<S, 2, true, true>(job, acc, ti),
             (2, false, true) => fkw_tile::<S, 2, true, false>(job, acc, ti),
             (2, false, false) => fkw_tile::<S, 2, false, false>(job, acc, ti),
-            // Only 8-lane plans have 3-vector tiles.
-            (_, true, _) if l == 8 => fkw_tile::<S, 3, true, true>(job, acc, ti),
-            (_, false, true) if l == 8 => fkw_tile::<S, 3, true, false>(job, acc, ti),
-            (_, false, false) if l == 8 => fkw_tile::<S, 3, false, false>(job, acc, ti),
-            _ => {}
+            (_, true, _) => fkw_tile::<S, 3, true, true>(job, acc, ti),
+            (_, false, true) => fkw_tile::<S, 3, true, false>(job, acc, ti),
+            (_, false, false) => fkw_tile::<S, 3, false, false>(job, acc, ti),
         }
     }
 }
@@ -650,6 +792,7 @@ fn fkw_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
     let l = S::LANES;
     let rows = c.f.rows;
     let plan = job.plan;
+    let stride = acc_stride(rows);
     let (p0, n) = plan.tiles[ti];
     let segs: &[Seg] = if job.direct {
         &[]
@@ -678,22 +821,29 @@ fn fkw_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
     }
     // SAFETY: tap offsets address the packed input of the tile's positions (whole vectors
     // when LOAD_FULL: the packed input has slack after its last channel); `acc` holds rows x
-    // ACC_STRIDE floats unless the schedule is one filter-major block; the tile plan stores
+    // acc_stride(rows) floats unless the schedule is one filter-major block; the tile plan stores
     // only each row's output positions of this tile.
     unsafe {
         let x = job.x.add(p0);
         match &c.schedule {
-            Schedule::ChannelMajor { runs, k_row, k_w } => {
-                std::ptr::write_bytes(acc, 0, rows * ACC_STRIDE);
-                for run in runs {
-                    let (k0, k1) = (run.start as usize, run.end as usize);
-                    let taps = load_taps::<S, V, LOAD_FULL>(x, n, &run.off);
-                    add_run::<S, V>(&taps, &k_row[k0..k1], &k_w[k0..k1], acc);
+            Schedule::ChannelMajor(cm) => {
+                for r in 0..rows {
+                    std::ptr::write_bytes(acc.add(r * stride), 0, V * l);
+                }
+                let ChannelMajorRuns { runs, k_row, k_w, .. } = cm;
+                if S::LANES == 16 && V >= 2 && LOAD_FULL && cm.all_candidates {
+                    channel_registers::<S, V>(x, cm, acc, stride);
+                } else {
+                    for run in runs {
+                        let (k0, k1) = (run.start as usize, run.end as usize);
+                        let taps = load_taps::<S, V, LOAD_FULL>(x, n, &run.off);
+                        add_run::<S, V>(&taps, &k_row[k0..k1], &k_w[k0..k1], acc, stride);
+                    }
                 }
                 for r in 0..rows {
                     let mut s = [S::zero(); V];
                     for (v, sv) in s.iter_mut().enumerate() {
-                        *sv = S::load(acc.add(r * ACC_STRIDE + v * l));
+                        *sv = S::load(acc.add(r * stride + v * l));
                     }
                     store!(r, &s);
                 }
@@ -705,7 +855,7 @@ fn fkw_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
                         let (k0, k1) = (ptr[b * rows + r] as usize, ptr[b * rows + r + 1] as usize);
                         let mut s =
                             filter_block::<S, V, LOAD_FULL>(x, n, &k_off[k0..k1], &k_w[k0..k1]);
-                        let a = acc.add(r * ACC_STRIDE);
+                        let a = acc.add(r * stride);
                         if b > 0 {
                             for (v, sv) in s.iter_mut().enumerate() {
                                 *sv = S::add(*sv, S::load(a.add(v * l)));
@@ -762,7 +912,7 @@ unsafe fn load_taps<S: Simd, const V: usize, const LOAD_FULL: bool>(
 /// two products and three adds, measured the same or slower).
 ///
 /// # Safety
-/// `acc` holds `ACC_STRIDE`-float rows for every row in `rows`.
+/// `acc` holds `stride`-float rows for every row in `rows`.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // `v` indexes four arrays at once
 unsafe fn add_run<S: Simd, const V: usize>(
@@ -770,10 +920,11 @@ unsafe fn add_run<S: Simd, const V: usize>(
     rows: &[u32],
     ws: &[[f32; 4]],
     acc: *mut f32,
+    stride: usize,
 ) {
     let l = S::LANES;
     for (&row, w) in rows.iter().zip(ws) {
-        let a = acc.add(row as usize * ACC_STRIDE);
+        let a = acc.add(row as usize * stride);
         // One weight broadcast live at a time: 12 tap registers, 3 sums and a weight fill
         // AVX2's 16 (four live broadcasts spilled a tap).
         let mut s = [S::zero(); V];
@@ -788,6 +939,86 @@ unsafe fn add_run<S: Simd, const V: usize>(
         }
         for v in 0..V {
             S::store(a.add(v * l), s[v]);
+        }
+    }
+}
+
+/// The channel-major order with a channel's 9 taps (`V` vectors each: at 3, 27 of AVX-512's
+/// 32 registers) loaded once for all its runs, every run's body specialized to its pattern's
+/// taps (one jump per run over the 56 candidates): per channel `9 V` loads instead of `4 V`
+/// per run.
+///
+/// # Safety
+/// As [`load_taps`] for whole vectors at every channel base + tap offset; `acc` as in
+/// [`add_run`].
+#[inline(always)]
+unsafe fn channel_registers<S: Simd, const V: usize>(
+    x: *const f32,
+    cm: &ChannelMajorRuns,
+    acc: *mut f32,
+    stride: usize,
+) {
+    let l = S::LANES;
+    let ChannelMajorRuns { runs, k_row, k_w, channels, taps9, .. } = cm;
+    for ch in channels {
+        let xc = x.add(ch.base as usize);
+        let mut t = [[S::zero(); V]; 9];
+        for (j, tj) in t.iter_mut().enumerate() {
+            let p = xc.add(taps9[j] as usize);
+            for (v, tv) in tj.iter_mut().enumerate() {
+                *tv = S::load(p.add(v * l));
+            }
+        }
+        for run in &runs[ch.start as usize..ch.end as usize] {
+            let (k0, k1) = (run.start as usize, run.end as usize);
+            let (rows, ws) = (&k_row[k0..k1], &k_w[k0..k1]);
+            macro_rules! arms {
+                ($($i:literal => ($a:literal, $b:literal, $c:literal, $d:literal)),* $(,)?) => {
+                    match run.candidate {
+                        $($i => add_run_taps::<S, V, $a, $b, $c, $d>(&t, rows, ws, acc, stride),)*
+                        _ => {}
+                    }
+                };
+            }
+            candidate_arms!(arms);
+        }
+    }
+}
+
+/// [`add_run`] two vectors wide with the taps `A < B < C < D` of a channel's 9 in registers.
+///
+/// # Safety
+/// As [`add_run`].
+#[inline(always)]
+unsafe fn add_run_taps<
+    S: Simd,
+    const V: usize,
+    const A: usize,
+    const B: usize,
+    const C: usize,
+    const D: usize,
+>(
+    t: &[[S::V; V]; 9],
+    rows: &[u32],
+    ws: &[[f32; 4]],
+    acc: *mut f32,
+    stride: usize,
+) {
+    let l = S::LANES;
+    for (&row, w) in rows.iter().zip(ws) {
+        let a = acc.add(row as usize * stride);
+        let mut s = [S::zero(); V];
+        for (v, sv) in s.iter_mut().enumerate() {
+            *sv = S::load(a.add(v * l));
+        }
+        for (j, tap) in [A, B, C, D].into_iter().enumerate() {
+            let wj = S::splat(w[j]);
+            for (v, sv) in s.iter_mut().enumerate() {
+                *sv = S::fma(wj, t[tap][v], *sv);
+            }
+        }
+        for (v, sv) in s.iter().enumerate() {
+            S::store(a.add(v * l), *sv);
         }
     }
 }
