@@ -31,8 +31,12 @@
 //!   instead of 12 per run, the taps never reloaded when runs are short. Measured (8x, 1
 //!   thread, min of runs, Sapphire Rapids, `--example pattern_min`, us, before -> after with
 //!   3-vector tiles): 256@8x8 97-108 -> 85-86, 128@16x16 87-99 -> 77-78, 64@56x56 378-417 ->
-//!   298-306, 64@8x8 9.1-9.7 (filter-major) -> 7.4-7.6; the register form alone at 2 vectors
-//!   335-343 on 64@56x56, 4-vector tiles without it 341-361.
+//!   298-306; the register form alone at 2 vectors 335-343 on 64@56x56, 4-vector tiles
+//!   without it 341-361. Its per-run jump is not what bounds it: a 64@56x56 layer whose
+//!   every channel has the same 8 runs of 2 (every branch predictable) ran as fast as a
+//!   random one of as many kernels (301-332 against 293-344 us). The filter-major order also
+//!   takes 3-vector tiles on AVX-512: ResNet-20 pattern 8x (`bench models`, 1 thread) 0.212
+//!   -> 0.190 ms.
 //! * **Filter-major**: per block of input channels whose taps fit L1, every filter in turn
 //!   with 4 accumulators per vector in registers, each kernel's taps read as FMA memory
 //!   operands: one load per FMA but no partial-sum traffic and no per-run loop, which wins when
@@ -301,11 +305,14 @@ pub enum FkwOrder {
 }
 
 /// Shortest mean run (kept kernels per input channel and pattern) that takes
-/// [`FkwOrder::ChannelMajor`] on 8-lane machines even when the filter-major order would need
-/// one channel block only (with more blocks, its per-filter-and-block overhead loses anyway;
-/// on AVX-512 the register form of the channel-major order wins at every run length: 16@32x32
-/// (mean run 0.6) 11.1-11.8 us against 11.6, 32@16x16 7.8 against 9.7, 64@8x8 7.5 against
-/// 11.3, Sapphire Rapids, 8x, min of runs). Measured at 8x on Zen 3 (1 thread, min of runs, us, channel-major / filter-major): 256 filters on 8x8 (mean
+/// [`FkwOrder::ChannelMajor`] even when the filter-major order would need one channel block
+/// only (with more blocks, its per-filter-and-block overhead loses anyway). On AVX-512 the
+/// register form of the channel-major order timed alone beat the filter-major order at every
+/// run length (Sapphire Rapids, 8x, min of runs, us: 16@32x32 11.1-11.8 against 11.6,
+/// 32@16x16 7.8 against 9.7, 64@8x8 7.5 against 11.3), but inside ResNet-20 (`bench models`,
+/// pattern 8x, 1 thread) the same rule made the whole model slower, 0.190 -> 0.219-0.229 ms
+/// (its 64@8x8 layers 9.7-10.3 -> 12.6-14.3 us), so the threshold holds there too. Measured
+/// at 8x on Zen 3 (1 thread, min of runs, us, channel-major / filter-major): 256 filters on 8x8 (mean
 /// run 9) 171 / 258; 128 on 16x16 (4.5) 188 / 248; 64 on 56x56 (2.2, 3 blocks) 806 / 919; 64
 /// on 32x32 (2 blocks) 273 / 285; 64 on 16x16 (2 blocks) 64 / 67; 64 on 8x8 (1 block) 24.6 /
 /// 18.3; 48 on 16x16 (1.7) 41 / 37; 32 on 32x32 (1.1) 94 / 74; 32 on 16x16 23 / 18; 16 on
@@ -419,14 +426,13 @@ type Item = (usize, usize, u32, [u32; 4], [f32; 4]);
 
 impl FkwConv {
     /// Binds `f` to `shape`, which must be a 3x3 2-D convolution of matching channels, in the
-    /// order this machine and its mean run length favour (see [`FkwConv::with_order`]).
+    /// order its mean run length favours (see [`FkwOrder`]).
     pub fn new(f: Fkw, shape: ConvShape) -> Result<Self> {
         Self::with_order(f, shape, None)
     }
 
-    /// [`FkwConv::new`] in a given order (`None`: channel-major where [`Isa::detect`] has
-    /// 16 lanes, where its register form loads each channel's taps once whatever the run
-    /// length; elsewhere chosen by mean run length and channel blocks).
+    /// [`FkwConv::new`] in a given order (`None`: chosen by mean run length and channel
+    /// blocks).
     pub fn with_order(f: Fkw, shape: ConvShape, order: Option<FkwOrder>) -> Result<Self> {
         if shape.kernel != [1, 3, 3]
             || !shape.is_2d()
@@ -480,8 +486,7 @@ impl FkwConv {
         let blocks = shape.in_channels.div_ceil(per_block).max(1);
         let per_block = shape.in_channels.div_ceil(blocks);
         let long_runs = items.len() as f64 >= CHANNEL_MAJOR_RUN * run_count.max(1) as f64;
-        let registers = Isa::detect().lanes() == 16;
-        let order = order.unwrap_or(if registers || long_runs || blocks > 1 {
+        let order = order.unwrap_or(if long_runs || blocks > 1 {
             FkwOrder::ChannelMajor
         } else {
             FkwOrder::FilterMajor
