@@ -396,6 +396,7 @@ pub(crate) fn conv_candidates(
         let (order, format) = match conv.order() {
             FkwOrder::ChannelMajor => (FkwOrder::FilterMajor, "FKW, filter-major"),
             FkwOrder::FilterMajor => (FkwOrder::ChannelMajor, "FKW, channel-major"),
+            FkwOrder::SmallMap => (FkwOrder::FilterMajor, "FKW, filter-major"),
         };
         let other = FkwConv::with_order(conv.weights().clone(), shape, Some(order))
             .map_err(kernel_error(name))?;

@@ -19,8 +19,8 @@ fn main() {
     // An optional second argument: the one shape (index into the list) to time.
     let only: Option<usize> = std::env::args().nth(2).map(|s| s.parse().unwrap());
     let isa = Isa::detect();
-    println!("| shape | dense us | chosen | channel-major | filter-major |");
-    println!("|---|---|---|---|---|");
+    println!("| shape | dense us | chosen | chosen us | channel-major | filter-major |");
+    println!("|---|---|---|---|---|---|");
     for (i, (c, hw, out)) in [
         (256usize, 8usize, 256usize),
         (128, 16, 128),
@@ -29,6 +29,7 @@ fn main() {
         (32, 16, 32),
         (64, 8, 64),
         (512, 4, 512),
+        (512, 2, 512),
     ]
     .into_iter()
     .enumerate()
@@ -62,7 +63,8 @@ fn main() {
         };
         let cell = |us: f64| format!("{us:.1} ({:.2}x)", dense_us / us);
         println!(
-            "| {c}->{out}@{hw}x{hw} | {dense_us:.1} | {chosen:?} | {} | {} |",
+            "| {c}->{out}@{hw}x{hw} | {dense_us:.1} | {chosen:?} | {} | {} | {} |",
+            cell(time(chosen)),
             cell(time(FkwOrder::ChannelMajor)),
             cell(time(FkwOrder::FilterMajor)),
         );

@@ -139,6 +139,24 @@ pub(crate) trait Simd: Copy + 'static {
         }
     }
 
+    /// Lane `4 q` holds the sum of lanes `4 q .. 4 q + 4` of `v` (other lanes: anything).
+    #[inline(always)]
+    unsafe fn sum_quads(v: Self::V) -> Self::V {
+        let mut buf = [0.0f32; 16];
+        Self::store(buf.as_mut_ptr(), v);
+        for q in 0..Self::LANES / 4 {
+            buf[4 * q] = (buf[4 * q] + buf[4 * q + 1]) + (buf[4 * q + 2] + buf[4 * q + 3]);
+        }
+        Self::load(buf.as_ptr())
+    }
+
+    /// Lane `i` is lane `idx[i]` of `a` (`idx[i] < LANES`) where bit `i` of `mask` is set,
+    /// zero elsewhere.
+    #[inline(always)]
+    unsafe fn permute_maskz(a: Self::V, idx: &[u32; 16], mask: u16) -> Self::V {
+        Self::permute2_maskz(a, a, idx, mask)
+    }
+
     /// Lane `i` is lane `idx[i]` of the concatenation `a:b` (`idx[i] < 2 LANES`) where bit `i`
     /// of `mask` is set, zero elsewhere.
     #[inline(always)]
@@ -510,6 +528,18 @@ mod x86 {
             _mm512_maskz_expand_ps(mask, _mm512_maskz_loadu_ps(low, p))
         }
         #[inline(always)]
+        unsafe fn permute_maskz(a: Self::V, idx: &[u32; 16], mask: u16) -> Self::V {
+            let i = _mm512_loadu_si512(idx.as_ptr().cast());
+            _mm512_maskz_permutexvar_ps(mask, i, a)
+        }
+        #[inline(always)]
+        unsafe fn sum_quads(v: Self::V) -> Self::V {
+            // Pairs swapped, then halves of each quad swapped: every lane of a quad holds
+            // its sum.
+            let t = _mm512_add_ps(v, _mm512_permute_ps::<0b10_11_00_01>(v));
+            _mm512_add_ps(t, _mm512_permute_ps::<0b01_00_11_10>(t))
+        }
+        #[inline(always)]
         unsafe fn splat_halves(a: f32, b: f32) -> Self::V {
             _mm512_mask_broadcastss_ps(_mm512_set1_ps(a), 0xff00, _mm_set_ss(b))
         }
@@ -640,6 +670,27 @@ mod tests {
                     return Err(format!("quarter_add {q} {replace}: {buf:?}, expected {want:?}"));
                 }
             }
+        }
+        // sum_quads: lane 4 q is the sum of its quad; permute_maskz: lane i is lane idx[i]
+        // where the mask is set, zero elsewhere.
+        // SAFETY: `src` and `lanes` hold one vector each.
+        unsafe { S::store(lanes.as_mut_ptr(), S::sum_quads(S::load(src.as_ptr()))) };
+        for q in 0..l / 4 {
+            let want: f32 = src[4 * q..4 * q + 4].iter().sum();
+            if lanes[4 * q] != want {
+                return Err(format!("sum_quads {q}: {lanes:?}, expected {want} at lane {}", 4 * q));
+            }
+        }
+        let idx: [u32; 16] = std::array::from_fn(|i| ((i * 7 + 3) % l) as u32);
+        let mask = 0b1011_0110_1101_0011u16;
+        // SAFETY: as above.
+        unsafe {
+            S::store(lanes.as_mut_ptr(), S::permute_maskz(S::load(src.as_ptr()), &idx, mask))
+        };
+        let want: Vec<f32> =
+            (0..l).map(|i| if mask >> i & 1 == 1 { src[idx[i] as usize] } else { 0.0 }).collect();
+        if lanes != want {
+            return Err(format!("permute_maskz: {lanes:?}, expected {want:?}"));
         }
         Ok(())
     }

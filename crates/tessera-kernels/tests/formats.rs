@@ -61,19 +61,23 @@ fn check_conv(shape: ConvShape, values: &[f32], encoded: Encoded, what: &str) {
                     conv.run(isa, &x, &mut y, &mut s, threads).unwrap();
                 }
                 Encoded::Fkw(f) => {
-                    // Both orders, each checked below (the channel-major one here; the
-                    // filter-major one against the same reference next).
-                    for order in [FkwOrder::FilterMajor, FkwOrder::ChannelMajor] {
-                        let conv = FkwConv::with_order(f.clone(), shape, Some(order)).unwrap();
+                    // Every order that takes the shape, each checked (the channel-major one
+                    // below, the others here).
+                    for order in [FkwOrder::FilterMajor, FkwOrder::SmallMap, FkwOrder::ChannelMajor]
+                    {
+                        let Ok(conv) = FkwConv::with_order(f.clone(), shape, Some(order)) else {
+                            assert_eq!(order, FkwOrder::SmallMap, "{what}: {order:?} refused");
+                            continue;
+                        };
                         assert_eq!(conv.order(), order);
                         let mut s = conv.scratch();
                         y.fill(f32::NAN);
                         conv.run(isa, &x, &mut y, &mut s, threads).unwrap();
-                        if order == FkwOrder::FilterMajor {
+                        if order != FkwOrder::ChannelMajor {
                             for (i, (g, w)) in y.iter().zip(&want).enumerate() {
                                 assert!(
                                     (g - w).abs() <= tol,
-                                    "{what} filter-major {isa} {threads}t {shape:?}: output {i}: {g} vs {w}"
+                                    "{what} {order:?} {isa} {threads}t {shape:?}: output {i}: {g} vs {w}"
                                 );
                             }
                         }
@@ -224,16 +228,20 @@ fn scheme_projection(
     scheme.project(layer, w, Target::Sparsity(0.875)).unwrap()
 }
 
-/// The automatic order: channel-major for long runs of same-pattern kernels per channel (many
+/// The automatic order: on 16-lane machines the small-map order for maps of at most 4
+/// positions; otherwise channel-major for long runs of same-pattern kernels per channel (many
 /// filters) or when the filter-major order would need several channel blocks; filter-major
 /// for few filters on a map whose channels fit one block.
 #[test]
 fn fkw_order_follows_run_length_and_blocks() {
+    let small_map =
+        if Isa::detect().lanes() == 16 { FkwOrder::SmallMap } else { FkwOrder::ChannelMajor };
     for (filters, channels, hw, want) in [
         (256, 256, 8, FkwOrder::ChannelMajor),
         (16, 16, 32, FkwOrder::FilterMajor),
         (32, 32, 16, FkwOrder::FilterMajor),
         (64, 64, 56, FkwOrder::ChannelMajor),
+        (512, 512, 2, small_map),
     ] {
         let shape = ConvShape::conv2d(channels, filters, [hw, hw], [3, 3], 1, 1).unwrap();
         let layer = shape.layer("conv").unwrap();
@@ -250,13 +258,14 @@ fn fkw_order_follows_run_length_and_blocks() {
 /// AVX-512 register form has a code path per candidate (its taps fixed at compile time), so
 /// a library of all 56, each pattern kept by some kernel, checks every path against the
 /// dense reference, at 3-vector tiles (48 filters) and at 2 (352 filters: more partial sums
-/// than 3-vector tiles keep).
+/// than 3-vector tiles keep); on a 2x2 map every order, the small-map one included, runs
+/// every pattern's lane table.
 #[test]
 fn fkw_runs_every_candidate_pattern() {
     let library =
         tessera_sparsity::PatternLibrary::new(tessera_sparsity::all_pattern_candidates()).unwrap();
     assert_eq!(library.patterns().len(), 56);
-    for (filters, channels, hw) in [(48, 24, 11), (352, 4, 5)] {
+    for (filters, channels, hw) in [(48, 24, 11), (352, 4, 5), (40, 20, 2)] {
         let shape = ConvShape::conv2d(channels, filters, [hw, hw], [3, 3], 1, 1).unwrap();
         let layer = shape.layer("conv").unwrap();
         let w = weights(layer.geometry.len(), 56 + filters as u64);
@@ -281,6 +290,13 @@ fn fkw_round_trips_and_runs_pattern_convs() {
         ConvShape::conv2d(4, 5, [6, 7], [3, 3], 1, 0).unwrap(),
         // Long rows: the filter-major order splits the 20 channels into 3 blocks.
         ConvShape::conv2d(20, 8, [3, 200], [3, 3], 1, 1).unwrap(),
+        // Small maps (the small-map order): a 2x2 map (a 16-float patch per channel), a 1x4
+        // map (an 18-float patch: two vectors), a 1x1 map, a strided 2x2 output (its taps in
+        // 4 phase planes: two vectors).
+        ConvShape::conv2d(12, 20, [2, 2], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(8, 12, [1, 4], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(8, 8, [1, 1], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(6, 10, [4, 4], [3, 3], 2, 1).unwrap(),
     ];
     for (si, shape) in shapes.into_iter().enumerate() {
         let layer = shape.layer("conv").unwrap();
@@ -295,6 +311,8 @@ fn fkw_round_trips_and_runs_pattern_convs() {
             let p = scheme.project(&layer, &w, Target::Sparsity(sparsity)).unwrap();
             let f = Fkw::encode(&layer, &p.values, &p.mask, &library).unwrap();
             assert_eq!(f.decode(), p.values, "FKW decode {text} at {sparsity}");
+            let small = FkwConv::with_order(f.clone(), shape, Some(FkwOrder::SmallMap));
+            assert_eq!(small.is_ok(), (6..10).contains(&si), "{shape:?}: small-map order");
             check_conv(shape, &p.values, Encoded::Fkw(f), &format!("FKW {text} at {sparsity}"));
         }
         if si == 5 {

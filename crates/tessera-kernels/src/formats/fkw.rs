@@ -54,6 +54,15 @@
 //! tile), 2.6-4.1x against 3.2-4.4x; staging tap rows in L1 and reading each kernel's taps by
 //! index, 1.9-2.3x; weight broadcasts by register shuffles, within noise.
 //!
+//! * **Small-map** (AVX-512, maps of at most 4 output positions, e.g. VGG's 2x2 layers,
+//!   where a vector of flat positions holds 6 useful lanes of 16): lane `4 q + j` of a vector
+//!   is position `q`'s tap `j`, so one kernel is one FMA: per channel its padded patch (16 or
+//!   32 floats) is loaded once, per run it is permuted by the pattern's lane table, and each
+//!   kernel multiplies that by its 4 weights repeated (a 16-byte broadcast) into its filter's
+//!   partial sums; each quad's sum is an output. 512@2x2 at 8x (min of runs, us): 88-93
+//!   channel-major, 173-176 filter-major -> 69-70; a filter-major form of the same lanes
+//!   (patch loaded and permuted per kernel) ran 78-80.
+//!
 //! Stores apply the epilogue (bias, residual, activation: [`FkwConv::run_fused`]) and follow
 //! the tile plan to NCDHW or to an output target ([`FkwConv::set_output_target`], e.g. the
 //! next convolution's padded input, read with [`FkwConv::run_prepacked`]), so plans need no
@@ -302,7 +311,21 @@ pub enum FkwOrder {
     /// partial-sum traffic and one loop per filter, but one load per FMA: best when runs are
     /// short.
     FilterMajor,
+    /// For maps of at most 4 output positions whose every tap of every position lies within
+    /// 32 floats of its channel's start in the packed input (a 2x2 map with padding 1: a 4x4
+    /// patch), on 16-lane machines: filter by filter, each kernel is one vector whose lane
+    /// `4 q + j` is output position `q`'s tap `j` (a permute of the channel's patch by the
+    /// pattern's lane table) times the kernel's 4 weights repeated (one 16-byte broadcast),
+    /// one FMA per kernel; the sums of each group of 4 lanes are the outputs. The other
+    /// orders fill a vector with the map's flat positions: 6 of 16 lanes on a 2x2 map.
+    SmallMap,
 }
+
+/// Output positions of a [`FkwOrder::SmallMap`] layer at most: 4 lanes per position.
+const SMALL_MAP_POSITIONS: usize = 4;
+
+/// Floats per filter of the small-map order's partial sums (one 16-lane vector).
+const SMALL_MAP_STRIDE: usize = 16;
 
 /// Shortest mean run (kept kernels per input channel and pattern) that takes
 /// [`FkwOrder::ChannelMajor`] even when the filter-major order would need one channel block
@@ -356,6 +379,8 @@ struct Run {
     /// The run's pattern among the candidates (`tessera_sparsity::all_pattern_candidates`, every
     /// 4-tap pattern with the centre), or `u8::MAX` for one outside them.
     candidate: u8,
+    /// The run's pattern in the library.
+    pattern: u16,
 }
 
 /// The runs of one input channel in the channel-major order: the channel's offset in the
@@ -381,9 +406,27 @@ struct ChannelMajorRuns {
     all_candidates: bool,
 }
 
+/// The small-map order ([`FkwOrder::SmallMap`]): the channel-major runs, each run's
+/// permuted patch shared by its kernels.
+#[derive(Debug, Clone)]
+struct SmallMapRuns {
+    cm: ChannelMajorRuns,
+    /// Per library pattern: lane `4 q + j` reads the channel's patch at this offset (position
+    /// `q`'s tap `j`; 0 for lanes past the last position).
+    lanes: Vec<[u32; 16]>,
+    /// Lanes of real positions (`4 q + j` for `q` below the position count).
+    lane_mask: u16,
+    /// Flat positions of the outputs.
+    positions: Vec<usize>,
+    /// Whether a patch spans two vectors (32 floats) rather than one.
+    two: bool,
+}
+
 /// The kernels in execution order.
 #[derive(Debug, Clone)]
 enum Schedule {
+    /// See [`SmallMapRuns`].
+    SmallMap(SmallMapRuns),
     /// See [`ChannelMajorRuns`].
     ChannelMajor(ChannelMajorRuns),
     /// Kernels of channel block `b` and output row `r` are `ptr[b * rows + r] ..
@@ -418,6 +461,77 @@ fn fkw_plans(layout: &InputLayout, target: &OutputTarget, rows: usize) -> [TileP
 /// registers at 3), 4 accumulators per vector in the filter-major one.
 fn max_vectors(lanes: usize, rows: usize) -> usize {
     if lanes == 16 { vectors16(rows) } else { 3 }
+}
+
+/// The flat positions of a layout's outputs and whether a patch spans two vectors, when
+/// [`FkwOrder::SmallMap`] can run it: at most [`SMALL_MAP_POSITIONS`] outputs, a packed input,
+/// every tap of every output within 32 floats of its channel's start, and that many floats
+/// readable from the last channel's start.
+fn small_map_positions(
+    layout: &InputLayout,
+    tap_offsets: &[usize; 9],
+    channel_stride: usize,
+    channels: usize,
+) -> Option<(Vec<usize>, bool)> {
+    if layout.in_place() {
+        return None;
+    }
+    let positions: Vec<usize> =
+        (0..layout.flat_len()).filter(|&p| layout.flat_coords(p).is_some()).collect();
+    if positions.is_empty() || positions.len() > SMALL_MAP_POSITIONS {
+        return None;
+    }
+    // (Strided layouts split taps over phase planes: tap 8 is not always the farthest.)
+    let farthest = tap_offsets.iter().max().copied().unwrap_or(0);
+    let span = positions.iter().map(|p| p + farthest).max().unwrap_or(0) + 1;
+    let read = if span <= 16 { 16 } else { 32 };
+    let readable = channels.saturating_sub(1) * channel_stride + read <= layout.packed_len();
+    (span <= 32 && readable).then_some((positions, read == 32))
+}
+
+/// The channel-major schedule of `items` (sorted by channel, pattern, row).
+fn channel_major(
+    items: &[Item],
+    patterns: &[u16],
+    channel_stride: usize,
+    tap_offsets: [usize; 9],
+) -> ChannelMajorRuns {
+    let candidates = tessera_sparsity::all_pattern_candidates();
+    let candidate_of: Vec<u8> = patterns
+        .iter()
+        .map(|p| candidates.iter().position(|c| c == p).map_or(u8::MAX, |i| i as u8))
+        .collect();
+    let mut runs: Vec<Run> = Vec::new();
+    let mut channels: Vec<ChannelRuns> = Vec::new();
+    for (i, it) in items.iter().enumerate() {
+        match runs.last_mut() {
+            Some(r) if i > 0 && (items[i - 1].0, items[i - 1].1) == (it.0, it.1) => r.end += 1,
+            _ => runs.push(Run {
+                off: it.3,
+                start: i as u32,
+                end: i as u32 + 1,
+                candidate: candidate_of[it.1],
+                pattern: it.1 as u16,
+            }),
+        }
+        let run = runs.len() as u32;
+        match channels.last_mut() {
+            Some(c) if i > 0 && items[i - 1].0 == it.0 => c.end = run,
+            _ => channels.push(ChannelRuns {
+                base: (it.0 * channel_stride) as u32,
+                start: run - 1,
+                end: run,
+            }),
+        }
+    }
+    ChannelMajorRuns {
+        all_candidates: runs.iter().all(|r| r.candidate != u8::MAX),
+        runs,
+        k_row: items.iter().map(|it| it.2).collect(),
+        k_w: items.iter().map(|it| it.4).collect(),
+        channels,
+        taps9: tap_offsets.map(|t| t as u32),
+    }
 }
 
 /// Every kernel of `f` as (channel over all groups, pattern, output row, tap offsets,
@@ -486,52 +600,47 @@ impl FkwConv {
         let blocks = shape.in_channels.div_ceil(per_block).max(1);
         let per_block = shape.in_channels.div_ceil(blocks);
         let long_runs = items.len() as f64 >= CHANNEL_MAJOR_RUN * run_count.max(1) as f64;
-        let order = order.unwrap_or(if long_runs || blocks > 1 {
+        let small_map =
+            small_map_positions(&layout, &tap_offsets, channel_stride, shape.in_channels);
+        let order = order.unwrap_or(if small_map.is_some() && Isa::detect().lanes() == 16 {
+            FkwOrder::SmallMap
+        } else if long_runs || blocks > 1 {
             FkwOrder::ChannelMajor
         } else {
             FkwOrder::FilterMajor
         });
         let schedule = match order {
-            FkwOrder::ChannelMajor => {
-                let candidates = tessera_sparsity::all_pattern_candidates();
-                let candidate_of: Vec<u8> = f
-                    .patterns
+            FkwOrder::SmallMap => {
+                let Some((positions, two)) = small_map else {
+                    return Err(KernelError::InvalidShape {
+                        reason: format!(
+                            "{shape:?}: the small-map order needs at most {SMALL_MAP_POSITIONS} output positions whose taps lie within 32 floats of their channel's start"
+                        ),
+                    });
+                };
+                let lanes = pattern_taps
                     .iter()
-                    .map(|p| candidates.iter().position(|c| c == p).map_or(u8::MAX, |i| i as u8))
+                    .map(|t| {
+                        std::array::from_fn(|lane| {
+                            let (q, j) = (lane / 4, lane % 4);
+                            positions.get(q).map_or(0, |&p| (tap_offsets[t[j]] + p) as u32)
+                        })
+                    })
                     .collect();
-                let mut runs: Vec<Run> = Vec::with_capacity(run_count);
-                let mut channels: Vec<ChannelRuns> = Vec::new();
-                for (i, it) in items.iter().enumerate() {
-                    match runs.last_mut() {
-                        Some(r) if i > 0 && (items[i - 1].0, items[i - 1].1) == (it.0, it.1) => {
-                            r.end += 1
-                        }
-                        _ => runs.push(Run {
-                            off: it.3,
-                            start: i as u32,
-                            end: i as u32 + 1,
-                            candidate: candidate_of[it.1],
-                        }),
-                    }
-                    let run = runs.len() as u32;
-                    match channels.last_mut() {
-                        Some(c) if i > 0 && items[i - 1].0 == it.0 => c.end = run,
-                        _ => channels.push(ChannelRuns {
-                            base: (it.0 * channel_stride) as u32,
-                            start: run - 1,
-                            end: run,
-                        }),
-                    }
-                }
-                Schedule::ChannelMajor(ChannelMajorRuns {
-                    all_candidates: runs.iter().all(|r| r.candidate != u8::MAX),
-                    runs,
-                    k_row: items.iter().map(|it| it.2).collect(),
-                    k_w: items.iter().map(|it| it.4).collect(),
-                    channels,
-                    taps9: tap_offsets.map(|t| t as u32),
+                Schedule::SmallMap(SmallMapRuns {
+                    cm: channel_major(&items, &f.patterns, channel_stride, tap_offsets),
+                    lanes,
+                    lane_mask: ((1u32 << (4 * positions.len())) - 1) as u16,
+                    positions,
+                    two,
                 })
             }
+            FkwOrder::ChannelMajor => Schedule::ChannelMajor(channel_major(
+                &items,
+                &f.patterns,
+                channel_stride,
+                tap_offsets,
+            )),
             FkwOrder::FilterMajor => {
                 items.sort_by_key(|it| (it.0 / per_block, it.2, it.0));
                 let rows = f.rows;
@@ -607,6 +716,7 @@ impl FkwConv {
     pub fn order(&self) -> FkwOrder {
         match self.schedule {
             Schedule::ChannelMajor(_) => FkwOrder::ChannelMajor,
+            Schedule::SmallMap(_) => FkwOrder::SmallMap,
             Schedule::FilterMajor { .. } => FkwOrder::FilterMajor,
         }
     }
@@ -616,7 +726,7 @@ impl FkwConv {
     pub fn channel_blocks(&self) -> Option<usize> {
         match self.schedule {
             Schedule::FilterMajor { blocks, .. } => Some(blocks),
-            Schedule::ChannelMajor(_) => None,
+            Schedule::ChannelMajor(_) | Schedule::SmallMap(_) => None,
         }
     }
 
@@ -624,6 +734,7 @@ impl FkwConv {
     fn acc_len(&self) -> usize {
         match self.schedule {
             Schedule::FilterMajor { blocks: 1, .. } => 0,
+            Schedule::SmallMap(_) => self.f.rows * SMALL_MAP_STRIDE,
             _ => self.f.rows * acc_stride(self.f.rows),
         }
     }
@@ -831,6 +942,49 @@ fn fkw_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
     unsafe {
         let x = job.x.add(p0);
         match &c.schedule {
+            Schedule::SmallMap(sm) => {
+                // Lane `p - p0` of the tile takes the sum of position `p`'s 4 lanes.
+                let mut place = [0u32; 16];
+                let mut place_mask = 0u16;
+                for (q, &p) in sm.positions.iter().enumerate() {
+                    if p >= p0 && p - p0 < n.min(16) {
+                        place[p - p0] = 4 * q as u32;
+                        place_mask |= 1 << (p - p0);
+                    }
+                }
+                for r in 0..rows {
+                    std::ptr::write_bytes(acc.add(r * SMALL_MAP_STRIDE), 0, SMALL_MAP_STRIDE);
+                }
+                if S::LANES == 16 && V == 1 {
+                    if sm.two {
+                        small_map_runs::<S, true>(sm, job.x, acc);
+                    } else {
+                        small_map_runs::<S, false>(sm, job.x, acc);
+                    }
+                } else {
+                    small_map_runs_lanes(sm, job.x, acc);
+                }
+                for r in 0..rows {
+                    let mut s = [S::zero(); V];
+                    let a = acc.add(r * SMALL_MAP_STRIDE);
+                    if S::LANES == 16 && V == 1 {
+                        let sums = S::sum_quads(S::load(a));
+                        s[0] = S::permute_maskz(sums, &place, place_mask);
+                    } else {
+                        // Lane by lane: position q's sum is at lane 4 q.
+                        let mut out = [0.0f32; 48];
+                        for (q, &p) in sm.positions.iter().enumerate() {
+                            if p >= p0 && p - p0 < n.min(V * l) {
+                                out[p - p0] = *a.add(4 * q);
+                            }
+                        }
+                        for (v, sv) in s.iter_mut().enumerate() {
+                            *sv = S::load(out.as_ptr().add(v * l));
+                        }
+                    }
+                    store!(r, &s);
+                }
+            }
             Schedule::ChannelMajor(cm) => {
                 for r in 0..rows {
                     std::ptr::write_bytes(acc.add(r * stride), 0, V * l);
@@ -1024,6 +1178,66 @@ unsafe fn add_run_taps<
         }
         for (v, sv) in s.iter().enumerate() {
             S::store(a.add(v * l), *sv);
+        }
+    }
+}
+
+/// The small-map order's runs on 16 lanes: per channel its patch (one or two vectors), per
+/// run the patch permuted by the pattern's lane table (lane `4 q + j`: position `q`'s tap
+/// `j`), per kernel that vector times its weights repeated (one 16-byte broadcast) added to
+/// its filter's partial sums.
+///
+/// # Safety
+/// 16 (32 when `TWO`) floats readable at `x` + each channel's base; `acc` holds
+/// [`SMALL_MAP_STRIDE`] floats per filter.
+#[inline(always)]
+unsafe fn small_map_runs<S: Simd, const TWO: bool>(
+    sm: &SmallMapRuns,
+    x: *const f32,
+    acc: *mut f32,
+) {
+    let ChannelMajorRuns { runs, k_row, k_w, channels, .. } = &sm.cm;
+    let (lanes, mask) = (sm.lanes.as_ptr(), sm.lane_mask);
+    for ch in channels {
+        let p = x.add(ch.base as usize);
+        let a = S::load(p);
+        let b = if TWO { S::load(p.add(16)) } else { a };
+        for run in &runs[ch.start as usize..ch.end as usize] {
+            // SAFETY: every run's pattern indexes `lanes` (built per library pattern).
+            let idx = &*lanes.add(run.pattern as usize);
+            let g = if TWO {
+                S::permute2_maskz(a, b, idx, mask)
+            } else {
+                S::permute_maskz(a, idx, mask)
+            };
+            let (k0, k1) = (run.start as usize, run.end as usize);
+            for (&row, w) in k_row[k0..k1].iter().zip(&k_w[k0..k1]) {
+                let s = acc.add(row as usize * SMALL_MAP_STRIDE);
+                S::store(s, S::fma(g, S::broadcast4(w.as_ptr()), S::load(s)));
+            }
+        }
+    }
+}
+
+/// [`small_map_runs`] lane by lane, for vector widths it has no vector form for (a
+/// [`FkwOrder::SmallMap`] conv run at another instruction set than the one it was bound
+/// for): lane `4 q` of each filter's partial sums gets position `q`'s output.
+///
+/// # Safety
+/// As [`small_map_runs`].
+unsafe fn small_map_runs_lanes(sm: &SmallMapRuns, x: *const f32, acc: *mut f32) {
+    let ChannelMajorRuns { runs, k_row, k_w, channels, .. } = &sm.cm;
+    for ch in channels {
+        let p = x.add(ch.base as usize);
+        for run in &runs[ch.start as usize..ch.end as usize] {
+            let lanes = &sm.lanes[run.pattern as usize];
+            for k in run.start as usize..run.end as usize {
+                let (s, w) = (acc.add(k_row[k] as usize * SMALL_MAP_STRIDE), &k_w[k]);
+                for q in 0..sm.positions.len() {
+                    let tap = |j: usize| w[j] * *p.add(lanes[4 * q + j] as usize);
+                    *s.add(4 * q) += (tap(0) + tap(1)) + (tap(2) + tap(3));
+                }
+            }
         }
     }
 }
