@@ -369,18 +369,18 @@ fn acc_stride(rows: usize) -> usize {
 /// 163 -> 191, and 4x4 / 2x2 maps (1-2 tiles) gained nothing.
 pub const MIN_TILES_PER_THREAD: usize = 8;
 
-/// A run of kernels on one input channel sharing a pattern: its 4 tap offsets in the packed
-/// input (channel included) and its kernels.
+/// A run of kernels on one input channel sharing a pattern: its kernels and its pattern (12
+/// bytes: with per-run tap offsets, 28, the run stream was as large as the weights' on short
+/// runs, and inside a model both stream from L3).
 #[derive(Debug, Clone)]
 struct Run {
-    off: [u32; 4],
     start: u32,
     end: u32,
     /// The run's pattern among the candidates (`tessera_sparsity::all_pattern_candidates`, every
     /// 4-tap pattern with the centre), or `u8::MAX` for one outside them.
     candidate: u8,
-    /// The run's pattern in the library.
-    pattern: u16,
+    /// The run's pattern in the library (at most 56 patterns).
+    pattern: u8,
 }
 
 /// The runs of one input channel in the channel-major order: the channel's offset in the
@@ -396,8 +396,11 @@ struct ChannelRuns {
 #[derive(Debug, Clone)]
 struct ChannelMajorRuns {
     runs: Vec<Run>,
-    k_row: Vec<u32>,
+    /// Per kernel its output row (filters fit `u16`: checked at bind).
+    k_row: Vec<u16>,
     k_w: Vec<[f32; 4]>,
+    /// Per library pattern, its 4 taps' packed-input offsets from a channel's base.
+    pattern_offsets: Vec<[u32; 4]>,
     /// Runs per channel, for the register form that loads a channel's 9 taps once.
     channels: Vec<ChannelRuns>,
     /// Packed-input offsets of the 9 taps from a channel's base.
@@ -507,11 +510,10 @@ fn channel_major(
         match runs.last_mut() {
             Some(r) if i > 0 && (items[i - 1].0, items[i - 1].1) == (it.0, it.1) => r.end += 1,
             _ => runs.push(Run {
-                off: it.3,
                 start: i as u32,
                 end: i as u32 + 1,
                 candidate: candidate_of[it.1],
-                pattern: it.1 as u16,
+                pattern: it.1 as u8,
             }),
         }
         let run = runs.len() as u32;
@@ -527,8 +529,9 @@ fn channel_major(
     ChannelMajorRuns {
         all_candidates: runs.iter().all(|r| r.candidate != u8::MAX),
         runs,
-        k_row: items.iter().map(|it| it.2).collect(),
+        k_row: items.iter().map(|it| it.2 as u16).collect(),
         k_w: items.iter().map(|it| it.4).collect(),
+        pattern_offsets: patterns.iter().map(|&p| taps(p).map(|t| tap_offsets[t] as u32)).collect(),
         channels,
         taps9: tap_offsets.map(|t| t as u32),
     }
@@ -558,6 +561,11 @@ impl FkwConv {
                     "FKW weights of {} filters x {} channels do not fit {shape:?}",
                     f.rows, f.in_per_group
                 ),
+            });
+        }
+        if f.rows > u16::MAX as usize + 1 {
+            return Err(KernelError::InvalidShape {
+                reason: format!("{} filters exceed the kernels' u16 row indices", f.rows),
             });
         }
         if let Some(p) = f.patterns.iter().find(|p| p.count_ones() != 4) {
@@ -989,14 +997,17 @@ fn fkw_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
                 for r in 0..rows {
                     std::ptr::write_bytes(acc.add(r * stride), 0, V * l);
                 }
-                let ChannelMajorRuns { runs, k_row, k_w, .. } = cm;
+                let ChannelMajorRuns { runs, k_row, k_w, channels, pattern_offsets, .. } = cm;
                 if S::LANES == 16 && V >= 2 && LOAD_FULL && cm.all_candidates {
                     channel_registers::<S, V>(x, cm, acc, stride);
                 } else {
-                    for run in runs {
-                        let (k0, k1) = (run.start as usize, run.end as usize);
-                        let taps = load_taps::<S, V, LOAD_FULL>(x, n, &run.off);
-                        add_run::<S, V>(&taps, &k_row[k0..k1], &k_w[k0..k1], acc, stride);
+                    for ch in channels {
+                        for run in &runs[ch.start as usize..ch.end as usize] {
+                            let (k0, k1) = (run.start as usize, run.end as usize);
+                            let off = pattern_offsets[run.pattern as usize].map(|o| ch.base + o);
+                            let taps = load_taps::<S, V, LOAD_FULL>(x, n, &off);
+                            add_run::<S, V>(&taps, &k_row[k0..k1], &k_w[k0..k1], acc, stride);
+                        }
                     }
                 }
                 for r in 0..rows {
@@ -1076,7 +1087,7 @@ unsafe fn load_taps<S: Simd, const V: usize, const LOAD_FULL: bool>(
 #[allow(clippy::needless_range_loop)] // `v` indexes four arrays at once
 unsafe fn add_run<S: Simd, const V: usize>(
     taps: &[[S::V; V]; 4],
-    rows: &[u32],
+    rows: &[u16],
     ws: &[[f32; 4]],
     acc: *mut f32,
     stride: usize,
@@ -1158,7 +1169,7 @@ unsafe fn add_run_taps<
     const D: usize,
 >(
     t: &[[S::V; V]; 9],
-    rows: &[u32],
+    rows: &[u16],
     ws: &[[f32; 4]],
     acc: *mut f32,
     stride: usize,
