@@ -1155,7 +1155,7 @@ unsafe fn channel_registers<S: Simd, const V: usize>(
     }
 }
 
-/// [`add_run`] two vectors wide with the taps `A < B < C < D` of a channel's 9 in registers.
+/// [`add_run`] with the taps `A < B < C < D` of a channel's 9 in registers.
 ///
 /// # Safety
 /// As [`add_run`].
@@ -1174,23 +1174,7 @@ unsafe fn add_run_taps<
     acc: *mut f32,
     stride: usize,
 ) {
-    let l = S::LANES;
-    for (&row, w) in rows.iter().zip(ws) {
-        let a = acc.add(row as usize * stride);
-        let mut s = [S::zero(); V];
-        for (v, sv) in s.iter_mut().enumerate() {
-            *sv = S::load(a.add(v * l));
-        }
-        for (j, tap) in [A, B, C, D].into_iter().enumerate() {
-            let wj = S::splat(w[j]);
-            for (v, sv) in s.iter_mut().enumerate() {
-                *sv = S::fma(wj, t[tap][v], *sv);
-            }
-        }
-        for (v, sv) in s.iter().enumerate() {
-            S::store(a.add(v * l), *sv);
-        }
-    }
+    add_run::<S, V>(&[t[A], t[B], t[C], t[D]], rows, ws, acc, stride);
 }
 
 /// The small-map order's runs on 16 lanes: per channel its patch (one or two vectors), per
