@@ -13,7 +13,7 @@
 //!
 //! Index cost: 2 bytes per kernel (4 weights) against CSR's 4 bytes per weight.
 //!
-//! Kernel: binding sorts the kernels into one of two execution orders ([`FkwOrder`]) and
+//! Kernel: binding sorts the kernels into one of three execution orders ([`FkwOrder`]) and
 //! precomputes, per kernel or per run, the packed-input offsets of its pattern's 4 taps (the
 //! pattern specialization: a pattern is 4 offsets fixed at bind time, so one loop serves every
 //! pattern with no per-pattern dispatch). Output tiles are up to 3 vectors: 24 positions on
@@ -60,8 +60,8 @@
 //!   32 floats) is loaded once, per run it is permuted by the pattern's lane table, and each
 //!   kernel multiplies that by its 4 weights repeated (a 16-byte broadcast) into its filter's
 //!   partial sums; each quad's sum is an output. 512@2x2 at 8x (min of runs, us): 88-93
-//!   channel-major, 173-176 filter-major -> 69-70; a filter-major form of the same lanes
-//!   (patch loaded and permuted per kernel) ran 78-80.
+//!   channel-major, 173-176 filter-major -> 69-70, 62-63 with 12-byte runs; a filter-major
+//!   form of the same lanes (patch loaded and permuted per kernel) ran 78-80.
 //!
 //! Stores apply the epilogue (bias, residual, activation: [`FkwConv::run_fused`]) and follow
 //! the tile plan to NCDHW or to an output target ([`FkwConv::set_output_target`], e.g. the
@@ -313,11 +313,12 @@ pub enum FkwOrder {
     FilterMajor,
     /// For maps of at most 4 output positions whose every tap of every position lies within
     /// 32 floats of its channel's start in the packed input (a 2x2 map with padding 1: a 4x4
-    /// patch), on 16-lane machines: filter by filter, each kernel is one vector whose lane
-    /// `4 q + j` is output position `q`'s tap `j` (a permute of the channel's patch by the
-    /// pattern's lane table) times the kernel's 4 weights repeated (one 16-byte broadcast),
-    /// one FMA per kernel; the sums of each group of 4 lanes are the outputs. The other
-    /// orders fill a vector with the map's flat positions: 6 of 16 lanes on a 2x2 map.
+    /// patch); chosen on 16-lane machines. The channel-major runs, where a run's vector has
+    /// lane `4 q + j` = output position `q`'s tap `j` (its channel's patch permuted by the
+    /// pattern's lane table), and each kernel is one FMA of that vector by its 4 weights
+    /// repeated (one 16-byte broadcast) into its filter's partial sums; the sums of each group
+    /// of 4 lanes are the outputs. The other orders fill a vector with the map's flat
+    /// positions: 6 of 16 lanes on a 2x2 map.
     SmallMap,
 }
 
