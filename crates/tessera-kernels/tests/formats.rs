@@ -260,6 +260,25 @@ fn fkw_order_follows_run_length_and_blocks() {
 /// dense reference, at 3-vector tiles (48 filters) and at 2 (352 filters: more partial sums
 /// than 3-vector tiles keep); on a 2x2 map every order, the small-map one included, runs
 /// every pattern's lane table.
+/// More filters than the kernels' `u16` row indices hold is a typed error at bind, naming
+/// the filter count.
+#[test]
+fn fkw_rejects_more_filters_than_u16_rows() {
+    let filters = u16::MAX as usize + 2;
+    let shape = ConvShape::conv2d(1, filters, [2, 2], [3, 3], 1, 1).unwrap();
+    let layer = shape.layer("conv").unwrap();
+    let w = weights(layer.geometry.len(), 17);
+    let library = tessera_sparsity::PatternLibrary::extract(8, [(&layer, &w[..])]).unwrap();
+    let scheme: Scheme = format!("pattern:8@{library}").parse().unwrap();
+    let p = scheme.project(&layer, &w, Target::Sparsity(5.0 / 9.0)).unwrap();
+    let f = Fkw::encode(&layer, &p.values, &p.mask, &library).unwrap();
+    let err = FkwConv::new(f, shape).unwrap_err();
+    assert!(
+        matches!(&err, tessera_kernels::KernelError::InvalidShape { reason } if reason.contains(&filters.to_string()) && reason.contains("u16")),
+        "{err}"
+    );
+}
+
 #[test]
 fn fkw_runs_every_candidate_pattern() {
     let library =

@@ -961,9 +961,7 @@ fn fkw_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
                         place_mask |= 1 << (p - p0);
                     }
                 }
-                for r in 0..rows {
-                    std::ptr::write_bytes(acc.add(r * SMALL_MAP_STRIDE), 0, SMALL_MAP_STRIDE);
-                }
+                std::ptr::write_bytes(acc, 0, rows * SMALL_MAP_STRIDE);
                 if S::LANES == 16 && V == 1 {
                     if sm.two {
                         small_map_runs::<S, true>(sm, job.x, acc);
