@@ -167,7 +167,7 @@ impl ChannelVectorConv {
         threads: usize,
         epilogue: Epilogue<'_>,
     ) -> Result<()> {
-        let (x, acc) = pack_input(&self.layout, &self.shape, isa, input, scratch)?;
+        let (x, acc) = pack_input(&self.layout, &self.shape, isa, input, scratch, threads)?;
         self.execute(isa, x, output, acc, threads, epilogue)
     }
 

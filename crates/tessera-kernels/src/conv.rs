@@ -422,6 +422,67 @@ impl InputLayout {
         self.pack_with(Isa::detect(), input, packed);
     }
 
+    /// Whether [`InputLayout::pack_channels`] can pack disjoint channel ranges at once: a
+    /// stride-1 layout that is not read in place (each channel's padded planes are written
+    /// whole by its own range; the strided packers clear rows with whole vectors that spill
+    /// into the next channel, which another thread may own).
+    pub(crate) fn packs_by_channel(&self) -> bool {
+        !self.in_place && self.shape.stride == [1, 1, 1]
+    }
+
+    /// Packs input channels `c0..c1` of a stride-1 layout ([`InputLayout::packs_by_channel`]):
+    /// `packed` starts at channel `c0`'s packed floats and ends at channel `c1`'s start, or
+    /// at the end of the whole buffer (slack included) when `c1` is the last channel; nothing
+    /// outside it is written, so threads can pack disjoint ranges of one buffer.
+    pub(crate) fn pack_channels(
+        &self,
+        isa: Isa,
+        input: &[f32],
+        packed: &mut [f32],
+        (c0, c1): (usize, usize),
+    ) {
+        let s = &self.shape;
+        let [d, h, w] = s.input;
+        let (channel, cl) = (d * h * w, self.channel_len);
+        if !self.packs_by_channel()
+            || c0 >= c1
+            || c1 > s.in_channels
+            || input.len() < c1 * channel
+            || packed.len() < (c1 - c0) * cl
+        {
+            // The kernels check their buffers before packing; keep this safe anyway.
+            return;
+        }
+        let [_, hq, wq] = self.plane;
+        let geometry = |channels| Stride1 {
+            channels,
+            dims: [d, h, w],
+            pad: s.padding,
+            plane: [hq, wq],
+            channel_len: cl,
+            planes: self.plane[0],
+        };
+        let src = &input[c0 * channel..];
+        if c1 == s.in_channels {
+            pack_stride1(isa, &geometry(c1 - c0), src, packed);
+            return;
+        }
+        // Not the last range: the stores of all but its last channel may spill into that
+        // last channel (written after them), and the last one stores masked, so nothing
+        // past `c1`'s start is touched.
+        let n = c1 - c0;
+        if n > 1 {
+            // The last channel's floats are the slack of the first `n - 1`.
+            pack_stride1(isa, &geometry(n - 1), src, &mut packed[..n * cl]);
+        }
+        pack_stride1(
+            isa,
+            &geometry(1),
+            &src[(n - 1) * channel..],
+            &mut packed[(n - 1) * cl..n * cl],
+        );
+    }
+
     /// [`InputLayout::pack`] at instruction-set level `isa`.
     pub fn pack_with(&self, isa: Isa, input: &[f32], packed: &mut [f32]) {
         let s = &self.shape;
@@ -921,6 +982,59 @@ mod tests {
         }
         let [_, h, w] = s.input;
         input[c * s.input_plane() + (idx[0] as usize * h + idx[1] as usize) * w + idx[2] as usize]
+    }
+
+    /// Packing disjoint channel ranges one after another, each into only its own part of the
+    /// buffer, gives what one whole `pack_with` gives, and no range writes outside its part
+    /// (threads pack ranges at once). Vector stores spill past a channel's last row, so the
+    /// ranges end mid-buffer on maps of odd sizes, 1x1 maps and 3-D planes.
+    #[test]
+    fn channel_ranges_pack_like_the_whole_and_stay_in_their_part() {
+        let shapes = [
+            ConvShape::conv2d(7, 1, [5, 7], [3, 3], 1, 1).unwrap(),
+            ConvShape::conv2d(5, 1, [1, 1], [3, 3], 1, 1).unwrap(),
+            ConvShape::conv2d(9, 1, [2, 2], [3, 3], 1, 1).unwrap(),
+            ConvShape::conv2d(6, 1, [3, 37], [3, 3], 1, 1).unwrap(),
+            ConvShape::conv2d(4, 1, [8, 8], [5, 5], 1, 2).unwrap(),
+            ConvShape::conv3d(5, 1, [3, 4, 5], [3, 3, 3], 1, 1).unwrap(),
+        ];
+        for (s, isa) in
+            shapes.iter().flat_map(|&s| Isa::available().into_iter().map(move |i| (s, i)))
+        {
+            let l = s.layout();
+            assert!(l.packs_by_channel(), "{s:?}");
+            let input: Vec<f32> =
+                (0..s.in_channels * s.input_plane()).map(|i| i as f32 + 1.0).collect();
+            let mut whole = vec![f32::NAN; l.packed_len()];
+            l.pack_with(isa, &input, &mut whole);
+            let cl = l.channel_stride();
+            for parts in 1..=s.in_channels {
+                let mut packed = vec![f32::NAN; l.packed_len()];
+                for t in 0..parts {
+                    let c = s.in_channels;
+                    let (c0, c1) = (t * c / parts, (t + 1) * c / parts);
+                    let end = if c1 == c { packed.len() } else { c1 * cl };
+                    // Sentinels around the part: what lies outside must stay untouched.
+                    let before = packed.clone();
+                    l.pack_channels(isa, &input, &mut packed[c0 * cl..end], (c0, c1));
+                    for (i, (a, b)) in packed.iter().zip(&before).enumerate() {
+                        if !(c0 * cl..end).contains(&i) {
+                            assert!(
+                                a.to_bits() == b.to_bits(),
+                                "{s:?} {isa:?} part {t}/{parts}: float {i} written"
+                            );
+                        }
+                    }
+                }
+                let n = s.in_channels * cl;
+                for (i, (a, b)) in packed[..n].iter().zip(&whole[..n]).enumerate() {
+                    assert!(
+                        a.to_bits() == b.to_bits(),
+                        "{s:?} {isa:?} {parts} parts: float {i}: {a} vs {b}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

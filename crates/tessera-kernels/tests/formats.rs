@@ -175,6 +175,9 @@ fn every_format_round_trips_and_runs_convs() {
         ConvShape::conv2d(16, 8, [6, 6], [1, 1], 1, 0).unwrap(),
         ConvShape::conv2d(5, 7, [8, 8], [3, 3], 1, 1).unwrap(),
         ConvShape::conv2d(8, 8, [8, 8], [3, 3], 1, 1).unwrap().with_groups(2).unwrap(),
+        // A packed input of over 4096 floats, which 2 threads pack as two channel ranges
+        // (19 and 18 channels of 15 x 17).
+        ConvShape::conv2d(37, 8, [13, 15], [3, 3], 1, 1).unwrap(),
     ];
     for (si, shape) in shapes.into_iter().enumerate() {
         let layer = shape.layer("conv").unwrap();

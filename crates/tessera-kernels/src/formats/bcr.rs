@@ -703,7 +703,7 @@ impl BcrConv {
         threads: usize,
         epilogue: Epilogue<'_>,
     ) -> Result<()> {
-        let (x, gathered) = pack_input(&self.layout, &self.shape, isa, input, scratch)?;
+        let (x, gathered) = pack_input(&self.layout, &self.shape, isa, input, scratch, threads)?;
         self.execute_on(isa, x, gathered, output, threads, epilogue)
     }
 

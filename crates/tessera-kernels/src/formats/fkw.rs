@@ -783,7 +783,7 @@ impl FkwConv {
         threads: usize,
         epilogue: Epilogue<'_>,
     ) -> Result<()> {
-        let (x, acc) = pack_input(&self.layout, &self.shape, isa, input, scratch)?;
+        let (x, acc) = pack_input(&self.layout, &self.shape, isa, input, scratch, threads)?;
         self.execute_on(isa, x, output, acc, threads, epilogue)
     }
 
