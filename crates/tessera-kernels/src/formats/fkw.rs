@@ -364,11 +364,14 @@ fn acc_stride(rows: usize) -> usize {
     16 * vectors16(rows)
 }
 
-/// Tiles of positions per thread below which [`FkwConv::run`] uses fewer threads: every
-/// thread streams all the weights for its share of tiles, and on Zen 3 (1 -> 2 threads, 8x)
-/// 64@32x32 went 266 -> 165 us and 128@16x16 185 -> 109 (16 tiles), but 256@8x8 (8 tiles)
-/// 163 -> 191, and 4x4 / 2x2 maps (1-2 tiles) gained nothing.
-pub const MIN_TILES_PER_THREAD: usize = 8;
+/// Tiles of positions per thread below which [`FkwConv::run`] uses fewer threads (every
+/// thread streams all the weights for its share of tiles). It was 8 when one thread packed
+/// the input and the others read it from that core's cache: on Zen 3 (1 -> 2 threads, 8x)
+/// 256@8x8 (8 tiles) went 163 -> 191 us then. With the input packed by the threads that read
+/// it, one tile per thread pays on 2-vCPU Zen 4 (`cargo xtask bench kernels --only conv3x3
+/// --threads 2`, 8x, runs alternated): AVX-512 128@16x16 (6 tiles) 110-116 -> 74-75 us,
+/// 256@8x8 (2 tiles) 124-126 -> 96-114; AVX2 256@8x8 142-146 -> 115-116.
+pub const MIN_TILES_PER_THREAD: usize = 1;
 
 /// A run of kernels on one input channel sharing a pattern: its kernels and its pattern (12
 /// bytes: with per-run tap offsets, 28, the run stream was as large as the weights' on short
@@ -783,8 +786,18 @@ impl FkwConv {
         threads: usize,
         epilogue: Epilogue<'_>,
     ) -> Result<()> {
-        let (x, acc) = pack_input(&self.layout, &self.shape, isa, input, scratch, threads)?;
+        // Packed by the threads that then read it: packed on two and read by one, half the
+        // input crosses between cores (256@8x8, 8x: 121 -> 138 us on Zen 4).
+        let packing = self.threads_used(isa, threads);
+        let (x, acc) = pack_input(&self.layout, &self.shape, isa, input, scratch, packing)?;
         self.execute_on(isa, x, output, acc, threads, epilogue)
+    }
+
+    /// The threads [`FkwConv::run`] computes on when given `threads`: at most one per
+    /// [`MIN_TILES_PER_THREAD`] tiles of the plan for `isa`.
+    fn threads_used(&self, isa: Isa, threads: usize) -> usize {
+        let n_tiles = self.plans[usize::from(isa.lanes() == 16)].tiles.len();
+        threads.max(1).min((n_tiles / MIN_TILES_PER_THREAD).max(1))
     }
 
     /// [`FkwConv::run_fused`] on an input already in this convolution's packed layout
@@ -847,7 +860,7 @@ impl FkwConv {
             epilogue,
         };
         let n_tiles = plan.tiles.len();
-        let threads = threads.min((n_tiles / MIN_TILES_PER_THREAD).max(1));
+        let threads = self.threads_used(isa, threads);
         let chunk = n_tiles.div_ceil(threads);
         run_parallel(threads, |t| {
             fkw_tiles(isa, &job, t, (t * chunk).min(n_tiles), ((t + 1) * chunk).min(n_tiles))
