@@ -498,22 +498,7 @@ impl InputLayout {
             // stores: rows are 8-32 floats, and `copy_from_slice` / `fill` on run-time
             // lengths are `memcpy` / `memset` calls whose overhead was most of the time
             // (64 channels of 8 x 8: 3.9 us).
-            let [_, hq, wq] = self.plane;
-            let channel = d * h * w;
-            let (needed, found) = (s.in_channels * channel, input.len());
-            if found < needed || packed.len() < s.in_channels * self.channel_len {
-                // The kernels check their buffers before packing; keep this safe anyway.
-                return;
-            }
-            let geometry = Stride1 {
-                channels: s.in_channels,
-                dims: [d, h, w],
-                pad: [pd, ph, pw],
-                plane: [hq, wq],
-                channel_len: self.channel_len,
-                planes: self.plane[0],
-            };
-            pack_stride1(isa, &geometry, input, packed);
+            self.pack_channels(isa, input, packed, (0, s.in_channels));
             return;
         }
         let [_, p1, p2] = self.plane;
