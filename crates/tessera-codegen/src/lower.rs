@@ -23,7 +23,7 @@ use tessera_kernels::formats::csr::Csr;
 use tessera_kernels::formats::fkw::{Fkw, FkwConv, FkwOrder};
 use tessera_kernels::{
     ChannelVectorConv, ConvScratch, ConvShape, DepthwiseConv, DepthwiseScratch, Epilogue,
-    InputLayout, Isa, KernelError, OutputTarget, RowGroupConv, RowGroupMatrix,
+    InputLayout, Isa, KernelError, OutputTarget, RowGroupConv, RowGroupInput, RowGroupMatrix,
 };
 use tessera_sparsity::{Mask, PatternLibrary, Scheme};
 
@@ -465,18 +465,21 @@ pub(crate) fn conv_kernel(
 }
 
 /// Above one thread, convolutions read their packed input itself, not a gathered copy
-/// (`RowGroupConv::with_gathered_input`, `BcrConv::with_input`, chosen by the kernels for
-/// small maps): the copy is a parallel pass of its own, whose halves each thread then reads
-/// from the other core. Measured on VGG-11 at 8x (`bench models --only vgg11 --rates 8`,
-/// ms, two runs each, gathered vs not): BCR 8x32 0.71-0.73 vs 0.83-0.88 on 1 thread but
-/// 0.57-0.58 vs 0.54-0.56 on 2; block-punched 8x4 0.51 vs 0.56 on 1, 0.39-0.40 vs 0.36-0.38
-/// on 2.
+/// (`RowGroupInput::Gathered`, `BcrConv::with_input`, chosen by the kernels for small
+/// maps): the copy is a parallel pass of its own, whose halves each thread then reads from
+/// the other core. Measured on VGG-11 at 8x (`bench models --only vgg11 --rates 8`, ms, two
+/// runs each, gathered vs not): BCR 8x32 0.71-0.73 vs 0.83-0.88 on 1 thread but 0.57-0.58
+/// vs 0.54-0.56 on 2; block-punched 8x4 0.51 vs 0.56 on 1, 0.39-0.40 vs 0.36-0.38 on 2.
+/// The row-group quad form (`RowGroupInput::Quad`, at most 4 positions) stays: it cuts the
+/// FMAs by 4 where the gather saves only padding lanes, and on 2 threads it ran as fast or
+/// faster (block-punched 8x at 512@2x2, four alternating runs of `examples/bcr_small_map`,
+/// min us: quad 42.7-54.4, direct 46.9-52.7).
 fn direct_input_above_one_thread(kernel: ConvKernel, threads: usize) -> KernelResult<ConvKernel> {
     if threads <= 1 {
         return Ok(kernel);
     }
     Ok(match kernel {
-        ConvKernel::Rows { conv, .. } if conv.gathered() => {
+        ConvKernel::Rows { conv, .. } if conv.input() == RowGroupInput::Gathered => {
             let conv =
                 RowGroupConv::with_gathered_input(conv.matrix().clone(), *conv.shape(), false)?;
             let scratch = ConvScratch::for_conv(&conv);

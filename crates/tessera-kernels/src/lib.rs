@@ -72,6 +72,6 @@ pub use conv::{ConvShape, InputLayout, OutputTarget};
 pub use depthwise::{DepthwiseConv, DepthwiseMethod, DepthwiseScratch};
 pub use error::{KernelError, Result};
 pub use isa::Isa;
-pub use rowgroup::{Clamp, ConvScratch, Epilogue, RowGroupConv, RowGroupMatrix};
+pub use rowgroup::{Clamp, ConvScratch, Epilogue, RowGroupConv, RowGroupInput, RowGroupMatrix};
 pub use threads::{MIN_MACS_PER_THREAD, pool_counts, recommended_threads};
 pub use training::BatchConv2d;

@@ -28,6 +28,20 @@
 //! vector per tile instead of two. Block-punched 8x4 at 8x, 1 thread (`cargo run -p
 //! tessera-kernels --example structured_conv_min`, min of runs, us): 256->512@4x4 54 -> 46,
 //! 512@4x4 100 -> 94; dense rows 365 -> 247 and 750 -> 532.
+//!
+//! Maps of at most 4 positions (a 2x2 map is 5 flat positions: one vector a quarter used,
+//! one FMA per row per entry) read the quad form ([`RowGroupInput::Quad`]: each value 4
+//! times), where a vector is 4 positions x 4 rows and an entry of 8 rows costs 2 FMAs, with
+//! each half's 4 weights broadcast from one load (`micro_quad`). Block-punched 8x4 at 8x,
+//! 512@2x2, 1 thread (`cargo run --release -p tessera-kernels --example bcr_small_map --
+//! 512 2 512 3 3 direct|quad`, min of runs, us, pack and gather included): 87.0 -> 49.7
+//! (256@2x2 22.9 -> 15.1; dense rows in `structured_conv_min` 648 -> 375); on 2 threads
+//! 47-53 -> 43-54 in four alternating runs each (the gather is a pass of its own and each
+//! thread reads what the other gathered). In VGG-11's plan at 8x its two 2x2 layers went
+//! from 49% / 53% to 67% / 79% of their FLOP reduction (`cargo xtask bench models --only
+//! vgg11 --rates 8 --schemes block-punched:8x4`, 1 thread). What is left is about 3.6 cycles
+//! an entry (two FMAs, an input vector and two 4-float broadcasts), the gather (7.7 cycles a
+//! column, mostly its stores' misses) and, outside plans, the pack.
 
 #![allow(unsafe_op_in_unsafe_fn)] // micro-kernels are unsafe fns made of pointer arithmetic
 
@@ -215,6 +229,20 @@ impl RowGroupMatrix {
     }
 }
 
+/// What a [`RowGroupConv`]'s tiles read (see [`RowGroupConv::with_input`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowGroupInput {
+    /// The packed input itself.
+    Direct,
+    /// A gathered copy: one compact row per GEMM column (module `gather`), so that tiles
+    /// cover the output map without the flat grid's padding columns.
+    Gathered,
+    /// A gathered copy holding each value 4 times, for at most 4 output positions: a vector
+    /// is 4 positions x 4 rows, so an entry costs one FMA per 4 rows instead of one per row
+    /// (see `micro_quad`).
+    Quad,
+}
+
 /// A [`RowGroupMatrix`] bound to a convolution: entry offsets into the packed input, and for
 /// each vector width the tiles of output positions with their store plans.
 #[derive(Debug, Clone)]
@@ -331,18 +359,31 @@ impl RowGroupConv {
     /// Binds `matrix` (rows = output channels, cols = in_per_group x kernel volume) to `shape`.
     /// Row groups must not cross channel-group boundaries.
     pub fn new(matrix: RowGroupMatrix, shape: ConvShape) -> Result<Self> {
-        let gather = gathering_pays(&matrix, &shape);
-        Self::with_gathered_input(matrix, shape, gather)
+        let input = choose_input(&matrix, &shape);
+        Self::with_input(matrix, shape, input)
     }
 
-    /// [`RowGroupConv::new`], its tiles reading a gathered copy of the input (`gather`: see
-    /// module `gather`; a 2D convolution with one channel group) or the packed input
-    /// itself. `new` gathers from 64 output channels in groups of several rows where that
-    /// saves a third of the AVX-512 vectors (a 4x4 map: one vector per tile instead of two).
+    /// [`RowGroupConv::new`], its tiles reading a gathered copy of the input (`gather`:
+    /// [`RowGroupInput::Gathered`]) or the packed input itself.
     pub fn with_gathered_input(
         matrix: RowGroupMatrix,
         shape: ConvShape,
         gather: bool,
+    ) -> Result<Self> {
+        let input = if gather { RowGroupInput::Gathered } else { RowGroupInput::Direct };
+        Self::with_input(matrix, shape, input)
+    }
+
+    /// [`RowGroupConv::new`] with its tiles reading `input`. [`RowGroupInput::Gathered`] and
+    /// [`RowGroupInput::Quad`] need a 2D convolution with one channel group; `Quad` also at
+    /// most 4 output positions and row groups of a multiple of 4 rows. `new` picks `Quad` for
+    /// such maps from 64 output channels, `Gathered` from 64 output channels in groups of
+    /// several rows where that saves a third of the AVX-512 vectors (a 4x4 map: one vector
+    /// per tile instead of two), else `Direct`.
+    pub fn with_input(
+        matrix: RowGroupMatrix,
+        shape: ConvShape,
+        input: RowGroupInput,
     ) -> Result<Self> {
         if matrix.rows != shape.out_channels || matrix.cols != shape.cols() {
             return Err(KernelError::InvalidShape {
@@ -357,8 +398,22 @@ impl RowGroupConv {
         }
         let opg = shape.out_per_group();
         let layout = shape.layout();
-        let gather =
-            if gather { Some(Gather::new(&shape, &layout, false, "row-group")?) } else { None };
+        let gather = match input {
+            RowGroupInput::Direct => None,
+            RowGroupInput::Gathered | RowGroupInput::Quad => {
+                Some(Gather::new(&shape, &layout, input == RowGroupInput::Quad, "row-group")?)
+            }
+        };
+        if input == RowGroupInput::Quad
+            && let Some(g) = (0..matrix.groups()).find(|&g| !quad_rows(&matrix, g))
+        {
+            let (r0, r1) = (matrix.group_start[g], matrix.group_start[g + 1]);
+            return Err(KernelError::InvalidShape {
+                reason: format!(
+                    "the quad row-group kernel takes groups of a multiple of 4 rows, not rows {r0}..{r1}"
+                ),
+            });
+        }
         let mut offsets = Vec::with_capacity(matrix.col.len());
         for g in 0..matrix.groups() {
             let (r0, r1) = (matrix.group_start[g] as usize, matrix.group_start[g + 1] as usize);
@@ -383,6 +438,15 @@ impl RowGroupConv {
         let single = matrix.groups() == matrix.rows;
         let target = OutputTarget::dense(shape.output());
         let plans = row_plans(gather.as_ref().map_or(&layout, |g| &g.layout), single, &target);
+        let positions = shape.output_positions();
+        if input == RowGroupInput::Quad && plans.iter().any(|p| p.tiles != [(0, positions)]) {
+            // `micro_quad` computes the whole map as one tile from position 0.
+            return Err(KernelError::InvalidShape {
+                reason: format!(
+                    "the quad row-group kernel needs one tile of {positions} positions"
+                ),
+            });
+        }
         let max_offset = offsets.iter().max().map_or(0, |&o| o as usize);
         let chunk_tiles = plans.each_ref().map(|p| tiles_per_chunk(&matrix, &shape, &layout, p));
         let (prefetch, prefetch_ptr) = spread_prefetches(&matrix, &shape, &offsets);
@@ -402,9 +466,19 @@ impl RowGroupConv {
         })
     }
 
-    /// Whether tiles read a gathered copy of the input.
+    /// Whether tiles read a gathered copy of the input ([`RowGroupInput::Gathered`] or
+    /// [`RowGroupInput::Quad`]).
     pub fn gathered(&self) -> bool {
         self.gather.is_some()
+    }
+
+    /// What the tiles read.
+    pub fn input(&self) -> RowGroupInput {
+        match &self.gather {
+            None => RowGroupInput::Direct,
+            Some(g) if g.quad => RowGroupInput::Quad,
+            Some(_) => RowGroupInput::Gathered,
+        }
     }
 
     /// The layout the tile plans run on: the packed input's, or the gathered map's.
@@ -572,6 +646,7 @@ impl RowGroupConv {
             direct: self.plan_layout().flat_is_output()
                 && self.target == OutputTarget::dense(s.output())
                 && self.residual.is_none(),
+            quad: self.gather.as_ref().is_some_and(|g| g.quad),
             epilogue,
         };
         execute(isa, &job, threads);
@@ -586,13 +661,28 @@ fn row_plans(layout: &InputLayout, single: bool, target: &OutputTarget) -> [Tile
         .map(|l| TilePlan::with_target(layout, l, tile_vectors(layout, l, single, target), target))
 }
 
-/// Whether [`RowGroupConv::new`] gathers the input: a 2D convolution with one channel group,
-/// at least 64 output channels in groups of several rows (each gathered value then feeds
-/// many rows), and a third fewer AVX-512 vectors per sweep of the map gathered.
-fn gathering_pays(m: &RowGroupMatrix, shape: &ConvShape) -> bool {
+/// Whether group `g` of `m` suits the quad kernel: a multiple of 4 rows.
+fn quad_rows(m: &RowGroupMatrix, g: usize) -> bool {
+    (m.group_start[g + 1] - m.group_start[g]).is_multiple_of(4)
+}
+
+/// What [`RowGroupConv::new`] reads: a 2D convolution with one channel group and at least 64
+/// output channels in groups of several rows (each gathered value then feeds many rows) is
+/// gathered [`RowGroupInput::Quad`] at up to 4 positions when its groups are multiples of 4
+/// rows, [`RowGroupInput::Gathered`] when that makes a third fewer AVX-512 vectors per sweep
+/// of the map; every other reads its input directly.
+fn choose_input(m: &RowGroupMatrix, shape: &ConvShape) -> RowGroupInput {
     if shape.groups != 1 || !shape.is_2d() || shape.out_channels < 64 || m.groups() == m.rows {
-        return false;
+        return RowGroupInput::Direct;
     }
+    if shape.output_positions() <= 4 && (0..m.groups()).all(|g| quad_rows(m, g)) {
+        return RowGroupInput::Quad;
+    }
+    if gathering_saves_vectors(shape) { RowGroupInput::Gathered } else { RowGroupInput::Direct }
+}
+
+/// Whether a gathered map takes a third fewer AVX-512 vectors per sweep than the flat grid.
+fn gathering_saves_vectors(shape: &ConvShape) -> bool {
     let target = OutputTarget::dense(shape.output());
     let vectors = |layout: &InputLayout| -> usize {
         let plan =
@@ -791,6 +881,8 @@ struct Job<'a> {
     stream_weights: bool,
     /// The flat grid is the output: plain stores.
     direct: bool,
+    /// The input is gathered [`RowGroupInput::Quad`]: one tile, run by `micro_quad`.
+    quad: bool,
     /// Applied to every output before it is stored.
     epilogue: Epilogue<'a>,
 }
@@ -1023,6 +1115,10 @@ fn tile_group<S: Simd>(job: &Job<'_>, ti: usize, g: usize) {
         // measured slower in whole plans (an address computation per entry). Rows contiguous
         // in the flat grid but not in the output (a 16-wide map read in place, stored into a
         // padded layout) are stacked too: their stores step by `y_step`.
+        if job.quad {
+            rows.run_quad::<S>();
+            return;
+        }
         let stacked =
             x_step as usize != S::LANES || (segs.is_empty() && rows.y_step != S::LANES as isize);
         match (vectors, load_whole, stacked) {
@@ -1073,6 +1169,50 @@ struct GroupRows<'a> {
 }
 
 impl GroupRows<'_> {
+    /// The group's rows on the quad input, 8 at a time, then 4 (groups are multiples of 4
+    /// rows: checked at bind time).
+    ///
+    /// # Safety
+    /// As [`GroupRows::run`], the input holding 16 floats at every entry offset.
+    #[inline(always)]
+    unsafe fn run_quad<S: Simd>(&self) {
+        let job = self.job;
+        let mut i = 0;
+        while i + 4 <= self.r {
+            let (r0, p0) = (self.r0, self.p0);
+            let yp =
+                job.y.0.add((r0 + i) * job.ystride).wrapping_add(p0).wrapping_offset(self.shift);
+            let (rshift, rstep) = if self.segs.is_empty() { self.residual } else { (0, 0) };
+            let out = Out {
+                y: yp,
+                stride: job.ystride,
+                n: self.n,
+                segs: self.segs,
+                step: self.y_step,
+                rstride: job.rstride,
+                rstep,
+            };
+            let ep = RowEpilogue {
+                bias: job.epilogue.bias.map(|b| b.as_ptr().add(r0 + i)),
+                clamp: job.epilogue.clamp,
+                residual: job.epilogue.residual.map(|r| {
+                    r.as_ptr()
+                        .wrapping_add((r0 + i) * job.rstride)
+                        .wrapping_add(p0)
+                        .wrapping_offset(rshift)
+                }),
+            };
+            let (wp, pf) = (self.w.as_ptr().add(i), job.stream_weights);
+            if self.r - i >= 8 {
+                micro_quad::<S, 2>(self.offs, wp, self.r, job.x, &out, &ep, pf);
+                i += 8;
+            } else {
+                micro_quad::<S, 1>(self.offs, wp, self.r, job.x, &out, &ep, pf);
+                i += 4;
+            }
+        }
+    }
+
     /// Chunks of 8 (AVX-512), 4, 2 and 1 rows of a `V`-vector tile; one row at a time for wide
     /// tiles (`V >= 4`).
     ///
@@ -1148,6 +1288,105 @@ impl GroupRows<'_> {
                 _ => micro::<S, 1, V, FULL, STACKED>(offs, wp, r, xp, xs, &out, &ep, pf),
             }
             i += rt;
+        }
+    }
+}
+
+/// Entries in flight in `micro_quad`: each has its own accumulators.
+const QUAD_U: usize = 4;
+
+/// Lane `p` of row `r`'s vector takes lane `4 p + r` of a quad sum (16 lanes: one AVX-512
+/// vector, or two AVX2 vectors concatenated); lanes past 4 are zeroed.
+const QUAD_ROW: [[u32; 16]; 4] = {
+    let mut idx = [[0u32; 16]; 4];
+    let mut r = 0;
+    while r < 4 {
+        let mut p = 0;
+        while p < 4 {
+            idx[r][p] = (4 * p + r) as u32;
+            p += 1;
+        }
+        r += 1;
+    }
+    idx
+};
+
+/// `4 H` rows (`H` of 1 or 2) at up to 4 positions on the quad input ([`RowGroupInput::Quad`]):
+/// lane `4 p + r` of a 16-lane sum is row `r` of a 4-row half at position `p`. Per entry, one
+/// load of its gathered values (each position's 4 times) and per half one FMA with the half's
+/// 4 weights broadcast from one load: 2 FMAs for 8 rows where the flat-grid kernel issues 8,
+/// each on a vector a quarter used (a 2x2 map is 5 flat positions). Entries alternate between
+/// two sets of accumulators (4 chains of FMAs for 8 rows). Each row's positions are then
+/// permuted to lanes `0..n` and stored through `out` like any tile row (with `n <= 4`).
+///
+/// # Safety
+/// For every entry `e`, `x + offs[e]` must hold 16 floats; `w` must hold `offs.len()` entries
+/// of stride `wstride >= 4 H`; every address `out` selects must be writable.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_quad<S: Simd, const H: usize>(
+    offs: &[u32],
+    w: *const f32,
+    wstride: usize,
+    x: *const f32,
+    out: &Out<'_>,
+    ep: &RowEpilogue,
+    stream_weights: bool,
+) {
+    let l = S::LANES;
+    let parts = 16 / l;
+    let mut acc = [[[S::zero(); 2]; H]; QUAD_U];
+    let mut wp = w;
+    let mut pairs = offs.chunks_exact(QUAD_U);
+    for o in pairs.by_ref() {
+        if stream_weights {
+            crate::simd::prefetch(wp.wrapping_add(WEIGHT_PREFETCH_FLOATS));
+        }
+        for (u, au) in acc.iter_mut().enumerate() {
+            let xp = x.add(o[u] as usize);
+            let wu = wp.add(u * wstride);
+            let mut xv = [S::zero(); 2];
+            for (part, xx) in xv.iter_mut().enumerate().take(parts) {
+                *xx = S::load(xp.add(part * l));
+            }
+            for (h, ah) in au.iter_mut().enumerate() {
+                let wv = S::broadcast4(wu.add(4 * h));
+                for part in 0..parts {
+                    ah[part] = S::fma(wv, xv[part], ah[part]);
+                }
+            }
+        }
+        // Wrapping: after the last pair this may point past the weights and is not read.
+        wp = wp.wrapping_add(QUAD_U * wstride);
+    }
+    for (u, o) in pairs.remainder().iter().enumerate() {
+        let xp = x.add(*o as usize);
+        let wu = wp.add(u * wstride);
+        for (h, ah) in acc[u].iter_mut().enumerate() {
+            let wv = S::broadcast4(wu.add(4 * h));
+            for (part, a) in ah.iter_mut().enumerate().take(parts) {
+                *a = S::fma(wv, S::load(xp.add(part * l)), *a);
+            }
+        }
+    }
+    for h in 0..H {
+        let mut sum = [S::zero(); 2];
+        for (part, s) in sum.iter_mut().enumerate().take(parts) {
+            let mut t = acc[0][h][part];
+            for au in &acc[1..] {
+                t = S::add(t, au[h][part]);
+            }
+            *s = t;
+        }
+        for (r, idx) in QUAD_ROW.iter().enumerate() {
+            let rr = 4 * h + r;
+            let mut a = [S::permute2_maskz(sum[0], sum[parts - 1], idx, 0x000f)];
+            ep.apply::<S, 1>(rr, &mut a);
+            if let Some(res) = ep.residual {
+                store_row_residual::<S, 1, false>(out, rr, &a, res, ep.clamp);
+            } else {
+                store_row::<S, 1, false>(out, rr, &a);
+            }
         }
     }
 }
