@@ -23,7 +23,7 @@ use tessera_kernels::formats::csr::Csr;
 use tessera_kernels::formats::fkw::{Fkw, FkwConv, FkwOrder};
 use tessera_kernels::{
     ChannelVectorConv, ConvScratch, ConvShape, DepthwiseConv, DepthwiseScratch, Epilogue,
-    InputLayout, Isa, KernelError, OutputTarget, RowGroupConv, RowGroupInput, RowGroupMatrix,
+    InputLayout, Isa, KernelError, OutputTarget, RowGroupConv, RowGroupMatrix,
 };
 use tessera_sparsity::{Mask, PatternLibrary, Scheme};
 
@@ -470,16 +470,16 @@ pub(crate) fn conv_kernel(
 /// the other core. Measured on VGG-11 at 8x (`bench models --only vgg11 --rates 8`, ms, two
 /// runs each, gathered vs not): BCR 8x32 0.71-0.73 vs 0.83-0.88 on 1 thread but 0.57-0.58
 /// vs 0.54-0.56 on 2; block-punched 8x4 0.51 vs 0.56 on 1, 0.39-0.40 vs 0.36-0.38 on 2.
-/// The row-group quad form (`RowGroupInput::Quad`, at most 4 positions) stays: it cuts the
-/// FMAs by 4 where the gather saves only padding lanes, and on 2 threads it ran as fast or
-/// faster (block-punched 8x at 512@2x2, four alternating runs of `examples/bcr_small_map`,
-/// min us: quad 42.7-54.4, direct 46.9-52.7).
+/// The row-group quad form (`RowGroupInput::Quad`, at most 4 positions) too, though it cuts
+/// the FMAs by 4: on 2 threads it was no faster (block-punched 8x at 512@2x2, seven
+/// alternating runs of `examples/bcr_small_map`, min us: quad 42.5-67.6 and once 234,
+/// direct 46.0-52.7; on 1 thread 50 against 87).
 fn direct_input_above_one_thread(kernel: ConvKernel, threads: usize) -> KernelResult<ConvKernel> {
     if threads <= 1 {
         return Ok(kernel);
     }
     Ok(match kernel {
-        ConvKernel::Rows { conv, .. } if conv.input() == RowGroupInput::Gathered => {
+        ConvKernel::Rows { conv, .. } if conv.gathered() => {
             let conv =
                 RowGroupConv::with_gathered_input(conv.matrix().clone(), *conv.shape(), false)?;
             let scratch = ConvScratch::for_conv(&conv);

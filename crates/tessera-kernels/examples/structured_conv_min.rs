@@ -21,28 +21,34 @@ use tessera_sparsity::{Layer, PatternLibrary, Scheme, Target, Tiling};
 
 fn main() {
     let isa = Isa::detect();
-    println!("| shape | dense us | BCR 8x32 8x | block-punched 8x4 8x | pattern+conn. 8x |");
-    println!("|---|---|---|---|---|");
-    for (c, hw, out, k) in [
-        (256usize, 8usize, 256usize, 3usize),
-        (128, 16, 128, 3),
-        (64, 56, 64, 3),
-        (256, 56, 64, 1),
-        // ResNet-20's 3x3 layers.
-        (16, 32, 16, 3),
-        (32, 16, 32, 3),
-        (64, 8, 64, 3),
+    println!(
+        "| shape | dense us | BCR 8x32 8x | block-punched 8x4 8x | pattern+conn. 8x | of which packing the input, us |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (c, hw, out, k, stride) in [
+        (256usize, 8usize, 256usize, 3usize, 1usize),
+        (128, 16, 128, 3, 1),
+        (64, 56, 64, 3, 1),
+        (256, 56, 64, 1, 1),
+        // ResNet-20's 3x3 layers, the stride-2 ones last.
+        (16, 32, 16, 3, 1),
+        (32, 16, 32, 3, 1),
+        (64, 8, 64, 3, 1),
+        (16, 32, 32, 3, 2),
+        (32, 16, 64, 3, 2),
         // VGG-11's small maps.
-        (256, 4, 512, 3),
-        (512, 4, 512, 3),
-        (512, 2, 512, 3),
+        (256, 4, 512, 3, 1),
+        (512, 4, 512, 3, 1),
+        (512, 2, 512, 3, 1),
     ] {
         let layer = Layer::conv2d("conv", out, c, k, k).unwrap();
-        let shape = ConvShape::conv2d(c, out, [hw, hw], [k, k], 1, k / 2).unwrap();
+        let shape = ConvShape::conv2d(c, out, [hw, hw], [k, k], stride, k / 2).unwrap();
+        let mut packed = vec![0.0f32; shape.layout().packed_len()];
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let w: Vec<f32> = (0..out * c * k * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         let x: Vec<f32> = (0..c * hw * hw).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        let mut y = vec![0.0f32; out * hw * hw];
+        let mut y = vec![0.0f32; out * shape.output_positions()];
+        let pack_us = timing::min_us(0.3, || shape.layout().pack(&x, &mut packed));
         let project = |scheme: &str| {
             let s: Scheme = scheme.parse().unwrap();
             s.project_with(&layer, &w, Target::Sparsity(0.875), Tiling::Pad).unwrap()
@@ -86,8 +92,9 @@ fn main() {
         };
 
         let cell = |us: f64| format!("{us:.1} us ({:.2}x)", dense_us / us);
+        let s = if stride > 1 { format!(" stride {stride}") } else { String::new() };
         println!(
-            "| conv{k}x{k} {c}->{out}@{hw}x{hw} | {dense_us:.1} | {} | {} | {} |",
+            "| conv{k}x{k}{s} {c}->{out}@{hw}x{hw} | {dense_us:.1} | {} | {} | {} | {pack_us:.1} |",
             cell(bcr_us),
             cell(bp_us),
             cell(pat_us)

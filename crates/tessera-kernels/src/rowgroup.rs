@@ -36,8 +36,9 @@
 //! 512@2x2, 1 thread (`cargo run --release -p tessera-kernels --example bcr_small_map --
 //! 512 2 512 3 3 direct|quad`, min of runs, us, pack and gather included): 87.0 -> 49.7
 //! (256@2x2 22.9 -> 15.1; dense rows in `structured_conv_min` 648 -> 375); on 2 threads
-//! 47-53 -> 43-54 in four alternating runs each (the gather is a pass of its own and each
-//! thread reads what the other gathered). In VGG-11's plan at 8x its two 2x2 layers went
+//! not reliably faster (46-53 -> 43-68 in seven alternating runs each, once 234: the gather
+//! is a parallel pass of its own and each thread reads what the other gathered), so
+//! tessera-codegen binds the direct input there. In VGG-11's plan at 8x its two 2x2 layers went
 //! from 49% / 53% to 67% / 79% of their FLOP reduction (`cargo xtask bench models --only
 //! vgg11 --rates 8 --schemes block-punched:8x4`, 1 thread). What is left is about 3.6 cycles
 //! an entry (two FMAs, an input vector and two 4-float broadcasts), the gather (7.7 cycles a
