@@ -1,10 +1,12 @@
 //! Times the packed-input copy (`InputLayout::pack`) on ResNet-20's 3x3 layer inputs, stride 1
-//! and 2, 1 thread: the best of 20 runs of 1000 packs each, in microseconds per pack.
+//! and 2, 1 thread: the minimum over many single packs (see `common/timing.rs`), in
+//! microseconds per pack.
 //! `cargo run --release -p tessera-kernels --example pack_time`
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)] // a command-line table
 
-use std::time::Instant;
+#[path = "common/timing.rs"]
+mod timing;
 
 use tessera_kernels::ConvShape;
 
@@ -14,15 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let layout = shape.layout();
         let x: Vec<f32> = (0..c * hw * hw).map(|i| i as f32).collect();
         let mut packed = vec![0.0f32; layout.packed_len()];
-        let mut best = f64::INFINITY;
-        for _ in 0..20 {
-            let t = Instant::now();
-            for _ in 0..1000 {
-                layout.pack(std::hint::black_box(&x), &mut packed);
-            }
-            best = best.min(t.elapsed().as_secs_f64() * 1e3);
-        }
-        println!("{c} channels {hw}x{hw} stride {stride}: {best:.3} us per pack");
+        let us = timing::min_us(0.5, || layout.pack(std::hint::black_box(&x), &mut packed));
+        println!("{c} channels {hw}x{hw} stride {stride}: {us:.3} us per pack");
     }
     Ok(())
 }

@@ -1,0 +1,69 @@
+//! BCR 8x32 and block-punched 8x4 at 8x on ResNet-20's stride-1 3x3 layers as a plan runs
+//! them: the input pre-packed by its producer, bias + ReLU fused, the output stored into the
+//! next 3x3 convolution's padded layout; against the same kernels run plainly (packing their
+//! input, NCHW output, no epilogue). 1 thread, minimum of many runs (microseconds).
+//! `cargo run --release -p tessera-kernels --example in_plan_conv`
+
+#![allow(clippy::print_stdout, clippy::unwrap_used)] // a command-line table
+
+#[path = "common/timing.rs"]
+mod timing;
+
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+use tessera_kernels::formats::bcr::BcrCompact;
+use tessera_kernels::formats::block_punched::BlockPunched;
+use tessera_kernels::{Clamp, ConvScratch, ConvShape, Epilogue, Isa, RowGroupConv};
+use tessera_sparsity::{Layer, Scheme, Target, Tiling};
+
+fn main() {
+    let isa = Isa::detect();
+    println!(
+        "| shape | BCR plain us | BCR as in a plan us | block-punched plain us | block-punched as in a plan us |"
+    );
+    println!("|---|---|---|---|---|");
+    for (c, hw) in [(16usize, 32usize), (32, 16), (64, 8)] {
+        let layer = Layer::conv2d("conv", c, c, 3, 3).unwrap();
+        let shape = ConvShape::conv2d(c, c, [hw, hw], [3, 3], 1, 1).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let w: Vec<f32> = (0..c * c * 9).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let x: Vec<f32> = (0..c * hw * hw).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let bias: Vec<f32> = (0..c).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let layout = shape.layout();
+        let mut packed = vec![0.0f32; layout.packed_len()];
+        layout.pack(&x, &mut packed);
+        let target = layout.as_target().unwrap();
+        let mut y = vec![0.0f32; c * hw * hw];
+        let mut y_packed = vec![0.0f32; target.len(c)];
+        let ep = Epilogue { bias: Some(&bias), clamp: Clamp::Relu, residual: None };
+        let project = |scheme: &str| {
+            let s: Scheme = scheme.parse().unwrap();
+            s.project_with(&layer, &w, Target::Sparsity(0.875), Tiling::Pad).unwrap()
+        };
+
+        let p = project("bcr:8x32");
+        let bcr =
+            BcrCompact::encode(&layer, &p.values, &p.mask, 8, 32).unwrap().bind(shape).unwrap();
+        let mut s = bcr.scratch();
+        let bcr_plain = timing::min_us(0.5, || bcr.run(isa, &x, &mut y, &mut s, 1).unwrap());
+        let mut bcr_t = bcr.clone();
+        bcr_t.set_output_target(target).unwrap();
+        let bcr_plan = timing::min_us(0.5, || {
+            bcr_t.run_prepacked(isa, &packed, &mut y_packed, &mut s, 1, ep).unwrap()
+        });
+
+        let p = project("block-punched:8x4");
+        let bp = BlockPunched::encode(&layer, &p.values, &p.mask, 8, 4).unwrap();
+        let bp = RowGroupConv::new(bp.to_row_groups(), shape).unwrap();
+        let mut s = ConvScratch::for_conv(&bp);
+        let bp_plain = timing::min_us(0.5, || bp.run(isa, &x, &mut y, &mut s, 1).unwrap());
+        let mut bp_t = bp.clone();
+        bp_t.set_output_target(target).unwrap();
+        let bp_plan = timing::min_us(0.5, || {
+            bp_t.run_prepacked(isa, &packed, &mut y_packed, &mut s, 1, ep).unwrap()
+        });
+        println!(
+            "| conv3x3 {c}@{hw}x{hw} | {bcr_plain:.1} | {bcr_plan:.1} | {bp_plain:.1} | {bp_plan:.1} |"
+        );
+    }
+}
