@@ -1,7 +1,8 @@
-//! BCR 8x32 and block-punched 8x4 at 8x on ResNet-20's stride-1 3x3 layers as a plan runs
-//! them: the input pre-packed by its producer, bias + ReLU fused, the output stored into the
-//! next 3x3 convolution's padded layout; against the same kernels run plainly (packing their
-//! input, NCHW output, no epilogue). 1 thread, minimum of many runs (microseconds).
+//! BCR 8x32 and block-punched 8x4 at 8x on ResNet-20's 3x3 layers as a plan runs them: the
+//! input pre-packed by its producer (stride 1; a stride-2 layer packs its own), bias + ReLU
+//! fused, the output stored into the next 3x3 convolution's padded layout; against the same
+//! kernels run plainly (packing their input, NCHW output, no epilogue). 1 thread, minimum of
+//! many runs (microseconds).
 //! `cargo run --release -p tessera-kernels --example in_plan_conv`
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)] // a command-line table
@@ -22,19 +23,27 @@ fn main() {
         "| shape | BCR plain us | BCR as in a plan us | block-punched plain us | block-punched as in a plan us |"
     );
     println!("|---|---|---|---|---|");
-    for (c, hw) in [(16usize, 32usize), (32, 16), (64, 8)] {
-        let layer = Layer::conv2d("conv", c, c, 3, 3).unwrap();
-        let shape = ConvShape::conv2d(c, c, [hw, hw], [3, 3], 1, 1).unwrap();
+    for (c, hw, out, stride) in [
+        (16usize, 32usize, 16usize, 1usize),
+        (32, 16, 32, 1),
+        (64, 8, 64, 1),
+        (16, 32, 32, 2),
+        (32, 16, 64, 2),
+    ] {
+        let layer = Layer::conv2d("conv", out, c, 3, 3).unwrap();
+        let shape = ConvShape::conv2d(c, out, [hw, hw], [3, 3], stride, 1).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let w: Vec<f32> = (0..c * c * 9).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let w: Vec<f32> = (0..out * c * 9).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         let x: Vec<f32> = (0..c * hw * hw).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        let bias: Vec<f32> = (0..c).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let bias: Vec<f32> = (0..out).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         let layout = shape.layout();
         let mut packed = vec![0.0f32; layout.packed_len()];
         layout.pack(&x, &mut packed);
-        let target = layout.as_target().unwrap();
-        let mut y = vec![0.0f32; c * hw * hw];
-        let mut y_packed = vec![0.0f32; target.len(c)];
+        let [_, oh, ow] = shape.output();
+        let next = ConvShape::conv2d(out, out, [oh, ow], [3, 3], 1, 1).unwrap();
+        let target = next.layout().as_target().unwrap();
+        let mut y = vec![0.0f32; out * oh * ow];
+        let mut y_packed = vec![0.0f32; target.len(out)];
         let ep = Epilogue { bias: Some(&bias), clamp: Clamp::Relu, residual: None };
         let project = |scheme: &str| {
             let s: Scheme = scheme.parse().unwrap();
@@ -49,7 +58,11 @@ fn main() {
         let mut bcr_t = bcr.clone();
         bcr_t.set_output_target(target).unwrap();
         let bcr_plan = timing::min_us(0.5, || {
-            bcr_t.run_prepacked(isa, &packed, &mut y_packed, &mut s, 1, ep).unwrap()
+            if stride == 1 {
+                bcr_t.run_prepacked(isa, &packed, &mut y_packed, &mut s, 1, ep).unwrap()
+            } else {
+                bcr_t.run_fused(isa, &x, &mut y_packed, &mut s, 1, ep).unwrap()
+            }
         });
 
         let p = project("block-punched:8x4");
@@ -60,10 +73,15 @@ fn main() {
         let mut bp_t = bp.clone();
         bp_t.set_output_target(target).unwrap();
         let bp_plan = timing::min_us(0.5, || {
-            bp_t.run_prepacked(isa, &packed, &mut y_packed, &mut s, 1, ep).unwrap()
+            if stride == 1 {
+                bp_t.run_prepacked(isa, &packed, &mut y_packed, &mut s, 1, ep).unwrap()
+            } else {
+                bp_t.run_fused(isa, &x, &mut y_packed, &mut s, 1, ep).unwrap()
+            }
         });
+        let st = if stride > 1 { format!(" stride {stride}") } else { String::new() };
         println!(
-            "| conv3x3 {c}@{hw}x{hw} | {bcr_plain:.1} | {bcr_plan:.1} | {bp_plain:.1} | {bp_plan:.1} |"
+            "| conv3x3{st} {c}->{out}@{hw}x{hw} | {bcr_plain:.1} | {bcr_plan:.1} | {bp_plain:.1} | {bp_plan:.1} |"
         );
     }
 }
