@@ -857,18 +857,7 @@ fn pack_stride2_generic<S: Simd>(g: &Stride2, input: &[f32], packed: &mut [f32])
                             // stores zeros over the right padding (and past the row, into
                             // floats written later).
                             let need = (2 * (n - i).min(l) - 1).min(w - x0 - 2 * i);
-                            let a = if need >= l {
-                                S::load(from.add(2 * i))
-                            } else {
-                                S::load_partial(from.add(2 * i), need)
-                            };
-                            let b = if need >= 2 * l {
-                                S::load(from.add(2 * i + l))
-                            } else if need > l {
-                                S::load_partial(from.add(2 * i + l), need - l)
-                            } else {
-                                S::zero()
-                            };
+                            let (a, b) = load_two::<S>(from.add(2 * i), need);
                             S::store(to.add(i), S::deinterleave(a, b).0);
                             i += l;
                         }
@@ -876,6 +865,27 @@ fn pack_stride2_generic<S: Simd>(g: &Stride2, input: &[f32], packed: &mut [f32])
                 }
             }
         }
+    }
+}
+
+/// Two vectors from `p`: its first `need` floats (up to `2 LANES`), the lanes past them zero.
+///
+/// # Safety
+/// `p` must be readable for `need` floats.
+#[inline(always)]
+unsafe fn load_two<S: Simd>(p: *const f32, need: usize) -> (S::V, S::V) {
+    let l = S::LANES;
+    // SAFETY: the caller's contract; every load stops at `need` floats.
+    unsafe {
+        let a = if need >= l { S::load(p) } else { S::load_partial(p, need) };
+        let b = if need >= 2 * l {
+            S::load(p.add(l))
+        } else if need > l {
+            S::load_partial(p.add(l), need - l)
+        } else {
+            S::zero()
+        };
+        (a, b)
     }
 }
 
@@ -944,18 +954,7 @@ unsafe fn pack_stride2_column_pairs<S: Simd>(g: &Stride2, input: &[f32], packed:
                         // Source values this chunk holds: 2 per pair, up to the row's end;
                         // lanes past them load as zeros.
                         let need = (2 * (pairs - i).min(l)).min(w - x0 - 2 * i);
-                        let a = if need >= l {
-                            S::load(from.add(2 * i))
-                        } else {
-                            S::load_partial(from.add(2 * i), need)
-                        };
-                        let b = if need >= 2 * l {
-                            S::load(from.add(2 * i + l))
-                        } else if need > l {
-                            S::load_partial(from.add(2 * i + l), need - l)
-                        } else {
-                            S::zero()
-                        };
+                        let (a, b) = load_two::<S>(from.add(2 * i), need);
                         let (even, odd) = S::deinterleave(a, b);
                         for (to, v, n, at) in [(to_f, even, nf, f0), (to_s, odd, ns, s0)] {
                             if i >= n {

@@ -1170,6 +1170,40 @@ struct GroupRows<'a> {
 }
 
 impl GroupRows<'_> {
+    /// Where the group's rows from its row `i` on store this tile, and their epilogue.
+    ///
+    /// # Safety
+    /// Row `r0 + i` is an output row (and has a bias, when there is one).
+    #[inline(always)]
+    unsafe fn rows_from(&self, i: usize) -> (Out<'_>, RowEpilogue) {
+        let job = self.job;
+        let (r0, p0) = (self.r0, self.p0);
+        let yp = job.y.0.add((r0 + i) * job.ystride).wrapping_add(p0).wrapping_offset(self.shift);
+        let (rshift, rstep) = if self.segs.is_empty() { self.residual } else { (0, 0) };
+        let out = Out {
+            y: yp,
+            stride: job.ystride,
+            n: self.n,
+            segs: self.segs,
+            step: self.y_step,
+            rstride: job.rstride,
+            rstep,
+        };
+        let ep = RowEpilogue {
+            bias: job.epilogue.bias.map(|b| b.as_ptr().add(r0 + i)),
+            clamp: job.epilogue.clamp,
+            // The tile's first row and position in the residual's layout (segments add their
+            // `rdelta`).
+            residual: job.epilogue.residual.map(|r| {
+                r.as_ptr()
+                    .wrapping_add((r0 + i) * job.rstride)
+                    .wrapping_add(p0)
+                    .wrapping_offset(rshift)
+            }),
+        };
+        (out, ep)
+    }
+
     /// The group's rows on the quad input, 8 at a time, then 4 (groups are multiples of 4
     /// rows: checked at bind time).
     ///
@@ -1180,29 +1214,7 @@ impl GroupRows<'_> {
         let job = self.job;
         let mut i = 0;
         while i + 4 <= self.r {
-            let (r0, p0) = (self.r0, self.p0);
-            let yp =
-                job.y.0.add((r0 + i) * job.ystride).wrapping_add(p0).wrapping_offset(self.shift);
-            let (rshift, rstep) = if self.segs.is_empty() { self.residual } else { (0, 0) };
-            let out = Out {
-                y: yp,
-                stride: job.ystride,
-                n: self.n,
-                segs: self.segs,
-                step: self.y_step,
-                rstride: job.rstride,
-                rstep,
-            };
-            let ep = RowEpilogue {
-                bias: job.epilogue.bias.map(|b| b.as_ptr().add(r0 + i)),
-                clamp: job.epilogue.clamp,
-                residual: job.epilogue.residual.map(|r| {
-                    r.as_ptr()
-                        .wrapping_add((r0 + i) * job.rstride)
-                        .wrapping_add(p0)
-                        .wrapping_offset(rshift)
-                }),
-            };
+            let (out, ep) = self.rows_from(i);
             let (wp, pf) = (self.w.as_ptr().add(i), job.stream_weights);
             if self.r - i >= 8 {
                 micro_quad::<S, 2>(self.offs, wp, self.r, job.x, &out, &ep, pf);
@@ -1253,33 +1265,9 @@ impl GroupRows<'_> {
             } else {
                 1
             };
-            let (r0, p0) = (self.r0, self.p0);
             let wp = self.w.as_ptr().add(i);
-            let yp =
-                job.y.0.add((r0 + i) * job.ystride).wrapping_add(p0).wrapping_offset(self.shift);
-            let xp = job.x.add(p0);
-            let (rshift, rstep) = if self.segs.is_empty() { self.residual } else { (0, 0) };
-            let out = Out {
-                y: yp,
-                stride: job.ystride,
-                n: self.n,
-                segs: self.segs,
-                step: self.y_step,
-                rstride: job.rstride,
-                rstep,
-            };
-            let ep = RowEpilogue {
-                bias: job.epilogue.bias.map(|b| b.as_ptr().add(r0 + i)),
-                clamp: job.epilogue.clamp,
-                // The tile's first row and position in the residual's layout (segments add
-                // their `rdelta`).
-                residual: job.epilogue.residual.map(|r| {
-                    r.as_ptr()
-                        .wrapping_add((r0 + i) * job.rstride)
-                        .wrapping_add(p0)
-                        .wrapping_offset(rshift)
-                }),
-            };
+            let xp = job.x.add(self.p0);
+            let (out, ep) = self.rows_from(i);
             let (offs, r) = (self.offs, self.r);
             let (xs, pf) = (self.x_step, job.stream_weights);
             match rt {
