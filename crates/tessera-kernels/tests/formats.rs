@@ -822,6 +822,41 @@ fn bcr_gathered_and_quad_inputs_match_the_reference() {
     );
 }
 
+/// Runs `conv` on `x` on every instruction set and 1 and 2 threads, each output within `tol`
+/// of `want`.
+fn assert_row_groups_match(conv: &RowGroupConv, x: &[f32], want: &[f32], tol: f32, what: &str) {
+    let shape = conv.shape();
+    let mut s = ConvScratch::for_conv(conv);
+    for isa in Isa::available() {
+        for threads in [1, 2] {
+            let mut y = vec![f32::NAN; want.len()];
+            conv.run(isa, x, &mut y, &mut s, threads).unwrap();
+            for (i, (g, w)) in y.iter().zip(want).enumerate() {
+                assert!(
+                    (g - w).abs() <= tol,
+                    "{what} {isa} {threads}t {shape:?}: output {i}: {g} vs {w}"
+                );
+            }
+        }
+    }
+}
+
+/// The row-group convolution `RowGroupConv::new` binds for a padded 3x3 layer of `c -> out`
+/// channels on an `hw x hw` map pruned to 8x by `scheme` (unstructured or block-punched 8x4).
+fn picked_by_new(c: usize, out: usize, hw: usize, scheme: &str) -> RowGroupConv {
+    let shape = ConvShape::conv2d(c, out, [hw, hw], [3, 3], 1, 1).unwrap();
+    let layer = shape.layer("conv").unwrap();
+    let p = project(scheme, &layer, &weights(layer.geometry.len(), 3), 0.875);
+    let g = &layer.geometry;
+    let m = match scheme {
+        "unstructured" => {
+            Csr::encode(g.rows(), g.cols(), &p.values, &p.mask).unwrap().to_row_groups()
+        }
+        _ => BlockPunched::encode(&layer, &p.values, &p.mask, 8, 4).unwrap().to_row_groups(),
+    };
+    RowGroupConv::new(m, shape).unwrap()
+}
+
 /// The row-group engine on a gathered input (`with_gathered_input`) computes what the dense
 /// reference does for block-punched groups of 8 rows, dense rows in groups of 8 and one-row
 /// CSR groups, on the gathered-input test's maps, on every instruction set and 1 and 2
@@ -860,19 +895,7 @@ fn row_groups_on_a_gathered_input_match_the_reference() {
             let tol = bound(&values, shape.out_channels);
             let conv = RowGroupConv::with_gathered_input(m, shape, true).unwrap();
             assert!(conv.gathered());
-            let mut s = ConvScratch::for_conv(&conv);
-            for isa in Isa::available() {
-                for threads in [1, 2] {
-                    let mut y = vec![f32::NAN; want.len()];
-                    conv.run(isa, &x, &mut y, &mut s, threads).unwrap();
-                    for (i, (g, w)) in y.iter().zip(&want).enumerate() {
-                        assert!(
-                            (g - w).abs() <= tol,
-                            "{what} gathered {isa} {threads}t {shape:?}: output {i}: {g} vs {w}"
-                        );
-                    }
-                }
-            }
+            assert_row_groups_match(&conv, &x, &want, tol, &format!("{what} gathered"));
         }
     }
     check_epilogue_and_packed_output(
@@ -883,19 +906,7 @@ fn row_groups_on_a_gathered_input_match_the_reference() {
         },
         "block-punched gathered",
     );
-    let picked = |c: usize, out: usize, hw: usize, scheme: &str| {
-        let shape = ConvShape::conv2d(c, out, [hw, hw], [3, 3], 1, 1).unwrap();
-        let layer = shape.layer("conv").unwrap();
-        let p = project(scheme, &layer, &weights(layer.geometry.len(), 3), 0.875);
-        let g = &layer.geometry;
-        let m = match scheme {
-            "unstructured" => {
-                Csr::encode(g.rows(), g.cols(), &p.values, &p.mask).unwrap().to_row_groups()
-            }
-            _ => BlockPunched::encode(&layer, &p.values, &p.mask, 8, 4).unwrap().to_row_groups(),
-        };
-        RowGroupConv::new(m, shape).unwrap().gathered()
-    };
+    let picked = |c, out, hw, scheme| picked_by_new(c, out, hw, scheme).gathered();
     assert!(picked(64, 64, 4, "block-punched:8x4"));
     assert!(!picked(64, 64, 8, "block-punched:8x4"));
     assert!(picked(64, 64, 2, "block-punched:8x4")); // quad (the test below)
@@ -957,19 +968,7 @@ fn row_groups_on_the_quad_input_match_the_reference() {
             let tol = bound(&values, shape.out_channels);
             let conv = RowGroupConv::with_input(m, shape, RowGroupInput::Quad).unwrap();
             assert_eq!(conv.input(), RowGroupInput::Quad);
-            let mut s = ConvScratch::for_conv(&conv);
-            for isa in Isa::available() {
-                for threads in [1, 2] {
-                    let mut y = vec![f32::NAN; want.len()];
-                    conv.run(isa, &x, &mut y, &mut s, threads).unwrap();
-                    for (i, (g, w)) in y.iter().zip(&want).enumerate() {
-                        assert!(
-                            (g - w).abs() <= tol,
-                            "{what} quad {isa} {threads}t {shape:?}: output {i}: {g} vs {w}"
-                        );
-                    }
-                }
-            }
+            assert_row_groups_match(&conv, &x, &want, tol, &format!("{what} quad"));
         }
     }
     check_epilogue_and_packed_output(
@@ -995,19 +994,7 @@ fn row_groups_on_the_quad_input_match_the_reference() {
     let wg = wide.layer("conv").unwrap().geometry;
     let m = RowGroupMatrix::from_dense(8, wg.cols(), &weights(wg.len(), 6), None, &[8]).unwrap();
     assert!(RowGroupConv::with_input(m, wide, RowGroupInput::Quad).is_err());
-    let picked = |c: usize, out: usize, hw: usize, scheme: &str| {
-        let shape = ConvShape::conv2d(c, out, [hw, hw], [3, 3], 1, 1).unwrap();
-        let layer = shape.layer("conv").unwrap();
-        let p = project(scheme, &layer, &weights(layer.geometry.len(), 3), 0.875);
-        let g = &layer.geometry;
-        let m = match scheme {
-            "unstructured" => {
-                Csr::encode(g.rows(), g.cols(), &p.values, &p.mask).unwrap().to_row_groups()
-            }
-            _ => BlockPunched::encode(&layer, &p.values, &p.mask, 8, 4).unwrap().to_row_groups(),
-        };
-        RowGroupConv::new(m, shape).unwrap().input()
-    };
+    let picked = |c, out, hw, scheme| picked_by_new(c, out, hw, scheme).input();
     assert_eq!(picked(64, 64, 2, "block-punched:8x4"), RowGroupInput::Quad);
     assert_eq!(picked(64, 64, 4, "block-punched:8x4"), RowGroupInput::Gathered);
     assert_eq!(picked(16, 16, 2, "block-punched:8x4"), RowGroupInput::Direct);
