@@ -4,7 +4,8 @@
 //! kernels run plainly (packing their input, NCHW output, no epilogue); and block-punched as
 //! in a plan right after 1 MiB of other writes (as a plan's other layers leave the caches).
 //! 1 thread, minimum of many runs (microseconds).
-//! `cargo run --release -p tessera-kernels --example in_plan_conv`
+//! `cargo run --release -p tessera-kernels --example in_plan_conv [-- SHAPE SECONDS]` (with
+//! arguments: only BCR as in a plan, on the table's row `SHAPE`, for profiling).
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)] // a command-line table
 
@@ -20,6 +21,11 @@ use tessera_sparsity::{Layer, Scheme, Target, Tiling};
 
 fn main() {
     let isa = Isa::detect();
+    // `SHAPE SECONDS`: only BCR as in a plan on shape `SHAPE` (a row of the table, from 0) for
+    // about `SECONDS`, for `perf record`.
+    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
+    let profile = args.first().copied();
+    let seconds = args.get(1).map_or(0.5, |&s| s as f64);
     println!(
         "| shape | BCR plain us | BCR as in a plan us | block-punched plain us | block-punched as in a plan us | the same after 1 MiB of writes |"
     );
@@ -30,7 +36,12 @@ fn main() {
         (64, 8, 64, 1),
         (16, 32, 32, 2),
         (32, 16, 64, 2),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    .filter(|&(i, _)| profile.is_none_or(|p| p == i))
+    .map(|(_, s)| s)
+    {
         let layer = Layer::conv2d("conv", out, c, 3, 3).unwrap();
         let shape = ConvShape::conv2d(c, out, [hw, hw], [3, 3], stride, 1).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(1);
@@ -58,7 +69,7 @@ fn main() {
         let bcr_plain = timing::min_us(0.5, || bcr.run(isa, &x, &mut y, &mut s, 1).unwrap());
         let mut bcr_t = bcr.clone();
         bcr_t.set_output_target(target).unwrap();
-        let bcr_plan = timing::min_us(0.5, || {
+        let bcr_plan = timing::min_us(seconds, || {
             if stride == 1 {
                 bcr_t.run_prepacked(isa, &packed, &mut y_packed, &mut s, 1, ep).unwrap()
             } else {
@@ -66,6 +77,10 @@ fn main() {
             }
         });
 
+        if profile.is_some() {
+            println!("BCR as in a plan: {bcr_plan:.1} us");
+            return;
+        }
         let p = project("block-punched:8x4");
         let bp = BlockPunched::encode(&layer, &p.values, &p.mask, 8, 4).unwrap();
         let bp = RowGroupConv::new(bp.to_row_groups(), shape).unwrap();

@@ -222,6 +222,28 @@ fn every_format_runs_gemv_and_gemm() {
     }
 }
 
+/// Balanced BCR (every block keeps the same rows and columns, as the projection makes them)
+/// takes the GEMV's running-pointer form when the column count is even: it must match the
+/// reference like the general form, on whole blocks and with a short last block row.
+#[test]
+fn balanced_bcr_gemv_matches_the_reference() {
+    let mut even = 0;
+    for (rows, cols, sparsity) in
+        [(24, 64, 0.875), (24, 64, 0.9), (40, 96, 0.8), (20, 64, 0.9), (16, 128, 0.95)]
+    {
+        let layer = Layer::linear("fc", rows, cols).unwrap();
+        let w = weights(rows * cols, 7 + rows as u64);
+        let p = project("bcr:8x32", &layer, &w, sparsity);
+        let m = BcrCompact::encode(&layer, &p.values, &p.mask, 8, 32).unwrap();
+        if let Some((kr, kc)) = m.balanced() {
+            assert_eq!(m.nnz(), m.blocks() * kr * kc, "{rows}x{cols} at {sparsity}");
+            even += usize::from(kc % 2 == 0);
+        }
+        check_gemv(rows, cols, &p.values, &Encoded::Bcr(m), &format!("bcr:8x32 {rows}x{cols}"));
+    }
+    assert!(even >= 3, "only {even} shapes ran the balanced form");
+}
+
 fn scheme_projection(
     layer: &Layer,
     w: &[f32],

@@ -82,6 +82,15 @@
 //! GEMV (batch 1 FC and LSTM gates, memory bound): a block row's outputs live in one register
 //! and each kept column's weights are expand-loaded into its kept rows' lanes, two columns
 //! per AVX-512 vector when blocks have at most 8 rows, so the compact weights stream once.
+//! When every block keeps the same rows and columns ([`BcrCompact::balanced`], which the
+//! projection guarantees) and the column count is even, block rows walk their blocks with
+//! running pointers and one load mask instead of looking up three slices per block, whose
+//! bounds checks and remainder loops took as many instructions as the FMAs: bcr:8x32, 1
+//! thread, min of runs (`cargo run --release -p tessera-kernels --example bcr_gemv -- ROWS
+//! COLS SPARSITY`, us, AVX-512): 4096 x 2048 at 10x (3 rows x 8 columns per block) 227-240 ->
+//! 129-131, at 8x 231 -> 131; 4096 x 4096 at 10x 473 (`bench kernels`) -> 261. Four
+//! accumulators instead of two, and prefetching the weights 1-8 KiB ahead, changed nothing
+//! or ran slower.
 
 #![allow(unsafe_op_in_unsafe_fn)] // micro-kernels are unsafe fns made of pointer arithmetic
 
@@ -214,6 +223,19 @@ impl BcrCompact {
     /// Stored weights.
     pub fn nnz(&self) -> usize {
         self.values.len()
+    }
+
+    /// `(kept rows, kept columns)` when every stored block keeps the same numbers (balanced
+    /// BCR, as tessera-sparsity projects it), `None` when blocks differ or none is stored.
+    pub fn balanced(&self) -> Option<(usize, usize)> {
+        let kr = self.row_ptr.get(1)? - self.row_ptr[0];
+        let kc = self.col_ptr.get(1)? - self.col_ptr[0];
+        (0..self.blocks())
+            .all(|b| {
+                self.row_ptr[b + 1] - self.row_ptr[b] == kr
+                    && self.col_ptr[b + 1] - self.col_ptr[b] == kc
+            })
+            .then_some((kr as usize, kc as usize))
     }
 
     /// Kept rows and columns of stored block `b`.
@@ -364,6 +386,11 @@ pub struct BcrConv {
     /// Per block, its kept rows as a bit mask (GEMV's expand-loads; empty when blocks have
     /// more than 16 rows).
     row_masks: Vec<u16>,
+    /// Every block's kept rows and columns when all blocks keep the same numbers
+    /// ([`BcrCompact::balanced`]), at most 16 rows and an even number of columns: the GEMV
+    /// then walks blocks with running pointers where two columns fit a vector
+    /// ([`bcr_gemv_uniform_generic`]).
+    uniform: Option<(usize, usize)>,
     /// Where a fused residual is read, when not laid out as the output (see
     /// [`BcrConv::set_residual_layout`]).
     residual: Option<OutputTarget>,
@@ -589,6 +616,7 @@ impl BcrConv {
         } else {
             Vec::new()
         };
+        let uniform = m.balanced().filter(|&(_, kc)| m.br <= 16 && kc > 0 && kc % 2 == 0);
         Ok(BcrConv {
             m,
             shape,
@@ -599,6 +627,7 @@ impl BcrConv {
             plans,
             schedule,
             row_masks,
+            uniform,
             residual: None,
             gather,
         })
@@ -786,8 +815,11 @@ impl BcrConv {
         let threads = threads.clamp(1, SCHEDULED_THREADS);
         let mine = &self.schedule[threads - 1];
         let yp = SendPtr(y.as_mut_ptr());
-        if self.m.br <= isa.lanes() {
-            let masks = &self.row_masks;
+        let masks = &self.row_masks;
+        if let Some((kr, kc)) = self.uniform.filter(|_| 2 * self.m.br <= isa.lanes()) {
+            let m = &self.m;
+            run_parallel(threads, |t| bcr_gemv_uniform(isa, m, masks, (kr, kc), x, yp, &mine[t]));
+        } else if self.m.br <= isa.lanes() {
             run_parallel(threads, |t| bcr_gemv_expand(isa, &self.m, masks, x, yp, &mine[t]));
         } else {
             run_parallel(threads, |t| bcr_gemv(isa, &self.m, x, yp, &mine[t]));
@@ -1181,6 +1213,64 @@ unsafe fn rmw_quad<S: Simd>(
                 let v = q[4 * p + r];
                 *yp.add(p) = if first & (1 << r) != 0 { v } else { *yp.add(p) + v };
             }
+        }
+    }
+}
+
+simd_entry! {
+    fn bcr_gemv_uniform(m: &BcrCompact, masks: &[u16], kept: (usize, usize), x: &[f32], y: SendPtr, block_rows: &[u32]) => bcr_gemv_uniform_generic;
+}
+
+/// [`bcr_gemv_expand_generic`]'s two-columns-per-vector form for blocks that all keep `kr` rows
+/// and `kc` columns (`kc` even, `2 * br <= LANES`): block `b`'s kept columns start at `b * kc`
+/// and its weights at `b * kr * kc`, so a block row walks its blocks with running pointers
+/// and one load mask, where the general form looks up three slices per block (their bounds
+/// checks and remainder loops were as many instructions as the FMAs' own).
+#[inline(always)]
+fn bcr_gemv_uniform_generic<S: Simd>(
+    m: &BcrCompact,
+    masks: &[u16],
+    (kr, kc): (usize, usize),
+    x: &[f32],
+    y: SendPtr,
+    block_rows: &[u32],
+) {
+    for &brow in block_rows {
+        let brow = brow as usize;
+        let (r0, r1) = (m.block_row_start[brow] as usize, m.block_row_start[brow + 1] as usize);
+        let (b0, b1) = (m.block_ptr[brow] as usize, m.block_ptr[brow + 1] as usize);
+        // SAFETY: blocks b0..b1 each hold kc kept columns from b * kc and kr * kc weights from
+        // b * kr * kc (`BcrConv::new` took this form only when `balanced` found every block
+        // with these counts, and encode stores blocks in order); `x` is read at block_col0[b] + a kept column (< cols = x.len(), checked by
+        // the caller); rows r0..r1 (<= LANES / 2) of `y` belong to this thread's block rows.
+        unsafe {
+            let (mut a0, mut a1) = (S::zero(), S::zero());
+            let mut wp = m.values.as_ptr().add(b0 * kr * kc);
+            let mut cp = m.kept_cols.as_ptr().add(b0 * kc);
+            let half_lanes = S::LANES / 2;
+            for b in b0..b1 {
+                let half = *masks.get_unchecked(b);
+                let mask = half | half << half_lanes;
+                let xb = x.as_ptr().add(*m.block_col0.get_unchecked(b) as usize);
+                let col = |k: usize| *xb.add(*cp.add(k) as usize);
+                let mut j = 0;
+                while j + 4 <= kc {
+                    let x01 = S::splat_halves(col(j), col(j + 1));
+                    let x23 = S::splat_halves(col(j + 2), col(j + 3));
+                    a0 = S::fma(S::expand_load(wp, mask, 2 * kr), x01, a0);
+                    a1 = S::fma(S::expand_load(wp.add(2 * kr), mask, 2 * kr), x23, a1);
+                    wp = wp.add(4 * kr);
+                    j += 4;
+                }
+                if j < kc {
+                    let x01 = S::splat_halves(col(j), col(j + 1));
+                    a0 = S::fma(S::expand_load(wp, mask, 2 * kr), x01, a0);
+                    wp = wp.add(2 * kr);
+                }
+                cp = cp.add(kc);
+            }
+            let sum = S::fold_halves(S::add(a0, a1));
+            S::store_partial(y.0.add(r0), sum, r1 - r0);
         }
     }
 }
