@@ -1,6 +1,7 @@
 //! BCR 8x32 GEMV (batch-1 FC / LSTM gates) against the dense GEMV and BCR run as row groups,
 //! for profiling: `ROWS COLS [SPARSITY [SECONDS]]` (default 4096 2048 0.9 2: the LSTM gates
-//! of `bench kernels`), 1 thread, minimum of runs (microseconds).
+//! of `bench kernels`), 1 thread, minimum of runs (microseconds). Weights are uniform in
+//! [-1, 1) from seed `SEED` (default 1); `ONLY_BCR=1` times BCR-compact alone (for `perf`).
 //! `cargo run --release -p tessera-kernels --example bcr_gemv -- 4096 2048 0.9`
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)] // a command-line probe
@@ -22,7 +23,8 @@ fn main() {
     let seconds: f64 = args.get(3).map_or(2.0, |a| a.parse().unwrap());
     let isa = Isa::detect();
     let layer = Layer::linear("fc", rows, cols).unwrap();
-    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let seed = std::env::var("SEED").map_or(1, |v| v.parse().unwrap());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let w: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
     let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
     let mut y = vec![0.0f32; rows];

@@ -1,7 +1,7 @@
 //! BCR 8x32 at 8x on one convolution (by default VGG-11's small maps), alone, for profiling
 //! (`perf record`): runs the kernel for about `SECONDS` (default 3) and prints the minimum
 //! time per run. Arguments: `C HW OUT [SECONDS [KERNEL [FORM [THREADS]]]]` (KERNEL 3 or 1,
-//! default 3; FORM `bcr`, the default, or block-punched 8x4 at 8x reading its input
+//! default 3; FORM `bcr`, the default (at the sparsity in `SPARSITY`, default 0.875), or block-punched 8x4 at 8x reading its input
 //! `direct`, `gathered` or `quad`, or as `RowGroupConv::new` picks: `bp`; THREADS default 1).
 //! `cargo run -p tessera-kernels --example bcr_small_map -- 512 2 512`
 
@@ -52,7 +52,8 @@ fn main() {
         return;
     }
     let s: Scheme = "bcr:8x32".parse().unwrap();
-    let p = s.project_with(&layer, &w, Target::Sparsity(0.875), Tiling::Pad).unwrap();
+    let sparsity = std::env::var("SPARSITY").map_or(0.875, |v| v.parse().unwrap());
+    let p = s.project_with(&layer, &w, Target::Sparsity(sparsity), Tiling::Pad).unwrap();
     let bcr = BcrCompact::encode(&layer, &p.values, &p.mask, 8, 32).unwrap().bind(shape).unwrap();
     let mut s = bcr.scratch();
     let us = timing::min_us(seconds, || bcr.run(isa, &x, &mut y, &mut s, threads).unwrap());
