@@ -1,8 +1,9 @@
 //! BCR 8x32 at 8x on one convolution (by default VGG-11's small maps), alone, for profiling
 //! (`perf record`): runs the kernel for about `SECONDS` (default 3) and prints the minimum
 //! time per run. Arguments: `C HW OUT [SECONDS [KERNEL [FORM [THREADS]]]]` (KERNEL 3 or 1,
-//! default 3; FORM `bcr`, the default (at the sparsity in `SPARSITY`, default 0.875), or block-punched 8x4 at 8x reading its input
-//! `direct`, `gathered` or `quad`, or as `RowGroupConv::new` picks: `bp`; THREADS default 1).
+//! default 3; FORM `bcr`, the default (at the sparsity in `SPARSITY`, default 0.875), or
+//! block-punched 8x4 at 8x reading its input `direct`, `gathered` or `quad`, or as
+//! `RowGroupConv::new` picks: `bp`; THREADS default 1).
 //! `cargo run -p tessera-kernels --example bcr_small_map -- 512 2 512`
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)] // a command-line probe
