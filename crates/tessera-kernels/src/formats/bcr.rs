@@ -50,7 +50,8 @@
 //!
 //! Stores: a band's tile goes to the output through the row-group engine's tile plans
 //! (`TilePlan`: on AVX2 tiles within output rows, stacked rows on 8-wide maps, masked
-//! stores where a tile straddles row ends; on AVX-512 the runs dealt evenly into tiles of up
+//! stores where a tile straddles row ends; on AVX-512 whole rows of 32-wide maps and two
+//! stacked rows of 16-wide maps, plain stores, or else the runs dealt evenly into tiles of up
 //! to 5 vectors with masked stores), bias, residual and activation applied on the way
 //! ([`BcrConv::run_fused`]), to NCDHW or to another layout ([`BcrConv::set_output_target`],
 //! e.g. the next convolution's padded input, which then runs [`BcrConv::run_prepacked`]).
@@ -60,6 +61,12 @@
 //! 17.9 -> 17.3, 32@16x16 14.2 -> 12.7, 64@8x8 15.1 -> 11.2, 256@8x8 185 -> 147, 128@16x16
 //! 170 -> 155; 64@56x56 560-598 -> 587-679 (rows of 56 end in a one-vector tile). In whole
 //! plans (`bench models`, 1 thread): VGG-11 4.33x -> 4.88x, ResNet-20 2.77x -> 3.69x.
+//! On AVX-512 the flat 5-vector tiles gave way to the row plans on 32- and 16-wide maps
+//! (flat tiles store most vectors in two masked parts, compute the padding columns and read
+//! a fused residual through segments): ResNet-20 at 8x (`bench models --only resnet20
+//! --rates 8 --schemes bcr:8x32`, 1 thread, alternating builds) 0.177 / 0.177 -> 0.168 /
+//! 0.170 ms (4.23x -> 4.42-4.47x), its 32@16x16 layers from 58-65% to 68-73% of their FLOP
+//! reduction; alone (`in_plan_conv`) 16@32x32 as in a plan 8.8 -> 8.5 us.
 //!
 //! Small maps ([`BcrInput`]): on the flat grid a 4x4 map spans 19 positions (two AVX-512
 //! vectors, half of them padding) and a 2x2 map 5 (one vector, a quarter used), and VGG-11's
@@ -847,9 +854,10 @@ fn choose_input(shape: &ConvShape) -> BcrInput {
 
 /// The AVX2 and AVX-512 tile plans of a layout storing to `target`. On 8 lanes, the row-group
 /// engine's: tiles within output rows (plain stores, no padding column computed), stacked
-/// rows on 8-wide maps, flat tiles with masked stores elsewhere. On 16 lanes (native masked
-/// stores), the flat positions' runs dealt evenly into tiles of up to 5 vectors
-/// ([`balanced_tiles`]).
+/// rows on 8-wide maps, flat tiles with masked stores elsewhere. On 16 lanes, the row-group
+/// engine's two-vector plan where all its tiles store plainly (32-wide maps: a row per tile;
+/// 16-wide maps: two stacked rows), else the flat positions' runs dealt evenly into tiles of
+/// up to 5 vectors ([`balanced_tiles`]) with masked stores (native on AVX-512).
 /// Quad: one tile of the whole map on both (its vectors hold 4 positions each).
 fn tile_plans(
     layout: &InputLayout,
@@ -863,11 +871,14 @@ fn tile_plans(
             TilePlan::from_tiles(layout, 16, 1, &one, target),
         ];
     }
-    let wide = balanced_tiles(layout.runs(), 16, BCR_V[1]);
-    [
-        TilePlan::with_target(layout, 8, BCR_V[0], target),
-        TilePlan::from_tiles(layout, 16, BCR_V[1], &wide, target),
-    ]
+    let rows = gather.is_none().then(|| TilePlan::with_target(layout, 16, 2, target));
+    let wide = if let Some(rows) = rows.filter(|p| p.uniform.iter().all(Option::is_some)) {
+        rows
+    } else {
+        let tiles = balanced_tiles(layout.runs(), 16, BCR_V[1]);
+        TilePlan::from_tiles(layout, 16, BCR_V[1], &tiles, target)
+    };
+    [TilePlan::with_target(layout, 8, BCR_V[0], target), wide]
 }
 
 struct BcrJob<'a> {
