@@ -854,10 +854,11 @@ fn choose_input(shape: &ConvShape) -> BcrInput {
 
 /// The AVX2 and AVX-512 tile plans of a layout storing to `target`. On 8 lanes, the row-group
 /// engine's: tiles within output rows (plain stores, no padding column computed), stacked
-/// rows on 8-wide maps, flat tiles with masked stores elsewhere. On 16 lanes, the row-group
-/// engine's two-vector plan where all its tiles store plainly (32-wide maps: a row per tile;
-/// 16-wide maps: two stacked rows), else the flat positions' runs dealt evenly into tiles of
-/// up to 5 vectors ([`balanced_tiles`]) with masked stores (native on AVX-512).
+/// rows on 8-wide maps, flat tiles with masked stores elsewhere. On 16 lanes, the flat
+/// positions' runs dealt evenly into tiles of up to 5 vectors ([`balanced_tiles`]), stored
+/// plainly where the flat grid is the output (1x1 convolutions, GEMM), else with masked
+/// stores (native on AVX-512) unless the row-group engine's two-vector plan stores all its
+/// tiles plainly (32-wide maps: a row per tile; 16-wide maps: two stacked rows).
 /// Quad: one tile of the whole map on both (its vectors hold 4 positions each).
 fn tile_plans(
     layout: &InputLayout,
@@ -871,13 +872,14 @@ fn tile_plans(
             TilePlan::from_tiles(layout, 16, 1, &one, target),
         ];
     }
-    let rows = gather.is_none().then(|| TilePlan::with_target(layout, 16, 2, target));
-    let wide = if let Some(rows) = rows.filter(|p| p.uniform.iter().all(Option::is_some)) {
-        rows
-    } else {
-        let tiles = balanced_tiles(layout.runs(), 16, BCR_V[1]);
-        TilePlan::from_tiles(layout, 16, BCR_V[1], &tiles, target)
-    };
+    let tiles = balanced_tiles(layout.runs(), 16, BCR_V[1]);
+    let mut wide = TilePlan::from_tiles(layout, 16, BCR_V[1], &tiles, target);
+    if gather.is_none() && wide.uniform.iter().any(Option::is_none) {
+        let rows = TilePlan::with_target(layout, 16, 2, target);
+        if rows.uniform.iter().all(Option::is_some) {
+            wide = rows;
+        }
+    }
     [TilePlan::with_target(layout, 8, BCR_V[0], target), wide]
 }
 
