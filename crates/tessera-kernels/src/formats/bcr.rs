@@ -1433,7 +1433,35 @@ fn bcr_gemv_generic<S: Simd>(m: &BcrCompact, x: &[f32], y: SendPtr, block_rows: 
 
 #[cfg(test)]
 mod tests {
-    use super::balanced_tiles;
+    use super::{balanced_tiles, tile_plans};
+    use crate::conv::{ConvShape, OutputTarget};
+
+    /// 16-lane plans: a row per tile on 32-wide 3x3 maps and two stacked rows on 16-wide
+    /// ones (plain stores, no padding column computed), but flat tiles of up to 5 vectors
+    /// where the flat grid is the output (1x1: every tile stores plainly anyway) or rows are
+    /// neither (8x8, whose flat tiles take masked stores).
+    #[test]
+    fn wide_plans_tile_rows_only_where_flat_tiles_straddle_them() {
+        let plan = |c: usize, hw: usize, k: usize| {
+            let shape = ConvShape::conv2d(c, 8, [hw, hw], [k, k], 1, k / 2).unwrap();
+            let [plans_8, plans_16] =
+                tile_plans(&shape.layout(), &OutputTarget::dense(shape.output()), &None);
+            assert!(!plans_8.tiles.is_empty());
+            plans_16
+        };
+        let widths =
+            |p: &crate::rowgroup::TilePlan| -> Vec<usize> { p.tiles.iter().map(|t| t.1).collect() };
+        let rows = plan(4, 32, 3);
+        assert!(widths(&rows).iter().all(|&n| n == 32) && rows.uniform.iter().all(Option::is_some));
+        let stacked = plan(4, 16, 3);
+        assert!(stacked.steps.iter().all(|&(x, y)| (x, y) == (17, 16)), "{:?}", stacked.steps);
+        let one_by_one = plan(4, 56, 1);
+        assert_eq!(widths(&one_by_one).iter().max(), Some(&80));
+        assert!(one_by_one.uniform.iter().all(Option::is_some));
+        let small = plan(4, 8, 3);
+        assert!(widths(&small).iter().max().is_some_and(|&n| n > 32));
+        assert!(small.uniform.iter().any(Option::is_none));
+    }
 
     /// Tiles cover every position of every run once, in order, never cross a run, hold at
     /// most `vmax` vectors, are as few as that allows, and differ by at most one vector.
