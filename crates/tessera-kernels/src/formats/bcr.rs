@@ -1254,8 +1254,10 @@ fn bcr_gemv_uniform_generic<S: Simd>(
         let (b0, b1) = (m.block_ptr[brow] as usize, m.block_ptr[brow + 1] as usize);
         // SAFETY: blocks b0..b1 each hold kc kept columns from b * kc and kr * kc weights from
         // b * kr * kc (`BcrConv::new` took this form only when `balanced` found every block
-        // with these counts, and encode stores blocks in order); `x` is read at block_col0[b] + a kept column (< cols = x.len(), checked by
-        // the caller); rows r0..r1 (<= LANES / 2) of `y` belong to this thread's block rows.
+        // with these counts, and encode stores blocks in order), 2 * kr <= LANES lanes per
+        // expand-load (kr <= br); `x` is read at block_col0[b] + a kept column (< cols =
+        // x.len(), checked by the caller); rows r0..r1 (<= LANES / 2) of `y` belong to this
+        // thread's block rows.
         unsafe {
             let (mut a0, mut a1) = (S::zero(), S::zero());
             let mut wp = m.values.as_ptr().add(b0 * kr * kc);
