@@ -218,6 +218,7 @@ pub(crate) fn linear_once(
             tessera_kernels::dense::sgemv(isa, *rows, *cols, weights, x, y, threads)?
         }
         LinearKernel::Rows(m) => tessera_kernels::rowgroup::gemv(isa, m, x, y, threads)?,
+        LinearKernel::Bcr(conv) => conv.gemv(isa, x, y, threads)?,
     }
     if let Some(b) = bias {
         y.iter_mut().zip(b).for_each(|(v, b)| *v += b);

@@ -14,7 +14,7 @@
 //! | block-punched | block-punched -> row-group engine |
 //! | KGS (3-D) | KGS -> row-group engine |
 //! | block | BSR -> row-group engine |
-//! | BCR | BCR-compact -> BCR block kernel (convolutions), row groups (linear layers) |
+//! | BCR | BCR-compact -> BCR block kernel (convolutions; linear layers where its GEMV takes the balanced-block form, else row groups) |
 //! | pattern (+ connectivity), 3x3 | FKW -> pattern kernel |
 //! | others (filter, channel, N:M, ...) | masked row groups (kept columns of each group of 8 filters) |
 //!

@@ -8,7 +8,7 @@
 //! | block-punched | block-punched -> row-group engine (filters of a block share kept columns) |
 //! | KGS (conv3d) | KGS -> row-group engine |
 //! | block (BSR) | BSR -> row-group engine |
-//! | BCR | BCR-compact -> BCR block kernel (convolutions); BCR as row groups (linear layers: the block kernel's GEMV is slower) |
+//! | BCR | BCR-compact -> BCR block kernel (convolutions; linear layers where its GEMV takes the balanced-block form, else BCR as row groups) |
 //! | pattern (+ connectivity), 3x3, ungrouped | FKW -> pattern kernel |
 //! | anything else (filter, channel, N:M, polarized, ...) | masked row groups: only kept columns of each group of 8 filters |
 //!
@@ -149,6 +149,8 @@ pub(crate) enum LinearKernel {
     Dense { weights: Vec<f32>, rows: usize, cols: usize },
     /// Row-group GEMV.
     Rows(Box<RowGroupMatrix>),
+    /// BCR-compact GEMV on balanced blocks ([`BcrConv::balanced_gemv`]).
+    Bcr(Box<BcrConv>),
 }
 
 /// Kernel label and storage format, for reports.
@@ -433,11 +435,22 @@ pub(crate) fn conv_candidates(
 
 /// Every kernel that can run this fully connected layer, the table's choice first (then the
 /// dense GEMV on the pruned weights, and masked row groups).
-pub(crate) fn linear_candidates(node: &Node, param: &Param) -> Result<Vec<(LinearKernel, Choice)>> {
-    let mut out = vec![linear_kernel(node, param)?];
+pub(crate) fn linear_candidates(
+    node: &Node,
+    param: &Param,
+    isa: Isa,
+) -> Result<Vec<(LinearKernel, Choice)>> {
+    let mut out = vec![linear_kernel(node, param, isa)?];
     if let Some(sp) = &param.sparsity {
         let s = &param.tensor.shape;
         let (rows, cols) = (s[0], s[1]);
+        if let (LinearKernel::Bcr(conv), Scheme::Bcr { .. }) = (&out[0].0, &sp.scheme) {
+            let rows_form = conv.matrix().to_row_groups();
+            out.push((
+                LinearKernel::Rows(Box::new(rows_form)),
+                Choice { kernel: "row-groups gemv", format: "BCR rows" },
+            ));
+        }
         if out[0].1.format != "masked" {
             out.push((
                 masked_linear(rows, cols, &param.tensor.data, &sp.mask)
@@ -568,8 +581,12 @@ fn conv_kernel_gathering(
     ))
 }
 
-/// Chooses and encodes the kernel of a fully connected layer `[out, in]`.
-pub(crate) fn linear_kernel(node: &Node, param: &Param) -> Result<(LinearKernel, Choice)> {
+/// Chooses and encodes the kernel of a fully connected layer `[out, in]` for `isa`.
+pub(crate) fn linear_kernel(
+    node: &Node,
+    param: &Param,
+    isa: Isa,
+) -> Result<(LinearKernel, Choice)> {
     let name = node.name.as_str();
     let s = &param.tensor.shape;
     if s.len() != 2 {
@@ -587,10 +604,16 @@ pub(crate) fn linear_kernel(node: &Node, param: &Param) -> Result<(LinearKernel,
         .map_err(|e| crate::error::unsupported(node, e.to_string()))?;
     let mask = &sp.mask;
     // Ok(None): the scheme has no format of its own; Err: its format refused the mask. BCR
-    // runs as row groups: its block kernel's GEMV measured 1.0x against the row-group form's
-    // 4.1-4.4x (`bench kernels`, GEMV 4096 and LSTM gates at 8x).
-    let encoded: KernelResult<Option<(LinearKernel, &'static str)>> = (|| {
-        let rows_of = |m, format| Ok(Some((LinearKernel::Rows(Box::new(m)), format)));
+    // runs its block kernel's GEMV where that takes the balanced-block form (LSTM gates
+    // 4096 x 2048 at 10x: 129-131 us against 181-183 as row groups, `bcr_gemv` example),
+    // else as row groups (the general BCR GEMV: 227-240 us there).
+    let encoded: KernelResult<Option<(LinearKernel, Choice)>> = (|| {
+        let rows_of = |m, format| {
+            Ok(Some((
+                LinearKernel::Rows(Box::new(m)),
+                Choice { kernel: "row-groups gemv", format },
+            )))
+        };
         match &sp.scheme {
             Scheme::Unstructured => {
                 rows_of(Csr::encode(rows, cols, w, mask)?.to_row_groups(), "CSR")
@@ -603,15 +626,22 @@ pub(crate) fn linear_kernel(node: &Node, param: &Param) -> Result<(LinearKernel,
                 BlockPunched::encode(&layer, w, mask, block.rows(), block.cols())?.to_row_groups(),
                 "block-punched",
             ),
-            Scheme::Bcr { block } => rows_of(
-                BcrCompact::encode(&layer, w, mask, block.rows(), block.cols())?.to_row_groups(),
-                "BCR rows",
-            ),
+            Scheme::Bcr { block } => {
+                let m = BcrCompact::encode(&layer, w, mask, block.rows(), block.cols())?;
+                let rows_form = m.to_row_groups();
+                let conv = BcrConv::gemm(m, 1)?;
+                if conv.balanced_gemv(isa) {
+                    let choice = Choice { kernel: "bcr gemv", format: "BCR-compact" };
+                    Ok(Some((LinearKernel::Bcr(Box::new(conv)), choice)))
+                } else {
+                    rows_of(rows_form, "BCR rows")
+                }
+            }
             _ => Ok(None),
         }
     })();
     match encoded {
-        Ok(Some((k, format))) => return Ok((k, Choice { kernel: "row-groups gemv", format })),
+        Ok(Some(chosen)) => return Ok(chosen),
         Ok(None) => {}
         Err(e) => {
             tracing::warn!(node = name, scheme = %sp.scheme, error = %e, "falling back to masked row groups");

@@ -300,13 +300,13 @@ impl Plan {
                     let bias = bias_of(graph, bias.as_deref())?;
                     let (kernel, choice, pick) = match tuner.as_mut() {
                         None => {
-                            let (k, c) = lower::linear_kernel(node, param)?;
+                            let (k, c) = lower::linear_kernel(node, param, isa)?;
                             (k, c, Pick { threads: options.threads, ms: None, cached: false })
                         }
                         Some(t) => {
                             let key = t.key(param, &format!("linear {out_f}x{in_f} rows {rows}"));
                             layer_keys.push(key.clone());
-                            let candidates = lower::linear_candidates(node, param)?;
+                            let candidates = lower::linear_candidates(node, param, isa)?;
                             let act = *activation;
                             t.choose(key, candidates, options.threads, |k, threads| {
                                 let x = crate::tune_input(in_f);

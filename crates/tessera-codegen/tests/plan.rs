@@ -152,6 +152,8 @@ fn every_scheme_matches_the_interpreter_and_gets_its_format() {
         ("block:4x4", 4.0, "BSR"),
     ];
     let isa = Isa::detect();
+    // Linear layers pruned to balanced BCR blocks run BCR's own GEMV (`bcr gemv`).
+    let mut bcr_linear = 0;
     for g in graphs() {
         for (scheme, rate, format) in cases {
             let mut pruned = g.clone();
@@ -180,6 +182,14 @@ fn every_scheme_matches_the_interpreter_and_gets_its_format() {
                         }
                         assert!(l.kept_macs <= l.dense_macs, "{l:?}");
                     }
+                    for l in plan.layers().iter().filter(|l| l.op == "linear" && l.scheme.is_some())
+                    {
+                        if scheme.starts_with("bcr") {
+                            let bcr = ["BCR-compact", "BCR rows", "masked"];
+                            assert!(bcr.contains(&l.format), "{} {}: {l:?}", g.name, l.node);
+                            bcr_linear += usize::from(l.format == "BCR-compact");
+                        }
+                    }
                     let saved = plan.layers().iter().any(|l| l.kept_macs < l.dense_macs);
                     // (LeNet-5 and the MobileNet block have no ungrouped 3x3 conv to pattern.)
                     assert!(saved || scheme == "filter" || applied == 0, "{} {scheme}", g.name);
@@ -193,6 +203,7 @@ fn every_scheme_matches_the_interpreter_and_gets_its_format() {
             }
         }
     }
+    assert!(bcr_linear > 0, "no linear layer ran BCR's GEMV");
 }
 
 #[test]
