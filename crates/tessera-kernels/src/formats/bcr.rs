@@ -817,9 +817,8 @@ impl BcrConv {
 
     /// Whether [`gemv`](Self::gemv) runs the balanced-block form on `isa` (every block keeps
     /// the same numbers of rows and of columns, the columns even, and two columns of a block
-    /// fit a vector):
-    /// the form that outruns the same weights as row groups (LSTM gates 4096 x 2048 at 10x,
-    /// `bcr_gemv` example: 129-131 against 181-183 us).
+    /// fit a vector): the form that outruns the same weights as row groups (LSTM gates 4096 x
+    /// 2048 at 10x, `bcr_gemv` example: 129-131 against 181-183 us).
     pub fn balanced_gemv(&self, isa: Isa) -> bool {
         self.uniform.is_some() && 2 * self.m.br <= isa.lanes()
     }
