@@ -444,10 +444,9 @@ pub(crate) fn linear_candidates(
     if let Some(sp) = &param.sparsity {
         let s = &param.tensor.shape;
         let (rows, cols) = (s[0], s[1]);
-        if let (LinearKernel::Bcr(conv), Scheme::Bcr { .. }) = (&out[0].0, &sp.scheme) {
-            let rows_form = conv.matrix().to_row_groups();
+        if let LinearKernel::Bcr(conv) = &out[0].0 {
             out.push((
-                LinearKernel::Rows(Box::new(rows_form)),
+                LinearKernel::Rows(Box::new(conv.matrix().to_row_groups())),
                 Choice { kernel: "row-groups gemv", format: "BCR rows" },
             ));
         }
@@ -628,13 +627,12 @@ pub(crate) fn linear_kernel(
             ),
             Scheme::Bcr { block } => {
                 let m = BcrCompact::encode(&layer, w, mask, block.rows(), block.cols())?;
-                let rows_form = m.to_row_groups();
                 let conv = BcrConv::gemm(m, 1)?;
                 if conv.balanced_gemv(isa) {
                     let choice = Choice { kernel: "bcr gemv", format: "BCR-compact" };
                     Ok(Some((LinearKernel::Bcr(Box::new(conv)), choice)))
                 } else {
-                    rows_of(rows_form, "BCR rows")
+                    rows_of(conv.matrix().to_row_groups(), "BCR rows")
                 }
             }
             _ => Ok(None),
