@@ -242,6 +242,21 @@ fn balanced_bcr_gemv_matches_the_reference() {
         check_gemv(rows, cols, &p.values, &Encoded::Bcr(m), &format!("bcr:8x32 {rows}x{cols}"));
     }
     assert!(even >= 3, "only {even} shapes ran the balanced form");
+
+    // Vectors of the wrong length are refused, naming which.
+    let layer = Layer::linear("fc", 24, 64).unwrap();
+    let p = project("bcr:8x32", &layer, &weights(24 * 64, 3), 0.875);
+    let m = BcrCompact::encode(&layer, &p.values, &p.mask, 8, 32).unwrap();
+    let conv = BcrConv::gemm(m, 1).unwrap();
+    let isa = Isa::detect();
+    let (mut y, x) = (vec![0.0f32; 24], vec![0.0f32; 64]);
+    for (xl, yl, what) in [(63, 24, "x"), (64, 23, "y")] {
+        let got = conv.gemv(isa, &x[..xl], &mut y[..yl], 1);
+        assert!(
+            matches!(got, Err(tessera_kernels::KernelError::BufferLength { what: w, .. }) if w == what),
+            "{what}: {got:?}"
+        );
+    }
 }
 
 fn scheme_projection(
