@@ -56,6 +56,15 @@ const SUB: usize = 16;
 /// Most output positions per register tile.
 const TILE_POSITIONS: usize = 6;
 
+/// Most output positions per register tile of `vectors` vectors of channels: 5 for 4
+/// vectors, whose 4 x 6 accumulators, 4 weight vectors and 6 broadcasts would exceed the
+/// 32 AVX-512 registers (LLVM spilled two accumulators to the stack every column, and when
+/// the stack slot straddled a cache line its store-to-load forwarding failed: ResNet-20's
+/// dense 64@8x8 layers 0.045 -> 0.060 ms in a build whose frames moved the slot).
+fn tile_positions(vectors: usize) -> usize {
+    if vectors >= 4 { TILE_POSITIONS - 1 } else { TILE_POSITIONS }
+}
+
 /// GEMM columns per cache block: a panel's 128 x 64 weights are 32 KiB, which stay in L1 while
 /// every position tile reads them.
 const K_BLOCK: usize = 128;
@@ -327,7 +336,7 @@ fn channel_blocks_generic<S: Simd>(job: &Job<'_>, thread: usize, lo: usize, hi: 
 unsafe fn block<S: Simd>(job: &Job<'_>, b: Block, acc: *mut f32, q0: usize, q1: usize) {
     let c = job.c;
     let p = c.positions();
-    let tiles = (q1 - q0).div_ceil(TILE_POSITIONS);
+    let tiles = (q1 - q0).div_ceil(tile_positions(b.vectors));
     let panel = c.weights.as_ptr().add(b.panel * c.cols * PANEL);
     let mut k0 = 0;
     while k0 < c.cols {
