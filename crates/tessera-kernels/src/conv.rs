@@ -314,6 +314,11 @@ impl InputLayout {
         }
     }
 
+    /// The convolution this layout is the input of.
+    pub fn shape(&self) -> &ConvShape {
+        &self.shape
+    }
+
     /// Length of the flat output grid per output channel.
     pub fn flat_len(&self) -> usize {
         self.flat_len
@@ -399,12 +404,15 @@ impl InputLayout {
 
     /// Where a producer must write this layout's input so that [`InputLayout::pack`] can be
     /// skipped: the interior of the padded planes (the padding stays zero if nothing else
-    /// writes there). `None` for strided layouts (their phase split interleaves positions)
-    /// and for inputs read in place.
+    /// writes there), for a strided 2-D layout the interiors of its phase planes
+    /// ([`PhaseSplit`]; only where every phase is read). `None` for inputs read in place.
     pub fn as_target(&self) -> Option<OutputTarget> {
         let s = &self.shape;
-        if self.in_place || s.stride != [1, 1, 1] {
+        if self.in_place {
             return None;
+        }
+        if s.stride != [1, 1, 1] {
+            return self.phase_target();
         }
         let [pd, ph, pw] = s.padding;
         Some(OutputTarget {
@@ -413,6 +421,33 @@ impl InputLayout {
             base: (pd * self.plane[1] + ph) * self.plane[2] + pw,
             rows: self.plane[1],
             row_pitch: self.plane[2],
+            phases: None,
+        })
+    }
+
+    /// The target of a 2-D strided layout whose every phase plane some tap reads (a 3x3
+    /// stride-2 convolution's): a producer storing there writes exactly what
+    /// [`InputLayout::pack`] would (the padding stays as the buffer had it: zero). `None` when
+    /// some phase is never read (a 1x1 stride-2 layer packs only a quarter of its input:
+    /// storing the rest would be wasted) or the convolution is 3-D.
+    fn phase_target(&self) -> Option<OutputTarget> {
+        let s = &self.shape;
+        let all_read = |d: usize| self.read_phases[d] == (1u64 << s.stride[d].min(63)) - 1;
+        if s.input[0] != 1 || s.stride[0] != 1 || s.padding[0] != 0 || !all_read(1) || !all_read(2)
+        {
+            return None;
+        }
+        Some(OutputTarget {
+            dims: s.input,
+            channel_stride: self.channel_len,
+            base: 0,
+            rows: self.plane[1],
+            row_pitch: self.plane[2],
+            phases: Some(PhaseSplit {
+                stride: [s.stride[1], s.stride[2]],
+                pad: [s.padding[1], s.padding[2]],
+                plane_len: self.plane_len,
+            }),
         })
     }
 
@@ -481,6 +516,64 @@ impl InputLayout {
             &src[(n - 1) * channel..],
             &mut packed[(n - 1) * cl..n * cl],
         );
+    }
+
+    /// [`InputLayout::pack`] from an input stored in `source` (a producer's output target,
+    /// e.g. another convolution's phase-split layout) instead of NCDHW: every plane row of
+    /// every read phase written whole (values and zero padding), rows whose source values
+    /// follow one another copied in vectors. A 1x1 stride-2 convolution reading the block
+    /// input that a 3x3 stride-2 one's producer stored phase-split copies one phase plane's
+    /// rows. `input` holds `in_channels` channels `source.channel_stride` apart.
+    ///
+    /// # Errors
+    /// `InvalidShape` for a 3-D layout, an input read in place, or a source of another
+    /// extent; `BufferLength` for buffers too short.
+    pub fn pack_from(
+        &self,
+        isa: Isa,
+        source: &OutputTarget,
+        input: &[f32],
+        packed: &mut [f32],
+    ) -> crate::Result<()> {
+        let s = &self.shape;
+        if !s.is_2d() || self.in_place || source.dims != s.input {
+            return Err(crate::KernelError::InvalidShape {
+                reason: format!(
+                    "packing a {:?} input of a {}layout from a target of {:?}",
+                    s.input,
+                    if self.in_place { "read-in-place " } else { "" },
+                    source.dims
+                ),
+            });
+        }
+        let [_, h, w] = s.input;
+        let channels = s.in_channels;
+        if h * w == 0 || channels == 0 {
+            return Ok(());
+        }
+        let need = (channels - 1) * source.channel_stride
+            + (0..2)
+                .flat_map(|a| (0..2).map(move |b| (a, b)))
+                .map(|(a, b)| source.index([0, h.saturating_sub(1 + a), w.saturating_sub(1 + b)]))
+                .max()
+                .unwrap_or(0)
+            + 1;
+        if input.len() < need {
+            return Err(crate::KernelError::BufferLength {
+                what: "input",
+                expected: need,
+                found: input.len(),
+            });
+        }
+        if packed.len() < channels * self.channel_len {
+            return Err(crate::KernelError::BufferLength {
+                what: "packed input",
+                expected: channels * self.channel_len,
+                found: packed.len(),
+            });
+        }
+        pack_from_target(isa, self, source, input, packed);
+        Ok(())
     }
 
     /// [`InputLayout::pack`] at instruction-set level `isa`.
@@ -622,6 +715,25 @@ pub struct OutputTarget {
     pub rows: usize,
     /// Floats between rows.
     pub row_pitch: usize,
+    /// Rows and columns split into phase planes (a stride-2 convolution's packed input), or
+    /// `None`.
+    pub phases: Option<PhaseSplit>,
+}
+
+/// A 2-D target split into phase planes, as a strided convolution's packed input: output
+/// `(y, x)` is padded position `(y + pad[0], x + pad[1])`, which lies in phase plane
+/// `((y + pad[0]) % stride[0], (x + pad[1]) % stride[1])` (plane `py * stride[1] + px`,
+/// planes `plane_len` floats apart) at its row `(y + pad[0]) / stride[0]` and column
+/// `(x + pad[1]) / stride[1]`. Kernels store such a target a vector at a time with compress
+/// stores (each phase's lanes of a row packed together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PhaseSplit {
+    /// Row and column strides (phases per dimension), each at least 1.
+    pub stride: [usize; 2],
+    /// Row and column padding before the first output.
+    pub pad: [usize; 2],
+    /// Floats per phase plane.
+    pub plane_len: usize,
 }
 
 impl OutputTarget {
@@ -633,12 +745,24 @@ impl OutputTarget {
             base: 0,
             rows: dims[1],
             row_pitch: dims[2],
+            phases: None,
         }
     }
 
     /// Index of `[z, y, x]` within a channel.
     pub fn index(&self, [z, y, x]: [usize; 3]) -> usize {
-        self.base + (z * self.rows + y) * self.row_pitch + x
+        match &self.phases {
+            None => self.base + (z * self.rows + y) * self.row_pitch + x,
+            Some(ps) => {
+                let (yy, xx) = (y + ps.pad[0], x + ps.pad[1]);
+                let [sy, sx] = ps.stride;
+                let plane = (yy % sy) * sx + xx % sx;
+                self.base
+                    + plane * ps.plane_len
+                    + (z * self.rows + yy / sy) * self.row_pitch
+                    + xx / sx
+            }
+        }
     }
 
     /// Floats an output buffer of `channels` channels must hold.
@@ -782,6 +906,74 @@ pub(crate) unsafe fn copy_run<S: Simd, const OVER: bool>(dst: *mut f32, src: *co
                 S::store(dst.add(i), v);
             } else {
                 S::store_partial(dst.add(i), v, n - i);
+            }
+        }
+    }
+}
+
+simd_entry! {
+    fn pack_from_target(
+        layout: &InputLayout,
+        source: &OutputTarget,
+        input: &[f32],
+        packed: &mut [f32],
+    ) => pack_from_target_generic;
+}
+
+/// [`InputLayout::pack_from`] after its checks: per read phase and plane row (the source
+/// index computed once for all channels), each channel's zero columns, then the row's values
+/// (a vector copy where their source indices are consecutive, else one by one).
+#[inline(always)]
+fn pack_from_target_generic<S: Simd>(
+    layout: &InputLayout,
+    source: &OutputTarget,
+    input: &[f32],
+    packed: &mut [f32],
+) {
+    let s = &layout.shape;
+    let [_, h, w] = s.input;
+    let [_, sh, sw] = s.stride;
+    let [_, ph, pw] = s.padding;
+    let [_, p1, p2] = layout.plane;
+    let (cl, cs) = (layout.channel_len, source.channel_stride);
+    for py in (0..sh).filter(|&py| layout.read_phases[1] >> py.min(63) & 1 == 1) {
+        for px in (0..sw).filter(|&px| layout.read_phases[2] >> px.min(63) & 1 == 1) {
+            let plane = (py * sw + px) * layout.plane_len;
+            // Plane columns xq whose source x = xq * sw + px - pw lies in 0..w.
+            let xa = pw.saturating_sub(px).div_ceil(sw).min(p2);
+            let xb = (w + pw).saturating_sub(px).div_ceil(sw).clamp(xa, p2);
+            let x_of = |xq: usize| xq * sw + px - pw;
+            // Whether a row's values are consecutive in the source (the same for every row:
+            // a target's index is a row part plus a column part).
+            let consecutive = (xa..xb).all(|xq| {
+                source.index([0, 0, x_of(xq)]) == source.index([0, 0, x_of(xa)]) + (xq - xa)
+            });
+            for yq in 0..p1 {
+                let at = plane + yq * p2;
+                let y = (yq * sh + py).checked_sub(ph).filter(|&y| y < h && xa < xb);
+                let Some(y) = y else {
+                    for c in 0..s.in_channels {
+                        packed[c * cl + at..c * cl + at + p2].fill(0.0);
+                    }
+                    continue;
+                };
+                let first = source.index([0, y, x_of(xa)]);
+                let n = xb - xa;
+                for c in 0..s.in_channels {
+                    let row = &mut packed[c * cl + at..c * cl + at + p2];
+                    row[..xa].fill(0.0);
+                    row[xb..].fill(0.0);
+                    let src = &input[c * cs..];
+                    if consecutive {
+                        let from = &src[first..first + n];
+                        // SAFETY: `from` and the row's columns `xa..xb` hold `n` floats each.
+                        unsafe { copy_run::<S, false>(row.as_mut_ptr().add(xa), from.as_ptr(), n) };
+                    } else {
+                        for xq in xa..xb {
+                            row[xq] = src[source.index([0, y, x_of(xq)])];
+                        }
+                    }
+                }
             }
         }
     }
@@ -1025,6 +1217,61 @@ fn every_nth<const N: usize>(out: &mut [f32], src: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Packing from a target equals packing the plain input: from NCDHW itself, and from the
+    /// phase-split layout a 3x3 stride-2 consumer's producer writes (what a 1x1 stride-2
+    /// shortcut reading the same block input gets); a target of another extent and short
+    /// buffers are typed errors.
+    #[test]
+    fn pack_from_a_target_matches_packing_the_plain_input() {
+        for (c, h, w) in [(3usize, 8usize, 8usize), (2, 7, 9), (4, 32, 32), (1, 5, 1)] {
+            let x: Vec<f32> = (0..c * h * w).map(|i| i as f32 + 1.0).collect();
+            let phased = ConvShape::conv2d(c, 4, [h, w], [3, 3], 2, 1).unwrap().layout();
+            let target = phased.as_target().unwrap();
+            assert!(target.phases.is_some());
+            let mut stored = vec![0.0; phased.packed_len()];
+            phased.pack(&x, &mut stored);
+            let readers = [
+                ConvShape::conv2d(c, 4, [h, w], [1, 1], 2, 0).unwrap(),
+                ConvShape::conv2d(c, 4, [h, w], [3, 3], 2, 1).unwrap(),
+                ConvShape::conv2d(c, 4, [h, w], [3, 3], 1, 1).unwrap(),
+                ConvShape::conv2d(c, 4, [h, w], [5, 5], 2, 2).unwrap(),
+            ];
+            for reader in readers {
+                let layout = reader.layout();
+                if layout.in_place() {
+                    continue;
+                }
+                let mut want = vec![f32::NAN; layout.packed_len()];
+                layout.pack(&x, &mut want);
+                for isa in Isa::available() {
+                    for (from, buf) in [(OutputTarget::dense([1, h, w]), &x), (target, &stored)] {
+                        let mut got = vec![f32::NAN; layout.packed_len()];
+                        layout.pack_from(isa, &from, buf, &mut got).unwrap();
+                        // The floats a kernel reads: every channel's read phase planes (a 1x1
+                        // stride-2 layer reads only the first; the pack's whole-vector zeroing
+                        // spills into the others).
+                        let cs = layout.channel_stride();
+                        let read = if reader.kernel[2] == 1 { cs / 4 } else { cs };
+                        let bad =
+                            (0..c * cs).filter(|i| i % cs < read).find(|&i| got[i] != want[i]);
+                        assert!(
+                            bad.is_none(),
+                            "{reader:?} from {from:?} {isa:?}: at {bad:?}: {:?} vs {:?}",
+                            bad.map(|i| got[i]),
+                            bad.map(|i| want[i])
+                        );
+                    }
+                }
+                let other = OutputTarget::dense([1, h + 1, w]);
+                let mut got = vec![0.0; layout.packed_len()];
+                assert!(layout.pack_from(Isa::PORTABLE, &other, &x, &mut got).is_err());
+                let short = &stored[..(c - 1) * target.channel_stride + 1];
+                assert!(layout.pack_from(Isa::PORTABLE, &target, short, &mut got).is_err());
+                assert!(layout.pack_from(Isa::PORTABLE, &target, &stored, &mut got[..1]).is_err());
+            }
+        }
+    }
 
     #[test]
     fn deinterleave_splits_even_and_odd() {

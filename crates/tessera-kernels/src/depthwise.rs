@@ -409,6 +409,7 @@ impl DepthwiseConv {
         let out = self.shape.output();
         let [_, ho, wo] = out;
         if target.dims != out
+            || target.phases.is_some()
             || target.rows != ho
             || target.row_pitch != wo
             || target.base + ho * wo > target.channel_stride
@@ -1171,6 +1172,7 @@ mod tests {
                 base: 5,
                 rows: ho,
                 row_pitch: wo,
+                phases: None,
             };
             let mut conv = DepthwiseConv::new(shape, &w).unwrap();
             conv.set_output_target(target).unwrap();
@@ -1208,8 +1210,14 @@ mod tests {
         // A target with padding between rows (the next 3x3 convolution's input) is refused.
         let shape = ConvShape::conv2d(8, 8, [6, 6], [3, 3], 1, 1).unwrap().with_groups(8).unwrap();
         let mut conv = DepthwiseConv::new(shape, &values(72, 1)).unwrap();
-        let padded =
-            OutputTarget { dims: [1, 6, 6], channel_stride: 64, base: 9, rows: 8, row_pitch: 8 };
+        let padded = OutputTarget {
+            dims: [1, 6, 6],
+            channel_stride: 64,
+            base: 9,
+            rows: 8,
+            row_pitch: 8,
+            phases: None,
+        };
         assert!(matches!(conv.set_output_target(padded), Err(KernelError::InvalidShape { .. })));
         assert_eq!(conv.output_target(), &OutputTarget::dense([1, 6, 6]));
     }

@@ -68,7 +68,7 @@ mod threads;
 pub mod training;
 
 pub use channel_vector::ChannelVectorConv;
-pub use conv::{ConvShape, InputLayout, OutputTarget};
+pub use conv::{ConvShape, InputLayout, OutputTarget, PhaseSplit};
 pub use depthwise::{DepthwiseConv, DepthwiseMethod, DepthwiseScratch};
 pub use error::{KernelError, Result};
 pub use isa::Isa;

@@ -49,11 +49,11 @@
 mod store;
 mod tile_plan;
 
-use store::store_whole;
 pub use store::{Clamp, Epilogue};
 pub(crate) use store::{Out, store_row, store_row_fused};
 use store::{RowEpilogue, store_row_residual};
-pub(crate) use tile_plan::{Seg, TilePlan};
+use store::{store_pair_rows, store_whole};
+pub(crate) use tile_plan::{Seg, Split, TilePlan};
 
 use tessera_sparsity::Mask;
 
@@ -524,6 +524,16 @@ impl RowGroupConv {
         &self.target
     }
 
+    /// Whether every tile is stored as whole vectors at `isa` (plain stores, or a phase-split
+    /// target's deinterleaved halves) rather than lane by lane with masked or compress stores.
+    /// A phase-split target (the input of a stride-2 consumer) pays only then: its compress
+    /// stores cost a producer more than the consumer saves (unstructured CSR rows, 8 vectors a
+    /// tile, on ResNet-20's 16@32x32: +4 us stored, -3.7 us read).
+    pub fn stores_whole_vectors(&self, isa: Isa) -> bool {
+        let plan = &self.plans[usize::from(isa.lanes() == 16)];
+        (0..plan.tiles.len()).all(|ti| plan.plain(ti))
+    }
+
     /// The input layout (packed by [`RowGroupConv::run`], or written by a producer through
     /// [`InputLayout::as_target`] for [`RowGroupConv::run_prepacked`]).
     pub fn layout(&self) -> &InputLayout {
@@ -709,6 +719,11 @@ pub(crate) fn readdress_residual(
 ) -> Result<()> {
     let wanted = new.unwrap_or(*target);
     check_output_target(&wanted, output)?;
+    if new.is_some_and(|n| n.phases.is_some()) {
+        return Err(KernelError::InvalidShape {
+            reason: "a fused residual cannot be read from a phase-split layout".into(),
+        });
+    }
     let mut next = plans.clone();
     address_residual(&mut next, layout, &wanted)?;
     *plans = next;
@@ -742,9 +757,26 @@ pub(crate) fn address_residual(
 pub(crate) fn check_output_target(target: &OutputTarget, output: [usize; 3]) -> Result<()> {
     let [d, h, w] = target.dims;
     let fits = target.dims == output
-        && target.row_pitch >= w
-        && target.rows >= h
-        && (d * h * w == 0 || target.index([d - 1, h - 1, w - 1]) < target.channel_stride);
+        && match &target.phases {
+            None => {
+                target.row_pitch >= w
+                    && target.rows >= h
+                    && (d * h * w == 0
+                        || target.index([d - 1, h - 1, w - 1]) < target.channel_stride)
+            }
+            // Every phase plane holds its rows and columns, and the planes the channel.
+            Some(ps) => {
+                let [sy, sx] = ps.stride;
+                d == 1
+                    && sy >= 1
+                    && sx >= 1
+                    && (h * w == 0
+                        || (h - 1 + ps.pad[0]) / sy < target.rows
+                            && (w - 1 + ps.pad[1]) / sx < target.row_pitch)
+                    && target.rows * target.row_pitch <= ps.plane_len
+                    && target.base + sy * sx * ps.plane_len <= target.channel_stride
+            }
+        };
     if fits {
         return Ok(());
     }
@@ -771,6 +803,14 @@ pub(crate) fn check_output(
         check_len("bias", channels, b.len())?;
     }
     if let Some(r) = epilogue.residual {
+        if residual.is_none() && target.phases.is_some() {
+            // Tiles read a residual by lanes in output order; a phase split reorders them.
+            return Err(KernelError::InvalidShape {
+                reason: "a fused residual laid out as a phase-split output target; give the \
+                         kernel a residual layout of its own"
+                    .into(),
+            });
+        }
         match residual {
             // Laid out as the output: as long as the output buffer.
             None => check_len("residual", output, r.len())?,
@@ -1064,9 +1104,12 @@ fn tile_group<S: Simd>(job: &Job<'_>, ti: usize, g: usize) {
     let vectors = if n <= S::LANES { 1 } else { plan.vectors };
     // Tiles stored whole at one shift take the flat output's plain stores, shifted.
     let (x_step, y_step) = plan.steps[ti];
+    // A deinterleaved pair (phase-split target) is one or two whole vectors.
+    let pair = plan.pairs[ti].filter(|_| !job.direct && vectors <= 2);
     let (segs, shift): (&[Seg], isize) = match (job.direct, plan.uniform[ti]) {
         (true, _) => (&[], 0),
         (false, Some(d)) => (&[], d as isize),
+        (false, None) if pair.is_some() => (&[], 0),
         (false, None) => (&plan.segs[plan.seg_ptr[ti] as usize..plan.seg_ptr[ti + 1] as usize], 0),
     };
     // A full tile lies inside one run, so its loads and stores stay in bounds; the last
@@ -1096,6 +1139,7 @@ fn tile_group<S: Simd>(job: &Job<'_>, ti: usize, g: usize) {
         n,
         segs,
         shift,
+        pair,
         x_step: x_step as usize,
         // The flat output is the grid: its vectors are as far apart as the grid's.
         y_step: if job.direct { x_step as isize } else { y_step as isize },
@@ -1122,24 +1166,38 @@ fn tile_group<S: Simd>(job: &Job<'_>, ti: usize, g: usize) {
         }
         let stacked =
             x_step as usize != S::LANES || (segs.is_empty() && rows.y_step != S::LANES as isize);
+        if pair.is_some() {
+            // Deinterleaved pairs in instances of their own, so that the others carry no
+            // pair code: a run-time pair check in every instance cost 3-5% of stride-1
+            // block-punched layers (16@32x32 as in a plan: 6.1 -> 6.4 us).
+            match (vectors, load_whole, stacked) {
+                (1, true, _) => rows.run::<S, 1, true, false, true>(),
+                (1, false, _) => rows.run::<S, 1, false, false, true>(),
+                (_, true, true) => rows.run::<S, TILE_V, true, true, true>(),
+                (_, true, false) => rows.run::<S, TILE_V, true, false, true>(),
+                // Unreached (a pair of two vectors is a full tile).
+                (_, false, _) => rows.run::<S, TILE_V, false, false, true>(),
+            }
+            return;
+        }
         match (vectors, load_whole, stacked) {
             // Wide tiles: one row at a time.
-            (8, true, _) => rows.run::<S, 8, true, false>(),
-            (8, false, _) => rows.run::<S, 8, false, false>(),
-            (4, true, false) => rows.run::<S, 4, true, false>(),
-            (4, false, false) => rows.run::<S, 4, false, false>(),
-            (4, true, true) => rows.run::<S, 4, true, true>(),
-            (4, false, true) => rows.run::<S, 4, false, true>(),
-            (1, true, _) => rows.run::<S, 1, true, false>(),
-            (1, false, _) => rows.run::<S, 1, false, false>(),
-            (WIDE_TILE_V, true, _) => rows.run::<S, WIDE_TILE_V, true, false>(),
-            (WIDE_TILE_V, false, _) => rows.run::<S, WIDE_TILE_V, false, false>(),
-            (_, true, true) => rows.run::<S, TILE_V, true, true>(),
-            (_, true, false) => rows.run::<S, TILE_V, true, false>(),
+            (8, true, _) => rows.run::<S, 8, true, false, false>(),
+            (8, false, _) => rows.run::<S, 8, false, false, false>(),
+            (4, true, false) => rows.run::<S, 4, true, false, false>(),
+            (4, false, false) => rows.run::<S, 4, false, false, false>(),
+            (4, true, true) => rows.run::<S, 4, true, true, false>(),
+            (4, false, true) => rows.run::<S, 4, false, true, false>(),
+            (1, true, _) => rows.run::<S, 1, true, false, false>(),
+            (1, false, _) => rows.run::<S, 1, false, false, false>(),
+            (WIDE_TILE_V, true, _) => rows.run::<S, WIDE_TILE_V, true, false, false>(),
+            (WIDE_TILE_V, false, _) => rows.run::<S, WIDE_TILE_V, false, false, false>(),
+            (_, true, true) => rows.run::<S, TILE_V, true, true, false>(),
+            (_, true, false) => rows.run::<S, TILE_V, true, false, false>(),
             // Unreached (a stacked tile short of `TILE_V` rows is one vector wide), but kept
             // so that no stacked tile can run with contiguous vector offsets.
-            (_, false, true) => rows.run::<S, TILE_V, false, true>(),
-            (_, false, false) => rows.run::<S, TILE_V, false, false>(),
+            (_, false, true) => rows.run::<S, TILE_V, false, true, false>(),
+            (_, false, false) => rows.run::<S, TILE_V, false, false, false>(),
         }
     }
 }
@@ -1158,9 +1216,11 @@ struct GroupRows<'a> {
     /// The tile's first position and valid positions.
     p0: usize,
     n: usize,
-    /// The tile's masked stores, or none for plain stores shifted by `shift`.
+    /// The tile's masked stores, or none for plain stores shifted by `shift` (or the
+    /// deinterleaved halves of a `pair`).
     segs: &'a [Seg],
     shift: isize,
+    pair: Option<Split>,
     /// Distance between the tile's vectors in the grid and in the output (`LANES` but for
     /// stacked rows).
     x_step: usize,
@@ -1175,12 +1235,13 @@ impl GroupRows<'_> {
     /// # Safety
     /// Row `r0 + i` is an output row (and has a bias, when there is one).
     #[inline(always)]
-    unsafe fn rows_from(&self, i: usize) -> (Out<'_>, RowEpilogue) {
+    unsafe fn rows_from<const PAIR: bool>(&self, i: usize) -> (Out<'_>, RowEpilogue) {
         let job = self.job;
         let (r0, p0) = (self.r0, self.p0);
         let yp = job.y.0.add((r0 + i) * job.ystride).wrapping_add(p0).wrapping_offset(self.shift);
         let (rshift, rstep) = if self.segs.is_empty() { self.residual } else { (0, 0) };
         let out = Out {
+            pair: if PAIR { self.pair } else { None },
             y: yp,
             stride: job.ystride,
             n: self.n,
@@ -1214,7 +1275,7 @@ impl GroupRows<'_> {
         let job = self.job;
         let mut i = 0;
         while i + 4 <= self.r {
-            let (out, ep) = self.rows_from(i);
+            let (out, ep) = self.rows_from::<false>(i);
             let (wp, pf) = (self.w.as_ptr().add(i), job.stream_weights);
             if self.r - i >= 8 {
                 micro_quad::<S, 2>(self.offs, wp, self.r, job.x, &out, &ep, pf);
@@ -1237,7 +1298,15 @@ impl GroupRows<'_> {
     /// only (plain stores when the flat grid is the output, the tile plan's masked stores
     /// otherwise).
     #[inline(always)]
-    unsafe fn run<S: Simd, const V: usize, const FULL: bool, const STACKED: bool>(&self) {
+    unsafe fn run<
+        S: Simd,
+        const V: usize,
+        const FULL: bool,
+        const STACKED: bool,
+        const PAIR: bool,
+    >(
+        &self,
+    ) {
         let job = self.job;
         if job.prefetch_ahead {
             // The next tile's input lines, one per entry (a channel each): the tile after
@@ -1267,14 +1336,14 @@ impl GroupRows<'_> {
             };
             let wp = self.w.as_ptr().add(i);
             let xp = job.x.add(self.p0);
-            let (out, ep) = self.rows_from(i);
+            let (out, ep) = self.rows_from::<PAIR>(i);
             let (offs, r) = (self.offs, self.r);
             let (xs, pf) = (self.x_step, job.stream_weights);
             match rt {
-                8 => micro::<S, 8, V, FULL, STACKED>(offs, wp, r, xp, xs, &out, &ep, pf),
-                4 => micro::<S, 4, V, FULL, STACKED>(offs, wp, r, xp, xs, &out, &ep, pf),
-                2 => micro::<S, 2, V, FULL, STACKED>(offs, wp, r, xp, xs, &out, &ep, pf),
-                _ => micro::<S, 1, V, FULL, STACKED>(offs, wp, r, xp, xs, &out, &ep, pf),
+                8 => micro::<S, 8, V, FULL, STACKED, PAIR>(offs, wp, r, xp, xs, &out, &ep, pf),
+                4 => micro::<S, 4, V, FULL, STACKED, PAIR>(offs, wp, r, xp, xs, &out, &ep, pf),
+                2 => micro::<S, 2, V, FULL, STACKED, PAIR>(offs, wp, r, xp, xs, &out, &ep, pf),
+                _ => micro::<S, 1, V, FULL, STACKED, PAIR>(offs, wp, r, xp, xs, &out, &ep, pf),
             }
             i += rt;
         }
@@ -1386,6 +1455,7 @@ unsafe fn micro_quad<S: Simd, const H: usize>(
 /// valid positions); otherwise only the first `n` are loaded. Stores follow `out` (plain when it
 /// has no segments, masked per segment otherwise). With `STACKED`, vector `v` is read at
 /// `v * xs` and stored at `v * out.step` (stacked rows); otherwise both are `v * LANES`.
+/// With `PAIR` (and only then), `out` may carry a phase-split pair (`Out::pair`).
 /// `stream_weights`: prefetch the weights [`WEIGHT_PREFETCH_FLOATS`] ahead of each entry.
 ///
 /// # Safety
@@ -1394,7 +1464,14 @@ unsafe fn micro_quad<S: Simd, const H: usize>(
 /// must be writable.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro<S: Simd, const RT: usize, const V: usize, const FULL: bool, const STACKED: bool>(
+unsafe fn micro<
+    S: Simd,
+    const RT: usize,
+    const V: usize,
+    const FULL: bool,
+    const STACKED: bool,
+    const PAIR: bool,
+>(
     offs: &[u32],
     w: *const f32,
     wstride: usize,
@@ -1441,7 +1518,13 @@ unsafe fn micro<S: Simd, const RT: usize, const V: usize, const FULL: bool, cons
         // Wrapping: after the last entry this points past the weights and is never read.
         wp = wp.wrapping_add(wstride);
     }
-    if FULL && out.segs.is_empty() {
+    if let (true, Some(split)) = (PAIR && FULL && V <= 2 && out.segs.is_empty(), out.pair) {
+        // A phase-split target's rows, deinterleaved: straight-line too (through the rolled
+        // loop below, a 16@32x32 block-punched layer at 8x took 8.5 us, against 6.9).
+        store_pair_rows::<S, RT, V>(&acc, out, split, ep.bias, ep.residual, ep.clamp);
+        return;
+    }
+    if !PAIR && FULL && out.segs.is_empty() {
         // Whole vectors to the flat output: a straight line of stores (the general loop
         // below stays rolled, its accumulators spilled to the stack and reloaded). Bias,
         // residual and clamp chosen once per tile, not per vector: a branch per vector kept

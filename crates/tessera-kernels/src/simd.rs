@@ -118,6 +118,22 @@ pub(crate) trait Simd: Copy + 'static {
         }
     }
 
+    /// Stores the lanes set in `mask`, in lane order, to `p, p + 1, ...` (a compress store:
+    /// `mask.count_ones()` floats written, nothing else touched).
+    #[inline(always)]
+    unsafe fn store_compressed(p: *mut f32, v: Self::V, mask: u16) {
+        let mut buf = [0.0f32; 16];
+        Self::store(buf.as_mut_ptr(), v);
+        let mut m = mask;
+        let mut k = 0;
+        while m != 0 {
+            let i = m.trailing_zeros() as usize;
+            *p.wrapping_add(k) = buf[i];
+            k += 1;
+            m &= m - 1;
+        }
+    }
+
     /// Lane `i` is `p[i % 4]`: four values repeated across the vector (one load).
     #[inline(always)]
     unsafe fn broadcast4(p: *const f32) -> Self::V {
@@ -512,6 +528,13 @@ mod x86 {
             _mm512_mask_storeu_ps(p, mask, v)
         }
         #[inline(always)]
+        unsafe fn store_compressed(p: *mut f32, v: Self::V, mask: u16) {
+            // Compressed in registers, then a masked store: `vcompressps` to memory is
+            // microcoded on AMD Zen 4.
+            let packed = _mm512_maskz_compress_ps(mask, v);
+            _mm512_mask_storeu_ps(p, ((1u32 << mask.count_ones()) - 1) as __mmask16, packed)
+        }
+        #[inline(always)]
         unsafe fn load_masked(p: *const f32, mask: u16) -> Self::V {
             _mm512_maskz_loadu_ps(mask, p)
         }
@@ -605,7 +628,9 @@ mod tests {
 
     /// Every mask of one vector against a scalar reference: a masked store writes the selected
     /// lanes and nothing else (guard values on both sides stay), a masked load reads the
-    /// selected lanes and zeroes the rest, and the partial forms equal their prefix masks;
+    /// selected lanes and zeroes the rest, a compress store writes the selected lanes in order
+    /// to the first addresses and nothing after them, and the partial forms equal their
+    /// prefix masks;
     /// `broadcast4` repeats its four values across the vector, `quarter_add` adds (or
     /// writes) one quarter of a vector and nothing else.
     #[inline(always)]
@@ -624,6 +649,16 @@ mod tests {
                 .collect();
             if buf != want {
                 return Err(format!("store_masked {mask:#x}: {buf:?}, expected {want:?}"));
+            }
+            let mut buf = vec![-1.0f32; l + 2];
+            // SAFETY: as above; a compress store writes at most one vector.
+            unsafe { S::store_compressed(buf.as_mut_ptr().add(1), S::load(src.as_ptr()), mask) };
+            let kept: Vec<f32> = (0..l).filter(|&i| selected(i)).map(|i| src[i]).collect();
+            let want: Vec<f32> = (0..l + 2)
+                .map(|k| if k >= 1 && k <= kept.len() { kept[k - 1] } else { -1.0 })
+                .collect();
+            if buf != want {
+                return Err(format!("store_compressed {mask:#x}: {buf:?}, expected {want:?}"));
             }
             // SAFETY: `src` and `lanes` hold one vector each.
             unsafe { S::store(lanes.as_mut_ptr(), S::load_masked(src.as_ptr(), mask)) };

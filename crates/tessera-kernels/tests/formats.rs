@@ -629,11 +629,16 @@ fn check_epilogue_and_packed_output<K: FusedConv>(
         let positions = shape.output_positions();
         let n = shape.out_channels * positions;
         let residual = weights(n, 33);
-        // The consumer: a padded stride-1 3x3 convolution on this one's output.
+        // The consumers: padded 3x3 convolutions on this one's output, stride 1 and stride 2
+        // (phase planes, stored with compress stores).
         let [_, oh, ow] = shape.output();
-        let next_shape = ConvShape::conv2d(shape.out_channels, 8, [oh, ow], [3, 3], 1, 1).unwrap();
-        let next = bind(next_shape, 34);
-        let target = next.layout().as_target().unwrap();
+        let nexts: Vec<(K, ConvShape)> = [1, 2]
+            .map(|stride| {
+                let next = ConvShape::conv2d(shape.out_channels, 8, [oh, ow], [3, 3], stride, 1);
+                let next = next.unwrap();
+                (bind(next, 34), next)
+            })
+            .into();
         for isa in Isa::available() {
             let mut scratch = conv.scratch();
             let mut plain = vec![0.0; n];
@@ -662,29 +667,49 @@ fn check_epilogue_and_packed_output<K: FusedConv>(
                     }
                 }
             }
-            // Stores into the consumer's packed layout.
+            // Stores into the consumers' packed layouts.
             let ep = Epilogue { bias: Some(&bias), clamp: Clamp::Relu, residual: None };
             let mut mid = vec![0.0; n];
             conv.run_fused(isa, &x, &mut mid, &mut scratch, 1, ep).unwrap();
-            let mut want = vec![0.0; 8 * positions];
-            let mut next_scratch = next.scratch();
-            let none = Epilogue::default();
-            next.run_fused(isa, &mid, &mut want, &mut next_scratch, 1, none).unwrap();
-            let mut repacked = vec![0.0; next.layout().packed_len()];
-            next.layout().pack(&mid, &mut repacked);
-            let mut producer = conv.clone();
-            producer.set_output_target(target).unwrap();
-            for threads in [1, 2] {
-                let mut packed = vec![0.0; next.layout().packed_len()];
-                let used = target.len(shape.out_channels);
-                producer
-                    .run_fused(isa, &x, &mut packed[..used], &mut scratch, threads, ep)
-                    .unwrap();
-                assert_eq!(packed, repacked, "{what} {shape:?} {isa:?} {threads}t: packed layout");
-                let mut got = vec![f32::NAN; want.len()];
-                next.run_prepacked(isa, &packed, &mut got, &mut next_scratch, threads, none)
-                    .unwrap();
-                assert_eq!(got, want, "{what} {shape:?} {isa:?} {threads}t: consumer on packed");
+            for (next, next_shape) in &nexts {
+                let target = next.layout().as_target().unwrap();
+                let strided = target.phases.is_some();
+                let mut want = vec![0.0; 8 * next_shape.output_positions()];
+                let mut next_scratch = next.scratch();
+                let none = Epilogue::default();
+                next.run_fused(isa, &mid, &mut want, &mut next_scratch, 1, none).unwrap();
+                let mut repacked = vec![0.0; next.layout().packed_len()];
+                next.layout().pack(&mid, &mut repacked);
+                let mut producer = conv.clone();
+                producer.set_output_target(target).unwrap();
+                for threads in [1, 2] {
+                    let mut packed = vec![0.0; next.layout().packed_len()];
+                    let used = target.len(shape.out_channels);
+                    producer
+                        .run_fused(isa, &x, &mut packed[..used], &mut scratch, threads, ep)
+                        .unwrap();
+                    assert_eq!(
+                        packed, repacked,
+                        "{what} {shape:?} {isa:?} {threads}t stride-2 {strided}: packed layout"
+                    );
+                    let mut got = vec![f32::NAN; want.len()];
+                    next.run_prepacked(isa, &packed, &mut got, &mut next_scratch, threads, none)
+                        .unwrap();
+                    assert_eq!(
+                        got, want,
+                        "{what} {shape:?} {isa:?} {threads}t stride-2 {strided}: consumer on packed"
+                    );
+                }
+                if strided {
+                    // A residual laid out as a phase-split output is refused, not misread.
+                    let mut packed = vec![0.0; next.layout().packed_len()];
+                    let used = target.len(shape.out_channels);
+                    let r = vec![0.0; used];
+                    let with_res = Epilogue { residual: Some(&r), ..ep };
+                    let run =
+                        producer.run_fused(isa, &x, &mut packed[..used], &mut scratch, 1, with_res);
+                    assert!(run.is_err(), "{what} {shape:?}: residual in a phase-split target");
+                }
             }
         }
         // Wrong lengths and a target of another extent are typed errors.
@@ -701,6 +726,31 @@ fn check_epilogue_and_packed_output<K: FusedConv>(
         let other = ConvShape::conv2d(4, 4, [oh + 1, ow], [3, 3], 1, 1).unwrap().layout();
         assert!(conv.clone().set_output_target(other.as_target().unwrap()).is_err());
     }
+}
+
+/// The row-group engine reading its input directly fuses the epilogue and stores to output
+/// targets, the phase-split layouts of stride-2 consumers included: row tiles of two vectors
+/// stored as deinterleaved halves (32-wide maps on AVX-512, 16-wide on AVX2), stacked and
+/// flat tiles with compress stores.
+#[test]
+fn row_groups_fuse_the_epilogue_and_store_packed_outputs() {
+    let shapes = [
+        ConvShape::conv2d(16, 16, [4, 32], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(8, 16, [6, 16], [3, 3], 1, 1).unwrap(),
+        ConvShape::conv2d(6, 16, [10, 10], [3, 3], 2, 1).unwrap(),
+    ];
+    check_epilogue_and_packed_output(
+        &shapes,
+        |shape, seed| {
+            let layer = shape.layer("conv").unwrap();
+            let w = weights(layer.geometry.len(), seed);
+            let bp = project("block-punched:8x4", &layer, &w, 0.75);
+            let m = BlockPunched::encode(&layer, &bp.values, &bp.mask, 8, 4).unwrap();
+            let direct = tessera_kernels::RowGroupInput::Direct;
+            RowGroupConv::with_input(m.to_row_groups(), shape, direct).unwrap()
+        },
+        "block-punched direct",
+    );
 }
 
 /// BCR and FKW fuse the epilogue and store to output targets: tiles within 32-wide output

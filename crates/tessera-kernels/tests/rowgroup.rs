@@ -405,7 +405,8 @@ fn overlapping_output_targets_are_refused() {
     let m = RowGroupMatrix::from_dense(8, shape.cols(), &w, None, &groups).unwrap();
     let mut conv = RowGroupConv::new(m, shape).unwrap();
     let dims = shape.output();
-    let ok = OutputTarget { dims, channel_stride: 64, base: 9, rows: 7, row_pitch: 7 };
+    let ok =
+        OutputTarget { dims, channel_stride: 64, base: 9, rows: 7, row_pitch: 7, phases: None };
     assert!(conv.set_output_target(ok).is_ok());
     for bad in [
         OutputTarget { channel_stride: 1, base: 0, rows: 0, ..ok },

@@ -945,6 +945,7 @@ fn fkw_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const FULL: bool>(
             let offset = ($r * job.ystride + p0) as isize;
             // Segments read the residual at their `rdelta` from the row's start there.
             let out = Out {
+                pair: None,
                 y: job.y.0.wrapping_offset(offset),
                 stride: 0,
                 n,

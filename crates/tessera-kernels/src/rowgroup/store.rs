@@ -1,7 +1,7 @@
 //! Stores of an output tile: the epilogue (bias, fused residual, clamp activation) applied in
 //! registers, then plain stores or the tile plan's masked stores per segment.
 
-use super::tile_plan::Seg;
+use super::tile_plan::{Seg, Split};
 use crate::simd::Simd;
 
 /// What a kernel applies to each output value before storing it:
@@ -179,7 +179,7 @@ pub(crate) unsafe fn store_row_fused<S: Simd, const V: usize, const FULL: bool>(
 }
 
 /// Stores row `rr` of a tile: plain stores when `out` has no segments (the flat grid is the
-/// output), the tile plan's masked stores otherwise.
+/// output), the tile plan's masked (or compress) stores otherwise.
 ///
 /// # Safety
 /// Every address `out` selects for row `rr` must be writable.
@@ -192,7 +192,9 @@ pub(crate) unsafe fn store_row<S: Simd, const V: usize, const FULL: bool>(
     let l = S::LANES;
     let n = out.n;
     let yp = out.y.wrapping_add(rr * out.stride);
-    if out.segs.is_empty() {
+    if let Some(pair) = out.pair {
+        store_pair::<S>(yp, a[0], a[V - 1], V == 2, pair);
+    } else if out.segs.is_empty() {
         for (v, &av) in a.iter().enumerate() {
             let at = yp.offset(v as isize * out.step);
             if FULL {
@@ -213,7 +215,11 @@ pub(crate) unsafe fn store_row<S: Simd, const V: usize, const FULL: bool>(
         for (v, &av) in a.iter().enumerate() {
             while let Some(seg) = out.segs.get(k).filter(|s| s.v as usize == v) {
                 let p = yp.wrapping_offset(seg.delta as isize).wrapping_add(v * l);
-                S::store_masked(p, av, seg.mask);
+                if seg.compress {
+                    S::store_compressed(p, av, seg.mask);
+                } else {
+                    S::store_masked(p, av, seg.mask);
+                }
                 k += 1;
             }
         }
@@ -239,7 +245,12 @@ pub(crate) unsafe fn store_row_residual<S: Simd, const V: usize, const FULL: boo
     let n = out.n;
     let yp = out.y.wrapping_add(rr * out.stride);
     let rp = res.wrapping_add(rr * out.rstride);
-    if out.segs.is_empty() {
+    if let Some(pair) = out.pair {
+        let r1 = rp.offset((V - 1) as isize * out.rstep);
+        let a0 = clamp.apply_vec::<S>(S::add(a[0], S::load(rp)));
+        let a1 = clamp.apply_vec::<S>(S::add(a[V - 1], S::load(r1)));
+        store_pair::<S>(yp, a0, a1, V == 2, pair);
+    } else if out.segs.is_empty() {
         for (v, &av) in a.iter().enumerate() {
             let (at, rat) = (yp.offset(v as isize * out.step), rp.offset(v as isize * out.rstep));
             if FULL {
@@ -259,9 +270,93 @@ pub(crate) unsafe fn store_row_residual<S: Simd, const V: usize, const FULL: boo
                 let p = yp.wrapping_offset(seg.delta as isize).wrapping_add(v * l);
                 let rat = rp.wrapping_offset(seg.rdelta as isize).wrapping_add(v * l);
                 let r = S::load_masked(rat, seg.mask);
-                S::store_masked(p, clamp.apply_vec::<S>(S::add(av, r)), seg.mask);
+                let sum = clamp.apply_vec::<S>(S::add(av, r));
+                if seg.compress {
+                    S::store_compressed(p, sum, seg.mask);
+                } else {
+                    S::store_masked(p, sum, seg.mask);
+                }
                 k += 1;
             }
+        }
+    }
+}
+
+/// A tile's row to a phase-split target (see `TilePlan::pairs`): one output row of one
+/// vector (`a0`) or two (`a0`, `a1`: `two`) deinterleaved, its even lanes to `yp + even[0] + k`
+/// and its odd lanes to `yp + odd[0] + k`, or (`split.rows`) two stacked output rows, vector
+/// `a0`'s halves to `even[0]` and `odd[0]` and (with `two`) `a1`'s to `even[1]` and `odd[1]`.
+/// Vectors by value, not an array: copies of a tile's rows as arrays, in every instance of
+/// the micro-kernels, made LLVM's register promotion take minutes to compile the crate.
+///
+/// # Safety
+/// Every half (or whole vector, for a two-vector row) stored is writable.
+#[inline(always)]
+unsafe fn store_pair<S: Simd>(yp: *mut f32, a0: S::V, a1: S::V, two: bool, split: Split) {
+    let half = S::LANES / 2;
+    let at = |o: i32| yp.wrapping_offset(o as isize);
+    // SAFETY: caller's contract.
+    unsafe {
+        if split.rows {
+            let (e, o) = S::deinterleave(a0, a0);
+            S::store_partial(at(split.even[0]), e, half);
+            S::store_partial(at(split.odd[0]), o, half);
+            if two {
+                let (e, o) = S::deinterleave(a1, a1);
+                S::store_partial(at(split.even[1]), e, half);
+                S::store_partial(at(split.odd[1]), o, half);
+            }
+            return;
+        }
+        if two {
+            let (e, o) = S::deinterleave(a0, a1);
+            S::store(at(split.even[0]), e);
+            S::store(at(split.odd[0]), o);
+        } else {
+            let (e, o) = S::deinterleave(a0, a0);
+            S::store_partial(at(split.even[0]), e, half);
+            S::store_partial(at(split.odd[0]), o, half);
+        }
+    }
+}
+
+/// `RT` rows of one or two whole vectors to a phase-split target (`split`, see
+/// `TilePlan::pairs`): the epilogue of [`store_whole`] (the same operations in the same
+/// order, chosen by run-time flags: a tile's rows are straight-line code either way), then
+/// [`store_pair`] per row.
+///
+/// # Safety
+/// As [`store_whole`] (with `bias` and `res` present when given).
+#[inline(always)]
+pub(super) unsafe fn store_pair_rows<S: Simd, const RT: usize, const V: usize>(
+    acc: &[[S::V; V]; RT],
+    out: &Out<'_>,
+    split: Split,
+    bias: Option<*const f32>,
+    res: Option<*const f32>,
+    clamp: Clamp,
+) {
+    // SAFETY: caller's contract.
+    unsafe {
+        let clamps = !matches!(clamp, Clamp::None);
+        let (lo, hi) = clamp.bounds::<S>();
+        for (rr, a) in acc.iter().enumerate() {
+            let (mut a0, mut a1) = (a[0], a[V - 1]);
+            if let Some(b) = bias {
+                let bv = S::splat(*b.add(rr));
+                a0 = S::add(a0, bv);
+                a1 = S::add(a1, bv);
+            }
+            if let Some(r) = res {
+                let rp = r.wrapping_add(rr * out.rstride);
+                a0 = S::add(a0, S::load(rp));
+                a1 = S::add(a1, S::load(rp.offset((V - 1) as isize * out.rstep)));
+            }
+            if clamps {
+                a0 = S::min(S::max(a0, lo), hi);
+                a1 = S::min(S::max(a1, lo), hi);
+            }
+            store_pair::<S>(out.y.add(rr * out.stride), a0, a1, V == 2, split);
         }
     }
 }
@@ -269,6 +364,9 @@ pub(crate) unsafe fn store_row_residual<S: Simd, const V: usize, const FULL: boo
 /// Where a micro-kernel stores its tile: `y` points at flat position `p0` of the first row
 /// (possibly outside the buffer: only plan-selected lanes are written).
 pub(crate) struct Out<'a> {
+    /// A tile of a phase-split target stored as deinterleaved halves at these offsets from
+    /// `y` (`segs` then empty; the residual read as for plain stores).
+    pub(crate) pair: Option<Split>,
     pub(crate) y: *mut f32,
     pub(crate) stride: usize,
     pub(crate) n: usize,

@@ -7,10 +7,14 @@ use crate::conv::{InputLayout, OutputTarget};
 
 /// A masked store of one vector of a tile: lanes `mask` go to `output + p + delta`, and a
 /// fused residual is read at `residual + p + rdelta` (`delta` unless the residual has a
-/// layout of its own: [`TilePlan::set_residual`]).
+/// layout of its own: [`TilePlan::set_residual`]), `p` the flat position of each lane. A
+/// `compress` store (a phase-split target, [`crate::PhaseSplit`]) writes the selected lanes
+/// packed together instead: the `k`-th of them to `output + p_v + delta + k`, `p_v` the
+/// flat position of the vector's first lane (its residual is still read lane by lane).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Seg {
     pub(crate) v: u8,
+    pub(crate) compress: bool,
     pub(crate) mask: u16,
     pub(crate) delta: i32,
     pub(crate) rdelta: i32,
@@ -37,6 +41,26 @@ pub(crate) struct TilePlan {
     /// shift + v * step` (the store's shift and step unless the residual has a layout of
     /// its own: [`TilePlan::set_residual`]; unused for other tiles).
     pub(crate) residual: Vec<(i32, i32)>,
+    /// Per tile, for a phase-split target ([`crate::PhaseSplit`]): `(even, odd)` when the
+    /// tile is one or two whole vectors of consecutive positions of one output row whose even
+    /// lanes go to `p0 + even + k` and odd lanes to `p0 + odd + k` (`k`-th of each): one
+    /// deinterleave (two permutes) and two stores (half-vector masked stores for one
+    /// vector), where the segments take a compress and a masked store per phase and vector.
+    /// Its residual is read as a uniform tile's (`residual`). Kernels without this store use
+    /// the segments.
+    pub(crate) pairs: Vec<Option<Split>>,
+}
+
+/// Where a tile of a phase-split target stores its even and odd lanes (see
+/// [`TilePlan::pairs`]): a tile of one output row (`rows` false: its one or two vectors
+/// deinterleaved, the even lanes to `even[0] + k` from the tile's store base, the odd ones to
+/// `odd[0] + k`), or two stacked rows of one vector each (`rows` true: vector `v`'s halves to
+/// `even[v]` and `odd[v]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Split {
+    pub(crate) even: [i32; 2],
+    pub(crate) odd: [i32; 2],
+    pub(crate) rows: bool,
 }
 
 impl TilePlan {
@@ -49,8 +73,35 @@ impl TilePlan {
         target: &OutputTarget,
     ) -> Self {
         let delta_of = target_delta(layout, target);
-        Self::stacked(layout, lanes, vectors, &delta_of)
-            .unwrap_or_else(|| Self::build(layout, lanes, vectors, &delta_of))
+        let compress = target.phases.is_some();
+        let stacked = if compress {
+            Self::stacked_split(layout, lanes, vectors, &delta_of)
+        } else {
+            Self::stacked(layout, lanes, vectors, &delta_of)
+        };
+        stacked.unwrap_or_else(|| Self::build(layout, lanes, vectors, &delta_of, compress))
+    }
+
+    /// For a phase-split target, with two vectors per tile: output rows of exactly one vector
+    /// stacked two per tile (each row's halves stored by [`Split`]), as [`stacked_rows`]
+    /// stacks them for plain targets; `None` where rows are not all one vector.
+    fn stacked_split(
+        layout: &InputLayout,
+        lanes: usize,
+        vectors: usize,
+        delta_of: &dyn Fn(usize) -> Option<isize>,
+    ) -> Option<Self> {
+        let rows = row_runs(layout);
+        if vectors != 2 || rows.is_empty() || rows.iter().any(|&(_, len)| len != lanes) {
+            return None;
+        }
+        let mut plan = TilePlan { vectors, seg_ptr: vec![0], ..TilePlan::default() };
+        for pair in rows.chunks(2) {
+            let (p0, x_step) = (pair[0].0, pair.get(1).map_or(lanes, |r| r.0 - pair[0].0));
+            let n = pair.len() * lanes;
+            plan.push_tile(p0, n, lanes, vectors, pair.len(), delta_of, true, x_step);
+        }
+        Some(plan)
     }
 
     /// [`with_target`](Self::with_target) without stacked rows: tiles of contiguous vectors,
@@ -61,7 +112,7 @@ impl TilePlan {
         vectors: usize,
         target: &OutputTarget,
     ) -> Self {
-        Self::build(layout, lanes, vectors, &target_delta(layout, target))
+        Self::build(layout, lanes, vectors, &target_delta(layout, target), target.phases.is_some())
     }
 
     /// A plan of stacked rows, when [`stacked_rows`] finds them.
@@ -81,18 +132,26 @@ impl TilePlan {
             uniform: tiles.iter().map(|t| Some(t.shift)).collect(),
             steps: tiles.iter().map(|t| (t.x_step, t.y_step)).collect(),
             residual: tiles.iter().map(|t| (t.shift, t.y_step)).collect(),
+            pairs: vec![None; count],
         })
     }
 
     /// Tiles and, per tile vector, masked stores to `p + delta(p)` for each kept flat
-    /// position `p`.
+    /// position `p` (compress stores with `compress`).
     fn build(
         layout: &InputLayout,
         lanes: usize,
         vectors: usize,
         delta_of: &dyn Fn(usize) -> Option<isize>,
+        compress: bool,
     ) -> Self {
-        let all = match output_rows(layout, lanes, vectors, delta_of) {
+        // A phase split's tiles run within output rows, so that two-vector tiles pair up.
+        let rows = if compress {
+            Some(row_runs(layout)).filter(|rows| vectors == 2 && !rows.is_empty())
+        } else {
+            output_rows(layout, lanes, vectors, delta_of)
+        };
+        let all = match rows {
             Some(rows) => tiles(&rows, vectors * lanes),
             None => tiles(layout.runs(), vectors * lanes),
         };
@@ -100,7 +159,7 @@ impl TilePlan {
         for &(p0, n) in &all {
             // A tile of at most one vector is computed one vector wide (`tile_group`).
             let computed = if n <= lanes { 1 } else { vectors };
-            plan.push_tile(p0, n, lanes, vectors, computed, delta_of);
+            plan.push_tile(p0, n, lanes, vectors, computed, delta_of, compress, lanes);
         }
         plan
     }
@@ -115,18 +174,22 @@ impl TilePlan {
         target: &OutputTarget,
     ) -> Self {
         let delta_of = target_delta(layout, target);
+        let compress = target.phases.is_some();
         let mut plan = TilePlan { vectors, seg_ptr: vec![0], ..TilePlan::default() };
         for &(p0, n) in tiles {
-            plan.push_tile(p0, n, lanes, vectors, n.div_ceil(lanes), &delta_of);
+            plan.push_tile(p0, n, lanes, vectors, n.div_ceil(lanes), &delta_of, compress, lanes);
         }
         plan
     }
 
     /// Appends tile `(p0, n)`: per vector, masked stores to `p + delta(p)` for each kept flat
-    /// position `p`; uniform when its `computed` vectors are stored whole at one shift. A tile
-    /// of discarded positions only (the gap between output rows of a strongly dilated, padded
-    /// convolution can span a whole tile) stores nothing: it is dropped, since an empty store
-    /// list means plain stores to the kernels.
+    /// position `p` (with `compress`, compress stores of the lanes whose destinations follow
+    /// one another: a phase-split row's lanes of one phase); uniform when its `computed`
+    /// vectors are stored whole at one shift. A tile of discarded positions only (the gap
+    /// between output rows of a strongly dilated, padded convolution can span a whole tile)
+    /// stores nothing: it is dropped, since an empty store list means plain stores to the
+    /// kernels.
+    #[allow(clippy::too_many_arguments)]
     fn push_tile(
         &mut self,
         p0: usize,
@@ -135,10 +198,40 @@ impl TilePlan {
         vectors: usize,
         computed: usize,
         delta_of: &dyn Fn(usize) -> Option<isize>,
+        compress: bool,
+        x_step: usize,
     ) {
         let whole = ((1u32 << lanes) - 1) as u16;
         let first = self.segs.len();
+        // Where lane i of vector v stores (compress tiles), by flat position p0 + v x_step + i.
+        let dest = |v: usize, i: usize| {
+            let p = p0 + v * x_step + i;
+            (v * lanes + i < n).then(|| delta_of(p).map(|d| p as isize + d)).flatten()
+        };
         for v in 0..vectors {
+            if compress {
+                // Open stores with the destination their next lane must have.
+                let mut open: Vec<(Seg, isize)> = Vec::new();
+                for i in 0..lanes {
+                    let Some(to) = dest(v, i) else { continue };
+                    match open.iter_mut().find(|(_, next)| *next == to) {
+                        Some((seg, next)) => {
+                            seg.mask |= 1 << i;
+                            *next += 1;
+                        }
+                        None => {
+                            // The first lane's destination relative to the vector's store
+                            // base, p0 + v lanes.
+                            let delta = (to - (p0 + v * lanes) as isize) as i32;
+                            let rdelta = (to - (p0 + v * x_step + i) as isize) as i32;
+                            let seg = Seg { v: v as u8, compress, mask: 1 << i, delta, rdelta };
+                            open.push((seg, to + 1));
+                        }
+                    }
+                }
+                self.segs.extend(open.into_iter().map(|(seg, _)| seg));
+                continue;
+            }
             let mut current: Option<Seg> = None;
             for i in 0..lanes {
                 let k = v * lanes + i;
@@ -150,7 +243,8 @@ impl TilePlan {
                             self.segs.push(seg);
                         }
                         let delta = d as i32;
-                        current = Some(Seg { v: v as u8, mask: 1 << i, delta, rdelta: delta });
+                        current =
+                            Some(Seg { v: v as u8, compress, mask: 1 << i, delta, rdelta: delta });
                     }
                     (None, _) => {}
                 }
@@ -162,6 +256,35 @@ impl TilePlan {
         if self.segs.len() == first {
             return;
         }
+        // Even and odd lanes of `count` consecutive lanes from lane `i0` of vector `v`: their
+        // first destinations (from the tile's store base p0) when each half is consecutive.
+        let halves = |v: usize, i0: usize, count: usize| -> Option<(i32, i32)> {
+            let lane = |k: usize| dest(v + (i0 + k) / lanes, (i0 + k) % lanes);
+            let (e, o) = (lane(0)?, lane(1)?);
+            (0..count / 2)
+                .all(|k| {
+                    lane(2 * k) == Some(e + k as isize) && lane(2 * k + 1) == Some(o + k as isize)
+                })
+                .then_some(())?;
+            let base = p0 as isize;
+            Some((i32::try_from(e - base).ok()?, i32::try_from(o - base).ok()?))
+        };
+        let full = n == computed * lanes && lanes.is_multiple_of(2);
+        let pair = if !compress || !full {
+            None
+        } else if x_step == lanes && computed <= 2 {
+            halves(0, 0, n).map(|(e, o)| Split { even: [e, e], odd: [o, o], rows: false })
+        } else if computed == 2 {
+            match (halves(0, 0, lanes), halves(1, 0, lanes)) {
+                (Some((e0, o0)), Some((e1, o1))) => {
+                    Some(Split { even: [e0, e1], odd: [o0, o1], rows: true })
+                }
+                _ => None,
+            }
+        } else {
+            None
+        };
+        self.pairs.push(pair);
         let segs = &self.segs[first..];
         let uniform = (segs.len() == computed
             && segs
@@ -170,7 +293,7 @@ impl TilePlan {
                 .all(|(v, s)| s.v as usize == v && s.mask == whole && s.delta == segs[0].delta))
         .then_some(segs[0].delta);
         self.uniform.push(uniform);
-        self.steps.push((lanes as u32, lanes as i32));
+        self.steps.push((x_step as u32, lanes as i32));
         self.residual.push((uniform.unwrap_or(0), lanes as i32));
         self.tiles.push((p0, n));
         self.seg_ptr.push(self.segs.len() as u32);
@@ -196,6 +319,7 @@ impl TilePlan {
         let mut seg_ptr = vec![0u32];
         let mut uniform = self.uniform.clone();
         let mut shifts = self.residual.clone();
+        let mut pairs = self.pairs.clone();
         for (ti, &(p0, n)) in self.tiles.iter().enumerate() {
             let (x_step, y_step) = (self.steps[ti].0 as usize, self.steps[ti].1 as isize);
             let lane = |v: usize, i: usize| p0 + v * x_step + i;
@@ -207,6 +331,13 @@ impl TilePlan {
             };
             let own = &self.segs[self.seg_ptr[ti] as usize..self.seg_ptr[ti + 1] as usize];
             let mut stores = own.to_vec();
+            if self.pairs[ti].is_some() {
+                // Read as a uniform tile's residual, or through the segments.
+                match affine_residual(n, lanes, &seg_rdelta) {
+                    Some(affine) => shifts[ti] = affine,
+                    None => pairs[ti] = None,
+                }
+            }
             if let Some(shift) = self.uniform[ti] {
                 match affine_residual(n, lanes, &seg_rdelta) {
                     Some(affine) => shifts[ti] = affine,
@@ -221,7 +352,8 @@ impl TilePlan {
                                 let delta = shift as isize + v as isize * (y_step - lanes as isize);
                                 let Ok(delta) = i32::try_from(delta) else { return false };
                                 let mask = ((1u32 << valid) - 1) as u16;
-                                stores.push(Seg { v: v as u8, mask, delta, rdelta: 0 });
+                                let v = v as u8;
+                                stores.push(Seg { v, compress: false, mask, delta, rdelta: 0 });
                             }
                         }
                     }
@@ -230,7 +362,7 @@ impl TilePlan {
             for seg in stores {
                 let v = seg.v as usize;
                 let mut current: Option<Seg> = None;
-                for i in (0..lanes).filter(|&i| seg.mask >> i & 1 == 1) {
+                for (k, i) in (0..lanes).filter(|&i| seg.mask >> i & 1 == 1).enumerate() {
                     let Some(d) = seg_rdelta(v, i).and_then(|d| i32::try_from(d).ok()) else {
                         return false;
                     };
@@ -238,7 +370,9 @@ impl TilePlan {
                         Some(c) if c.rdelta == d => c.mask |= 1 << i,
                         _ => {
                             segs.extend(current.take());
-                            current = Some(Seg { mask: 1 << i, rdelta: d, ..seg });
+                            // A compress store's later part starts `k` floats further on.
+                            let delta = if seg.compress { seg.delta + k as i32 } else { seg.delta };
+                            current = Some(Seg { mask: 1 << i, rdelta: d, delta, ..seg });
                         }
                     }
                 }
@@ -250,7 +384,14 @@ impl TilePlan {
         self.seg_ptr = seg_ptr;
         self.uniform = uniform;
         self.residual = shifts;
+        self.pairs = pairs;
         true
+    }
+
+    /// Whether tile `ti` is stored without segments: plainly at one shift, or as deinterleaved
+    /// pairs.
+    pub(crate) fn plain(&self, ti: usize) -> bool {
+        self.uniform[ti].is_some() || self.pairs[ti].is_some()
     }
 }
 
@@ -308,11 +449,40 @@ fn shifted_runs(
 }
 
 /// The length every output row of `layout` stored to `target` has (rows: runs of flat
-/// positions kept with one store shift), or `None` when they differ or there are none.
+/// positions kept with one store shift; for a phase-split target, the output rows), or
+/// `None` when they differ or there are none.
 pub(crate) fn uniform_row_length(layout: &InputLayout, target: &OutputTarget) -> Option<usize> {
-    let rows = shifted_runs(layout, &target_delta(layout, target));
-    let first = rows.first()?.1;
-    rows.iter().all(|&(_, len, _)| len == first).then_some(first)
+    let rows: Vec<usize> = if target.phases.is_some() {
+        row_runs(layout).iter().map(|&(_, len)| len).collect()
+    } else {
+        shifted_runs(layout, &target_delta(layout, target)).iter().map(|r| r.1).collect()
+    };
+    let first = *rows.first()?;
+    rows.iter().all(|&len| len == first).then_some(first)
+}
+
+/// The output rows of `layout`'s flat grid: maximal runs of kept flat positions in one
+/// output row.
+fn row_runs(layout: &InputLayout) -> Vec<(usize, usize)> {
+    let mut rows: Vec<(usize, usize)> = Vec::new();
+    let mut current: Option<(usize, usize, [usize; 2])> = None;
+    for &(start, len) in layout.runs() {
+        for p in start..start + len {
+            let Some([z, y, _]) = layout.flat_coords(p) else {
+                rows.extend(current.take().map(|(f, n, _)| (f, n)));
+                continue;
+            };
+            match current.as_mut() {
+                Some((f, n, row)) if *row == [z, y] && *f + *n == p => *n += 1,
+                _ => {
+                    rows.extend(current.take().map(|(f, n, _)| (f, n)));
+                    current = Some((p, 1, [z, y]));
+                }
+            }
+        }
+        rows.extend(current.take().map(|(f, n, _)| (f, n)));
+    }
+    rows
 }
 
 /// Rows of a stacked tile: `rows` output rows of exactly one vector, the first at flat
