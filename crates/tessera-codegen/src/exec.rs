@@ -2,7 +2,7 @@
 //! and the plain loops of the other ops, over disjoint ranges of the plan's arena.
 
 use tessera_ir::Activation;
-use tessera_kernels::{Clamp, Epilogue, Isa};
+use tessera_kernels::{Clamp, Epilogue, Isa, OutputTarget};
 
 use crate::buffers::Slot;
 use crate::error::{CodegenError, Result};
@@ -16,6 +16,17 @@ pub(crate) struct Io {
     /// Floats per sample of x and y.
     pub(crate) x_len: usize,
     pub(crate) y_len: usize,
+}
+
+/// Where a convolution packs its input from: a value stored in another convolution's packed
+/// layout (`source`, `from_len` floats per sample), e.g. a residual block's input that its
+/// producer stored phase-split for the block's 3x3 stride-2 convolution, read by the 1x1
+/// stride-2 shortcut.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Repack {
+    pub(crate) from: Slot,
+    pub(crate) from_len: usize,
+    pub(crate) source: OutputTarget,
 }
 
 #[derive(Debug)]
@@ -39,6 +50,9 @@ pub(crate) enum Step {
         /// `fuse_conv_edges`), and its floats per sample.
         residual: Option<Slot>,
         residual_len: usize,
+        /// The input is packed by this step from another convolution's packed layout
+        /// (`io.x` then holds this kernel's own packed input; see `fuse_conv_edges`).
+        repack: Option<Box<Repack>>,
     },
     Linear {
         node: String,
@@ -243,7 +257,25 @@ pub(crate) fn run_step(step: &mut Step, arena: &mut [f32], batch: usize, isa: Is
             prepacked,
             residual,
             residual_len,
+            repack,
         } => {
+            if let Some(rp) = repack {
+                let layout =
+                    kernel.prepackable_layout().ok_or_else(|| CodegenError::Unsupported {
+                        node: node.clone(),
+                        op: "conv",
+                        reason: "this kernel packs its own input".into(),
+                    })?;
+                let (before, x_all, after) = split(arena, io.x);
+                let src = read(before, after, io.x, rp.from);
+                for n in 0..batch {
+                    let from = &src[n * rp.from_len..(n + 1) * rp.from_len];
+                    let to = &mut x_all[n * io.x_len..(n + 1) * io.x_len];
+                    layout
+                        .pack_from(isa, &rp.source, from, to)
+                        .map_err(|source| CodegenError::Kernel { node: node.clone(), source })?;
+                }
+            }
             let (before, y_all, after) = split(arena, io.y);
             let x_all = read(before, after, io.y, io.x);
             let r_all = residual.map(|r| read(before, after, io.y, r));

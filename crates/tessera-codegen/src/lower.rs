@@ -87,17 +87,31 @@ impl ConvKernel {
 
     /// Stores this kernel's outputs to `target` from now on and returns the floats they span
     /// there; `None` (nothing changed) for kernels that always store NCDHW, or a target that
-    /// does not fit the output.
-    pub(crate) fn retarget(&mut self, target: OutputTarget) -> Option<usize> {
+    /// does not fit the output. A phase-split target (a stride-2 consumer's input) is taken
+    /// only by kernels that store it as whole vectors at `isa`: block-punched and BCR tiles of
+    /// one output row deinterleaved (ResNet-20's 16@32x32 at 8x, block-punched: +0.7 us
+    /// stored against -2.5 us for the stride-2 consumer, which no longer packs its input;
+    /// `examples/phase_split.rs` in tessera-kernels). Compress stores lane by lane (FKW's
+    /// pattern rows, CSR rows of 8-vector tiles) cost the producer about what the consumer
+    /// saves or more (in whole plans, FKW: +5 us against -3 us; CSR: +4 against -3.7).
+    pub(crate) fn retarget(&mut self, target: OutputTarget, isa: Isa) -> Option<usize> {
+        let split = target.phases.is_some();
         let channels = match self {
             ConvKernel::Rows { conv, .. } => {
+                let before = *conv.output_target();
                 conv.set_output_target(target).ok()?;
+                if split && !conv.stores_whole_vectors(isa) {
+                    // Back to the target it had (which fitted).
+                    conv.set_output_target(before).ok()?;
+                    return None;
+                }
                 conv.shape().out_channels
             }
             ConvKernel::Bcr { conv, .. } => {
                 conv.set_output_target(target).ok()?;
                 conv.shape().out_channels
             }
+            ConvKernel::Fkw { .. } if split => return None,
             ConvKernel::Fkw { conv, .. } => {
                 conv.set_output_target(target).ok()?;
                 conv.shape().out_channels

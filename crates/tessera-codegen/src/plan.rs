@@ -13,7 +13,7 @@ use tessera_kernels::{Isa, OutputTarget};
 
 use crate::buffers::{Slot, is_view, layout_values};
 use crate::error::{CodegenError, Result, unsupported};
-use crate::exec::{Io, Pool2d, Step, clamp_of, conv_once, linear_once, run_step};
+use crate::exec::{Io, Pool2d, Repack, Step, clamp_of, conv_once, linear_once, run_step};
 use crate::lower::{self, Choice, shape_of};
 use crate::tune::{Pick, PlanThreads, TuneCache, Tuner, Tuning, cpu_name, time_ms};
 
@@ -291,6 +291,7 @@ impl Plan {
                         prepacked: false,
                         residual: node.inputs.get(1).map(|r| slot(r)),
                         residual_len: io.y_len,
+                        repack: None,
                     });
                 }
                 Op::Linear { weight, bias, activation } => {
@@ -387,6 +388,7 @@ impl Plan {
         }
         let arena_len = fuse_conv_edges(
             &structure,
+            isa,
             &mut steps,
             &step_nodes,
             &mut layers,
@@ -739,8 +741,10 @@ fn fuse_residual_adds(graph: &Graph) -> Graph {
 /// buffers live after the liveness arena, zeroed once and written only at their interiors,
 /// so their padding stays zero; edges of the same layout share one buffer when their
 /// lifetimes do not overlap. Returns the new arena length.
+#[allow(clippy::too_many_arguments)]
 fn fuse_conv_edges(
     graph: &Graph,
+    isa: Isa,
     steps: &mut [Step],
     step_nodes: &[String],
     layers: &mut [LayerReport],
@@ -752,6 +756,7 @@ fn fuse_conv_edges(
     // (offset, floats, layout key, last step using it)
     let mut regions: Vec<(usize, usize, (usize, OutputTarget), usize)> = Vec::new();
     let mut end = arena_len.next_multiple_of(16);
+    let mut repacked = Vec::new();
     for node in &graph.nodes {
         let Some(&i) = step_of.get(node.name.as_str()) else { continue };
         if graph.is_output(&node.output) {
@@ -759,7 +764,7 @@ fn fuse_conv_edges(
         }
         // One reader takes the value as its convolution input; any others only as their
         // fused residual (the second input of a convolution step).
-        let mut input_reader = None;
+        let mut input_readers = Vec::new();
         let mut residual_readers = Vec::new();
         let mut fits = true;
         for c in graph.consumers(&node.output) {
@@ -768,24 +773,45 @@ fn fuse_conv_edges(
             let as_residual = consumer.inputs[1..].contains(&node.output);
             let step = step_of.get(consumer.name.as_str()).copied();
             match (as_input, as_residual, step) {
-                (true, false, Some(j)) if input_reader.is_none() => input_reader = Some((c, j)),
+                (true, false, Some(j)) => input_readers.push((c, j)),
                 (false, true, Some(k)) if matches!(steps[k], Step::Conv { .. }) => {
                     residual_readers.push(k)
                 }
                 _ => fits = false,
             }
         }
-        let (Some((c, j)), true) = (input_reader, fits) else { continue };
-        let consumer = &graph.nodes[c];
         // The consumer applies its activation in the kernel's epilogue (a pre-packed input has
         // no separate epilogue pass).
-        let target = match &steps[j] {
+        let target_of = |step: &Step| match step {
             Step::Conv { kernel, act, .. } if clamp_of(*act).is_some() => {
                 kernel.prepackable_layout().and_then(|l| l.as_target().map(|t| (t, l.packed_len())))
             }
             _ => None,
         };
-        let Some((target, packed_len)) = target else { continue };
+        // The reader whose layout the producer stores (the first that has one).
+        let chosen =
+            input_readers.iter().find_map(|&(c, j)| target_of(&steps[j]).map(|t| (c, j, t)));
+        let (Some((c, j, (target, packed_len))), true) = (chosen, fits) else { continue };
+        // Other input readers pack their own input from that layout (`Repack`): only for a
+        // phase-split one (a downsampling block's input, also read by its 1x1 stride-2
+        // shortcut), which they could not read plainly any more.
+        let others: Vec<usize> =
+            input_readers.iter().map(|&(_, k)| k).filter(|&k| k != j).collect();
+        let repackable = |step: &Step| match step {
+            Step::Conv { kernel, act, .. } => {
+                clamp_of(*act).is_some()
+                    && kernel
+                        .prepackable_layout()
+                        .is_some_and(|l| !l.in_place() && l.shape().is_2d())
+            }
+            _ => false,
+        };
+        if !others.is_empty()
+            && (target.phases.is_none() || !others.iter().all(|&k| repackable(&steps[k])))
+        {
+            continue;
+        }
+        let consumer = &graph.nodes[c];
         match &steps[i] {
             Step::Conv { act, .. } if clamp_of(*act).is_some() => {}
             _ => continue,
@@ -818,14 +844,14 @@ fn fuse_conv_edges(
             (true, Some(here)) => kernel.set_residual_target(here),
             (true, None) => false,
         };
-        let used = if pinned { kernel.retarget(target) } else { None };
+        let used = if pinned { kernel.retarget(target, isa) } else { None };
         let Some(used) = used else {
             undo(steps, &moved);
             continue;
         };
         let key = (packed_len, target);
         let len = batch * packed_len;
-        let last = residual_readers.iter().copied().fold(j, usize::max);
+        let last = residual_readers.iter().chain(&others).copied().fold(j, usize::max);
         let offset = match regions.iter_mut().find(|r| r.2 == key && r.3 < i) {
             Some(r) => {
                 r.3 = last;
@@ -855,11 +881,32 @@ fn fuse_conv_edges(
                 *residual_len = packed_len;
             }
         }
+        for &k in &others {
+            if let Step::Conv { io, prepacked, repack, kernel, .. } = &mut steps[k] {
+                // Its own packed input, written whole (padding included) by every run; placed
+                // after the edges (below).
+                let own = kernel.prepackable_layout().map_or(0, |l| l.packed_len());
+                *repack =
+                    Some(Box::new(Repack { from: slot, from_len: packed_len, source: target }));
+                io.x = Slot { offset: 0, len: batch * own };
+                io.x_len = own;
+                *prepacked = true;
+                repacked.push(k);
+            }
+        }
         if let Some(l) = layers.iter_mut().find(|l| l.node == node.name) {
             l.stores_packed = true;
         }
         if let Some(l) = layers.iter_mut().find(|l| l.node == consumer.name) {
             l.reads_packed = true;
+        }
+    }
+    // The repacking readers' own inputs last, so that the edges keep the places (and 4 KiB
+    // offsets) they have without them.
+    for k in repacked {
+        if let Step::Conv { io, .. } = &mut steps[k] {
+            io.x.offset = end;
+            end = (end + io.x.len).next_multiple_of(16);
         }
     }
     Ok(end)
