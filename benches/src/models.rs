@@ -217,6 +217,10 @@ pub struct LayerPoint {
     pub kernel: String,
     /// Kernel size (`3x3`, `1x1`, ...).
     pub kernel_size: String,
+    /// Vector lanes the pruned layer runs at (8 where an AVX-512 plan runs it at AVX2's
+    /// width; 0 in results written before this field).
+    #[serde(default)]
+    pub lanes: usize,
     /// The dense layer's ms.
     pub dense_ms: f64,
     /// The pruned layer's ms.
@@ -669,6 +673,7 @@ fn layer_points(
             node: l.node.clone(),
             kernel: format!("{} / {}", l.kernel, l.format),
             kernel_size: size,
+            lanes: l.lanes,
             dense_ms: d,
             ms: s,
             speedup: d / s,
@@ -724,15 +729,16 @@ pub fn markdown(r: &ModelResults) -> String {
     s.push_str(
         "\n## Per layer (1 thread): speed-up over the same layer dense vs its FLOP reduction\n\nEach layer's time is its step's median over the plan's timed runs.\n\n",
     );
-    s.push_str("| model | scheme | rate | layer | kernel | size | dense ms | ms | speedup | FLOP red. | ratio |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| model | scheme | rate | layer | kernel | lanes | size | dense ms | ms | speedup | FLOP red. | ratio |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for l in &r.layers {
         s.push_str(&format!(
-            "| {} | {} | {:.0}x | {} | {} | {} | {:.4} | {:.4} | {:.2}x | {:.2}x | {:.0}% |\n",
+            "| {} | {} | {:.0}x | {} | {} | {} | {} | {:.4} | {:.4} | {:.2}x | {:.2}x | {:.0}% |\n",
             l.model,
             l.scheme,
             l.rate,
             l.node,
             l.kernel,
+            l.lanes,
             l.kernel_size,
             l.dense_ms,
             l.ms,

@@ -53,6 +53,9 @@ pub(crate) enum Step {
         /// The input is packed by this step from another convolution's packed layout
         /// (`io.x` then holds this kernel's own packed input; see `fuse_conv_edges`).
         repack: Option<Box<Repack>>,
+        /// The instruction set this step runs at (the plan's, or 8 lanes where they are
+        /// faster: [`crate::lower::conv_isa`]).
+        isa: Isa,
     },
     Linear {
         node: String,
@@ -258,7 +261,9 @@ pub(crate) fn run_step(step: &mut Step, arena: &mut [f32], batch: usize, isa: Is
             residual,
             residual_len,
             repack,
+            isa,
         } => {
+            let isa = *isa;
             if let Some(rp) = repack {
                 let layout =
                     kernel.prepackable_layout().ok_or_else(|| CodegenError::Unsupported {

@@ -23,7 +23,7 @@ use tessera_kernels::formats::csr::Csr;
 use tessera_kernels::formats::fkw::{Fkw, FkwConv, FkwOrder};
 use tessera_kernels::{
     ChannelVectorConv, ConvScratch, ConvShape, DepthwiseConv, DepthwiseScratch, Epilogue,
-    InputLayout, Isa, KernelError, OutputTarget, RowGroupConv, RowGroupMatrix,
+    InputLayout, Isa, KernelError, OutputTarget, RowGroupConv, RowGroupInput, RowGroupMatrix,
 };
 use tessera_sparsity::{Mask, PatternLibrary, Scheme};
 
@@ -33,6 +33,45 @@ type KernelResult<T> = std::result::Result<T, KernelError>;
 
 /// Filters per row group of the dense and masked fallbacks.
 const GROUP_ROWS: usize = 8;
+
+/// Most bytes of kept weights for which a block-format row-group convolution on an 8-wide
+/// map runs at 8 lanes on an AVX-512 CPU (see [`conv_isa`]).
+const NARROW_ROWS_MAX_BYTES: usize = 64 * 1024;
+
+/// The instruction set a convolution step runs at when the CPU's best is `isa`: AVX2's 8
+/// lanes instead of AVX-512's 16 for the row-group kernel (CSR, or block formats with at most
+/// [`NARROW_ROWS_MAX_BYTES`] of weights) on 2D maps 8 wide read directly from a padded or
+/// strided input. There the 16-lane tiles run over the flat grid (an 8x8 map with its shared
+/// padding column is 71 positions: 5 vectors, 80 lanes for 64 outputs), where 8-lane tiles are
+/// whole output rows stored plainly; and on a CPU whose AVX-512 executes as two 256-bit halves
+/// (Zen 4: one 16-lane FMA per cycle, two 8-lane ones) 8 lanes lose no FMA throughput.
+/// Measured on Zen 4, 1 thread, `bench models --threads 1 --rates 8` alternating builds
+/// (per-layer step medians, three runs each): ResNet-20's 64@8x8 layers block-punched 8x
+/// 7.6-8.6 -> 6.9-7.4 us (67-73% -> 75-80% of their FLOP reduction), CSR 8x 20.7-21.7 ->
+/// 12.0-13.4 us; VGG-11's 256@8x8 CSR 171 / 333 -> 111 / 248 us; whole plans ResNet-20
+/// block-punched 0.134 -> 0.130 ms, unstructured 0.329-0.335 -> 0.280-0.282, VGG-11
+/// unstructured 2.07-2.11 -> 1.91-1.99. Not taken: block-punched with larger weights, which
+/// streams them once per tile from L2 where 8-lane tiles are smaller (VGG-11's 256@8x8, 295 KB
+/// at 8x: 109 -> 124 us), and BCR (ResNet-20's 64@8x8 8.2-9.4 -> 8.7-9.8 us, VGG-11's 256@8x8
+/// 128-130 -> 128-149). Maps 16 or 32 wide are whole vectors at 16 lanes (rows, stacked rows).
+pub(crate) fn conv_isa(kernel: &ConvKernel, isa: Isa) -> Isa {
+    let narrow = isa.at_most_8_lanes();
+    if narrow == isa {
+        return isa;
+    }
+    let eight_wide =
+        |s: &ConvShape, layout: &InputLayout| s.is_2d() && s.output()[2] == 8 && !layout.in_place();
+    match kernel {
+        ConvKernel::Rows { conv, .. }
+            if conv.input() == RowGroupInput::Direct && eight_wide(conv.shape(), conv.layout()) =>
+        {
+            let m = conv.matrix();
+            let csr = m.groups() == m.rows();
+            if csr || m.bytes().values <= NARROW_ROWS_MAX_BYTES { narrow } else { isa }
+        }
+        _ => isa,
+    }
+}
 
 /// A convolution kernel with its packed weights and scratch.
 #[derive(Debug)]

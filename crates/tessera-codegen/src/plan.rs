@@ -71,6 +71,9 @@ pub struct LayerReport {
     pub stores_packed: bool,
     /// The layer reads its input already packed by the previous convolution.
     pub reads_packed: bool,
+    /// Vector lanes (f32) the layer runs at: the plan's instruction set's, or 8 where a
+    /// convolution runs faster at 8 lanes on an AVX-512 CPU (see the crate docs).
+    pub lanes: usize,
 }
 
 impl LayerReport {
@@ -258,6 +261,7 @@ impl Plan {
                             t.choose(key, candidates, options.threads, |k, threads| {
                                 let x = crate::tune_input(x_len);
                                 let mut y = vec![0.0f32; y_len];
+                                let isa = lower::conv_isa(k, isa);
                                 time_ms(|| {
                                     conv_once(
                                         k,
@@ -278,8 +282,11 @@ impl Plan {
                         }
                     };
                     let tiles = crate::latency::tiles(shape.out_channels, positions) as u64;
-                    layers.push(report(node, param, &choice, macs, &pick, &io, tiles));
+                    let step_isa = lower::conv_isa(&kernel, isa);
+                    let lanes = step_isa.lanes();
+                    layers.push(report(node, param, &choice, macs, &pick, &io, (tiles, lanes)));
                     steps.push(Step::Conv {
+                        isa: step_isa,
                         node: node.name.clone(),
                         io,
                         threads: pick.threads,
@@ -324,7 +331,8 @@ impl Plan {
                     };
                     let macs = (rows * in_f * out_f) as u64;
                     let tiles = (out_f.div_ceil(8) * rows) as u64;
-                    layers.push(report(node, param, &choice, macs, &pick, &io, tiles));
+                    let at = (tiles, isa.lanes());
+                    layers.push(report(node, param, &choice, macs, &pick, &io, at));
                     steps.push(Step::Linear {
                         node: node.name.clone(),
                         io,
@@ -388,7 +396,6 @@ impl Plan {
         }
         let arena_len = fuse_conv_edges(
             &structure,
-            isa,
             &mut steps,
             &step_nodes,
             &mut layers,
@@ -744,7 +751,6 @@ fn fuse_residual_adds(graph: &Graph) -> Graph {
 #[allow(clippy::too_many_arguments)]
 fn fuse_conv_edges(
     graph: &Graph,
-    isa: Isa,
     steps: &mut [Step],
     step_nodes: &[String],
     layers: &mut [LayerReport],
@@ -837,7 +843,8 @@ fn fuse_conv_edges(
             undo(steps, &moved);
             continue;
         }
-        let Step::Conv { kernel, residual, .. } = &mut steps[i] else { continue };
+        let Step::Conv { kernel, residual, isa, .. } = &mut steps[i] else { continue };
+        let isa = *isa;
         // A producer with a fused residual keeps reading it where it is.
         let pinned = match (residual.is_some(), kernel.residual_target()) {
             (false, _) => true,
@@ -926,7 +933,7 @@ fn report(
     dense_macs: u64,
     pick: &Pick,
     io: &Io,
-    tiles: u64,
+    (tiles, lanes): (u64, usize),
 ) -> LayerReport {
     let total = param.tensor.len().max(1) as u64;
     let kept = param.kept() as u64;
@@ -946,5 +953,6 @@ fn report(
         tiles,
         stores_packed: false,
         reads_packed: false,
+        lanes,
     }
 }

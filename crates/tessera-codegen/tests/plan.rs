@@ -711,3 +711,31 @@ fn small_maps_read_through_a_gathered_input_match_the_interpreter() {
         }
     }
 }
+
+/// On an AVX-512 CPU, row-group convolutions on 8-wide maps run at AVX2's 8 lanes (whole
+/// output rows per vector, where 16-lane tiles run over the padded flat grid) and report it,
+/// block-punched and CSR alike; wider maps keep 16 lanes, BCR keeps 16 everywhere; and the
+/// plans still match the interpreter (batch 1 and 2, 1 and 2 threads).
+#[test]
+fn eight_wide_row_group_layers_run_at_eight_lanes_on_avx512() {
+    let Ok(avx512) = Isa::from_name("avx512") else { return };
+    for (graph, scheme, lanes) in [
+        (examples::resnet_block().unwrap(), "block-punched:8x4", 8),
+        (examples::resnet_block().unwrap(), "unstructured", 8),
+        (examples::resnet_block().unwrap(), "bcr:8x32", 16),
+        (examples::vgg_cifar().unwrap(), "block-punched:8x4", 16),
+    ] {
+        let mut g = graph;
+        assert!(prune_all(&mut g, scheme, 4.0) > 0);
+        let (g, _) = Pipeline::standard().run(g).unwrap();
+        for (batch, threads) in [(1, 1), (2, 2)] {
+            let o = CompileOptions { batch, threads, isa: Some(avx512), ..Default::default() };
+            let plan = check(&g, &o, &format!("{} {scheme} {o:?}", g.name));
+            let convs: Vec<_> = plan.layers().iter().filter(|l| l.op == "conv").collect();
+            assert!(!convs.is_empty());
+            for l in convs {
+                assert_eq!(l.lanes, lanes, "{} {scheme}: {l:?}", g.name);
+            }
+        }
+    }
+}

@@ -92,7 +92,7 @@ impl Isa {
     /// The level whose vectors hold at most 8 f32 lanes: AVX2 for AVX-512 (a CPU with AVX-512
     /// is only reported as such when it has AVX2 and FMA too, see [`Isa::available`]), else
     /// this one. For kernels whose layout is built around 8-lane vectors.
-    pub(crate) fn at_most_8_lanes(self) -> Isa {
+    pub fn at_most_8_lanes(self) -> Isa {
         match self.0 {
             Level::Avx512 => Isa(Level::Avx2),
             level => Isa(level),

@@ -48,6 +48,15 @@
 //! cycles of FMAs, and the indirect jump before it, its target drawn from 15 along a
 //! sequence of thousands of blocks per tile, mispredicts most of the time.
 //!
+//! Also rejected (AVX-512, Zen 4, 16@32x32 as in a plan, `in_plan_conv` example, 8.4-8.7
+//! us): two row tiles run as one 4-vector tile so that each chunk's setup, offsets and
+//! weights serve twice the FMAs (8.4-8.6 us), the column loop unrolled by two (9.1-9.2), no
+//! prefetch of the next tile's lines (8.4-8.5). Neither chunks that store instead of adding,
+//! input loads forced to 64-byte alignment, nor outputs stored to one L1-resident line (all
+//! diagnostics giving wrong results) moved it by more than the noise, while half of each
+//! chunk's columns took it to 6.2-6.8 us: the kernel runs its FMAs at about 65% of the
+//! machine's 16-lane FMA rate (block-punched: 81%), for reasons not yet found.
+//!
 //! Stores: a band's tile goes to the output through the row-group engine's tile plans
 //! (`TilePlan`: on AVX2 tiles within output rows, stacked rows on 8-wide maps, masked
 //! stores where a tile straddles row ends; on AVX-512 whole rows of 32-wide maps and two
