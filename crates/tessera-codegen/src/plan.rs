@@ -249,7 +249,13 @@ impl Plan {
                     let (kernel, choice, pick) = match tuner.as_mut() {
                         None => {
                             let (k, c) = lower::conv_kernel(node, param, shape, options.threads)?;
-                            (k, c, Pick { threads: options.threads, ms: None, cached: false })
+                            let pick = Pick {
+                                threads: options.threads,
+                                lanes: None,
+                                ms: None,
+                                cached: false,
+                            };
+                            (k, c, pick)
                         }
                         Some(t) => {
                             let key = t.key(param, &format!("conv {shape:?}"));
@@ -258,10 +264,13 @@ impl Plan {
                                 lower::conv_candidates(node, param, shape, options.threads)?;
                             let (x_len, y_len) = (io.x_len, io.y_len);
                             let act = *activation;
-                            t.choose(key, candidates, options.threads, |k, threads| {
+                            // Both lane widths on an AVX-512 CPU (see `lower::conv_isa`).
+                            let mut lanes = vec![isa.lanes(), isa.at_most_8_lanes().lanes()];
+                            lanes.dedup();
+                            t.choose(key, candidates, options.threads, &lanes, |k, threads, l| {
                                 let x = crate::tune_input(x_len);
                                 let mut y = vec![0.0f32; y_len];
-                                let isa = lower::conv_isa(k, isa);
+                                let isa = isa_of_lanes(isa, l);
                                 time_ms(|| {
                                     conv_once(
                                         k,
@@ -282,7 +291,10 @@ impl Plan {
                         }
                     };
                     let tiles = crate::latency::tiles(shape.out_channels, positions) as u64;
-                    let step_isa = lower::conv_isa(&kernel, isa);
+                    let step_isa = match pick.lanes {
+                        Some(l) => isa_of_lanes(isa, l),
+                        None => lower::conv_isa(&kernel, isa),
+                    };
                     let lanes = step_isa.lanes();
                     layers.push(report(node, param, &choice, macs, &pick, &io, (tiles, lanes)));
                     steps.push(Step::Conv {
@@ -309,14 +321,21 @@ impl Plan {
                     let (kernel, choice, pick) = match tuner.as_mut() {
                         None => {
                             let (k, c) = lower::linear_kernel(node, param, isa)?;
-                            (k, c, Pick { threads: options.threads, ms: None, cached: false })
+                            let pick = Pick {
+                                threads: options.threads,
+                                lanes: None,
+                                ms: None,
+                                cached: false,
+                            };
+                            (k, c, pick)
                         }
                         Some(t) => {
                             let key = t.key(param, &format!("linear {out_f}x{in_f} rows {rows}"));
                             layer_keys.push(key.clone());
                             let candidates = lower::linear_candidates(node, param, isa)?;
                             let act = *activation;
-                            t.choose(key, candidates, options.threads, |k, threads| {
+                            let lanes = [isa.lanes()];
+                            t.choose(key, candidates, options.threads, &lanes, |k, threads, _| {
                                 let x = crate::tune_input(in_f);
                                 let mut y = vec![0.0f32; out_f];
                                 time_ms(|| {
@@ -917,6 +936,11 @@ fn fuse_conv_edges(
         }
     }
     Ok(end)
+}
+
+/// `isa`, or its 8-lane level when `lanes` is narrower than its vectors.
+fn isa_of_lanes(isa: Isa, lanes: usize) -> Isa {
+    if lanes < isa.lanes() { isa.at_most_8_lanes() } else { isa }
 }
 
 fn bias_of(graph: &Graph, bias: Option<&str>) -> Result<Option<Vec<f32>>> {

@@ -40,6 +40,10 @@ pub struct Decision {
     pub format: String,
     /// Threads.
     pub threads: usize,
+    /// Vector lanes it runs at (a convolution on an AVX-512 CPU is timed at 16 and at 8;
+    /// 0 in caches written before lane widths were tuned: the compiler's rule decides).
+    #[serde(default)]
+    pub lanes: usize,
     /// Measured median milliseconds per sample.
     pub ms: f64,
 }
@@ -109,6 +113,9 @@ fn cache_error(path: &Path, reason: String) -> CodegenError {
 /// The tuner's pick for one layer.
 pub(crate) struct Pick {
     pub(crate) threads: usize,
+    /// Vector lanes the layer was timed fastest at (`None`: not tuned, or a cache entry
+    /// from before lane widths were tuned).
+    pub(crate) lanes: Option<usize>,
     pub(crate) ms: Option<f64>,
     pub(crate) cached: bool,
 }
@@ -138,49 +145,54 @@ impl Tuner {
     }
 
     /// The cached decision for `key` when one matches a candidate, else the fastest
-    /// candidate x thread count by `time` (recorded in the cache).
+    /// candidate x thread count x lane width (of `lane_options`) by `time` (recorded in the
+    /// cache).
     pub(crate) fn choose<K>(
         &mut self,
         key: String,
         candidates: Vec<(K, Choice)>,
         max_threads: usize,
-        mut time: impl FnMut(&mut K, usize) -> Result<f64>,
+        lane_options: &[usize],
+        mut time: impl FnMut(&mut K, usize, usize) -> Result<f64>,
     ) -> Result<(K, Choice, Pick)> {
         let mut thread_options = vec![1, max_threads];
         thread_options.dedup();
         if let Some(d) = self.cache.entries.get(&key)
             && thread_options.contains(&d.threads)
+            && (d.lanes == 0 || lane_options.contains(&d.lanes))
             && let Some(i) =
                 candidates.iter().position(|(_, c)| c.kernel == d.kernel && c.format == d.format)
         {
             let (ms, threads) = (d.ms, d.threads);
+            let lanes = (d.lanes != 0).then_some(d.lanes);
             let (k, c) = candidates.into_iter().nth(i).ok_or_else(|| CodegenError::Options {
                 field: "tuning",
                 reason: "cached candidate vanished".into(),
             })?;
-            return Ok((k, c, Pick { threads, ms: Some(ms), cached: true }));
+            return Ok((k, c, Pick { threads, lanes, ms: Some(ms), cached: true }));
         }
         // Every (candidate, threads) option is timed in TUNE_ROUNDS rounds, the options
         // alternating within a round, and keeps its fastest round: a load spike on this shared
         // host then has to hit the same option in every round to mislead the pick (timed once
         // each, ResNet-20's BCR plan took the dense kernel for a layer BCR runs 1.5x faster).
         let mut candidates = candidates;
-        let options: Vec<(usize, usize)> = (0..candidates.len())
+        let options: Vec<(usize, usize, usize)> = (0..candidates.len())
             .flat_map(|i| thread_options.iter().map(move |&t| (i, t)))
+            .flat_map(|(i, t)| lane_options.iter().map(move |&l| (i, t, l)))
             .collect();
         let mut fastest = vec![f64::INFINITY; options.len()];
         for _ in 0..TUNE_ROUNDS {
-            for (o, &(i, t)) in options.iter().enumerate() {
+            for (o, &(i, t, l)) in options.iter().enumerate() {
                 let (k, _) = &mut candidates[i];
-                fastest[o] = fastest[o].min(time(k, t)?);
+                fastest[o] = fastest[o].min(time(k, t, l)?);
             }
         }
         let best = options
             .iter()
             .zip(&fastest)
             .min_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(&(i, t), &ms)| (i, t, ms));
-        let (i, threads, ms) = best.ok_or_else(|| CodegenError::Options {
+            .map(|(&(i, t, l), &ms)| (i, t, l, ms));
+        let (i, threads, lanes, ms) = best.ok_or_else(|| CodegenError::Options {
             field: "tuning",
             reason: "no candidate kernel".into(),
         })?;
@@ -190,9 +202,9 @@ impl Tuner {
         })?;
         self.cache.entries.insert(
             key,
-            Decision { kernel: c.kernel.into(), format: c.format.into(), threads, ms },
+            Decision { kernel: c.kernel.into(), format: c.format.into(), threads, lanes, ms },
         );
-        Ok((k, c, Pick { threads, ms: Some(ms), cached: false }))
+        Ok((k, c, Pick { threads, lanes: Some(lanes), ms: Some(ms), cached: false }))
     }
 }
 
@@ -252,7 +264,13 @@ mod tests {
         assert!(c.entries.is_empty());
         c.entries.insert(
             "k".into(),
-            Decision { kernel: "row-groups".into(), format: "CSR".into(), threads: 2, ms: 0.5 },
+            Decision {
+                kernel: "row-groups".into(),
+                format: "CSR".into(),
+                threads: 2,
+                lanes: 8,
+                ms: 0.5,
+            },
         );
         c.save(&path).unwrap();
         assert_eq!(TuneCache::load(&path).unwrap(), c);

@@ -291,6 +291,12 @@ fn tuned_plans_match_the_interpreter_and_reuse_their_cache() {
     let saved = TuneCache::load(&cache).unwrap();
     let weighted = first.layers().len();
     assert_eq!(saved.entries.len(), weighted, "one decision per weighted layer");
+    // Every decision records the lane width it was fastest at: the CPU's, or 8 (convolutions
+    // on an AVX-512 CPU are timed at both).
+    let best = Isa::detect().lanes();
+    for d in saved.entries.values() {
+        assert!(d.lanes == best || d.lanes == 8, "{d:?}");
+    }
     // Whichever whole plan ran faster: the tuner's per-layer picks (timed, not cached yet)
     // or the table's kernels (nothing timed per layer).
     for l in first.layers() {
@@ -316,6 +322,7 @@ fn tuned_plans_match_the_interpreter_and_reuse_their_cache() {
     for (a, b) in first.layers().iter().zip(second.layers()) {
         assert_eq!(b.cached, first.kernels_tuned(), "{b:?}");
         assert_eq!((a.kernel, a.format, a.threads), (b.kernel, b.format, b.threads));
+        assert_eq!(a.lanes, b.lanes, "{b:?}");
     }
     assert_eq!(TuneCache::load(&cache).unwrap(), saved);
     // A cached plan decision this plan cannot take (a thread count above its budget) is
