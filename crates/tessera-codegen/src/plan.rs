@@ -249,13 +249,7 @@ impl Plan {
                     let (kernel, choice, pick) = match tuner.as_mut() {
                         None => {
                             let (k, c) = lower::conv_kernel(node, param, shape, options.threads)?;
-                            let pick = Pick {
-                                threads: options.threads,
-                                lanes: None,
-                                ms: None,
-                                cached: false,
-                            };
-                            (k, c, pick)
+                            (k, c, Pick::untuned(options.threads))
                         }
                         Some(t) => {
                             let key = t.key(param, &format!("conv {shape:?}"));
@@ -321,13 +315,7 @@ impl Plan {
                     let (kernel, choice, pick) = match tuner.as_mut() {
                         None => {
                             let (k, c) = lower::linear_kernel(node, param, isa)?;
-                            let pick = Pick {
-                                threads: options.threads,
-                                lanes: None,
-                                ms: None,
-                                cached: false,
-                            };
-                            (k, c, pick)
+                            (k, c, Pick::untuned(options.threads))
                         }
                         Some(t) => {
                             let key = t.key(param, &format!("linear {out_f}x{in_f} rows {rows}"));

@@ -120,6 +120,13 @@ pub(crate) struct Pick {
     pub(crate) cached: bool,
 }
 
+impl Pick {
+    /// The table's kernel on `threads`, nothing measured.
+    pub(crate) fn untuned(threads: usize) -> Self {
+        Pick { threads, lanes: None, ms: None, cached: false }
+    }
+}
+
 /// Tuning state of one compile.
 pub(crate) struct Tuner {
     pub(crate) cache: TuneCache,
