@@ -29,10 +29,10 @@
 //! Tuning ([`Tuning::Measure`]): per weighted layer, every candidate kernel (the table's, masked
 //! row groups, the dense kernel on the pruned weights, BCR's row-group form) is timed on 1
 //! and on the full thread budget (convolutions on an AVX-512 CPU at 16 and at 8 lanes), and
-//! the fastest kept; decisions are cached in a JSON file
-//! keyed by CPU, instruction set, batch, thread budget, layer shape, scheme and a hash of the
-//! mask ([`TuneCache`]; a decision records its lane width, [`Decision::lanes`]). On more than one thread the plan's thread counts are then refined
-//! in context: each step timed inside whole runs on 1 and on all threads, and the fastest of
+//! the fastest kept; decisions are cached in a JSON file keyed by CPU, instruction set,
+//! batch, thread budget, layer shape, scheme and a hash of the mask ([`TuneCache`]; a
+//! decision records its lane width, [`Decision::lanes`]). On more than one thread the plan's
+//! thread counts are then refined in context: each step timed inside whole runs on 1 and on all threads, and the fastest of
 //! that per-step mix, the per-layer picks and the two uniform settings kept (timed alone, a
 //! small layer looks faster on two threads; in a plan its input crosses between the cores'
 //! caches, and it is not), cached per plan; then that plan and the table's (refined alike)
