@@ -336,6 +336,16 @@ fn tuned_plans_match_the_interpreter_and_reuse_their_cache() {
     assert!(third.layers().iter().all(|l| l.threads == 1 || l.threads == 2));
     let resaved = TuneCache::load(&cache).unwrap();
     assert!(resaved.plans.values().all(|p| p.threads.iter().all(|&t| t == 1 || t == 2)));
+    // A cached layer decision at a lane width this CPU cannot run is timed again, not applied.
+    let mut odd = TuneCache::load(&cache).unwrap();
+    for d in odd.entries.values_mut() {
+        d.lanes = 3;
+    }
+    odd.save(&cache).unwrap();
+    let fourth = check(&opt, &tuned, "tuned with a stale lane width");
+    assert!(fourth.layers().iter().all(|l| l.lanes == best || l.lanes == 8), "{:?}", fourth.layers());
+    let relaned = TuneCache::load(&cache).unwrap();
+    assert!(relaned.entries.values().all(|d| d.lanes == best || d.lanes == 8), "{relaned:?}");
     // Without tuning: the table's kernels on the whole thread budget, nothing measured.
     let plain = Plan::compile(&opt, &CompileOptions { threads: 2, ..Default::default() }).unwrap();
     assert!(!plain.kernels_tuned());
