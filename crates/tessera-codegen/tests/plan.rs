@@ -343,7 +343,11 @@ fn tuned_plans_match_the_interpreter_and_reuse_their_cache() {
     }
     odd.save(&cache).unwrap();
     let fourth = check(&opt, &tuned, "tuned with a stale lane width");
-    assert!(fourth.layers().iter().all(|l| l.lanes == best || l.lanes == 8), "{:?}", fourth.layers());
+    assert!(
+        fourth.layers().iter().all(|l| l.lanes == best || l.lanes == 8),
+        "{:?}",
+        fourth.layers()
+    );
     let relaned = TuneCache::load(&cache).unwrap();
     assert!(relaned.entries.values().all(|d| d.lanes == best || d.lanes == 8), "{relaned:?}");
     // Without tuning: the table's kernels on the whole thread budget, nothing measured.
