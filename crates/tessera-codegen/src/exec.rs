@@ -20,8 +20,9 @@ pub(crate) struct Io {
 
 /// Where a convolution packs its input from: a value stored in another convolution's packed
 /// layout (`source`, `from_len` floats per sample), e.g. a residual block's input that its
-/// producer stored phase-split for the block's 3x3 stride-2 convolution, read by the 1x1
-/// stride-2 shortcut.
+/// producer stored phase-split for the block's 3x3 stride-2 convolution, read by a 1x1
+/// stride-2 shortcut whose kernel cannot read that phase plane in place
+/// (`ConvKernel::read_phase_plane`: FKW, the channel-vector kernel).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Repack {
     pub(crate) from: Slot,

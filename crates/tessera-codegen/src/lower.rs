@@ -101,6 +101,36 @@ impl ConvKernel {
         }
     }
 
+    /// Reads its input in place from one phase plane of `source` (`len` floats per sample),
+    /// where a 1x1 strided convolution's input lies in a producer's phase-split store
+    /// ([`InputLayout::phase_view`]); `false` (nothing changed) for other convolutions and
+    /// kernels (the row-group engine and BCR take it).
+    pub(crate) fn read_phase_plane(&mut self, source: &OutputTarget, len: usize) -> bool {
+        match self {
+            ConvKernel::Rows { conv, scratch } => {
+                let Some(view) = InputLayout::phase_view(conv.shape(), source, len) else {
+                    return false;
+                };
+                let ok = conv.set_input_layout(view).is_ok();
+                if ok {
+                    *scratch = ConvScratch::for_conv(conv);
+                }
+                ok
+            }
+            ConvKernel::Bcr { conv, scratch } => {
+                let Some(view) = InputLayout::phase_view(conv.shape(), source, len) else {
+                    return false;
+                };
+                let ok = conv.set_input_layout(view).is_ok();
+                if ok {
+                    *scratch = conv.scratch();
+                }
+                ok
+            }
+            _ => false,
+        }
+    }
+
     /// Where the kernel reads a fused residual, for kernels that can read one laid out
     /// otherwise than the output (the row-group engine, BCR and FKW); `None` for the others.
     pub(crate) fn residual_target(&self) -> Option<OutputTarget> {

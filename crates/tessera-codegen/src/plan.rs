@@ -805,9 +805,9 @@ fn fuse_conv_edges(
         let chosen =
             input_readers.iter().find_map(|&(c, j)| target_of(&steps[j]).map(|t| (c, j, t)));
         let (Some((c, j, (target, packed_len))), true) = (chosen, fits) else { continue };
-        // Other input readers pack their own input from that layout (`Repack`): only for a
-        // phase-split one (a downsampling block's input, also read by its 1x1 stride-2
-        // shortcut), which they could not read plainly any more.
+        // Other input readers read one phase plane of it in place, or pack their own input
+        // from it (`Repack`): only for a phase-split one (a downsampling block's input, also
+        // read by its 1x1 stride-2 shortcut), which they could not read plainly any more.
         let others: Vec<usize> =
             input_readers.iter().map(|&(_, k)| k).filter(|&k| k != j).collect();
         let repackable = |step: &Step| match step {
@@ -896,6 +896,19 @@ fn fuse_conv_edges(
             }
         }
         for &k in &others {
+            if let Step::Conv { io, prepacked, kernel, .. } = &mut steps[k]
+                && kernel.read_phase_plane(&target, packed_len)
+            {
+                // A 1x1 strided reader (a downsampling block's shortcut) reads its phase
+                // plane where the producer stored it: no copy.
+                io.x = slot;
+                io.x_len = packed_len;
+                *prepacked = true;
+                if let Some(l) = layers.iter_mut().find(|l| l.node == step_nodes[k]) {
+                    l.reads_packed = true;
+                }
+                continue;
+            }
             if let Step::Conv { io, prepacked, repack, kernel, .. } = &mut steps[k] {
                 // Its own packed input, written whole (padding included) by every run; placed
                 // after the edges (below).

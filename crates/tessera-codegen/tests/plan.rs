@@ -642,7 +642,8 @@ fn residual_stages(side: usize) -> Graph {
 /// reads its residual from (`fuse_conv_edges`): for block-punched and BCR layers the first
 /// convolutions of the identity blocks read pre-packed inputs, including the block after a
 /// transition whose second convolution writes the padded layout while reading its plain
-/// shortcut; so do unstructured (row-group) and pattern (FKW) layers. Every plan matches the
+/// shortcut, and the transition's shortcut reads the phase plane its 3x3 stride-2 sibling's
+/// input was split into; so do unstructured (row-group) and pattern (FKW) layers. Every plan matches the
 /// interpreter, batch 1 and 2, 1 and 2 threads.
 #[test]
 fn block_inputs_are_stored_once_in_the_padded_layout() {
@@ -678,6 +679,9 @@ fn block_inputs_are_stored_once_in_the_padded_layout() {
             let split = scheme.starts_with("block-punched") || scheme.starts_with("bcr");
             if scheme != "dense" {
                 assert_eq!(reads("c1"), split, "{scheme} c1: {:?}", plan.layers());
+                // Its 1x1 stride-2 shortcut then reads one of those phase planes in place
+                // (`InputLayout::phase_view`) instead of copying it.
+                assert_eq!(reads("shortcut"), split, "{scheme} shortcut: {:?}", plan.layers());
             }
         }
     }

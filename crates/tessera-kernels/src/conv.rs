@@ -248,6 +248,12 @@ pub struct InputLayout {
     read_phases: [u64; 3],
     /// Width phases packed: `(phase, first x, packed column, values per row)`.
     width_phases: Vec<(usize, usize, usize, usize)>,
+    /// Where channel 0's first read value lies: 0 but for a view of another layout's phase
+    /// plane ([`InputLayout::phase_view`]).
+    base: usize,
+    /// A view: the 1x1 strided convolution reads its input where a producer stored it for
+    /// another convolution (`plane` is then that target's rows and row pitch).
+    view: bool,
 }
 
 impl InputLayout {
@@ -311,7 +317,73 @@ impl InputLayout {
             packed_len,
             read_phases,
             width_phases,
+            base: 0,
+            view: false,
         }
+    }
+
+    /// The input layout of a 2-D 1x1 convolution of stride `s` without padding that reads
+    /// its input in place from `source`, a phase-split target of the same extent and stride
+    /// (the packed input of a 3x3 stride-`s` convolution, as a downsampling block's producer
+    /// stores it): such a convolution reads every `s`-th value of every `s`-th row, which is
+    /// exactly one phase plane of `source` (rows of `source.row_pitch`, of which the first
+    /// `W / s` hold outputs). Nothing is packed: the plan's 1x1 shortcut then runs on its
+    /// producer's buffer (`len` floats: the source layout's packed length, slack included)
+    /// instead of copying that plane first. `None` when the shapes do not fit.
+    pub fn phase_view(shape: &ConvShape, source: &OutputTarget, len: usize) -> Option<Self> {
+        let s = shape;
+        let ps = source.phases?;
+        let [sh, sw] = [s.stride[1], s.stride[2]];
+        if !s.is_2d()
+            || s.kernel != [1, 1, 1]
+            || s.padding != [0, 0, 0]
+            || s.dilation != [1, 1, 1]
+            || s.stride[0] != 1
+            || ps.stride != [sh, sw]
+            || source.dims != s.input
+            || source.row_pitch == 0
+        {
+            return None;
+        }
+        // Output (y, x) reads input (sh y, sw x): padded (sh y + pad0, sw x + pad1), phase
+        // (pad0 % sh, pad1 % sw), at plane row y + pad0 / sh and column x + pad1 / sw.
+        let [p0, p1] = ps.pad;
+        let plane_index = (p0 % sh) * sw + p1 % sw;
+        let base =
+            source.base + plane_index * ps.plane_len + (p0 / sh) * source.row_pitch + p1 / sw;
+        let [_, oh, ow] = s.output();
+        let (rows, pitch) = (source.rows, source.row_pitch);
+        if ow > pitch || oh + p0 / sh > rows || p1 / sw + ow > pitch {
+            return None;
+        }
+        let flat_len = rows * pitch;
+        // Whole vectors past the last output row read on into the plane, the next phase
+        // plane or the source's slack: the source's length must cover them.
+        let reach = (s.in_channels - 1) * source.channel_stride + base + flat_len + 64;
+        if len < reach {
+            return None;
+        }
+        Some(InputLayout {
+            shape: *s,
+            plane: [1, rows, pitch],
+            plane_len: ps.plane_len,
+            channel_len: source.channel_stride,
+            in_place: false,
+            flat_len,
+            runs: vec![(0, (oh - 1) * pitch + ow)],
+            flat_is_output: false,
+            packed_len: len,
+            read_phases: [1; 3],
+            width_phases: Vec::new(),
+            base,
+            view: true,
+        })
+    }
+
+    /// Whether this layout reads another convolution's packed input in place
+    /// ([`InputLayout::phase_view`]).
+    pub fn is_view(&self) -> bool {
+        self.view
     }
 
     /// The convolution this layout is the input of.
@@ -356,6 +428,10 @@ impl InputLayout {
         let a: [usize; 3] = std::array::from_fn(|d| tap[d] * s.dilation[d]);
         let phase = ((a[0] % s.stride[0]) * s.stride[1] + a[1] % s.stride[1]) * s.stride[2]
             + a[2] % s.stride[2];
+        if self.view {
+            // A 1x1 view: every channel's single tap is its phase plane's first output.
+            return c * self.channel_len + self.base;
+        }
         let q: [usize; 3] = std::array::from_fn(|d| a[d] / s.stride[d]);
         c * self.channel_len
             + phase * self.plane_len
@@ -408,7 +484,7 @@ impl InputLayout {
     /// ([`PhaseSplit`]; only where every phase is read). `None` for inputs read in place.
     pub fn as_target(&self) -> Option<OutputTarget> {
         let s = &self.shape;
-        if self.in_place {
+        if self.in_place || self.view {
             return None;
         }
         if s.stride != [1, 1, 1] {
@@ -536,7 +612,7 @@ impl InputLayout {
         packed: &mut [f32],
     ) -> crate::Result<()> {
         let s = &self.shape;
-        if !s.is_2d() || self.in_place || source.dims != s.input {
+        if !s.is_2d() || self.in_place || self.view || source.dims != s.input {
             return Err(crate::KernelError::InvalidShape {
                 reason: format!(
                     "packing a {:?} input of a {}layout from a target of {:?}",
@@ -580,6 +656,10 @@ impl InputLayout {
     pub fn pack_with(&self, isa: Isa, input: &[f32], packed: &mut [f32]) {
         let s = &self.shape;
         if self.in_place {
+            return;
+        }
+        if self.view {
+            self.pack_view(input, packed);
             return;
         }
         let [d, h, w] = s.input;
@@ -678,6 +758,30 @@ impl InputLayout {
                     if yph == sh {
                         yph = 0;
                         yq += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`InputLayout::pack_with`] for a view: the values a 1x1 strided convolution reads,
+    /// where its source layout keeps them (everything else zero). Plans never pack a view
+    /// (its producer stores the source); this serves a kernel run on a plain input.
+    fn pack_view(&self, input: &[f32], packed: &mut [f32]) {
+        let s = &self.shape;
+        let [_, h, w] = s.input;
+        let [_, oh, ow] = s.output();
+        let [sh, sw] = [s.stride[1], s.stride[2]];
+        let len = self.packed_len.min(packed.len());
+        packed[..len].fill(0.0);
+        for c in 0..s.in_channels {
+            for y in 0..oh {
+                for x in 0..ow {
+                    let at = c * self.channel_len + self.base + y * self.plane[2] + x;
+                    if let (Some(v), Some(d)) =
+                        (input.get((c * h + sh * y) * w + sw * x), packed.get_mut(at))
+                    {
+                        *d = *v;
                     }
                 }
             }

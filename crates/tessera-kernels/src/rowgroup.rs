@@ -273,6 +273,38 @@ pub struct RowGroupConv {
     prefetch_ptr: Vec<u32>,
 }
 
+/// Every entry's offset into the input as `layout` (or the gathered copy) lays it out, group
+/// by group; an error for a group crossing a channel-group boundary or an offset past 32 bits.
+fn entry_offsets(
+    matrix: &RowGroupMatrix,
+    opg: usize,
+    layout: &InputLayout,
+    gather: Option<&Gather>,
+) -> Result<Vec<u32>> {
+    let mut offsets = Vec::with_capacity(matrix.col.len());
+    for g in 0..matrix.groups() {
+        let (r0, r1) = (matrix.group_start[g] as usize, matrix.group_start[g + 1] as usize);
+        if r0 / opg != (r1 - 1) / opg {
+            return Err(KernelError::InvalidShape {
+                reason: format!(
+                    "row group {r0}..{r1} crosses a channel-group boundary ({opg} rows per group)"
+                ),
+            });
+        }
+        for e in matrix.entry_ptr[g]..matrix.entry_ptr[g + 1] {
+            let col = matrix.col[e as usize] as usize;
+            let off = match gather {
+                Some(gather) => col * gather.stride,
+                None => layout.col_offset(r0 / opg, col),
+            };
+            offsets.push(u32::try_from(off).map_err(|_| KernelError::InvalidShape {
+                reason: "input too large for 32-bit offsets".into(),
+            })?);
+        }
+    }
+    Ok(offsets)
+}
+
 /// The distinct offsets of `offsets` dealt to `matrix`'s groups in proportion to their
 /// entries (a group's compute time), as [`RowGroupConv`] keeps them for 1x1 layers of
 /// several-row groups whose entries read each channel [`SPREAD_MIN_READS`] times or more;
@@ -415,27 +447,7 @@ impl RowGroupConv {
                 ),
             });
         }
-        let mut offsets = Vec::with_capacity(matrix.col.len());
-        for g in 0..matrix.groups() {
-            let (r0, r1) = (matrix.group_start[g] as usize, matrix.group_start[g + 1] as usize);
-            if r0 / opg != (r1 - 1) / opg {
-                return Err(KernelError::InvalidShape {
-                    reason: format!(
-                        "row group {r0}..{r1} crosses a channel-group boundary ({opg} rows per group)"
-                    ),
-                });
-            }
-            for e in matrix.entry_ptr[g]..matrix.entry_ptr[g + 1] {
-                let col = matrix.col[e as usize] as usize;
-                let off = match &gather {
-                    Some(gather) => col * gather.stride,
-                    None => layout.col_offset(r0 / opg, col),
-                };
-                offsets.push(u32::try_from(off).map_err(|_| KernelError::InvalidShape {
-                    reason: "input too large for 32-bit offsets".into(),
-                })?);
-            }
-        }
+        let offsets = entry_offsets(&matrix, opg, &layout, gather.as_ref())?;
         let single = matrix.groups() == matrix.rows;
         let target = OutputTarget::dense(shape.output());
         let plans = row_plans(gather.as_ref().map_or(&layout, |g| &g.layout), single, &target);
@@ -465,6 +477,35 @@ impl RowGroupConv {
             prefetch,
             prefetch_ptr,
         })
+    }
+
+    /// Reads its input laid out as `layout` from now on: another layout of this
+    /// convolution's input, e.g. [`InputLayout::phase_view`] (a 1x1 stride-2 shortcut
+    /// reading the phase plane its block's producer stored), run by
+    /// [`RowGroupConv::run_prepacked`]. The output target and residual layout are kept. An
+    /// error (nothing changed) for a gathered input, a layout of another convolution, or one
+    /// whose tiles cannot address the residual.
+    pub fn set_input_layout(&mut self, layout: InputLayout) -> Result<()> {
+        if self.gather.is_some() || layout.shape() != &self.shape {
+            return Err(KernelError::InvalidShape {
+                reason: "only a direct row-group convolution takes another layout of its input"
+                    .into(),
+            });
+        }
+        let offsets = entry_offsets(&self.matrix, self.shape.out_per_group(), &layout, None)?;
+        let single = self.matrix.groups() == self.matrix.rows;
+        let mut plans = row_plans(&layout, single, &self.target);
+        if let Some(residual) = &self.residual {
+            address_residual(&mut plans, &layout, residual)?;
+        }
+        self.chunk_tiles =
+            plans.each_ref().map(|p| tiles_per_chunk(&self.matrix, &self.shape, &layout, p));
+        (self.prefetch, self.prefetch_ptr) = spread_prefetches(&self.matrix, &self.shape, &offsets);
+        self.max_offset = offsets.iter().max().map_or(0, |&o| o as usize);
+        self.offsets = offsets;
+        self.plans = plans;
+        self.layout = layout;
+        Ok(())
     }
 
     /// Whether tiles read a gathered copy of the input ([`RowGroupInput::Gathered`] or

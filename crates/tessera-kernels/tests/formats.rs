@@ -1308,3 +1308,88 @@ macro_rules! residual_conv {
 residual_conv!(RowGroupConv, |c| ConvScratch::for_conv(c));
 residual_conv!(BcrConv, |c| c.scratch());
 residual_conv!(FkwConv, |c| c.scratch());
+
+/// A 1x1 strided convolution reading its input in place from the phase planes a producer
+/// stored for a 3x3 (or 5x5) strided convolution of the same input
+/// (`InputLayout::phase_view`, as a downsampling block's shortcut in a plan): the row-group
+/// engine (dense and block-punched) and BCR, run pre-packed on the source buffer and plainly
+/// (packing the view from NCHW), against the dense reference, every instruction set, 1 and 2
+/// threads.
+#[test]
+fn strided_1x1_convolutions_read_a_phase_plane_in_place() {
+    use tessera_kernels::{Clamp, Epilogue, InputLayout};
+    // (in, out, input extent, the source's kernel and padding).
+    let cases = [(16, 32, [32, 32], 3, 1), (8, 12, [15, 17], 3, 1), (5, 8, [16, 16], 5, 2)];
+    for (c, out, hw, k, pad) in cases {
+        let shape = ConvShape::conv2d(c, out, hw, [1, 1], 2, 0).unwrap();
+        let source = ConvShape::conv2d(c, 4, hw, [k, k], 2, pad).unwrap().layout();
+        let target = source.as_target().unwrap();
+        let x = weights(c * hw[0] * hw[1], 3);
+        let mut buf = vec![0.0f32; source.packed_len()];
+        source.pack(&x, &mut buf);
+        let view = InputLayout::phase_view(&shape, &target, buf.len()).unwrap();
+        assert!(view.is_view() && view.as_target().is_none());
+        // Too short a source buffer, or a 3x3 convolution, gets no view.
+        assert!(InputLayout::phase_view(&shape, &target, c * 4).is_none());
+        let k3 = ConvShape::conv2d(c, out, hw, [3, 3], 2, 1).unwrap();
+        assert!(InputLayout::phase_view(&k3, &target, buf.len()).is_none());
+
+        let layer = Layer::conv2d("shortcut", out, c, 1, 1).unwrap();
+        let w = weights(out * c, 5);
+        let p = project("bcr:8x32", &layer, &w, 0.75);
+        let bp = project("block-punched:8x4", &layer, &w, 0.75);
+        let dense_rows = RowGroupMatrix::from_dense(
+            out,
+            c,
+            &w,
+            None,
+            &RowGroupMatrix::uniform_groups(out, out, 8),
+        )
+        .unwrap();
+        let bp_rows = BlockPunched::encode(&layer, &bp.values, &bp.mask, 8, 4).unwrap();
+        let rows_cases = [
+            ("dense rows", w.clone(), dense_rows),
+            ("block-punched", bp.values.clone(), bp_rows.to_row_groups()),
+        ];
+        let ep = Epilogue { bias: None, clamp: Clamp::None, residual: None };
+        let [_, oh, ow] = shape.output();
+        for (what, values, m) in rows_cases {
+            let want = reference::conv(&shape, &values, &x);
+            let mut conv = RowGroupConv::new(m, shape).unwrap();
+            conv.set_input_layout(view.clone()).unwrap();
+            let mut s = ConvScratch::for_conv(&conv);
+            for isa in Isa::available() {
+                for threads in [1, 2] {
+                    let mut y = vec![f32::NAN; out * oh * ow];
+                    conv.run_prepacked(isa, &buf, &mut y, &mut s, threads, ep).unwrap();
+                    check(&y, &want, &values, out, &format!("{what} {hw:?} in place {isa:?}"));
+                    let mut y = vec![f32::NAN; out * oh * ow];
+                    conv.run(isa, &x, &mut y, &mut s, threads).unwrap();
+                    check(&y, &want, &values, out, &format!("{what} {hw:?} packed {isa:?}"));
+                }
+            }
+        }
+        let want = reference::conv(&shape, &p.values, &x);
+        let mut bcr =
+            BcrCompact::encode(&layer, &p.values, &p.mask, 8, 32).unwrap().bind(shape).unwrap();
+        bcr.set_input_layout(view.clone()).unwrap();
+        let mut s = bcr.scratch();
+        for isa in Isa::available() {
+            for threads in [1, 2] {
+                let mut y = vec![f32::NAN; out * oh * ow];
+                bcr.run_prepacked(isa, &buf, &mut y, &mut s, threads, ep).unwrap();
+                check(&y, &want, &p.values, out, &format!("BCR {hw:?} in place {isa:?}"));
+                let mut y = vec![f32::NAN; out * oh * ow];
+                bcr.run(isa, &x, &mut y, &mut s, threads).unwrap();
+                check(&y, &want, &p.values, out, &format!("BCR {hw:?} packed {isa:?}"));
+            }
+        }
+    }
+
+    fn check(y: &[f32], want: &[f32], w: &[f32], rows: usize, what: &str) {
+        let tol = bound(w, rows);
+        for (i, (g, e)) in y.iter().zip(want).enumerate() {
+            assert!((g - e).abs() <= tol, "{what}: output {i}: got {g}, want {e}");
+        }
+    }
+}

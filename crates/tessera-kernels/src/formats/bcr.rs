@@ -56,6 +56,19 @@
 //! diagnostics giving wrong results) moved it by more than the noise, while half of each
 //! chunk's columns took it to 6.2-6.8 us: the kernel runs its FMAs at about 65% of the
 //! machine's 16-lane FMA rate (block-punched: 81%), for reasons not yet found.
+//! Where the time goes there (`perf record` on `in_plan_conv 0 8`, timer samples, the same
+//! machine): the column loop of the 4-row 2-vector chunks 60% of the samples (its 20,480 FMAs
+//! at 5.2 of the run's 8.7 us: near the FMA rate), the chunks' adds into the tile and their
+//! setup about 20%, the epilogue (tile rows to the next layer's padded input, bias, ReLU)
+//! 11%. The same chunk stream alone (a standalone loop: 8 columns x 4 rows x 2 vectors, inputs
+//! and tile in L1, sum added into tile rows) runs at 3.0-3.3 G vector FMAs/s, 82-90% of the
+//! rate; with 16 columns per chunk at 3.65 (all of it), with 8 rows or 4 vectors per chunk at
+//! 3.2-3.4, storing instead of adding 3.3: what a block of 8 kept columns costs per chunk, the
+//! format fixes. A row's first write chosen by a select (add to a zero row) instead of a
+//! branch on its bit: 8.8 us against 8.6-8.7, not kept. Runs chained as in a plan (each reading
+//! the previous one's output) time as repeated runs do (median 8.7-9.0 us); a plan's per-layer
+//! table reads 9.0-9.6 us for this layer, its medians and, on second convolutions, a fused
+//! residual (+0.6 us alone) account for most of the difference.
 //!
 //! Stores: a band's tile goes to the output through the row-group engine's tile plans
 //! (`TilePlan`: on AVX2 tiles within output rows, stacked rows on 8-wide maps, masked
@@ -647,6 +660,30 @@ impl BcrConv {
             residual: None,
             gather,
         })
+    }
+
+    /// Reads its input laid out as `layout` from now on (as
+    /// [`crate::RowGroupConv::set_input_layout`]: e.g. [`InputLayout::phase_view`], run by
+    /// [`BcrConv::run_prepacked`]); output target and residual layout kept. An error (nothing
+    /// changed) for a gathered input, a layout of another convolution, or one whose tiles
+    /// cannot address the residual.
+    pub fn set_input_layout(&mut self, layout: InputLayout) -> Result<()> {
+        if self.gather.is_some() || layout.shape() != &self.shape {
+            return Err(KernelError::InvalidShape {
+                reason: "only a direct BCR convolution takes another layout of its input".into(),
+            });
+        }
+        let chunks =
+            Chunks::new(&self.m, |g, c| layout.col_offset(g, c), self.shape.out_per_group())?;
+        let mut plans = tile_plans(&layout, &self.target, &None);
+        if let Some(residual) = &self.residual {
+            address_residual(&mut plans, &layout, residual)?;
+        }
+        self.max_offset = chunks.offsets.iter().max().map_or(0, |&o| o as usize);
+        self.chunks = chunks;
+        self.plans = plans;
+        self.layout = layout;
+        Ok(())
     }
 
     /// How tiles read the input.
