@@ -107,6 +107,12 @@
 //! pass of its own, which pays on 1 thread only (tessera-codegen binds the direct form
 //! above): VGG-11 at 8x, `bench models --only vgg11 --rates 8 --schemes bcr:8x32`, 1 thread
 //! 0.83-0.88 -> 0.67-0.68 ms (3.4x -> 4.0-4.3x).
+//! What bounds the quad form (`bcr_small_map`, 1 thread, AVX-512, Zen 4): 9.9 ns per chunk of
+//! 8 FMAs on 512@2x2 (91 us; its chunks, offsets and weights, 1.85 MB, stream from L3) and
+//! 10.9 ns on 256@2x2 (25 us, 0.46 MB, in L2): not the bytes. `perf` puts the samples on the
+//! chunk's tail (the sum's permute, its quarter extracts and adds into the tile) as if chunks,
+//! each a dependent chain of about 30 cycles (two 4-FMA chains, add, permute, extract, add),
+//! ran one after another rather than overlapped; why they do not overlap is open.
 //!
 //! GEMV (batch 1 FC and LSTM gates, memory bound): a block row's outputs live in one register
 //! and each kept column's weights are expand-loaded into its kept rows' lanes, two columns
