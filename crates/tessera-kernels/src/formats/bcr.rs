@@ -112,7 +112,12 @@
 //! 10.9 ns on 256@2x2 (25 us, 0.46 MB, in L2): not the bytes. `perf` puts the samples on the
 //! chunk's tail (the sum's permute, its quarter extracts and adds into the tile) as if chunks,
 //! each a dependent chain of about 30 cycles (two 4-FMA chains, add, permute, extract, add),
-//! ran one after another rather than overlapped; why they do not overlap is open.
+//! ran one after another rather than overlapped; why they do not overlap is open. Tried and
+//! dropped: each sum placed by two masked permutes (one index pair per 8-row mask) into its
+//! block row's 8 rows x 4 positions, held in two registers while one block row runs all its
+//! column blocks (512@2x2 91 -> 141 us: the gathered input then streams from L2 once per block
+//! row), or added to those 32 tile floats in two 16-lane additions, column block by column
+//! block as now (91 -> 103 us).
 //!
 //! GEMV (batch 1 FC and LSTM gates, memory bound): a block row's outputs live in one register
 //! and each kept column's weights are expand-loaded into its kept rows' lanes, two columns
