@@ -334,7 +334,9 @@ impl InputLayout {
         let s = shape;
         let ps = source.phases?;
         let [sh, sw] = [s.stride[1], s.stride[2]];
-        if !s.is_2d()
+        // Fields are public: refuse what `ConvShape::validated` would.
+        if s.validated().is_err()
+            || !s.is_2d()
             || s.kernel != [1, 1, 1]
             || s.padding != [0, 0, 0]
             || s.dilation != [1, 1, 1]
@@ -353,7 +355,7 @@ impl InputLayout {
             source.base + plane_index * ps.plane_len + (p0 / sh) * source.row_pitch + p1 / sw;
         let [_, oh, ow] = s.output();
         let (rows, pitch) = (source.rows, source.row_pitch);
-        if ow > pitch || oh + p0 / sh > rows || p1 / sw + ow > pitch {
+        if oh == 0 || ow == 0 || ow > pitch || oh + p0 / sh > rows || p1 / sw + ow > pitch {
             return None;
         }
         let flat_len = rows * pitch;

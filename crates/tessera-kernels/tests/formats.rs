@@ -1333,6 +1333,9 @@ fn strided_1x1_convolutions_read_a_phase_plane_in_place() {
         assert!(InputLayout::phase_view(&shape, &target, c * 4).is_none());
         let k3 = ConvShape::conv2d(c, out, hw, [3, 3], 2, 1).unwrap();
         assert!(InputLayout::phase_view(&k3, &target, buf.len()).is_none());
+        // Nor does a shape `ConvShape::validated` refuses (its fields are public).
+        let no_channels = ConvShape { in_channels: 0, ..shape };
+        assert!(InputLayout::phase_view(&no_channels, &target, buf.len()).is_none());
 
         let layer = Layer::conv2d("shortcut", out, c, 1, 1).unwrap();
         let w = weights(out * c, 5);
