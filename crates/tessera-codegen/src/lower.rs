@@ -106,11 +106,15 @@ impl ConvKernel {
     /// ([`InputLayout::phase_view`]); `false` (nothing changed) for other convolutions and
     /// kernels (the row-group engine and BCR take it).
     pub(crate) fn read_phase_plane(&mut self, source: &OutputTarget, len: usize) -> bool {
+        let shape = match self {
+            ConvKernel::Rows { conv, .. } => *conv.shape(),
+            ConvKernel::Bcr { conv, .. } => *conv.shape(),
+            _ => return false,
+        };
+        let Some(view) = InputLayout::phase_view(&shape, source, len) else { return false };
+        // The scratch follows the layout (a plain run packs the view).
         match self {
             ConvKernel::Rows { conv, scratch } => {
-                let Some(view) = InputLayout::phase_view(conv.shape(), source, len) else {
-                    return false;
-                };
                 let ok = conv.set_input_layout(view).is_ok();
                 if ok {
                     *scratch = ConvScratch::for_conv(conv);
@@ -118,9 +122,6 @@ impl ConvKernel {
                 ok
             }
             ConvKernel::Bcr { conv, scratch } => {
-                let Some(view) = InputLayout::phase_view(conv.shape(), source, len) else {
-                    return false;
-                };
                 let ok = conv.set_input_layout(view).is_ok();
                 if ok {
                     *scratch = conv.scratch();

@@ -427,13 +427,13 @@ impl InputLayout {
             let a: [usize; 3] = std::array::from_fn(|d| tap[d] * s.dilation[d]);
             return c * s.input_plane() + a[0] * h * w + a[1] * w + a[2];
         }
-        let a: [usize; 3] = std::array::from_fn(|d| tap[d] * s.dilation[d]);
-        let phase = ((a[0] % s.stride[0]) * s.stride[1] + a[1] % s.stride[1]) * s.stride[2]
-            + a[2] % s.stride[2];
         if self.view {
             // A 1x1 view: every channel's single tap is its phase plane's first output.
             return c * self.channel_len + self.base;
         }
+        let a: [usize; 3] = std::array::from_fn(|d| tap[d] * s.dilation[d]);
+        let phase = ((a[0] % s.stride[0]) * s.stride[1] + a[1] % s.stride[1]) * s.stride[2]
+            + a[2] % s.stride[2];
         let q: [usize; 3] = std::array::from_fn(|d| a[d] / s.stride[d]);
         c * self.channel_len
             + phase * self.plane_len

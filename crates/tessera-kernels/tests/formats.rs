@@ -1359,6 +1359,9 @@ fn strided_1x1_convolutions_read_a_phase_plane_in_place() {
         for (what, values, m) in rows_cases {
             let want = reference::conv(&shape, &values, &x);
             let mut conv = RowGroupConv::new(m, shape).unwrap();
+            // Another convolution's layout is refused, naming what was wrong.
+            let err = conv.set_input_layout(k3.layout()).unwrap_err();
+            assert!(err.to_string().contains("another layout"), "{err}");
             conv.set_input_layout(view.clone()).unwrap();
             let mut s = ConvScratch::for_conv(&conv);
             for isa in Isa::available() {
@@ -1375,6 +1378,7 @@ fn strided_1x1_convolutions_read_a_phase_plane_in_place() {
         let want = reference::conv(&shape, &p.values, &x);
         let mut bcr =
             BcrCompact::encode(&layer, &p.values, &p.mask, 8, 32).unwrap().bind(shape).unwrap();
+        assert!(bcr.set_input_layout(k3.layout()).is_err());
         bcr.set_input_layout(view.clone()).unwrap();
         let mut s = bcr.scratch();
         for isa in Isa::available() {
