@@ -70,6 +70,16 @@
 //! table reads 9.0-9.6 us for this layer, its medians and, on second convolutions, a fused
 //! residual (+0.6 us alone) account for most of the difference.
 //!
+//! The epilogue (tile rows to the output) is a sixth of the layer there: without it (a
+//! diagnostic) 16@32x32 ran 7.2-7.3 us against 8.6-8.8, 32@16x16 6.1-6.2 against 6.8-7.0,
+//! 64@8x8 7.2-7.5 against 8.0-8.4. Tiles stored plainly (no segments) now run one loop per
+//! epilogue combination (bias, residual, clamp as constants; `PlainRows`) instead of the
+//! per-row store path with its run-time checks: 16@32x32 8.7-9.0 -> 8.3-8.8 us, the others
+//! within noise; ResNet-20 at 8x (`bench models --only resnet20 --only vgg11 --threads 1
+//! --rates 8 --schemes bcr:8x32`, three runs alternating the builds) 165.5 / 167.9 / 164.3 ->
+//! 163.0 / 164.0 / 164.2 us, 4.47-4.55x -> 4.55-4.65x. Fetching the band's output lines for
+//! writing (`prefetchw`) before its chunks ran did not help (8.3 -> 8.7-8.8 us).
+//!
 //! Stores: a band's tile goes to the output through the row-group engine's tile plans
 //! (`TilePlan`: on AVX2 tiles within output rows, stacked rows on 8-wide maps, masked
 //! stores where a tile straddles row ends; on AVX-512 whole rows of 32-wide maps and two
@@ -142,8 +152,8 @@ use crate::formats::{ByteSize, check_lengths, structure_error};
 use crate::gather::Gather;
 use crate::isa::Isa;
 use crate::rowgroup::{
-    ConvScratch, Epilogue, Out, RowGroupMatrix, Seg, TILE_V, TilePlan, address_residual, check_len,
-    check_output, check_output_target, check_prepacked, pack_input, readdress_residual,
+    Clamp, ConvScratch, Epilogue, Out, RowGroupMatrix, Seg, TILE_V, TilePlan, address_residual,
+    check_len, check_output, check_output_target, check_prepacked, pack_input, readdress_residual,
     store_row_fused,
 };
 use crate::simd::{Simd, simd_entry};
@@ -1148,6 +1158,37 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const QUAD: bool, co
                     }
                 }
             }
+            if !QUAD && !PAIR && at.segs.is_empty() {
+                // Plain stores: one loop per epilogue combination, nothing decided per row.
+                let ep = &job.epilogue;
+                let rows = PlainRows {
+                    tile: t,
+                    astride,
+                    rows: r0..r1,
+                    y: job.y.0.wrapping_offset(p0 as isize + at.shift),
+                    ystride: job.ystride,
+                    step: at.y_step,
+                    bias: ep.bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+                    res: ep.residual.map_or(std::ptr::null(), |r| {
+                        r.as_ptr().wrapping_offset(p0 as isize + at.rshift)
+                    }),
+                    rstride: job.rstride,
+                    rstep: at.rstep,
+                    clamp: ep.clamp,
+                };
+                let clamps = ep.clamp != Clamp::None;
+                match (ep.bias.is_some(), ep.residual.is_some(), clamps) {
+                    (false, false, false) => rows.store::<S, V, false, false, false>(),
+                    (false, false, true) => rows.store::<S, V, false, false, true>(),
+                    (false, true, false) => rows.store::<S, V, false, true, false>(),
+                    (false, true, true) => rows.store::<S, V, false, true, true>(),
+                    (true, false, false) => rows.store::<S, V, true, false, false>(),
+                    (true, false, true) => rows.store::<S, V, true, false, true>(),
+                    (true, true, false) => rows.store::<S, V, true, true, false>(),
+                    (true, true, true) => rows.store::<S, V, true, true, true>(),
+                }
+                continue;
+            }
             for r in r0..r1 {
                 let src = t.add((r - r0) * astride);
                 let mut a = [S::zero(); V];
@@ -1170,6 +1211,64 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const QUAD: bool, co
                 // Whole vectors: a tile without segments is stored whole at one shift.
                 store_row_fused::<S, V, true>(&out, roffset, r, &a, &job.epilogue);
             }
+        }
+    }
+}
+
+/// A band's tile rows on their way to an output without segments (whole vectors at one
+/// shift, `step` apart), with the epilogue: `clamp((sum + bias[row]) + residual)`, each part
+/// only with its flag, in the order (and so to the bit) of [`store_row_fused`].
+struct PlainRows {
+    /// The band's first row in the tile; rows `astride` floats apart.
+    tile: *const f32,
+    astride: usize,
+    /// Output rows of the band.
+    rows: std::ops::Range<usize>,
+    /// Row 0's first stored vector (rows `ystride` apart).
+    y: *mut f32,
+    ystride: usize,
+    step: isize,
+    /// One value per output row, or null.
+    bias: *const f32,
+    /// The residual's row 0 at the tile's first vector (rows `rstride`, vectors `rstep`
+    /// apart), or null.
+    res: *const f32,
+    rstride: usize,
+    rstep: isize,
+    clamp: Clamp,
+}
+
+impl PlainRows {
+    /// # Safety
+    /// The tile holds the band's rows (`V` whole vectors each); every stored vector is
+    /// writable; with `BIAS` the bias holds every row's value, with `RES` the residual is
+    /// readable wherever a vector is stored.
+    #[inline(always)]
+    unsafe fn store<
+        S: Simd,
+        const V: usize,
+        const BIAS: bool,
+        const RES: bool,
+        const CLAMP: bool,
+    >(
+        &self,
+    ) {
+        let l = S::LANES;
+        let (lo, hi) = self.clamp.bounds::<S>();
+        let mut src = self.tile;
+        for r in self.rows.clone() {
+            let bv = if BIAS { S::splat(*self.bias.add(r)) } else { S::zero() };
+            let yp = self.y.wrapping_add(r * self.ystride);
+            let rp = self.res.wrapping_add(r * self.rstride);
+            for v in 0..V {
+                let x = S::load(src.add(v * l));
+                let x = if BIAS { S::add(x, bv) } else { x };
+                let x =
+                    if RES { S::add(x, S::load(rp.offset(v as isize * self.rstep))) } else { x };
+                let x = if CLAMP { S::min(S::max(x, lo), hi) } else { x };
+                S::store(yp.offset(v as isize * self.step), x);
+            }
+            src = src.add(self.astride);
         }
     }
 }
