@@ -78,7 +78,11 @@
 //! within noise; ResNet-20 at 8x (`bench models --only resnet20 --only vgg11 --threads 1
 //! --rates 8 --schemes bcr:8x32`, three runs alternating the builds) 165.5 / 167.9 / 164.3 ->
 //! 163.0 / 164.0 / 164.2 us, 4.47-4.55x -> 4.55-4.65x. Fetching the band's output lines for
-//! writing (`prefetchw`) before its chunks ran did not help (8.3 -> 8.7-8.8 us).
+//! writing (`prefetchw`) before its chunks ran did not help (8.3 -> 8.7-8.8 us), nor did
+//! storing each row from its last chunk's registers (marked at bind time like the first),
+//! so that no row went back to the tile: 16@32x32 8.5-9.1 -> 9.1-9.2 us, 64@8x8 7.9-8.3 ->
+//! 11.6-11.7, stride-2 32->64@16x16 6.8-6.9 -> 8.5-8.9 (the epilogue in every chunk
+//! instance, with its run-time checks, costs more than the tile round trip it saves).
 //!
 //! Stores: a band's tile goes to the output through the row-group engine's tile plans
 //! (`TilePlan`: on AVX2 tiles within output rows, stacked rows on 8-wide maps, masked
