@@ -4,9 +4,11 @@
 //!
 //! On the flat grid a 4x4 map with shared row padding spans 19 positions (two AVX-512 vectors
 //! for 16 outputs) and a 2x2 map 5 (one vector, a quarter used). Gathered, a 4x4 map is one
-//! vector; the quad form (BCR's [`crate::formats::bcr::BcrInput::Quad`], the row-group
-//! engine's [`crate::RowGroupInput::Quad`]) holds each value 4 times, for kernels whose
-//! vectors are 4 positions x 4 rows. The copy costs one pass over
+//! vector. The quad forms take at most 4 positions: [`GatherForm::Quad`] (BCR's
+//! [`crate::formats::bcr::BcrInput::Quad`]) holds them in a row of 4 floats, which its kernel
+//! broadcasts into every quarter of a vector; [`GatherForm::QuadRepeated`] (the row-group
+//! engine's [`crate::RowGroupInput::Quad`]) holds each value 4 times, for vectors of 4
+//! positions x 4 rows. The copy costs one pass over
 //! `cols x positions` floats, which pays where many output rows reuse each gathered value.
 
 #![allow(unsafe_op_in_unsafe_fn)] // the fill is pointer arithmetic checked by its caller
@@ -21,11 +23,24 @@ use crate::threads::{MAX_THREADS, SendPtr, run_parallel};
 /// whole vectors.
 const SLACK: usize = 16;
 
+/// How a [`Gather`] lays out each GEMM column's gathered values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GatherForm {
+    /// The output positions, compact.
+    Compact,
+    /// At most 4 positions in a row of 4 floats (zeros past the map).
+    Quad,
+    /// At most 4 positions, each value 4 times (rows of 16 floats, zeros past the map).
+    QuadRepeated,
+}
+
 /// Where each gathered value comes from, bound once per convolution.
 #[derive(Debug, Clone)]
 pub(crate) struct Gather {
-    /// Each value 4 times (rows of 16 floats for at most 4 positions).
+    /// A quad form (at most 4 positions, one tile of the whole map).
     pub(crate) quad: bool,
+    /// Copies of each value in a quad form (1 or 4).
+    copies: usize,
     /// Per GEMM column, its offset in the packed input (channel and tap).
     src: Vec<u32>,
     /// Per output row, its first position on the packed input's flat grid.
@@ -40,7 +55,7 @@ pub(crate) struct Gather {
     /// for maps that fit (their span at most 32 and one vector of gathered floats): lane `i`
     /// takes `perm.0[i]`, lanes outside the mask `perm.1` are zero.
     perm: Option<([u32; 16], u16)>,
-    /// Floats per gathered column: the positions (compact), or 16 (quad).
+    /// Floats per gathered column: the positions (compact), 4 (quad) or 16 (quad, repeated).
     pub(crate) stride: usize,
     /// Floats of packed input it reads (a shorter input is an error, not a wild read).
     reads: usize,
@@ -50,13 +65,15 @@ pub(crate) struct Gather {
 
 impl Gather {
     /// The gather of `shape`'s input packed as `layout`; `what` names the kernel in errors.
-    /// Needs a 2D convolution with one channel group, and for `quad` at most 4 positions.
+    /// Needs a 2D convolution with one channel group, and for a quad form at most 4 positions.
     pub(crate) fn new(
         shape: &ConvShape,
         layout: &InputLayout,
-        quad: bool,
+        form: GatherForm,
         what: &str,
     ) -> Result<Self> {
+        let quad = form != GatherForm::Compact;
+        let copies = if form == GatherForm::QuadRepeated { 4 } else { 1 };
         let refuse = |reason: String| Err(KernelError::InvalidShape { reason });
         if shape.groups != 1 || !shape.is_2d() {
             return refuse(format!(
@@ -86,11 +103,11 @@ impl Gather {
         for (p, at) in quad_at.iter_mut().enumerate().take(positions.min(4)) {
             *at = row_at[p / ow] + (p % ow) as u32;
         }
-        let stride = if quad { 16 } else { positions };
+        let stride = if quad { 4 * copies } else { positions };
         let perm = (last <= 32 && stride <= 16).then(|| {
             let (mut idx, mut mask) = ([0u32; 16], 0u16);
             for (i, slot) in idx.iter_mut().enumerate() {
-                let p = if quad { i / 4 } else { i };
+                let p = if quad { i / copies } else { i };
                 if p < positions {
                     *slot = row_at[p / ow] + (p % ow) as u32;
                     mask |= 1 << i;
@@ -100,6 +117,7 @@ impl Gather {
         });
         Ok(Gather {
             quad,
+            copies,
             src,
             row_at,
             width: ow,
@@ -220,11 +238,11 @@ fn fill_cols_generic<S: Simd>(job: &FillJob<'_>, c0: usize, c1: usize) {
 #[inline(never)]
 unsafe fn fill_col_by_value(g: &Gather, src: *const f32, dst: *mut f32) {
     if g.quad {
-        // 4 copies of each position's value; positions past the map are zero.
+        // `copies` of each position's value; positions past the map are zero.
         for (p, &at) in g.quad_at.iter().enumerate() {
             let v = if p < g.positions { *src.add(at as usize) } else { 0.0 };
-            for r in 0..4 {
-                *dst.add(4 * p + r) = v;
+            for r in 0..g.copies {
+                *dst.add(g.copies * p + r) = v;
             }
         }
     } else {

@@ -59,7 +59,7 @@ use tessera_sparsity::Mask;
 
 use crate::conv::{ConvShape, InputLayout, OutputTarget};
 use crate::error::{KernelError, Result};
-use crate::gather::Gather;
+use crate::gather::{Gather, GatherForm};
 use crate::isa::Isa;
 use crate::simd::{Simd, simd_entry};
 use crate::threads::{SendPtr, run_parallel, split_by_cost};
@@ -434,7 +434,12 @@ impl RowGroupConv {
         let gather = match input {
             RowGroupInput::Direct => None,
             RowGroupInput::Gathered | RowGroupInput::Quad => {
-                Some(Gather::new(&shape, &layout, input == RowGroupInput::Quad, "row-group")?)
+                let form = if input == RowGroupInput::Quad {
+                    GatherForm::QuadRepeated
+                } else {
+                    GatherForm::Compact
+                };
+                Some(Gather::new(&shape, &layout, form, "row-group")?)
             }
         };
         if input == RowGroupInput::Quad

@@ -144,6 +144,16 @@ pub(crate) trait Simd: Copy + 'static {
         Self::load(buf.as_ptr())
     }
 
+    /// Lane `i` is `p[i / 4]`: `LANES / 4` values, each spread over a quarter of the vector.
+    #[inline(always)]
+    unsafe fn splat_quarters(p: *const f32) -> Self::V {
+        let mut buf = [0.0f32; 16];
+        for (i, b) in buf.iter_mut().enumerate().take(Self::LANES) {
+            *b = *p.add(i / 4);
+        }
+        Self::load(buf.as_ptr())
+    }
+
     /// Writes lanes `4 q .. 4 q + 4` of `v` to `p[0..4]`, added to what is there unless
     /// `replace` (`q < LANES / 4`).
     #[inline(always)]
@@ -344,6 +354,16 @@ mod x86 {
             _mm256_set_m128(q, q)
         }
         #[inline(always)]
+        unsafe fn splat_quarters(p: *const f32) -> Self::V {
+            _mm256_set_m128(_mm_broadcast_ss(&*p.add(1)), _mm_broadcast_ss(&*p))
+        }
+        #[inline(always)]
+        unsafe fn quarter_add(p: *mut f32, v: Self::V, q: usize, replace: bool) {
+            let part =
+                if q == 0 { _mm256_castps256_ps128(v) } else { _mm256_extractf128_ps::<1>(v) };
+            _mm_storeu_ps(p, if replace { part } else { _mm_add_ps(_mm_loadu_ps(p), part) });
+        }
+        #[inline(always)]
         unsafe fn splat(x: f32) -> Self::V {
             _mm256_set1_ps(x)
         }
@@ -472,6 +492,12 @@ mod x86 {
         #[inline(always)]
         unsafe fn broadcast4(p: *const f32) -> Self::V {
             _mm512_broadcast_f32x4(_mm_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn splat_quarters(p: *const f32) -> Self::V {
+            // One 4-float load and a permute (lane i takes lane i / 4).
+            let idx = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+            _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_loadu_ps(p)))
         }
         #[inline(always)]
         unsafe fn quarter_add(p: *mut f32, v: Self::V, q: usize, replace: bool) {
@@ -688,6 +714,12 @@ mod tests {
         let want: Vec<f32> = (0..l).map(|i| src[1 + i % 4]).collect();
         if lanes != want {
             return Err(format!("broadcast4: {lanes:?}, expected {want:?}"));
+        }
+        // SAFETY: `src` holds a vector's floats, `lanes` one vector.
+        unsafe { S::store(lanes.as_mut_ptr(), S::splat_quarters(src.as_ptr())) };
+        let want: Vec<f32> = (0..l).map(|i| src[i / 4]).collect();
+        if lanes != want {
+            return Err(format!("splat_quarters: {lanes:?}, expected {want:?}"));
         }
         for q in 0..l / 4 {
             for replace in [false, true] {

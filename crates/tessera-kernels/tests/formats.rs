@@ -793,7 +793,7 @@ fn bcr_and_fkw_fuse_the_epilogue_and_store_packed_outputs() {
 }
 
 /// BCR's gathered inputs (`BcrInput::Gathered`: an im2col without padding columns;
-/// `BcrInput::Quad`: 4 copies of each value, vectors of 4 positions x 4 kept rows) compute
+/// `BcrInput::Quad`: rows of 4 positions, vectors of 4 kept rows x 4 positions) compute
 /// what the dense reference does on maps of 1 to 36 positions (2x2 and 4x4 with padding, a
 /// 1x3 row, stride 2, a 1x1 read in place), with blocks keeping 1 to 8 rows (chunks of 1 to 4
 /// rows), on every instruction set and 1 and 2 threads; they fuse the epilogue and store to

@@ -109,10 +109,10 @@
 //! 512-channel layers at those sizes ran at 33-35% of their FLOP reduction. From 64 output
 //! channels, such inputs are gathered first (module `gather`) into one compact row per GEMM
 //! column (`Gathered`, when that saves a third of the vectors: a 4x4 map is one vector), or,
-//! for at most 4 positions, into rows holding each value 4 times (`Quad`): a vector is 4
-//! positions x 4 kept rows, one FMA per kept column with its 4 weights broadcast from one
-//! load, the sum turned to (row, position) lanes and each row's quarter added into a 4-float
-//! tile row (so one band holds every block row and the weights stream in one sequence).
+//! for at most 4 positions, into rows of 4 floats (`Quad`): a vector is 4 kept rows x 4
+//! positions, one FMA per kept column with its positions broadcast into every quarter and
+//! its 4 weights spread one per quarter, each row's quarter added into a 4-float tile row (so
+//! one band holds every block row and the weights stream in one sequence).
 //! Measured (bcr:8x32 at 8x, 1 thread, min of runs, `cargo run -p tessera-kernels --example
 //! bcr_small_map -- C HW OUT`, us, AVX-512): 256->512@4x4 85 -> 48-54, 512@4x4 160 -> 103-108,
 //! 512@2x2 107-112 -> 80-84. On the way: the quad sum added with masked loads and stores 4r
@@ -132,6 +132,18 @@
 //! column blocks (512@2x2 91 -> 141 us: the gathered input then streams from L2 once per block
 //! row), or added to those 32 tile floats in two 16-lane additions, column block by column
 //! block as now (91 -> 103 us).
+//! The quad rows used to hold each value 4 times (lane `4 p + r` of a vector was row `r` at
+//! position `p`: one 64-byte input load and a 4-weight broadcast per FMA, the sum permuted to
+//! (row, position) lanes per chunk). Gathered once, a column's row is 16 bytes, broadcast
+//! into the quarters, and the weights take the permute instead (`Simd::splat_quarters`), so
+//! each quarter already is a row: in a standalone replica of the chunk stream (one thread,
+//! Zen 4) 9.7 -> 6.7 ns per chunk of 8 FMAs, the same with the data in L1, so the 64-byte
+//! loads, not the bytes, set the old rate; the weights' permute costs nothing measurable
+//! (broadcast-loaded weights without it: the same 6.7), the tail about 1.3 ns. Whole layer,
+//! pack and gather included (`bcr_small_map`, min of runs, three rounds alternating the
+//! builds): 512@2x2 88-89 -> 77-78 us. Not kept: four columns per step (slower), two chunks
+//! interleaved (no change, as with the old form), and the same form for the row-group
+//! engine's quad kernel, whose 64-byte loads each feed two FMAs (512@2x2 51-52 -> 53 us).
 //!
 //! GEMV (batch 1 FC and LSTM gates, memory bound): a block row's outputs live in one register
 //! and each kept column's weights are expand-loaded into its kept rows' lanes, two columns
@@ -153,7 +165,7 @@ use tessera_sparsity::{Layer, Mask};
 use crate::conv::{ConvShape, InputLayout, OutputTarget};
 use crate::error::{KernelError, Result};
 use crate::formats::{ByteSize, check_lengths, structure_error};
-use crate::gather::Gather;
+use crate::gather::{Gather, GatherForm};
 use crate::isa::Isa;
 use crate::rowgroup::{
     Clamp, ConvScratch, Epilogue, Out, RowGroupMatrix, Seg, TILE_V, TilePlan, address_residual,
@@ -464,10 +476,10 @@ pub enum BcrInput {
     /// (an im2col with no padding column), so a tile is the output map itself: a 4x4 map is
     /// one vector.
     Gathered,
-    /// Maps of at most 4 positions: the gathered rows hold each value 4 times, and a vector
-    /// is 4 positions x 4 kept rows, so one FMA with the column's 4 weights (one broadcast
-    /// load) does what took 4 FMAs on a quarter-used vector (2x2 maps: 5 flat positions, one
-    /// AVX-512 vector each).
+    /// Maps of at most 4 positions: a gathered row holds a column's positions, and a vector
+    /// is 4 kept rows x 4 positions, so one FMA with the positions broadcast into every
+    /// quarter and the column's 4 weights one per quarter does what took 4 FMAs on a
+    /// quarter-used vector (2x2 maps: 5 flat positions, one AVX-512 vector each).
     Quad,
 }
 
@@ -653,9 +665,8 @@ impl BcrConv {
         let layout = shape.layout();
         let gather = match input {
             BcrInput::Direct => None,
-            BcrInput::Gathered | BcrInput::Quad => {
-                Some(Gather::new(&shape, &layout, input == BcrInput::Quad, "BCR")?)
-            }
+            BcrInput::Gathered => Some(Gather::new(&shape, &layout, GatherForm::Compact, "BCR")?),
+            BcrInput::Quad => Some(Gather::new(&shape, &layout, GatherForm::Quad, "BCR")?),
         };
         let chunks = match &gather {
             None => Chunks::new(&m, |g, c| layout.col_offset(g, c), shape.out_per_group())?,
@@ -1093,7 +1104,7 @@ const BAND_TILE_FLOATS: usize = 256 * 80;
 /// fits [`BandTile`], in L1): every column block's chunks into the band's tile (a row's first
 /// chunk stores, later ones add; rows no chunk writes are zeroed), then the tile to the output
 /// with the epilogue (bias, residual, activation) through the plan's stores. `QUAD`: the
-/// input is gathered 4 times over and chunks run [`rmw_quad`] (`V` is 1). `PAIR`: the tile is
+/// input is gathered in rows of 4 positions and chunks run [`rmw_quad`] (`V` is 1). `PAIR`: the tile is
 /// a phase-split target's deinterleaved pair (`TileAt::pair`; `V` is 1 or 2).
 #[inline(always)]
 fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const QUAD: bool, const PAIR: bool>(
@@ -1151,7 +1162,7 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const QUAD: bool, co
                     let w = ch.weights.as_ptr().add(c.w_at as usize);
                     let f = c.first;
                     if QUAD {
-                        rmw_quad::<S>(offs, w, job.x, y, astride, rows, c.rt as usize, n, f);
+                        rmw_quad::<S>(offs, w, job.x, y, astride, rows, c.rt as usize, f);
                         continue;
                     }
                     match c.rt {
@@ -1337,20 +1348,14 @@ unsafe fn rmw<S: Simd, const RT: usize, const V: usize, const LOAD_FULL: bool>(
     }
 }
 
-/// `(position, row)` lanes to `(row, position)` lanes: lane `4 r + p` takes lane `4 p + r`.
-const QUAD_ROWS: [u32; 16] = [0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15];
-
-/// [`rmw`] for the quad input ([`BcrInput::Quad`]): lane `4 p + r` of a 16-lane sum is row `r`
-/// at position `p`, for `n <= 4` positions and `rt <= 4` kept rows. Per kept column, one FMA
-/// of its 4 weights (one broadcast load; lanes past `rt` hold other weights and are never
-/// stored) with the column's gathered values (4 copies of each position's), two chains
-/// alternating columns. The sum is turned to `(row, position)` lanes and each row's quarter
-/// added into its tile row (masked loads and stores there, 4r floats before the row so that
-/// lanes line up, ran 1.5x slower than the unpermuted kernel); on 8 lanes (two vectors per
-/// sum) through a buffer.
+/// [`rmw`] for the quad input ([`BcrInput::Quad`]): a kernel column's gathered row is its
+/// (at most 4) positions, broadcast into every quarter of a vector, and its weights are
+/// spread one row per quarter ([`Simd::splat_quarters`]), so lane `4 r + p` of the sum is row
+/// `r` at position `p` and quarter `r` goes to row `r`'s tile row as it is. On 8 lanes rows
+/// 0-1 and 2-3 take a vector each. Two chains alternate columns.
 ///
 /// # Safety
-/// As [`rmw`]; `x + off` holds 16 floats for every `off` in `offs`, `w` holds `offs.len()`
+/// As [`rmw`]; `x + off` holds 4 floats for every `off` in `offs`, `w` holds `offs.len()`
 /// columns of `rt` weights and 4 floats are readable from the last column's first.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -1362,57 +1367,43 @@ unsafe fn rmw_quad<S: Simd>(
     ystride: usize,
     rows: *const u32,
     rt: usize,
-    n: usize,
     first: u32,
 ) {
     let l = S::LANES;
-    let parts = 16 / l;
+    // Rows per vector and vectors per sum (4 x 1 on 16 lanes, 2 x 2 on 8).
+    let (per, parts) = (l / 4, 16 / l);
     let mut even = [S::zero(); 2];
     let mut odd = [S::zero(); 2];
     let mut wp = w;
     let mut pairs = offs.chunks_exact(2);
     for o in pairs.by_ref() {
-        let (w0, w1) = (S::broadcast4(wp), S::broadcast4(wp.add(rt)));
-        let (x0, x1) = (x.add(o[0] as usize), x.add(o[1] as usize));
+        let (x0, x1) = (S::broadcast4(x.add(o[0] as usize)), S::broadcast4(x.add(o[1] as usize)));
         for h in 0..parts {
-            even[h] = S::fma(w0, S::load(x0.add(h * l)), even[h]);
-            odd[h] = S::fma(w1, S::load(x1.add(h * l)), odd[h]);
+            even[h] = S::fma(S::splat_quarters(wp.add(h * per)), x0, even[h]);
+            odd[h] = S::fma(S::splat_quarters(wp.add(rt + h * per)), x1, odd[h]);
         }
         // Wrapping: after the last pair this may point past the weights and is not read.
         wp = wp.wrapping_add(2 * rt);
     }
     if let [o] = pairs.remainder() {
-        let (w0, x0) = (S::broadcast4(wp), x.add(*o as usize));
+        let x0 = S::broadcast4(x.add(*o as usize));
         for (h, e) in even.iter_mut().enumerate().take(parts) {
-            *e = S::fma(w0, S::load(x0.add(h * l)), *e);
+            *e = S::fma(S::splat_quarters(wp.add(h * per)), x0, *e);
         }
     }
-    if l == 16 {
-        // (position, row) lanes to (row, position): row r is quarter r, written whole (lanes
-        // past `n` positions hold sums of zeros, in tile lanes the stores never read).
-        let sum = S::add(even[0], odd[0]);
-        let t = S::permute2_maskz(sum, sum, &QUAD_ROWS, 0xffff);
-        let row = |r: usize| y.add(*rows.add(r) as usize * ystride);
+    let row = |r: usize| y.add(*rows.add(r) as usize * ystride);
+    for h in 0..parts {
+        let sum = S::add(even[h], odd[h]);
         if rt == BCR_RT {
             // Unrolled: each quarter's extract is a constant.
-            for r in 0..BCR_RT {
-                S::quarter_add(row(r), t, r, first & (1 << r) != 0);
+            for q in 0..per {
+                let r = h * per + q;
+                S::quarter_add(row(r), sum, q, first & (1 << r) != 0);
             }
         } else {
-            for r in 0..rt {
-                S::quarter_add(row(r), t, r, first & (1 << r) != 0);
-            }
-        }
-    } else {
-        let mut q = [0.0f32; 16];
-        for h in 0..parts {
-            S::store(q.as_mut_ptr().add(h * l), S::add(even[h], odd[h]));
-        }
-        for r in 0..rt {
-            let yp = y.add(*rows.add(r) as usize * ystride);
-            for p in 0..n {
-                let v = q[4 * p + r];
-                *yp.add(p) = if first & (1 << r) != 0 { v } else { *yp.add(p) + v };
+            for q in 0..per.min(rt.saturating_sub(h * per)) {
+                let r = h * per + q;
+                S::quarter_add(row(r), sum, q, first & (1 << r) != 0);
             }
         }
     }
