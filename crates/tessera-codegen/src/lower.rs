@@ -569,7 +569,10 @@ pub(crate) fn conv_kernel(
 /// The row-group quad form (`RowGroupInput::Quad`, at most 4 positions) too, though it cuts
 /// the FMAs by 4: on 2 threads it was no faster (block-punched 8x at 512@2x2, seven
 /// alternating runs of `examples/bcr_small_map`, min us: quad 42.5-67.6 and once 234,
-/// direct 46.0-52.7; on 1 thread 50 against 87).
+/// direct 46.0-52.7; on 1 thread 50 against 87). BCR's quad form (`BcrInput::Quad`) stays:
+/// since its rows hold each position once and its gather reads one window per channel it
+/// is faster on 2 threads too (BCR 8x at 512@2x2, `bcr_small_map -- 512 2 512 3 3 bcr|bcr-direct
+/// 2`, three alternating runs, min us: quad 46.0-62.4, direct 79.6-103.4).
 fn direct_input_above_one_thread(kernel: ConvKernel, threads: usize) -> KernelResult<ConvKernel> {
     if threads <= 1 {
         return Ok(kernel);
@@ -581,7 +584,7 @@ fn direct_input_above_one_thread(kernel: ConvKernel, threads: usize) -> KernelRe
             let scratch = ConvScratch::for_conv(&conv);
             ConvKernel::Rows { conv: Box::new(conv), scratch }
         }
-        ConvKernel::Bcr { conv, .. } if conv.input() != BcrInput::Direct => {
+        ConvKernel::Bcr { conv, .. } if conv.input() == BcrInput::Gathered => {
             let conv = BcrConv::with_input(conv.matrix().clone(), *conv.shape(), BcrInput::Direct)?;
             let scratch = conv.scratch();
             ConvKernel::Bcr { conv: Box::new(conv), scratch }
