@@ -118,9 +118,10 @@
 //! 512@2x2 107-112 -> 80-84. On the way: the quad sum added with masked loads and stores 4r
 //! floats before its row ran 162 (stalled on the masked loads); the gather copying rows with
 //! `memcpy` took a third of the 4x4 layers' time. In whole plans the gather is a parallel
-//! pass of its own, which pays on 1 thread only (tessera-codegen binds the direct form
-//! above): VGG-11 at 8x, `bench models --only vgg11 --rates 8 --schemes bcr:8x32`, 1 thread
-//! 0.83-0.88 -> 0.67-0.68 ms (3.4x -> 4.0-4.3x).
+//! pass of its own, which paid on 1 thread only (tessera-codegen binds the direct form
+//! above one thread; since the 16-byte quad rows below, not for the quad form): VGG-11 at
+//! 8x, `bench models --only vgg11 --rates 8 --schemes bcr:8x32`, 1 thread 0.83-0.88 ->
+//! 0.67-0.68 ms (3.4x -> 4.0-4.3x).
 //! What bounds the quad form (`bcr_small_map`, 1 thread, AVX-512, Zen 4): 9.9 ns per chunk of
 //! 8 FMAs on 512@2x2 (91 us; its chunks, offsets and weights, 1.85 MB, stream from L3) and
 //! 10.9 ns on 256@2x2 (25 us, 0.46 MB, in L2): not the bytes. `perf` puts the samples on the
