@@ -185,7 +185,7 @@ struct ChannelPerm {
     taps: usize,
     /// Taps per group: 4, or 1 for [`GatherForm::QuadRepeated`]'s 16-float rows.
     per_group: usize,
-    /// Per group of 4 taps: the window lanes and the lanes set.
+    /// Per group of `per_group` taps: the window lanes and the lanes set.
     groups: Vec<([u32; 16], u16)>,
 }
 
@@ -203,9 +203,9 @@ impl ChannelPerm {
         {
             return None;
         }
-        let first = src.iter().step_by(taps);
-        let rel: Vec<u32> = src[..taps].iter().map(|&o| o.wrapping_sub(src[0])).collect();
-        let uniform = first.enumerate().all(|(c, &base)| {
+        let rel: Vec<u32> =
+            src[..taps].iter().map(|&o| o.checked_sub(src[0])).collect::<Option<_>>()?;
+        let uniform = src.iter().step_by(taps).enumerate().all(|(c, &base)| {
             src[c * taps..(c + 1) * taps]
                 .iter()
                 .zip(&rel)
