@@ -54,6 +54,15 @@ const NARROW_ROWS_MAX_BYTES: usize = 64 * 1024;
 /// streams them once per tile from L2 where 8-lane tiles are smaller (VGG-11's 256@8x8, 295 KB
 /// at 8x: 109 -> 124 us), and BCR (ResNet-20's 64@8x8 8.2-9.4 -> 8.7-9.8 us, VGG-11's 256@8x8
 /// 128-130 -> 128-149). Maps 16 or 32 wide are whole vectors at 16 lanes (rows, stacked rows).
+/// Where a 16-lane FMA issues as fast as an 8-lane one ([`Isa::full_width_fma`]: two 512-bit
+/// FMA pipes), 8 lanes halve a block format's arithmetic per cycle and it keeps 16 lanes;
+/// CSR, one FMA per loaded input vector and weight, still gains from 8-lane rows. Xeon with
+/// AVX-512 (Sapphire Rapids generation), 1 thread, `bench models --only resnet20 --only vgg11
+/// --threads 1 --rates 8 --schemes block-punched:8x4,unstructured,bcr:8x32`, two runs each
+/// way alternating (`TESSERA_KERNELS_FMA512=half` for 8 lanes): ResNet-20's 64@8x8 layers
+/// block-punched 8x 7.7-8.3 -> 5.3-6.5 us (47-59% -> 61-80% of their FLOP reduction), whole
+/// plan 0.122-0.126 -> 0.110-0.112 ms (4.43-4.44x -> 4.82-5.00x); 16-lane CSR was slower
+/// (unstructured 8x ResNet-20 1.94-1.96x -> 1.72-1.77x, VGG-11 1.26-1.33x -> 1.15-1.20x).
 pub(crate) fn conv_isa(kernel: &ConvKernel, isa: Isa) -> Isa {
     let narrow = isa.at_most_8_lanes();
     if narrow == isa {
@@ -67,7 +76,8 @@ pub(crate) fn conv_isa(kernel: &ConvKernel, isa: Isa) -> Isa {
         {
             let m = conv.matrix();
             let csr = m.groups() == m.rows();
-            if csr || m.bytes().values <= NARROW_ROWS_MAX_BYTES { narrow } else { isa }
+            let small = m.bytes().values <= NARROW_ROWS_MAX_BYTES;
+            if csr || (small && !isa.full_width_fma()) { narrow } else { isa }
         }
         _ => isa,
     }

@@ -99,6 +99,36 @@ impl Isa {
         }
     }
 
+    /// Whether a 16-lane FMA issues at the rate of an 8-lane one here (two 512-bit FMA
+    /// pipes: Intel's AVX-512 server cores, Zen 5), so that 16-lane kernels do twice the
+    /// arithmetic per cycle; `false` where AVX-512 runs as two 256-bit halves (Zen 4: one
+    /// 16-lane FMA per cycle, two 8-lane ones) and below AVX-512. Measured once per process
+    /// ([`fma_width_ratio`]: throughput-bound FMA loops at both widths, the faster of 5
+    /// alternating rounds each; full rate when a 16-lane loop takes under 1.5x the 8-lane
+    /// loop's time, which reads about 1.0 on a Xeon with AVX-512 and 2.0 on Zen 4). The
+    /// environment variable `TESSERA_KERNELS_FMA512` (`full` or `half`) overrides it.
+    pub fn full_width_fma(self) -> bool {
+        static FULL: OnceLock<bool> = OnceLock::new();
+        if self.0 != Level::Avx512 {
+            return false;
+        }
+        *FULL.get_or_init(|| {
+            let forced = match std::env::var("TESSERA_KERNELS_FMA512").as_deref() {
+                Ok("full") => Some(true),
+                Ok("half") => Some(false),
+                Ok(other) => {
+                    tracing::warn!(value = other, "ignoring TESSERA_KERNELS_FMA512 (full or half)");
+                    None
+                }
+                Err(_) => None,
+            };
+            let ratio = if forced.is_some() { None } else { Some(fma_width_ratio(self)) };
+            let full = forced.unwrap_or_else(|| ratio.is_some_and(|r| r < 1.5));
+            tracing::info!(full, ?ratio, forced = forced.is_some(), "AVX-512 FMA rate");
+            full
+        })
+    }
+
     /// f32 lanes of one vector register at this level.
     pub fn lanes(self) -> usize {
         match self.0 {
@@ -106,6 +136,80 @@ impl Isa {
             Level::Avx512 => 16,
         }
     }
+}
+
+/// Time of a throughput-bound 16-lane FMA loop over the same loop at 8 lanes (the faster of
+/// 5 alternating rounds each, about 40 us a round): about 1.0 with two 512-bit FMA pipes, 2.0
+/// where a 16-lane FMA takes both 256-bit halves of the pipes. `f64::INFINITY` below AVX-512.
+pub fn fma_width_ratio(isa: Isa) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if isa.0 == Level::Avx512 {
+        const ITERS: usize = 20_000;
+        let (mut wide, mut narrow) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..5 {
+            // SAFETY: an `Isa` at `Avx512` exists only on a CPU with AVX-512F, AVX2 and FMA
+            // (`Isa::available`).
+            wide = wide.min(unsafe { fma_loop_seconds_512(ITERS) });
+            // SAFETY: as above.
+            narrow = narrow.min(unsafe { fma_loop_seconds_256(ITERS) });
+        }
+        return if narrow > 0.0 { wide / narrow } else { f64::INFINITY };
+    }
+    let _ = isa;
+    f64::INFINITY
+}
+
+/// Seconds for `iters` rounds of 12 independent 16-lane FMAs (12 chains: enough to keep two
+/// pipes of 4-cycle latency busy).
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_loop_seconds_512(iters: usize) -> f64 {
+    use std::arch::x86_64::{_mm512_fmadd_ps, _mm512_set1_ps, _mm512_storeu_ps};
+    let (a, b) = (_mm512_set1_ps(std::hint::black_box(0.999)), _mm512_set1_ps(1e-3));
+    let mut acc = [_mm512_set1_ps(std::hint::black_box(1.0)); 12];
+    let start = std::time::Instant::now();
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm512_fmadd_ps(*x, a, b);
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let mut out = [0.0f32; 16];
+    for x in acc {
+        // SAFETY: `out` holds 16 floats.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), x) };
+        std::hint::black_box(&out);
+    }
+    seconds
+}
+
+/// [`fma_loop_seconds_512`] at 8 lanes.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_loop_seconds_256(iters: usize) -> f64 {
+    use std::arch::x86_64::{_mm256_fmadd_ps, _mm256_set1_ps, _mm256_storeu_ps};
+    let (a, b) = (_mm256_set1_ps(std::hint::black_box(0.999)), _mm256_set1_ps(1e-3));
+    let mut acc = [_mm256_set1_ps(std::hint::black_box(1.0)); 12];
+    let start = std::time::Instant::now();
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm256_fmadd_ps(*x, a, b);
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let mut out = [0.0f32; 8];
+    for x in acc {
+        // SAFETY: `out` holds 8 floats.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), x) };
+        std::hint::black_box(&out);
+    }
+    seconds
 }
 
 impl fmt::Display for Isa {
@@ -128,10 +232,26 @@ mod tests {
             assert_eq!(Isa::from_name(&isa.to_string()).unwrap(), isa);
         }
         assert!(Isa::from_name("sse9").is_err());
+        assert!(!Isa::PORTABLE.full_width_fma());
         assert_eq!(Isa::available()[0], Isa::PORTABLE);
         assert!(
             Isa::available().contains(&Isa::detect())
                 || std::env::var("TESSERA_KERNELS_ISA").is_ok()
         );
+    }
+
+    #[test]
+    fn fma_width_ratio_is_finite_exactly_on_avx512() {
+        for isa in Isa::available() {
+            let ratio = fma_width_ratio(isa);
+            if isa.lanes() == 16 {
+                // Same instruction count at both widths: from equal time (two 512-bit pipes)
+                // to twice the time (256-bit halves), with room for a noisy round.
+                assert!((0.5..4.0).contains(&ratio), "{isa}: {ratio}");
+            } else {
+                assert!(ratio.is_infinite(), "{isa}: {ratio}");
+                assert!(!isa.full_width_fma());
+            }
+        }
     }
 }

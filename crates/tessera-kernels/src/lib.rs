@@ -71,7 +71,7 @@ pub use channel_vector::ChannelVectorConv;
 pub use conv::{ConvShape, InputLayout, OutputTarget, PhaseSplit};
 pub use depthwise::{DepthwiseConv, DepthwiseMethod, DepthwiseScratch};
 pub use error::{KernelError, Result};
-pub use isa::Isa;
+pub use isa::{Isa, fma_width_ratio};
 pub use rowgroup::{Clamp, ConvScratch, Epilogue, RowGroupConv, RowGroupInput, RowGroupMatrix};
 pub use threads::{MIN_MACS_PER_THREAD, pool_counts, recommended_threads};
 pub use training::BatchConv2d;
