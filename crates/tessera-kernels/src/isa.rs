@@ -159,58 +159,33 @@ pub fn fma_width_ratio(isa: Isa) -> f64 {
     f64::INFINITY
 }
 
-/// Seconds for `iters` rounds of 12 independent 16-lane FMAs (12 chains: enough to keep two
-/// pipes of 4-cycle latency busy).
-///
-/// # Safety
-/// The CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn fma_loop_seconds_512(iters: usize) -> f64 {
-    use std::arch::x86_64::{_mm512_fmadd_ps, _mm512_set1_ps, _mm512_storeu_ps};
-    let (a, b) = (_mm512_set1_ps(std::hint::black_box(0.999)), _mm512_set1_ps(1e-3));
-    let mut acc = [_mm512_set1_ps(std::hint::black_box(1.0)); 12];
-    let start = std::time::Instant::now();
-    for _ in 0..iters {
-        for x in acc.iter_mut() {
-            *x = _mm512_fmadd_ps(*x, a, b);
+/// `fn $name(iters) -> f64`: seconds for `iters` rounds of 12 independent FMAs at one vector
+/// width (12 chains: enough to keep two pipes of 4-cycle latency busy).
+macro_rules! fma_loop_seconds {
+    ($name:ident, $features:literal, $fma:ident, $set1:ident) => {
+        /// # Safety
+        #[doc = concat!("The CPU must support ", $features, ".")]
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(iters: usize) -> f64 {
+            use std::arch::x86_64::{$fma, $set1};
+            let (a, b) = ($set1(std::hint::black_box(0.999)), $set1(1e-3));
+            let mut acc = [$set1(std::hint::black_box(1.0)); 12];
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                for x in acc.iter_mut() {
+                    *x = $fma(*x, a, b);
+                }
+            }
+            let seconds = start.elapsed().as_secs_f64();
+            std::hint::black_box(acc);
+            seconds
         }
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    let mut out = [0.0f32; 16];
-    for x in acc {
-        // SAFETY: `out` holds 16 floats.
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), x) };
-        std::hint::black_box(&out);
-    }
-    seconds
+    };
 }
 
-/// [`fma_loop_seconds_512`] at 8 lanes.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn fma_loop_seconds_256(iters: usize) -> f64 {
-    use std::arch::x86_64::{_mm256_fmadd_ps, _mm256_set1_ps, _mm256_storeu_ps};
-    let (a, b) = (_mm256_set1_ps(std::hint::black_box(0.999)), _mm256_set1_ps(1e-3));
-    let mut acc = [_mm256_set1_ps(std::hint::black_box(1.0)); 12];
-    let start = std::time::Instant::now();
-    for _ in 0..iters {
-        for x in acc.iter_mut() {
-            *x = _mm256_fmadd_ps(*x, a, b);
-        }
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    let mut out = [0.0f32; 8];
-    for x in acc {
-        // SAFETY: `out` holds 8 floats.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), x) };
-        std::hint::black_box(&out);
-    }
-    seconds
-}
+fma_loop_seconds!(fma_loop_seconds_512, "avx512f", _mm512_fmadd_ps, _mm512_set1_ps);
+fma_loop_seconds!(fma_loop_seconds_256, "avx2,fma", _mm256_fmadd_ps, _mm256_set1_ps);
 
 impl fmt::Display for Isa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
