@@ -19,12 +19,14 @@
 //! | others (filter, channel, N:M, ...) | masked row groups (kept columns of each group of 8 filters) |
 //!
 //! Instruction set per step: a plan runs at the CPU's best instruction set, but on an AVX-512
-//! CPU a row-group convolution (CSR, or a block format with at most 64 KiB of weights) on a
-//! 2-D map 8 wide read from a padded or strided input runs at AVX2's 8 lanes, whose tiles are
-//! whole output rows where 16-lane tiles run over the padded flat grid (80 lanes for an 8x8
-//! map's 64 outputs); [`LayerReport::lanes`] says which. On Zen 4 (AVX-512 as two 256-bit
-//! halves, so no FMA throughput lost), ResNet-20's 64@8x8 layers at 8x: block-punched
-//! 7.6-8.6 -> 6.9-7.4 us, CSR 21 -> 12 us (the rule and its measurements: `lower::conv_isa`).
+//! CPU a row-group convolution (CSR, or a block format with at most 64 KiB of weights unless
+//! 16-lane FMAs run at full rate here, `tessera_kernels::Isa::full_width_fma`) on a 2-D map 8
+//! wide read from a padded or strided input runs at AVX2's 8 lanes, whose tiles are whole
+//! output rows where 16-lane tiles run over the padded flat grid (80 lanes for an 8x8 map's
+//! 64 outputs); [`LayerReport::lanes`] says which. On Zen 4 (AVX-512 as two 256-bit halves, so
+//! no FMA throughput lost), ResNet-20's 64@8x8 layers at 8x: block-punched 7.6-8.6 -> 6.9-7.4
+//! us, CSR 21 -> 12 us; on a Xeon with two 512-bit FMA pipes block-punched kept 16 lanes:
+//! 7.7-8.3 -> 5.3-6.5 us (the rule and its measurements: `lower::conv_isa`).
 //!
 //! Tuning ([`Tuning::Measure`]): per weighted layer, every candidate kernel (the table's, masked
 //! row groups, the dense kernel on the pruned weights, BCR's row-group form) is timed on 1

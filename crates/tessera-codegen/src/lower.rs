@@ -35,12 +35,14 @@ type KernelResult<T> = std::result::Result<T, KernelError>;
 const GROUP_ROWS: usize = 8;
 
 /// Most bytes of kept weights for which a block-format row-group convolution on an 8-wide
-/// map runs at 8 lanes on an AVX-512 CPU (see [`conv_isa`]).
+/// map runs at 8 lanes on an AVX-512 CPU whose 16-lane FMAs run at half rate (see
+/// [`conv_isa`]).
 const NARROW_ROWS_MAX_BYTES: usize = 64 * 1024;
 
 /// The instruction set a convolution step runs at when the CPU's best is `isa`: AVX2's 8
-/// lanes instead of AVX-512's 16 for the row-group kernel (CSR, or block formats with at most
-/// [`NARROW_ROWS_MAX_BYTES`] of weights) on 2D maps 8 wide read directly from a padded or
+/// lanes instead of AVX-512's 16 for the row-group kernel (CSR, or, unless 16-lane FMAs run
+/// at full rate, block formats with at most [`NARROW_ROWS_MAX_BYTES`] of weights: see
+/// [`narrow_rows`]) on 2D maps 8 wide read directly from a padded or
 /// strided input. There the 16-lane tiles run over the flat grid (an 8x8 map with its shared
 /// padding column is 71 positions: 5 vectors, 80 lanes for 64 outputs), where 8-lane tiles are
 /// whole output rows stored plainly; and on a CPU whose AVX-512 executes as two 256-bit halves
@@ -76,11 +78,17 @@ pub(crate) fn conv_isa(kernel: &ConvKernel, isa: Isa) -> Isa {
         {
             let m = conv.matrix();
             let csr = m.groups() == m.rows();
-            let small = m.bytes().values <= NARROW_ROWS_MAX_BYTES;
-            if csr || (small && !isa.full_width_fma()) { narrow } else { isa }
+            if narrow_rows(csr, m.bytes().values, isa.full_width_fma()) { narrow } else { isa }
         }
         _ => isa,
     }
+}
+
+/// Whether a row-group convolution on an 8-wide map runs at 8 lanes on an AVX-512 CPU (see
+/// [`conv_isa`]): CSR always; a block format with at most [`NARROW_ROWS_MAX_BYTES`] of
+/// weights unless 16-lane FMAs run at full rate (`full_width_fma`).
+fn narrow_rows(csr: bool, weight_bytes: usize, full_width_fma: bool) -> bool {
+    csr || (weight_bytes <= NARROW_ROWS_MAX_BYTES && !full_width_fma)
 }
 
 /// A convolution kernel with its packed weights and scratch.
@@ -754,4 +762,22 @@ pub(crate) fn shape_of<'a>(shapes: &'a Shapes, node: &Node, name: &str) -> Resul
         .get(name)
         .map(Vec::as_slice)
         .ok_or_else(|| unsupported(node, format!("no shape inferred for `{name}`")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both sides of the FMA-width rule, whichever this CPU is: CSR narrows everywhere, small
+    /// block formats only where 16-lane FMAs run at half rate, large ones never.
+    #[test]
+    fn narrow_rows_follow_the_fma_width() {
+        let (small, large) = (NARROW_ROWS_MAX_BYTES, NARROW_ROWS_MAX_BYTES + 1);
+        for full in [false, true] {
+            assert!(narrow_rows(true, small, full));
+            assert!(narrow_rows(true, large, full));
+            assert!(!narrow_rows(false, large, full));
+            assert_eq!(narrow_rows(false, small, full), !full);
+        }
+    }
 }

@@ -740,10 +740,11 @@ fn small_maps_read_through_a_gathered_input_match_the_interpreter() {
 /// On an AVX-512 CPU, row-group convolutions on 8-wide maps run at AVX2's 8 lanes (whole
 /// output rows per vector, where 16-lane tiles run over the padded flat grid) and report it,
 /// CSR always, block-punched unless a 16-lane FMA issues as fast as an 8-lane one here
-/// (`Isa::full_width_fma`); wider maps keep 16 lanes, BCR keeps 16 everywhere; and the
-/// plans still match the interpreter (batch 1 and 2, 1 and 2 threads).
+/// (`Isa::full_width_fma`; this CPU's side of the rule, the other side is unit-tested in
+/// `lower`); wider maps keep 16 lanes, BCR keeps 16 everywhere; and the plans still match the
+/// interpreter (batch 1 and 2, 1 and 2 threads).
 #[test]
-fn eight_wide_row_group_layers_run_at_eight_lanes_on_avx512() {
+fn eight_wide_row_group_layers_follow_the_lane_rule_on_avx512() {
     let Ok(avx512) = Isa::from_name("avx512") else { return };
     let blocks = if avx512.full_width_fma() { 16 } else { 8 };
     for (graph, scheme, lanes) in [

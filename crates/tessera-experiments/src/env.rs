@@ -26,6 +26,11 @@ pub struct Environment {
     pub cpus: usize,
     /// The SIMD level tessera's kernels dispatch to.
     pub kernel_isa: String,
+    /// On AVX-512, whether a 16-lane FMA issues at the rate of an 8-lane one
+    /// (`Isa::full_width_fma`, which decides some kernels' lane width); `None` below AVX-512
+    /// and in records from before it was recorded.
+    #[serde(default)]
+    pub full_width_fma: Option<bool>,
     /// `os/arch`.
     pub os: String,
 }
@@ -66,6 +71,10 @@ impl Environment {
             cpu: cpu_model(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             kernel_isa: tessera_kernels::Isa::detect().to_string(),
+            full_width_fma: {
+                let isa = tessera_kernels::Isa::detect();
+                (isa.lanes() == 16).then(|| isa.full_width_fma())
+            },
             os: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
         }
     }

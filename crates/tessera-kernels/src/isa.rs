@@ -103,24 +103,25 @@ impl Isa {
     /// pipes: Intel's AVX-512 server cores, Zen 5), so that 16-lane kernels do twice the
     /// arithmetic per cycle; `false` where AVX-512 runs as two 256-bit halves (Zen 4: one
     /// 16-lane FMA per cycle, two 8-lane ones) and below AVX-512. Measured once per process
-    /// ([`fma_width_ratio`]: throughput-bound FMA loops at both widths, the faster of 5
-    /// alternating rounds each; full rate when a 16-lane loop takes under 1.5x the 8-lane
-    /// loop's time, which reads about 1.0 on a Xeon with AVX-512 and 2.0 on Zen 4). The
-    /// environment variable `TESSERA_KERNELS_FMA512` (`full` or `half`) overrides it.
+    /// ([`fma_width_ratio`]: throughput-bound FMA loops at both widths; full rate when a
+    /// 16-lane loop takes under 1.5x the 8-lane loop's time, which reads about 1.08 on a Xeon
+    /// with AVX-512; about 2 is expected on Zen 4, not measured here). The environment
+    /// variable `TESSERA_KERNELS_FMA512` (`full` or `half`) overrides it.
     pub fn full_width_fma(self) -> bool {
         static FULL: OnceLock<bool> = OnceLock::new();
         if self.0 != Level::Avx512 {
             return false;
         }
         *FULL.get_or_init(|| {
-            let forced = match std::env::var("TESSERA_KERNELS_FMA512").as_deref() {
-                Ok("full") => Some(true),
-                Ok("half") => Some(false),
-                Ok(other) => {
+            let value = std::env::var("TESSERA_KERNELS_FMA512").ok();
+            let forced = match value.as_deref().map(|v| v.trim().to_ascii_lowercase()) {
+                Some(v) if v == "full" => Some(true),
+                Some(v) if v == "half" => Some(false),
+                Some(other) => {
                     tracing::warn!(value = other, "ignoring TESSERA_KERNELS_FMA512 (full or half)");
                     None
                 }
-                Err(_) => None,
+                None => None,
             };
             let ratio = if forced.is_some() { None } else { Some(fma_width_ratio(self)) };
             let full = forced.unwrap_or_else(|| ratio.is_some_and(|r| r < 1.5));
@@ -138,20 +139,30 @@ impl Isa {
     }
 }
 
-/// Time of a throughput-bound 16-lane FMA loop over the same loop at 8 lanes (the faster of
-/// 5 alternating rounds each, about 40 us a round): about 1.0 with two 512-bit FMA pipes, 2.0
-/// where a 16-lane FMA takes both 256-bit halves of the pipes. `f64::INFINITY` below AVX-512.
+/// Time of a throughput-bound 16-lane FMA loop over the same loop at 8 lanes: about 1.0 with
+/// two 512-bit FMA pipes, 2.0 where a 16-lane FMA takes both 256-bit halves of the pipes.
+/// Each loop is timed in 5 rounds after a discarded warm-up round (about 0.1 ms per loop; the
+/// clock and the AVX-512 units settle), the two alternating in either order, and keeps its
+/// fastest round. `f64::INFINITY` below AVX-512.
 pub fn fma_width_ratio(isa: Isa) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if isa.0 == Level::Avx512 {
-        const ITERS: usize = 20_000;
+        const ITERS: usize = 30_000;
         let (mut wide, mut narrow) = (f64::INFINITY, f64::INFINITY);
-        for _ in 0..5 {
+        for round in 0..6 {
             // SAFETY: an `Isa` at `Avx512` exists only on a CPU with AVX-512F, AVX2 and FMA
             // (`Isa::available`).
-            wide = wide.min(unsafe { fma_loop_seconds_512(ITERS) });
-            // SAFETY: as above.
-            narrow = narrow.min(unsafe { fma_loop_seconds_256(ITERS) });
+            let (w, n) = unsafe {
+                if round % 2 == 0 {
+                    (fma_loop_seconds_512(ITERS), fma_loop_seconds_256(ITERS))
+                } else {
+                    let n = fma_loop_seconds_256(ITERS);
+                    (fma_loop_seconds_512(ITERS), n)
+                }
+            };
+            if round > 0 {
+                (wide, narrow) = (wide.min(w), narrow.min(n));
+            }
         }
         return if narrow > 0.0 { wide / narrow } else { f64::INFINITY };
     }
@@ -162,15 +173,19 @@ pub fn fma_width_ratio(isa: Isa) -> f64 {
 /// `fn $name(iters) -> f64`: seconds for `iters` rounds of 12 independent FMAs at one vector
 /// width (12 chains: enough to keep two pipes of 4-cycle latency busy).
 macro_rules! fma_loop_seconds {
-    ($name:ident, $features:literal, $fma:ident, $set1:ident) => {
+    ($name:ident, $width:literal, $features:literal, $fma:ident, $set1:ident) => {
+        #[doc = concat!("Seconds for `iters` rounds of 12 independent ", $width, " FMAs.")]
+        ///
         /// # Safety
-        #[doc = concat!("The CPU must support ", $features, ".")]
+        #[doc = concat!("The CPU must support ", $width, " FMAs (`", $features, "`).")]
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
         unsafe fn $name(iters: usize) -> f64 {
             use std::arch::x86_64::{$fma, $set1};
             let (a, b) = ($set1(std::hint::black_box(0.999)), $set1(1e-3));
             let mut acc = [$set1(std::hint::black_box(1.0)); 12];
+            // Opaque before the clock starts, so no FMA can be hoisted above it.
+            std::hint::black_box(&mut acc);
             let start = std::time::Instant::now();
             for _ in 0..iters {
                 for x in acc.iter_mut() {
@@ -184,8 +199,8 @@ macro_rules! fma_loop_seconds {
     };
 }
 
-fma_loop_seconds!(fma_loop_seconds_512, "avx512f", _mm512_fmadd_ps, _mm512_set1_ps);
-fma_loop_seconds!(fma_loop_seconds_256, "avx2,fma", _mm256_fmadd_ps, _mm256_set1_ps);
+fma_loop_seconds!(fma_loop_seconds_512, "16-lane", "avx512f", _mm512_fmadd_ps, _mm512_set1_ps);
+fma_loop_seconds!(fma_loop_seconds_256, "8-lane", "avx2,fma", _mm256_fmadd_ps, _mm256_set1_ps);
 
 impl fmt::Display for Isa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -24,7 +24,8 @@
 //!   row-group engine with every weight kept (direct convolution).
 //! * Instruction sets ([`Isa`]): AVX-512, AVX2 + FMA or portable code, chosen at run time,
 //!   logged once, overridable with `TESSERA_KERNELS_ISA`. Kernels are written once against a
-//!   small SIMD trait and instantiated per level.
+//!   small SIMD trait and instantiated per level. On AVX-512, whether 16-lane FMAs run at
+//!   full rate is timed once ([`Isa::full_width_fma`], `TESSERA_KERNELS_FMA512` overrides).
 //! * Threads: work is split up front into balanced contiguous parts on the rayon pool; kernels
 //!   take caller-provided scratch and never allocate.
 //!
