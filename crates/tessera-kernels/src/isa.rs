@@ -141,9 +141,9 @@ impl Isa {
 
 /// Time of a throughput-bound 16-lane FMA loop over the same loop at 8 lanes: about 1.0 with
 /// two 512-bit FMA pipes, 2.0 where a 16-lane FMA takes both 256-bit halves of the pipes.
-/// Each loop is timed in 5 rounds after a discarded warm-up round (about 0.1 ms per loop; the
-/// clock and the AVX-512 units settle), the two alternating in either order, and keeps its
-/// fastest round. `f64::INFINITY` below AVX-512.
+/// Each loop is timed in 5 rounds after a discarded warm-up round (the clock and the AVX-512
+/// units settle), the two alternating in either order, and keeps its fastest round: 12 loops
+/// of about 50 us each on a Xeon, once per process. `f64::INFINITY` below AVX-512.
 pub fn fma_width_ratio(isa: Isa) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if isa.0 == Level::Avx512 {

@@ -1105,8 +1105,8 @@ const BAND_TILE_FLOATS: usize = 256 * 80;
 /// fits [`BandTile`], in L1): every column block's chunks into the band's tile (a row's first
 /// chunk stores, later ones add; rows no chunk writes are zeroed), then the tile to the output
 /// with the epilogue (bias, residual, activation) through the plan's stores. `QUAD`: the
-/// input is gathered in rows of 4 positions and chunks run [`rmw_quad`] (`V` is 1). `PAIR`: the tile is
-/// a phase-split target's deinterleaved pair (`TileAt::pair`; `V` is 1 or 2).
+/// input is gathered in rows of 4 positions and chunks run [`rmw_quad`] (`V` is 1). `PAIR`:
+/// the tile is a phase-split target's deinterleaved pair (`TileAt::pair`; `V` is 1 or 2).
 #[inline(always)]
 fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const QUAD: bool, const PAIR: bool>(
     job: &BcrJob<'_>,
