@@ -163,6 +163,9 @@ pub struct Residual {
     pub relative: f64,
     /// Dual residual `rho ||Z - Z_prev||`.
     pub dual: f64,
+    /// `||W||` (0 in logs written before it was recorded).
+    #[serde(default)]
+    pub weight_norm: f64,
 }
 
 /// One Z/U update.
@@ -183,6 +186,16 @@ impl AdmmUpdate {
     /// The largest relative primal residual of the update.
     pub fn max_relative(&self) -> f64 {
         self.residuals.iter().map(|r| r.relative).fold(0.0, f64::max)
+    }
+
+    /// The whole model's relative primal residual `sqrt(sum ||W - Z||^2) / sqrt(sum ||W||^2)`
+    /// over every layer and constraint set. Unlike [`AdmmUpdate::max_relative`] it is not
+    /// pinned at 1 by a layer whose projection keeps nothing (there `Z = 0`, so
+    /// `||W - Z|| / ||W||` is 1 however small W gets).
+    pub fn total_relative(&self) -> f64 {
+        let primal = self.residuals.iter().map(|r| r.primal * r.primal).sum::<f64>().sqrt();
+        let weights = self.residuals.iter().map(|r| r.weight_norm * r.weight_norm).sum::<f64>();
+        primal / weights.sqrt().max(f64::MIN_POSITIVE)
     }
 }
 
@@ -546,6 +559,7 @@ fn residual(
         primal,
         relative: primal / wn.max(f64::MIN_POSITIVE),
         dual,
+        weight_norm: wn,
     }
 }
 
@@ -584,6 +598,7 @@ impl<M: Classifier> Hooks<M> for Admm {
             let u = self.update_at(&weights, None, Some(step))?;
             tracing::debug!(
                 step,
+                total_relative_residual = u.total_relative(),
                 max_relative_residual = u.max_relative(),
                 rho = u.rho,
                 "ADMM Z/U update"
@@ -601,6 +616,7 @@ impl<M: Classifier> Hooks<M> for Admm {
             let u = self.update(&weights, Some(metrics.epoch))?;
             tracing::info!(
                 epoch = metrics.epoch,
+                total_relative_residual = u.total_relative(),
                 max_relative_residual = u.max_relative(),
                 rho = u.rho,
                 "ADMM Z/U update"

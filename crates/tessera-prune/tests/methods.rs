@@ -692,13 +692,21 @@ fn progressive_admm_ramps_the_z_target_along_the_cubic() {
     // The first ramped Z-step (U = 0, no training) removes exactly the smallest weights of
     // the ramp's sparsity: the primal residual by brute force over sorted magnitudes.
     let s0 = 0.875 * (1.0 - 0.9f64.powi(3));
+    let (mut removed_sq, mut all_sq) = (0.0, 0.0);
     for (l, r) in plan.layers.iter().zip(&log[1].residuals) {
         let mut sq: Vec<f64> = w0[&l.path].iter().map(|&v| f64::from(v).powi(2)).collect();
         sq.sort_by(f64::total_cmp);
         let pruned = sq.len() - Target::Sparsity(s0).budget(sq.len());
         let want = sq[..pruned].iter().sum::<f64>().sqrt();
         assert!((r.primal - want).abs() <= 1e-4 * want, "{}: {} vs {want}", l.path, r.primal);
+        removed_sq += sq[..pruned].iter().sum::<f64>();
+        all_sq += sq.iter().sum::<f64>();
     }
+    // The whole model's relative residual: removed energy over all energy, every layer pooled.
+    let want = (removed_sq / all_sq).sqrt();
+    let got = log[1].total_relative();
+    assert!((got - want).abs() <= 1e-4 * want, "total relative residual {got} vs {want}");
+    assert!(got <= log[1].max_relative() + 1e-12, "a pooled ratio cannot exceed the largest");
     // Hard pruning at half the phase ends the ramp there: the update after step 3 asks for
     // 1 - (1/5)^3 of the final sparsity.
     let mut half = Admm::new(

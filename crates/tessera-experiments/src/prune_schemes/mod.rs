@@ -185,6 +185,10 @@ pub struct CellResult {
     pub drop: f64,
     /// ADMM's largest relative primal residual at the first and the last update.
     pub admm_residual: Option<(f64, f64)>,
+    /// ADMM's whole-model relative primal residual at the first and the last update
+    /// ([`tessera_prune::admm::AdmmUpdate::total_relative`]).
+    #[serde(default)]
+    pub admm_total_residual: Option<(f64, f64)>,
     /// Per pruned layer: path, scheme, target, kept fraction.
     pub layers: Vec<(String, String, String, f64)>,
     /// Layers that keep no weight at all (the network is cut there).
@@ -840,6 +844,10 @@ impl WithLoaded for PruneCell<'_> {
                 (Some(a), Some(b)) => Some((a.max_relative(), b.max_relative())),
                 _ => None,
             },
+            admm_total_residual: match (outcome.admm_log.first(), outcome.admm_log.last()) {
+                (Some(a), Some(b)) => Some((a.total_relative(), b.total_relative())),
+                _ => None,
+            },
             layers: outcome.summary.layers.clone(),
             cut_layers: outcome
                 .summary
@@ -962,6 +970,7 @@ mod tests {
             top1,
             drop: 0.99 - top1,
             admm_residual: None,
+            admm_total_residual: None,
             layers: Vec::new(),
             cut_layers: Vec::new(),
             train_seconds: 0.0,

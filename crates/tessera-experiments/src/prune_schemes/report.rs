@@ -114,7 +114,7 @@ pub(super) fn report(results: &[StudyResult]) -> String {
             "#hard-pruned %",
             "#top-1 %",
             "#drop pts",
-            "#ADMM resid. first→last",
+            "#ADMM resid. first→last (largest layer)",
             "#train s",
         ]);
         for c in &s.cells {
@@ -128,7 +128,11 @@ pub(super) fn report(results: &[StudyResult]) -> String {
                 c.hard_pruned_top1.map_or(String::new(), |v| format!("{:.2}", 100.0 * v)),
                 format!("{:.2}", 100.0 * c.top1),
                 format!("{:+.2}", 100.0 * c.drop),
-                c.admm_residual.map_or(String::new(), |(a, b)| format!("{a:.3}→{b:.3}")),
+                match (c.admm_total_residual, c.admm_residual) {
+                    (Some((t0, t1)), Some((a, b))) => format!("{t0:.3}→{t1:.3} ({a:.2}→{b:.2})"),
+                    (None, Some((a, b))) => format!("({a:.2}→{b:.2})"),
+                    _ => String::new(),
+                },
                 format!("{:.0}", c.train_seconds),
             ]);
         }
@@ -156,8 +160,9 @@ pub(super) fn report(results: &[StudyResult]) -> String {
     md.push_str(
         "Compression: all conv / linear weights over the kept ones (layers a scheme leaves dense count as kept); \
          pruned-layer compression: over the pruned layers only. FLOP reduction: dense over kept multiply-adds of one image. \
-         Hard-pruned: top-1 right after projecting onto the scheme, before masked retraining. \
-         ADMM residual: largest ||W - Z|| / ||W|| over layers at the first and last Z-update. \
+         Hard-pruned: top-1 after the method's phase and the hard pruning (batch norms re-estimated where the preset says so), before masked retraining. \
+         ADMM residual: the whole model's ||W - Z|| / ||W|| (all pruned layers together) at the first and last Z-update, \
+         and in parentheses the largest per layer (1 wherever a layer's projection keeps nothing). \
          Each method trains the same number of epochs, then every method gets the same masked retraining. \
          Pruned models (masks in the IR export) are in `models/<study>/<cell>/`.\n",
     );
