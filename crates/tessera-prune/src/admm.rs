@@ -192,9 +192,16 @@ impl AdmmUpdate {
     /// over every layer and constraint set. Unlike [`AdmmUpdate::max_relative`] it is not
     /// pinned at 1 by a layer whose projection keeps nothing (there `Z = 0`, so
     /// `||W - Z|| / ||W||` is 1 however small W gets).
+    /// Logs written before `weight_norm` was recorded (resumed runs) recover `||W||` as
+    /// `primal / relative`.
     pub fn total_relative(&self) -> f64 {
+        let weight_norm = |r: &Residual| match r.weight_norm {
+            n if n > 0.0 => n,
+            _ if r.relative > 0.0 => r.primal / r.relative,
+            _ => 0.0,
+        };
         let primal = self.residuals.iter().map(|r| r.primal * r.primal).sum::<f64>().sqrt();
-        let weights = self.residuals.iter().map(|r| r.weight_norm * r.weight_norm).sum::<f64>();
+        let weights = self.residuals.iter().map(|r| weight_norm(r).powi(2)).sum::<f64>();
         primal / weights.sqrt().max(f64::MIN_POSITIVE)
     }
 }
@@ -692,6 +699,34 @@ mod tests {
             let e = err(AdmmConfig { hard_prune_at: Some(bad), ..AdmmConfig::default() });
             assert!(e.contains("admm.hard_prune_at"), "{e}");
         }
+    }
+
+    #[test]
+    fn total_relative_pools_layers_and_reads_logs_without_weight_norms() {
+        let r = |primal: f64, weight_norm: f64| Residual {
+            path: "w".into(),
+            constraint: "unstructured@8x".into(),
+            primal,
+            relative: primal / weight_norm,
+            dual: 0.0,
+            weight_norm,
+        };
+        let update = |residuals| AdmmUpdate { epoch: None, step: None, rho: 1.0, residuals };
+        // Hand-computed: sqrt(3^2 + 4^2 + 0) / sqrt(5^2 + 10^2 + 10^2) = 5 / 15.
+        let u = update(vec![r(3.0, 5.0), r(4.0, 10.0), r(0.0, 10.0)]);
+        assert!((u.total_relative() - 5.0 / 15.0).abs() < 1e-12, "{}", u.total_relative());
+        // The same log as written before `weight_norm` existed: `||W|| = primal / relative`
+        // wherever the primal residual is non-zero, so only the exact-zero layer drops out.
+        let mut old = u.clone();
+        old.residuals.iter_mut().for_each(|r| r.weight_norm = 0.0);
+        let want = 5.0 / 125.0f64.sqrt();
+        assert!((old.total_relative() - want).abs() < 1e-12, "{}", old.total_relative());
+        // A layer cut whole (Z = 0, primal = ||W||) pins the largest per-layer ratio at 1;
+        // pooled with the others it weighs by its share of the energy.
+        let with_cut = update(vec![r(3.0, 5.0), r(4.0, 10.0), r(10.0, 10.0)]);
+        assert_eq!(with_cut.max_relative(), 1.0);
+        let want = (9.0f64 + 16.0 + 100.0).sqrt() / 15.0;
+        assert!((with_cut.total_relative() - want).abs() < 1e-12);
     }
 
     #[test]
