@@ -4,9 +4,10 @@
 //! kernels run plainly (packing their input, NCHW output, no epilogue); and block-punched as
 //! in a plan right after 1 MiB of other writes (as a plan's other layers leave the caches).
 //! 1 thread, minimum of many runs (microseconds).
-//! `cargo run --release -p tessera-kernels --example in_plan_conv [-- SHAPE SECONDS]` (with
+//! `cargo run --release -p tessera-kernels --example in_plan_conv [-- SHAPE SECONDS [1]]` (with
 //! arguments: only BCR as in a plan, on the table's row `SHAPE`, for profiling, and, on stride-1
-//! rows, chained: each run reading what the previous one wrote, as a plan's layers do).
+//! rows, chained: each run reading what the previous one wrote, as a plan's layers do; a third
+//! argument `1` profiles block-punched as in a plan instead).
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)] // a command-line table
 
@@ -27,6 +28,7 @@ fn main() {
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
     let profile = args.first().copied();
     let seconds = args.get(1).map_or(0.5, |&s| s as f64);
+    let profile_block_punched = args.get(2) == Some(&1);
     println!(
         "| shape | BCR plain us | BCR as in a plan us | block-punched plain us | block-punched as in a plan us | the same after 1 MiB of writes |"
     );
@@ -63,6 +65,22 @@ fn main() {
             s.project_with(&layer, &w, Target::Sparsity(0.875), Tiling::Pad).unwrap()
         };
 
+        if profile_block_punched {
+            let p = project("block-punched:8x4");
+            let bp = BlockPunched::encode(&layer, &p.values, &p.mask, 8, 4).unwrap();
+            let mut bp = RowGroupConv::new(bp.to_row_groups(), shape).unwrap();
+            let mut s = ConvScratch::for_conv(&bp);
+            bp.set_output_target(target).unwrap();
+            let t = timing::min_us(seconds, || {
+                if stride == 1 {
+                    bp.run_prepacked(isa, &packed, &mut y_packed, &mut s, 1, ep).unwrap()
+                } else {
+                    bp.run_fused(isa, &x, &mut y_packed, &mut s, 1, ep).unwrap()
+                }
+            });
+            println!("block-punched as in a plan: {t:.2} us");
+            return;
+        }
         let p = project("bcr:8x32");
         let bcr =
             BcrCompact::encode(&layer, &p.values, &p.mask, 8, 32).unwrap().bind(shape).unwrap();

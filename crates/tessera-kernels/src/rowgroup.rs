@@ -50,7 +50,7 @@ mod store;
 mod tile_plan;
 
 pub use store::{Clamp, Epilogue};
-pub(crate) use store::{Out, store_row, store_row_fused};
+pub(crate) use store::{Out, clamp_as, store_row, store_row_fused};
 use store::{RowEpilogue, store_row_residual};
 use store::{store_pair_rows, store_whole};
 pub(crate) use tile_plan::{Seg, Split, TilePlan};
@@ -1531,7 +1531,16 @@ unsafe fn micro<
     let l = S::LANES;
     // Contiguous vectors but in stacked tiles: a constant step, folded into the addressing.
     let (xs, ys) = if STACKED { (xs, out.step) } else { (l, l as isize) };
+    // The bias starts the accumulators (`b + w0 x0 + ...`: the first FMA adds it for free)
+    // instead of an add per vector in the epilogue, where every vector op takes an FMA port
+    // on AVX-512; the stores below then see no bias.
     let mut acc = [[S::zero(); V]; RT];
+    if let Some(b) = ep.bias {
+        for (rr, a) in acc.iter_mut().enumerate() {
+            *a = [S::splat(*b.add(rr)); V];
+        }
+    }
+    let ep = &RowEpilogue { bias: None, clamp: ep.clamp, residual: ep.residual };
     let mut wp = w;
     for &off in offs {
         if stream_weights {
@@ -1575,33 +1584,15 @@ unsafe fn micro<
         // below stays rolled, its accumulators spilled to the stack and reloaded). Bias,
         // residual and clamp chosen once per tile, not per vector: a branch per vector kept
         // the accumulators on the stack (ResNet-20's 16@32x32 layer at 8x with bias and
-        // ReLU: 11.7 -> 9.4 us).
-        let clamps = !matches!(ep.clamp, Clamp::None);
-        let r = ep.residual.unwrap_or(std::ptr::null());
-        let (b, c) = (ep.bias.unwrap_or(std::ptr::null()), ep.clamp);
-        match (ep.bias.is_some(), ep.residual.is_some(), clamps) {
-            (false, false, false) => {
-                store_whole::<S, RT, V, false, false, false>(&acc, out, ys, b, r, c)
-            }
-            (false, false, true) => {
-                store_whole::<S, RT, V, false, false, true>(&acc, out, ys, b, r, c)
-            }
-            (false, true, false) => {
-                store_whole::<S, RT, V, false, true, false>(&acc, out, ys, b, r, c)
-            }
-            (false, true, true) => {
-                store_whole::<S, RT, V, false, true, true>(&acc, out, ys, b, r, c)
-            }
-            (true, false, false) => {
-                store_whole::<S, RT, V, true, false, false>(&acc, out, ys, b, r, c)
-            }
-            (true, false, true) => {
-                store_whole::<S, RT, V, true, false, true>(&acc, out, ys, b, r, c)
-            }
-            (true, true, false) => {
-                store_whole::<S, RT, V, true, true, false>(&acc, out, ys, b, r, c)
-            }
-            (true, true, true) => store_whole::<S, RT, V, true, true, true>(&acc, out, ys, b, r, c),
+        // ReLU: 11.7 -> 9.4 us). The bias is already in the accumulators.
+        let (r, c) = (ep.residual.unwrap_or(std::ptr::null()), ep.clamp);
+        match (ep.residual.is_some(), c.kind()) {
+            (false, 0) => store_whole::<S, RT, V, false, 0>(&acc, out, ys, r, c),
+            (false, 1) => store_whole::<S, RT, V, false, 1>(&acc, out, ys, r, c),
+            (false, _) => store_whole::<S, RT, V, false, 2>(&acc, out, ys, r, c),
+            (true, 0) => store_whole::<S, RT, V, true, 0>(&acc, out, ys, r, c),
+            (true, 1) => store_whole::<S, RT, V, true, 1>(&acc, out, ys, r, c),
+            (true, _) => store_whole::<S, RT, V, true, 2>(&acc, out, ys, r, c),
         }
         return;
     }

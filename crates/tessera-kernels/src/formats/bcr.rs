@@ -170,8 +170,8 @@ use crate::gather::{Gather, GatherForm};
 use crate::isa::Isa;
 use crate::rowgroup::{
     Clamp, ConvScratch, Epilogue, Out, RowGroupMatrix, Seg, TILE_V, TilePlan, address_residual,
-    check_len, check_output, check_output_target, check_prepacked, pack_input, readdress_residual,
-    store_row_fused,
+    check_len, check_output, check_output_target, check_prepacked, clamp_as, pack_input,
+    readdress_residual, store_row_fused,
 };
 use crate::simd::{Simd, simd_entry};
 use crate::threads::{SendPtr, run_parallel};
@@ -1192,16 +1192,19 @@ fn bcr_tile<S: Simd, const V: usize, const LOAD_FULL: bool, const QUAD: bool, co
                     rstep: at.rstep,
                     clamp: ep.clamp,
                 };
-                let clamps = ep.clamp != Clamp::None;
-                match (ep.bias.is_some(), ep.residual.is_some(), clamps) {
-                    (false, false, false) => rows.store::<S, V, false, false, false>(),
-                    (false, false, true) => rows.store::<S, V, false, false, true>(),
-                    (false, true, false) => rows.store::<S, V, false, true, false>(),
-                    (false, true, true) => rows.store::<S, V, false, true, true>(),
-                    (true, false, false) => rows.store::<S, V, true, false, false>(),
-                    (true, false, true) => rows.store::<S, V, true, false, true>(),
-                    (true, true, false) => rows.store::<S, V, true, true, false>(),
-                    (true, true, true) => rows.store::<S, V, true, true, true>(),
+                match (ep.bias.is_some(), ep.residual.is_some(), ep.clamp.kind()) {
+                    (false, false, 0) => rows.store::<S, V, false, false, 0>(),
+                    (false, false, 1) => rows.store::<S, V, false, false, 1>(),
+                    (false, false, _) => rows.store::<S, V, false, false, 2>(),
+                    (false, true, 0) => rows.store::<S, V, false, true, 0>(),
+                    (false, true, 1) => rows.store::<S, V, false, true, 1>(),
+                    (false, true, _) => rows.store::<S, V, false, true, 2>(),
+                    (true, false, 0) => rows.store::<S, V, true, false, 0>(),
+                    (true, false, 1) => rows.store::<S, V, true, false, 1>(),
+                    (true, false, _) => rows.store::<S, V, true, false, 2>(),
+                    (true, true, 0) => rows.store::<S, V, true, true, 0>(),
+                    (true, true, 1) => rows.store::<S, V, true, true, 1>(),
+                    (true, true, _) => rows.store::<S, V, true, true, 2>(),
                 }
                 continue;
             }
@@ -1260,13 +1263,7 @@ impl PlainRows {
     /// writable; with `BIAS` the bias holds every row's value, with `RES` the residual is
     /// readable wherever a vector is stored.
     #[inline(always)]
-    unsafe fn store<
-        S: Simd,
-        const V: usize,
-        const BIAS: bool,
-        const RES: bool,
-        const CLAMP: bool,
-    >(
+    unsafe fn store<S: Simd, const V: usize, const BIAS: bool, const RES: bool, const CLAMP: u8>(
         &self,
     ) {
         let l = S::LANES;
@@ -1281,7 +1278,7 @@ impl PlainRows {
                 let x = if BIAS { S::add(x, bv) } else { x };
                 let x =
                     if RES { S::add(x, S::load(rp.offset(v as isize * self.rstep))) } else { x };
-                let x = if CLAMP { S::min(S::max(x, lo), hi) } else { x };
+                let x = clamp_as::<S, CLAMP>(x, lo, hi);
                 S::store(yp.offset(v as isize * self.step), x);
             }
             src = src.add(self.astride);

@@ -57,6 +57,17 @@ impl Clamp {
         unsafe { (S::splat(lo), S::splat(hi)) }
     }
 
+    /// The clamp as a const parameter of a store ([`clamp_as`]): 0 none, 1 `max` only (ReLU),
+    /// 2 `max` then `min` (ReLU6).
+    #[inline(always)]
+    pub(crate) fn kind(self) -> u8 {
+        match self {
+            Clamp::None => 0,
+            Clamp::Relu => 1,
+            Clamp::Relu6 => 2,
+        }
+    }
+
     /// The activation of a vector (a plain function of the kernels' instruction set, so it
     /// inlines into their loops).
     #[inline(always)]
@@ -72,29 +83,46 @@ impl Clamp {
     }
 }
 
-/// `RT` rows of `V` whole vectors to a plain output (`out.y`, rows `out.stride` apart, vectors
-/// `ys` apart): `clamp((acc + bias[row]) + residual)`, each part only with its flag, in the
-/// order and with the operations of [`RowEpilogue::apply`] and [`store_row_residual`], so the
-/// bits are theirs (the residual from `res`, rows `out.rstride` and vectors `out.rstep`
-/// apart).
+/// `min(max(x, lo), hi)` with clamp kind `K` ([`Clamp::kind`]) and `(lo, hi)` from
+/// [`Clamp::bounds`]: ReLU's `min` with +inf is left out, since every vector op of an epilogue
+/// takes an AVX-512 FMA port (a `min` a vector was 16 of a 16@32x32 block-punched tile's ~50
+/// epilogue ops). The same value as the full clamp (`max(NaN, lo)` is `lo` either way).
 ///
 /// # Safety
-/// As [`super::micro`]'s plain-store path: every stored vector is writable; with `BIAS`, `bias` holds
-/// `RT` values; with `RES`, `res` is readable wherever a vector is stored.
+/// Register arithmetic at the caller's instruction set.
+#[inline(always)]
+pub(crate) unsafe fn clamp_as<S: Simd, const K: u8>(x: S::V, lo: S::V, hi: S::V) -> S::V {
+    // SAFETY: caller's contract.
+    unsafe {
+        match K {
+            0 => x,
+            1 => S::max(x, lo),
+            _ => S::min(S::max(x, lo), hi),
+        }
+    }
+}
+
+/// `RT` rows of `V` whole vectors to a plain output (`out.y`, rows `out.stride` apart, vectors
+/// `ys` apart): `clamp(acc + residual)` (the micro-kernel starts its accumulators at the
+/// bias), each part only with its flag, in the order and with the operations of
+/// [`store_row_residual`], so the bits are its (the residual from `res`, rows `out.rstride`
+/// and vectors `out.rstep` apart).
+///
+/// # Safety
+/// As [`super::micro`]'s plain-store path: every stored vector is writable; with `RES`, `res` is
+/// readable wherever a vector is stored.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn store_whole<
     S: Simd,
     const RT: usize,
     const V: usize,
-    const BIAS: bool,
     const RES: bool,
-    const CLAMP: bool,
+    const CLAMP: u8,
 >(
     acc: &[[S::V; V]; RT],
     out: &Out<'_>,
     ys: isize,
-    bias: *const f32,
     res: *const f32,
     clamp: Clamp,
 ) {
@@ -102,14 +130,13 @@ pub(super) unsafe fn store_whole<
     unsafe {
         let (lo, hi) = clamp.bounds::<S>();
         for (rr, a) in acc.iter().enumerate() {
-            let bv = if BIAS { S::splat(*bias.add(rr)) } else { S::zero() };
             let yp = out.y.add(rr * out.stride);
             let rp = res.wrapping_add(rr * out.rstride);
             for (v, &av) in a.iter().enumerate() {
                 let at = v as isize * ys;
-                let x = if BIAS { S::add(av, bv) } else { av };
-                let x = if RES { S::add(x, S::load(rp.offset(v as isize * out.rstep))) } else { x };
-                let x = if CLAMP { S::min(S::max(x, lo), hi) } else { x };
+                let x =
+                    if RES { S::add(av, S::load(rp.offset(v as isize * out.rstep))) } else { av };
+                let x = clamp_as::<S, CLAMP>(x, lo, hi);
                 S::store(yp.offset(at), x);
             }
         }
@@ -339,6 +366,8 @@ pub(super) unsafe fn store_pair_rows<S: Simd, const RT: usize, const V: usize>(
     // SAFETY: caller's contract.
     unsafe {
         let clamps = !matches!(clamp, Clamp::None);
+        // ReLU's +inf bound needs no `min` (see `clamp_as`).
+        let relu6 = matches!(clamp, Clamp::Relu6);
         let (lo, hi) = clamp.bounds::<S>();
         for (rr, a) in acc.iter().enumerate() {
             let (mut a0, mut a1) = (a[0], a[V - 1]);
@@ -353,8 +382,12 @@ pub(super) unsafe fn store_pair_rows<S: Simd, const RT: usize, const V: usize>(
                 a1 = S::add(a1, S::load(rp.offset((V - 1) as isize * out.rstep)));
             }
             if clamps {
-                a0 = S::min(S::max(a0, lo), hi);
-                a1 = S::min(S::max(a1, lo), hi);
+                a0 = S::max(a0, lo);
+                a1 = S::max(a1, lo);
+            }
+            if relu6 {
+                a0 = S::min(a0, hi);
+                a1 = S::min(a1, hi);
             }
             store_pair::<S>(out.y.add(rr * out.stride), a0, a1, V == 2, split);
         }
