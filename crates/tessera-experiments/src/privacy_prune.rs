@@ -213,6 +213,8 @@ fn lenet(scale: Scale) -> Result<PrivacyStudy> {
                 hard_prune_at: None,
                 progressive: false,
                 couple_batch_norm: false,
+                free_support: false,
+                dual_step: 1.0,
             },
             train: TrainConfig {
                 max_steps_per_epoch: steps,
@@ -298,6 +300,8 @@ fn resnet(scale: Scale) -> Result<PrivacyStudy> {
                 // (as prune-schemes' ADMM): block-punched 8x gap 1.20 -> 0.62 points (run
                 // 20261205T093304Z).
                 couple_batch_norm: true,
+                free_support: false,
+                dual_step: 1.0,
             },
             train: TrainConfig {
                 max_steps_per_epoch: steps,

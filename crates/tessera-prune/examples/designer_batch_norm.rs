@@ -81,6 +81,8 @@ fn main() -> Result<()> {
                 hard_prune_at: None,
                 progressive: false,
                 couple_batch_norm: false,
+                free_support: false,
+                dual_step: 1.0,
             },
             train: TrainConfig {
                 optimizer: OptimizerConfig::Adam { lr, weight_decay: 0.0 },

@@ -183,11 +183,59 @@ fn admm_penalty_gradient_is_exact_and_reaches_the_weights() {
     }
 }
 
+/// `free_support` (selective weight decay with ADMM's dual): after an update, the W-step's
+/// penalty gradient is plain ADMM's on the coordinates the Z-step zeroed and 0 on the kept
+/// ones, where plain ADMM pulls every weight back to its value at the update.
+#[test]
+fn admm_free_support_drops_the_pull_on_kept_weights_only() {
+    let device = Backend::Flex.train_device(3);
+    let model = trained_lenet(&device);
+    let w = weights::prunable_weights(&model, [1, 1, 28, 28]).unwrap();
+    let plan = PrunePlan::resolve(&config(UNSTRUCTURED_8X), &w).unwrap();
+    let paths = plan.paths();
+    let cfg = AdmmConfig { rho: 0.1, ..AdmmConfig::default() };
+    let mut plain = Admm::new(&model, plan.clone(), cfg.clone()).unwrap();
+    let mut free =
+        Admm::new(&model, plan.clone(), AdmmConfig { free_support: true, ..cfg }).unwrap();
+    let weights = read_weights(&model, &paths).unwrap();
+    plain.update(&weights, Some(0)).unwrap();
+    free.update(&weights, Some(0)).unwrap();
+    // The W-step then moves every weight, the kept ones too.
+    let moved: BTreeMap<String, Vec<f32>> = weights
+        .iter()
+        .map(|(p, v)| {
+            let v = v.iter().enumerate().map(|(i, x)| x + 0.01 * ((i % 7) as f32 - 3.0));
+            (p.clone(), v.collect())
+        })
+        .collect();
+    let gp = plain.penalty_gradient(&moved).unwrap();
+    let gf = free.penalty_gradient(&moved).unwrap();
+    check_fd(|w| free.penalty(w), &moved, &gf);
+    for l in &plan.layers {
+        // U starts at 0, so the first Z is the projection of W itself.
+        let z = l.constraints()[0].project(&l.layer, &weights[&l.path]).unwrap();
+        let (gp, gf) = (&gp[&l.path], &gf[&l.path]);
+        let (mut kept, mut anchored) = (0, 0);
+        for i in 0..z.len() {
+            if z[i] != 0.0 {
+                kept += 1;
+                anchored += usize::from(gp[i] != 0.0);
+                assert_eq!(gf[i], 0.0, "{}[{i}]: kept, but pulled", l.path);
+            } else {
+                assert_eq!(gf[i], gp[i], "{}[{i}]: zeroed", l.path);
+            }
+        }
+        assert!(kept > 0 && kept < z.len(), "{}: kept {kept} of {}", l.path, z.len());
+        assert!(anchored > kept / 2, "{}: plain ADMM anchors {anchored} of {kept}", l.path);
+    }
+}
+
 #[test]
 fn admm_rho_growth_keeps_the_unscaled_dual() {
     // Boyd et al. §3.4.1: with the scaled dual U = y / rho, growing rho must shrink U so
     // that y is unchanged. After one update from U = 0 at weights W with Z = proj(W):
-    // y = rho0 (W - Z), and the gradient at W under rho1 is y + rho1 (W - Z).
+    // y = rho0 (W - Z), and the gradient at W under rho1 is y + rho1 (W - Z). With a dual
+    // step gamma (Fortin-Glowinski), y = gamma rho0 (W - Z).
     let device = Backend::Flex.train_device(3);
     let model = trained_lenet(&device);
     let w = weights::prunable_weights(&model, [1, 1, 28, 28]).unwrap();
@@ -202,18 +250,25 @@ fn admm_rho_growth_keeps_the_unscaled_dual() {
         hard_prune_at: None,
         progressive: false,
         couple_batch_norm: false,
+        free_support: false,
+        dual_step: 1.0,
     };
-    let mut admm = Admm::new(&model, plan.clone(), cfg).unwrap();
     let weights = read_weights(&model, &paths).unwrap();
-    admm.update(&weights, Some(0)).unwrap();
-    assert!((admm.rho() - 0.2).abs() < 1e-12);
-    let g = admm.penalty_gradient(&weights).unwrap();
-    for l in &plan.layers {
-        let wl = &weights[&l.path];
-        let z = l.constraints()[0].project(&l.layer, wl).unwrap();
-        for i in 0..wl.len() {
-            let want = 0.3 * (wl[i] - z[i]);
-            assert!((g[&l.path][i] - want).abs() <= 1e-6 * (1.0 + want.abs()), "{}[{i}]", l.path);
+    for gamma in [1.0, 0.25, 1.5] {
+        let mut admm =
+            Admm::new(&model, plan.clone(), AdmmConfig { dual_step: gamma, ..cfg.clone() })
+                .unwrap();
+        admm.update(&weights, Some(0)).unwrap();
+        assert!((admm.rho() - 0.2).abs() < 1e-12);
+        let g = admm.penalty_gradient(&weights).unwrap();
+        for l in &plan.layers {
+            let wl = &weights[&l.path];
+            let z = l.constraints()[0].project(&l.layer, wl).unwrap();
+            for i in 0..wl.len() {
+                let want = (0.2 + 0.1 * gamma as f32) * (wl[i] - z[i]);
+                let got = g[&l.path][i];
+                assert!((got - want).abs() <= 1e-6 * (1.0 + want.abs()), "{}[{i}]", l.path);
+            }
         }
     }
 }
@@ -267,6 +322,8 @@ fn admm_run(hard_prune_at: Option<f64>) -> (TrainConfig, AdmmConfig) {
             hard_prune_at,
             progressive: false,
             couple_batch_norm: false,
+            free_support: false,
+            dual_step: 1.0,
         },
     )
 }

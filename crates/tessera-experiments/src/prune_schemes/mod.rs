@@ -288,6 +288,8 @@ pub(crate) fn step_admm(rho: f64, steps: usize) -> AdmmConfig {
         hard_prune_at: None,
         progressive: false,
         couple_batch_norm: false,
+        free_support: false,
+        dual_step: 1.0,
     }
 }
 
