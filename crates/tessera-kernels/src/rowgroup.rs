@@ -1576,7 +1576,7 @@ unsafe fn micro<
     if let (true, Some(split)) = (PAIR && FULL && V <= 2 && out.segs.is_empty(), out.pair) {
         // A phase-split target's rows, deinterleaved: straight-line too (through the rolled
         // loop below, a 16@32x32 block-punched layer at 8x took 8.5 us, against 6.9).
-        store_pair_rows::<S, RT, V>(&acc, out, split, ep.bias, ep.residual, ep.clamp);
+        store_pair_rows::<S, RT, V>(&acc, out, split, ep.residual, ep.clamp);
         return;
     }
     if !PAIR && FULL && out.segs.is_empty() {

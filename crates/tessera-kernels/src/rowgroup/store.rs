@@ -349,17 +349,16 @@ unsafe fn store_pair<S: Simd>(yp: *mut f32, a0: S::V, a1: S::V, two: bool, split
 
 /// `RT` rows of one or two whole vectors to a phase-split target (`split`, see
 /// `TilePlan::pairs`): the epilogue of [`store_whole`] (the same operations in the same
-/// order, chosen by run-time flags: a tile's rows are straight-line code either way), then
-/// [`store_pair`] per row.
+/// order, chosen by run-time flags: a tile's rows are straight-line code either way; the bias
+/// is already in the accumulators), then [`store_pair`] per row.
 ///
 /// # Safety
-/// As [`store_whole`] (with `bias` and `res` present when given).
+/// As [`store_whole`] (with `res` present when given).
 #[inline(always)]
 pub(super) unsafe fn store_pair_rows<S: Simd, const RT: usize, const V: usize>(
     acc: &[[S::V; V]; RT],
     out: &Out<'_>,
     split: Split,
-    bias: Option<*const f32>,
     res: Option<*const f32>,
     clamp: Clamp,
 ) {
@@ -371,11 +370,6 @@ pub(super) unsafe fn store_pair_rows<S: Simd, const RT: usize, const V: usize>(
         let (lo, hi) = clamp.bounds::<S>();
         for (rr, a) in acc.iter().enumerate() {
             let (mut a0, mut a1) = (a[0], a[V - 1]);
-            if let Some(b) = bias {
-                let bv = S::splat(*b.add(rr));
-                a0 = S::add(a0, bv);
-                a1 = S::add(a1, bv);
-            }
             if let Some(r) = res {
                 let rp = r.wrapping_add(rr * out.rstride);
                 a0 = S::add(a0, S::load(rp));
