@@ -1,10 +1,13 @@
 //! What the crossbar experiments (`reram-faults`, `forms`, `quickstart`) share: a study's
 //! model, data and pruning budget ([`CrossbarStudy`]), unstructured / polarized ADMM pruning of
 //! its dense model cached per run ([`PruneJob`]), the test images a simulated chip classifies,
-//! and the statistics of accuracy over chips (mean, 95% band, tolerated fault rate).
+//! and the statistics of accuracy over chips (mean, 95% band, tolerated fault rate and its
+//! bootstrap interval).
 
 use std::path::{Path, PathBuf};
 
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tessera_data::{Dataset, KnownSet};
 use tessera_ir::Tensor;
@@ -193,6 +196,10 @@ pub struct FaultPoint {
     pub min: f64,
     /// Chips simulated.
     pub chips: usize,
+    /// Each chip's top-1, chip `i` being seed `i` (empty in records written before they were
+    /// kept).
+    #[serde(default)]
+    pub accuracies: Vec<f64>,
 }
 
 /// A pruned model of a study.
@@ -380,7 +387,76 @@ pub(crate) fn summarize(rate: f64, accs: &[f64]) -> FaultPoint {
         ci95: 1.96 * (var / n).sqrt(),
         min: accs.iter().copied().fold(f64::INFINITY, f64::min),
         chips: accs.len(),
+        accuracies: accs.to_vec(),
     }
+}
+
+/// Resamples drawn by [`bootstrap_interval`] in the experiments.
+pub(crate) const BOOTSTRAP_RESAMPLES: usize = 2000;
+
+/// Percentile 95% interval of `stat` under a bootstrap over chips.
+///
+/// `arms` are curves measured on the same chips (seed `i` is chip `i` at every rate and in
+/// every arm, and with nested faults a chip's curve is one degrading device), so a resample
+/// draws chip indices with replacement once and rebuilds every arm's multi-chip points from
+/// those chips (a paired bootstrap; one-chip points, the fault-free ones, stay as they are).
+/// `stat` maps the resampled curves to a number (`+inf` allowed, NaN dropped). `None` when a
+/// multi-chip point lacks its per-chip accuracies or the arms disagree on the chip count.
+/// The mean over chips of a heavy-tailed quantity (most chips lose nothing, a rare one loses
+/// half its accuracy to one badly placed stuck cell) makes the tolerated rate a noisy
+/// statistic; this interval shows how noisy.
+pub(crate) fn bootstrap_interval(
+    arms: &[&[FaultPoint]],
+    resamples: usize,
+    seed: u64,
+    stat: impl Fn(&[Vec<FaultPoint>]) -> f64,
+) -> Option<(f64, f64)> {
+    let multi = || arms.iter().flat_map(|a| a.iter()).filter(|p| p.chips > 1);
+    let chips = multi().map(|p| p.chips).max()?;
+    if multi().any(|p| p.chips != chips || p.accuracies.len() != chips) || resamples == 0 {
+        return None;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut values = Vec::with_capacity(resamples);
+    let mut picks = vec![0usize; chips];
+    for _ in 0..resamples {
+        for pick in &mut picks {
+            *pick = rng.random_range(0..chips);
+        }
+        let curves: Vec<Vec<FaultPoint>> = arms
+            .iter()
+            .map(|arm| {
+                arm.iter()
+                    .map(|p| {
+                        if p.chips > 1 {
+                            let accs: Vec<f64> = picks.iter().map(|&i| p.accuracies[i]).collect();
+                            summarize(p.rate, &accs)
+                        } else {
+                            p.clone()
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let v = stat(&curves);
+        if !v.is_nan() {
+            values.push(v);
+        }
+    }
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let at =
+        |q: f64| values[((q * (values.len() - 1) as f64).round() as usize).min(values.len() - 1)];
+    Some((at(0.025), at(0.975)))
+}
+
+/// [`tolerated`] at a 1-point drop from the curve's own fault-free point, 0 when even the
+/// smallest rate fails (the form [`bootstrap_interval`] statistics need).
+pub(crate) fn tolerated_or_zero(points: &[FaultPoint]) -> f64 {
+    let clean = points.iter().find(|p| p.rate == 0.0).map_or(f64::NAN, |p| p.mean);
+    tolerated(points, clean - 0.01).unwrap_or(0.0)
 }
 
 /// Largest rate with `mean >= floor` before the first failing point, interpolated linearly
@@ -405,7 +481,7 @@ mod tests {
     use super::*;
 
     fn point(rate: f64, mean: f64) -> FaultPoint {
-        FaultPoint { rate, mean, std: 0.0, ci95: 0.0, min: mean, chips: 1 }
+        FaultPoint { rate, mean, std: 0.0, ci95: 0.0, min: mean, chips: 1, accuracies: vec![mean] }
     }
 
     #[test]
@@ -416,6 +492,47 @@ mod tests {
         assert!((t - (1e-3 + 1e-3 / 3.0)).abs() < 1e-12, "{t}");
         assert_eq!(tolerated(&pts, 0.5), Some(5e-3));
         assert_eq!(tolerated(&pts, 0.995), None);
+    }
+
+    fn chips(rate: f64, accs: &[f64]) -> FaultPoint {
+        summarize(rate, accs)
+    }
+
+    #[test]
+    fn bootstrap_of_identical_chips_collapses_to_the_hand_computed_rate() {
+        // Ten identical chips: every resample is the same curve. Floor 0.89 between
+        // (1e-3, 0.895) and (2e-3, 0.85): 1e-3 + (0.005 / 0.045) * 1e-3.
+        let curve = [chips(0.0, &[0.9]), chips(1e-3, &[0.895; 10]), chips(2e-3, &[0.85; 10])];
+        let (lo, hi) = bootstrap_interval(&[&curve], 200, 1, |c| tolerated_or_zero(&c[0])).unwrap();
+        let want = 1e-3 + 1e-3 / 9.0;
+        assert!((lo - want).abs() < 1e-12 && (hi - want).abs() < 1e-12, "{lo} {hi}");
+    }
+
+    #[test]
+    fn bootstrap_brackets_a_rate_set_by_one_catastrophic_chip() {
+        // 19 chips lose nothing until 2e-3, one loses 40 points from 1e-3 on: the mean at 1e-3
+        // is 0.88 (a 2-point drop), so the point estimate interpolates from 0 to 1e-3 (5e-4),
+        // while every resample without that chip (a share (19/20)^20 = 36%) tolerates 1e-3
+        // or more. The interval must contain both.
+        let mut at1 = vec![0.9; 20];
+        at1[7] = 0.5;
+        let mut at2 = vec![0.85; 20];
+        at2[7] = 0.45;
+        let curve = [chips(0.0, &[0.9]), chips(1e-3, &at1), chips(2e-3, &at2)];
+        let point = tolerated_or_zero(&curve);
+        assert!((point - 5e-4).abs() < 1e-12, "{point}");
+        let stat = |c: &[Vec<FaultPoint>]| tolerated_or_zero(&c[0]);
+        let (lo, hi) = bootstrap_interval(&[&curve], 2000, 3, stat).unwrap();
+        assert!(lo < point && hi >= 1e-3, "{lo} {hi}");
+        assert_eq!(bootstrap_interval(&[&curve], 2000, 3, stat), Some((lo, hi)), "seeded");
+        // Paired: a second arm on the same chips resamples the same chip indices, so the
+        // ratio of an arm to itself is exactly 1 in every resample.
+        let ratio = |c: &[Vec<FaultPoint>]| tolerated_or_zero(&c[0]) / tolerated_or_zero(&c[1]);
+        assert_eq!(bootstrap_interval(&[&curve, &curve], 500, 4, ratio), Some((1.0, 1.0)));
+        // Records without per-chip accuracies give no interval.
+        let mut old = curve.clone();
+        old[1].accuracies.clear();
+        assert_eq!(bootstrap_interval(&[&old], 10, 0, stat), None);
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! `p_sa0 = p / 6.2`, `p_sa1 = 5.2 p / 6.2`.
 //!
 //! I.i.d. faults are drawn by geometric skipping (the gap to the next faulty cell is
-//! `floor(ln u / ln(1 - p))`), so sampling costs the number of faults, not the number of cells.
+//! `floor(ln u / ln(1 - p))`), so sampling costs the number of faults, not the number of cells,
+//! and they are *nested across rates*: the same generator gives at rate `p` a subset of the
+//! faults it gives at any higher rate, each cell stuck at the same kind (see `nested_iid`), so
+//! a rate sweep with one seed per chip follows each chip as it degrades.
 //! Clustered faults model defects that spoil a patch: per crossbar, a Poisson number of
 //! `side x side` squares with mean `p * rows * cols / side^2` (the expected faulty fraction
 //! stays about `p`, less overlaps and edges), each square stuck at one kind drawn with the
@@ -135,37 +138,14 @@ impl FaultMap {
             return FaultMap::default();
         }
         let sa0_share = model.p_sa0 / p;
-        let kind = |rng: &mut ChaCha8Rng| {
-            if rng.random::<f64>() < sa0_share { Fault::StuckOff } else { Fault::StuckOn }
-        };
         let n = rows * cols;
         let mut cells = Vec::new();
         match model.clusters {
-            None => {
-                if p >= 1.0 {
-                    for i in 0..n {
-                        cells.push((i as u32, kind(rng)));
-                    }
-                } else {
-                    let log_q = (1.0 - p).ln();
-                    let mut i = 0usize;
-                    loop {
-                        // u in (0, 1]: ln u <= 0, and the gap is a non-negative integer.
-                        let u = 1.0 - rng.random::<f64>();
-                        let gap = (u.ln() / log_q).floor();
-                        if !gap.is_finite() || gap >= (n - i) as f64 {
-                            break;
-                        }
-                        i += gap as usize;
-                        cells.push((i as u32, kind(rng)));
-                        i += 1;
-                        if i >= n {
-                            break;
-                        }
-                    }
-                }
-            }
+            None => return FaultMap { cells: nested_iid(p, sa0_share, n, rng) },
             Some(Clusters { side }) => {
+                let kind = |rng: &mut ChaCha8Rng| {
+                    if rng.random::<f64>() < sa0_share { Fault::StuckOff } else { Fault::StuckOn }
+                };
                 let (xr, xc) = (xbar.0.max(1), xbar.1.max(1));
                 let mean = p * (xr * xc) as f64 / (side * side) as f64;
                 let poisson = Poisson::new(mean).ok();
@@ -212,6 +192,95 @@ impl FaultMap {
     }
 }
 
+/// Rate bands below the coarsest: band `k` holds the cells whose mark `u` lies in
+/// `[2^-(k+1), 2^-k)`, the base band `[0, 2^-NESTED_BANDS)`.
+const NESTED_BANDS: i32 = 48;
+
+/// I.i.d. faults at total rate `p` that are *nested across rates*: with the same generator
+/// state, the faults at `p` are a subset of the faults at any `p' > p`, each cell keeping its
+/// kind. Every cell carries an implicit mark `u ~ U(0, 1)` and is faulty when `u < p`; the
+/// marks are drawn band by band from the smallest up (the base band with probability
+/// `2^-48`, band `k` among the cells not yet marked with probability
+/// `(2^-k - 2^-(k+1)) / (1 - 2^-(k+1))`, each by geometric skipping over those cells), and
+/// sampling stops after the band that holds `p`, keeping that band's marks below `p`. Which
+/// draws a band makes depends only on the bands below it, so a lower rate consumes a prefix of
+/// the same random sequence: a sweep over rates with one seed per chip follows one chip as it
+/// degrades (common random numbers), instead of drawing an unrelated chip per rate. Each
+/// cell is exactly Bernoulli(`p`), independently; the cost is about twice the number of
+/// faults.
+fn nested_iid(p: f64, sa0_share: f64, n: usize, rng: &mut ChaCha8Rng) -> Vec<(u32, Fault)> {
+    // (cell, mark, kind draw), ascending cell.
+    let mut marked: Vec<(u32, f64, f64)> = Vec::new();
+    let mut band = NESTED_BANDS;
+    loop {
+        let (lo, hi) = if band == NESTED_BANDS {
+            (0.0, 2f64.powi(-NESTED_BANDS))
+        } else {
+            (2f64.powi(-(band + 1)), 2f64.powi(-band))
+        };
+        let q = (hi - lo) / (1.0 - lo);
+        let free = n - marked.len();
+        let mut picked: Vec<(usize, f64, f64)> = Vec::new();
+        if q >= 1.0 {
+            picked.extend((0..free).map(|f| (f, 0.0, 0.0)));
+        } else {
+            let log_q = (1.0 - q).ln();
+            let mut f = 0usize;
+            loop {
+                // u in (0, 1]: ln u <= 0, and the gap is a non-negative integer.
+                let u = 1.0 - rng.random::<f64>();
+                let gap = (u.ln() / log_q).floor();
+                if !gap.is_finite() || gap >= (free - f) as f64 {
+                    break;
+                }
+                f += gap as usize;
+                picked.push((f, 0.0, 0.0));
+                f += 1;
+                if f >= free {
+                    break;
+                }
+            }
+        }
+        for pick in &mut picked {
+            pick.1 = lo + (hi - lo) * rng.random::<f64>();
+            pick.2 = rng.random::<f64>();
+        }
+        if !picked.is_empty() {
+            marked = merge_free_picks(&marked, &picked);
+        }
+        if p < hi || band == 0 {
+            break;
+        }
+        band -= 1;
+    }
+    marked
+        .into_iter()
+        .filter(|&(_, mark, _)| mark < p)
+        .map(|(i, _, k)| (i, if k < sa0_share { Fault::StuckOff } else { Fault::StuckOn }))
+        .collect()
+}
+
+/// Merges picks given as indices among the unmarked cells into the ascending marked list.
+fn merge_free_picks(
+    marked: &[(u32, f64, f64)],
+    picked: &[(usize, f64, f64)],
+) -> Vec<(u32, f64, f64)> {
+    let mut out = Vec::with_capacity(marked.len() + picked.len());
+    let mut m = 0;
+    for &(free_index, mark, kind) in picked {
+        // The cell is free_index plus every marked cell at or below it.
+        let mut cell = free_index + m;
+        while m < marked.len() && (marked[m].0 as usize) <= cell {
+            out.push(marked[m]);
+            m += 1;
+            cell += 1;
+        }
+        out.push((cell as u32, mark, kind));
+    }
+    out.extend_from_slice(&marked[m..]);
+    out
+}
+
 /// A generator for chip instance `seed`, stream `stream` (one stream per mapped matrix), so
 /// the faults of one layer do not depend on how many cells the others have.
 pub fn stream_rng(seed: u64, stream: u64) -> ChaCha8Rng {
@@ -253,6 +322,73 @@ mod tests {
         assert!(a.cells.windows(2).all(|w| w[0].0 < w[1].0));
         let c = FaultMap::sample(&m, rows, cols, (128, 128), &mut stream_rng(8, 0));
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn iid_faults_are_nested_across_rates_with_the_same_kind() {
+        let (rows, cols) = (300, 700);
+        let rates = [1e-4, 3e-4, 1e-3, 4.9e-3, 1e-2, 0.02, 0.125, 0.3, 0.5, 0.9, 1.0];
+        for seed in 0..4 {
+            let maps: Vec<FaultMap> = rates
+                .iter()
+                .map(|&p| {
+                    let m = FaultModel::from_rate(p);
+                    FaultMap::sample(&m, rows, cols, (128, 128), &mut stream_rng(seed, 5))
+                })
+                .collect();
+            for pair in maps.windows(2) {
+                let upper: std::collections::HashMap<u32, Fault> =
+                    pair[1].cells.iter().copied().collect();
+                for (cell, kind) in &pair[0].cells {
+                    assert_eq!(upper.get(cell), Some(kind), "seed {seed}: cell {cell} left");
+                }
+                assert!(pair[1].cells.windows(2).all(|w| w[0].0 < w[1].0));
+            }
+            assert_eq!(maps.last().map(|m| m.cells.len()), Some(rows * cols));
+        }
+    }
+
+    #[test]
+    fn nested_faults_hit_each_cell_independently_at_the_rate() {
+        // Every cell of a 12-cell array, over many seeds: its own frequency is p, and a pair's
+        // joint frequency is p^2 (the band merge neither favours positions nor couples them).
+        let n = 12;
+        let seeds = 40_000;
+        for p in [0.05, 0.3, 0.7] {
+            let mut hits = vec![0usize; n];
+            let mut both = 0usize;
+            for seed in 0..seeds {
+                let m = FaultModel::from_rate(p);
+                let map = FaultMap::sample(&m, 3, 4, (128, 128), &mut stream_rng(seed, 0));
+                for (i, _) in &map.cells {
+                    hits[*i as usize] += 1;
+                }
+                let has = |c: u32| map.cells.iter().any(|x| x.0 == c);
+                both += usize::from(has(0) && has(n as u32 - 1));
+            }
+            let sd = (p * (1.0 - p) / seeds as f64).sqrt();
+            for (i, &h) in hits.iter().enumerate() {
+                let f = h as f64 / seeds as f64;
+                assert!((f - p).abs() < 5.0 * sd, "p {p}, cell {i}: {f}");
+            }
+            let f = both as f64 / seeds as f64;
+            let sd2 = (p * p * (1.0 - p * p) / seeds as f64).sqrt();
+            assert!((f - p * p).abs() < 5.0 * sd2, "p {p}: joint {f}");
+        }
+    }
+
+    #[test]
+    fn free_picks_land_on_the_free_cells_brute_force() {
+        let marked: Vec<(u32, f64, f64)> = [1u32, 2, 5, 9].iter().map(|&c| (c, 0.0, 0.0)).collect();
+        let free: Vec<u32> = (0..14).filter(|c| ![1, 2, 5, 9].contains(c)).collect();
+        let picks: Vec<(usize, f64, f64)> =
+            [0usize, 1, 3, 5, 9].iter().map(|&f| (f, 1.0, 1.0)).collect();
+        let merged = merge_free_picks(&marked, &picks);
+        let mut expect: Vec<u32> = [1, 2, 5, 9].into();
+        expect.extend(picks.iter().map(|p| free[p.0]));
+        expect.sort_unstable();
+        assert_eq!(merged.iter().map(|m| m.0).collect::<Vec<_>>(), expect);
+        assert_eq!(merged.iter().filter(|m| m.1 == 1.0).count(), picks.len());
     }
 
     #[test]
