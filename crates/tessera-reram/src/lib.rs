@@ -10,7 +10,8 @@
 //!   ([`SegmentEncoding`]): ISAAC's half-range flip, and a complement bit that gives the
 //!   polarized single-column design the differential mapping's stuck-on tolerance.
 //! * Faults ([`FaultModel`]): stuck-at-off / stuck-at-on with separate rates (1 : 5.2 by
-//!   default), i.i.d. or clustered, log-normal variation, all from a seed.
+//!   default), i.i.d. (nested across rates: one seed degrades as the rate rises) or clustered,
+//!   log-normal variation, all from a seed.
 //! * Models ([`MappedGraph`], [`Chip`]): every convolution and linear layer of an IR graph runs
 //!   as simulated crossbar MVMs, the rest in the reference interpreter; folded-weight GEMMs when
 //!   the ADC is provably lossless, bit-serial MVMs otherwise; per-layer MVM counts, time and
