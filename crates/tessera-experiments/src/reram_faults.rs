@@ -373,24 +373,10 @@ fn run_study(ctx: &RunContext, study: &FaultStudy) -> Result<FaultStudyResult> {
     }
     let sweep_seconds = start.elapsed().as_secs_f64();
     // A censored two-column rate would make any ratio meaningless.
-    let two = arms
-        .iter()
-        .find(|a| {
-            a.arm.mapping == Mapping::TwoColumn
-                && a.arm.pruned.is_none()
-                && a.arm.cell_bits.is_none()
-        })
-        .filter(|a| !a.censored)
-        .and_then(|a| a.tolerated_rate);
-    let best = arms
-        .iter()
-        .filter(|a| {
-            a.arm.mapping == Mapping::Differential
-                && a.arm.pruned.is_some()
-                && a.arm.cell_bits.is_none()
-        })
-        .filter(|a| a.tolerated_rate.is_some())
-        .max_by(|a, b| {
+    let (two_column, differentials) = ratio_arms(&arms);
+    let two = two_column.filter(|a| !a.censored).and_then(|a| a.tolerated_rate);
+    let best =
+        differentials.iter().copied().filter(|a| a.tolerated_rate.is_some()).max_by(|a, b| {
             a.tolerated_rate.partial_cmp(&b.tolerated_rate).unwrap_or(std::cmp::Ordering::Equal)
         });
     let best_diff = best.and_then(|a| a.tolerated_rate);
@@ -419,24 +405,32 @@ fn run_study(ctx: &RunContext, study: &FaultStudy) -> Result<FaultStudyResult> {
     })
 }
 
+/// The arms the target's ratio compares: two-column on the dense model, and every pruned
+/// differential arm (both with the study's cells).
+fn ratio_arms(arms: &[ArmResult]) -> (Option<&ArmResult>, Vec<&ArmResult>) {
+    let two = arms.iter().find(|a| {
+        a.arm.mapping == Mapping::TwoColumn && a.arm.pruned.is_none() && a.arm.cell_bits.is_none()
+    });
+    let differentials = arms
+        .iter()
+        .filter(|a| {
+            a.arm.mapping == Mapping::Differential
+                && a.arm.pruned.is_some()
+                && a.arm.cell_bits.is_none()
+        })
+        .collect();
+    (two, differentials)
+}
+
 /// Paired bootstrap interval of the best pruned differential arm's tolerated rate over
 /// two-column's (the arms run on the same chip seeds).
 fn ratio_interval(arms: &[ArmResult], seed: u64) -> Option<(f64, f64)> {
-    let plain = |a: &ArmResult| a.arm.cell_bits.is_none() && !a.arm.polarized;
-    let two = arms
-        .iter()
-        .position(|a| a.arm.mapping == Mapping::TwoColumn && a.arm.pruned.is_none() && plain(a))?;
-    let diffs: Vec<usize> = (0..arms.len())
-        .filter(|&i| {
-            let a = &arms[i];
-            a.arm.mapping == Mapping::Differential && a.arm.pruned.is_some() && plain(a)
-        })
-        .collect();
-    if diffs.is_empty() {
+    let (Some(two), differentials) = ratio_arms(arms) else { return None };
+    if differentials.is_empty() {
         return None;
     }
-    let mut curves: Vec<&[crate::crossbar_study::FaultPoint]> = vec![&arms[two].points];
-    curves.extend(diffs.iter().map(|&i| arms[i].points.as_slice()));
+    let mut curves: Vec<&[FaultPoint]> = vec![&two.points];
+    curves.extend(differentials.iter().map(|a| a.points.as_slice()));
     bootstrap_interval(&curves, BOOTSTRAP_RESAMPLES, seed, |c| {
         let best = c[1..].iter().map(|p| tolerated_or_zero(p)).fold(0.0, f64::max);
         let base = tolerated_or_zero(&c[0]);
